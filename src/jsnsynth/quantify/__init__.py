@@ -1,0 +1,1 @@
+"""Registration quantifier of JSN progression, reference methods and the validation harness."""

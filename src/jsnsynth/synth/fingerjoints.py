@@ -1,0 +1,161 @@
+"""Loader for the folder format of the real finger-joint crops (``manifest.csv`` + images).
+
+The folder holds one sub-folder per joint series and a ``manifest.csv`` with the columns
+``series, series_id, side, joint_code, image, mask_upper, mask_lower, soft_tissue`` (paths
+relative to the folder). Each row becomes a :class:`~jsnsynth.synth.layers.JointLayers` by
+mask-based layering (:func:`layers_from_images`).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from jsnsynth.errors import InputError
+from jsnsynth.synth.io import read_mask, read_radiograph
+from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, joint_center_from_masks
+from jsnsynth.synth.xray import intensity_to_attenuation
+
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_COLUMNS = ("series", "series_id", "side", "joint_code", "image", "mask_upper", "mask_lower", "soft_tissue")
+#: Citation for dataset and model cards.
+FINGERJOINTS_CITATION = (
+    "Finger-joint crops, bone masks and soft-tissue images from the public BLS-GAN repository "
+    "(pokeblow/BLS-GAN; Wang et al., AAAI 2025); no licence stated, used for research only."
+)
+
+
+@dataclass(frozen=True)
+class FingerJointRecord:
+    """One row of ``manifest.csv`` with absolute paths."""
+
+    series: str
+    series_id: str
+    side: str
+    joint_code: str
+    image: Path
+    mask_upper: Path
+    mask_lower: Path
+    soft_tissue: Path
+
+    @property
+    def name(self) -> str:
+        """A stable identifier: series and image file stem."""
+        return f"{self.series}/{self.image.stem}"
+
+
+def read_manifest(root: str | os.PathLike) -> list[FingerJointRecord]:
+    """Read ``root/manifest.csv`` into records, in file order.
+
+    Raises:
+        InputError: missing folder or manifest, missing columns, or an empty manifest.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder")
+    manifest = root / MANIFEST_NAME
+    if not manifest.is_file():
+        raise InputError(f"{root}: no {MANIFEST_NAME} (expected the finger-joint folder format)")
+    with open(manifest, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(f"{manifest}: missing column(s) {', '.join(missing)}")
+        records = [
+            FingerJointRecord(
+                series=row["series"],
+                series_id=row["series_id"],
+                side=row["side"],
+                joint_code=row["joint_code"],
+                image=root / row["image"],
+                mask_upper=root / row["mask_upper"] if row["mask_upper"] else root / "<missing upper mask>",
+                mask_lower=root / row["mask_lower"] if row["mask_lower"] else root / "<missing lower mask>",
+                soft_tissue=root / row["soft_tissue"] if row["soft_tissue"] else root / "<missing soft-tissue image>",
+            )
+            for row in reader
+        ]
+    if not records:
+        raise InputError(f"{manifest}: lists no images")
+    return records
+
+
+def layers_from_images(
+    image: np.ndarray,
+    soft_image: np.ndarray,
+    upper_mask: np.ndarray,
+    lower_mask: np.ndarray,
+    pixel_spacing_mm: float = DEFAULT_PIXEL_SPACING_MM,
+    metadata: dict | None = None,
+) -> JointLayers:
+    """Mask-based layering of a radiograph given its bone-free soft-tissue image.
+
+    ``a_bone = max(a(image) - a(soft), 0)`` inside each bone mask (split evenly where the masks
+    overlap), ``a_soft = min(a(soft), a(image))`` inside the masks and ``a(image)`` outside, so
+    that the three layers add up to ``a(image)`` exactly.
+
+    Args:
+        image: ``(H, W)`` display intensity in ``[0, 1]``, bone bright.
+        soft_image: the same crop with the bones removed, same shape and scale.
+        upper_mask, lower_mask: ``(H, W)`` bool bone masks.
+        pixel_spacing_mm: pixel size.
+        metadata: free record kept with the layers.
+    """
+    if image.shape != soft_image.shape:
+        raise InputError(f"soft-tissue image is {soft_image.shape}, radiograph is {image.shape}")
+    for name, mask in (("upper", upper_mask), ("lower", lower_mask)):
+        if mask.shape != image.shape:
+            raise InputError(f"{name}-bone mask is {mask.shape}, radiograph is {image.shape}")
+        if not mask.any():
+            raise InputError(f"{name}-bone mask is empty")
+    total = intensity_to_attenuation(image)
+    soft = intensity_to_attenuation(soft_image)
+    any_bone = upper_mask | lower_mask
+    soft = np.where(any_bone, np.minimum(soft, total), total)
+    bone = total - soft
+    share = np.where(upper_mask & lower_mask, 0.5, 1.0)
+    upper = np.where(upper_mask, bone * share, 0.0)
+    lower = np.where(lower_mask, bone * share, 0.0)
+    return JointLayers(
+        soft=soft,
+        upper=upper,
+        lower=lower,
+        upper_mask=upper_mask,
+        lower_mask=lower_mask,
+        pixel_spacing_mm=pixel_spacing_mm,
+        joint_center_xy=joint_center_from_masks(upper_mask, lower_mask),
+        joint_axis_deg=0.0,
+        metadata=dict(metadata or {}),
+    )
+
+
+def load_fingerjoint(record: FingerJointRecord, pixel_spacing_mm: float = DEFAULT_PIXEL_SPACING_MM) -> JointLayers:
+    """Read one manifest row and return its layers (see :func:`layers_from_images`).
+
+    The dataset publishes no pixel spacing; ``pixel_spacing_mm`` is the nominal one.
+
+    Raises:
+        InputError: a missing or unreadable image, soft-tissue image or mask, a size mismatch,
+            or an empty mask; the message names the file.
+    """
+    radiograph = read_radiograph(record.image)
+    shape = radiograph.intensity.shape
+    soft = read_radiograph(record.soft_tissue)
+    if soft.intensity.shape != shape:
+        raise InputError(f"{record.soft_tissue}: soft-tissue image is {soft.intensity.shape}, radiograph is {shape}")
+    upper_mask = read_mask(record.mask_upper, shape)
+    lower_mask = read_mask(record.mask_lower, shape)
+    metadata = {
+        "source": "fingerjoints",
+        "series": record.series,
+        "series_id": record.series_id,
+        "side": record.side,
+        "joint_code": record.joint_code,
+        "image": record.image.name,
+        "bit_depth": radiograph.bit_depth,
+        "pixel_spacing_is_nominal": True,
+    }
+    return layers_from_images(radiograph.intensity, soft.intensity, upper_mask, lower_mask, pixel_spacing_mm, metadata)

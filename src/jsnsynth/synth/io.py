@@ -1,0 +1,237 @@
+"""Reading radiographs and masks, writing lossless 16-bit images, and atomic file output.
+
+Radiographs are read as 8- or 16-bit PNG, JPEG, TIFF or DICOM and returned as float64 display
+intensity in ``[0, 1]`` (bone bright) by dividing by the format's full scale. DICOM pixel spacing
+comes from ImagerPixelSpacing, else PixelSpacing; MONOCHROME1 images are inverted so that bone is
+bright. Every failure is an :class:`~jsnsynth.errors.InputError` that names the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from jsnsynth.errors import InputError, OutputError
+
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+
+@dataclass
+class Radiograph:
+    """A radiograph read from disk.
+
+    Attributes:
+        intensity: ``(H, W)`` float64 display intensity in ``[0, 1]``, bone bright.
+        bit_depth: bits of the stored pixels (8 or 16; DICOM's BitsStored).
+        pixel_spacing_mm: pixel size from the file's header, or None when the format has none.
+        path: where it was read from.
+    """
+
+    intensity: np.ndarray
+    bit_depth: int
+    pixel_spacing_mm: float | None
+    path: Path
+
+
+def _existing_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty")
+    return path
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _read_dicom(path: Path) -> Radiograph:
+    import pydicom  # imported lazily: only DICOM input needs it
+
+    try:
+        ds = pydicom.dcmread(str(path))
+        pixels = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for corrupt files
+        raise InputError(f"{path}: unreadable DICOM ({exc.__class__.__name__}: {exc})") from None
+    if pixels.ndim != 2:
+        raise InputError(f"{path}: expected a single-frame greyscale DICOM, got pixel array {pixels.shape}")
+    bits = int(getattr(ds, "BitsStored", 16 if pixels.dtype.itemsize > 1 else 8))
+    full_scale = float((1 << bits) - 1)
+    intensity = np.clip(pixels.astype(np.float64) / full_scale, 0.0, 1.0)
+    if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        intensity = 1.0 - intensity
+    spacing = None
+    for tag in ("ImagerPixelSpacing", "PixelSpacing"):
+        value = getattr(ds, tag, None)
+        if value is not None and len(value) >= 1:
+            spacing = float(value[0])
+            break
+    return Radiograph(intensity, bits, spacing, path)
+
+
+def read_radiograph(path: str | os.PathLike) -> Radiograph:
+    """Read a greyscale radiograph (PNG, JPEG, TIFF, BMP or DICOM, 8 or 16 bit).
+
+    Colour images whose channels are equal are accepted as greyscale; real colour is rejected.
+
+    Raises:
+        InputError: missing, empty, unreadable, colour, float-valued or NaN-holding files.
+    """
+    path = _existing_file(path)
+    if _is_dicom(path):
+        return _read_dicom(path)
+    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise InputError(f"{path}: not a readable image (PNG, JPEG, TIFF, BMP or DICOM expected)")
+    pixels = _to_greyscale(pixels, path)
+    if pixels.dtype == np.uint8:
+        bits = 8
+    elif pixels.dtype == np.uint16:
+        bits = 16
+    elif np.issubdtype(pixels.dtype, np.floating):
+        if not np.all(np.isfinite(pixels)):
+            raise InputError(f"{path}: image contains NaN or infinite values")
+        if pixels.min() < 0 or pixels.max() > 1:
+            raise InputError(f"{path}: floating-point images must hold intensities in [0, 1]")
+        return Radiograph(pixels.astype(np.float64), 32, None, path)
+    else:
+        raise InputError(f"{path}: unsupported pixel type {pixels.dtype}")
+    if pixels.size == 0:
+        raise InputError(f"{path}: image has no pixels")
+    intensity = pixels.astype(np.float64) / float((1 << bits) - 1)
+    return Radiograph(intensity, bits, None, path)
+
+
+def _to_greyscale(pixels: np.ndarray, path: Path) -> np.ndarray:
+    if pixels.ndim == 2:
+        return pixels
+    if pixels.ndim == 3 and pixels.shape[2] in (3, 4):
+        colour = pixels[..., :3]
+        if np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2]):
+            return np.ascontiguousarray(colour[..., 0])
+        raise InputError(f"{path}: expected a greyscale radiograph, got a colour image")
+    raise InputError(f"{path}: expected a 2-D greyscale image, got array of shape {pixels.shape}")
+
+
+def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a binary mask image (any non-zero pixel is inside) as a bool array.
+
+    Args:
+        path: PNG (or any format :func:`read_radiograph` reads) holding the mask.
+        shape: expected ``(H, W)``; a mismatch raises.
+
+    Raises:
+        InputError: missing or unreadable file, wrong size, or an empty mask.
+    """
+    path = _existing_file(path)
+    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise InputError(f"{path}: not a readable mask image")
+    if pixels.ndim == 3:
+        pixels = pixels[..., :3].max(axis=2)
+    mask = pixels > (pixels.max() / 2 if pixels.max() > 1 else 0)
+    if shape is not None and mask.shape != tuple(shape):
+        raise InputError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, image is {shape[1]}x{shape[0]}")
+    if not mask.any():
+        raise InputError(f"{path}: mask is empty")
+    return mask
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """Encode a 2-D uint8 or uint16 array as PNG bytes, losslessly, keeping the bit depth."""
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"PNG encoding needs a 2-D uint8 or uint16 array, got {pixels.dtype} {pixels.shape}")
+    ok, buffer = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise OutputError("PNG encoding failed")
+    return buffer.tobytes()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """Decode PNG bytes to a uint8 or uint16 array without changing the bit depth."""
+    pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise InputError("bytes are not a readable PNG image")
+    return pixels
+
+
+def encode_float_tiff(values: np.ndarray) -> bytes:
+    """Encode a 2-D float32 array (an attenuation layer) as lossless 32-bit float TIFF bytes."""
+    values = np.asarray(values, dtype=np.float32)
+    ok, buffer = cv2.imencode(".tiff", values)
+    if not ok:
+        raise OutputError("TIFF encoding failed")
+    return buffer.tobytes()
+
+
+def read_float_tiff(path: str | os.PathLike) -> np.ndarray:
+    """Read a 32-bit float TIFF written by :func:`encode_float_tiff`."""
+    path = _existing_file(path)
+    values = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if values is None or values.dtype != np.float32 or values.ndim != 2:
+        raise InputError(f"{path}: not a single-channel 32-bit float TIFF")
+    return values
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary name and a rename, so it is never half there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder that becomes ``path`` only when the block completes.
+
+    If the block raises (or the process is interrupted), the partial folder is removed and
+    ``path`` is untouched. An existing ``path`` is replaced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_partial_outputs(folder: str | os.PathLike) -> None:
+    """Delete ``*.part`` leftovers of an interrupted run inside ``folder`` (not recursive)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for leftover in folder.glob(".*.part"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
