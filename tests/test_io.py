@@ -1,0 +1,138 @@
+"""Reading radiographs and masks in every supported format; lossless 16-bit output; atomic writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from jsnsynth.errors import InputError
+from jsnsynth.synth import io
+
+
+def _ramp16(shape: tuple[int, int] = (40, 50)) -> np.ndarray:
+    return (np.arange(shape[0] * shape[1], dtype=np.uint32).reshape(shape) * 977 % 65536).astype(np.uint16)
+
+
+def test_png16_round_trip_is_lossless(tmp_path: Path) -> None:
+    pixels = _ramp16()
+    path = tmp_path / "image.png"
+    io.write_bytes_atomic(path, io.encode_png(pixels))
+    assert np.array_equal(io.decode_png(path.read_bytes()), pixels)
+    radiograph = io.read_radiograph(path)
+    assert radiograph.bit_depth == 16 and radiograph.pixel_spacing_mm is None
+    np.testing.assert_array_equal(np.rint(radiograph.intensity * 65535).astype(np.uint16), pixels)
+
+
+def test_reads_8bit_jpeg_and_16bit_tiff(tmp_path: Path) -> None:
+    grey = np.tile(np.arange(0, 250, 5, dtype=np.uint8), (30, 1))
+    cv2.imwrite(str(tmp_path / "a.jpg"), grey)
+    jpeg = io.read_radiograph(tmp_path / "a.jpg")
+    assert jpeg.bit_depth == 8 and jpeg.intensity.shape == grey.shape
+    assert np.abs(jpeg.intensity * 255 - grey).max() < 8  # JPEG is lossy, but close
+    pixels = _ramp16()
+    cv2.imwrite(str(tmp_path / "b.tiff"), pixels)
+    tiff = io.read_radiograph(tmp_path / "b.tiff")
+    assert tiff.bit_depth == 16
+    np.testing.assert_array_equal(np.rint(tiff.intensity * 65535), pixels)
+
+
+def test_greyscale_stored_as_rgb_is_accepted_colour_is_not(tmp_path: Path) -> None:
+    grey = np.random.default_rng(0).integers(0, 255, (20, 20), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "rgb.png"), np.dstack([grey] * 3))
+    assert io.read_radiograph(tmp_path / "rgb.png").intensity.shape == (20, 20)
+    colour = np.dstack([grey, grey // 2, grey])
+    cv2.imwrite(str(tmp_path / "colour.png"), colour)
+    with pytest.raises(InputError, match="colour"):
+        io.read_radiograph(tmp_path / "colour.png")
+
+
+def _write_dicom(path: Path, pixels: np.ndarray, photometric: str, spacing_tag: str | None) -> None:
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation = 0
+    if spacing_tag:
+        setattr(ds, spacing_tag, [0.1, 0.1])
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+
+
+@pytest.mark.parametrize(
+    ("photometric", "spacing_tag", "spacing"),
+    [("MONOCHROME2", "ImagerPixelSpacing", 0.1), ("MONOCHROME1", "PixelSpacing", 0.1), ("MONOCHROME2", None, None)],
+)
+def test_dicom_spacing_and_photometric_interpretation(tmp_path: Path, photometric, spacing_tag, spacing) -> None:
+    pixels = (np.arange(24 * 32).reshape(24, 32) * 5 % 4096).astype(np.uint16)
+    path = tmp_path / "x.dcm"
+    _write_dicom(path, pixels, photometric, spacing_tag)
+    radiograph = io.read_radiograph(path)
+    expected = pixels / 4095.0
+    if photometric == "MONOCHROME1":
+        expected = 1.0 - expected
+    np.testing.assert_allclose(radiograph.intensity, expected, atol=1e-12)
+    assert radiograph.bit_depth == 12 and radiograph.pixel_spacing_mm == spacing
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "no such file"), (b"", "empty"), (b"this is not an image at all", "not a readable image")],
+)
+def test_bad_radiograph_files_are_named(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "bad.png"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=message) as info:
+        io.read_radiograph(path)
+    assert "bad.png" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_nan_float_tiff_is_rejected(tmp_path: Path) -> None:
+    values = np.zeros((8, 8), np.float32)
+    values[2, 3] = np.nan
+    io.write_bytes_atomic(tmp_path / "nan.tiff", io.encode_float_tiff(values))
+    with pytest.raises(InputError, match="NaN"):
+        io.read_radiograph(tmp_path / "nan.tiff")
+
+
+def test_float_tiff_round_trip_is_exact(tmp_path: Path) -> None:
+    values = np.random.default_rng(2).uniform(0, 4, (17, 23)).astype(np.float32)
+    io.write_bytes_atomic(tmp_path / "layer.tiff", io.encode_float_tiff(values))
+    assert np.array_equal(io.read_float_tiff(tmp_path / "layer.tiff"), values)
+
+
+def test_mask_reading_checks_size_and_emptiness(tmp_path: Path) -> None:
+    mask = np.zeros((10, 12), np.uint8)
+    mask[2:5, 3:7] = 255
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    assert io.read_mask(tmp_path / "m.png", (10, 12)).sum() == 12
+    with pytest.raises(InputError, match="mask is 12x10, image is 20x20"):
+        io.read_mask(tmp_path / "m.png", (20, 20))
+    cv2.imwrite(str(tmp_path / "empty.png"), np.zeros((10, 12), np.uint8))
+    with pytest.raises(InputError, match="mask is empty"):
+        io.read_mask(tmp_path / "empty.png")
+
+
+def test_atomic_directory_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "sample"
+    with pytest.raises(RuntimeError):
+        with io.atomic_directory(target) as work:
+            (work / "half.txt").write_text("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with io.atomic_directory(target) as work:
+        (work / "done.txt").write_text("done")
+    assert (target / "done.txt").read_text() == "done"
+    assert [p.name for p in tmp_path.iterdir()] == ["sample"]

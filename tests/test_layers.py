@@ -1,0 +1,69 @@
+"""The JointLayers data model, joint-centre location and the Similarity convention."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jsnsynth.errors import InputError
+from jsnsynth.synth.geometry import Similarity, axis_vector
+from jsnsynth.synth.layers import JointLayers, joint_center_from_masks
+
+
+def _boxes(shape=(40, 30), gap=(18, 22)) -> tuple[np.ndarray, np.ndarray]:
+    upper = np.zeros(shape, bool)
+    lower = np.zeros(shape, bool)
+    upper[: gap[0], 8:22] = True
+    lower[gap[1]:, 6:24] = True
+    return upper, lower
+
+
+def test_joint_center_is_the_middle_of_the_gap() -> None:
+    upper, lower = _boxes()
+    x, y = joint_center_from_masks(upper, lower)
+    # The upper bone's last row is 17 (edge at 17.5), the lower bone's first row is 22 (edge at 21.5).
+    assert x == pytest.approx(14.5) and y == pytest.approx(19.5)
+
+
+def test_joint_center_needs_two_bones_sharing_columns() -> None:
+    upper, lower = _boxes()
+    with pytest.raises(InputError, match="upper-bone mask is empty"):
+        joint_center_from_masks(np.zeros_like(upper), lower)
+    side = np.zeros_like(lower)
+    side[25:, 25:] = True
+    with pytest.raises(InputError, match="share no column"):
+        joint_center_from_masks(upper, side)
+
+
+def test_layers_validate_shapes_values_and_spacing() -> None:
+    upper_mask, lower_mask = _boxes()
+    zeros = np.zeros(upper_mask.shape, np.float32)
+    layers = JointLayers(zeros + 0.3, upper_mask * 1.0, lower_mask * 2.0, upper_mask, lower_mask)
+    assert layers.attenuation().dtype == np.float32 and layers.shape == (40, 30)
+    np.testing.assert_allclose(layers.axis_xy, [0.0, 1.0], atol=1e-15)
+    with pytest.raises(InputError, match="shape"):
+        JointLayers(zeros, zeros[:-1], zeros, upper_mask, lower_mask)
+    with pytest.raises(InputError, match="NaN"):
+        JointLayers(zeros + np.nan, zeros, zeros, upper_mask, lower_mask)
+    with pytest.raises(InputError, match="negative"):
+        JointLayers(zeros - 1, zeros, zeros, upper_mask, lower_mask)
+    with pytest.raises(InputError, match="pixel spacing"):
+        JointLayers(zeros, zeros, zeros, upper_mask, lower_mask, pixel_spacing_mm=0.0)
+
+
+def test_similarity_maps_its_centre_by_its_translation_and_inverts() -> None:
+    t = Similarity(scale=1.02, angle_deg=3.0, dx=1.25, dy=-0.5, cx=10.0, cy=20.0)
+    np.testing.assert_allclose(t.apply(np.array([10.0, 20.0])), [11.25, 19.5])
+    points = np.random.default_rng(0).uniform(0, 50, (10, 2))
+    np.testing.assert_allclose(t.inverse().apply(t.apply(points)), points, atol=1e-12)
+    u = Similarity(scale=0.98, angle_deg=-1.0, dx=0.3, dy=0.7, cx=5.0, cy=5.0)
+    np.testing.assert_allclose(t.then(u).apply(points), u.apply(t.apply(points)), atol=1e-12)
+    np.testing.assert_allclose(t.about(0.0, 0.0).apply(points), t.apply(points), atol=1e-12)
+    assert Similarity.from_dict(t.to_dict()) == t
+
+
+def test_positive_angle_turns_x_towards_y() -> None:
+    quarter = Similarity(angle_deg=90.0)
+    np.testing.assert_allclose(quarter.apply(np.array([1.0, 0.0])), [0.0, 1.0], atol=1e-12)
+    # The joint axis rotates with the same sign.
+    np.testing.assert_allclose(axis_vector(90.0), quarter.apply(np.array([0.0, 1.0])), atol=1e-12)
