@@ -67,3 +67,19 @@ def test_positive_angle_turns_x_towards_y() -> None:
     np.testing.assert_allclose(quarter.apply(np.array([1.0, 0.0])), [0.0, 1.0], atol=1e-12)
     # The joint axis rotates with the same sign.
     np.testing.assert_allclose(axis_vector(90.0), quarter.apply(np.array([0.0, 1.0])), atol=1e-12)
+
+
+def test_joint_center_ignores_the_lips_of_a_concave_base() -> None:
+    # Upper bone: a concave base whose lips (columns 6-9 and 21-24) reach lower than its middle;
+    # lower bone: a domed head. The centre must sit above the head, not beside a lip.
+    shape = (60, 31)
+    upper = np.zeros(shape, bool)
+    lower = np.zeros(shape, bool)
+    upper[:25, 6:25] = True
+    upper[25:29, 6:10] = True
+    upper[25:29, 21:25] = True
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    lower[((cols - 15) / 9.0) ** 2 + ((rows - 45) / 15.0) ** 2 <= 1.0] = True
+    x, y = joint_center_from_masks(upper, lower)
+    assert x == pytest.approx(15.0, abs=0.5)
+    assert y == pytest.approx((24.5 + 29.5) / 2, abs=0.5)

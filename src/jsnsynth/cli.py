@@ -39,9 +39,203 @@ def cli() -> None:
 
 # --- synth commands -------------------------------------------------------------------------
 
+
+@cli.command("phantom")
+@click.option("--n", "n", required=True, type=click.IntRange(min=1), help="Number of phantoms to write.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output folder (new, empty, or an interrupted run of the same command to resume).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Base seed; phantom i uses SeedSequence([seed, i]).")
+@click.option("--size", "size_px", type=click.IntRange(min=16), default=256, show_default=True, help="Crop size in pixels.")
+@click.option("--pixel-spacing", "pixel_spacing_mm", type=click.FloatRange(min=0, min_open=True),
+              default=0.175, show_default=True, help="Pixel size in mm.")
+@click.option("--joint-type", type=click.Choice(["mcp", "pip", "dip", "random"]), default="random",
+              show_default=True, help="Joint proportions.")
+@click.option("--noise/--no-noise", default=True, show_default=True, help="Quantum and electronic noise in radiograph.png.")
+def phantom_command(n: int, out_dir: Path, seed: int, size_px: int, pixel_spacing_mm: float, joint_type: str,
+                    noise: bool) -> None:
+    """Write physics phantoms: radiograph, exact attenuation layers, masks and a JSON record each.
+
+    Each sample goes to OUT/phantom_NNNNN/ (format: docs/phantom.md). Rerunning the same command
+    resumes an interrupted run.
+    """
+    from jsnsynth.synth.phantom_io import write_phantom_samples
+
+    folder, written, skipped = write_phantom_samples(out_dir, n, seed=seed, size_px=size_px,
+                                                     pixel_spacing_mm=pixel_spacing_mm, joint_type=joint_type,
+                                                     noise=noise)
+    resumed = f" ({skipped} already there)" if skipped else ""
+    click.echo(f"wrote {written} phantom(s) to {folder}{resumed}")
+
+
+def _dataset_source(spec: str, n_pairs: int, size_px: int | None):
+    """``phantom`` / ``fingerjoints:DIR`` from synth; ``lsn:DIR`` from the LSN (lazy import)."""
+    if spec.startswith("lsn:"):
+        try:
+            from jsnsynth.lsn.source import LsnSource
+        except ImportError as exc:
+            raise JsnSynthError(f"source 'lsn' is not available in this installation ({exc})") from None
+        folder = spec.partition(":")[2]
+        if not folder:
+            raise JsnSynthError("source 'lsn' needs a folder: --source lsn:DIR")
+        return LsnSource(folder)
+    from jsnsynth.synth.sources import open_source
+
+    return open_source(spec, n_joints=max(n_pairs, 1), size_px=size_px)  # one phantom joint per pair
+
+
+@cli.command("dataset")
+@click.option("--source", "source_spec", required=True, help="phantom | fingerjoints:DIR | lsn:DIR")
+@click.option("--pairs", "n_pairs", required=True, type=int, help="Number of baseline/follow-up pairs.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder (new, empty, or an interrupted run to resume).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Base seed; pair i uses SeedSequence([seed, i]).")
+@click.option("--num-proc", type=int, default=1, show_default=True, help="Worker processes (output bytes do not depend on it).")
+@click.option("--shard-size", type=int, default=100, show_default=True, help="Pairs per parquet shard.")
+@click.option("--layers-every", type=int, default=1, show_default=True, help="Write the 'layers' config for every k-th pair (0: none).")
+@click.option("--split", "split_fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), show_default=True, help="Train/validation/test fractions of source joints.")
+@click.option("--jsn-mm", type=float, nargs=2, default=(-0.5, 0.5), show_default=True, help="Range of the JSN change in mm (+ = narrowing).")
+@click.option("--jsn-px", type=float, nargs=2, default=None, help="Range of the JSN change in pixels (replaces --jsn-mm).")
+@click.option("--flexion-deg", type=float, default=2.0, show_default=True, help="Largest rotation of each bone about the joint centre.")
+@click.option("--rotation-deg", type=float, default=3.0, show_default=True, help="Largest global rotation.")
+@click.option("--magnification", type=float, nargs=2, default=(0.97, 1.03), show_default=True, help="Range of the global magnification.")
+@click.option("--translation-px", type=float, default=5.0, show_default=True, help="Largest global translation along x and y.")
+@click.option("--no-noise", is_flag=True, help="Noise-free baseline/follow-up images.")
+@click.option("--size", "size_px", type=int, default=None, help="Phantom image size in pixels (default: the phantom's).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, num_proc: int, shard_size: int,
+                    layers_every: int, split_fractions: tuple[float, float, float], jsn_mm: tuple[float, float],
+                    jsn_px: tuple[float, float] | None, flexion_deg: float, rotation_deg: float,
+                    magnification: tuple[float, float], translation_px: float, no_noise: bool,
+                    size_px: int | None, quiet: bool) -> None:
+    """Write labelled baseline/follow-up pairs with exact JSN as a Hugging Face dataset (Hub layout)."""
+    from jsnsynth.synth.dataset import build_dataset
+    from jsnsynth.synth.pairs import PairConfig
+
+    pair_config = PairConfig(jsn_mm=jsn_mm, jsn_px=jsn_px, flexion_deg=flexion_deg, rotation_deg=rotation_deg,
+                             magnification=magnification, translation_px=translation_px, noise=not no_noise)
+    source = _dataset_source(source_spec, n_pairs, size_px)
+    result = build_dataset(source, out_dir, n_pairs, seed=seed, num_proc=num_proc, shard_size=shard_size,
+                           split_fractions=split_fractions, layers_every=layers_every, pair_config=pair_config,
+                           quiet=quiet)
+    sizes = ", ".join(f"{k} {v}" for k, v in result.split_sizes.items())
+    click.echo(f"wrote {result.n_pairs} pairs ({sizes}) to {result.out_dir}")
+    click.echo(f'load with: datasets.load_dataset("{result.out_dir}")  (layers: load_dataset("{result.out_dir}", "layers"))')
+
+
+@cli.command("publish")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--repo-id", required=True, help="Hub dataset repository, OWNER/NAME.")
+@click.option("--private", is_flag=True, help="Create the repository as private.")
+def publish_command(folder: Path, repo_id: str, private: bool) -> None:
+    """Upload a dataset folder made by 'jsnsynth dataset' to the Hugging Face Hub."""
+    from jsnsynth.synth.publish import publish_dataset
+
+    url = publish_dataset(folder, repo_id, private=private)
+    click.echo(f"published {folder} to {url}")
+
 # --- quantify commands ----------------------------------------------------------------------
 
+
+@cli.command("quantify")
+@click.argument("baseline", type=click.Path(path_type=Path))
+@click.argument("followup", type=click.Path(path_type=Path))
+@click.option("--upper-mask", required=True, type=click.Path(path_type=Path), help="Baseline upper-bone mask.")
+@click.option("--lower-mask", required=True, type=click.Path(path_type=Path), help="Baseline lower-bone mask.")
+@click.option("--followup-upper-mask", type=click.Path(path_type=Path), help="Follow-up upper-bone mask (optional).")
+@click.option("--followup-lower-mask", type=click.Path(path_type=Path), help="Follow-up lower-bone mask (optional).")
+@click.option("--pixel-spacing", type=float, help="mm/px; default: DICOM header, else 0.175 nominal.")
+@click.option("--residual-figure", type=click.Path(path_type=Path), help="Write the residual maps (PNG).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the JSON record here.")
+def quantify_command(baseline, followup, upper_mask, lower_mask, followup_upper_mask, followup_lower_mask,
+                     pixel_spacing, residual_figure, json_out) -> None:
+    """Measure JSN progression between BASELINE and FOLLOWUP (JSON on stdout; + = narrowing)."""
+    import json
+
+    from jsnsynth.quantify.quantifier import quantify_files
+
+    record = quantify_files(baseline, followup, upper_mask, lower_mask, followup_upper_mask, followup_lower_mask,
+                            pixel_spacing, residual_figure, json_out)
+    click.echo(json.dumps(record, indent=2))
+
+
+@cli.command("validate")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--method", default="register", show_default=True,
+              help="register, poc, ecc, or module:function with quantify_pair's signature.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Write summary.json, pairs.csv and plots here.")
+@click.option("--split", help="Only this split (default: all).")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many pairs.")
+def validate_command(dataset, method, out_dir, split, limit) -> None:
+    """Accuracy of a JSN method on a labelled pair DATASET (RMSE, bias, SD, LoA, CRLB, ...)."""
+    import json
+
+    from jsnsynth.quantify.validate import validate_dataset
+
+    summary = validate_dataset(dataset, method, out_dir, split, limit)
+    click.echo(json.dumps({"method": summary["method"], "overall": summary["overall"]}, indent=2))
+    if out_dir is not None:
+        click.echo(f"report written to {out_dir}")
+
+
+@cli.command("validate-real")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--method", default="register", show_default=True, help="register, poc, ecc or module:function.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Write real_summary.json, real_pairs.csv, real_series.png.")
+@click.option("--limit-series", type=click.IntRange(min=1), help="Only the first N multi-visit series.")
+def validate_real_command(folder, method, out_dir, limit_series) -> None:
+    """Real-series protocol on a finger-joint FOLDER: shifted-trial SD, mismatching rate, transitivity."""
+    import json
+
+    from jsnsynth.quantify.real import validate_real
+
+    summary = validate_real(folder, method, out_dir, limit_series)
+    click.echo(json.dumps(summary, indent=2))
+
+
 # --- lsn commands ---------------------------------------------------------------------------
+
+
+@cli.command("separate")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--weights", type=click.Path(path_type=Path), default=None, help="LSN weights file (default: bundled).")
+@click.option("--pixel-spacing", "pixel_spacing_mm", type=float, default=None,
+              help="Pixel size of the crops in mm (default: DICOM header, else 0.175 mm/px).")
+def separate_command(images: tuple[Path, ...], out_dir: Path, weights: Path | None, pixel_spacing_mm: float | None) -> None:
+    """Split joint crops into soft-tissue, upper- and lower-bone layers with the LSN.
+
+    Writes per crop STEM: STEM_{soft,upper,lower}.tif (float32 attenuation), STEM_{upper,lower}_mask.png,
+    STEM_recomposed.png (16-bit) and STEM_panel.png.
+    """
+    from jsnsynth.lsn.infer import separate_files
+
+    panels = separate_files(list(images), out_dir, weights=weights, pixel_spacing_mm=pixel_spacing_mm)
+    for panel in panels:
+        click.echo(f"panel: {panel}")
+    click.echo(f"wrote {len(panels)} separation(s) to {out_dir}")
+
+
+@cli.group("lsn")
+def lsn_group() -> None:
+    """Layer Separation Network: training."""
+
+
+@lsn_group.command("train")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="JSON training config.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Run folder (checkpoint, log.csv; default runs/lsn/<config name>). Rerun to resume.")
+@click.option("--export", "export_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the final weights here (e.g. src/jsnsynth/lsn/weights/lsn_default.pt).")
+def lsn_train_command(config_path: Path, out_dir: Path | None, export_path: Path | None) -> None:
+    """Train (or resume) the LSN from a JSON config (e.g. src/jsnsynth/lsn/configs/default.json)."""
+    from jsnsynth.lsn.train import TrainConfig, train
+
+    config = TrainConfig.from_json(config_path)
+    out_dir = out_dir if out_dir is not None else Path("runs") / "lsn" / config_path.stem
+    weights = train(config, out_dir, export=export_path)
+    click.echo(f"log: {out_dir / 'log.csv'}")
+    click.echo(f"weights: {weights}")
+
 
 # --- demo -----------------------------------------------------------------------------------
 

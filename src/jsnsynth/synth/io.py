@@ -158,7 +158,10 @@ def encode_png(pixels: np.ndarray) -> bytes:
     pixels = np.asarray(pixels)
     if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
         raise InputError(f"PNG encoding needs a 2-D uint8 or uint16 array, got {pixels.dtype} {pixels.shape}")
-    ok, buffer = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    # RLE strategy: for noisy 16-bit radiographs about twice as fast as the default deflate
+    # strategy and a few percent smaller (measured on the finger-joint crops).
+    flags = [cv2.IMWRITE_PNG_COMPRESSION, 3, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    ok, buffer = cv2.imencode(".png", pixels, flags)
     if not ok:
         raise OutputError("PNG encoding failed")
     return buffer.tobytes()

@@ -100,10 +100,11 @@ def validate_layers(layers: JointLayers) -> None:
 def joint_center_from_masks(upper_mask: np.ndarray, lower_mask: np.ndarray) -> tuple[float, float]:
     """Locate the joint centre of a vertically stored joint from its two bone masks.
 
-    For every column crossed by both bones, the joint space runs from the lowest upper-bone
-    pixel to the highest lower-bone pixel. The centre is the middle of that gap in the column
-    where the upper bone reaches lowest (its head apex), averaged over the columns within one
-    pixel of that depth, so a flat head does not bias it sideways.
+    The centre's x is the middle of the range of columns crossed by both bones; its y is the
+    middle of the joint space there (lowest upper-bone pixel to highest lower-bone pixel,
+    averaged over the five central columns). This needs no assumption on which bone carries the
+    convex head: on the real crops the upper bone ends in a concave base whose lips reach lower
+    than its middle, so "the deepest point of the upper bone" would land on a lip.
 
     Args:
         upper_mask: ``(H, W)`` bool mask of the upper bone.
@@ -128,8 +129,9 @@ def joint_center_from_masks(upper_mask: np.ndarray, lower_mask: np.ndarray) -> t
     if not both.any():
         raise InputError("the upper and lower bone masks share no column: cannot place the joint")
     cols = np.flatnonzero(both)
-    depth = upper_bottom[cols]
-    apex = cols[depth >= depth.max() - 1]
-    x = float(apex.mean())
-    y = float(np.mean((upper_bottom[apex] + 0.5 + lower_top[apex] - 0.5) / 2.0))
-    return x, y
+    x = 0.5 * (cols[0] + cols[-1])
+    central = cols[np.abs(cols - x) <= 2.0]
+    if central.size == 0:  # the shared range has a hole in its middle: take the nearest columns
+        central = cols[np.abs(cols - x) <= np.abs(cols - x).min() + 2.0]
+    y = float(np.mean((upper_bottom[central] + 0.5 + lower_top[central] - 0.5) / 2.0))
+    return float(x), y

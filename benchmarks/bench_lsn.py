@@ -1,0 +1,331 @@
+"""Benchmark of the Layer Separation Network: accuracy on held-out data, speed, figures.
+
+    .venv/bin/python benchmarks/bench_lsn.py --fingerjoints ../shared/data/fingerjoints
+
+Evaluates the bundled weights (or ``--weights``) on
+
+* the held-out real series of the finger-joint folder (``jsnsynth.lsn.data.is_heldout_series``),
+  against the mask-based reference layers (flawed: see docs/lsn.md);
+* held-out phantoms (seeds never used in training), noise-free (``I = 1 - exp(-a)``), against
+  their exact layers;
+* the same phantoms through a sampled imaging chain (blur, noise, window, gamma), against the
+  exact layers' shares of the input attenuation;
+
+and times one 256x256 separation on one CPU thread. Writes the table between the
+``<!-- bench_lsn:begin -->`` / ``<!-- bench_lsn:end -->`` markers of docs/lsn.md and the figures
+docs/figures/lsn_heldout_layers.png and docs/figures/lsn_shifted.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from jsnsynth.lsn.data import (  # noqa: E402
+    build_real_cache,
+    load_real_cache,
+    reference_attenuations,
+    smooth_reference_attenuations,
+)
+from jsnsynth.lsn.evaluate import separation_metrics  # noqa: E402
+from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, load_model, separate_intensity  # noqa: E402
+from jsnsynth.synth.layers import JointLayers, joint_center_from_masks  # noqa: E402
+from jsnsynth.synth.xray import (  # noqa: E402
+    attenuation_to_intensity,
+    intensity_to_attenuation,
+    render_radiograph,
+    sample_imaging_params,
+)
+
+METRICS = ("dice_upper", "dice_lower", "psnr_soft", "psnr_upper", "psnr_lower", "ssim_soft", "ssim_upper",
+           "ssim_lower", "psnr_reconstruction")
+HELDOUT_PHANTOM_SEED = 777_000  # training phantoms use the config seed + 1 (20261124)
+BEGIN, END = "<!-- bench_lsn:begin -->", "<!-- bench_lsn:end -->"
+
+
+def evaluate_real(cache, indices, model) -> tuple[list[dict], list[dict]]:
+    """Metrics of every held-out real crop against both reference rules.
+
+    Returns:
+        ``(rows vs the dataset's mask-based reference, rows vs the smooth-soft reference)``.
+    """
+    dataset_rows, smooth_rows = [], []
+    for i in indices:
+        intensity = cache.image[i] / 255.0
+        layers = separate_intensity(intensity, model).layers
+        estimate = (layers.soft, layers.upper, layers.lower, layers.upper_mask, layers.lower_mask)
+        masks = (cache.upper_mask[i], cache.lower_mask[i])
+        for rule, rows in ((reference_attenuations, dataset_rows), (smooth_reference_attenuations, smooth_rows)):
+            reference = rule(cache.image[i], cache.soft[i], cache.upper_mask[i], cache.lower_mask[i]) + masks
+            rows.append(separation_metrics(intensity, estimate, reference))
+    return dataset_rows, smooth_rows
+
+
+def evaluate_phantoms(count: int, model, imaged: bool) -> list[dict]:
+    """Metrics on held-out phantoms, noise-free or through a sampled imaging chain."""
+    from jsnsynth.synth.phantom import render_phantom, sample_phantom_params
+
+    rows = []
+    for k in range(count):
+        rng = np.random.default_rng(np.random.SeedSequence([HELDOUT_PHANTOM_SEED, k]))
+        truth = render_phantom(sample_phantom_params(rng))
+        exact = np.stack([truth.soft, truth.upper, truth.lower]).astype(np.float64)
+        total = exact.sum(0)
+        if imaged:
+            intensity = render_radiograph(total, sample_imaging_params(rng))
+            # the reference: the exact layers' shares of what the input's attenuation says
+            a_in = intensity_to_attenuation(intensity)
+            reference = exact / np.maximum(total, 1e-9) * a_in
+        else:
+            intensity = attenuation_to_intensity(total)
+            reference = exact
+        layers = separate_intensity(intensity, model).layers
+        estimate = (layers.soft, layers.upper, layers.lower, layers.upper_mask, layers.lower_mask)
+        rows.append(separation_metrics(intensity, estimate, tuple(reference) + (truth.upper_mask, truth.lower_mask)))
+    return rows
+
+
+def time_separation(model, repeats: int = 30) -> float:
+    """Median wall time of one 256x256 separation on one thread, ms (network + composition)."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    intensity = np.clip(rng.normal(0.5, 0.1, (256, 256)), 0, 1)
+    for _ in range(3):
+        separate_intensity(intensity, model)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        separate_intensity(intensity, model)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean and 5th percentile of every metric (reconstruction PSNR capped at 100 dB for display)."""
+    out = {}
+    for key in METRICS:
+        values = np.array([min(r[key], 100.0) if key == "psnr_reconstruction" else r[key] for r in rows])
+        out[key] = (float(values.mean()), float(np.percentile(values, 5)))
+    return out
+
+
+def table(results: dict[str, tuple[int, dict]]) -> str:
+    """Markdown table: one row per evaluation set, mean (5th percentile) per metric."""
+    names = {
+        "dice_upper": "Dice upper", "dice_lower": "Dice lower", "psnr_soft": "PSNR soft",
+        "psnr_upper": "PSNR upper", "psnr_lower": "PSNR lower", "ssim_soft": "SSIM soft",
+        "ssim_upper": "SSIM upper", "ssim_lower": "SSIM lower", "psnr_reconstruction": "PSNR recon.",
+    }
+    header = "| set | n | " + " | ".join(names[k] for k in METRICS) + " |"
+    lines = [header, "|" + "---|" * (len(METRICS) + 2)]
+    for name, (n, summary) in results.items():
+        cells = []
+        for key in METRICS:
+            mean, p5 = summary[key]
+            fmt = "{:.3f} ({:.3f})" if key.startswith(("dice", "ssim")) else "{:.1f} ({:.1f})"
+            cells.append(fmt.format(mean, p5))
+        lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_doc(doc: Path, text: str) -> None:
+    """Replace the text between the benchmark markers of ``doc`` (append when absent)."""
+    content = doc.read_text() if doc.is_file() else ""
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in content and END in content:
+        head, rest = content.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        content = head + block + tail
+    else:
+        content = content.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(content)
+
+
+def _show(values: np.ndarray) -> np.ndarray:
+    return np.clip(attenuation_to_intensity(np.asarray(values, np.float64)), 0, 1)
+
+
+def _overlay(intensity: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    rgb = np.repeat(intensity[..., None], 3, axis=2).astype(np.float64)
+    for mask, colour in ((upper, (1.0, 0.3, 0.15)), (lower, (0.15, 0.6, 1.0))):
+        rgb[mask] = 0.55 * rgb[mask] + 0.45 * np.array(colour)
+    return rgb
+
+
+def figure_heldout(cache, indices, model, path: Path) -> None:
+    """8 held-out real crops: input, LSN soft/upper/lower, LSN masks, reference masks, reference soft."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = indices[np.linspace(0, len(indices) - 1, 8).round().astype(int)]
+    titles = ["input", "LSN soft", "LSN upper", "LSN lower", "LSN masks", "reference masks", "dataset ref. soft",
+              "smooth ref. soft"]
+    fig, axes = plt.subplots(8, 8, figsize=(16, 16.5))
+    for row, i in enumerate(chosen):
+        intensity = cache.image[i] / 255.0
+        layers = separate_intensity(intensity, model).layers
+        ref_soft, _, _ = reference_attenuations(cache.image[i], cache.soft[i], cache.upper_mask[i], cache.lower_mask[i])
+        smooth_soft, _, _ = smooth_reference_attenuations(cache.image[i], cache.soft[i], cache.upper_mask[i],
+                                                         cache.lower_mask[i])
+        tiles = [intensity, _show(layers.soft), _show(layers.upper), _show(layers.lower),
+                 _overlay(intensity, layers.upper_mask, layers.lower_mask),
+                 _overlay(intensity, cache.upper_mask[i], cache.lower_mask[i]), _show(ref_soft), _show(smooth_soft)]
+        for col, tile in enumerate(tiles):
+            ax = axes[row, col]
+            ax.imshow(tile, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(titles[col], fontsize=10)
+        axes[row, 0].set_ylabel(str(cache.name[i]).split("/")[0], fontsize=8)
+    fig.suptitle("LSN on held-out real series (layers shown as 1 - exp(-a), same grey scale)", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def shift_upper_layer(layers: JointLayers, shift_px: float) -> JointLayers:
+    """Move the upper layer along the joint axis (the dataset engineer's shift when present)."""
+    try:
+        from jsnsynth.synth.shift import shift_upper
+    except ImportError:
+        import scipy.ndimage
+
+        moved = scipy.ndimage.shift(layers.upper, (shift_px, 0.0), order=3, mode="nearest")
+        mask = scipy.ndimage.shift(layers.upper_mask.astype(float), (shift_px, 0.0), order=1, mode="nearest") > 0.5
+        return layers.replace(upper=np.clip(moved, 0, None), upper_mask=mask)
+    return shift_upper(layers, shift_px)
+
+
+def figure_shifted(cache, indices, model, path: Path, pixel_spacing_mm: float = 0.175) -> None:
+    """Held-out crops: the real crop, then recompositions with the upper bone moved by -1..+1 mm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shifts_mm = (-1.0, -0.5, 0.5, 1.0)
+    chosen = indices[np.linspace(1, len(indices) - 2, 4).round().astype(int)]
+    fig, axes = plt.subplots(len(chosen), 1 + len(shifts_mm), figsize=(12.5, 3.0 * len(chosen) + 0.6))
+    for row, i in enumerate(chosen):
+        intensity = cache.image[i] / 255.0
+        layers = separate_intensity(intensity, model).layers
+        tiles = [(intensity, "real crop")]
+        for shift_mm in shifts_mm:
+            moved = shift_upper_layer(layers, shift_mm / pixel_spacing_mm)
+            label = f"{shift_mm:+.1f} mm ({'narrower' if shift_mm > 0 else 'wider'})"
+            tiles.append((attenuation_to_intensity(moved.attenuation().astype(np.float64)), label))
+        for col, (tile, title) in enumerate(tiles):
+            ax = axes[row, col]
+            ax.imshow(np.clip(tile, 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=10)
+    fig.suptitle("Recompositions of LSN layers with the upper bone moved along the joint axis "
+                 f"(+ = narrowing, {pixel_spacing_mm} mm/px nominal)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def evaluate_jsn(cache, indices, model, count: int, pixel_spacing_mm: float = 0.175) -> str:
+    """JSN recovered by the bundled quantifier on pairs made from LSN layers of held-out crops.
+
+    Baseline: the recomposition of the crop's LSN layers (equal to the crop); follow-up: the same
+    layers with the upper bone moved by ``d`` along the joint axis. No repositioning or noise:
+    this isolates what the separation contributes.
+    """
+    try:
+        from jsnsynth.quantify.quantifier import quantify_pair
+    except ImportError:
+        return "Quantifier not available: JSN recovery not measured."
+    shifts_mm = (-0.5, -0.2, 0.2, 0.5)
+    chosen = indices[np.linspace(0, len(indices) - 1, count).round().astype(int)]
+    errors, failed = [], 0
+    for i in chosen:
+        layers = separate_intensity(cache.image[i] / 255.0, model).layers
+        baseline = attenuation_to_intensity(layers.attenuation().astype(np.float64))
+        for shift_mm in shifts_mm:
+            moved = shift_upper_layer(layers, shift_mm / pixel_spacing_mm)
+            followup = attenuation_to_intensity(moved.attenuation().astype(np.float64))
+            try:
+                result = quantify_pair(baseline, followup, layers.upper_mask, layers.lower_mask, pixel_spacing_mm,
+                                       keep_residuals=False)
+            except Exception:  # an LSN mask the quantifier rejects counts as a failure
+                failed += 1
+                continue
+            errors.append(result.jsn_mm - shift_mm)
+    errors = np.array(errors)
+    if errors.size == 0:
+        return "JSN recovery: every pair failed."
+    return (f"JSN recovered by `jsnsynth quantify` on pairs synthesised from LSN layers of {len(chosen)} held-out "
+            f"crops (commanded {', '.join(f'{d:+.1f}' for d in shifts_mm)} mm, no repositioning or noise): "
+            f"mean error {errors.mean() * 1000:+.1f} µm, SD {errors.std(ddof=1) * 1000:.1f} µm, "
+            f"max |error| {np.abs(errors).max() * 1000:.1f} µm over {errors.size} pairs; {failed} failed.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fingerjoints", type=Path, default=REPO.parent / "shared" / "data" / "fingerjoints")
+    parser.add_argument("--cache", type=Path, default=REPO / "runs" / "lsn" / "real_cache.npz")
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--phantoms", type=int, default=40, help="held-out phantoms per phantom set")
+    parser.add_argument("--doc", type=Path, default=REPO / "docs" / "lsn.md")
+    parser.add_argument("--figures", type=Path, default=REPO / "docs" / "figures")
+    parser.add_argument("--jsn-crops", type=int, default=8, help="held-out crops for the JSN recovery check")
+    parser.add_argument("--no-doc", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(1)
+    model = load_model(args.weights)
+    results: dict[str, tuple[int, dict]] = {}
+    cache = None
+    if args.fingerjoints.is_dir():
+        cache = build_real_cache(args.fingerjoints, args.cache) if not args.cache.is_file() else load_real_cache(args.cache)
+        held = cache.indices(heldout=True)
+        rows, smooth_rows = evaluate_real(cache, held, model)
+        n_series = len(set(cache.series_id[held].tolist()))
+        results[f"real held-out ({n_series} series), dataset reference"] = (len(rows), summarise(rows))
+        results[f"real held-out ({n_series} series), smooth-soft reference"] = (len(smooth_rows), summarise(smooth_rows))
+        print("real held-out done", flush=True)
+    try:
+        results["phantom, noise-free"] = (args.phantoms, summarise(evaluate_phantoms(args.phantoms, model, imaged=False)))
+        results["phantom, imaged"] = (args.phantoms, summarise(evaluate_phantoms(args.phantoms, model, imaged=True)))
+    except ImportError:
+        print("phantom module missing: phantom sets skipped", flush=True)
+    ms = time_separation(model)
+    text = table(results)
+    timing = (f"Separation of one 256x256 crop (network, composition and masks), one CPU thread: "
+              f"**{ms:.0f} ms** median of 30 ({platform.processor() or platform.machine()}, "
+              f"torch {torch.__version__}; measured on a 2-core machine shared with other jobs).")
+    weights_kb = args.weights.stat().st_size / 1024
+    text += f"\n\n{timing}\n\nWeights file: {args.weights.name}, {weights_kb:.0f} KiB."
+    if cache is not None and args.jsn_crops > 0:
+        text += "\n\n" + evaluate_jsn(cache, cache.indices(heldout=True), model, args.jsn_crops)
+    print(text)
+    if not args.no_doc:
+        write_doc(args.doc, text)
+        args.figures.mkdir(parents=True, exist_ok=True)
+        if cache is not None:
+            held = cache.indices(heldout=True)
+            figure_heldout(cache, held, model, args.figures / "lsn_heldout_layers.png")
+            figure_shifted(cache, held, model, args.figures / "lsn_shifted.png")
+            print(f"figures: {args.figures / 'lsn_heldout_layers.png'}, {args.figures / 'lsn_shifted.png'}")
+        print(f"table: {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The Layer Separation Network: a small U-Net with one shared encoder and a decoder per layer.
+
+Input: a joint crop's display intensity ``I`` in ``[0, 1]`` (bone bright), one channel, any size
+divisible by :data:`SIZE_MULTIPLE`; the network sees it standardised per image
+(:func:`normalise_intensity`), so other exposures, display windows and 16-bit inputs look alike.
+
+Outputs, per pixel:
+
+* two bone-mask logits (upper, lower) from the bone branches' segmentation heads;
+* three share logits ``(l_soft, l_upper, l_lower)``, one per decoder branch.
+
+The layers are built from them by :func:`compose_fractions` and :func:`layers_from_fractions`:
+each bone's share is gated by its mask (``l_bone + log(mask)``), a softmax over the three gives
+fractions that add up to one, and each layer is its fraction times the input attenuation
+``a = -log(1 - I)``. So the layers are non-negative and add up to ``a`` by construction, and
+with a hard (0/1) mask a bone layer is exactly zero outside its mask.
+
+Deep supervision: every branch also predicts its outputs at 1/4 and 1/2 of the input size
+(``aux`` outputs), trained against down-sampled targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Input height and width must be multiples of this (five 2x down-samplings).
+SIZE_MULTIPLE = 32
+#: Floor of the per-image intensity standard deviation used for normalisation.
+MIN_STD = 0.02
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Widths of the network.
+
+    Attributes:
+        encoder_channels: channels of the six encoder levels (full size down to 1/32).
+        decoder_channels: channels of each decoder branch at the five upper levels (1/16 to full).
+    """
+
+    encoder_channels: tuple[int, ...] = (8, 16, 24, 32, 48, 64)
+    decoder_channels: tuple[int, ...] = (48, 32, 16, 8, 8)
+
+    def to_dict(self) -> dict:
+        """JSON-ready record."""
+        return {k: list(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "ModelConfig":
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(**{k: tuple(v) for k, v in record.items() if k in cls.__dataclass_fields__})
+
+
+def conv_block(in_channels: int, out_channels: int, convs: int = 2) -> nn.Sequential:
+    """``convs`` x (3x3 conv, batch norm, ReLU)."""
+    layers: list[nn.Module] = []
+    for k in range(convs):
+        layers += [
+            nn.Conv2d(in_channels if k == 0 else out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        ]
+    return nn.Sequential(*layers)
+
+
+class DecoderBranch(nn.Module):
+    """One layer's decoder: up-sample, join the encoder skip, convolve; heads at three scales."""
+
+    def __init__(self, encoder_channels: tuple[int, ...], decoder_channels: tuple[int, ...], outputs: int) -> None:
+        super().__init__()
+        skips = list(encoder_channels[:-1])[::-1]  # 1/16 ... full size
+        blocks = []
+        previous = encoder_channels[-1]
+        for skip, width in zip(skips, decoder_channels):
+            blocks.append(conv_block(previous + skip, width, convs=1 if width <= 16 else 2))
+            previous = width
+        self.blocks = nn.ModuleList(blocks)
+        self.head = nn.Conv2d(decoder_channels[-1], outputs, 1)
+        # Deep supervision at 1/4 and 1/2 of the input size.
+        self.aux_heads = nn.ModuleList([nn.Conv2d(decoder_channels[-3], outputs, 1), nn.Conv2d(decoder_channels[-2], outputs, 1)])
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = features[-1]
+        skips = features[:-1][::-1]
+        aux = []
+        n = len(self.blocks)
+        for level, (block, skip) in enumerate(zip(self.blocks, skips)):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], dim=1))
+            if level == n - 3:
+                aux.append(self.aux_heads[0](x))
+            elif level == n - 2:
+                aux.append(self.aux_heads[1](x))
+        return self.head(x), aux
+
+
+class LayerSeparationNet(nn.Module):
+    """Shared encoder, three decoder branches (soft tissue, upper bone, lower bone).
+
+    ``forward`` takes the *normalised* input ``(B, 1, H, W)`` and returns a dict with
+    ``share_logits (B, 3, H, W)``, ``mask_logits (B, 2, H, W)`` and ``aux``: a list of
+    ``(share_logits, mask_logits)`` at 1/4 and 1/2 size.
+    """
+
+    def __init__(self, config: ModelConfig = ModelConfig()) -> None:
+        super().__init__()
+        self.config = config
+        enc = config.encoder_channels
+        self.encoder = nn.ModuleList(
+            [conv_block(1, enc[0], convs=1 if enc[0] <= 8 else 2)] + [conv_block(enc[i - 1], enc[i]) for i in range(1, len(enc))]
+        )
+        self.soft_branch = DecoderBranch(enc, config.decoder_channels, outputs=1)
+        self.upper_branch = DecoderBranch(enc, config.decoder_channels, outputs=2)
+        self.lower_branch = DecoderBranch(enc, config.decoder_channels, outputs=2)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        features = []
+        for level, block in enumerate(self.encoder):
+            if level > 0:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            features.append(x)
+        soft, soft_aux = self.soft_branch(features)
+        upper, upper_aux = self.upper_branch(features)
+        lower, lower_aux = self.lower_branch(features)
+
+        def split(s: torch.Tensor, u: torch.Tensor, l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            shares = torch.cat([s, u[:, :1], l[:, :1]], dim=1)
+            masks = torch.cat([u[:, 1:], l[:, 1:]], dim=1)
+            return shares, masks
+
+        shares, masks = split(soft, upper, lower)
+        aux = [split(s, u, l) for s, u, l in zip(soft_aux, upper_aux, lower_aux)]
+        return {"share_logits": shares, "mask_logits": masks, "aux": aux}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def normalise_intensity(intensity: torch.Tensor) -> torch.Tensor:
+    """Standardise each image of ``(B, 1, H, W)`` to zero mean and unit standard deviation.
+
+    Makes the network blind to exposure, display window offset and bit depth (all inputs are
+    ``[0, 1]`` intensities); the standard deviation has a floor so a flat crop is not blown up.
+    """
+    mean = intensity.mean(dim=(-2, -1), keepdim=True)
+    std = intensity.std(dim=(-2, -1), keepdim=True).clamp_min(MIN_STD)
+    return (intensity - mean) / std
+
+
+def intensity_attenuation(intensity: torch.Tensor, max_intensity: float = 1.0 - 1.0 / 65536.0) -> torch.Tensor:
+    """``a = -log(1 - I)`` with ``I`` clipped below 1 (as :func:`jsnsynth.synth.xray.intensity_to_attenuation`)."""
+    return -torch.log1p(-intensity.clamp(0.0, max_intensity))
+
+
+def compose_fractions(share_logits: torch.Tensor, bone_masks: torch.Tensor) -> torch.Tensor:
+    """Soft/upper/lower fractions (adding up to one) from share logits and bone masks in ``[0, 1]``.
+
+    A bone's share is multiplied by its mask (added ``log(mask)`` to its logit), so a hard mask
+    of 0 gives that bone a fraction of exactly zero; the soft-tissue share is never gated, so
+    the fractions are always defined.
+    """
+    gate = torch.log(bone_masks.clamp_min(0.0))  # -inf where a hard mask is 0
+    logits = torch.cat([share_logits[:, :1], share_logits[:, 1:] + gate], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+def layers_from_fractions(fractions: torch.Tensor, attenuation: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` layers = fractions x the input attenuation ``(B, 1, H, W)``."""
+    return fractions * attenuation

@@ -1,0 +1,97 @@
+"""Any folder of radiograph crops as a source of joint layers (contract 2), via the LSN.
+
+``jsnsynth dataset --source lsn:DIR`` builds :class:`LsnSource` ``(DIR)``: every image file in the
+folder is one joint (joint id = file stem); ``load`` separates it with the bundled model (or
+given weights) into soft-tissue, upper- and lower-bone layers, which the pair simulator then
+warps like any real source's raster layers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from jsnsynth.errors import InputError
+from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, load_model, separate_intensity
+from jsnsynth.synth.io import DICOM_SUFFIXES, RASTER_SUFFIXES, read_radiograph
+from jsnsynth.synth.layers import JointLayers
+
+#: Provenance written into dataset cards built from this source.
+LSN_CITATION = (
+    "Layers separated from user-supplied radiograph crops by the jsnsynth Layer Separation Network "
+    "(bundled weights trained on the BLS-GAN finger-joint crops (pokeblow/BLS-GAN; Wang et al., "
+    "AAAI 2025) and jsnsynth phantoms; see docs/lsn.md)."
+)
+
+
+class LsnSource:
+    """Radiograph crops in a folder, separated into layers by the LSN.
+
+    Args:
+        root: folder of crops (PNG, JPEG, TIFF, BMP or DICOM; 8 or 16 bit), joint axis vertical,
+            upper bone on top. Sub-folders are not searched.
+        pixel_spacing_mm: the crops' pixel size (None: a DICOM header's spacing, else the
+            training spacing 0.175 mm/px). Crops at another spacing are resampled for the
+            network and the layers returned on the crop's own grid.
+        weights: LSN weights file (default: the bundled weights).
+
+    Raises:
+        InputError: a missing folder, a folder without images, or missing weights.
+    """
+
+    name = "lsn"
+    citation = LSN_CITATION
+    exact_pose_rendering = False
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        pixel_spacing_mm: float | None = None,
+        weights: str | os.PathLike | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise InputError(f"{self.root}: no such folder of crops")
+        suffixes = RASTER_SUFFIXES | DICOM_SUFFIXES
+        files = sorted(p for p in self.root.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        if not files:
+            raise InputError(f"{self.root}: holds no radiograph crops ({', '.join(sorted(suffixes))})")
+        self._files: dict[str, Path] = {}
+        for path in files:
+            if path.stem in self._files:
+                raise InputError(f"{path}: two crops share the joint id '{path.stem}'")
+            self._files[path.stem] = path
+        self.pixel_spacing_mm = pixel_spacing_mm
+        self.weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+        self._model = load_model(self.weights)
+
+    def joint_ids(self) -> list[str]:
+        """File stems, sorted."""
+        return sorted(self._files)
+
+    def load(self, joint_id: str, rng: np.random.Generator) -> JointLayers:
+        """Separate the crop ``joint_id`` (``rng`` is unused: the separation is deterministic)."""
+        if joint_id not in self._files:
+            raise InputError(f"{self.root}: no crop named '{joint_id}'")
+        path = self._files[joint_id]
+        radiograph = read_radiograph(path)
+        spacing = self.pixel_spacing_mm if self.pixel_spacing_mm is not None else radiograph.pixel_spacing_mm
+        separation = separate_intensity(radiograph.intensity, self._model, spacing, name=str(path))
+        layers = separation.layers
+        if not (layers.upper_mask.any() and layers.lower_mask.any()):
+            raise InputError(f"{path}: the LSN found no {'upper' if not layers.upper_mask.any() else 'lower'} bone")
+        metadata = dict(layers.metadata)
+        metadata.update(joint_id=joint_id, image=path.name, bit_depth=radiograph.bit_depth, weights=self.weights.name)
+        return layers.replace(metadata=metadata)
+
+    def describe(self) -> dict:
+        """Generation parameters of the source, for the dataset card."""
+        return {
+            "source": self.name,
+            "root": str(self.root),
+            "n_joints": len(self._files),
+            "pixel_spacing_mm": self.pixel_spacing_mm,
+            "weights": self.weights.name,
+        }

@@ -1,0 +1,365 @@
+"""Training of the Layer Separation Network from a JSON config (``jsnsynth lsn train``).
+
+The run is deterministic given the config's seed (and the same torch thread count): the model's
+initial weights come from ``torch.manual_seed(seed)`` and example ``k`` of the stream from
+``SeedSequence([seed, k])`` (:func:`jsnsynth.lsn.data.make_batch`). It checkpoints every
+``checkpoint_every`` steps (atomically) and resumes from the last checkpoint when started again
+with the same output folder; ``log.csv`` gets one row per logged step.
+
+Losses, per layer and on the masks (:func:`separation_loss`):
+
+* attenuation L1 of the three layers against the targets (fractions x input attenuation);
+* L1 of the layers' horizontal and vertical differences (gradient loss: sharp bone edges in the
+  bone layers, none in the soft layer);
+* bone masks: binary cross-entropy + soft Dice;
+* a smoothness prior on the soft layer over and around the bones (:func:`soft_roughness`);
+* the same at 1/4 and 1/2 size (deep supervision) with half weight.
+
+The reference is down-weighted near the hand-drawn mask edges (see :mod:`jsnsynth.lsn.data`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from jsnsynth.errors import InputError
+from jsnsynth.lsn.data import (
+    MixConfig,
+    build_real_cache,
+    make_batch,
+    make_pool,
+    render_phantom_pool,
+)
+from jsnsynth.lsn.model import (
+    LayerSeparationNet,
+    ModelConfig,
+    compose_fractions,
+    intensity_attenuation,
+    layers_from_fractions,
+    normalise_intensity,
+)
+
+LOG_COLUMNS = ("step", "loss", "layer", "gradient", "mask", "smooth", "lr", "seconds")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Relative weights of the loss terms."""
+
+    layer: float = 1.0
+    gradient: float = 1.0
+    mask_bce: float = 0.5
+    mask_dice: float = 0.5
+    soft_smooth: float = 0.5
+    aux: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs (the committed JSON config).
+
+    Relative paths are taken from the current folder (the repository root).
+
+    Attributes:
+        seed: base seed of the model initialisation and of the example stream.
+        steps: optimiser steps.
+        batch_size: examples per step.
+        lr: peak learning rate (AdamW), reached after ``warmup_steps``, cosine decay to 5 %.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up.
+        fingerjoints: the real finger-joint folder (skipped when it does not exist).
+        cache: the ``.npz`` cache of the decoded real crops (gitignored location).
+        n_phantoms: phantoms rendered into the pool (0: none; none either when the phantom
+            module is missing).
+        checkpoint_every: steps between checkpoints (and log rows).
+        threads: torch CPU threads (0: torch's default).
+        model: :class:`ModelConfig` record.
+        mix: :class:`MixConfig` record.
+        loss: :class:`LossWeights` record.
+    """
+
+    seed: int = 0
+    steps: int = 4000
+    batch_size: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    fingerjoints: str = "../shared/data/fingerjoints"
+    cache: str = "runs/lsn/real_cache.npz"
+    n_phantoms: int = 200
+    checkpoint_every: int = 100
+    threads: int = 0
+    model: dict = field(default_factory=lambda: ModelConfig().to_dict())
+    mix: dict = field(default_factory=lambda: asdict(MixConfig()))
+    loss: dict = field(default_factory=lambda: asdict(LossWeights()))
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
+        """Read a JSON config; unknown keys are an error (typos must not pass silently)."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: no such config file")
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{path}: the config must be a JSON object")
+        unknown = sorted(set(record) - set(cls.__dataclass_fields__) - {"comment"})
+        if unknown:
+            raise InputError(f"{path}: unknown config key(s) {', '.join(unknown)}")
+        record.pop("comment", None)
+        return cls(**record)
+
+    def to_dict(self) -> dict:
+        """JSON-ready record."""
+        return asdict(self)
+
+
+def soft_dice_loss(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``1 - Dice`` per image and channel, averaged (soft Dice on probabilities)."""
+    dims = (-2, -1)
+    overlap = (probabilities * targets).sum(dims)
+    total = probabilities.sum(dims) + targets.sum(dims)
+    return (1.0 - (2.0 * overlap + 1.0) / (total + 1.0)).mean()
+
+
+def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    weight = weight.expand_as(values)
+    return (values * weight).sum() / weight.sum().clamp_min(1e-6)
+
+
+def scale_loss(
+    share_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    batch: dict,
+    weights: LossWeights,
+) -> dict:
+    """The loss terms at one scale (targets already at the logits' size)."""
+    attenuation = batch["attenuation"]
+    fractions = compose_fractions(share_logits, torch.sigmoid(mask_logits))
+    layers = layers_from_fractions(fractions, attenuation)
+    targets = layers_from_fractions(batch["fractions"], attenuation)
+    # Normalise by each image's mean attenuation so exposure does not change the loss scale.
+    norm = attenuation.mean(dim=(1, 2, 3), keepdim=True).clamp_min(0.05)
+    error = (layers - targets) / norm
+    weight = batch["weight"]
+    layer = _weighted_mean(error.abs(), weight)
+    grad_x = (error[..., :, 1:] - error[..., :, :-1]).abs()
+    grad_y = (error[..., 1:, :] - error[..., :-1, :]).abs()
+    weight_x = torch.minimum(weight[..., :, 1:], weight[..., :, :-1])
+    weight_y = torch.minimum(weight[..., 1:, :], weight[..., :-1, :])
+    gradient = 0.5 * (_weighted_mean(grad_x, weight_x) + _weighted_mean(grad_y, weight_y))
+    bce = F.binary_cross_entropy_with_logits(mask_logits, batch["masks"], weight=weight.expand_as(mask_logits))
+    dice = soft_dice_loss(torch.sigmoid(mask_logits), batch["masks"])
+    smooth = soft_roughness(layers[:, :1] / norm, batch["masks"])
+    total = (
+        weights.layer * layer
+        + weights.gradient * gradient
+        + weights.mask_bce * bce
+        + weights.mask_dice * dice
+        + weights.soft_smooth * smooth
+    )
+    return {"loss": total, "layer": layer, "gradient": gradient, "mask": bce + dice, "smooth": smooth}
+
+
+def soft_roughness(soft: torch.Tensor, masks: torch.Tensor, margin_px: int = 3) -> torch.Tensor:
+    """Mean ``|Laplacian|`` of the soft layer over the bones and a margin around them.
+
+    Soft tissue is smooth; the mask-based references are not (bright cortical rims where a
+    hand-drawn mask sits inside the bone edge, a step where the inpainting is too dark). This
+    prior makes the network put rims and trabecular texture into the bone layers instead.
+    """
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=soft.device).view(1, 1, 3, 3)
+    laplacian = F.conv2d(F.pad(soft, (1, 1, 1, 1), mode="replicate"), kernel)
+    region = F.max_pool2d(masks.amax(dim=1, keepdim=True), 2 * margin_px + 1, stride=1, padding=margin_px)
+    return (laplacian.abs() * region).sum() / region.sum().clamp_min(1.0)
+
+
+def _downsample_batch(batch: dict, size: tuple[int, int]) -> dict:
+    pool = lambda t: F.adaptive_avg_pool2d(t, size)  # noqa: E731 - exact mean over 2^k blocks
+    return {
+        "attenuation": pool(batch["attenuation"]),
+        "fractions": pool(batch["fractions"]),
+        "masks": pool(batch["masks"]),
+        "weight": pool(batch["weight"]),
+    }
+
+
+def separation_loss(outputs: dict, batch: dict, weights: LossWeights) -> dict:
+    """Full loss: the full-size terms plus ``weights.aux`` x the mean of the deep-supervision terms."""
+    terms = scale_loss(outputs["share_logits"], outputs["mask_logits"], batch, weights)
+    for share_logits, mask_logits in outputs["aux"]:
+        small = _downsample_batch(batch, tuple(share_logits.shape[-2:]))
+        aux = scale_loss(share_logits, mask_logits, small, weights)
+        for key in terms:
+            terms[key] = terms[key] + weights.aux * aux[key] / len(outputs["aux"])
+    return terms
+
+
+def batch_to_tensors(arrays: dict, device: torch.device) -> dict:
+    """numpy batch (:func:`make_batch`) -> tensors, with the input attenuation added."""
+    batch = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+    batch["attenuation"] = intensity_attenuation(batch["image"])
+    return batch
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up then cosine decay to 5 % of the peak."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _atomic_torch_save(obj: object, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def export_weights(model: LayerSeparationNet, path: str | os.PathLike, record: dict) -> Path:
+    """Write the inference weights: float16 state dict + model config + a training record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    payload = {"format": "jsnsynth-lsn-1", "model": model.config.to_dict(), "state_dict": state, "training": record}
+    _atomic_torch_save(payload, path)
+    return path
+
+
+def build_pool(config: TrainConfig, out_dir: Path, allow_missing_real: bool = False):
+    """The training pool: real training-split crops from the cache, plus the phantom pool."""
+    real = None
+    indices = np.zeros(0, dtype=int)
+    if Path(config.fingerjoints).is_dir():
+        real = build_real_cache(config.fingerjoints, config.cache)
+        indices = real.indices(heldout=False)
+    elif not allow_missing_real and config.n_phantoms == 0:
+        raise InputError(f"{config.fingerjoints}: no such finger-joint folder and no phantoms configured")
+    phantoms = []
+    if config.n_phantoms > 0:
+        phantom_cache = out_dir / "phantom_pool.npz"
+        if phantom_cache.is_file():
+            with np.load(phantom_cache) as data:
+                phantoms = [tuple(data[f"p{k}_{i}"] for i in range(5)) for k in range(int(data["count"]))]
+        else:
+            phantoms = render_phantom_pool(config.n_phantoms, config.seed + 1)
+            if phantoms:
+                arrays = {f"p{k}_{i}": a for k, p in enumerate(phantoms) for i, a in enumerate(p)}
+                tmp = phantom_cache.with_name(".phantom_pool.part.npz")
+                np.savez(tmp, count=len(phantoms), **arrays)
+                os.replace(tmp, phantom_cache)
+    return make_pool(real, indices, phantoms)
+
+
+def train(config: TrainConfig, out_dir: str | os.PathLike, export: str | os.PathLike | None = None,
+          progress: bool = True, pool=None) -> Path:
+    """Train (or resume) a model; return the path of the exported weights.
+
+    Args:
+        config: the run's configuration.
+        out_dir: folder for ``checkpoint.pt``, ``log.csv``, ``config.json``, ``weights.pt``.
+        export: also write the final weights here (e.g. the bundled weights file).
+        progress: show a tqdm progress bar.
+        pool: a ready :class:`~jsnsynth.lsn.data.ExamplePool` (tests); built from the config
+            otherwise.
+
+    Raises:
+        InputError: no training data, or an output folder holding another config's run.
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_path = out_dir / "config.json"
+    if config_path.is_file() and json.loads(config_path.read_text()) != config.to_dict():
+        raise InputError(f"{out_dir}: holds a run with a different config; use another --out")
+    config_path.write_text(json.dumps(config.to_dict(), indent=2))
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    mix = MixConfig.from_dict(config.mix)
+    weights = LossWeights(**config.loss)
+    if pool is None:
+        pool = build_pool(config, out_dir)
+
+    torch.manual_seed(config.seed)
+    model = LayerSeparationNet(ModelConfig.from_dict(config.model)).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    start = 0
+    checkpoint_path = out_dir / "checkpoint.pt"
+    if checkpoint_path.is_file():
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        model.load_state_dict(checkpoint["model"])
+        optimiser.load_state_dict(checkpoint["optimiser"])
+        start = int(checkpoint["step"])
+    log_path = out_dir / "log.csv"
+    _truncate_log(log_path, start)
+
+    model.train()
+    started = time.time()
+    sums = {k: 0.0 for k in ("loss", "layer", "gradient", "mask", "smooth")}
+    count = 0
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=not progress, desc="lsn train")
+    for step in bar:
+        arrays, _ = make_batch(pool, mix, config.seed, step, config.batch_size)
+        batch = batch_to_tensors(arrays, device)
+        lr = learning_rate(config, step)
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        outputs = model(normalise_intensity(batch["image"]))
+        terms = separation_loss(outputs, batch, weights)
+        optimiser.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimiser.step()
+        for key in sums:
+            sums[key] += float(terms[key].detach())
+        count += 1
+        bar.set_postfix(loss=f"{float(terms['loss'].detach()):.4f}")
+        done = step + 1
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            row = {k: sums[k] / count for k in sums}
+            row.update(step=done, lr=lr, seconds=round(time.time() - started, 1))
+            _append_log(log_path, row)
+            sums = {k: 0.0 for k in sums}
+            count = 0
+            _atomic_torch_save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": done}, checkpoint_path)
+    bar.close()
+    record = {"config": config.to_dict(), "steps": config.steps}
+    path = export_weights(model, out_dir / "weights.pt", record)
+    if export is not None:
+        export_weights(model, export, record)
+        path = Path(export)
+    return path
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log rows up to ``step`` (a resumed run rewrites what came after)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= step]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _append_log(path: Path, row: dict) -> None:
+    new = not path.is_file()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row[k] for k in LOG_COLUMNS})

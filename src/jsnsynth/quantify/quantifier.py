@@ -1,0 +1,526 @@
+"""The bundled JSN quantifier: per-bone registration -> JSN progression with reliability.
+
+Sign convention (DESIGN.md): JSN progression is the displacement of the upper bone relative to
+the lower bone along the baseline joint axis (upper -> lower) at the joint centre, in pixels;
+positive means narrowing. Because a follow-up is also repositioned and magnified as a whole,
+the common (mean) similarity of the two bones is removed first:
+
+    M = mean similarity (geometric-mean scale, mean angle, mean translation at the centre c)
+    JSN = (M^-1 T_upper(c) - M^-1 T_lower(c)) . axis = (R(-theta_M) (t_upper - t_lower) / s_M) . axis
+
+which for the dataset truth ``T_k = G o F_k`` is ``d cos(mean flexion)`` (contract 3).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from jsnsynth.errors import InputError
+from jsnsynth.quantify import register as reg
+from jsnsynth.quantify.reliability import (
+    ReliabilityReport,
+    assess_reliability,
+    residual_maps,
+)
+from jsnsynth.quantify.warp import similarity_from_params, spline_coefficients
+from jsnsynth.synth.geometry import Similarity, axis_vector
+from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, joint_center_from_masks
+
+#: Version of the JSON record written by :meth:`JsnResult.to_dict` (bump on a key change).
+RESULT_VERSION = "1.0"
+#: Smallest image side the quantifier accepts.
+MIN_SIDE_PX = 16
+
+
+@dataclass
+class JsnResult:
+    """JSN progression between a baseline and a follow-up, with everything needed to trust it.
+
+    Attributes:
+        jsn_px: JSN progression along the baseline joint axis, pixels, positive = narrowing.
+        jsn_mm: ``jsn_px * pixel_spacing_mm``.
+        pixel_spacing_mm: pixel size used for ``jsn_mm``.
+        pixel_spacing_source: where the spacing came from ("dicom", "option", "nominal", ...).
+        joint_center_xy: centre of the transforms and of the JSN measurement (baseline pixels).
+        joint_axis_deg: baseline joint axis angle (0 = straight down).
+        upper: upper-bone similarity baseline -> follow-up about the joint centre.
+        lower: lower-bone similarity baseline -> follow-up about the joint centre.
+        reliability: score in [0, 1]; 1 = residuals at the noise level, converged, well-posed.
+        mismatch: True when the fit cannot be trusted (see ``flags``).
+        flags: short reasons behind a low score or a mismatch.
+        jsn_se_px: standard error of ``jsn_px`` from the final Gauss-Newton Hessian and the
+            residual variance (white-noise approximation).
+        bones: per-bone diagnostics (iterations, convergence, residual RMS before/after, ...).
+        timings_s: seconds spent per stage.
+        residuals: per-bone residual maps ``{"upper_before", "upper_after", ...}`` (NaN outside
+            the bone region); not part of :meth:`to_dict`.
+        method: name of the method that produced the result.
+    """
+
+    jsn_px: float
+    jsn_mm: float
+    pixel_spacing_mm: float
+    pixel_spacing_source: str
+    joint_center_xy: tuple[float, float]
+    joint_axis_deg: float
+    upper: Similarity
+    lower: Similarity
+    reliability: float = 1.0
+    mismatch: bool = False
+    flags: list[str] = field(default_factory=list)
+    jsn_se_px: float = float("nan")
+    bones: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    residuals: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    method: str = "jsnsynth.register"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record with stable keys (documented in docs/quantify.md)."""
+
+        def transform(t: Similarity) -> dict[str, float]:
+            return {"scale": t.scale, "angle_deg": t.angle_deg, "dx": t.dx, "dy": t.dy}
+
+        return {
+            "version": RESULT_VERSION,
+            "method": self.method,
+            "jsn_px": _finite_or_none(self.jsn_px),
+            "jsn_mm": _finite_or_none(self.jsn_mm),
+            "jsn_se_px": _finite_or_none(self.jsn_se_px),
+            "pixel_spacing_mm": self.pixel_spacing_mm,
+            "pixel_spacing_source": self.pixel_spacing_source,
+            "sign_convention": "positive = narrowing (upper bone moved toward the lower bone)",
+            "joint_center_xy": [float(self.joint_center_xy[0]), float(self.joint_center_xy[1])],
+            "joint_axis_deg": float(self.joint_axis_deg),
+            "upper": transform(self.upper),
+            "lower": transform(self.lower),
+            "reliability": float(self.reliability),
+            "mismatch": bool(self.mismatch),
+            "flags": list(self.flags),
+            "bones": _jsonable(self.bones),
+            "timings_s": {k: float(v) for k, v in self.timings_s.items()},
+        }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return _finite_or_none(float(value))
+    return value
+
+
+def as_intensity(image: np.ndarray, name: str) -> np.ndarray:
+    """Convert a uint8/uint16 image or a float image in ``[0, 1]`` to float32 intensity.
+
+    Raises:
+        InputError: not 2-D, too small, NaN, out of range or an unsupported dtype.
+    """
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise InputError(f"{name} must be a 2-D greyscale image, got shape {image.shape}")
+    if min(image.shape) < MIN_SIDE_PX:
+        raise InputError(f"{name} is {image.shape[1]}x{image.shape[0]}, at least {MIN_SIDE_PX}x{MIN_SIDE_PX} needed")
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / 65535.0
+    if np.issubdtype(image.dtype, np.floating):
+        if not np.all(np.isfinite(image)):
+            raise InputError(f"{name} contains NaN or infinite values")
+        if image.min() < -1e-6 or image.max() > 1 + 1e-6:
+            raise InputError(f"{name}: float images must hold intensities in [0, 1]")
+        return image.astype(np.float32)
+    raise InputError(f"{name} has unsupported pixel type {image.dtype} (uint8, uint16 or float in [0, 1])")
+
+
+def as_mask(mask: np.ndarray, name: str, shape: tuple[int, int]) -> np.ndarray:
+    """Validate a bone mask: same size as the image and not empty; returns bool."""
+    mask = np.asarray(mask)
+    if mask.shape != tuple(shape):
+        raise InputError(f"{name} mask has shape {mask.shape}, image has {tuple(shape)}")
+    mask = mask > (mask.max() / 2 if mask.dtype != bool and mask.max() > 1 else 0)
+    if not mask.any():
+        raise InputError(f"{name} mask is empty")
+    return mask
+
+
+def check_mask_pair(upper: np.ndarray, lower: np.ndarray, axis_deg: float, label: str) -> None:
+    """Reject masks that overlap mostly or whose upper bone is not above the lower one."""
+    overlap = np.count_nonzero(upper & lower) / min(np.count_nonzero(upper), np.count_nonzero(lower))
+    if overlap > 0.5:
+        raise InputError(f"{label} upper and lower masks overlap by {overlap:.0%}: not two separate bones")
+    axis = axis_vector(axis_deg)
+    centroid = {}
+    for key, mask in (("upper", upper), ("lower", lower)):
+        ys, xs = np.nonzero(mask)
+        centroid[key] = np.array([xs.mean(), ys.mean()])
+    if float((centroid["lower"] - centroid["upper"]) @ axis) <= 0:
+        raise InputError(f"{label} upper-bone mask is not above the lower-bone mask along the joint axis (swapped?)")
+
+
+def mean_similarity(upper: Similarity, lower: Similarity, cx: float, cy: float) -> Similarity:
+    """Common motion of the two bones about ``(cx, cy)``: geometric-mean scale, mean angle and shift."""
+    u, low = upper.about(cx, cy), lower.about(cx, cy)
+    return Similarity(
+        math.sqrt(u.scale * low.scale),
+        0.5 * (u.angle_deg + low.angle_deg),
+        0.5 * (u.dx + low.dx),
+        0.5 * (u.dy + low.dy),
+        cx,
+        cy,
+    )
+
+
+def jsn_from_transforms(
+    upper: Similarity, lower: Similarity, center_xy: tuple[float, float], axis_deg: float = 0.0
+) -> float:
+    """JSN progression (px, + = narrowing) from the two bones' baseline -> follow-up transforms.
+
+    Removes the bones' common similarity and returns the relative displacement of the joint
+    centre along the baseline axis (see the module docstring).
+    """
+    cx, cy = center_xy
+    u, low = upper.about(cx, cy), lower.about(cx, cy)
+    mean = mean_similarity(u, low, cx, cy)
+    theta = math.radians(mean.angle_deg)
+    rel = np.array([u.dx - low.dx, u.dy - low.dy])
+    back = np.array([[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]]) @ rel / mean.scale
+    return float(back @ axis_vector(axis_deg))
+
+
+def _jsn_from_params(pu: np.ndarray, pl: np.ndarray, center_xy: tuple[float, float], axis_deg: float) -> float:
+    cx, cy = center_xy
+    return jsn_from_transforms(similarity_from_params(pu, cx, cy), similarity_from_params(pl, cx, cy), center_xy, axis_deg)
+
+
+def jsn_gradient(pu: np.ndarray, pl: np.ndarray, center_xy: tuple[float, float], axis_deg: float) -> np.ndarray:
+    """Numerical gradient of the JSN with respect to ``(a, b, tx, ty)`` of both bones (8 values)."""
+    grad = np.zeros(8)
+    for i in range(8):
+        step = 1e-6 if i % 4 < 2 else 1e-4
+        hi_u, hi_l, lo_u, lo_l = pu.copy(), pl.copy(), pu.copy(), pl.copy()
+        if i < 4:
+            hi_u[i] += step
+            lo_u[i] -= step
+        else:
+            hi_l[i - 4] += step
+            lo_l[i - 4] -= step
+        grad[i] = (_jsn_from_params(hi_u, hi_l, center_xy, axis_deg) - _jsn_from_params(lo_u, lo_l, center_xy, axis_deg)) / (2 * step)
+    return grad
+
+
+def quantify_pair(
+    baseline: np.ndarray,
+    followup: np.ndarray,
+    upper_mask: np.ndarray,
+    lower_mask: np.ndarray,
+    pixel_spacing_mm: float | None = DEFAULT_PIXEL_SPACING_MM,
+    followup_upper_mask: np.ndarray | None = None,
+    followup_lower_mask: np.ndarray | None = None,
+    joint_center_xy: tuple[float, float] | None = None,
+    joint_axis_deg: float = 0.0,
+    *,
+    settings: reg.RegistrationSettings = reg.RegistrationSettings(),
+    pixel_spacing_source: str | None = None,
+    keep_residuals: bool = True,
+) -> JsnResult:
+    """Measure JSN progression between a baseline and a follow-up radiograph of one joint.
+
+    Args:
+        baseline: ``(H, W)`` uint8/uint16 or float ``[0, 1]`` radiograph, bone bright.
+        followup: the follow-up radiograph, same size and orientation.
+        upper_mask: baseline upper-bone mask (bool or 0/255).
+        lower_mask: baseline lower-bone mask.
+        pixel_spacing_mm: pixel size for ``jsn_mm``; None means the nominal 0.175 mm.
+        followup_upper_mask: follow-up upper-bone mask, when known (extra coarse candidate).
+        followup_lower_mask: follow-up lower-bone mask, when known.
+        joint_center_xy: centre of the measurement; default
+            :func:`~jsnsynth.synth.layers.joint_center_from_masks` of the baseline masks.
+        joint_axis_deg: baseline joint axis (0 = upper bone on top, axis straight down).
+        settings: registration tuning.
+        pixel_spacing_source: label recorded with the spacing (default "option", or "nominal").
+        keep_residuals: keep the residual maps on the result (for the figure).
+
+    Returns:
+        A :class:`JsnResult`.
+
+    Raises:
+        InputError: unreadable arrays, size mismatch, empty/overlapping/swapped masks.
+    """
+    start = time.perf_counter()
+    base = as_intensity(baseline, "baseline")
+    follow = as_intensity(followup, "follow-up")
+    if follow.shape != base.shape:
+        raise InputError(f"follow-up is {follow.shape[1]}x{follow.shape[0]}, baseline is {base.shape[1]}x{base.shape[0]}")
+    upper = as_mask(upper_mask, "upper-bone", base.shape)
+    lower = as_mask(lower_mask, "lower-bone", base.shape)
+    check_mask_pair(upper, lower, joint_axis_deg, "baseline")
+    follow_masks = None
+    if (followup_upper_mask is None) != (followup_lower_mask is None):
+        raise InputError("give both follow-up masks or neither")
+    if followup_upper_mask is not None:
+        follow_masks = (
+            as_mask(followup_upper_mask, "follow-up upper-bone", base.shape),
+            as_mask(followup_lower_mask, "follow-up lower-bone", base.shape),
+        )
+        check_mask_pair(*follow_masks, joint_axis_deg, "follow-up")
+    if pixel_spacing_mm is None:
+        pixel_spacing_mm, source = DEFAULT_PIXEL_SPACING_MM, "nominal"
+    else:
+        source = pixel_spacing_source or "option"
+    if not (math.isfinite(pixel_spacing_mm) and pixel_spacing_mm > 0):
+        raise InputError(f"pixel spacing must be a positive number, got {pixel_spacing_mm}")
+    center = joint_center_xy if joint_center_xy is not None else joint_center_from_masks(upper, lower)
+    center = (float(center[0]), float(center[1]))
+
+    fits, coarse, bones_info, t_coarse, t_fine = _register_bones(base, follow, upper, lower, center, follow_masks, settings)
+    pu, pl = fits["upper"].params, fits["lower"].params
+    t_upper = similarity_from_params(pu, *center)
+    t_lower = similarity_from_params(pl, *center)
+    jsn_px = jsn_from_transforms(t_upper, t_lower, center, joint_axis_deg)
+
+    t0 = time.perf_counter()
+    regions = {"upper": bones_info["upper"]["region"], "lower": bones_info["lower"]["region"]}
+    # residuals judged after removing a per-bone quadratic intensity mapping (exposure/gamma)
+    maps, raw_stats = residual_maps(base, follow, regions, {"upper": pu, "lower": pl}, center,
+                                    photometric_order=2, keep_maps=keep_residuals)
+    grad = jsn_gradient(pu, pl, center, joint_axis_deg)
+    variance = 0.0
+    for k, name in enumerate(("upper", "lower")):
+        g = grad[4 * k: 4 * k + 4]
+        variance += float(g @ raw_stats[name]["covariance"] @ g)
+    report: ReliabilityReport = assess_reliability(base, follow, regions, fits, coarse, raw_stats, center)
+    t_rel = time.perf_counter() - t0
+
+    bones = {}
+    for name in ("upper", "lower"):
+        fit = fits[name]
+        bones[name] = {
+            "iterations": fit.iterations,
+            "converged": fit.converged,
+            "n_pixels": fit.n_pixels,
+            "rms_before": raw_stats[name]["rms_before"],
+            "rms_after": raw_stats[name]["rms_after"],
+            "noise_std": report.noise_std,
+            "residual_ratio": report.residual_ratio[name],
+            "hessian_condition": report.condition[name],
+            "coarse_fine_disagreement_px": report.disagreement_px[name],
+            "photometric": [float(v) for v in fit.photometric],
+        }
+    return JsnResult(
+        jsn_px=jsn_px,
+        jsn_mm=jsn_px * pixel_spacing_mm,
+        pixel_spacing_mm=float(pixel_spacing_mm),
+        pixel_spacing_source=source,
+        joint_center_xy=center,
+        joint_axis_deg=float(joint_axis_deg),
+        upper=t_upper,
+        lower=t_lower,
+        reliability=report.score,
+        mismatch=report.mismatch,
+        flags=report.flags,
+        jsn_se_px=math.sqrt(max(variance, 0.0)),
+        bones=bones,
+        timings_s={"coarse": t_coarse, "fine": t_fine, "reliability": t_rel, "total": time.perf_counter() - start},
+        residuals=maps,
+    )
+
+
+def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
+    """Coarse global + per-bone coarse + multi-scale fine fit; returns fits and diagnostics."""
+    t0 = time.perf_counter()
+    coarse_level = reg.coarse_level_for(base.shape)
+    n_levels = max(settings.levels, coarse_level)
+    pyr_b = reg.build_pyramid(base, n_levels, settings.smooth_sigma_px)
+    pyr_f = reg.build_pyramid(follow, n_levels, settings.smooth_sigma_px)
+    stacks_f = [spline_coefficients(level) for level in pyr_f]
+    factor = 2**coarse_level
+    union = reg.dilate(upper | lower, settings.global_dilate_px)
+    extra = []
+    if follow_masks is not None:
+        ys0, xs0 = np.nonzero(upper | lower)
+        ys1, xs1 = np.nonzero(follow_masks[0] | follow_masks[1])
+        shift = np.array([xs1.mean() - xs0.mean(), ys1.mean() - ys0.mean()]) / factor
+        extra.append(np.array([1.0, 0.0, shift[0], shift[1]]))
+    c_coarse = (center[0] / factor, center[1] / factor)
+    global_params, _ = reg.coarse_global(
+        pyr_b[coarse_level], pyr_f[coarse_level], union[::factor, ::factor], c_coarse, settings.coarse_angles_deg, extra
+    )
+    global_params = reg.scale_params(global_params, factor)
+
+    # one intensity mapping for the whole image (exposure, window, gamma), fitted on flat pixels
+    # of the globally aligned pair, so the per-bone fits need only a bias (see gauss_newton)
+    if settings.intensity_mapping_order > 0:
+        mapping = reg.fit_intensity_mapping(
+            base, follow, reg.dilate(upper | lower, 3 * settings.global_dilate_px), global_params, center,
+            settings.intensity_mapping_order,
+        )
+        pyr_f = reg.build_pyramid(reg.apply_polynomial(follow, mapping), n_levels, settings.smooth_sigma_px)
+        stacks_f = [spline_coefficients(level) for level in pyr_f]
+
+    # per-bone windowed phase correlation on top of the global alignment (half resolution)
+    pc_level = min(1, n_levels)
+    f_pc = 2**pc_level
+    c_pc = (center[0] / f_pc, center[1] / f_pc)
+    warped = reg.warp_into_baseline(pyr_f[pc_level], reg.scale_params(global_params, 1.0 / f_pc), c_pc)
+    coarse = {}
+    for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
+        region = reg.bone_region(mask, other, settings.dilate_px + 2, settings.exclude_px)
+        window = reg.tapered_window(region[::f_pc, ::f_pc], 2.0)
+        shift, _ = reg.phase_correlation_shift(pyr_b[pc_level], warped, window)
+        shift = shift * f_pc
+        params = global_params.copy()
+        if np.hypot(*shift) < 8.0:  # beyond that the peak is not this bone's
+            a, b = params[0], params[1]
+            params[2] += a * shift[0] - b * shift[1]
+            params[3] += b * shift[0] + a * shift[1]
+        coarse[name] = params
+    t_coarse = time.perf_counter() - t0
+
+    # the bones' relative move decides how far from the other bone each region must stay
+    relative_px = float(np.hypot(*(coarse["upper"][2:] - coarse["lower"][2:])))
+    exclude_px = settings.exclude_px + int(math.ceil(relative_px))
+    t1 = time.perf_counter()
+    regions = {}
+    for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
+        regions[name] = reg.bone_region(mask, other, settings.dilate_px, exclude_px)
+        if np.count_nonzero(regions[name]) < 20:
+            raise InputError(f"the {name}-bone mask leaves fewer than 20 pixels to register")
+    params = dict(coarse)
+    fits = {}
+    for level in range(settings.levels, -1, -1):
+        f = 2**level
+        if level == 0 and settings.levels > 0 and settings.match_blur:
+            # before the full-resolution fit: equalise the detector blur of the two visits and
+            # refit the intensity mapping with each bone at its own (nearly final) position. A
+            # blur or contrast difference left in the images can only be absorbed by the fit as
+            # a change of each bone's scale, which the lever arm to the joint centre amplifies.
+            windows = reg.aligned_windows(base, follow, regions, params, center)
+            base0, mapped, blur_x = reg.equalise_blur(base, follow, regions, params, center, windows=windows)
+            if settings.intensity_mapping_order > 0:
+                # the mapping is fitted on blur-matched images, applied to the raw follow-up,
+                # and the blurs are matched again (the display mapping acts after the blur)
+                mapping = reg.fit_intensity_mapping_per_bone(
+                    base0, mapped, regions, params, center, settings.intensity_mapping_order
+                )
+                mapped_windows = [(b, reg.apply_polynomial(f, mapping), r) for b, f, r in windows]
+                base0, mapped, blur_x = reg.equalise_blur(
+                    base, reg.apply_polynomial(follow, mapping), regions, params, center, initial=blur_x,
+                    windows=mapped_windows,
+                )
+            pyr_b[0] = reg.build_pyramid(base0, 0, settings.smooth_sigma_px)[0]
+            stacks_f[0] = spline_coefficients(reg.build_pyramid(mapped, 0, settings.smooth_sigma_px)[0])
+        if level == 0 and settings.shared_scale and settings.levels > 0:
+            break  # the joint shared-scale fit below is the full-resolution stage
+        for name in ("upper", "lower"):
+            sub = regions[name][::f, ::f]
+            ys, xs = np.nonzero(sub)
+            fit = reg.gauss_newton(
+                stacks_f[level],
+                pyr_b[level][sub],
+                xs.astype(np.float64),
+                ys.astype(np.float64),
+                reg.scale_params(params[name], 1.0 / f),
+                (center[0] / f, center[1] / f),
+                photometric_order=settings.photometric_order,
+                max_iterations=settings.max_iterations,
+                tolerance_px=settings.tolerance_px * (4.0 if level else 1.0) / f,
+                robust_k=settings.robust_k,
+            )
+            params[name] = reg.scale_params(fit.params, f)
+            fit.params = params[name]
+            fits[name] = fit
+    if settings.shared_scale:
+        # both bones take the follow-up's single magnification (see shared_scale_gauss_newton)
+        components = []
+        for name in ("upper", "lower"):
+            ys, xs = np.nonzero(regions[name])
+            components.append((pyr_b[0][regions[name]], xs.astype(np.float64), ys.astype(np.float64), params[name]))
+        joint, converged, iterations, step_px = reg.shared_scale_gauss_newton(
+            stacks_f[0], components, center, max_iterations=settings.max_iterations, tolerance_px=settings.tolerance_px
+        )
+        for name, p in zip(("upper", "lower"), joint):
+            fits[name].params = params[name] = p
+            fits[name].converged = converged
+            fits[name].iterations += iterations
+            fits[name].last_step_px = step_px
+            fits[name].n_pixels = len(components[0][0] if name == "upper" else components[1][0])
+    info = {name: {"region": regions[name]} for name in regions}
+    t_fine = time.perf_counter() - t1
+    return fits, coarse, info, t_coarse, t_fine
+
+
+def quantify_files(
+    baseline_path: str,
+    followup_path: str,
+    upper_mask_path: str,
+    lower_mask_path: str,
+    followup_upper_mask_path: str | None = None,
+    followup_lower_mask_path: str | None = None,
+    pixel_spacing_mm: float | None = None,
+    residual_figure: str | None = None,
+    json_out: str | None = None,
+) -> dict[str, Any]:
+    """Read a pair from disk, quantify it, and write the optional figure and JSON record.
+
+    Pixel spacing: the option when given, else the baseline's DICOM header, else the nominal
+    0.175 mm/px; ``pixel_spacing_source`` in the record says which.
+
+    Returns:
+        The JSON record (:meth:`JsnResult.to_dict`) plus ``inputs`` and ``outputs``.
+
+    Raises:
+        InputError: unreadable images or masks, size mismatch, empty/overlapping masks.
+    """
+    import json as _json
+
+    from jsnsynth.quantify.reliability import save_residual_figure
+    from jsnsynth.synth.io import read_mask, read_radiograph, write_bytes_atomic
+
+    base = read_radiograph(baseline_path)
+    follow = read_radiograph(followup_path)
+    shape = base.intensity.shape
+    if follow.intensity.shape != shape:
+        raise InputError(f"{followup_path}: follow-up is {follow.intensity.shape[1]}x{follow.intensity.shape[0]}, baseline is {shape[1]}x{shape[0]}")
+    masks = [read_mask(upper_mask_path, shape), read_mask(lower_mask_path, shape)]
+    follow_masks = [None, None]
+    if (followup_upper_mask_path is None) != (followup_lower_mask_path is None):
+        raise InputError("give both --followup-upper-mask and --followup-lower-mask, or neither")
+    if followup_upper_mask_path is not None:
+        follow_masks = [read_mask(followup_upper_mask_path, shape), read_mask(followup_lower_mask_path, shape)]
+    if pixel_spacing_mm is not None:
+        spacing, source = float(pixel_spacing_mm), "option"
+    elif base.pixel_spacing_mm is not None:
+        spacing, source = float(base.pixel_spacing_mm), "dicom"
+    else:
+        spacing, source = DEFAULT_PIXEL_SPACING_MM, "nominal (0.175 mm/px; the image has no spacing)"
+    result = quantify_pair(
+        base.intensity.astype(np.float32), follow.intensity.astype(np.float32), masks[0], masks[1],
+        pixel_spacing_mm=spacing, followup_upper_mask=follow_masks[0], followup_lower_mask=follow_masks[1],
+        pixel_spacing_source=source,
+    )
+    record = result.to_dict()
+    record["inputs"] = {"baseline": str(baseline_path), "followup": str(followup_path),
+                        "baseline_bit_depth": base.bit_depth, "followup_bit_depth": follow.bit_depth}
+    record["outputs"] = {}
+    if residual_figure:
+        record["outputs"]["residual_figure"] = str(save_residual_figure(result, base.intensity, residual_figure))
+    if json_out:
+        record["outputs"]["json"] = str(json_out)
+        write_bytes_atomic(json_out, (_json.dumps(record, indent=2) + "\n").encode())
+    return record

@@ -1,0 +1,236 @@
+"""Real-series protocol without ground truth (the registration paper's reproducibility test).
+
+For every joint series of a finger-joint folder (1-4 visits, ``manifest.csv`` rows in visit
+order) and every visit pair ``i < j``:
+
+- JSN measured on the original images and after ``n_shifts`` (9) random integer shifts of both
+  images (each image by its own shift in ``[-3, 3]^2`` px, edges replicated, masks moved with
+  them); the trials' SD is the reproducibility;
+- mismatching: the trial farthest from the mean is dropped until the SD is below
+  ``mismatch_sd_mm`` (0.3 mm); every dropped trial counts as a mismatch;
+- transitivity for series with three or more visits: ``JSN_ij - (JSN_ik + JSN_kj)`` for every
+  ``i < k < j`` (original images).
+
+Millimetres use the nominal 0.175 mm/px (the crops publish no spacing).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from jsnsynth.errors import InputError
+from jsnsynth.quantify.validate import load_method
+from jsnsynth.synth.fingerjoints import FingerJointRecord, read_manifest
+from jsnsynth.synth.io import read_mask, read_radiograph, write_bytes_atomic
+from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM
+
+
+def shift_image(image: np.ndarray, shift_xy: tuple[int, int], replicate: bool = True) -> np.ndarray:
+    """Integer translation by ``(sx, sy)`` px; edges replicated (images) or zero (masks)."""
+    matrix = np.array([[1, 0, shift_xy[0]], [0, 1, shift_xy[1]]], dtype=np.float64)
+    border = cv2.BORDER_REPLICATE if replicate else cv2.BORDER_CONSTANT
+    source = image.astype(np.uint8) if image.dtype == bool else image
+    moved = cv2.warpAffine(source, matrix, image.shape[::-1], flags=cv2.INTER_NEAREST, borderMode=border)
+    return moved.astype(bool) if image.dtype == bool else moved
+
+
+def drop_outlier_trials(values_mm: np.ndarray, max_sd_mm: float) -> tuple[np.ndarray, int]:
+    """Drop the trial farthest from the mean until the SD is below ``max_sd_mm``; return (kept, dropped)."""
+    kept = np.asarray(values_mm, dtype=np.float64)
+    dropped = 0
+    while kept.size > 2 and kept.std(ddof=1) >= max_sd_mm:
+        kept = np.delete(kept, int(np.argmax(np.abs(kept - kept.mean()))))
+        dropped += 1
+    return kept, dropped
+
+
+def _load_visit(record: FingerJointRecord) -> dict:
+    image = read_radiograph(record.image)
+    shape = image.intensity.shape
+    pixels = np.rint(image.intensity * ((1 << image.bit_depth) - 1)).astype(np.uint16 if image.bit_depth > 8 else np.uint8)
+    return {
+        "image": pixels,
+        "upper": read_mask(record.mask_upper, shape),
+        "lower": read_mask(record.mask_lower, shape),
+        "name": record.name,
+    }
+
+
+def measure_pair(
+    base: dict, follow: dict, method: Callable, rng: np.random.Generator, n_shifts: int, max_shift_px: int, spacing_mm: float
+) -> list[dict]:
+    """JSN of one visit pair on the originals and after ``n_shifts`` random integer shifts of both."""
+    trials = []
+    for trial in range(n_shifts + 1):
+        if trial == 0:
+            sb, sf = (0, 0), (0, 0)
+        else:
+            sb = tuple(int(v) for v in rng.integers(-max_shift_px, max_shift_px + 1, size=2))
+            sf = tuple(int(v) for v in rng.integers(-max_shift_px, max_shift_px + 1, size=2))
+        start = time.perf_counter()
+        try:
+            result = method(
+                shift_image(base["image"], sb), shift_image(follow["image"], sf),
+                shift_image(base["upper"], sb, False), shift_image(base["lower"], sb, False),
+                pixel_spacing_mm=spacing_mm,
+                followup_upper_mask=shift_image(follow["upper"], sf, False),
+                followup_lower_mask=shift_image(follow["lower"], sf, False),
+            )
+            jsn_px = float(result.jsn_px if hasattr(result, "jsn_px") else result["jsn_px"] if isinstance(result, dict) else result)
+            flagged = bool(getattr(result, "mismatch", False) or (isinstance(result, dict) and result.get("mismatch")))
+        except InputError:
+            jsn_px, flagged = float("nan"), True
+        elapsed = time.perf_counter() - start
+        trials.append({"trial": trial, "shift_baseline": sb, "shift_followup": sf, "jsn_px": jsn_px,
+                       "jsn_mm": jsn_px * spacing_mm, "flagged": flagged, "time_s": elapsed})
+    return trials
+
+
+def validate_real(
+    folder: str | os.PathLike,
+    method: str | Callable = "register",
+    out_dir: str | os.PathLike | None = None,
+    limit_series: int | None = None,
+    n_shifts: int = 9,
+    max_shift_px: int = 3,
+    mismatch_sd_mm: float = 0.3,
+    pixel_spacing_mm: float = DEFAULT_PIXEL_SPACING_MM,
+    seed: int = 0,
+) -> dict:
+    """Run the real-series protocol (module docstring) and optionally write its report.
+
+    Args:
+        folder: finger-joint folder with ``manifest.csv``.
+        method: builtin name, ``module:function`` or a callable (as for validation).
+        out_dir: where to write ``real_summary.json``, ``real_pairs.csv`` and ``real_series.png``.
+        limit_series: only the first N series with at least two visits.
+        n_shifts: shifted trials per pair besides the original.
+        max_shift_px: largest integer shift per axis.
+        mismatch_sd_mm: SD below which the trial dropping stops.
+        pixel_spacing_mm: nominal spacing for millimetres.
+        seed: base seed of the shifts (``SeedSequence([seed, pair number])``).
+
+    Returns:
+        Summary with ``sd_trials_mm`` (mean and median over pairs), ``mismatching_rate``,
+        ``transitivity_rms_mm`` and counts.
+
+    Raises:
+        InputError: missing folder/manifest, unreadable images or masks (naming the file).
+    """
+    method_name, function = load_method(method)
+    records = read_manifest(folder)
+    series: dict[str, list[FingerJointRecord]] = {}
+    for record in records:
+        series.setdefault(record.series, []).append(record)
+    chosen = [(name, visits) for name, visits in series.items() if len(visits) >= 2]
+    if limit_series is not None:
+        chosen = chosen[:limit_series]
+    if not chosen:
+        raise InputError(f"{folder}: no series with two or more visits")
+    pair_rows: list[dict] = []
+    transitivity: list[dict] = []
+    pair_number = 0
+    for name, visits in chosen:
+        loaded = [_load_visit(v) for v in visits]
+        jsn = {}
+        for i in range(len(loaded)):
+            for j in range(i + 1, len(loaded)):
+                rng = np.random.default_rng(np.random.SeedSequence([seed, pair_number]))
+                pair_number += 1
+                trials = measure_pair(loaded[i], loaded[j], function, rng, n_shifts, max_shift_px, pixel_spacing_mm)
+                values = np.array([t["jsn_mm"] for t in trials])
+                finite = values[np.isfinite(values)]
+                kept, dropped = drop_outlier_trials(finite, mismatch_sd_mm)
+                dropped += int(values.size - finite.size)
+                jsn[(i, j)] = trials[0]["jsn_mm"]
+                pair_rows.append({
+                    "series": name, "visit_i": i, "visit_j": j,
+                    "jsn_mm_original": trials[0]["jsn_mm"],
+                    "jsn_mm_mean": float(finite.mean()) if finite.size else float("nan"),
+                    "sd_trials_mm": float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),
+                    "sd_kept_mm": float(kept.std(ddof=1)) if kept.size > 1 else float("nan"),
+                    "n_trials": int(values.size), "n_dropped": dropped,
+                    "n_flagged": int(sum(t["flagged"] for t in trials)),
+                    "time_per_trial_s": float(np.nanmean([t["time_s"] for t in trials])),
+                })
+        for i in range(len(loaded)):
+            for k in range(i + 1, len(loaded)):
+                for j in range(k + 1, len(loaded)):
+                    residual = jsn[(i, j)] - (jsn[(i, k)] + jsn[(k, j)])
+                    transitivity.append({"series": name, "i": i, "k": k, "j": j, "jsn_ij_mm": jsn[(i, j)],
+                                         "sum_mm": jsn[(i, k)] + jsn[(k, j)], "residual_mm": residual})
+    sds = np.array([r["sd_trials_mm"] for r in pair_rows], dtype=np.float64)
+    n_trials = sum(r["n_trials"] for r in pair_rows)
+    n_dropped = sum(r["n_dropped"] for r in pair_rows)
+    residuals = np.array([t["residual_mm"] for t in transitivity], dtype=np.float64)
+    summary: dict[str, Any] = {
+        "folder": str(folder),
+        "method": method_name,
+        "pixel_spacing_mm": pixel_spacing_mm,
+        "pixel_spacing_source": "nominal",
+        "n_series": len(chosen),
+        "n_pairs": len(pair_rows),
+        "n_trials": n_trials,
+        "sd_trials_mm_mean": float(np.nanmean(sds)),
+        "sd_trials_mm_median": float(np.nanmedian(sds)),
+        "mismatching_rate": n_dropped / n_trials if n_trials else float("nan"),
+        "flag_rate": sum(r["n_flagged"] for r in pair_rows) / n_trials if n_trials else float("nan"),
+        "n_triplets": len(transitivity),
+        "transitivity_rms_mm": float(np.sqrt(np.mean(residuals**2))) if residuals.size else None,
+        "transitivity_max_mm": float(np.max(np.abs(residuals))) if residuals.size else None,
+        "time_per_trial_s": float(np.nanmean([r["time_per_trial_s"] for r in pair_rows])),
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(pair_rows[0]))
+        writer.writeheader()
+        writer.writerows(pair_rows)
+        write_bytes_atomic(out / "real_pairs.csv", buffer.getvalue().encode())
+        write_bytes_atomic(out / "real_series.png", _real_figure(pair_rows, transitivity, summary))
+        summary["outputs"] = {"pairs": str(out / "real_pairs.csv"), "figure": str(out / "real_series.png"),
+                              "summary": str(out / "real_summary.json")}
+        write_bytes_atomic(out / "real_summary.json", (json.dumps({**summary, "transitivity": transitivity}, indent=2) + "\n").encode())
+    return summary
+
+
+def _real_figure(pair_rows: list[dict], transitivity: list[dict], summary: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    sds = np.array([r["sd_trials_mm"] for r in pair_rows], dtype=np.float64)
+    sds = sds[np.isfinite(sds)]
+    axes[0].hist(sds, bins=30, color="tab:blue")
+    axes[0].set_xscale("symlog", linthresh=0.01)
+    axes[0].set_xlabel("SD of the 10 trials per visit pair (mm, 0.175 mm/px nominal)")
+    axes[0].set_ylabel("visit pairs")
+    axes[0].set_title(f"reproducibility: mean SD {summary['sd_trials_mm_mean']:.4f} mm, "
+                      f"mismatching {100 * summary['mismatching_rate']:.2f} %", fontsize=9)
+    if transitivity:
+        direct = [t["jsn_ij_mm"] for t in transitivity]
+        composed = [t["sum_mm"] for t in transitivity]
+        axes[1].scatter(composed, direct, s=10)
+        lim = max(1e-3, max(np.abs(direct + composed)))
+        axes[1].plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
+        axes[1].set_title(f"transitivity: RMS residual {summary['transitivity_rms_mm']:.4f} mm "
+                          f"({len(transitivity)} triplets)", fontsize=9)
+    axes[1].set_xlabel("JSN_ik + JSN_kj (mm)")
+    axes[1].set_ylabel("JSN_ij (mm)")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,635 @@
+"""Per-bone sub-pixel similarity registration: the numerical core of the JSN quantifier.
+
+Two stages per pair (docs/quantify.md explains the design):
+
+1. **Coarse, cannot be fooled by large moves.** The whole joint (both bone masks, generously
+   dilated) is aligned first: at the coarsest pyramid level a small set of rotations is tried,
+   each followed by Hann-windowed phase correlation for the translation, the best one refined by
+   Gauss-Newton on a 4-parameter similarity. Each bone then gets its own windowed phase
+   correlation on top of that global alignment.
+2. **Fine, reaching the noise limit.** Gauss-Newton on each bone's similarity
+   ``(a, b, tx, ty)`` plus a photometric ``bias + gain*B + curvature*B^2`` (exposure and display
+   changes between visits), multi-scale, over the baseline bone mask dilated by a few pixels so
+   the cortical edges are inside, with the neighbouring bone excluded.
+
+Everything is float32 on pixel lists (no full-image warps inside the loops) with OpenCV remap
+for sampling; see :mod:`jsnsynth.quantify.warp` for how sub-1/32-pixel positions are kept exact.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from jsnsynth.quantify.warp import sample_spline, spline_coefficients, warp_positions
+from jsnsynth.synth.geometry import Similarity
+
+#: Length (px) that normalises the rotation/scale columns of the Jacobian, for conditioning.
+LEVER_PX = 64.0
+#: Band along the crop border left out of the bone regions: a repositioned follow-up shows
+#: there what the baseline did not (or, in simulated pairs, edge padding), which no similarity explains.
+BORDER_PX = 12
+
+
+@dataclass(frozen=True)
+class RegistrationSettings:
+    """Tuning of the registration; the defaults are what the benchmark reports.
+
+    Attributes:
+        smooth_sigma_px: Gaussian pre-smoothing of both images at full resolution (gradients).
+        levels: pyramid levels used by the fine stage (0 = full resolution only).
+        dilate_px: how far the baseline bone mask is grown to take in the cortical edges.
+        global_dilate_px: growth of the union of both masks for the global (coarse) stage.
+        exclude_px: minimum gap kept from the other bone's mask.
+        coarse_angles_deg: rotations tried by the coarse global search.
+        max_iterations: Gauss-Newton iterations per level of the fine stage.
+        tolerance_px: stop when the update moves no region pixel by more than this.
+        photometric_order: per-bone intensity polynomial in the fine fit: 0 bias only (default;
+            a free gain is nearly collinear with the scale of a bright bone), 1 adds a gain.
+        match_blur: equalise the two images' detector blur before the full-resolution fit.
+        intensity_mapping_order: degree of the global follow-up -> baseline intensity mapping
+            fitted once after the coarse alignment (0 disables it).
+        robust_k: Huber threshold in units of the residual's robust sigma (0 disables it).
+    """
+
+    smooth_sigma_px: float = 0.5
+    levels: int = 2
+    dilate_px: int = 4
+    global_dilate_px: int = 8
+    exclude_px: int = 2
+    coarse_angles_deg: tuple[float, ...] = (-10.0, -5.0, 0.0, 5.0, 10.0)
+    max_iterations: int = 12
+    tolerance_px: float = 2e-4
+    photometric_order: int = 0
+    match_blur: bool = True
+    shared_scale: bool = True
+    intensity_mapping_order: int = 2
+    robust_k: float = 0.0
+
+
+@dataclass
+class BoneFit:
+    """Outcome of one bone's fine registration (full-resolution pixels)."""
+
+    transform: Similarity
+    photometric: tuple[float, ...]
+    iterations: int
+    converged: bool
+    n_pixels: int
+    rms_before: float
+    rms_after: float
+    hessian_condition: float
+    covariance_unit: np.ndarray = field(repr=False)  # (J^T J)^-1 of (a, b, tx, ty), noise variance 1
+    coarse_transform: Similarity | None = None
+
+
+def disk(radius_px: int) -> np.ndarray:
+    """Circular structuring element of the given radius (uint8)."""
+    size = 2 * radius_px + 1
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+
+
+def dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    """Binary dilation by a disk (radius 0 returns the mask)."""
+    if radius_px <= 0:
+        return mask.astype(bool)
+    return cv2.dilate(mask.astype(np.uint8), disk(radius_px)).astype(bool)
+
+
+def bone_region(
+    mask: np.ndarray, other_mask: np.ndarray, dilate_px: int, exclude_px: int, border_px: int = BORDER_PX
+) -> np.ndarray:
+    """Pixels that belong to one bone for registration: its mask grown, the other bone kept out."""
+    region = dilate(mask, dilate_px) & ~dilate(other_mask & ~mask, exclude_px)
+    region[:border_px, :] = region[-border_px:, :] = False
+    region[:, :border_px] = region[:, -border_px:] = False
+    return region
+
+
+def build_pyramid(image: np.ndarray, levels: int, smooth_sigma_px: float) -> list[np.ndarray]:
+    """Smoothed image and its ``cv2.pyrDown`` reductions (level L samples pixel ``2^L i``)."""
+    base = np.asarray(image, dtype=np.float32)
+    if smooth_sigma_px > 0:
+        base = cv2.GaussianBlur(base, (0, 0), smooth_sigma_px, borderType=cv2.BORDER_REPLICATE)
+    pyramid = [base]
+    for _ in range(levels):
+        pyramid.append(cv2.pyrDown(pyramid[-1], borderType=cv2.BORDER_REPLICATE))
+    return pyramid
+
+
+def scale_params(params: np.ndarray, factor: float) -> np.ndarray:
+    """Re-express ``(a, b, tx, ty)`` for coordinates multiplied by ``factor`` (same centre point)."""
+    return np.array([params[0], params[1], params[2] * factor, params[3] * factor])
+
+
+def photometric_basis(values: np.ndarray, order: int) -> np.ndarray:
+    """Columns ``1, (B - 0.5), (B - 0.5)^2`` up to ``order``: the intensity polynomial's basis.
+
+    Absolute (not standardised) so that coefficients carry over between pyramid levels.
+    """
+    z = np.asarray(values, dtype=np.float32) - 0.5
+    columns = [np.ones_like(z), z, z * z][: order + 1]
+    return np.stack(columns, axis=1)
+
+
+@dataclass
+class _Fit:
+    params: np.ndarray
+    photometric: np.ndarray
+    iterations: int
+    converged: bool
+    rms: float
+    hessian: np.ndarray
+    n_pixels: int
+    residual: np.ndarray
+    valid: np.ndarray
+    last_step_px: float = 0.0
+
+
+def gauss_newton(
+    follow_coef: np.ndarray,
+    base_values: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    params: np.ndarray,
+    center_xy: tuple[float, float],
+    *,
+    photometric_order: int,
+    max_iterations: int,
+    tolerance_px: float,
+    robust_k: float = 0.0,
+    lever_px: float = LEVER_PX,
+    photometric: np.ndarray | None = None,
+    free_photometric: int | None = None,
+    pixel_weights: np.ndarray | None = None,
+    translation_only: bool = False,
+) -> _Fit:
+    """Fit ``F(W(p)) = P(B(p))`` over a pixel list by Gauss-Newton.
+
+    Args:
+        follow_coef: follow-up B-spline coefficients (:func:`~jsnsynth.quantify.warp.spline_coefficients`).
+        base_values: baseline values at the listed pixels.
+        xs, ys: float64 pixel positions (baseline frame) of the region.
+        params: initial ``(a, b, tx, ty)`` about ``center_xy``.
+        center_xy: the centre of the similarity.
+        photometric_order: degree of the intensity polynomial ``P``.
+        max_iterations: iteration cap.
+        tolerance_px: stop when the geometric update moves every pixel by less than this.
+        robust_k: Huber threshold in robust sigmas, 0 for plain least squares.
+        lever_px: normalising length of the rotation/scale columns.
+        photometric: initial polynomial coefficients (None: least squares at the start).
+        free_photometric: how many leading coefficients are re-estimated (None: all); the rest
+            stay fixed. The fine level frees only the bias: a gain fitted there would absorb the
+            edge-width mismatch of a magnified follow-up (detector blur does not scale) and
+            leak it into the scale, which the joint-centre lever arm amplifies.
+        pixel_weights: fixed per-pixel weights (e.g. a window around the joint centre).
+        translation_only: keep ``(a, b)`` (rotation and scale) fixed and fit the translation.
+
+    Returns:
+        The fit, with the geometric Hessian ``J^T J`` (unit noise) of the last iteration.
+    """
+    cx, cy = center_xy
+    h, w = follow_coef.shape
+    ux = ((xs - cx) / lever_px).astype(np.float32)
+    uy = ((ys - cy) / lever_px).astype(np.float32)
+    basis = photometric_basis(base_values, photometric_order)
+    n_free = basis.shape[1] if free_photometric is None else min(free_photometric, basis.shape[1])
+    params = np.asarray(params, dtype=np.float64).copy()
+    # start the photometric terms from a least-squares fit at the initial geometry
+    reach = float(np.max(np.abs(np.concatenate([ux, uy])))) * lever_px + 1.0
+    converged = False
+    moved = float("inf")
+    iterations = 0
+    hessian = np.eye(4)
+    residual = np.zeros_like(base_values)
+    valid = np.ones(base_values.shape, dtype=bool)
+    for iterations in range(1, max_iterations + 1):
+        wx, wy = warp_positions(params, cx, cy, xs, ys)
+        fv, fx, fy = sample_spline(follow_coef, wx, wy)
+        valid = (wx >= 1.0) & (wx <= w - 2.0) & (wy >= 1.0) & (wy <= h - 2.0)
+        if iterations == 1 and photometric is None:
+            photometric, *_ = np.linalg.lstsq(basis[valid], fv[valid] - base_values[valid], rcond=None)
+        photometric = np.asarray(photometric, dtype=np.float64)
+        residual = fv - base_values - basis @ photometric.astype(np.float32)
+        weights = valid.astype(np.float32)
+        if pixel_weights is not None:
+            weights = weights * pixel_weights
+        if robust_k > 0:
+            scale = 1.4826 * float(np.median(np.abs(residual[valid]))) + 1e-12
+            ratio = np.abs(residual) / (robust_k * scale)
+            weights = weights * np.where(ratio > 1.0, 1.0 / np.maximum(ratio, 1e-12), 1.0).astype(np.float32)
+        jac = np.empty((xs.size, 4 + n_free), dtype=np.float32)
+        jac[:, 0] = fx * ux + fy * uy
+        jac[:, 1] = fy * ux - fx * uy
+        jac[:, 2] = fx
+        jac[:, 3] = fy
+        jac[:, 4:] = -basis[:, :n_free]
+        if translation_only:
+            jac[:, :2] = 0.0
+        weighted = jac * weights[:, None]
+        normal = (weighted.T @ jac).astype(np.float64)
+        gradient = (weighted.T @ residual).astype(np.float64)
+        if translation_only:
+            normal[0, 0] = normal[1, 1] = 1.0  # frozen: zero step
+        diag = np.sqrt(np.maximum(np.diag(normal), 1e-20))
+        try:
+            step = -np.linalg.solve(normal / np.outer(diag, diag), gradient / diag) / diag
+        except np.linalg.LinAlgError:
+            break
+        if n_free:
+            hessian = normal[:4, :4] - normal[:4, 4:] @ np.linalg.solve(normal[4:, 4:], normal[4:, :4])
+        else:
+            hessian = normal[:4, :4]
+        step_geo = step[:4] * np.array([1.0 / lever_px, 1.0 / lever_px, 1.0, 1.0])
+        params = params + step_geo
+        photometric = photometric.copy()
+        photometric[:n_free] += step[4:]
+        moved = math.hypot(step_geo[2], step_geo[3]) + reach * math.hypot(step_geo[0], step_geo[1])
+        if moved < tolerance_px:
+            converged = True
+            break
+    rms = float(np.sqrt(np.mean(residual[valid] ** 2))) if valid.any() else float("nan")
+    return _Fit(params, photometric, iterations, converged, rms, hessian, int(valid.sum()), residual, valid, moved)
+
+
+@functools.lru_cache(maxsize=8)
+def _checkerboard(shape: tuple[int, int]) -> np.ndarray:
+    rows, cols = np.indices(shape)
+    return (rows + cols) % 2 == 0
+
+
+def _every_other(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of a region's pixels on a checkerboard (half of them): enough to fit a
+    handful of global parameters, at half the cost."""
+    return np.nonzero(region & _checkerboard(region.shape))
+
+
+def apply_polynomial(image: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+    """``sum_k c_k image^k`` as float32 (coefficients in increasing degree)."""
+    image = np.asarray(image, dtype=np.float64)
+    out = np.zeros_like(image)
+    for power, coef in enumerate(coefficients):
+        out += coef * image**power
+    return out.astype(np.float32)
+
+
+def fit_intensity_mapping(
+    base: np.ndarray,
+    follow: np.ndarray,
+    region: np.ndarray,
+    params: np.ndarray,
+    center_xy: tuple[float, float],
+    order: int,
+) -> np.ndarray:
+    """Global mapping with one transform for the whole region (see :func:`fit_intensity_mapping_per_bone`)."""
+    return fit_intensity_mapping_per_bone(base, follow, {"all": region}, {"all": params}, center_xy, order)
+
+
+def fit_intensity_mapping_per_bone(
+    base: np.ndarray,
+    follow: np.ndarray,
+    regions: dict[str, np.ndarray],
+    params: dict[str, np.ndarray],
+    center_xy: tuple[float, float],
+    order: int,
+) -> np.ndarray:
+    """Polynomial ``q`` with ``base(p) ~ q(follow(W_k(p)))`` fitted on the flat pixels of each region ``k``.
+
+    Pixels are weighted by ``1 / (1 + |grad B|^2 / tau^2)`` so that residual misalignment at
+    edges (bones move relative to each other) does not bend the mapping.
+
+    Returns:
+        Coefficients in increasing degree (identity ``[0, 1, 0, ...]`` if the fit is degenerate).
+    """
+    h, w = base.shape
+    coef = spline_coefficients(follow)
+    gx = cv2.Sobel(base.astype(np.float32), cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
+    gy = cv2.Sobel(base.astype(np.float32), cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
+    grad_sq = gx * gx + gy * gy
+    values_list, target_list, grad_list = [], [], []
+    for name, region in regions.items():
+        ys, xs = _every_other(region)
+        wx, wy = warp_positions(params[name], center_xy[0], center_xy[1], xs.astype(np.float64), ys.astype(np.float64))
+        inside = (wx >= 1) & (wx <= w - 2) & (wy >= 1) & (wy <= h - 2)
+        values_list.append(sample_spline(coef, wx[inside], wy[inside])[0].astype(np.float64))
+        target_list.append(base[ys[inside], xs[inside]].astype(np.float64))
+        grad_list.append(grad_sq[ys[inside], xs[inside]].astype(np.float64))
+    values, target, grad2 = (np.concatenate(v) for v in (values_list, target_list, grad_list))
+    tau2 = max(float(np.median(grad2)), 1e-10)
+    weights = 1.0 / (1.0 + grad2 / tau2)
+    identity = np.zeros(order + 1)
+    identity[1] = 1.0
+    if values.size < 10 * (order + 1) or values.std() == 0:
+        return identity
+    design = np.stack([values**k for k in range(order + 1)], axis=1) * np.sqrt(weights)[:, None]
+    coef, *_ = np.linalg.lstsq(design, target * np.sqrt(weights), rcond=None)
+    return coef if np.all(np.isfinite(coef)) else identity
+
+
+def blur_difference(windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float:
+    """Estimate ``sigma_f^2 - sigma_b^2`` (px^2), the follow-up's extra Gaussian blur.
+
+    Gaussian blur obeys the heat equation, ``dI / d(sigma^2) = laplacian(I) / 2``, so over the
+    aligned bone regions ``F(W_k p) - B(p) ~ c0 + c1 B + c2 B^2 + delta * laplacian(B) / 2``.
+
+    Args:
+        windows: per bone ``(baseline window, follow-up warped into it, region mask)``.
+    """
+    rows = []
+    for base, follow, region in windows:
+        # the regressor must not see the baseline pixel's own noise, which is also in F - B: a
+        # difference of Gaussians (proportional to a smoothed Laplacian) with its centre tap removed
+        lap = cv2.filter2D(base.astype(np.float32), cv2.CV_32F, _ring_laplacian(), borderType=cv2.BORDER_REPLICATE)
+        ys, xs = _every_other(region)
+        bv = base[ys, xs].astype(np.float64)
+        fv = follow[ys, xs].astype(np.float64)
+        rows.append(np.stack([fv - bv, np.ones_like(bv), bv, bv * bv, 0.5 * lap[ys, xs]], axis=1))
+    data = np.concatenate(rows)
+    if data.shape[0] < 20:
+        return 0.0
+    solution, *_ = np.linalg.lstsq(data[:, 1:], data[:, 0], rcond=None)
+    return float(solution[3]) if np.isfinite(solution[3]) else 0.0
+
+
+def aligned_windows(
+    base: np.ndarray,
+    follow: np.ndarray,
+    regions: dict[str, np.ndarray],
+    params: dict[str, np.ndarray],
+    center_xy: tuple[float, float],
+    margin_px: int = 12,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per bone: the baseline window around its region, the follow-up warped into that window
+    with the bone's transform, and the region inside the window (follow-up samples outside the
+    image are left out of the region)."""
+    h, w = base.shape
+    coef = spline_coefficients(follow)
+    windows = []
+    for name, region in regions.items():
+        ys, xs = np.nonzero(region)
+        y0, y1 = max(ys.min() - margin_px, 0), min(ys.max() + margin_px + 1, h)
+        x0, x1 = max(xs.min() - margin_px, 0), min(xs.max() + margin_px + 1, w)
+        gy, gx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+        wx, wy = warp_positions(params[name], center_xy[0], center_xy[1], gx.ravel(), gy.ravel())
+        warped = sample_spline(coef, wx, wy)[0].reshape(gx.shape)
+        inside = ((wx >= 1) & (wx <= w - 2) & (wy >= 1) & (wy <= h - 2)).reshape(gx.shape)
+        windows.append((base[y0:y1, x0:x1], warped, region[y0:y1, x0:x1] & inside))
+    return windows
+
+
+def _ring_laplacian(radius_px: int = 4) -> np.ndarray:
+    """Difference-of-Gaussians kernel (sigma 1.5 minus 1.0, about 0.6 x Laplacian) with a zero centre and zero sum."""
+    r = np.arange(-radius_px, radius_px + 1, dtype=np.float64)
+    r2 = r[:, None] ** 2 + r[None, :] ** 2
+
+    def gauss(sigma: float) -> np.ndarray:
+        g = np.exp(-r2 / (2 * sigma**2))
+        return g / g.sum()
+
+    kernel = gauss(1.5) - gauss(1.0)
+    kernel[radius_px, radius_px] = 0.0
+    others = np.ones_like(kernel, dtype=bool)
+    others[radius_px, radius_px] = False
+    kernel[others] -= kernel[others].mean()
+    return (kernel / 0.625).astype(np.float32)
+
+
+def gaussian_blur(image: np.ndarray, sigma_px: float, pad_px: int = 16) -> np.ndarray:
+    """Gaussian blur with exactly the variance ``sigma_px^2`` (Fourier domain, reflected padding).
+
+    Sampled spatial kernels are wrong in variance for sigma below about 1 px, which matters when
+    matching the detector blur of two images to a few hundredths of a pixel squared.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if sigma_px < 0.02:
+        return image
+    padded = np.pad(image.astype(np.float64), pad_px, mode="symmetric")
+    spectrum = np.fft.rfft2(padded)
+    fy = np.fft.fftfreq(padded.shape[0])[:, None]
+    fx = np.fft.rfftfreq(padded.shape[1])[None, :]
+    spectrum *= np.exp(-2.0 * (math.pi * sigma_px) ** 2 * (fx * fx + fy * fy))
+    blurred = np.fft.irfft2(spectrum, s=padded.shape)
+    return blurred[pad_px:-pad_px, pad_px:-pad_px].astype(np.float32)
+
+
+def equalise_blur(
+    base: np.ndarray,
+    follow: np.ndarray,
+    regions: dict[str, np.ndarray],
+    params: dict[str, np.ndarray],
+    center_xy: tuple[float, float],
+    rounds: int = 4,
+    initial: float = 0.0,
+    windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Blur the sharper image so that both have the same detector blur (see :func:`blur_difference`).
+
+    Returns ``(base, follow, x)``: the matched images and the variance added (``x > 0`` to the
+    baseline, ``x < 0`` to the follow-up); ``initial`` warm-starts the search; ``windows``
+    (from :func:`aligned_windows`) saves warping the follow-up again.
+
+    The linearised estimate is refined over ``rounds`` equalisations (its fixed point is zero
+    remaining difference, whatever the scale of the regressor).
+    """
+
+    # blurs commute with the (nearly rigid) warps, so the search runs on the follow-up warped
+    # once into each bone's baseline window; only the final images are blurred in full
+    if windows is None:
+        windows = aligned_windows(base, follow, regions, params, center_xy)
+
+    def remaining(extra: float) -> float:
+        # extra > 0 blurs the baseline, < 0 the follow-up, by |extra| px^2 of variance
+        sb, sf = math.sqrt(max(extra, 0.0)), math.sqrt(max(-extra, 0.0))
+        return blur_difference([(gaussian_blur(b, sb), gaussian_blur(f, sf), r) for b, f, r in windows])
+
+    # secant iteration on the remaining difference: the linearised estimate overshoots (its
+    # regressor is a smoothed Laplacian), but its zero is where the two blurs match
+    x_prev = initial
+    r_prev = remaining(x_prev)
+    x = float(np.clip(x_prev + r_prev, -4.0, 4.0))
+    for _ in range(rounds - 1):
+        if abs(x - x_prev) < 1e-3:
+            break
+        r = remaining(x)
+        slope = (r - r_prev) / (x - x_prev)
+        x_next = x - r / slope if slope < -1e-3 else x + r
+        x_prev, r_prev, x = x, r, float(np.clip(x_next, -4.0, 4.0))
+    return gaussian_blur(base, math.sqrt(max(x, 0.0))), gaussian_blur(follow, math.sqrt(max(-x, 0.0))), x
+
+
+def phase_correlation_shift(
+    reference: np.ndarray, moving: np.ndarray, window: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Translation ``d`` with ``moving(x) ~ reference(x - d)`` by windowed phase correlation.
+
+    Returns:
+        ``(d_xy, response)``; the response (peak energy) is high for a confident match.
+    """
+    ref = (reference - float(np.mean(reference[window > 0.5]))) * window
+    mov = (moving - float(np.mean(moving[window > 0.5]))) * window
+    shift, response = cv2.phaseCorrelate(ref.astype(np.float32), mov.astype(np.float32))
+    return np.array(shift), float(response)
+
+
+def tapered_window(region: np.ndarray, taper_px: float) -> np.ndarray:
+    """A soft window: the region blurred, times a Hann window of the image."""
+    soft = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(taper_px, 0.5))
+    hann = cv2.createHanningWindow(region.shape[::-1], cv2.CV_32F)
+    return soft * hann
+
+
+def warp_into_baseline(image: np.ndarray, params: np.ndarray, center_xy: tuple[float, float]) -> np.ndarray:
+    """Resample ``image`` at ``W(p)`` for every pixel ``p`` (the follow-up in the baseline frame)."""
+    h, w = image.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    wx, wy = warp_positions(params, center_xy[0], center_xy[1], xs, ys)
+    return cv2.remap(
+        image.astype(np.float32), wx.astype(np.float32), wy.astype(np.float32), cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+
+
+def coarse_global(
+    base: np.ndarray,
+    follow: np.ndarray,
+    region: np.ndarray,
+    center_xy: tuple[float, float],
+    angles_deg: tuple[float, ...],
+    extra_candidates: list[np.ndarray] | None = None,
+) -> tuple[np.ndarray, float]:
+    """Best rough similarity of the whole joint at one (coarse) pyramid level.
+
+    Every candidate rotation is followed by windowed phase correlation for the translation,
+    then all candidates are refined by a few Gauss-Newton steps and the one with the highest
+    normalised cross-correlation over ``region`` wins.
+
+    Returns:
+        ``(params, ncc)`` about ``center_xy`` at this level.
+    """
+    cx, cy = center_xy
+    window = tapered_window(region, 2.0)
+    candidates = list(extra_candidates or [])
+    for angle in angles_deg:
+        rad = math.radians(angle)
+        rotation = np.array([math.cos(rad), math.sin(rad), 0.0, 0.0])
+        rotated = warp_into_baseline(follow, rotation, center_xy)
+        shift, _ = phase_correlation_shift(base, rotated, window)
+        # rotated(p + shift) ~ base(p)  =>  W(p) = R(p + shift)
+        translation = np.array([math.cos(rad) * shift[0] - math.sin(rad) * shift[1],
+                                math.sin(rad) * shift[0] + math.cos(rad) * shift[1]])
+        candidates.append(np.array([rotation[0], rotation[1], translation[0], translation[1]]))
+    ys, xs = np.nonzero(region)
+    xs, ys = xs.astype(np.float64), ys.astype(np.float64)
+    base_values = base[region].astype(np.float32)
+    coef = spline_coefficients(follow)
+    best, best_ncc = candidates[0], -np.inf
+    for params in candidates:
+        fit = gauss_newton(coef, base_values, xs, ys, params, center_xy, photometric_order=1,
+                           max_iterations=6, tolerance_px=1e-2)
+        if not np.all(np.isfinite(fit.params)) or not 0.5 < math.hypot(fit.params[0], fit.params[1]) < 2.0:
+            continue
+        wx, wy = warp_positions(fit.params, cx, cy, xs, ys)
+        values = sample_spline(coef, wx, wy)[0]
+        ncc = float(np.corrcoef(values, base_values)[0, 1]) if values.std() > 0 else -1.0
+        if ncc > best_ncc:
+            best, best_ncc = fit.params, ncc
+    return best, best_ncc
+
+
+def coarse_level_for(shape: tuple[int, int], target_px: int = 80) -> int:
+    """Pyramid level whose larger side is about ``target_px`` (at least 0)."""
+    return max(0, int(round(math.log2(max(shape) / target_px))))
+
+
+def ncc_over(coef: np.ndarray, base_values: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+             params: np.ndarray, center_xy: tuple[float, float]) -> float:
+    """Normalised cross-correlation of the baseline region and the warped follow-up."""
+    wx, wy = warp_positions(params, center_xy[0], center_xy[1], xs, ys)
+    values = sample_spline(coef, wx, wy)[0]
+    if values.std() == 0 or base_values.std() == 0:
+        return -1.0
+    return float(np.corrcoef(values, base_values)[0, 1])
+
+
+def shared_scale_gauss_newton(
+    follow_coef: np.ndarray,
+    components: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    center_xy: tuple[float, float],
+    *,
+    max_iterations: int,
+    tolerance_px: float,
+    lever_px: float = LEVER_PX,
+) -> tuple[list[np.ndarray], bool, int, float]:
+    """Joint fit of several rigid parts that share one magnification.
+
+    A repositioned follow-up is magnified as a whole while the bones stay rigid, so both bones
+    have the scale of the repositioning. Each part ``k`` gets its own rotation, translation and
+    intensity bias; the log-scale is common. Fitting the scale from all parts together makes it
+    several times more precise than per bone, which matters because a scale error ``e`` shifts
+    each bone's displacement at the joint centre by ``e`` times the distance of its region.
+
+    Args:
+        follow_coef: follow-up spline coefficients.
+        components: per part ``(base_values, xs, ys, params)``, params ``(a, b, tx, ty)``.
+        center_xy: centre of all transforms.
+        max_iterations: iteration cap.
+        tolerance_px: stop when no part moves by more than this.
+        lever_px: normalising length of the rotation and scale columns.
+
+    Returns:
+        ``(params per part, converged, iterations, last step px)``.
+    """
+    cx, cy = center_xy
+    h, w = follow_coef.shape
+    n = len(components)
+    log_s = float(np.mean([math.log(math.hypot(p[0], p[1])) for *_, p in components]))
+    thetas = [math.atan2(p[1], p[0]) for *_, p in components]
+    trans = [np.array(p[2:4], dtype=np.float64) for *_, p in components]
+    biases = [0.0] * n
+    reach = max(float(np.max(np.hypot(xs - cx, ys - cy))) for _, xs, ys, _ in components) + 1.0
+    converged, moved, iterations = False, float("inf"), 0
+    size = 1 + 4 * n
+    for iterations in range(1, max_iterations + 1):
+        normal = np.zeros((size, size))
+        gradient = np.zeros(size)
+        scale = math.exp(log_s)
+        for k, (base_values, xs, ys, _) in enumerate(components):
+            a, b = scale * math.cos(thetas[k]), scale * math.sin(thetas[k])
+            params = np.array([a, b, trans[k][0], trans[k][1]])
+            wx, wy = warp_positions(params, cx, cy, xs, ys)
+            fv, fx, fy = sample_spline(follow_coef, wx, wy)
+            valid = ((wx >= 1.0) & (wx <= w - 2.0) & (wy >= 1.0) & (wy <= h - 2.0)).astype(np.float32)
+            ux = ((xs - cx) / lever_px).astype(np.float32)
+            uy = ((ys - cy) / lever_px).astype(np.float32)
+            rx, ry = a * ux - b * uy, b * ux + a * uy  # R s u: d p' / d log s (per lever)
+            jac = np.stack([fx * rx + fy * ry, -fx * ry + fy * rx, fx, fy, -np.ones_like(fx)], axis=1)
+            residual = fv - base_values - np.float32(biases[k])
+            weighted = jac * valid[:, None]
+            block = (weighted.T @ jac).astype(np.float64)
+            grad = (weighted.T @ residual).astype(np.float64)
+            idx = [0] + list(range(1 + 4 * k, 5 + 4 * k))
+            normal[np.ix_(idx, idx)] += block
+            gradient[idx] += grad
+        diag = np.sqrt(np.maximum(np.diag(normal), 1e-20))
+        try:
+            step = -np.linalg.solve(normal / np.outer(diag, diag), gradient / diag) / diag
+        except np.linalg.LinAlgError:
+            break
+        log_s += step[0] / lever_px
+        moved = reach * abs(step[0]) / lever_px
+        for k in range(n):
+            d_theta, dtx, dty, dbias = step[1 + 4 * k: 5 + 4 * k]
+            thetas[k] += d_theta / lever_px
+            trans[k] = trans[k] + np.array([dtx, dty])
+            biases[k] += dbias
+            moved = max(moved, math.hypot(dtx, dty) + reach * abs(d_theta) / lever_px + reach * abs(step[0]) / lever_px)
+        if moved < tolerance_px:
+            converged = True
+            break
+    scale = math.exp(log_s)
+    out = [np.array([scale * math.cos(t), scale * math.sin(t), tr[0], tr[1]]) for t, tr in zip(thetas, trans)]
+    return out, converged, iterations, moved

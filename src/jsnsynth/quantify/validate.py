@@ -1,0 +1,509 @@
+"""Validation harness: run any JSN method on a labelled pair dataset and compare with the truth.
+
+A *method* is any callable with the signature of
+:func:`~jsnsynth.quantify.quantifier.quantify_pair`::
+
+    method(baseline, followup, upper_mask, lower_mask, pixel_spacing_mm=..., followup_upper_mask=...,
+           followup_lower_mask=..., joint_center_xy=..., joint_axis_deg=...) -> JsnResult | dict | float
+
+returning a :class:`~jsnsynth.quantify.quantifier.JsnResult`, a mapping with ``jsn_px`` (and
+optionally ``mismatch``), or the JSN in pixels as a float (+ = narrowing). Images are passed as
+stored (uint16 for jsnsynth datasets), masks as bool arrays. Name a method on the command line
+as ``module:function``, or ``register`` (bundled), ``poc`` or ``ecc`` (reference methods).
+
+Per pair the harness records the estimate, its error, the time, the method's flag, and the
+Cramér-Rao lower bound of the JSN under the recorded noise model (:mod:`jsnsynth.quantify.crlb`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from jsnsynth.errors import InputError, OutputError
+from jsnsynth.quantify.crlb import display_noise_std_from_clean, jsn_crlb_px
+from jsnsynth.synth.geometry import Similarity
+from jsnsynth.synth.io import decode_png, write_bytes_atomic
+from jsnsynth.synth.xray import ImagingParams
+
+#: Columns of the ``pairs`` config this harness needs (contract 3).
+IMAGING_FIELDS = ("blur_sigma_px", "photons_per_px", "electronic_noise", "window_low", "window_high", "gamma", "noise_seed")
+REQUIRED_COLUMNS = (
+    ("pair_id", "source", "joint_id", "split", "baseline", "followup", "baseline_clean", "followup_clean",
+     "baseline_upper_mask", "baseline_lower_mask", "followup_upper_mask", "followup_lower_mask",
+     "pixel_spacing_mm", "jsn_px", "jsn_mm", "joint_center_x", "joint_center_y", "joint_axis_deg")
+    + tuple(f"{bone}_{name}" for bone in ("upper", "lower") for name in ("scale", "angle_deg", "dx", "dy"))
+    + tuple(f"{role}_{name}" for role in ("baseline", "followup") for name in IMAGING_FIELDS)
+)
+IMAGE_COLUMNS = ("baseline", "followup", "baseline_clean", "followup_clean")
+MASK_COLUMNS = ("baseline_upper_mask", "baseline_lower_mask", "followup_upper_mask", "followup_lower_mask")
+#: |error| above which a pair counts as a mismatch (px).
+MISMATCH_PX = 0.5
+#: Edges of the |d| bins of the breakdown (px).
+JSN_BINS_PX = (0.0, 0.5, 1.0, 2.0, math.inf)
+BUILTIN_METHODS = {
+    "register": "jsnsynth.quantify.quantifier:quantify_pair",
+    "poc": "jsnsynth.quantify.reference:poc_quantify",
+    "ecc": "jsnsynth.quantify.reference:ecc_quantify",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a dataset
+
+
+def dataset_shards(folder: str | os.PathLike, split: str | None = None) -> list[Path]:
+    """The ``data/<split>-*.parquet`` shards of a pair dataset, checked against contract 3.
+
+    Raises:
+        InputError: not a folder, no shards, the split is absent, or a shard lacks a column.
+    """
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such dataset folder")
+    shards = sorted((folder / "data").glob("*.parquet"))
+    if not shards:
+        raise InputError(f"{folder}: not a pair dataset (no data/*.parquet shards)")
+    if split:
+        available = sorted({s.name.split("-")[0] for s in shards})
+        shards = [s for s in shards if s.name.split("-")[0] == split]
+        if not shards:
+            raise InputError(f"{folder}: no '{split}' split (available: {', '.join(available)})")
+    for shard in shards:
+        try:
+            names = set(pq.read_schema(shard).names)
+        except Exception as exc:
+            raise InputError(f"{shard}: unreadable parquet shard ({exc.__class__.__name__})") from None
+        missing = [c for c in REQUIRED_COLUMNS if c not in names]
+        if missing:
+            raise InputError(f"{shard}: wrong dataset schema, missing column(s) {', '.join(missing[:6])}")
+    return shards
+
+
+def _decode(value: Any, name: str, pair_id: str) -> np.ndarray:
+    data = value.get("bytes") if isinstance(value, dict) else value
+    if not data:
+        raise InputError(f"pair {pair_id}: column '{name}' holds no image bytes")
+    try:
+        return decode_png(data)
+    except InputError:
+        raise InputError(f"pair {pair_id}: column '{name}' is not a readable PNG") from None
+
+
+def read_pairs(folder: str | os.PathLike, split: str | None = None, limit: int | None = None) -> Iterator[dict]:
+    """Yield the pairs of a dataset as dicts: images as stored arrays, masks as bool arrays."""
+    import pyarrow.parquet as pq
+
+    count = 0
+    for shard in dataset_shards(folder, split):
+        table = pq.read_table(shard, columns=list(REQUIRED_COLUMNS))
+        for row in table.to_pylist():
+            if limit is not None and count >= limit:
+                return
+            pair_id = str(row["pair_id"])
+            for name in IMAGE_COLUMNS:
+                row[name] = _decode(row[name], name, pair_id)
+            for name in MASK_COLUMNS:
+                row[name] = _decode(row[name], name, pair_id) > 0
+            count += 1
+            yield row
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods
+
+
+def load_method(spec: str | Callable) -> tuple[str, Callable]:
+    """Resolve a method: a callable, a builtin name (register, poc, ecc) or ``module:function``.
+
+    Raises:
+        InputError: unknown name, unimportable module or missing/non-callable attribute.
+    """
+    if callable(spec):
+        return getattr(spec, "__name__", "callable"), spec
+    spec = str(spec)
+    target = BUILTIN_METHODS.get(spec, spec)
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise InputError(f"method '{spec}' must be register, poc, ecc or module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise InputError(f"method '{spec}': cannot import module '{module_name}' ({exc.__class__.__name__}: {exc})") from None
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise InputError(f"method '{spec}': module '{module_name}' has no callable '{attr}'")
+    return spec, function
+
+
+def _estimate(output: Any) -> tuple[float, bool]:
+    """(jsn_px, flagged) from whatever a method returned."""
+    if hasattr(output, "jsn_px"):
+        return float(output.jsn_px), bool(getattr(output, "mismatch", False))
+    if isinstance(output, dict):
+        if "jsn_px" not in output:
+            raise InputError("method returned a mapping without 'jsn_px'")
+        return float(output["jsn_px"]), bool(output.get("mismatch", False))
+    try:
+        return float(output), False
+    except (TypeError, ValueError):
+        raise InputError(f"method returned {type(output).__name__}; expected JsnResult, a mapping with jsn_px, or a float") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Per pair
+
+
+def imaging_of(record: dict, role: str) -> ImagingParams:
+    """The recorded :class:`ImagingParams` of the ``baseline`` or ``followup`` image."""
+    return ImagingParams.from_dict({name: record[f"{role}_{name}"] for name in IMAGING_FIELDS})
+
+
+def noise_level_of(record: dict) -> str:
+    """A coarse noise label from the recorded photon counts: none, low, medium or high."""
+    photons = [record.get(f"{role}_photons_per_px") for role in ("baseline", "followup")]
+    electronic = [record.get(f"{role}_electronic_noise") or 0.0 for role in ("baseline", "followup")]
+    if all(p is None or (isinstance(p, float) and math.isinf(p)) for p in photons) and max(electronic) == 0:
+        return "none"
+    finite = [float(p) for p in photons if p is not None and math.isfinite(float(p))]
+    lowest = min(finite) if finite else math.inf
+    if lowest >= 2.0e4:
+        return "low"
+    if lowest >= 5.0e3:
+        return "medium"
+    return "high"
+
+
+def _as_display(pixels: np.ndarray) -> np.ndarray:
+    pixels = np.asarray(pixels)
+    if pixels.dtype == np.uint16:
+        return pixels.astype(np.float64) / 65535.0
+    if pixels.dtype == np.uint8:
+        return pixels.astype(np.float64) / 255.0
+    return pixels.astype(np.float64)
+
+
+def pair_crlb_px(record: dict) -> float:
+    """CRLB (std, px) of the JSN of one dataset pair from its clean images and imaging records."""
+    center = (float(record["joint_center_x"]), float(record["joint_center_y"]))
+    transforms = {
+        bone: Similarity(
+            float(record[f"{bone}_scale"]), float(record[f"{bone}_angle_deg"]),
+            float(record[f"{bone}_dx"]), float(record[f"{bone}_dy"]), *center,
+        )
+        for bone in ("upper", "lower")
+    }
+    base_clean = _as_display(record["baseline_clean"])
+    follow_clean = _as_display(record["followup_clean"])
+    bits = 16 if np.asarray(record["baseline"]).dtype == np.uint16 else 8
+    return jsn_crlb_px(
+        follow_clean,
+        record["baseline_upper_mask"],
+        record["baseline_lower_mask"],
+        transforms["upper"],
+        transforms["lower"],
+        center,
+        float(record["joint_axis_deg"]),
+        display_noise_std_from_clean(base_clean, imaging_of(record, "baseline")),
+        display_noise_std_from_clean(follow_clean, imaging_of(record, "followup")),
+        bit_depth=bits,
+    )
+
+
+def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dict:
+    """Run ``method`` on one pair and return its row of results (truth, estimate, error, CRLB)."""
+    start = time.perf_counter()
+    error_message = ""
+    try:
+        output = method(
+            record["baseline"],
+            record["followup"],
+            record["baseline_upper_mask"],
+            record["baseline_lower_mask"],
+            pixel_spacing_mm=float(record["pixel_spacing_mm"]),
+            followup_upper_mask=record["followup_upper_mask"],
+            followup_lower_mask=record["followup_lower_mask"],
+            joint_center_xy=(float(record["joint_center_x"]), float(record["joint_center_y"])),
+            joint_axis_deg=float(record["joint_axis_deg"]),
+        )
+        estimate, flagged = _estimate(output)
+    except InputError as exc:  # the method refused this pair: count it, keep going
+        estimate, flagged, error_message = float("nan"), True, str(exc)
+    elapsed = time.perf_counter() - start
+    spacing = float(record["pixel_spacing_mm"])
+    truth = float(record["jsn_px"])
+    row = {
+        "pair_id": str(record["pair_id"]),
+        "source": str(record["source"]),
+        "joint_id": str(record["joint_id"]),
+        "split": str(record["split"]),
+        "noise_level": noise_level_of(record),
+        "pixel_spacing_mm": spacing,
+        "truth_px": truth,
+        "estimate_px": estimate,
+        "error_px": estimate - truth,
+        "error_mm": (estimate - truth) * spacing,
+        "flagged": bool(flagged),
+        "time_s": elapsed,
+        "crlb_px": pair_crlb_px(record) if with_crlb else float("nan"),
+        "method_error": error_message,
+    }
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Accuracy statistics of a list of per-pair rows (px and mm).
+
+    Keys: n, rmse_px, bias_px, sd_px, loa_px (95 % limits of agreement, bias +- 1.96 SD),
+    the same in mm, max_abs_error_px, mismatch_rate (|error| > 0.5 px or no estimate),
+    flag_rate, time_per_pair_s, pairs_per_s, crlb_rms_px (sqrt of the mean CRLB variance) and
+    efficiency (RMSE / crlb_rms_px).
+    """
+    if not rows:
+        return {"n": 0}
+    errors = np.array([r["error_px"] for r in rows], dtype=np.float64)
+    spacing = np.array([r["pixel_spacing_mm"] for r in rows], dtype=np.float64)
+    finite = np.isfinite(errors)
+    e = errors[finite]
+    e_mm = (errors * spacing)[finite]
+    crlb = np.array([r["crlb_px"] for r in rows], dtype=np.float64)
+    times = np.array([r["time_s"] for r in rows], dtype=np.float64)
+    out: dict[str, Any] = {"n": len(rows), "n_estimated": int(finite.sum())}
+    if e.size:
+        bias, sd = float(e.mean()), float(e.std(ddof=1)) if e.size > 1 else 0.0
+        bias_mm, sd_mm = float(e_mm.mean()), float(e_mm.std(ddof=1)) if e.size > 1 else 0.0
+        out.update(
+            rmse_px=float(np.sqrt(np.mean(e**2))), bias_px=bias, sd_px=sd,
+            loa_px=[bias - 1.96 * sd, bias + 1.96 * sd],
+            rmse_mm=float(np.sqrt(np.mean(e_mm**2))), bias_mm=bias_mm, sd_mm=sd_mm,
+            loa_mm=[bias_mm - 1.96 * sd_mm, bias_mm + 1.96 * sd_mm],
+            max_abs_error_px=float(np.max(np.abs(e))),
+        )
+    out["mismatch_rate"] = float(np.mean(~finite | (np.abs(np.nan_to_num(errors, nan=np.inf)) > MISMATCH_PX)))
+    out["flag_rate"] = float(np.mean([bool(r["flagged"]) for r in rows]))
+    out["time_per_pair_s"] = float(times.mean())
+    out["pairs_per_s"] = float(1.0 / times.mean()) if times.mean() > 0 else None
+    if np.isfinite(crlb).any():
+        crlb_rms = float(np.sqrt(np.nanmean(crlb**2)))
+        out["crlb_rms_px"] = crlb_rms
+        out["efficiency"] = float(out["rmse_px"] / crlb_rms) if crlb_rms > 0 and "rmse_px" in out else None
+    return out
+
+
+def breakdown(rows: list[dict]) -> dict:
+    """:func:`summarize` per noise level, per |truth| bin and per source."""
+    groups: dict[str, dict[str, list[dict]]] = {"noise_level": {}, "abs_jsn_px": {}, "source": {}}
+    for row in rows:
+        groups["noise_level"].setdefault(row["noise_level"], []).append(row)
+        groups["source"].setdefault(row["source"], []).append(row)
+        magnitude = abs(row["truth_px"])
+        for lo, hi in zip(JSN_BINS_PX[:-1], JSN_BINS_PX[1:]):
+            if lo <= magnitude < hi:
+                groups["abs_jsn_px"].setdefault(f"[{lo:g}, {hi:g})", []).append(row)
+    return {key: {name: summarize(members) for name, members in sorted(values.items())} for key, values in groups.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+
+
+def validate_records(
+    records: Iterable[dict],
+    method: str | Callable = "register",
+    with_crlb: bool = True,
+    done: dict[str, dict] | None = None,
+    on_row: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Evaluate ``method`` on every record; rows already in ``done`` (by pair id) are reused."""
+    _, function = load_method(method)
+    rows = []
+    for record in records:
+        previous = (done or {}).get(str(record["pair_id"]))
+        if previous is not None:
+            rows.append(previous)
+            continue
+        row = evaluate_pair(record, function, with_crlb)
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
+
+
+def _run_key(folder: Path, method_name: str, split: str | None, limit: int | None) -> str:
+    text = json.dumps([str(folder.resolve()), method_name, split, limit])
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def validate_dataset(
+    folder: str | os.PathLike,
+    method: str | Callable = "register",
+    out_dir: str | os.PathLike | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    with_crlb: bool = True,
+) -> dict:
+    """Validate a JSN method on a pair dataset (contract 3) and write the report.
+
+    Args:
+        folder: the dataset folder (``README.md`` + ``data/<split>-*.parquet``).
+        method: builtin name, ``module:function`` or a callable (see the module docstring).
+        out_dir: where to write ``summary.json``, ``pairs.csv``, ``bland_altman.png`` and
+            ``error_vs_truth.png``; None writes nothing. An interrupted run resumes from the
+            per-pair log it keeps in ``out_dir``.
+        split: only this split (None: all).
+        limit: at most this many pairs.
+        with_crlb: compute the per-pair Cramér-Rao bound.
+
+    Returns:
+        The summary: ``overall`` statistics, the ``breakdown`` and the output paths.
+
+    Raises:
+        InputError: a missing folder, a dataset of the wrong schema, an unknown split or method.
+        OutputError: ``out_dir`` exists and is not a folder.
+    """
+    folder = Path(folder)
+    method_name, function = load_method(method)
+    dataset_shards(folder, split)  # fail fast on a wrong schema
+    done: dict[str, dict] = {}
+    log_path = None
+    if out_dir is not None:
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"{out}: exists and is not a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        log_path = out / f".validate-{_run_key(folder, method_name, split, limit)}.jsonl"
+        if log_path.exists():
+            for line in log_path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by an interruption
+                done[row["pair_id"]] = row
+
+    def log(row: dict) -> None:
+        if log_path is not None:
+            with open(log_path, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+    rows = validate_records(read_pairs(folder, split, limit), function, with_crlb, done, log)
+    if not rows:
+        raise InputError(f"{folder}: no pairs to validate")
+    summary = {
+        "dataset": str(folder),
+        "method": method_name,
+        "split": split or "all",
+        "mismatch_threshold_px": MISMATCH_PX,
+        "overall": summarize(rows),
+        "breakdown": breakdown(rows),
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        summary["outputs"] = write_report(rows, summary, out)
+        if log_path is not None:
+            log_path.unlink(missing_ok=True)
+    return summary
+
+
+def write_report(rows: list[dict], summary: dict, out: Path, prefix: str = "") -> dict:
+    """Write ``summary.json``, ``pairs.csv`` and the two plots into ``out`` (atomically)."""
+    paths = {
+        "summary": out / f"{prefix}summary.json",
+        "pairs": out / f"{prefix}pairs.csv",
+        "bland_altman": out / f"{prefix}bland_altman.png",
+        "error_vs_truth": out / f"{prefix}error_vs_truth.png",
+    }
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes_atomic(paths["pairs"], buffer.getvalue().encode())
+    title = f"{summary.get('method', '')} on {Path(str(summary.get('dataset', ''))).name}"
+    write_bytes_atomic(paths["bland_altman"], bland_altman_png(rows, title))
+    write_bytes_atomic(paths["error_vs_truth"], error_vs_truth_png(rows, title))
+    record = dict(summary)
+    record["outputs"] = {k: str(v) for k, v in paths.items()}
+    write_bytes_atomic(paths["summary"], (json.dumps(record, indent=2, default=_json_default) + "\n").encode())
+    return record["outputs"]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(type(value).__name__)
+
+
+def _figure_bytes(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bland_altman_png(rows: list[dict], title: str = "") -> bytes:
+    """Bland-Altman plot (mm): difference estimate - truth against their mean, by noise level."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
+    for level in sorted({r["noise_level"] for r in rows}):
+        sel = [r for r in rows if r["noise_level"] == level and math.isfinite(r["error_px"])]
+        mean = [0.5 * (r["truth_px"] + r["estimate_px"]) * r["pixel_spacing_mm"] for r in sel]
+        diff = [r["error_mm"] for r in sel]
+        ax.scatter(mean, diff, s=12, alpha=0.7, label=f"noise {level}")
+    errors = np.array([r["error_mm"] for r in rows if math.isfinite(r["error_mm"])])
+    if errors.size > 1:
+        bias, sd = errors.mean(), errors.std(ddof=1)
+        for value, style in ((bias, "-"), (bias - 1.96 * sd, "--"), (bias + 1.96 * sd, "--")):
+            ax.axhline(value, color="k", ls=style, lw=0.8)
+        ax.set_title(f"{title}\nbias {bias:+.4f} mm, 95% LoA [{bias - 1.96 * sd:+.4f}, {bias + 1.96 * sd:+.4f}] mm", fontsize=9)
+    ax.set_xlabel("mean of estimate and truth (mm)")
+    ax.set_ylabel("estimate - truth (mm)")
+    ax.legend(fontsize=8)
+    return _figure_bytes(fig)
+
+
+def error_vs_truth_png(rows: list[dict], title: str = "") -> bytes:
+    """Error (px) against the true JSN (px); each pair's +-2 sqrt(CRLB) drawn as a bar about zero."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
+    for index, level in enumerate(sorted({r["noise_level"] for r in rows})):
+        colour = f"C{index}"
+        sel = [r for r in rows if r["noise_level"] == level and math.isfinite(r["error_px"])]
+        ax.scatter([r["truth_px"] for r in sel], [r["error_px"] for r in sel], s=14, alpha=0.8, color=colour,
+                   label=f"noise {level}")
+        bounded = [r for r in sel if math.isfinite(r["crlb_px"]) and r["crlb_px"] > 0]
+        if bounded:
+            ax.errorbar([r["truth_px"] + 0.02 * (index - 1.5) for r in bounded], [0.0] * len(bounded),
+                        yerr=[2 * r["crlb_px"] for r in bounded], fmt="none", ecolor=colour, alpha=0.35, lw=2,
+                        label=f"±2 sqrt(CRLB), {level}")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("true JSN progression (px, + = narrowing)")
+    ax.set_ylabel("estimate - truth (px)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return _figure_bytes(fig)

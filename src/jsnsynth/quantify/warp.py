@@ -1,0 +1,107 @@
+"""Sub-pixel warping and the 4-parameter similarity used by the registration quantifier.
+
+Sampling uses the cubic B-spline interpolant (:func:`sample_spline`), with its exact
+derivatives, instead of OpenCV's ``remap``: ``remap`` rounds positions to a 1/32-pixel table and
+its bicubic kernel (a = -0.75) is only first-order accurate, which biases a registration by
+several hundredths of a pixel on detector-blurred images; the B-spline interpolant is accurate
+to about 1e-5 of the signal on the same images.
+
+The similarity is parameterised linearly about a centre ``c``::
+
+    p' = c + [[a, -b], [b, a]] (p - c) + (tx, ty),   a = s cos(theta), b = s sin(theta)
+
+so its Jacobian with respect to ``(a, b, tx, ty)`` does not depend on the parameters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from jsnsynth.synth.geometry import Similarity
+
+def params_from_similarity(transform: Similarity, cx: float, cy: float) -> np.ndarray:
+    """Return ``(a, b, tx, ty)`` of ``transform`` re-expressed about ``(cx, cy)``."""
+    about = transform.about(cx, cy)
+    theta = math.radians(about.angle_deg)
+    return np.array(
+        [about.scale * math.cos(theta), about.scale * math.sin(theta), about.dx, about.dy], dtype=np.float64
+    )
+
+
+def similarity_from_params(params: np.ndarray, cx: float, cy: float) -> Similarity:
+    """Inverse of :func:`params_from_similarity`: a :class:`Similarity` about ``(cx, cy)``."""
+    a, b, tx, ty = (float(v) for v in params)
+    return Similarity(math.hypot(a, b), math.degrees(math.atan2(b, a)), tx, ty, cx, cy)
+
+
+def warp_positions(params: np.ndarray, cx: float, cy: float, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map baseline positions ``(xs, ys)`` to follow-up positions with the linear similarity."""
+    a, b, tx, ty = params
+    ux, uy = xs - cx, ys - cy
+    return cx + a * ux - b * uy + tx, cy + b * ux + a * uy + ty
+
+
+def spline_coefficients(image: np.ndarray) -> np.ndarray:
+    """Cubic B-spline coefficients of an image (mirror boundary), float32, for :func:`sample_spline`."""
+    return ndimage.spline_filter(np.asarray(image, dtype=np.float64), order=3, mode="mirror").astype(np.float32)
+
+
+def _cubic_weights(t: np.ndarray) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """Cubic B-spline weights and their derivatives for the taps at -1, 0, 1, 2."""
+    s = 1.0 - t
+    t2 = t * t
+    t3 = t2 * t
+    weights = (s * s * s / 6.0, (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0, (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0, t3 / 6.0)
+    slopes = (-0.5 * s * s, 1.5 * t2 - 2.0 * t, -1.5 * t2 + t + 0.5, 0.5 * t2)
+    return weights, slopes
+
+
+def sample_spline(coef: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Value and exact x/y derivatives of the cubic B-spline interpolant at float positions.
+
+    Args:
+        coef: ``(H, W)`` coefficients from :func:`spline_coefficients`.
+        x, y: 1-D float64 positions (pixel centres at integers). Positions closer than one
+            pixel to the border are clamped (callers mask them out).
+
+    Returns:
+        ``(value, d/dx, d/dy)`` as float32 arrays of the positions' shape.
+    """
+    h, w = coef.shape
+    x = np.clip(x, 1.0, w - 2.000001)
+    y = np.clip(y, 1.0, h - 2.000001)
+    ix = np.floor(x)
+    iy = np.floor(y)
+    wx, dx = _cubic_weights((x - ix).astype(np.float32))
+    wy, dy = _cubic_weights((y - iy).astype(np.float32))
+    first = (iy.astype(np.int64) - 1) * w + (ix.astype(np.int64) - 1)
+    flat = coef.ravel()
+    value = np.zeros(x.shape, dtype=np.float32)
+    grad_x = np.zeros_like(value)
+    grad_y = np.zeros_like(value)
+    for j in range(4):
+        row = first + j * w
+        taps = (flat[row], flat[row + 1], flat[row + 2], flat[row + 3])
+        along = wx[0] * taps[0] + wx[1] * taps[1] + wx[2] * taps[2] + wx[3] * taps[3]
+        slope = dx[0] * taps[0] + dx[1] * taps[1] + dx[2] * taps[2] + dx[3] * taps[3]
+        value += wy[j] * along
+        grad_x += wy[j] * slope
+        grad_y += dy[j] * along
+    return value, grad_x, grad_y
+
+
+def warp_image(image: np.ndarray, transform: Similarity, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Resample ``image`` so that output pixel ``p`` holds ``image(transform(p))``.
+
+    With ``transform`` mapping baseline to follow-up coordinates, this brings a follow-up into
+    the baseline frame (cubic B-spline; borders clamped).
+    """
+    shape = shape or image.shape[:2]
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
+    params = params_from_similarity(transform, 0.0, 0.0)
+    wx, wy = warp_positions(params, 0.0, 0.0, xs.ravel(), ys.ravel())
+    return sample_spline(spline_coefficients(image), wx, wy)[0].reshape(shape)

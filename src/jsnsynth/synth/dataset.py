@@ -1,0 +1,793 @@
+"""Dataset builder: labelled baseline/follow-up pairs written as a Hugging Face dataset (Hub layout).
+
+Layout of an output folder (contract 3 of the design)::
+
+    README.md                                  dataset card (YAML front matter + text)
+    data/<split>-00000-of-0000n.parquet        config "pairs": one row per pair
+    layers/<split>-00000-of-0000n.parquet      config "layers": one row per image, three layers
+    .jsnsynth_state.json                       run record: parameters, completed shards
+
+Images are 16-bit PNG bytes encoded here (:func:`jsnsynth.synth.io.encode_png`) inside HF
+``Image`` features (``{"bytes", "path": None}``); masks are 8-bit PNG (0/255). Attenuation layers
+are float32 2-D arrays (``Sequence(Sequence(Value("float32")))``), stored exactly.
+
+Determinism. Everything is planned from the seed before any pair is made: the split of every
+source joint (train/validation/test by joint, never by pair), the joint of every pair, and the
+shards. Pair ``i`` draws everything from ``SeedSequence([seed, i])``, so its bytes do not depend on
+the number of worker processes; shards are written in a fixed order with fixed parquet settings
+(no timestamps). Each shard is written under a temporary name and renamed when complete; the state
+file lists finished shards, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jsnsynth import __version__
+from jsnsynth.errors import InputError, OutputError
+from jsnsynth.synth.io import decode_png, encode_png, remove_partial_outputs, write_bytes_atomic
+from jsnsynth.synth.pairs import Pair, PairConfig, make_pair, sample_pair_params
+from jsnsynth.synth.sources import JointSource
+from jsnsynth.synth.xray import ImagingParams, quantize
+
+STATE_NAME = ".jsnsynth_state.json"
+CARD_NAME = "README.md"
+PAIRS_DIR = "data"
+LAYERS_DIR = "layers"
+SPLITS = ("train", "validation", "test")
+IMAGING_FIELDS = tuple(ImagingParams.__dataclass_fields__)
+#: Bumped when the columns or their meaning change.
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Every generation parameter of a dataset (recorded in the state file and the card).
+
+    Attributes:
+        n_pairs: number of pairs.
+        seed: base seed; pair ``i`` uses ``SeedSequence([seed, i])``.
+        split_fractions: fractions of *source joints* in train, validation and test.
+        shard_size: pairs per parquet shard.
+        layers_every: write the ``layers`` rows (both images of the pair) for every
+            ``layers_every``-th pair; 0 writes no layers config.
+        pair: ranges of the JSN change and the nuisances.
+    """
+
+    n_pairs: int
+    seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    shard_size: int = 100
+    layers_every: int = 1
+    pair: PairConfig = field(default_factory=PairConfig)
+
+    def __post_init__(self) -> None:
+        if self.n_pairs < 1:
+            raise InputError(f"number of pairs must be >= 1, got {self.n_pairs}")
+        if self.shard_size < 1:
+            raise InputError(f"shard size must be >= 1, got {self.shard_size}")
+        if self.layers_every < 0:
+            raise InputError(f"layers_every must be >= 0, got {self.layers_every}")
+        if self.seed < 0:
+            raise InputError(f"seed must be >= 0, got {self.seed}")
+        fractions = tuple(float(f) for f in self.split_fractions)
+        if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-9):
+            raise InputError(f"split fractions must be three numbers >= 0 summing to 1, got {self.split_fractions}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready record."""
+        return {
+            "n_pairs": self.n_pairs,
+            "seed": self.seed,
+            "split_fractions": list(self.split_fractions),
+            "shard_size": self.shard_size,
+            "layers_every": self.layers_every,
+            "pair": _jsonable(self.pair.to_dict()),
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples to lists and infinities to None, so records compare equal after a JSON round trip."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and math.isinf(value):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan: splits by joint, joint of each pair, shards
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One parquet shard: its split, number, count and the global pair indices it holds."""
+
+    split: str
+    number: int
+    count: int
+    indices: tuple[int, ...]
+
+    @property
+    def file_name(self) -> str:
+        """``<split>-0000i-of-0000n.parquet``."""
+        return f"{self.split}-{self.number:05d}-of-{self.count:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Deterministic assignment of joints to splits and pairs to joints and shards."""
+
+    joint_of_pair: tuple[str, ...]
+    split_of_joint: dict[str, str]
+    shards: tuple[Shard, ...]
+
+    def split_of_pair(self, index: int) -> str:
+        """Split of pair ``index`` (the split of its joint)."""
+        return self.split_of_joint[self.joint_of_pair[index]]
+
+
+def _plan_rng(seed: int) -> np.random.Generator:
+    # a spawn key keeps the planning stream apart from every SeedSequence([seed, i]) of a pair
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x51A7,)))
+
+
+def plan_dataset(joint_ids: list[str], config: DatasetConfig) -> Plan:
+    """Split the joints, give each pair a joint, group pairs into shards (all from the seed).
+
+    Joints are shuffled once; the first ``train`` fraction (rounded, at least one joint) goes to
+    train, then validation, then test. Pairs cycle through a second shuffle of the joints, so
+    every joint is used about equally often.
+    """
+    if not joint_ids:
+        raise InputError("the source has no joints")
+    if len(set(joint_ids)) != len(joint_ids):
+        raise InputError("the source lists a joint id more than once")
+    rng = _plan_rng(config.seed)
+    n = len(joint_ids)
+    shuffled = [joint_ids[i] for i in rng.permutation(n)]
+    n_val = int(round(config.split_fractions[1] * n))
+    n_test = int(round(config.split_fractions[2] * n))
+    n_train = n - n_val - n_test
+    while n_train < 1 and config.split_fractions[0] > 0 and (n_test or n_val):
+        # too few joints for the fractions: train keeps at least one
+        if n_test:
+            n_test -= 1
+        else:
+            n_val -= 1
+        n_train += 1
+    split_of_joint = {}
+    for k, joint in enumerate(shuffled):
+        split_of_joint[joint] = "train" if k < n_train else ("validation" if k < n_train + n_val else "test")
+    cycle = [joint_ids[i] for i in rng.permutation(n)]
+    joint_of_pair = tuple(cycle[i % n] for i in range(config.n_pairs))
+    shards = []
+    for split in SPLITS:
+        members = [i for i in range(config.n_pairs) if split_of_joint[joint_of_pair[i]] == split]
+        count = math.ceil(len(members) / config.shard_size)
+        for number in range(count):
+            chunk = members[number * config.shard_size : (number + 1) * config.shard_size]
+            shards.append(Shard(split, number, count, tuple(chunk)))
+    return Plan(joint_of_pair, split_of_joint, tuple(shards))
+
+
+# ---------------------------------------------------------------------------------------------
+# Features (columns)
+
+
+def pair_features():
+    """HF ``Features`` of the ``pairs`` config, in column order."""
+    from datasets import Features, Image, Value
+
+    columns: dict[str, Any] = {
+        "pair_id": Value("string"),
+        "index": Value("int64"),
+        "source": Value("string"),
+        "joint_id": Value("string"),
+        "split": Value("string"),
+        "baseline": Image(),
+        "followup": Image(),
+        "baseline_clean": Image(),
+        "followup_clean": Image(),
+        "baseline_upper_mask": Image(),
+        "baseline_lower_mask": Image(),
+        "followup_upper_mask": Image(),
+        "followup_lower_mask": Image(),
+        "height": Value("int32"),
+        "width": Value("int32"),
+        "pixel_spacing_mm": Value("float64"),
+        "jsn_px": Value("float64"),
+        "jsn_mm": Value("float64"),
+        "joint_center_x": Value("float64"),
+        "joint_center_y": Value("float64"),
+        "joint_axis_deg": Value("float64"),
+    }
+    for bone in ("upper", "lower"):
+        for name in ("scale", "angle_deg", "dx", "dy"):
+            columns[f"{bone}_{name}"] = Value("float64")
+    for name in ("upper_flexion_deg", "lower_flexion_deg", "global_scale", "global_angle_deg", "global_dx", "global_dy"):
+        columns[name] = Value("float64")
+    for role in ("baseline", "followup"):
+        for name in IMAGING_FIELDS:
+            columns[f"{role}_{name}"] = Value("int64") if name == "noise_seed" else Value("float64")
+    columns["source_metadata"] = Value("string")
+    return Features(columns)
+
+
+def layer_features():
+    """HF ``Features`` of the ``layers`` config (one row per image), in column order."""
+    from datasets import Features, Image, Sequence, Value
+
+    layer = Sequence(Sequence(Value("float32")))
+    columns: dict[str, Any] = {
+        "image_id": Value("string"),
+        "pair_id": Value("string"),
+        "role": Value("string"),
+        "source": Value("string"),
+        "joint_id": Value("string"),
+        "split": Value("string"),
+        "image": Image(),
+        "image_clean": Image(),
+        "soft": layer,
+        "upper": layer,
+        "lower": layer,
+        "upper_mask": Image(),
+        "lower_mask": Image(),
+        "pixel_spacing_mm": Value("float64"),
+        "joint_center_x": Value("float64"),
+        "joint_center_y": Value("float64"),
+        "joint_axis_deg": Value("float64"),
+    }
+    for name in IMAGING_FIELDS:
+        columns[name] = Value("int64") if name == "noise_seed" else Value("float64")
+    return Features(columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# One pair -> rows (runs in worker processes)
+
+
+def _png16(display: np.ndarray) -> dict:
+    return {"bytes": encode_png(quantize(display, 16)), "path": None}
+
+
+def _png_mask(mask: np.ndarray) -> dict:
+    return {"bytes": encode_png(np.where(mask, 255, 0).astype(np.uint8)), "path": None}
+
+
+def _imaging_columns(params: ImagingParams, prefix: str) -> dict:
+    record = params.to_dict()
+    return {f"{prefix}{name}": record[name] for name in IMAGING_FIELDS}
+
+
+def pair_row(pair: Pair, pair_id: str, index: int, source_name: str, joint_id: str, split: str) -> dict:
+    """The ``pairs`` row of one simulated pair (every recorded parameter a column)."""
+    base = pair.baseline_layers
+    follow = pair.followup_layers
+    p = pair.params
+    row: dict[str, Any] = {
+        "pair_id": pair_id,
+        "index": index,
+        "source": source_name,
+        "joint_id": joint_id,
+        "split": split,
+        "baseline": _png16(pair.baseline),
+        "followup": _png16(pair.followup),
+        "baseline_clean": _png16(pair.baseline_clean),
+        "followup_clean": _png16(pair.followup_clean),
+        "baseline_upper_mask": _png_mask(base.upper_mask),
+        "baseline_lower_mask": _png_mask(base.lower_mask),
+        "followup_upper_mask": _png_mask(follow.upper_mask),
+        "followup_lower_mask": _png_mask(follow.lower_mask),
+        "height": base.shape[0],
+        "width": base.shape[1],
+        "pixel_spacing_mm": base.pixel_spacing_mm,
+        "jsn_px": p.jsn_px,
+        "jsn_mm": p.jsn_mm,
+        "joint_center_x": base.joint_center_xy[0],
+        "joint_center_y": base.joint_center_xy[1],
+        "joint_axis_deg": base.joint_axis_deg,
+    }
+    for bone, pose in (("upper", pair.poses.upper), ("lower", pair.poses.lower)):
+        row.update({f"{bone}_scale": pose.scale, f"{bone}_angle_deg": pose.angle_deg, f"{bone}_dx": pose.dx, f"{bone}_dy": pose.dy})
+    row.update(
+        {
+            "upper_flexion_deg": p.upper_flexion_deg,
+            "lower_flexion_deg": p.lower_flexion_deg,
+            "global_scale": p.global_scale,
+            "global_angle_deg": p.global_angle_deg,
+            "global_dx": p.global_dx,
+            "global_dy": p.global_dy,
+        }
+    )
+    row.update(_imaging_columns(p.baseline_imaging, "baseline_"))
+    row.update(_imaging_columns(p.followup_imaging, "followup_"))
+    row["source_metadata"] = json.dumps(_jsonable(base.metadata), sort_keys=True)
+    return row
+
+
+def layer_rows(pair: Pair, pair_row_: dict) -> list[dict]:
+    """The two ``layers`` rows (baseline, follow-up) of one pair, reusing its ``pairs`` row's PNGs."""
+    rows = []
+    pair_id, source_name, joint_id, split = (pair_row_[k] for k in ("pair_id", "source", "joint_id", "split"))
+    for role, layers, imaging in (
+        ("baseline", pair.baseline_layers, pair.params.baseline_imaging),
+        ("followup", pair.followup_layers, pair.params.followup_imaging),
+    ):
+        row: dict[str, Any] = {
+            "image_id": f"{pair_id}-{role}",
+            "pair_id": pair_id,
+            "role": role,
+            "source": source_name,
+            "joint_id": joint_id,
+            "split": split,
+            "image": pair_row_[role],
+            "image_clean": pair_row_[f"{role}_clean"],
+            "soft": np.ascontiguousarray(layers.soft, dtype=np.float32),
+            "upper": np.ascontiguousarray(layers.upper, dtype=np.float32),
+            "lower": np.ascontiguousarray(layers.lower, dtype=np.float32),
+            "upper_mask": pair_row_[f"{role}_upper_mask"],
+            "lower_mask": pair_row_[f"{role}_lower_mask"],
+            "pixel_spacing_mm": layers.pixel_spacing_mm,
+            "joint_center_x": pair.baseline_layers.joint_center_xy[0],
+            "joint_center_y": pair.baseline_layers.joint_center_xy[1],
+            "joint_axis_deg": pair.baseline_layers.joint_axis_deg,
+        }
+        row.update(_imaging_columns(imaging, ""))
+        rows.append(row)
+    return rows
+
+
+def pair_id_of(index: int) -> str:
+    """Stable id of pair ``index``."""
+    return f"pair-{index:07d}"
+
+
+def simulate_pair(source: JointSource, joint_id: str, index: int, seed: int, config: PairConfig) -> Pair:
+    """Load joint ``joint_id`` and simulate pair ``index`` from ``SeedSequence([seed, index])``."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+    layers = source.load(joint_id, rng)
+    params = sample_pair_params(rng, layers.pixel_spacing_mm, config)
+    renderer = source.render_with_poses if getattr(source, "exact_pose_rendering", False) else None
+    return make_pair(layers, params, renderer, config.spline_order)
+
+
+# worker-process state: set once per process by _init_worker
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(source: JointSource, plan: Plan, config: DatasetConfig, single_threaded: bool = True) -> None:
+    if single_threaded:  # one worker process per core: no nested threading inside it
+        import cv2
+
+        cv2.setNumThreads(1)
+    _WORKER.update(source=source, plan=plan, config=config)
+
+
+def _rows_for(index: int) -> tuple[dict, list[dict]]:
+    source, plan, config = _WORKER["source"], _WORKER["plan"], _WORKER["config"]
+    joint_id = plan.joint_of_pair[index]
+    split = plan.split_of_pair(index)
+    pair = simulate_pair(source, joint_id, index, config.seed, config.pair)
+    row = pair_row(pair, pair_id_of(index), index, source.name, joint_id, split)
+    layers = layer_rows(pair, row) if config.layers_every and index % config.layers_every == 0 else []
+    return row, layers
+
+
+# ---------------------------------------------------------------------------------------------
+# Parquet writing
+
+
+def _storage_type(feature: Any) -> pa.DataType:
+    from datasets import Image, Value
+
+    if isinstance(feature, Image):
+        return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    if isinstance(feature, Value):
+        return feature.pa_type
+    return pa.list_(pa.list_(pa.float32()))  # the float32 layer arrays
+
+
+def _layer_array(arrays: list[np.ndarray]) -> pa.Array:
+    """Nested list array ``list<list<float32>>`` from equal-width 2-D arrays, without Python loops."""
+    heights = [a.shape[0] for a in arrays]
+    widths = {a.shape[1] for a in arrays}
+    width = widths.pop() if len(widths) == 1 else None
+    if width is None:
+        raise OutputError("layers of one shard must share their image width")
+    flat = pa.array(np.concatenate([a.reshape(-1) for a in arrays]), type=pa.float32())
+    inner_offsets = pa.array(np.arange(0, sum(heights) * width + 1, width, dtype=np.int32))
+    rows = pa.ListArray.from_arrays(inner_offsets, flat)
+    outer_offsets = pa.array(np.concatenate([[0], np.cumsum(heights)]).astype(np.int32))
+    return pa.ListArray.from_arrays(outer_offsets, rows)
+
+
+def rows_to_table(rows: list[dict], features) -> pa.Table:
+    """Arrow table of ``rows`` with the storage types of ``features`` and their HF metadata."""
+    from datasets import Sequence
+
+    arrays = []
+    fields = []
+    for name, feature in features.items():
+        values = [row[name] for row in rows]
+        kind = _storage_type(feature)
+        if isinstance(feature, Sequence):
+            arrays.append(_layer_array(values))
+        else:
+            arrays.append(pa.array(values, type=kind))
+        fields.append(pa.field(name, arrays[-1].type))
+    metadata = {"huggingface": json.dumps({"info": {"features": features.to_dict()}})}
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write ``table`` with fixed settings (no timestamps) via a temporary name and a rename."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        table,
+        sink,
+        compression="zstd",
+        compression_level=3,
+        row_group_size=64,
+        use_dictionary=False,
+        write_statistics=False,
+        store_schema=True,
+    )
+    write_bytes_atomic(path, sink.getvalue().to_pybytes())
+
+
+# ---------------------------------------------------------------------------------------------
+# State file and output folder checks
+
+
+def _state_record(source: JointSource, config: DatasetConfig, plan: Plan) -> dict:
+    describe = getattr(source, "describe", None)
+    return {
+        "generator": "jsnsynth",
+        "generator_version": __version__,
+        "schema_version": SCHEMA_VERSION,
+        "source": source.name,
+        "source_description": _jsonable(describe() if callable(describe) else {"source": source.name}),
+        "citation": source.citation,
+        "config": config.to_dict(),
+        "plan_digest": _plan_digest(plan),
+    }
+
+
+def _plan_digest(plan: Plan) -> str:
+    text = json.dumps([plan.joint_of_pair, sorted(plan.split_of_joint.items())])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_state(out_dir: Path) -> dict | None:
+    path = out_dir / STATE_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise OutputError(f"{path}: unreadable run record; remove the folder or choose another") from None
+
+
+def _write_state(out_dir: Path, record: dict, completed: list[str], complete: bool) -> None:
+    state = dict(record, completed_shards=sorted(completed), complete=complete)
+    write_bytes_atomic(out_dir / STATE_NAME, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _prepare_output(out_dir: Path, record: dict) -> list[str]:
+    """Check the folder is new, empty, or an earlier run of the same dataset; return finished shards."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: exists and is not a folder")
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return []
+    state = _read_state(out_dir)
+    if state is None:
+        raise OutputError(f"{out_dir}: folder holds other files (not a jsnsynth dataset run); choose an empty or new folder")
+    same = {k: v for k, v in state.items() if k not in ("completed_shards", "complete")}
+    if same != record:
+        raise OutputError(
+            f"{out_dir}: holds a dataset made with other parameters (source, seed, pairs or options differ); "
+            "choose a new folder"
+        )
+    for sub in (PAIRS_DIR, LAYERS_DIR):
+        remove_partial_outputs(out_dir / sub)
+    remove_partial_outputs(out_dir)
+    finished = [name for name in state.get("completed_shards", []) if (out_dir / PAIRS_DIR / name).is_file()]
+    return finished
+
+
+# ---------------------------------------------------------------------------------------------
+# The builder
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What :func:`build_dataset` made."""
+
+    out_dir: Path
+    n_pairs: int
+    split_sizes: dict[str, int]
+    shards: int
+    resumed_shards: int
+
+
+def _iter_rows(
+    source: JointSource, plan: Plan, config: DatasetConfig, indices: list[int], num_proc: int
+) -> Iterator[tuple[dict, list[dict]]]:
+    """Rows of ``indices`` in order, computed in-process or by ``num_proc`` workers."""
+    if num_proc <= 1:
+        _init_worker(source, plan, config, single_threaded=False)
+        for index in indices:
+            yield _rows_for(index)
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(num_proc, initializer=_init_worker, initargs=(source, plan, config)) as pool:
+        yield from pool.imap(_rows_for, indices, chunksize=2)
+
+
+def build_dataset(
+    source: JointSource,
+    out_dir: str | os.PathLike,
+    n_pairs: int,
+    seed: int = 0,
+    num_proc: int = 1,
+    shard_size: int = 100,
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    layers_every: int = 1,
+    pair_config: PairConfig | None = None,
+    quiet: bool = False,
+    on_shard_written: Callable[[str], None] | None = None,
+) -> BuildResult:
+    """Simulate ``n_pairs`` pairs from ``source`` and write them as a Hub-layout dataset.
+
+    Args:
+        source: any :class:`~jsnsynth.synth.sources.JointSource`.
+        out_dir: new or empty folder, or the folder of an interrupted run of the same command
+            (it resumes).
+        n_pairs: number of pairs.
+        seed: base seed (pair ``i`` uses ``SeedSequence([seed, i])``).
+        num_proc: worker processes (the output bytes do not depend on it).
+        shard_size: pairs per parquet shard.
+        split_fractions: fractions of source joints in train/validation/test.
+        layers_every: layers rows for every k-th pair (0: no ``layers`` config).
+        pair_config: ranges of the JSN change and the nuisances.
+        quiet: no progress bar.
+        on_shard_written: called with each shard's file name after it is complete (for tests and
+            progress reporting).
+
+    Returns:
+        :class:`BuildResult`.
+
+    Raises:
+        InputError: bad options or an unusable source.
+        OutputError: ``out_dir`` holds something else, or another run's dataset.
+    """
+    from tqdm.auto import tqdm
+
+    config = DatasetConfig(n_pairs, seed, tuple(split_fractions), shard_size, layers_every, pair_config or PairConfig())
+    if num_proc < 1:
+        raise InputError(f"--num-proc must be >= 1, got {num_proc}")
+    out_dir = Path(out_dir)
+    plan = plan_dataset(list(source.joint_ids()), config)
+    record = _state_record(source, config, plan)
+    finished = _prepare_output(out_dir, record)
+    _write_state(out_dir, record, finished, complete=False)
+    pending = [s for s in plan.shards if s.file_name not in finished]
+    indices = [i for shard in pending for i in shard.indices]
+    completed = list(finished)
+    with tqdm(total=config.n_pairs, initial=config.n_pairs - len(indices), disable=quiet, unit="pair", desc="pairs") as bar:
+        rows = _iter_rows(source, plan, config, indices, num_proc)
+        try:
+            for shard in pending:
+                pair_rows, image_rows = [], []
+                for _ in shard.indices:
+                    pair_part, layer_part = next(rows)
+                    pair_rows.append(pair_part)
+                    image_rows.extend(layer_part)
+                    bar.update(1)
+                if config.layers_every:
+                    # layers first: a shard counts as done only once its pairs file exists
+                    write_parquet_atomic(rows_to_table(image_rows, layer_features()), out_dir / LAYERS_DIR / shard.file_name)
+                write_parquet_atomic(rows_to_table(pair_rows, pair_features()), out_dir / PAIRS_DIR / shard.file_name)
+                completed.append(shard.file_name)
+                _write_state(out_dir, record, completed, complete=False)
+                if on_shard_written is not None:
+                    on_shard_written(shard.file_name)
+        finally:
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()
+    split_sizes = {s: sum(len(sh.indices) for sh in plan.shards if sh.split == s) for s in SPLITS}
+    write_bytes_atomic(out_dir / CARD_NAME, dataset_card(record, plan, split_sizes).encode())
+    _write_state(out_dir, record, completed, complete=True)
+    return BuildResult(out_dir, config.n_pairs, split_sizes, len(plan.shards), len(finished))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset card
+
+
+def _yaml_features(features) -> list:
+    from datasets import DatasetInfo
+
+    return DatasetInfo(features=features)._to_yaml_dict()["features"]
+
+
+def dataset_card(record: dict, plan: Plan, split_sizes: dict[str, int]) -> str:
+    """The README.md of a dataset: YAML front matter (license, tags, configs, features) and text."""
+    import yaml
+
+    splits = [s for s in SPLITS if split_sizes[s] > 0]
+    layers_every = record["config"]["layers_every"]
+    configs = [
+        {
+            "config_name": "pairs",
+            "default": True,
+            "data_files": [{"split": s, "path": f"{PAIRS_DIR}/{s}-*.parquet"} for s in splits],
+        }
+    ]
+    infos = [{"config_name": "pairs", "features": _yaml_features(pair_features())}]
+    if layers_every:
+        configs.append(
+            {"config_name": "layers", "data_files": [{"split": s, "path": f"{LAYERS_DIR}/{s}-*.parquet"} for s in splits]}
+        )
+        infos.append({"config_name": "layers", "features": _yaml_features(layer_features())})
+    real_source = record["source"] != "phantom"
+    front = {
+        "license": "other" if real_source else "cc-by-4.0",
+        "task_categories": ["image-to-image", "image-classification"],
+        "tags": ["jsnsynth", "radiography", "x-ray", "joint-space-narrowing", "rheumatoid-arthritis", "synthetic", "medical"],
+        "pretty_name": f"jsnsynth pairs ({record['source']})",
+        "size_categories": [_size_category(record["config"]["n_pairs"])],
+        "configs": configs,
+        "dataset_info": infos,
+    }
+    if real_source:
+        front["license_name"] = "source-data-terms"
+        if record["source"] == "fingerjoints":
+            front["license_link"] = "https://github.com/pokeblow/BLS-GAN"
+    n_joints = {s: sum(1 for j in plan.split_of_joint.values() if j == s) for s in SPLITS}
+    yaml_text = yaml.safe_dump(front, sort_keys=False, width=1000)
+    params_json = json.dumps(record, indent=2, sort_keys=True)
+    split_lines = "\n".join(f"| {s} | {split_sizes[s]} | {n_joints[s]} |" for s in SPLITS)
+    license_text = (
+        "The generated images derive from the source data below, which states no licence: use for research only "
+        "and respect the source's terms."
+        if real_source
+        else "Generated entirely from analytic phantoms: CC BY 4.0."
+    )
+    return f"""---
+{yaml_text}---
+
+# jsnsynth longitudinal pairs — source `{record['source']}`
+
+Baseline/follow-up finger-joint radiographs with an exactly known joint space narrowing (JSN) change,
+generated by **jsnsynth {record['generator_version']}** (schema version {record['schema_version']}) with seed
+**{record['config']['seed']}**: {record['config']['n_pairs']} pairs.
+
+## Truth and sign convention
+
+`jsn_px` is the commanded displacement `d` of the upper bone along the baseline joint axis (pointing from
+the upper to the lower bone), in baseline pixels; `jsn_mm = jsn_px * pixel_spacing_mm`. **Positive means
+narrowing.** Each bone k moves from baseline to follow-up by `T_k = G ∘ F_k` (columns `<bone>_scale`,
+`<bone>_angle_deg`, `<bone>_dx`, `<bone>_dy`: a similarity about the baseline joint centre
+`(joint_center_x, joint_center_y)`); `F_lower` is a small rotation about the joint centre, `F_upper` the
+same followed by the translation `d` along the axis, and `G` the global repositioning (`global_*` columns).
+So `(G⁻¹T_upper(c) − G⁻¹T_lower(c)) · axis = d` exactly. Coordinates are (x, y) = (column, row), y down,
+pixel centres at integers; angles are positive from +x towards +y.
+
+## Splits
+
+Splits group **source joints** (`joint_id`), never pairs, so no joint appears in two splits.
+
+| split | pairs | joints |
+|---|---|---|
+{split_lines}
+
+## Loading
+
+```python
+from datasets import load_dataset
+pairs = load_dataset("path/or/repo")            # config "pairs"
+layers = load_dataset("path/or/repo", "layers") # single images with float32 layers
+import numpy as np
+img = np.array(pairs["train"][0]["baseline"])   # uint16: 16-bit PNG, decode to I = img / 65535
+```
+
+Images (`baseline`, `followup`, `*_clean`) are 16-bit greyscale PNG (display intensity, bone bright);
+`*_clean` are the same images without noise. Masks are 8-bit PNG, 0/255. In the `layers` config,
+`soft`, `upper`, `lower` are float32 attenuation layers (line integrals); the image is
+`1 - exp(-(soft + upper + lower))` after blur, noise and the display window of its imaging columns.
+`photons_per_px` null means no quantum noise. Full schema: jsnsynth docs/dataset.md.
+
+## Source and provenance
+
+{record['citation']}
+
+{license_text}
+
+## Every generation parameter
+
+```json
+{params_json}
+```
+"""
+
+
+def _size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return label
+    return "n>1M"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading back (validation and light-weight access without the HF cache)
+
+
+def check_dataset_folder(folder: str | os.PathLike) -> dict:
+    """Verify ``folder`` is a complete jsnsynth dataset; return its run record.
+
+    Raises:
+        InputError: not a folder, no card, no run record, an unfinished run, or a shard whose
+            columns are not the ``pairs`` schema.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such dataset folder")
+    state = _read_state(folder)
+    if state is None or state.get("generator") != "jsnsynth":
+        raise InputError(f"{folder}: not a jsnsynth dataset (no {STATE_NAME})")
+    if not state.get("complete"):
+        raise InputError(f"{folder}: the dataset run is unfinished; rerun the same 'jsnsynth dataset' command to resume")
+    if not (folder / CARD_NAME).is_file():
+        raise InputError(f"{folder}: no {CARD_NAME} dataset card")
+    shards = sorted((folder / PAIRS_DIR).glob("*.parquet"))
+    if not shards:
+        raise InputError(f"{folder}: no {PAIRS_DIR}/*.parquet shards")
+    expected = set(pair_features())
+    for shard in shards:
+        try:
+            names = set(pq.read_schema(shard).names)
+        except Exception as exc:
+            raise InputError(f"{shard}: unreadable parquet shard ({exc.__class__.__name__})") from None
+        if not expected <= names:
+            missing = sorted(expected - names)
+            raise InputError(f"{shard}: wrong dataset schema, missing column(s) {', '.join(missing[:5])}")
+    return state
+
+
+def iter_pairs(folder: str | os.PathLike, split: str | None = None) -> Iterator[dict]:
+    """Yield the ``pairs`` rows of a dataset folder with images decoded to numpy arrays.
+
+    Reads the parquet shards directly (no HF cache): PNG columns become uint16/uint8 arrays, masks
+    bool arrays; everything else is as stored.
+    """
+    folder = Path(folder)
+    pattern = f"{split}-*.parquet" if split else "*.parquet"
+    shards = sorted((folder / PAIRS_DIR).glob(pattern))
+    if not shards:
+        raise InputError(f"{folder}: no {PAIRS_DIR}/{pattern} shards")
+    for shard in shards:
+        for row in pq.read_table(shard).to_pylist():
+            for name, value in row.items():
+                if isinstance(value, dict) and "bytes" in value:
+                    pixels = decode_png(value["bytes"])
+                    row[name] = pixels > 0 if name.endswith("_mask") else pixels
+            yield row

@@ -1,0 +1,264 @@
+"""Longitudinal pairs: a baseline and a follow-up radiograph of one joint with exactly known JSN.
+
+Truth (contract 3 of the design). With ``c`` the baseline joint centre and ``a`` the unit joint
+axis (upper -> lower bone), each bone ``k`` moves from baseline to follow-up by ``T_k = G ∘ F_k``:
+
+* ``F_lower`` = a small rotation (flexion) of the lower bone about ``c``;
+* ``F_upper`` = a small rotation of the upper bone about ``c`` *followed by* a translation by
+  ``d a``, so ``F_upper(c) = c + d a`` exactly;
+* ``G`` = global repositioning of the whole hand: rotation, magnification and translation about
+  ``c``; the soft tissue moves by ``G`` alone.
+
+``jsn_px = d`` (baseline pixels, positive = narrowing) and ``jsn_mm = d * pixel_spacing_mm``;
+``(G^-1 T_upper(c) - G^-1 T_lower(c)) · a = d`` exactly. Both images then go through
+:func:`jsnsynth.synth.xray.render_radiograph` with their own independently drawn
+:class:`~jsnsynth.synth.xray.ImagingParams` (blur, exposure/noise, display window, gamma, noise
+seed): the nuisances of a second visit.
+
+Sample, apply, record: :func:`sample_pair_params` draws a frozen :class:`PairParams`,
+:func:`make_pair` applies it deterministically, and ``PairParams.to_dict`` records it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
+
+import numpy as np
+
+from jsnsynth.errors import InputError
+from jsnsynth.synth.geometry import Similarity, axis_vector
+from jsnsynth.synth.layers import JointLayers
+from jsnsynth.synth.shift import warp_layers
+from jsnsynth.synth.xray import ImagingParams, ImagingRanges, render_radiograph, sample_imaging_params
+
+#: ``render_with_poses(layers, upper_pose, lower_pose, soft_pose) -> JointLayers``
+PoseRenderer = Callable[[JointLayers, Similarity, Similarity, Similarity], JointLayers]
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    """Ranges from which the nuisances and the JSN change of a pair are drawn (all uniform).
+
+    Attributes:
+        jsn_mm: ``(low, high)`` JSN change in millimetres (positive = narrowing).
+        jsn_px: ``(low, high)`` JSN change in pixels; when set it replaces ``jsn_mm``.
+        flexion_deg: largest rotation of each bone about the joint centre, drawn independently
+            for both bones in ``[-flexion_deg, flexion_deg]``.
+        rotation_deg: largest global rotation of the repositioned hand.
+        magnification: ``(low, high)`` global magnification.
+        translation_px: largest global translation along each of x and y.
+        imaging: ranges of the imaging chain, drawn independently for both visits.
+        noise: False renders noise-free ``baseline``/``followup`` images.
+        spline_order: B-spline order of the rotation/scale pass on raster layers (3 or 5).
+    """
+
+    jsn_mm: tuple[float, float] = (-0.5, 0.5)
+    jsn_px: tuple[float, float] | None = None
+    flexion_deg: float = 2.0
+    rotation_deg: float = 3.0
+    magnification: tuple[float, float] = (0.97, 1.03)
+    translation_px: float = 5.0
+    imaging: ImagingRanges = field(default_factory=ImagingRanges)
+    noise: bool = True
+    spline_order: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("jsn_mm", "jsn_px", "magnification"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 2 or not value[0] <= value[1]):
+                raise InputError(f"pair option {name} must be a (low, high) range, got {value}")
+        if self.magnification[0] <= 0:
+            raise InputError(f"magnification must be positive, got {self.magnification}")
+        for name in ("flexion_deg", "rotation_deg", "translation_px"):
+            if not getattr(self, name) >= 0:
+                raise InputError(f"pair option {name} must be >= 0, got {getattr(self, name)}")
+        if self.spline_order not in (3, 5):
+            raise InputError(f"spline order must be 3 or 5, got {self.spline_order}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready record of every range."""
+        record = asdict(self)
+        record["imaging"] = asdict(self.imaging)
+        return record
+
+
+@dataclass(frozen=True)
+class PairParams:
+    """Everything drawn for one pair (apply with :func:`make_pair`).
+
+    Attributes:
+        jsn_px: commanded JSN change ``d``, baseline pixels along the joint axis; + = narrowing.
+        jsn_mm: ``d`` in millimetres.
+        upper_flexion_deg: rotation of the upper bone about the joint centre.
+        lower_flexion_deg: rotation of the lower bone about the joint centre.
+        global_angle_deg: rotation of the repositioning ``G`` about the joint centre.
+        global_scale: magnification of ``G``.
+        global_dx: translation of ``G`` along x, pixels.
+        global_dy: translation of ``G`` along y, pixels.
+        baseline_imaging: imaging chain of the baseline image.
+        followup_imaging: imaging chain of the follow-up image.
+    """
+
+    jsn_px: float
+    jsn_mm: float
+    upper_flexion_deg: float
+    lower_flexion_deg: float
+    global_angle_deg: float
+    global_scale: float
+    global_dx: float
+    global_dy: float
+    baseline_imaging: ImagingParams
+    followup_imaging: ImagingParams
+
+    def to_dict(self) -> dict:
+        """JSON-ready record (imaging parameters nested)."""
+        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        record["baseline_imaging"] = self.baseline_imaging.to_dict()
+        record["followup_imaging"] = self.followup_imaging.to_dict()
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "PairParams":
+        """Rebuild from :meth:`to_dict` output."""
+        values = {f.name: record[f.name] for f in fields(cls)}
+        values["baseline_imaging"] = ImagingParams.from_dict(record["baseline_imaging"])
+        values["followup_imaging"] = ImagingParams.from_dict(record["followup_imaging"])
+        return cls(**values)
+
+
+def sample_pair_params(
+    rng: np.random.Generator, pixel_spacing_mm: float, config: PairConfig = PairConfig()
+) -> PairParams:
+    """Draw the JSN change, the nuisances and both imaging chains of one pair."""
+    if config.jsn_px is not None:
+        jsn_px = float(rng.uniform(*config.jsn_px))
+    else:
+        jsn_px = float(rng.uniform(*config.jsn_mm)) / pixel_spacing_mm
+    flex = rng.uniform(-config.flexion_deg, config.flexion_deg, size=2)
+    angle = float(rng.uniform(-config.rotation_deg, config.rotation_deg))
+    scale = float(rng.uniform(*config.magnification))
+    shift = rng.uniform(-config.translation_px, config.translation_px, size=2)
+    baseline = sample_imaging_params(rng, config.imaging, noise=config.noise)
+    followup = sample_imaging_params(rng, config.imaging, noise=config.noise)
+    return PairParams(
+        jsn_px=jsn_px,
+        jsn_mm=jsn_px * pixel_spacing_mm,
+        upper_flexion_deg=float(flex[0]),
+        lower_flexion_deg=float(flex[1]),
+        global_angle_deg=angle,
+        global_scale=scale,
+        global_dx=float(shift[0]),
+        global_dy=float(shift[1]),
+        baseline_imaging=baseline,
+        followup_imaging=followup,
+    )
+
+
+@dataclass(frozen=True)
+class PairPoses:
+    """Baseline -> follow-up similarity of each part, all about the baseline joint centre."""
+
+    upper: Similarity
+    lower: Similarity
+    soft: Similarity
+
+
+def pair_poses(params: PairParams, joint_center_xy: tuple[float, float], joint_axis_deg: float) -> PairPoses:
+    """Compose ``T_upper = G ∘ shift(d) ∘ flex_upper``, ``T_lower = G ∘ flex_lower``, soft = ``G``."""
+    cx, cy = joint_center_xy
+    axis = axis_vector(joint_axis_deg)
+    flex_upper = Similarity(1.0, params.upper_flexion_deg, params.jsn_px * axis[0], params.jsn_px * axis[1], cx, cy)
+    flex_lower = Similarity(1.0, params.lower_flexion_deg, 0.0, 0.0, cx, cy)
+    repositioning = Similarity(params.global_scale, params.global_angle_deg, params.global_dx, params.global_dy, cx, cy)
+    return PairPoses(
+        upper=flex_upper.then(repositioning),
+        lower=flex_lower.then(repositioning),
+        soft=repositioning,
+    )
+
+
+@dataclass
+class Pair:
+    """One simulated pair: layers, images (display intensity in [0, 1]) and its truth."""
+
+    baseline_layers: JointLayers
+    followup_layers: JointLayers
+    params: PairParams
+    poses: PairPoses
+    baseline: np.ndarray
+    followup: np.ndarray
+    baseline_clean: np.ndarray
+    followup_clean: np.ndarray
+
+    @property
+    def jsn_px(self) -> float:
+        """Truth: JSN progression in baseline pixels (+ = narrowing)."""
+        return self.params.jsn_px
+
+    @property
+    def jsn_mm(self) -> float:
+        """Truth: JSN progression in millimetres."""
+        return self.params.jsn_mm
+
+
+def make_pair(
+    layers: JointLayers,
+    params: PairParams,
+    render_with_poses: PoseRenderer | None = None,
+    spline_order: int = 3,
+) -> Pair:
+    """Apply ``params`` to baseline ``layers``: move the parts, then image both visits.
+
+    Args:
+        layers: the baseline layers.
+        params: drawn by :func:`sample_pair_params`.
+        render_with_poses: exact re-rendering of a pose-moved joint (the phantom's); None warps
+            the raster layers with :func:`jsnsynth.synth.shift.warp_layers`.
+        spline_order: B-spline order of raster rotation/scale.
+    """
+    poses = pair_poses(params, layers.joint_center_xy, layers.joint_axis_deg)
+    if render_with_poses is not None:
+        followup_layers = render_with_poses(layers, poses.upper, poses.lower, poses.soft)
+    else:
+        followup_layers = warp_layers(layers, poses.upper, poses.lower, poses.soft, spline_order)
+    images = {}
+    for role, lay, imaging in (
+        ("baseline", layers, params.baseline_imaging),
+        ("followup", followup_layers, params.followup_imaging),
+    ):
+        attenuation = lay.attenuation()
+        images[role] = render_radiograph(attenuation, imaging)
+        images[f"{role}_clean"] = (
+            images[role] if imaging.noise_free else render_radiograph(attenuation, imaging.without_noise())
+        )
+    return Pair(layers, followup_layers, params, poses, **images)
+
+
+def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two bool masks (1 for two empty masks)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2.0 * (a & b).sum() / total)
+
+
+def realised_jsn_px(poses: PairPoses, joint_center_xy: tuple[float, float], joint_axis_deg: float) -> float:
+    """``(G^-1 T_upper(c) - G^-1 T_lower(c)) · axis`` from recorded poses: equals ``d`` exactly."""
+    centre = np.array(joint_center_xy, dtype=np.float64)
+    undo = poses.soft.inverse()
+    upper = undo.apply(poses.upper.apply(centre))
+    lower = undo.apply(poses.lower.apply(centre))
+    return float((upper - lower) @ axis_vector(joint_axis_deg))
+
+
+__all__ = [
+    "PairConfig",
+    "PairParams",
+    "PairPoses",
+    "Pair",
+    "sample_pair_params",
+    "pair_poses",
+    "make_pair",
+    "mask_dice",
+    "realised_jsn_px",
+]

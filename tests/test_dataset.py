@@ -1,0 +1,202 @@
+"""Dataset builder: layout, determinism across workers, resume, load_dataset round trip, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from jsnsynth.cli import main
+from jsnsynth.errors import InputError, OutputError
+from jsnsynth.synth.dataset import (
+    STATE_NAME,
+    DatasetConfig,
+    build_dataset,
+    check_dataset_folder,
+    iter_pairs,
+    pair_features,
+    plan_dataset,
+)
+from jsnsynth.synth.sources import FingerJointsSource, PhantomSource
+from test_sources import make_fingerjoint_folder
+
+CONTRACT_COLUMNS = [
+    "pair_id", "source", "joint_id", "split", "baseline", "followup", "baseline_clean", "followup_clean",
+    "baseline_upper_mask", "baseline_lower_mask", "followup_upper_mask", "followup_lower_mask",
+    "pixel_spacing_mm", "jsn_px", "jsn_mm", "joint_center_x", "joint_center_y", "joint_axis_deg",
+    "upper_scale", "upper_angle_deg", "upper_dx", "upper_dy", "lower_scale", "lower_angle_deg", "lower_dx", "lower_dy",
+] + [f"{role}_{name}" for role in ("baseline", "followup") for name in (
+    "blur_sigma_px", "photons_per_px", "electronic_noise", "window_low", "window_high", "gamma", "noise_seed")]
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def raster_source(tmp_path_factory) -> FingerJointsSource:
+    return FingerJointsSource(make_fingerjoint_folder(tmp_path_factory.mktemp("fj") / "fj", n_series=6, visits=2))
+
+
+@pytest.fixture(scope="module")
+def phantom_dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ds") / "phantom"
+    build_dataset(PhantomSource(n_joints=8, size_px=64), out, 8, seed=4, shard_size=3, quiet=True)
+    return out
+
+
+def test_layout_card_and_columns(phantom_dataset: Path) -> None:
+    files = sorted(str(p.relative_to(phantom_dataset)) for p in phantom_dataset.rglob("*") if p.is_file())
+    assert "README.md" in files and STATE_NAME in files
+    shards = [f for f in files if f.startswith("data/")]
+    assert shards and all(f.endswith(".parquet") and "-of-" in f for f in shards)
+    assert any(f.startswith("layers/") for f in files)
+    assert not any(f.endswith(".part") for f in files)
+    card = (phantom_dataset / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] and "task_categories" in front and "jsnsynth" in front["tags"]
+    assert {c["config_name"] for c in front["configs"]} == {"pairs", "layers"}
+    assert {i["config_name"] for i in front["dataset_info"]} == {"pairs", "layers"}
+    assert '"seed": 4' in card and "generator_version" in card and "Analytic physics phantoms" in card
+    assert list(pair_features())[: len(CONTRACT_COLUMNS)] != []  # features exist
+    assert set(CONTRACT_COLUMNS) <= set(pair_features())
+    state = check_dataset_folder(phantom_dataset)
+    assert state["complete"] and state["config"]["n_pairs"] == 8
+
+
+def test_load_dataset_round_trip_keeps_16_bit_pixels(phantom_dataset: Path, monkeypatch, tmp_path: Path) -> None:
+    from datasets import load_dataset
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    rows = {r["pair_id"]: r for r in iter_pairs(phantom_dataset)}
+    pairs = load_dataset(str(phantom_dataset), cache_dir=str(tmp_path / "cache"))
+    loaded = [r for split in pairs.values() for r in split]
+    assert len(loaded) == 8 and {r["pair_id"] for r in loaded} == set(rows)
+    for row in loaded:
+        stored = rows[row["pair_id"]]
+        for name in ("baseline", "followup", "baseline_clean", "followup_clean"):
+            pixels = np.array(row[name])
+            assert pixels.dtype == np.uint16 and np.array_equal(pixels, stored[name])
+        assert np.array(row["baseline"]).max() > 255 and len(np.unique(np.array(row["baseline"]))) > 256
+        assert set(np.unique(np.array(row["followup_upper_mask"]))) <= {0, 255}
+        assert row["jsn_mm"] == pytest.approx(row["jsn_px"] * row["pixel_spacing_mm"])
+    layers = load_dataset(str(phantom_dataset), "layers", cache_dir=str(tmp_path / "cache"))
+    sample = layers["train"].with_format("numpy")[0]
+    assert sample["upper"].dtype == np.float32 and sample["upper"].shape == (64, 64)
+    assert sample["role"] in ("baseline", "followup")
+
+
+def test_splits_group_joints(raster_source: FingerJointsSource, tmp_path: Path) -> None:
+    build_dataset(raster_source, tmp_path / "ds", 24, seed=1, shard_size=5, split_fractions=(0.5, 0.25, 0.25), quiet=True)
+    rows = list(iter_pairs(tmp_path / "ds"))
+    assert len(rows) == 24
+    split_of = {}
+    for row in rows:
+        assert split_of.setdefault(row["joint_id"], row["split"]) == row["split"]
+    assert set(split_of.values()) == {"train", "validation", "test"}
+    plan = plan_dataset(raster_source.joint_ids(), DatasetConfig(24, seed=1, split_fractions=(0.5, 0.25, 0.25)))
+    assert plan == plan_dataset(raster_source.joint_ids(), DatasetConfig(24, seed=1, split_fractions=(0.5, 0.25, 0.25)))
+
+
+def test_same_bytes_for_one_and_two_processes(raster_source: FingerJointsSource, tmp_path: Path) -> None:
+    build_dataset(raster_source, tmp_path / "one", 10, seed=7, num_proc=1, shard_size=3, quiet=True)
+    build_dataset(raster_source, tmp_path / "two", 10, seed=7, num_proc=2, shard_size=3, quiet=True)
+    assert _digest(tmp_path / "one") == _digest(tmp_path / "two")
+    other = tmp_path / "other"
+    build_dataset(raster_source, other, 10, seed=8, num_proc=1, shard_size=3, quiet=True)
+    assert _digest(tmp_path / "one") != _digest(other)
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(raster_source: FingerJointsSource, tmp_path: Path) -> None:
+    build_dataset(raster_source, tmp_path / "whole", 10, seed=3, shard_size=2, quiet=True)
+
+    class Interrupt(Exception):
+        pass
+
+    written = []
+
+    def stop_after_two(name: str) -> None:
+        written.append(name)
+        if len(written) == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        build_dataset(raster_source, tmp_path / "resumed", 10, seed=3, shard_size=2, quiet=True, on_shard_written=stop_after_two)
+    state = json.loads((tmp_path / "resumed" / STATE_NAME).read_text())
+    assert not state["complete"] and len(state["completed_shards"]) == 2
+    assert not (tmp_path / "resumed" / "README.md").exists()
+    with pytest.raises(InputError, match="unfinished"):
+        check_dataset_folder(tmp_path / "resumed")
+    # a half-written shard left by a kill is a *.part file: it must be cleaned up on resume
+    (tmp_path / "resumed" / "data" / ".train-00009-of-00009.parquet.abc.part").write_bytes(b"half")
+    result = build_dataset(raster_source, tmp_path / "resumed", 10, seed=3, shard_size=2, quiet=True)
+    assert result.resumed_shards == 2
+    assert _digest(tmp_path / "whole") == _digest(tmp_path / "resumed")
+    # running the finished command again changes nothing
+    build_dataset(raster_source, tmp_path / "resumed", 10, seed=3, shard_size=2, quiet=True)
+    assert _digest(tmp_path / "whole") == _digest(tmp_path / "resumed")
+
+
+def test_output_folder_with_other_content_or_other_run(raster_source: FingerJointsSource, tmp_path: Path, capsys) -> None:
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="other files"):
+        build_dataset(raster_source, busy, 2, quiet=True)
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
+    build_dataset(raster_source, tmp_path / "ds", 3, seed=1, quiet=True)
+    with pytest.raises(OutputError, match="other parameters"):
+        build_dataset(raster_source, tmp_path / "ds", 3, seed=2, quiet=True)
+    rc = main(["dataset", "--source", "phantom", "--pairs", "2", "--out", str(busy), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("jsnsynth: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_cli_builds_a_small_phantom_dataset(tmp_path: Path, capsys) -> None:
+    rc = main(["dataset", "--source", "phantom", "--pairs", "3", "--out", str(tmp_path / "ds"), "--seed", "2",
+               "--size", "64", "--layers-every", "0", "--jsn-px", "-3", "3", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "wrote 3 pairs" in out and "load_dataset" in out
+    rows = list(iter_pairs(tmp_path / "ds"))
+    assert all(-3 <= r["jsn_px"] <= 3 and r["baseline"].shape == (64, 64) for r in rows)
+    assert not (tmp_path / "ds" / "layers").exists()
+
+
+@pytest.mark.parametrize("args, message", [(["--pairs", "0"], "pairs"), (["--num-proc", "0"], "num-proc"),
+                                            (["--split", "0.5", "0.5", "0.5"], "split")])
+def test_bad_options_are_one_line_errors(tmp_path: Path, capsys, args: list[str], message: str) -> None:
+    base = ["dataset", "--source", "phantom", "--pairs", "2", "--out", str(tmp_path / "ds"), "--quiet"]
+    rc = main(base + args)
+    err = capsys.readouterr().err
+    assert rc == 1 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_progress_bar_and_quiet(tmp_path: Path, capsys) -> None:
+    argv = ["dataset", "--source", "phantom", "--pairs", "2", "--size", "64", "--layers-every", "0"]
+    assert main(argv + ["--out", str(tmp_path / "loud")]) == 0
+    assert "pair" in capsys.readouterr().err  # tqdm writes its bar to stderr
+    assert main(argv + ["--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_wrong_schema_is_rejected(phantom_dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    broken = tmp_path / "broken"
+    shutil.copytree(phantom_dataset, broken)
+    shard = sorted((broken / "data").glob("*.parquet"))[0]
+    pq.write_table(pa.table({"pair_id": ["x"], "jsn_px": [1.0]}), shard)
+    with pytest.raises(InputError, match="wrong dataset schema"):
+        check_dataset_folder(broken)

@@ -1,0 +1,353 @@
+"""Tests of the Layer Separation Network: model, data, training, inference, CLI, source.
+
+Everything runs on tiny synthetic crops (64 px) and a tiny model, except the tests of the
+bundled weights, which use the shipped file on 64-96 px crops.
+"""
+
+from __future__ import annotations
+
+import csv
+import socket
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from jsnsynth.cli import main
+from jsnsynth.errors import InputError
+from jsnsynth.lsn.data import (
+    ExampleParams,
+    MixConfig,
+    RealCache,
+    is_heldout_series,
+    joint_gap_px,
+    make_batch,
+    make_example,
+    make_pool,
+    fill_smooth,
+    reference_attenuations,
+    shift_down_edge,
+    smooth_reference_attenuations,
+)
+from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, load_model, separate_intensity
+from jsnsynth.lsn.model import (
+    LayerSeparationNet,
+    ModelConfig,
+    compose_fractions,
+    intensity_attenuation,
+    layers_from_fractions,
+    normalise_intensity,
+)
+from jsnsynth.lsn.train import LossWeights, TrainConfig, batch_to_tensors, export_weights, separation_loss, train
+from jsnsynth.synth.io import encode_png, read_float_tiff, write_bytes_atomic
+from jsnsynth.synth.xray import intensity_to_attenuation
+
+TINY = ModelConfig(encoder_channels=(4, 4, 8, 8, 8, 8), decoder_channels=(8, 8, 4, 4, 4))
+#: Sum-to-input tolerance of the layers, relative to the input attenuation (float32 rounding).
+SUM_RTOL = 1e-5
+
+
+def synthetic_joint(size: int = 64, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """A toy joint: smooth soft tissue plus an upper and a lower bone (ellipses) with a gap.
+
+    Returns ``(image uint8, soft uint8, upper_mask, lower_mask)`` like the real cache holds.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    soft = 0.4 + 0.3 * np.exp(-((xx - size / 2) / (0.35 * size)) ** 2)
+    cx = size / 2 + rng.uniform(-3, 3)
+    gap = size * 0.06
+    upper = ((xx - cx) / (0.22 * size)) ** 2 + ((yy - (size / 2 - gap - 0.25 * size)) / (0.25 * size)) ** 2 < 1
+    lower = ((xx - cx) / (0.24 * size)) ** 2 + ((yy - (size / 2 + gap + 0.25 * size)) / (0.25 * size)) ** 2 < 1
+    total = soft + 0.5 * upper + 0.6 * lower
+    image = np.rint((1 - np.exp(-total)) * 255).astype(np.uint8)
+    soft_image = np.rint((1 - np.exp(-soft)) * 255).astype(np.uint8)
+    return image, soft_image, upper, lower
+
+
+def synthetic_cache(count: int = 4, size: int = 64) -> RealCache:
+    joints = [synthetic_joint(size, seed) for seed in range(count)]
+    return RealCache(
+        image=np.stack([j[0] for j in joints]),
+        soft=np.stack([j[1] for j in joints]),
+        upper_mask=np.stack([j[2] for j in joints]),
+        lower_mask=np.stack([j[3] for j in joints]),
+        series_id=np.array([f"{k:05d}" for k in range(count)]),
+        name=np.array([f"s{k}/img" for k in range(count)]),
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    model = LayerSeparationNet(TINY).eval()
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    export_weights(model, path, {"test": True})
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------
+# model
+
+
+def test_model_outputs_shapes_nonnegative_and_sum_to_input():
+    torch.manual_seed(0)
+    model = LayerSeparationNet(TINY)
+    intensity = torch.rand(2, 1, 64, 96) * 0.95
+    with torch.no_grad():
+        out = model(normalise_intensity(intensity))
+    assert out["share_logits"].shape == (2, 3, 64, 96)
+    assert out["mask_logits"].shape == (2, 2, 64, 96)
+    assert [a[0].shape[-2:] for a in out["aux"]] == [(16, 24), (32, 48)]
+    attenuation = intensity_attenuation(intensity)
+    for masks in (torch.sigmoid(out["mask_logits"]), (out["mask_logits"] > 0).float()):
+        layers = layers_from_fractions(compose_fractions(out["share_logits"], masks), attenuation)
+        assert layers.shape == (2, 3, 64, 96)
+        assert float(layers.min()) >= 0.0
+        assert torch.allclose(layers.sum(1, keepdim=True), attenuation, rtol=SUM_RTOL, atol=1e-6)
+    hard = (out["mask_logits"] > 0).float()
+    layers = layers_from_fractions(compose_fractions(out["share_logits"], hard), attenuation)
+    assert float(layers[:, 1:][hard == 0].abs().max()) == 0.0  # bones exactly zero off their masks
+
+
+def test_normalisation_ignores_exposure_offset_and_scale():
+    intensity = torch.rand(1, 1, 32, 32) * 0.5
+    a = normalise_intensity(intensity)
+    b = normalise_intensity(0.2 + 1.5 * intensity)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------
+# data
+
+
+def test_heldout_split_is_a_fixed_function_of_the_series_id():
+    flags = [is_heldout_series(f"{k:05d}") for k in range(400)]
+    assert flags == [is_heldout_series(f"{k:05d}") for k in range(400)]
+    assert 0.08 < np.mean(flags) < 0.22
+
+
+def test_shift_down_edge_pads_with_the_top_row():
+    values = np.arange(12, dtype=float).reshape(4, 3)
+    shifted = shift_down_edge(values, 2)
+    assert np.array_equal(shifted[:3], np.repeat(values[:1], 3, axis=0))
+    assert np.array_equal(shifted[2:], values[:2])
+
+
+def test_pseudo_overlap_example_has_exact_fractions_and_moved_mask():
+    cache = synthetic_cache(2)
+    pool = make_pool(cache, np.arange(2))
+    gap = joint_gap_px(cache.upper_mask[0], cache.lower_mask[0])
+    assert gap > 0
+    mix = MixConfig(crop_px=64)
+    params = ExampleParams(kind="overlap", source_index=0, crop_x=0, crop_y=0, flip=False, shift_px=gap + 3)
+    example = make_example(pool, params, mix)
+    assert np.allclose(example.fractions.sum(0), 1.0, atol=1e-5)
+    assert (example.fractions >= 0).all()
+    overlap = (example.masks[0] > 0) & (example.masks[1] > 0)
+    assert overlap.any()  # the bones now overlap
+    assert np.array_equal(example.masks[0] > 0, shift_down_edge(cache.upper_mask[0], gap + 3))
+    # the input is the recomposition of the exact layers
+    total = intensity_to_attenuation(example.image)
+    assert (example.fractions[1][example.masks[0] == 0] == 0).all()
+    assert np.isfinite(total).all()
+
+
+def test_fill_smooth_keeps_known_pixels_and_interpolates_a_plane():
+    yy, xx = np.mgrid[0:40, 0:50].astype(float)
+    plane = 0.3 + 0.01 * xx + 0.005 * yy
+    known = np.ones_like(plane, bool)
+    known[10:30, 15:35] = False
+    filled = fill_smooth(np.where(known, plane, 0.0), known, relax_iterations=200)
+    assert np.array_equal(filled[known], plane[known])
+    assert np.abs(filled - plane).max() < 0.02  # a smooth fill of a plane stays near the plane
+
+
+@pytest.mark.parametrize("rule", [reference_attenuations, smooth_reference_attenuations])
+def test_reference_layers_add_up_to_the_image(rule):
+    image, soft, upper_mask, lower_mask = synthetic_joint(64)
+    layers = rule(image, soft, upper_mask, lower_mask)
+    assert min(float(v.min()) for v in layers) >= 0
+    assert np.allclose(sum(layers), intensity_to_attenuation(image / 255.0), atol=1e-5)
+    assert (layers[1][~upper_mask] == 0).all() and (layers[2][~lower_mask] == 0).all()
+
+
+def test_batches_are_deterministic_given_the_seed():
+    pool = make_pool(synthetic_cache(3), np.arange(3))
+    mix = MixConfig(crop_px=48, soft_reference="smooth")
+    a, ra = make_batch(pool, mix, seed=5, step=2, batch_size=3)
+    b, rb = make_batch(pool, mix, seed=5, step=2, batch_size=3)
+    assert ra == rb
+    for key in a:
+        assert np.array_equal(a[key], b[key])
+    assert ExampleParams.from_dict(ra[0]).to_dict() == ra[0]
+
+
+# ------------------------------------------------------------------------------------------
+# training
+
+
+def test_a_few_training_steps_lower_the_loss():
+    torch.manual_seed(0)
+    pool = make_pool(synthetic_cache(2), np.arange(2))
+    arrays, _ = make_batch(pool, MixConfig(crop_px=64, p_restyle=0.0), seed=1, step=0, batch_size=4)
+    batch = batch_to_tensors(arrays, torch.device("cpu"))
+    model = LayerSeparationNet(TINY)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        terms = separation_loss(model(normalise_intensity(batch["image"])), batch, LossWeights())
+        optimiser.zero_grad()
+        terms["loss"].backward()
+        optimiser.step()
+        losses.append(float(terms["loss"]))
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def _tiny_config(steps: int) -> TrainConfig:
+    return TrainConfig(
+        seed=3, steps=steps, batch_size=2, lr=1e-3, warmup_steps=1, fingerjoints="/nonexistent",
+        n_phantoms=0, checkpoint_every=2, threads=0, model=TINY.to_dict(),
+        mix={"crop_px": 32},
+    )
+
+
+def test_train_writes_log_resumes_and_is_deterministic(tmp_path):
+    pool = make_pool(synthetic_cache(2), np.arange(2))
+    config = _tiny_config(4)
+    first = train(config, tmp_path / "a", progress=False, pool=pool)
+    second = train(config, tmp_path / "b", progress=False, pool=pool)
+    sa = torch.load(first, weights_only=True)["state_dict"]
+    sb = torch.load(second, weights_only=True)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    with open(tmp_path / "a" / "log.csv", newline="") as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle)] == [2, 4]
+    # resume: a run stopped after 2 steps and restarted ends where an uninterrupted run does
+    (tmp_path / "c").mkdir()
+    train(_tiny_config(2), tmp_path / "c", progress=False, pool=pool)
+    (tmp_path / "c" / "config.json").unlink()  # same run, longer schedule: allowed by hand
+    resumed = train(config, tmp_path / "c", progress=False, pool=pool)
+    assert torch.load(resumed, weights_only=True)["training"]["steps"] == 4
+    with open(tmp_path / "c" / "log.csv", newline="") as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle)] == [2, 4]
+
+
+def test_config_rejects_unknown_keys(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"stepz": 3}')
+    with pytest.raises(InputError, match="unknown config key"):
+        TrainConfig.from_json(path)
+    rc = main(["lsn", "train", "--config", str(tmp_path / "missing.json")])
+    assert rc == 1
+
+
+# ------------------------------------------------------------------------------------------
+# inference
+
+
+@pytest.mark.parametrize("shape,spacing", [((64, 64), None), ((70, 45), None), ((64, 80), 0.0875), ((96, 96), 0.3)])
+def test_separation_keeps_size_and_sums_to_the_input(tiny_weights, shape, spacing):
+    rng = np.random.default_rng(1)
+    intensity = np.clip(cv2.GaussianBlur(rng.uniform(0.2, 0.9, shape), (0, 0), 2.0), 0, 1)
+    model = load_model(tiny_weights)
+    result = separate_intensity(intensity, model, pixel_spacing_mm=spacing)
+    layers = result.layers
+    assert layers.shape == shape
+    assert min(layers.soft.min(), layers.upper.min(), layers.lower.min()) >= 0
+    total = intensity_to_attenuation(intensity)
+    assert np.allclose(layers.attenuation(), total, rtol=SUM_RTOL, atol=1e-6)
+    assert (layers.upper[~layers.upper_mask] == 0).all() and (layers.lower[~layers.lower_mask] == 0).all()
+    assert np.allclose(result.recomposed, intensity, atol=1e-5)
+
+
+def test_bundled_weights_load_offline(monkeypatch):
+    assert DEFAULT_WEIGHTS.is_file()
+    assert DEFAULT_WEIGHTS.stat().st_size < 5_000_000
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the LSN tried to open a network connection")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    model = load_model()
+    image, _, upper, lower = synthetic_joint(64)
+    result = separate_intensity(image / 255.0, model)
+    assert result.layers.shape == (64, 64)
+
+
+def test_separate_cli_writes_every_output(tmp_path, capsys):
+    image, _, _, _ = synthetic_joint(96)
+    image16 = (image.astype(np.uint16) * 257)
+    path = tmp_path / "crop.png"
+    write_bytes_atomic(path, encode_png(image16))
+    rc = main(["separate", str(path), "--out", str(tmp_path / "out")])
+    assert rc == 0
+    out = tmp_path / "out"
+    names = ["crop_soft.tif", "crop_upper.tif", "crop_lower.tif", "crop_upper_mask.png", "crop_lower_mask.png",
+             "crop_recomposed.png", "crop_panel.png"]
+    for name in names:
+        assert (out / name).is_file(), name
+    total = sum(read_float_tiff(out / f"crop_{k}.tif").astype(np.float64) for k in ("soft", "upper", "lower"))
+    assert np.allclose(total, intensity_to_attenuation(image16 / 65535.0), rtol=SUM_RTOL, atol=1e-5)
+    recomposed = cv2.imread(str(out / "crop_recomposed.png"), cv2.IMREAD_UNCHANGED)
+    assert recomposed.dtype == np.uint16
+    assert "panel:" in capsys.readouterr().out
+
+
+def _bad_inputs(tmp_path):
+    text = tmp_path / "text.png"
+    text.write_text("not an image")
+    colour = tmp_path / "colour.png"
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[..., 0] = 200
+    cv2.imwrite(str(colour), rgb)
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), np.full((16, 16), 100, np.uint8))
+    nan = tmp_path / "nan.tif"
+    values = np.full((64, 64), 0.5, np.float32)
+    values[3, 4] = np.nan
+    cv2.imwrite(str(nan), values)
+    return {"not an image": text, "colour": colour, "too small": small, "NaN": nan, "missing": tmp_path / "nope.png"}
+
+
+@pytest.mark.parametrize("case", ["not an image", "colour", "too small", "NaN", "missing"])
+def test_separate_cli_rejects_bad_input_with_one_line(tmp_path, capsys, case):
+    path = _bad_inputs(tmp_path)[case]
+    rc = main(["separate", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1
+    assert err.startswith("jsnsynth: error:") and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_separate_rejects_nan_array_and_bad_weights(tmp_path):
+    values = np.full((64, 64), 0.5)
+    values[0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        separate_intensity(values, load_model())
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"nope")
+    with pytest.raises(InputError, match="not an LSN weights file"):
+        load_model(bad)
+
+
+# ------------------------------------------------------------------------------------------
+# source
+
+
+def test_lsn_source_follows_the_source_protocol(tmp_path, tiny_weights):
+    from jsnsynth.lsn.source import LsnSource
+
+    for k in range(2):
+        cv2.imwrite(str(tmp_path / f"joint{k}.png"), synthetic_joint(64, k)[0])
+    source = LsnSource(tmp_path)
+    assert source.name == "lsn" and source.exact_pose_rendering is False and source.citation
+    assert source.joint_ids() == ["joint0", "joint1"]
+    layers = source.load("joint1", np.random.default_rng(0))
+    assert layers.shape == (64, 64)
+    assert layers.metadata["joint_id"] == "joint1"
+    with pytest.raises(InputError):
+        source.load("nope", np.random.default_rng(0))
+    with pytest.raises(InputError):
+        LsnSource(tmp_path / "empty")

@@ -1,0 +1,160 @@
+"""``jsnsynth phantom``: on-disk format, determinism, resuming, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jsnsynth.cli import main
+from jsnsynth.synth import phantom_io
+from jsnsynth.synth.io import decode_png, read_float_tiff
+from jsnsynth.synth.phantom import PhantomParams, render_phantom
+from jsnsynth.synth.phantom_io import SAMPLE_FILES, read_phantom_sample, write_phantom_samples
+from jsnsynth.synth.xray import ImagingParams, quantize, render_radiograph
+
+SMALL = ["--size", "64", "--pixel-spacing", "0.7"]
+
+
+def _run(args: list[str]) -> int:
+    return main(["phantom", *args])
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "phantoms"
+    assert _run(["--n", "2", "--out", str(out), "--seed", "5", *SMALL, "--joint-type", "mcp"]) == 0
+    assert str(out) in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["phantom_00000", "phantom_00001"]
+    sample = out / "phantom_00001"
+    assert sorted(p.name for p in sample.iterdir()) == sorted(SAMPLE_FILES)
+
+    layers, record = read_phantom_sample(sample)
+    assert record["index"] == 1 and record["seed"] == 5 and record["seed_sequence"] == [5, 1]
+    assert record["phantom_params"]["joint_type"] == "mcp"
+    assert record["pixel_spacing_mm"] == 0.7 and record["size_px"] == 64
+    assert record["jsw_mm"] == record["phantom_params"]["jsw_mm"]
+    assert record["jsnsynth_version"]
+    # The record replays the sample exactly: layers, masks and the 16-bit radiograph.
+    params = PhantomParams.from_dict(record["phantom_params"])
+    again = render_phantom(params)
+    for name in ("soft", "upper", "lower"):
+        assert np.array_equal(read_float_tiff(sample / f"{name}.tiff"), getattr(again, name))
+    for name in ("upper", "lower"):
+        mask = decode_png((sample / f"{name}_mask.png").read_bytes())
+        assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+        assert np.array_equal(mask == 255, getattr(again, name) > 0)
+    radiograph = decode_png((sample / "radiograph.png").read_bytes())
+    assert radiograph.dtype == np.uint16 and radiograph.shape == (64, 64)
+    imaging = ImagingParams.from_dict(record["imaging_params"])
+    assert not imaging.noise_free
+    assert np.array_equal(radiograph, quantize(render_radiograph(again.attenuation(), imaging), 16))
+    assert layers.joint_center_xy == again.joint_center_xy
+
+
+def test_same_seed_same_bytes_and_no_noise(tmp_path: Path) -> None:
+    args = ["--n", "2", "--seed", "9", *SMALL]
+    assert _run([*args, "--out", str(tmp_path / "a")]) == 0
+    assert _run([*args, "--out", str(tmp_path / "b")]) == 0
+    assert _tree_bytes(tmp_path / "a") == _tree_bytes(tmp_path / "b")
+    assert _run([*args, "--no-noise", "--out", str(tmp_path / "c")]) == 0
+    record = json.loads((tmp_path / "c" / "phantom_00000" / "record.json").read_text())
+    assert ImagingParams.from_dict(record["imaging_params"]).noise_free
+
+
+def test_rerun_resumes_and_skips_complete_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "p"
+    assert _run(["--n", "1", "--out", str(out), *SMALL]) == 0
+    first = (out / "phantom_00000" / "record.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert _run(["--n", "3", "--out", str(out), *SMALL]) == 0
+    assert "1 already there" in capsys.readouterr().out
+    assert (out / "phantom_00000" / "record.json").stat().st_mtime_ns == first
+    assert len(list(out.iterdir())) == 3
+
+
+def test_interrupted_run_leaves_no_partial_sample_and_resumes(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "p"
+    original = phantom_io.encode_float_tiff
+    calls = {"n": 0}
+
+    def failing_encode(values: np.ndarray) -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 5:  # inside the second sample, after some of its files were written
+            raise KeyboardInterrupt
+        return original(values)
+
+    monkeypatch.setattr(phantom_io, "encode_float_tiff", failing_encode)
+    assert _run(["--n", "3", "--out", str(out), *SMALL]) == 130
+    assert sorted(p.name for p in out.iterdir()) == ["phantom_00000"]  # no partial folder left
+    monkeypatch.setattr(phantom_io, "encode_float_tiff", original)
+    assert _run(["--n", "3", "--out", str(out), *SMALL]) == 0
+    assert _run(["--n", "3", "--out", str(tmp_path / "clean"), *SMALL]) == 0
+    assert _tree_bytes(out) == _tree_bytes(tmp_path / "clean")
+
+
+def test_leftover_partial_folders_are_removed_on_resume(tmp_path: Path) -> None:
+    out = tmp_path / "p"
+    (out / ".phantom_00000.abc123.part").mkdir(parents=True)
+    (out / ".phantom_00000.abc123.part" / "soft.tiff").write_bytes(b"half")
+    assert _run(["--n", "1", "--out", str(out), *SMALL]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["phantom_00000"]
+
+
+def test_folder_with_unrelated_files_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")
+    assert _run(["--n", "1", "--out", str(tmp_path), *SMALL]) == 1
+    err = _one_error_line(capsys)
+    assert err.startswith("jsnsynth: error:") and "not phantom samples" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_out_path_that_is_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    assert _run(["--n", "1", "--out", str(target), *SMALL]) == 1
+    assert "not a folder" in _one_error_line(capsys)
+
+
+def test_samples_of_another_run_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "p"
+    assert _run(["--n", "1", "--out", str(out), "--seed", "1", *SMALL]) == 0
+    capsys.readouterr()
+    assert _run(["--n", "1", "--out", str(out), "--seed", "2", *SMALL]) == 1
+    assert "other settings" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--n", "0"],
+        ["--n", "-3"],
+        ["--n", "1", "--size", "8"],
+        ["--n", "1", "--pixel-spacing", "0"],
+        ["--n", "1", "--joint-type", "knee"],
+        ["--n", "1", "--seed", "-1"],
+    ],
+)
+def test_bad_options_are_usage_errors(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "p"
+    assert _run([*args, "--out", str(out)]) == 2
+    assert "Error" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_library_rejects_n_below_one(tmp_path: Path) -> None:
+    from jsnsynth.errors import InputError
+
+    with pytest.raises(InputError, match=">= 1"):
+        write_phantom_samples(tmp_path / "p", 0)

@@ -1,0 +1,133 @@
+"""Sources of joint layers (contract 2): protocol, phantom, finger-joint folders, clear errors."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jsnsynth.cli import main
+from jsnsynth.errors import InputError
+from jsnsynth.synth.geometry import Similarity
+from jsnsynth.synth.io import encode_png, write_bytes_atomic
+from jsnsynth.synth.layers import JointLayers
+from jsnsynth.synth.sources import FingerJointsSource, JointSource, PhantomSource, open_source
+
+MANIFEST_HEADER = ["series", "series_id", "side", "joint_code", "image", "mask_upper", "mask_lower", "soft_tissue"]
+
+
+def _synthetic_crop(size: int, gap_px: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A smooth joint crop: (image, soft image, upper mask, lower mask), 8-bit-like intensities."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:size, :size].astype(np.float64)
+    c = size / 2 + rng.uniform(-2, 2)
+    head = size * 0.45
+    radius = size * 0.2
+    dist = np.where(y < head, np.abs(x - c), np.hypot(x - c, y - head))
+    upper_mask = dist < radius
+    lower_mask = (y > head + radius + gap_px) & (np.abs(x - c) < radius * 1.1)
+    soft_att = 0.25 + 0.1 * np.exp(-((x - c) / (size * 0.4)) ** 2)
+    bone_att = 0.5 * upper_mask + 0.45 * lower_mask
+    image = 1 - np.exp(-(soft_att + bone_att))
+    soft = 1 - np.exp(-soft_att)
+    return image, soft, upper_mask, lower_mask
+
+
+def make_fingerjoint_folder(root: Path, n_series: int = 5, visits: int = 2, size: int = 64) -> Path:
+    """Write a tiny folder in the finger-joint format (PNG images) and return it."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in range(n_series):
+        series = f"{s:05d}_L_{2 + s % 3}"
+        for v in range(visits):
+            image, soft, upper, lower = _synthetic_crop(size, 3.0 + v, seed=10 * s + v)
+            stem = f"{series}/visit{v}"
+            write_bytes_atomic(root / f"{stem}.png", encode_png(np.rint(image * 255).astype(np.uint8)))
+            write_bytes_atomic(root / f"{stem}_soft.png", encode_png(np.rint(soft * 255).astype(np.uint8)))
+            write_bytes_atomic(root / f"{stem}_mask_upper.png", encode_png(upper.astype(np.uint8) * 255))
+            write_bytes_atomic(root / f"{stem}_mask_lower.png", encode_png(lower.astype(np.uint8) * 255))
+            rows.append([series, f"{s:05d}", "L", str(2 + s % 3), f"{stem}.png", f"{stem}_mask_upper.png",
+                         f"{stem}_mask_lower.png", f"{stem}_soft.png"])
+    with open(root / "manifest.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(MANIFEST_HEADER)
+        writer.writerows(rows)
+    return root
+
+
+def test_fingerjoints_source_groups_visits_by_series(tmp_path: Path) -> None:
+    source = FingerJointsSource(make_fingerjoint_folder(tmp_path / "fj", n_series=3, visits=2))
+    assert isinstance(source, JointSource)
+    assert source.exact_pose_rendering is False
+    assert source.joint_ids() == ["00000_L_2", "00001_L_3", "00002_L_4"]
+    seen = set()
+    for seed in range(12):
+        layers = source.load("00001_L_3", np.random.default_rng(seed))
+        assert isinstance(layers, JointLayers) and layers.shape == (64, 64)
+        assert layers.metadata["joint_id"] == "00001_L_3" and layers.metadata["source"] == "fingerjoints"
+        seen.add(layers.metadata["image"])
+    assert seen == {"visit0.png", "visit1.png"}  # the rng picks among the series' visits
+    assert source.describe()["n_images"] == 6
+
+
+def test_open_source_spellings(tmp_path: Path) -> None:
+    folder = make_fingerjoint_folder(tmp_path / "fj", n_series=1, visits=1)
+    assert isinstance(open_source(f"fingerjoints:{folder}"), FingerJointsSource)
+    assert isinstance(open_source("phantom", n_joints=3), PhantomSource)
+    assert len(open_source("phantom", n_joints=3).joint_ids()) == 3
+    for bad in ("phantoms", "fingerjoints", "phantom:x", "lsn"):
+        with pytest.raises(InputError):
+            open_source(bad)
+
+
+def test_empty_and_missing_folders_and_joints_without_masks(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="empty"):
+        FingerJointsSource(tmp_path / "empty")
+    with pytest.raises(InputError, match="no such"):
+        FingerJointsSource(tmp_path / "absent")
+    folder = make_fingerjoint_folder(tmp_path / "fj", n_series=2, visits=1)
+    (folder / "00001_L_3" / "visit0_mask_lower.png").unlink()
+    with pytest.raises(InputError, match="00001_L_3/visit0 has no lower-bone mask"):
+        FingerJointsSource(folder)
+
+
+def test_phantom_source_follows_the_protocol() -> None:
+    source = PhantomSource(n_joints=2, size_px=64)
+    assert isinstance(source, JointSource) and source.exact_pose_rendering is True
+    layers = source.load(source.joint_ids()[0], np.random.default_rng(3))
+    assert layers.shape == (64, 64)
+    assert layers.metadata["source"] == "phantom" and "phantom_params" in layers.metadata
+    again = source.load(source.joint_ids()[0], np.random.default_rng(3))
+    assert np.array_equal(layers.upper, again.upper)  # anatomy drawn from the rng only
+    same = source.render_with_poses(layers, None, None, None)
+    assert np.allclose(same.upper, layers.upper) and same.joint_center_xy == layers.joint_center_xy
+    moved = source.render_with_poses(layers, Similarity(1, 0, 0, 1.5, *layers.joint_center_xy), None, None)
+    assert not np.allclose(moved.upper, layers.upper) and np.array_equal(moved.lower, layers.lower)
+
+
+def test_real_data_source(fingerjoints_dir: Path) -> None:
+    source = FingerJointsSource(fingerjoints_dir)
+    ids = source.joint_ids()
+    assert len(ids) == 343 and source.describe()["n_images"] == 1120
+    layers = source.load(ids[0], np.random.default_rng(0))
+    assert layers.shape == (256, 256) and layers.upper_mask.any() and layers.lower_mask.any()
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("nonsense", "unknown source"), ("fingerjoints:{empty}", "empty"), ("fingerjoints:{nomask}", "has no upper-bone mask"),
+     ("fingerjoints:{absent}", "no such"), ("lsn:{absent}", "no such")],
+)
+def test_bad_sources_give_one_line_cli_errors(tmp_path: Path, capsys, spec: str, message: str) -> None:
+    (tmp_path / "empty").mkdir()
+    nomask = make_fingerjoint_folder(tmp_path / "nomask", n_series=1, visits=1)
+    (nomask / "00000_L_2" / "visit0_mask_upper.png").unlink()
+    spec = spec.format(empty=tmp_path / "empty", nomask=nomask, absent=tmp_path / "absent")
+    rc = main(["dataset", "--source", spec, "--pairs", "2", "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.startswith("jsnsynth: error:") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # nothing written for a bad source

@@ -1,0 +1,154 @@
+"""Tests of the validation harness: dataset reading, plugin methods, metrics, bad datasets."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jsnsynth.cli import main
+from jsnsynth.errors import InputError
+from jsnsynth.quantify.real import drop_outlier_trials
+from jsnsynth.quantify.toy import toy_pair
+from jsnsynth.quantify.validate import IMAGING_FIELDS, load_method, summarize, validate_dataset
+from jsnsynth.synth.io import encode_png
+from jsnsynth.synth.xray import ImagingParams, quantize
+
+
+def _png16(image):
+    return {"bytes": encode_png(quantize(image, 16)), "path": None}
+
+
+def _mask(mask):
+    return {"bytes": encode_png(np.where(mask, 255, 0).astype(np.uint8)), "path": None}
+
+
+def _write_dataset(folder: Path, jsn_values=(0.5, -1.0, 1.2)) -> Path:
+    """A tiny contract-3 dataset made from the analytic toy joint (exact truth)."""
+    rows = []
+    for i, d in enumerate(jsn_values):
+        base_im = ImagingParams(photons_per_px=3e4, noise_seed=10 + i)
+        follow_im = ImagingParams(photons_per_px=3e4, noise_seed=20 + i)
+        pair = toy_pair(d, baseline_imaging=base_im, followup_imaging=follow_im)
+        clean = toy_pair(d, baseline_imaging=base_im.without_noise(), followup_imaging=follow_im.without_noise())
+        row = {
+            "pair_id": f"pair-{i:07d}", "source": "toy", "joint_id": "toy-0", "split": "test",
+            "baseline": _png16(pair["baseline"]), "followup": _png16(pair["followup"]),
+            "baseline_clean": _png16(clean["baseline"]), "followup_clean": _png16(clean["followup"]),
+            "baseline_upper_mask": _mask(pair["upper_mask"]), "baseline_lower_mask": _mask(pair["lower_mask"]),
+            "followup_upper_mask": _mask(pair["followup_upper_mask"]), "followup_lower_mask": _mask(pair["followup_lower_mask"]),
+            "pixel_spacing_mm": 0.175, "jsn_px": d, "jsn_mm": d * 0.175,
+            "joint_center_x": pair["center_xy"][0], "joint_center_y": pair["center_xy"][1], "joint_axis_deg": 0.0,
+        }
+        for bone in ("upper", "lower"):
+            t = pair[bone]
+            row.update({f"{bone}_scale": t.scale, f"{bone}_angle_deg": t.angle_deg, f"{bone}_dx": t.dx, f"{bone}_dy": t.dy})
+        for role, params in (("baseline", base_im), ("followup", follow_im)):
+            record = params.to_dict()
+            row.update({f"{role}_{name}": record[name] for name in IMAGING_FIELDS})
+        rows.append(row)
+    (folder / "data").mkdir(parents=True)
+    (folder / "README.md").write_text("toy dataset\n")
+    pq.write_table(pa.Table.from_pylist(rows), folder / "data" / "test-00000-of-00001.parquet")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return _write_dataset(tmp_path_factory.mktemp("ds") / "toy")
+
+
+def test_validate_bundled_method_reports_accuracy_and_crlb(dataset, tmp_path):
+    summary = validate_dataset(dataset, "register", tmp_path / "out")
+    overall = summary["overall"]
+    assert overall["n"] == 3 and overall["mismatch_rate"] == 0.0
+    assert overall["rmse_px"] < 0.1
+    assert 0 < overall["crlb_rms_px"] < 0.05
+    assert overall["loa_px"][0] < overall["bias_px"] < overall["loa_px"][1]
+    for name in ("summary.json", "pairs.csv", "bland_altman.png", "error_vs_truth.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert "noise_level" in summary["breakdown"] and "abs_jsn_px" in summary["breakdown"]
+
+
+def test_plugin_method_loaded_by_module_function(dataset, tmp_path, monkeypatch, capsys):
+    plugin = tmp_path / "my_jsn_plugin.py"
+    plugin.write_text(textwrap.dedent('''
+        def always_half(baseline, followup, upper_mask, lower_mask, **kwargs):
+            return {"jsn_px": 0.5}
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rc = main(["validate", str(dataset), "--method", "my_jsn_plugin:always_half", "--out", str(tmp_path / "v")])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    overall = json.loads(printed[: printed.rindex("}") + 1])["overall"]
+    errors = np.array([0.5 - 0.5, 0.5 + 1.0, 0.5 - 1.2])
+    assert overall["rmse_px"] == pytest.approx(float(np.sqrt(np.mean(errors**2))))
+    assert overall["mismatch_rate"] == pytest.approx(2 / 3)
+    sys.modules.pop("my_jsn_plugin", None)
+
+
+def test_reference_methods_run_through_the_same_interface(dataset):
+    for method in ("poc", "ecc"):
+        summary = validate_dataset(dataset, method, limit=2, with_crlb=False)
+        assert summary["overall"]["n"] == 2
+
+
+def test_unknown_method_and_wrong_schema_are_one_line_errors(dataset, tmp_path, capsys):
+    with pytest.raises(InputError):
+        load_method("no_such_module_xyz:f")
+    bad = tmp_path / "bad"
+    (bad / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{"pair_id": "a", "jsn_px": 1.0}]), bad / "data" / "test-00000-of-00001.parquet")
+    for args in (["validate", str(bad)], ["validate", str(tmp_path / "missing")],
+                 ["validate", str(dataset), "--method", "nomodule_q:fn"], ["validate", str(dataset), "--split", "train"]):
+        rc = main(args)
+        err = capsys.readouterr().err.strip()
+        assert rc == 1 and err.startswith("jsnsynth: error:") and len(err.splitlines()) == 1
+
+
+def test_summarize_and_trial_dropping():
+    rows = [{"error_px": e, "pixel_spacing_mm": 0.2, "crlb_px": 0.1, "time_s": 0.5, "flagged": False}
+            for e in (0.1, -0.1, 0.7)]
+    stats = summarize(rows)
+    assert stats["rmse_px"] == pytest.approx(np.sqrt((0.01 + 0.01 + 0.49) / 3))
+    assert stats["mismatch_rate"] == pytest.approx(1 / 3)
+    assert stats["efficiency"] == pytest.approx(stats["rmse_px"] / 0.1)
+    kept, dropped = drop_outlier_trials(np.array([0.0, 0.01, -0.01, 0.02, 2.0]), 0.3)
+    assert dropped == 1 and kept.size == 4
+
+
+def test_validate_real_rejects_missing_folder(tmp_path, capsys):
+    rc = main(["validate-real", str(tmp_path / "nothing")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith("jsnsynth: error:")
+
+
+def test_validate_real_protocol_on_a_toy_series(tmp_path):
+    from jsnsynth.quantify.real import validate_real
+
+    folder = tmp_path / "joints"
+    series = folder / "00001_L_2"
+    series.mkdir(parents=True)
+    rows = ["series,series_id,side,joint_code,image,mask_upper,mask_lower,soft_tissue"]
+    for visit, d in enumerate((0.0, 0.6, 1.4)):
+        pair = toy_pair(d)
+        stem = f"v{visit}"
+        (series / f"{stem}.png").write_bytes(encode_png(quantize(pair["followup"], 16)))
+        # every visit is delineated on its own image, as in the real folder
+        (series / f"{stem}_mask_upper.png").write_bytes(encode_png(np.where(pair["followup_upper_mask"], 255, 0).astype(np.uint8)))
+        (series / f"{stem}_mask_lower.png").write_bytes(encode_png(np.where(pair["followup_lower_mask"], 255, 0).astype(np.uint8)))
+        rows.append(f"00001_L_2,00001,L,2,00001_L_2/{stem}.png,00001_L_2/{stem}_mask_upper.png,"
+                    f"00001_L_2/{stem}_mask_lower.png,00001_L_2/{stem}.png")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    summary = validate_real(folder, n_shifts=2, out_dir=tmp_path / "out")
+    assert summary["n_pairs"] == 3 and summary["n_triplets"] == 1
+    assert summary["mismatching_rate"] == 0.0
+    assert summary["sd_trials_mm_mean"] < 0.02
+    assert summary["transitivity_rms_mm"] < 0.02
+    assert (tmp_path / "out" / "real_series.png").stat().st_size > 0
