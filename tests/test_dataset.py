@@ -17,7 +17,13 @@ from jsnsynth.synth.dataset import (
     DatasetConfig,
     build_dataset,
     check_dataset_folder,
+    features_dict,
+    features_yaml,
     iter_pairs,
+    layer_columns,
+    layer_features,
+    layer_pairs,
+    pair_columns,
     pair_features,
     plan_dataset,
 )
@@ -51,6 +57,25 @@ def phantom_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ds") / "phantom"
     build_dataset(PhantomSource(n_joints=8, size_px=64), out, 8, seed=4, shard_size=3, quiet=True)
     return out
+
+
+def test_plain_column_lists_match_the_hf_features() -> None:
+    # the builder writes features from plain lists (no `datasets` import): they must be HF's
+    from datasets import DatasetInfo
+
+    for columns, features in ((pair_columns(), pair_features()), (layer_columns(), layer_features())):
+        assert features_dict(columns) == features.to_dict()
+        assert features_yaml(columns) == DatasetInfo(features=features)._to_yaml_dict()["features"]
+
+
+def test_layer_pairs_start_every_shard() -> None:
+    plan = plan_dataset([f"j{i}" for i in range(30)], DatasetConfig(45, seed=1, shard_size=7))
+    chosen = layer_pairs(plan, 3)
+    for shard in plan.shards:
+        assert shard.indices[0] in chosen  # every shard has layer rows
+        assert chosen & set(shard.indices) == set(shard.indices[::3])
+    assert layer_pairs(plan, 0) == frozenset()
+    assert layer_pairs(plan, 1) == frozenset(range(45))
 
 
 def test_layout_card_and_columns(phantom_dataset: Path) -> None:

@@ -273,12 +273,17 @@ def quantify_pair(
     follow_masks = None
     if (followup_upper_mask is None) != (followup_lower_mask is None):
         raise InputError("give both follow-up masks or neither")
+    notes: list[str] = []
     if followup_upper_mask is not None:
         follow_masks = (
             as_mask(followup_upper_mask, "follow-up upper-bone", base.shape),
             as_mask(followup_lower_mask, "follow-up lower-bone", base.shape),
         )
-        check_mask_pair(*follow_masks, joint_axis_deg, "follow-up")
+        try:
+            check_mask_pair(*follow_masks, joint_axis_deg, "follow-up")
+        except InputError as exc:  # optional hints only: a bad delineation is ignored, not fatal
+            follow_masks = None
+            notes.append(f"follow-up masks ignored ({exc})")
     if pixel_spacing_mm is None:
         pixel_spacing_mm, source = DEFAULT_PIXEL_SPACING_MM, "nominal"
     else:
@@ -333,7 +338,7 @@ def quantify_pair(
         lower=t_lower,
         reliability=report.score,
         mismatch=report.mismatch,
-        flags=report.flags,
+        flags=report.flags + notes,
         jsn_se_px=math.sqrt(max(variance, 0.0)),
         bones=bones,
         timings_s={"coarse": t_coarse, "fine": t_fine, "reliability": t_rel, "total": time.perf_counter() - start},
@@ -459,7 +464,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
             fits[name].converged = converged
             fits[name].iterations += iterations
             fits[name].last_step_px = step_px
-            fits[name].n_pixels = len(components[0][0] if name == "upper" else components[1][0])
+            fits[name].n_pixels = int(np.count_nonzero(regions[name]))
     info = {name: {"region": regions[name]} for name in regions}
     t_fine = time.perf_counter() - t1
     return fits, coarse, info, t_coarse, t_fine

@@ -7,7 +7,8 @@ order) and every visit pair ``i < j``:
   images (each image by its own shift in ``[-3, 3]^2`` px, edges replicated, masks moved with
   them); the trials' SD is the reproducibility;
 - mismatching: the trial farthest from the mean is dropped until the SD is below
-  ``mismatch_sd_mm`` (0.3 mm); every dropped trial counts as a mismatch;
+  ``mismatch_sd_mm`` (0.3 mm); every dropped trial counts as a mismatch (trials the method
+  refuses as bad input, e.g. a visit whose two masks coincide, are counted apart);
 - transitivity for series with three or more visits: ``JSN_ij - (JSN_ik + JSN_kj)`` for every
   ``i < k < j`` (original images).
 
@@ -151,7 +152,6 @@ def validate_real(
                 values = np.array([t["jsn_mm"] for t in trials])
                 finite = values[np.isfinite(values)]
                 kept, dropped = drop_outlier_trials(finite, mismatch_sd_mm)
-                dropped += int(values.size - finite.size)
                 jsn[(i, j)] = trials[0]["jsn_mm"]
                 pair_rows.append({
                     "series": name, "visit_i": i, "visit_j": j,
@@ -160,6 +160,7 @@ def validate_real(
                     "sd_trials_mm": float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),
                     "sd_kept_mm": float(kept.std(ddof=1)) if kept.size > 1 else float("nan"),
                     "n_trials": int(values.size), "n_dropped": dropped,
+                    "n_refused": int(values.size - finite.size),
                     "n_flagged": int(sum(t["flagged"] for t in trials)),
                     "time_per_trial_s": float(np.nanmean([t["time_s"] for t in trials])),
                 })
@@ -170,9 +171,12 @@ def validate_real(
                     transitivity.append({"series": name, "i": i, "k": k, "j": j, "jsn_ij_mm": jsn[(i, j)],
                                          "sum_mm": jsn[(i, k)] + jsn[(k, j)], "residual_mm": residual})
     sds = np.array([r["sd_trials_mm"] for r in pair_rows], dtype=np.float64)
-    n_trials = sum(r["n_trials"] for r in pair_rows)
+    # trials the method refused (bad input such as overlapping masks) are reported apart
+    n_refused = sum(r["n_refused"] for r in pair_rows)
+    n_trials = sum(r["n_trials"] for r in pair_rows) - n_refused
     n_dropped = sum(r["n_dropped"] for r in pair_rows)
     residuals = np.array([t["residual_mm"] for t in transitivity], dtype=np.float64)
+    residuals = residuals[np.isfinite(residuals)]  # a visit the method refused leaves no residual
     summary: dict[str, Any] = {
         "folder": str(folder),
         "method": method_name,
@@ -181,14 +185,17 @@ def validate_real(
         "n_series": len(chosen),
         "n_pairs": len(pair_rows),
         "n_trials": n_trials,
+        "n_trials_refused": n_refused,
         "sd_trials_mm_mean": float(np.nanmean(sds)),
         "sd_trials_mm_median": float(np.nanmedian(sds)),
         "mismatching_rate": n_dropped / n_trials if n_trials else float("nan"),
         "flag_rate": sum(r["n_flagged"] for r in pair_rows) / n_trials if n_trials else float("nan"),
         "n_triplets": len(transitivity),
+        "n_triplets_measured": int(residuals.size),
         "transitivity_rms_mm": float(np.sqrt(np.mean(residuals**2))) if residuals.size else None,
         "transitivity_max_mm": float(np.max(np.abs(residuals))) if residuals.size else None,
         "time_per_trial_s": float(np.nanmean([r["time_per_trial_s"] for r in pair_rows])),
+        "n_pairs_refused": int(sum(not math.isfinite(r["jsn_mm_original"]) for r in pair_rows)),
     }
     if out_dir is not None:
         out = Path(out_dir)
@@ -214,8 +221,11 @@ def _real_figure(pair_rows: list[dict], transitivity: list[dict], summary: dict)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     sds = np.array([r["sd_trials_mm"] for r in pair_rows], dtype=np.float64)
     sds = sds[np.isfinite(sds)]
-    axes[0].hist(sds, bins=30, color="tab:blue")
-    axes[0].set_xscale("symlog", linthresh=0.01)
+    positive = sds[sds > 0]
+    if positive.size:
+        bins = np.logspace(np.log10(positive.min()), np.log10(positive.max()) + 1e-9, 25)
+        axes[0].hist(positive, bins=bins, color="tab:blue")
+        axes[0].set_xscale("log")
     axes[0].set_xlabel("SD of the 10 trials per visit pair (mm, 0.175 mm/px nominal)")
     axes[0].set_ylabel("visit pairs")
     axes[0].set_title(f"reproducibility: mean SD {summary['sd_trials_mm_mean']:.4f} mm, "
@@ -224,7 +234,7 @@ def _real_figure(pair_rows: list[dict], transitivity: list[dict], summary: dict)
         direct = [t["jsn_ij_mm"] for t in transitivity]
         composed = [t["sum_mm"] for t in transitivity]
         axes[1].scatter(composed, direct, s=10)
-        lim = max(1e-3, max(np.abs(direct + composed)))
+        lim = max([1e-3] + [abs(v) for v in direct + composed if math.isfinite(v)])
         axes[1].plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
         axes[1].set_title(f"transitivity: RMS residual {summary['transitivity_rms_mm']:.4f} mm "
                           f"({len(transitivity)} triplets)", fontsize=9)

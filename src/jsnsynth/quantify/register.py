@@ -163,10 +163,6 @@ def gauss_newton(
     tolerance_px: float,
     robust_k: float = 0.0,
     lever_px: float = LEVER_PX,
-    photometric: np.ndarray | None = None,
-    free_photometric: int | None = None,
-    pixel_weights: np.ndarray | None = None,
-    translation_only: bool = False,
 ) -> _Fit:
     """Fit ``F(W(p)) = P(B(p))`` over a pixel list by Gauss-Newton.
 
@@ -181,13 +177,6 @@ def gauss_newton(
         tolerance_px: stop when the geometric update moves every pixel by less than this.
         robust_k: Huber threshold in robust sigmas, 0 for plain least squares.
         lever_px: normalising length of the rotation/scale columns.
-        photometric: initial polynomial coefficients (None: least squares at the start).
-        free_photometric: how many leading coefficients are re-estimated (None: all); the rest
-            stay fixed. The fine level frees only the bias: a gain fitted there would absorb the
-            edge-width mismatch of a magnified follow-up (detector blur does not scale) and
-            leak it into the scale, which the joint-centre lever arm amplifies.
-        pixel_weights: fixed per-pixel weights (e.g. a window around the joint centre).
-        translation_only: keep ``(a, b)`` (rotation and scale) fixed and fit the translation.
 
     Returns:
         The fit, with the geometric Hessian ``J^T J`` (unit noise) of the last iteration.
@@ -197,9 +186,9 @@ def gauss_newton(
     ux = ((xs - cx) / lever_px).astype(np.float32)
     uy = ((ys - cy) / lever_px).astype(np.float32)
     basis = photometric_basis(base_values, photometric_order)
-    n_free = basis.shape[1] if free_photometric is None else min(free_photometric, basis.shape[1])
+    n_free = basis.shape[1]
+    photometric = None  # started by least squares at the initial geometry
     params = np.asarray(params, dtype=np.float64).copy()
-    # start the photometric terms from a least-squares fit at the initial geometry
     reach = float(np.max(np.abs(np.concatenate([ux, uy])))) * lever_px + 1.0
     converged = False
     moved = float("inf")
@@ -211,13 +200,11 @@ def gauss_newton(
         wx, wy = warp_positions(params, cx, cy, xs, ys)
         fv, fx, fy = sample_spline(follow_coef, wx, wy)
         valid = (wx >= 1.0) & (wx <= w - 2.0) & (wy >= 1.0) & (wy <= h - 2.0)
-        if iterations == 1 and photometric is None:
+        if photometric is None:
             photometric, *_ = np.linalg.lstsq(basis[valid], fv[valid] - base_values[valid], rcond=None)
         photometric = np.asarray(photometric, dtype=np.float64)
         residual = fv - base_values - basis @ photometric.astype(np.float32)
         weights = valid.astype(np.float32)
-        if pixel_weights is not None:
-            weights = weights * pixel_weights
         if robust_k > 0:
             scale = 1.4826 * float(np.median(np.abs(residual[valid]))) + 1e-12
             ratio = np.abs(residual) / (robust_k * scale)
@@ -227,14 +214,10 @@ def gauss_newton(
         jac[:, 1] = fy * ux - fx * uy
         jac[:, 2] = fx
         jac[:, 3] = fy
-        jac[:, 4:] = -basis[:, :n_free]
-        if translation_only:
-            jac[:, :2] = 0.0
+        jac[:, 4:] = -basis
         weighted = jac * weights[:, None]
         normal = (weighted.T @ jac).astype(np.float64)
         gradient = (weighted.T @ residual).astype(np.float64)
-        if translation_only:
-            normal[0, 0] = normal[1, 1] = 1.0  # frozen: zero step
         diag = np.sqrt(np.maximum(np.diag(normal), 1e-20))
         try:
             step = -np.linalg.solve(normal / np.outer(diag, diag), gradient / diag) / diag
@@ -246,8 +229,7 @@ def gauss_newton(
             hessian = normal[:4, :4]
         step_geo = step[:4] * np.array([1.0 / lever_px, 1.0 / lever_px, 1.0, 1.0])
         params = params + step_geo
-        photometric = photometric.copy()
-        photometric[:n_free] += step[4:]
+        photometric = photometric + step[4:]
         moved = math.hypot(step_geo[2], step_geo[3]) + reach * math.hypot(step_geo[0], step_geo[1])
         if moved < tolerance_px:
             converged = True
@@ -534,7 +516,7 @@ def coarse_global(
             continue
         wx, wy = warp_positions(fit.params, cx, cy, xs, ys)
         values = sample_spline(coef, wx, wy)[0]
-        ncc = float(np.corrcoef(values, base_values)[0, 1]) if values.std() > 0 else -1.0
+        ncc = float(np.corrcoef(values, base_values)[0, 1]) if values.std() > 0 and base_values.std() > 0 else -1.0
         if ncc > best_ncc:
             best, best_ncc = fit.params, ncc
     return best, best_ncc
@@ -543,16 +525,6 @@ def coarse_global(
 def coarse_level_for(shape: tuple[int, int], target_px: int = 80) -> int:
     """Pyramid level whose larger side is about ``target_px`` (at least 0)."""
     return max(0, int(round(math.log2(max(shape) / target_px))))
-
-
-def ncc_over(coef: np.ndarray, base_values: np.ndarray, xs: np.ndarray, ys: np.ndarray,
-             params: np.ndarray, center_xy: tuple[float, float]) -> float:
-    """Normalised cross-correlation of the baseline region and the warped follow-up."""
-    wx, wy = warp_positions(params, center_xy[0], center_xy[1], xs, ys)
-    values = sample_spline(coef, wx, wy)[0]
-    if values.std() == 0 or base_values.std() == 0:
-        return -1.0
-    return float(np.corrcoef(values, base_values)[0, 1])
 
 
 def shared_scale_gauss_newton(

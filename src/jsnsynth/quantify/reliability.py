@@ -33,13 +33,14 @@ from jsnsynth.quantify.warp import sample_spline, spline_coefficients, warp_posi
 #: Model-error allowance added to the noise when judging residuals (display units).
 RESIDUAL_FLOOR = 0.01
 #: Residual ratio above which a pair is a mismatch.
-MISMATCH_RATIO = 3.0
-#: Coarse/fine disagreement (px, anywhere in the bone region) above which a pair is a mismatch.
-MISMATCH_JUMP_PX = 6.0
+MISMATCH_RATIO = 6.0
+#: Coarse/fine disagreement of a bone's displacement at its region's centroid (px) above which a
+#: pair is a mismatch.
+MISMATCH_JUMP_PX = 3.0
 #: Condition number of the normalised geometric Hessian above which the fit is ill-posed.
 MAX_CONDITION = 1e7
 #: A fit that stopped at the iteration cap still counts as converged if its last step was below this (px).
-MAX_LAST_STEP_PX = 0.01
+MAX_LAST_STEP_PX = 0.05
 #: Plausible per-bone scale between visits.
 SCALE_RANGE = (0.75, 1.33)
 
@@ -142,13 +143,17 @@ def residual_maps(
     return maps, stats
 
 
-def _max_disagreement_px(p_a: np.ndarray, p_b: np.ndarray, region: np.ndarray, center_xy: tuple[float, float]) -> float:
+def _disagreement_px(p_a: np.ndarray, p_b: np.ndarray, region: np.ndarray, center_xy: tuple[float, float]) -> float:
+    """How far apart two ``(a, b, tx, ty)`` transforms put the centroid of ``region`` (px).
+
+    The centroid is where the coarse stage's per-bone phase correlation measures, so a large
+    value means the fine fit left the coarse solution, not merely that the bone rotated.
+    """
     ys, xs = np.nonzero(region)
-    corners_x = np.array([xs.min(), xs.max(), xs.min(), xs.max()], dtype=np.float64)
-    corners_y = np.array([ys.min(), ys.min(), ys.max(), ys.max()], dtype=np.float64)
-    ax, ay = warp_positions(p_a, center_xy[0], center_xy[1], corners_x, corners_y)
-    bx, by = warp_positions(p_b, center_xy[0], center_xy[1], corners_x, corners_y)
-    return float(np.max(np.hypot(ax - bx, ay - by)))
+    px, py = np.array([xs.mean()]), np.array([ys.mean()])
+    ax, ay = warp_positions(p_a, center_xy[0], center_xy[1], px, py)
+    bx, by = warp_positions(p_b, center_xy[0], center_xy[1], px, py)
+    return float(np.hypot(ax - bx, ay - by)[0])
 
 
 def assess_reliability(
@@ -174,7 +179,7 @@ def assess_reliability(
         except np.linalg.LinAlgError:
             condition = float("inf")
         report.condition[name] = condition
-        jump = _max_disagreement_px(coarse[name], fit.params, regions[name], center_xy)
+        jump = _disagreement_px(coarse[name], fit.params, regions[name], center_xy)
         report.disagreement_px[name] = jump
         scale = math.hypot(fit.params[0], fit.params[1])
         if not fit.converged and not fit.last_step_px < MAX_LAST_STEP_PX:
@@ -214,12 +219,17 @@ def save_residual_figure(result: Any, baseline: np.ndarray, path: str | Path) ->
 
     from jsnsynth.synth.io import write_bytes_atomic
 
-    base = np.asarray(baseline, dtype=np.float64)
-    if base.dtype != np.float64 or base.max() > 1.0:
-        base = base / (65535.0 if base.max() > 255 else 255.0)
+    raw = np.asarray(baseline)
+    full_scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(raw.dtype, 1.0)
+    base = raw.astype(np.float64) / full_scale
     maps = result.residuals
-    limit = max(float(np.nanpercentile(np.abs(maps[k]), 99)) for k in maps) if maps else 1.0
-    fig, axes = plt.subplots(2, 3, figsize=(9.5, 6.4), constrained_layout=True)
+    # one colour scale per column: the after-alignment residual is often 10x smaller than before
+    limits = {
+        key: max([float(np.nanpercentile(np.abs(maps[k]), 99)) for k in maps if k.endswith(key)] + [1e-6])
+        for key in ("before", "after")
+    }
+    fig, axes = plt.subplots(2, 3, figsize=(10.5, 6.4), constrained_layout=True)
+    handles = {}
     for row, name in enumerate(("upper", "lower")):
         axes[row, 0].imshow(base, cmap="gray", vmin=0, vmax=1)
         if f"{name}_before" in maps:
@@ -231,12 +241,14 @@ def save_residual_figure(result: Any, baseline: np.ndarray, path: str | Path) ->
             if image is None:
                 continue
             rms = float(np.sqrt(np.nanmean(image**2)))
-            handle = axes[row, col].imshow(image, cmap="coolwarm", vmin=-limit, vmax=limit)
+            handles[key] = axes[row, col].imshow(image, cmap="coolwarm", vmin=-limits[key], vmax=limits[key])
             axes[row, col].set_title(f"{name}: {key} alignment, RMS {rms:.4f}", fontsize=9)
         for ax in axes[row]:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.colorbar(handle, ax=axes[:, 1:], shrink=0.8, label="follow-up - baseline (intensity)")
+    for col, key in ((1, "before"), (2, "after")):
+        if key in handles:
+            fig.colorbar(handles[key], ax=axes[:, col], shrink=0.7, label=f"residual {key} (intensity)")
     status = "MISMATCH" if result.mismatch else "ok"
     fig.suptitle(
         f"JSN {result.jsn_px:+.3f} px = {result.jsn_mm:+.4f} mm (+ = narrowing); "

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -92,16 +91,3 @@ def sample_spline(coef: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.nd
         grad_x += wy[j] * slope
         grad_y += dy[j] * along
     return value, grad_x, grad_y
-
-
-def warp_image(image: np.ndarray, transform: Similarity, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Resample ``image`` so that output pixel ``p`` holds ``image(transform(p))``.
-
-    With ``transform`` mapping baseline to follow-up coordinates, this brings a follow-up into
-    the baseline frame (cubic B-spline; borders clamped).
-    """
-    shape = shape or image.shape[:2]
-    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
-    params = params_from_similarity(transform, 0.0, 0.0)
-    wx, wy = warp_positions(params, 0.0, 0.0, xs.ravel(), ys.ravel())
-    return sample_spline(spline_coefficients(image), wx, wy)[0].reshape(shape)

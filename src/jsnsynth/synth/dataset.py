@@ -8,7 +8,8 @@ Layout of an output folder (contract 3 of the design)::
     .jsnsynth_state.json                       run record: parameters, completed shards
 
 Images are 16-bit PNG bytes encoded here (:func:`jsnsynth.synth.io.encode_png`) inside HF
-``Image`` features (``{"bytes", "path": None}``); masks are 8-bit PNG (0/255). Attenuation layers
+``Image`` features (``{"bytes", "path": None}``), written without deflate compression because the
+zstd-compressed parquet shard compresses them better and faster; masks are 8-bit PNG (0/255). Attenuation layers
 are float32 2-D arrays (``Sequence(Sequence(Value("float32")))``), stored exactly.
 
 Determinism. Everything is planned from the seed before any pair is made: the split of every
@@ -21,6 +22,7 @@ file lists finished shards, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -61,7 +63,9 @@ class DatasetConfig:
         split_fractions: fractions of *source joints* in train, validation and test.
         shard_size: pairs per parquet shard.
         layers_every: write the ``layers`` rows (both images of the pair) for every
-            ``layers_every``-th pair; 0 writes no layers config.
+            ``layers_every``-th pair of each shard, starting with its first (so every shard has
+            layer rows); 1 for every pair, 0 for no layers config. Default 10: the float32
+            layers are 4x the bytes of a pair and most of the writing time.
         pair: ranges of the JSN change and the nuisances.
     """
 
@@ -69,7 +73,7 @@ class DatasetConfig:
     seed: int = 0
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     shard_size: int = 100
-    layers_every: int = 1
+    layers_every: int = 10
     pair: PairConfig = field(default_factory=PairConfig)
 
     def __post_init__(self) -> None:
@@ -190,72 +194,97 @@ def plan_dataset(joint_ids: list[str], config: DatasetConfig) -> Plan:
 # Features (columns)
 
 
+#: Column kinds: a HF ``Value`` dtype, ``"image"`` (HF ``Image``: PNG bytes) or ``"layer"`` (a float32
+#: 2-D array, HF ``List(List(Value("float32")))``). The builder works from these plain lists, so
+#: writing a dataset never imports ``datasets`` (a 2-3 s import, longer than a small run).
+Columns = list[tuple[str, str]]
+
+
+def pair_columns() -> Columns:
+    """``(name, kind)`` of every column of the ``pairs`` config, in order."""
+    columns = [("pair_id", "string"), ("index", "int64"), ("source", "string"), ("joint_id", "string"), ("split", "string")]
+    columns += [(name, "image") for name in (
+        "baseline", "followup", "baseline_clean", "followup_clean",
+        "baseline_upper_mask", "baseline_lower_mask", "followup_upper_mask", "followup_lower_mask",
+    )]
+    columns += [("height", "int32"), ("width", "int32")]
+    columns += [(name, "float64") for name in (
+        "pixel_spacing_mm", "jsn_px", "jsn_mm", "joint_center_x", "joint_center_y", "joint_axis_deg",
+    )]
+    for bone in ("upper", "lower"):
+        columns += [(f"{bone}_{name}", "float64") for name in ("scale", "angle_deg", "dx", "dy")]
+    columns += [(name, "float64") for name in (
+        "upper_flexion_deg", "lower_flexion_deg", "global_scale", "global_angle_deg", "global_dx", "global_dy",
+    )]
+    for role in ("baseline", "followup"):
+        columns += [(f"{role}_{name}", _imaging_kind(name)) for name in IMAGING_FIELDS]
+    columns.append(("source_metadata", "string"))
+    return columns
+
+
+def layer_columns() -> Columns:
+    """``(name, kind)`` of every column of the ``layers`` config (one row per image), in order."""
+    columns = [(name, "string") for name in ("image_id", "pair_id", "role", "source", "joint_id", "split")]
+    columns += [("image", "image"), ("image_clean", "image")]
+    columns += [("soft", "layer"), ("upper", "layer"), ("lower", "layer")]
+    columns += [("upper_mask", "image"), ("lower_mask", "image")]
+    columns += [(name, "float64") for name in ("pixel_spacing_mm", "joint_center_x", "joint_center_y", "joint_axis_deg")]
+    columns += [(name, _imaging_kind(name)) for name in IMAGING_FIELDS]
+    return columns
+
+
+def _imaging_kind(name: str) -> str:
+    return "int64" if name == "noise_seed" else "float64"
+
+
+def _hf_feature(kind: str):
+    from datasets import Image, List, Value
+
+    if kind == "image":
+        return Image()
+    if kind == "layer":
+        return List(List(Value("float32")))
+    return Value(kind)
+
+
 def pair_features():
     """HF ``Features`` of the ``pairs`` config, in column order."""
-    from datasets import Features, Image, Value
+    from datasets import Features
 
-    columns: dict[str, Any] = {
-        "pair_id": Value("string"),
-        "index": Value("int64"),
-        "source": Value("string"),
-        "joint_id": Value("string"),
-        "split": Value("string"),
-        "baseline": Image(),
-        "followup": Image(),
-        "baseline_clean": Image(),
-        "followup_clean": Image(),
-        "baseline_upper_mask": Image(),
-        "baseline_lower_mask": Image(),
-        "followup_upper_mask": Image(),
-        "followup_lower_mask": Image(),
-        "height": Value("int32"),
-        "width": Value("int32"),
-        "pixel_spacing_mm": Value("float64"),
-        "jsn_px": Value("float64"),
-        "jsn_mm": Value("float64"),
-        "joint_center_x": Value("float64"),
-        "joint_center_y": Value("float64"),
-        "joint_axis_deg": Value("float64"),
-    }
-    for bone in ("upper", "lower"):
-        for name in ("scale", "angle_deg", "dx", "dy"):
-            columns[f"{bone}_{name}"] = Value("float64")
-    for name in ("upper_flexion_deg", "lower_flexion_deg", "global_scale", "global_angle_deg", "global_dx", "global_dy"):
-        columns[name] = Value("float64")
-    for role in ("baseline", "followup"):
-        for name in IMAGING_FIELDS:
-            columns[f"{role}_{name}"] = Value("int64") if name == "noise_seed" else Value("float64")
-    columns["source_metadata"] = Value("string")
-    return Features(columns)
+    return Features({name: _hf_feature(kind) for name, kind in pair_columns()})
 
 
 def layer_features():
     """HF ``Features`` of the ``layers`` config (one row per image), in column order."""
-    from datasets import Features, Image, Sequence, Value
+    from datasets import Features
 
-    layer = Sequence(Sequence(Value("float32")))
-    columns: dict[str, Any] = {
-        "image_id": Value("string"),
-        "pair_id": Value("string"),
-        "role": Value("string"),
-        "source": Value("string"),
-        "joint_id": Value("string"),
-        "split": Value("string"),
-        "image": Image(),
-        "image_clean": Image(),
-        "soft": layer,
-        "upper": layer,
-        "lower": layer,
-        "upper_mask": Image(),
-        "lower_mask": Image(),
-        "pixel_spacing_mm": Value("float64"),
-        "joint_center_x": Value("float64"),
-        "joint_center_y": Value("float64"),
-        "joint_axis_deg": Value("float64"),
-    }
-    for name in IMAGING_FIELDS:
-        columns[name] = Value("int64") if name == "noise_seed" else Value("float64")
-    return Features(columns)
+    return Features({name: _hf_feature(kind) for name, kind in layer_columns()})
+
+
+def features_dict(columns: Columns) -> dict:
+    """``Features.to_dict()`` of ``columns``, built without importing ``datasets``."""
+    out: dict[str, Any] = {}
+    for name, kind in columns:
+        if kind == "image":
+            out[name] = {"_type": "Image"}
+        elif kind == "layer":
+            out[name] = {"feature": {"feature": {"dtype": "float32", "_type": "Value"}, "_type": "List"}, "_type": "List"}
+        else:
+            out[name] = {"dtype": kind, "_type": "Value"}
+    return out
+
+
+def features_yaml(columns: Columns) -> list:
+    """The dataset card's ``features`` list of ``columns`` (as ``DatasetInfo._to_yaml_dict``)."""
+    out = []
+    for name, kind in columns:
+        if kind == "image":
+            out.append({"name": name, "dtype": "image"})
+        elif kind == "layer":
+            out.append({"name": name, "list": {"list": "float32"}})
+        else:
+            out.append({"name": name, "dtype": kind})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +292,9 @@ def layer_features():
 
 
 def _png16(display: np.ndarray) -> dict:
-    return {"bytes": encode_png(quantize(display, 16)), "path": None}
+    # Stored (uncompressed) PNG: the zstd parquet shard compresses these rows better than PNG's
+    # deflate would, at a fifth of the encoding cost (benchmarks/bench_dataset.py).
+    return {"bytes": encode_png(quantize(display, 16), compress=False), "path": None}
 
 
 def _png_mask(mask: np.ndarray) -> dict:
@@ -376,7 +407,15 @@ def _init_worker(source: JointSource, plan: Plan, config: DatasetConfig, single_
         import cv2
 
         cv2.setNumThreads(1)
-    _WORKER.update(source=source, plan=plan, config=config)
+    _WORKER.update(source=source, plan=plan, config=config, layer_pairs=layer_pairs(plan, config.layers_every))
+
+
+def layer_pairs(plan: Plan, layers_every: int) -> frozenset[int]:
+    """Indices of the pairs whose images go into the ``layers`` config: every ``layers_every``-th
+    pair of each shard, starting with its first (none for 0)."""
+    if not layers_every:
+        return frozenset()
+    return frozenset(i for shard in plan.shards for i in shard.indices[::layers_every])
 
 
 def _rows_for(index: int) -> tuple[dict, list[dict]]:
@@ -385,7 +424,7 @@ def _rows_for(index: int) -> tuple[dict, list[dict]]:
     split = plan.split_of_pair(index)
     pair = simulate_pair(source, joint_id, index, config.seed, config.pair)
     row = pair_row(pair, pair_id_of(index), index, source.name, joint_id, split)
-    layers = layer_rows(pair, row) if config.layers_every and index % config.layers_every == 0 else []
+    layers = layer_rows(pair, row) if index in _WORKER["layer_pairs"] else []
     return row, layers
 
 
@@ -393,18 +432,16 @@ def _rows_for(index: int) -> tuple[dict, list[dict]]:
 # Parquet writing
 
 
-def _storage_type(feature: Any) -> pa.DataType:
-    from datasets import Image, Value
-
-    if isinstance(feature, Image):
+def _storage_type(kind: str) -> pa.DataType:
+    if kind == "image":
         return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    if isinstance(feature, Value):
-        return feature.pa_type
-    return pa.list_(pa.list_(pa.float32()))  # the float32 layer arrays
+    return pa.from_numpy_dtype(np.dtype(kind)) if kind != "string" else pa.string()
 
 
 def _layer_array(arrays: list[np.ndarray]) -> pa.Array:
     """Nested list array ``list<list<float32>>`` from equal-width 2-D arrays, without Python loops."""
+    if not arrays:  # a shard none of whose pairs is a layers pair
+        return pa.array([], type=pa.list_(pa.list_(pa.float32())))
     heights = [a.shape[0] for a in arrays]
     widths = {a.shape[1] for a in arrays}
     width = widths.pop() if len(widths) == 1 else None
@@ -417,21 +454,18 @@ def _layer_array(arrays: list[np.ndarray]) -> pa.Array:
     return pa.ListArray.from_arrays(outer_offsets, rows)
 
 
-def rows_to_table(rows: list[dict], features) -> pa.Table:
-    """Arrow table of ``rows`` with the storage types of ``features`` and their HF metadata."""
-    from datasets import Sequence
-
+def rows_to_table(rows: list[dict], columns: Columns) -> pa.Table:
+    """Arrow table of ``rows`` with the storage types of ``columns`` and their HF metadata."""
     arrays = []
     fields = []
-    for name, feature in features.items():
+    for name, kind in columns:
         values = [row[name] for row in rows]
-        kind = _storage_type(feature)
-        if isinstance(feature, Sequence):
+        if kind == "layer":
             arrays.append(_layer_array(values))
         else:
-            arrays.append(pa.array(values, type=kind))
+            arrays.append(pa.array(values, type=_storage_type(kind)))
         fields.append(pa.field(name, arrays[-1].type))
-    metadata = {"huggingface": json.dumps({"info": {"features": features.to_dict()}})}
+    metadata = {"huggingface": json.dumps({"info": {"features": features_dict(columns)}})}
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
 
 
@@ -441,8 +475,11 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     pq.write_table(
         table,
         sink,
+        # zstd level 1: as small as level 3 on these columns (PNG rows, float32 layers) at half
+        # the time; byte-stream split makes float32 layers ~25 % smaller and faster to compress.
         compression="zstd",
-        compression_level=3,
+        compression_level=1,
+        use_byte_stream_split=[f"{f.name}.list.element.list.element" for f in table.schema if pa.types.is_list(f.type)] or False,
         row_group_size=64,
         use_dictionary=False,
         write_statistics=False,
@@ -527,6 +564,26 @@ class BuildResult:
     resumed_shards: int
 
 
+#: Thread-count variables read by BLAS/OpenMP when a worker process imports numpy.
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Spawned workers start with one BLAS/OpenMP thread each (one worker per core already:
+    nested threads only contend), then the parent's environment is restored."""
+    saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+    os.environ.update(dict.fromkeys(_THREAD_VARIABLES, "1"))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _iter_rows(
     source: JointSource, plan: Plan, config: DatasetConfig, indices: list[int], num_proc: int
 ) -> Iterator[tuple[dict, list[dict]]]:
@@ -537,8 +594,10 @@ def _iter_rows(
             yield _rows_for(index)
         return
     context = multiprocessing.get_context("spawn")
-    with context.Pool(num_proc, initializer=_init_worker, initargs=(source, plan, config)) as pool:
-        yield from pool.imap(_rows_for, indices, chunksize=2)
+    with _single_threaded_children():
+        pool = context.Pool(num_proc, initializer=_init_worker, initargs=(source, plan, config))
+    with pool:
+        yield from pool.imap(_rows_for, indices, chunksize=4)
 
 
 def build_dataset(
@@ -549,7 +608,7 @@ def build_dataset(
     num_proc: int = 1,
     shard_size: int = 100,
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-    layers_every: int = 1,
+    layers_every: int = 10,
     pair_config: PairConfig | None = None,
     quiet: bool = False,
     on_shard_written: Callable[[str], None] | None = None,
@@ -603,8 +662,8 @@ def build_dataset(
                     bar.update(1)
                 if config.layers_every:
                     # layers first: a shard counts as done only once its pairs file exists
-                    write_parquet_atomic(rows_to_table(image_rows, layer_features()), out_dir / LAYERS_DIR / shard.file_name)
-                write_parquet_atomic(rows_to_table(pair_rows, pair_features()), out_dir / PAIRS_DIR / shard.file_name)
+                    write_parquet_atomic(rows_to_table(image_rows, layer_columns()), out_dir / LAYERS_DIR / shard.file_name)
+                write_parquet_atomic(rows_to_table(pair_rows, pair_columns()), out_dir / PAIRS_DIR / shard.file_name)
                 completed.append(shard.file_name)
                 _write_state(out_dir, record, completed, complete=False)
                 if on_shard_written is not None:
@@ -623,12 +682,6 @@ def build_dataset(
 # Dataset card
 
 
-def _yaml_features(features) -> list:
-    from datasets import DatasetInfo
-
-    return DatasetInfo(features=features)._to_yaml_dict()["features"]
-
-
 def dataset_card(record: dict, plan: Plan, split_sizes: dict[str, int]) -> str:
     """The README.md of a dataset: YAML front matter (license, tags, configs, features) and text."""
     import yaml
@@ -642,12 +695,12 @@ def dataset_card(record: dict, plan: Plan, split_sizes: dict[str, int]) -> str:
             "data_files": [{"split": s, "path": f"{PAIRS_DIR}/{s}-*.parquet"} for s in splits],
         }
     ]
-    infos = [{"config_name": "pairs", "features": _yaml_features(pair_features())}]
+    infos = [{"config_name": "pairs", "features": features_yaml(pair_columns())}]
     if layers_every:
         configs.append(
             {"config_name": "layers", "data_files": [{"split": s, "path": f"{LAYERS_DIR}/{s}-*.parquet"} for s in splits]}
         )
-        infos.append({"config_name": "layers", "features": _yaml_features(layer_features())})
+        infos.append({"config_name": "layers", "features": features_yaml(layer_columns())})
     real_source = record["source"] != "phantom"
     front = {
         "license": "other" if real_source else "cc-by-4.0",
@@ -761,7 +814,7 @@ def check_dataset_folder(folder: str | os.PathLike) -> dict:
     shards = sorted((folder / PAIRS_DIR).glob("*.parquet"))
     if not shards:
         raise InputError(f"{folder}: no {PAIRS_DIR}/*.parquet shards")
-    expected = set(pair_features())
+    expected = {name for name, _ in pair_columns()}
     for shard in shards:
         try:
             names = set(pq.read_schema(shard).names)

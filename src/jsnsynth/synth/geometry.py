@@ -14,7 +14,7 @@ displacement of the joint centre along a vertical joint axis.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -85,7 +85,8 @@ class Similarity:
 
     def to_dict(self) -> dict:
         """Return the parameters as a plain dict of floats (for JSON records)."""
-        return {k: float(v) for k, v in asdict(self).items()}
+        # flat fields: a comprehension is ~10x cheaper than dataclasses.asdict's recursive deep copy
+        return {k: float(getattr(self, k)) for k in self.__dataclass_fields__}
 
     @classmethod
     def from_dict(cls, record: dict) -> "Similarity":

@@ -11,7 +11,7 @@ axis (upper -> lower bone), each bone ``k`` moves from baseline to follow-up by 
 
 ``jsn_px = d`` (baseline pixels, positive = narrowing) and ``jsn_mm = d * pixel_spacing_mm``;
 ``(G^-1 T_upper(c) - G^-1 T_lower(c)) · a = d`` exactly. Both images then go through
-:func:`jsnsynth.synth.xray.render_radiograph` with their own independently drawn
+:func:`jsnsynth.synth.xray.render_radiograph_and_clean` (float32) with their own independently drawn
 :class:`~jsnsynth.synth.xray.ImagingParams` (blur, exposure/noise, display window, gamma, noise
 seed): the nuisances of a second visit.
 
@@ -30,7 +30,7 @@ from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity, axis_vector
 from jsnsynth.synth.layers import JointLayers
 from jsnsynth.synth.shift import warp_layers
-from jsnsynth.synth.xray import ImagingParams, ImagingRanges, render_radiograph, sample_imaging_params
+from jsnsynth.synth.xray import ImagingParams, ImagingRanges, render_radiograph_and_clean, sample_imaging_params
 
 #: ``render_with_poses(layers, upper_pose, lower_pose, soft_pose) -> JointLayers``
 PoseRenderer = Callable[[JointLayers, Similarity, Similarity, Similarity], JointLayers]
@@ -227,11 +227,8 @@ def make_pair(
         ("baseline", layers, params.baseline_imaging),
         ("followup", followup_layers, params.followup_imaging),
     ):
-        attenuation = lay.attenuation()
-        images[role] = render_radiograph(attenuation, imaging)
-        images[f"{role}_clean"] = (
-            images[role] if imaging.noise_free else render_radiograph(attenuation, imaging.without_noise())
-        )
+        # float32 imaging: the images are stored as 16-bit PNG, far coarser than float32 rounding
+        images[role], images[f"{role}_clean"] = render_radiograph_and_clean(lay.attenuation(), imaging, np.float32)
     return Pair(layers, followup_layers, params, poses, **images)
 
 

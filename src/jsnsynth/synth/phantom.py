@@ -49,12 +49,12 @@ integration); the imaging chain's detector blur smooths them.
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-from scipy.optimize import brentq
 
 from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity, axis_vector
@@ -180,7 +180,8 @@ class PhantomParams:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the parameters as a JSON-ready dict."""
-        return asdict(self)
+        # flat fields: cheaper than dataclasses.asdict (called for every rendered layer set)
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> "PhantomParams":
@@ -536,16 +537,37 @@ def _shaft_chords(s: np.ndarray, dist: np.ndarray, p: PhantomParams, shaft_w: fl
         grad *= np.float32(2.0) / w
         q = np.square(ratio)
         np.subtract(np.float32(1.0), q, out=q)
-        q[beyond_end] = 0.0
+        np.copyto(q, np.float32(0.0), where=beyond_end)  # cheaper than boolean indexing
         chord = _rounded_sqrt(q, grad)
         chord *= np.float32(2.0) * d
         chords.append(chord)
     return chords[0], chords[1]
 
 
+def _shaft_chords_on(region: tuple[slice, slice] | None, s: np.ndarray, dist: np.ndarray, p: PhantomParams,
+                     shaft_w: float, shaft_d: float, end_w: float, end_d: float, flare_mm: float,
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_shaft_chords` evaluated only on ``region`` (slices of the bone box), zero elsewhere.
+
+    ``region`` covers every pixel where the shaft exists (``dist >= 0``, conservative box), so the
+    result equals the full evaluation exactly: outside it the chords are 0 anyway.
+    """
+    outer = np.zeros_like(s)
+    inner = np.zeros_like(s)
+    if region is not None:
+        outer[region], inner[region] = _shaft_chords(s[region], dist[region], p, shaft_w, shaft_d,
+                                                     end_w, end_d, flare_mm)
+    return outer, inner
+
+
+def _reach_mm(p: PhantomParams) -> float:
+    """Distance from a bone's joint point that covers the crop diagonal plus room for poses, mm."""
+    return 1.5 * p.size_px * p.pixel_spacing_mm
+
+
 def _bone_extent(p: PhantomParams, geometry: str) -> tuple[tuple[float, float], tuple[float, float]]:
     """Frame rectangle ``(s_range, t_range)`` in mm that contains the bone's part within reach."""
-    reach_mm = 1.5 * p.size_px * p.pixel_spacing_mm  # the crop diagonal plus room for poses
+    reach_mm = _reach_mm(p)
     if geometry == "head":
         half_w = max(p.head_half_width_mm, p.head_shaft_half_width_mm)
         return (-half_w, half_w), (-reach_mm, 0.0)
@@ -561,13 +583,24 @@ def _plane_waves(p: PhantomParams, stream: int, n_waves: int, scale_mm: float, a
     direction (crests along the bone axis ``t``) with a spread that shrinks with ``anisotropy``,
     plus a uniform third so that the pattern also has transverse struts.
     """
-    rng = np.random.default_rng(np.random.SeedSequence([int(p.texture_seed), stream]))
+    return _plane_waves_of_seed(int(p.texture_seed), stream, n_waves, float(scale_mm), float(anisotropy))
+
+
+@functools.lru_cache(maxsize=64)
+def _plane_waves_of_seed(seed: int, stream: int, n_waves: int, scale_mm: float, anisotropy: float,
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    # Cached: a pair renders the same phantom twice (baseline and follow-up), and building a
+    # SeedSequence generator costs as much as a small layer. The arrays are made read-only.
+    rng = np.random.default_rng(np.random.SeedSequence([seed, stream]))
     wavelength = scale_mm * np.exp(rng.normal(0.0, 0.35, n_waves))
     along = rng.normal(0.0, 0.9 / anisotropy, n_waves)
     anywhere = rng.uniform(-np.pi / 2, np.pi / 2, n_waves)
     theta = np.where(rng.uniform(size=n_waves) < 0.33, anywhere, along)
     k = (2 * np.pi / wavelength)[:, None] * np.stack([np.cos(theta), np.sin(theta)], axis=1)
-    return k, rng.uniform(0.0, 2 * np.pi, n_waves)
+    phase = rng.uniform(0.0, 2 * np.pi, n_waves)
+    k.setflags(write=False)
+    phase.setflags(write=False)
+    return k, phase
 
 
 def _wave_field(frame: np.ndarray, box: tuple[int, int, int, int], k: np.ndarray, phase: np.ndarray,
@@ -587,22 +620,23 @@ def _wave_field(frame: np.ndarray, box: tuple[int, int, int, int], k: np.ndarray
     k_0 = k @ frame[:, 2] + phase
     ang_y = np.outer(np.arange(y0, y1, dtype=np.float64), k_xy[:, 1]) + k_0  # (H, K)
     ang_x = np.outer(k_xy[:, 0], np.arange(x0, x1, dtype=np.float64))  # (K, W)
-    cos_y, sin_y = np.cos(ang_y).astype(np.float32), np.sin(ang_y).astype(np.float32)
-    cos_x, sin_x = np.cos(ang_x).astype(np.float32), np.sin(ang_x).astype(np.float32)
-    amplitude = np.float32(math.sqrt(2.0 / len(phase)))
-    field = cos_y @ cos_x
-    field -= sin_y @ sin_x
-    field *= amplitude
+    amplitude = math.sqrt(2.0 / len(phase))
+    # cos(a + b) = cos a cos b - sin a sin b: one product of [cos_y, sin_y] (H, 2K) with
+    # amplitude * [cos_x; -sin_x] (2K, W).
+    rows = np.hstack([np.cos(ang_y), np.sin(ang_y)]).astype(np.float32)
+    cos_x, sin_x = np.cos(ang_x), np.sin(ang_x)
+    field = rows @ (amplitude * np.vstack([cos_x, -sin_x])).astype(np.float32)
     if not gradient:
         return field, None
-    # d/d(s,t) cos(k . x + phase) = -k sin(...), and sin(a + b) = sin a cos b + cos a sin b.
-    grad_sq = np.zeros_like(field)
+    # d/d(s,t) cos(k . x + phase) = -k sin(...), and sin(a + b) = sin a cos b + cos a sin b:
+    # the products with [sin_x; cos_x] weighted by each component of k give the gradient.
+    grad_sq = None
     for component in (0, 1):
-        weight = (k[:, component] * amplitude).astype(np.float32)[:, None]
-        d = sin_y @ (weight * cos_x)
-        d += cos_y @ (weight * sin_x)
-        grad_sq += np.square(d)
-    return field, np.sqrt(grad_sq)
+        weight = (k[:, component] * amplitude)[:, None]
+        d = rows @ np.vstack([weight * sin_x, weight * cos_x]).astype(np.float32)
+        np.square(d, out=d)
+        grad_sq = d if grad_sq is None else np.add(grad_sq, d, out=grad_sq)
+    return field, np.sqrt(grad_sq, out=grad_sq)
 
 
 def _trabecular_pattern(p: PhantomParams, bone: str, frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -650,8 +684,10 @@ def _head_chords(s: np.ndarray, t: np.ndarray, p: PhantomParams, frame: np.ndarr
     tc = t + np.float32(hl)  # relative to the head centre
     dist = -tc  # into the shaft, from the head centre
     end_w, end_d = 0.97 * hw, 0.97 * p.head_half_depth_mm
-    outer, inner = _shaft_chords(s, dist, p, p.head_shaft_half_width_mm, p.head_shaft_half_depth_mm,
-                                 end_w, end_d, p.head_flare_length_mm)
+    # The shaft only exists where dist >= 0 (t <= -hl): evaluate it there only.
+    shaft = _sub_box(frame, (-hw, hw), (-_reach_mm(p), -hl), box)
+    outer, inner = _shaft_chords_on(shaft, s, dist, p, p.head_shaft_half_width_mm, p.head_shaft_half_depth_mm,
+                                    end_w, end_d, p.head_flare_length_mm)
     # The head only exists within one half-length of its centre: evaluate it there only.
     head = _sub_box(frame, (-hw, hw), (-2 * hl, 0.0), box)
     if head is not None:
@@ -687,18 +723,24 @@ def _base_onset_mm(p: PhantomParams) -> float:
     positive where the two chords cross, found here in float64 with the same formulas the
     renderer uses, so the rendered support starts at the recorded joint point.
     """
-    bl, d = p.base_half_length_mm, p.base_half_depth_mm
+    return _base_onset_of(p.base_half_length_mm, p.base_half_depth_mm, p.base_cup_mm, p.base_cup_width)
+
+
+@functools.lru_cache(maxsize=64)
+def _base_onset_of(bl: float, d: float, cup_mm: float, cup_width: float) -> float:
+    # cached: the root is needed for every render of the same phantom (and by its extent)
+    from scipy.optimize import brentq  # imported here: scipy.optimize costs ~0.2 s at worker start-up
 
     def bone_chord(depth: float) -> float:
         y = (depth - bl) / bl
         q, grad = 1.0 - y * y, 2.0 * abs(y) / bl
         block = 2.0 * d * (math.sqrt(max(q, 0.0) + _EDGE_MM * grad) - math.sqrt(_EDGE_MM * grad))
-        rise = p.base_cup_mm - depth
-        cavity = (2.0 * p.base_cup_width * d / math.sqrt(p.base_cup_mm)) * (
+        rise = cup_mm - depth
+        cavity = (2.0 * cup_width * d / math.sqrt(cup_mm)) * (
             math.sqrt(max(rise, 0.0) + _EDGE_MM) - math.sqrt(_EDGE_MM))
         return block - cavity
 
-    return float(brentq(bone_chord, 0.0, p.base_cup_mm, xtol=1e-12, rtol=4 * np.finfo(float).eps))
+    return float(brentq(bone_chord, 0.0, cup_mm, xtol=1e-12, rtol=4 * np.finfo(float).eps))
 
 
 def _base_chords(s: np.ndarray, t: np.ndarray, p: PhantomParams, frame: np.ndarray,
@@ -715,8 +757,10 @@ def _base_chords(s: np.ndarray, t: np.ndarray, p: PhantomParams, frame: np.ndarr
     depth = t + np.float32(onset)  # depth below the block top
     tc = depth - np.float32(bl)  # relative to the block centre
     end_w, end_d = 0.97 * bw, 0.97 * p.base_half_depth_mm
-    outer, inner = _shaft_chords(s, tc, p, p.base_shaft_half_width_mm, p.base_shaft_half_depth_mm,
-                                 end_w, end_d, p.base_flare_length_mm)
+    # The shaft only exists where tc >= 0 (t >= bl - onset): evaluate it there only.
+    shaft = _sub_box(frame, (-bw, bw), (bl - onset, _reach_mm(p)), box)
+    outer, inner = _shaft_chords_on(shaft, s, tc, p, p.base_shaft_half_width_mm, p.base_shaft_half_depth_mm,
+                                    end_w, end_d, p.base_flare_length_mm)
     base = _sub_box(frame, (-bw, bw), (-onset, 2 * bl - onset), box)
     if base is not None:
         sb, tb, db = s[base], tc[base], depth[base]
@@ -744,7 +788,18 @@ def _render_bone(p: PhantomParams, bone: str, pose: Similarity | None) -> np.nda
         return layer
     s, t = _frame_coords(frame, box)
     outer, inner = (_head_chords if geometry == "head" else _base_chords)(s, t, p, frame, box)
-    pattern = _trabecular_pattern(p, bone, frame, box)
+    x0, x1, y0, y1 = box
+    shell = np.maximum(outer - inner, np.float32(0.0))  # the rounded inner edge may poke out by an ulp
+    values = np.float32(p.mu_cortical) * shell
+    # The texture only matters where the trabecular chord is positive: evaluate it on that box.
+    rows = np.flatnonzero(inner.any(axis=1))
+    cols = np.flatnonzero(inner.any(axis=0))
+    if rows.size == 0:
+        layer[y0:y1, x0:x1] = values
+        return layer
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    inner = inner[r0:r1, c0:c1]
+    pattern = _trabecular_pattern(p, bone, frame, (x0 + c0, x0 + c1, y0 + r0, y0 + r1))
     # Trabecular density 1 + c P made positive by a smooth ramp (x + sqrt(x^2 + r^2)) / 2, which is
     # x for x >> r and r^2 / (4 |x|) > 0 for x << -r: no kinks, so no aliasing from clipping.
     density = pattern
@@ -755,9 +810,8 @@ def _render_bone(p: PhantomParams, bone: str, pose: Similarity | None) -> np.nda
     np.sqrt(ramp, out=ramp)
     density += ramp
     density *= np.float32(0.5 * p.mu_trabecular)
-    shell = np.maximum(outer - inner, np.float32(0.0))  # the rounded inner edge may poke out by an ulp
-    values = np.float32(p.mu_cortical) * shell + density * inner
-    x0, x1, y0, y1 = box
+    density *= inner
+    values[r0:r1, c0:c1] += density
     layer[y0:y1, x0:x1] = values
     return layer
 

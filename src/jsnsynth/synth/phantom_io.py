@@ -35,7 +35,9 @@ from jsnsynth.synth.io import (
     encode_png,
     read_float_tiff,
     read_mask,
+    read_radiograph,
     remove_partial_outputs,
+    write_bytes_atomic,
 )
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers
 from jsnsynth.synth.phantom import JOINT_TYPES, PhantomParams, render_phantom, sample_phantom_params
@@ -266,3 +268,37 @@ def read_phantom_sample(folder: str | os.PathLike) -> tuple[JointLayers, dict[st
         metadata={"source": "phantom", "phantom_params": record["phantom_params"], "jsw_mm": record["jsw_mm"]},
     )
     return layers, record
+
+
+def _to_display_u8(values: np.ndarray, high: float) -> np.ndarray:
+    return np.clip(np.asarray(values, dtype=np.float64) / high * 255.0, 0, 255).astype(np.uint8)
+
+
+def write_phantom_panel(sample_folders: list[Path], out_path: str | os.PathLike) -> Path:
+    """Write an 8-bit PNG contact sheet of phantom samples, one column per sample.
+
+    Rows: the radiograph, the soft-tissue layer, the two bone layers, and the two masks (upper
+    in white, lower in grey). Layers share one attenuation scale, so they can be compared.
+
+    Raises:
+        InputError: a folder that is not a complete phantom sample.
+    """
+    if not sample_folders:
+        raise InputError("no phantom samples to show")
+    columns = []
+    for folder in sample_folders:
+        layers, _ = read_phantom_sample(folder)
+        radiograph = _radiograph_u8(Path(folder) / "radiograph.png")
+        high = float(max(layers.attenuation().max(), 1e-6))
+        masks = np.where(layers.upper_mask, 255, np.where(layers.lower_mask, 128, 0)).astype(np.uint8)
+        tiles = [radiograph, _to_display_u8(layers.soft, high), _to_display_u8(layers.upper + layers.lower, high), masks]
+        columns.append(np.concatenate([np.pad(t, 2, constant_values=255) for t in tiles], axis=0))
+    panel = np.concatenate(columns, axis=1)
+    out_path = Path(out_path)
+    write_bytes_atomic(out_path, encode_png(panel))
+    return out_path
+
+
+def _radiograph_u8(path: Path) -> np.ndarray:
+    """A radiograph file as 8-bit display pixels (for panels only; data stay 16-bit)."""
+    return np.rint(read_radiograph(path).intensity * 255.0).astype(np.uint8)

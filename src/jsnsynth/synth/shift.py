@@ -76,9 +76,12 @@ def fourier_translate(images: np.ndarray, shifts_xy: np.ndarray) -> np.ndarray:
         shifts_xy: ``(2,)`` or ``(N, 2)`` shifts in pixels.
 
     Returns:
-        float64 array of the input's shape.
+        array of the input's shape; float32 input stays float32 (single-precision FFT, about
+        twice as fast, ~1e-7 relative error), anything else float64.
     """
-    images = np.asarray(images, dtype=np.float64)
+    images = np.asarray(images)
+    images = images.astype(np.float32 if images.dtype == np.float32 else np.float64, copy=False)
+    complex_type = np.complex64 if images.dtype == np.float32 else np.complex128
     single = images.ndim == 2
     stack = images[None] if single else images
     shifts = np.atleast_2d(np.asarray(shifts_xy, dtype=np.float64))
@@ -98,8 +101,8 @@ def fourier_translate(images: np.ndarray, shifts_xy: np.ndarray) -> np.ndarray:
     ky = scipy.fft.fftfreq(hp)[None, :, None]
     kx = scipy.fft.rfftfreq(wp)[None, None, :]
     # the ramp is separable: two small complex exponentials instead of one per frequency
-    spectrum *= np.exp(-2j * np.pi * ky * shifts[:, 1, None, None])
-    spectrum *= np.exp(-2j * np.pi * kx * shifts[:, 0, None, None])
+    spectrum *= np.exp(-2j * np.pi * ky * shifts[:, 1, None, None]).astype(complex_type)
+    spectrum *= np.exp(-2j * np.pi * kx * shifts[:, 0, None, None]).astype(complex_type)
     moved = scipy.fft.irfft2(spectrum, s=(hp, wp), axes=(1, 2))
     out = moved[:, pad_y[0] : pad_y[0] + h, pad_x[0] : pad_x[0] + w]
     return out[0] if single else out
@@ -131,10 +134,11 @@ def is_identity(transform: Similarity, tol: float = 1e-12) -> bool:
     )
 
 
-def spline_warp(image: np.ndarray, transform: Similarity, order: int = 3) -> np.ndarray:
+def spline_warp(image: np.ndarray, transform: Similarity, order: int = 3, dtype: type = np.float64) -> np.ndarray:
     """Resample ``image`` under ``transform`` with a B-spline of ``order`` and edge extension.
 
-    ``out(T(p)) = in(p)``: each output pixel reads the input at ``T^{-1}(out pixel)``.
+    ``out(T(p)) = in(p)``: each output pixel reads the input at ``T^{-1}(out pixel)``. The spline
+    is evaluated in float64; ``dtype`` is the type of the result.
     """
     inverse = transform.inverse().matrix()
     # scipy works in (row, col) = (y, x): swap both the output and input coordinates.
@@ -142,14 +146,15 @@ def spline_warp(image: np.ndarray, transform: Similarity, order: int = 3) -> np.
     matrix_rc = swap @ inverse[:, :2] @ swap
     offset_rc = swap @ inverse[:, 2]
     return scipy.ndimage.affine_transform(
-        np.asarray(image, dtype=np.float64), matrix_rc, offset_rc, order=order, mode="nearest", prefilter=order > 1
+        np.asarray(image, dtype=np.float64), matrix_rc, offset_rc, order=order, mode="nearest", prefilter=order > 1,
+        output=dtype,
     )
 
 
 def warp_layer(image: np.ndarray, transform: Similarity, spline_order: int = 3) -> np.ndarray:
     """Move a raster layer by a similarity: spline rotation/scale, then exact Fourier translation.
 
-    Returns float64, *not* clipped: interpolation that is exact for band-limited content rings
+    Returns float64 (float32 for float32 input), *not* clipped: interpolation that is exact for band-limited content rings
     (dips below zero) next to sharp layer edges. :func:`warp_layers` moves those dips into the soft
     layer so the total attenuation stays exact.
     """
@@ -157,13 +162,17 @@ def warp_layer(image: np.ndarray, transform: Similarity, spline_order: int = 3) 
 
 
 def warp_layer_stack(images: np.ndarray, transforms: list[Similarity], spline_order: int = 3) -> np.ndarray:
-    """:func:`warp_layer` for a ``(N, H, W)`` stack with one transform each (one batched FFT)."""
-    images = np.asarray(images, dtype=np.float64)
+    """:func:`warp_layer` for a ``(N, H, W)`` stack with one transform each (one batched FFT).
+
+    A float32 stack (the layers) is moved in float32, a twice cheaper FFT; anything else in float64.
+    """
+    images = np.asarray(images)
+    images = images.astype(np.float32 if images.dtype == np.float32 else np.float64, copy=False)
     rotated = np.empty_like(images)
     shifts = np.zeros((len(transforms), 2))
     for k, transform in enumerate(transforms):
         linear, shifts[k] = split_similarity(transform)
-        rotated[k] = images[k] if is_identity(linear) else spline_warp(images[k], linear, spline_order)
+        rotated[k] = images[k] if is_identity(linear) else spline_warp(images[k], linear, spline_order, images.dtype)
     return fourier_translate(rotated, shifts)
 
 

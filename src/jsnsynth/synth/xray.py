@@ -20,7 +20,7 @@ applied by :func:`render_radiograph`, recorded with :meth:`ImagingParams.to_dict
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import cv2
 import numpy as np
@@ -88,11 +88,11 @@ class ImagingParams:
 
     def without_noise(self) -> "ImagingParams":
         """The same chain with both noise sources switched off."""
-        return ImagingParams(**{**asdict(self), "photons_per_px": math.inf, "electronic_noise": 0.0})
+        return replace(self, photons_per_px=math.inf, electronic_noise=0.0)
 
     def to_dict(self) -> dict:
         """JSON-ready record; an infinite photon count is written as ``None``."""
-        record = asdict(self)
+        record = {name: getattr(self, name) for name in self.__dataclass_fields__}  # flat: no asdict
         if math.isinf(record["photons_per_px"]):
             record["photons_per_px"] = None
         return record
@@ -143,41 +143,93 @@ def sample_imaging_params(
     return params if noise else params.without_noise()
 
 
-def detector_blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Gaussian detector blur with reflected borders (identity for ``sigma_px == 0``)."""
+def detector_blur(image: np.ndarray, sigma_px: float, dtype: type = np.float64) -> np.ndarray:
+    """Gaussian detector blur with reflected borders (identity for ``sigma_px == 0``).
+
+    ``dtype`` is the precision of the result (float64, or float32 for the fast dataset path).
+    """
+    image = np.asarray(image, dtype=dtype)
     if sigma_px <= 0:
-        return np.asarray(image, dtype=np.float64)
-    image = np.asarray(image, dtype=np.float64)
+        return image
     radius = int(math.ceil(4.0 * sigma_px))
     return cv2.GaussianBlur(image, (2 * radius + 1, 2 * radius + 1), sigma_px, sigma_px, cv2.BORDER_REFLECT)
 
 
 def display_mapping(intensity: np.ndarray, params: ImagingParams) -> np.ndarray:
-    """Window and gamma: ``clip((I - low) / (high - low), 0, 1) ** gamma``."""
-    scaled = (np.asarray(intensity) - params.window_low) / (params.window_high - params.window_low)
-    return np.clip(scaled, 0.0, 1.0) ** params.gamma
+    """Window and gamma: ``clip((I - low) / (high - low), 0, 1) ** gamma`` (keeps a float32 input float32)."""
+    intensity = np.asarray(intensity)
+    dtype = np.float32 if intensity.dtype == np.float32 else np.float64
+    width = params.window_high - params.window_low
+    scaled = intensity.astype(dtype, copy=True)
+    scaled -= dtype(params.window_low)
+    scaled *= dtype(1.0 / width)
+    np.clip(scaled, 0.0, 1.0, out=scaled)
+    if params.gamma == 1.0:
+        return scaled
+    if dtype == np.float32:
+        # cv2.pow is several times faster than numpy's float pow; 0 ** gamma = 0 stays exact
+        return cv2.pow(scaled, params.gamma)
+    return scaled**params.gamma
 
 
-def render_radiograph(attenuation: np.ndarray, params: ImagingParams) -> np.ndarray:
+def _transmission(attenuation: np.ndarray, params: ImagingParams, dtype: type) -> np.ndarray:
+    """Blurred transmission ``blur(exp(-a))`` in ``dtype``; rejects NaN and infinities."""
+    attenuation = np.asarray(attenuation, dtype=dtype)
+    if not np.isfinite(attenuation).all():
+        raise InputError("attenuation contains NaN or infinite values")
+    return detector_blur(np.exp(-attenuation), params.blur_sigma_px, dtype)
+
+
+def _noisy_transmission(transmission: np.ndarray, params: ImagingParams) -> np.ndarray:
+    """``T + sqrt(T / photons + e^2) * n`` with ``n`` standard normal drawn from ``noise_seed``.
+
+    The normal deviates are drawn in the precision of ``transmission`` (numpy's float32 and
+    float64 streams differ, each deterministic for a seed).
+    """
+    dtype = transmission.dtype.type
+    rng = np.random.default_rng(params.noise_seed)
+    std = transmission * dtype(1.0 / params.photons_per_px)
+    std += dtype(params.electronic_noise**2)
+    np.sqrt(std, out=std)
+    std *= rng.standard_normal(transmission.shape, dtype=dtype)
+    std += transmission
+    return std
+
+
+def render_radiograph(attenuation: np.ndarray, params: ImagingParams, dtype: type = np.float64) -> np.ndarray:
     """Apply the imaging chain to an attenuation map.
 
     Args:
         attenuation: ``(H, W)`` total attenuation, >= 0.
         params: the imaging chain, noise included (use ``params.without_noise()`` for the
             noise-free image that defines ground truth).
+        dtype: working precision and type of the result: float64, or float32 (several times
+            faster, ~1e-7 relative error, far below a 16-bit grey level; its noise realisation
+            differs from float64's for the same seed).
 
     Returns:
-        ``(H, W)`` float64 display image in ``[0, 1]``, bone bright.
+        ``(H, W)`` display image in ``[0, 1]`` of ``dtype``, bone bright.
     """
-    attenuation = np.asarray(attenuation, dtype=np.float64)
-    if not np.all(np.isfinite(attenuation)):
-        raise InputError("attenuation contains NaN or infinite values")
-    transmission = detector_blur(np.exp(-attenuation), params.blur_sigma_px)
-    if not params.noise_free:
-        rng = np.random.default_rng(params.noise_seed)
-        std = np.sqrt(transmission / params.photons_per_px + params.electronic_noise**2)
-        transmission = transmission + std * rng.standard_normal(transmission.shape)
-    return display_mapping(1.0 - transmission, params)
+    return render_radiograph_and_clean(attenuation, params, dtype)[0]
+
+
+def render_radiograph_and_clean(
+    attenuation: np.ndarray, params: ImagingParams, dtype: type = np.float32
+) -> tuple[np.ndarray, np.ndarray]:
+    """The radiograph of :func:`render_radiograph` and its noise-free twin, sharing the blur.
+
+    Returns:
+        ``(image, clean)``: ``clean`` is exactly ``render_radiograph(attenuation,
+        params.without_noise(), dtype)``; for a noise-free chain both are the same array.
+    """
+    transmission = _transmission(attenuation, params, dtype)
+    if params.noise_free:
+        clean = display_mapping(np.subtract(dtype(1.0), transmission, out=transmission), params)
+        return clean, clean
+    noisy = _noisy_transmission(transmission, params)
+    clean_intensity = np.subtract(dtype(1.0), transmission, out=transmission)
+    np.subtract(dtype(1.0), noisy, out=noisy)
+    return display_mapping(noisy, params), display_mapping(clean_intensity, params)
 
 
 def display_noise_std(attenuation: np.ndarray, params: ImagingParams) -> np.ndarray:
@@ -206,7 +258,12 @@ def quantize(display: np.ndarray, bit_depth: int = 16) -> np.ndarray:
         raise InputError(f"bit depth must be 8 or 16, got {bit_depth}")
     levels = (1 << bit_depth) - 1
     dtype = np.uint8 if bit_depth == 8 else np.uint16
-    return np.rint(np.clip(np.asarray(display, dtype=np.float64), 0.0, 1.0) * levels).astype(dtype)
+    display = np.asarray(display)
+    if display.dtype != np.float32:
+        display = display.astype(np.float64)
+    # float32 holds every integer up to 2**24, so scaling and rounding in float32 is exact enough
+    scaled = np.clip(display, 0.0, 1.0) * display.dtype.type(levels)
+    return np.rint(scaled, out=scaled).astype(dtype)
 
 
 def dequantize(pixels: np.ndarray, max_value: int | None = None) -> np.ndarray:
