@@ -79,3 +79,51 @@ def test_real_crops_load(fingerjoints_dir: Path) -> None:
         assert layers.upper_mask.any() and layers.lower_mask.any()
         x, y = layers.joint_center_xy
         assert 0 < x < 256 and 0 < y < 256
+
+
+def test_bone_shares_are_whole_inside_masks_smooth_and_never_exceed_one() -> None:
+    from jsnsynth.synth.fingerjoints import RIM_TAPER_END_PX, bone_shares
+
+    upper = np.zeros((60, 40), bool)
+    lower = np.zeros((60, 40), bool)
+    upper[:25, 10:30] = True
+    lower[33:, 8:32] = True
+    lower[20:25, 18:22] = True  # a small overlap
+    share_upper, share_lower = bone_shares(upper, lower)
+    assert np.all(share_upper[upper & ~lower] == 1.0) and np.all(share_lower[lower & ~upper] == 1.0)
+    np.testing.assert_allclose(share_upper[upper & lower], 0.5)
+    assert np.all(share_upper + share_lower <= 1.0 + 1e-12) and np.all(share_upper >= 0)
+    # In the 8-px joint space the shares hand over smoothly from one bone to the other.
+    column = share_upper[24:34, 26]
+    assert np.all(np.diff(column) < 0) and np.abs(np.diff(column)).max() < 0.5
+    # Beyond the taper nothing is bone.
+    wide_upper = np.zeros((60, 80), bool)
+    wide_upper[:25, 10:30] = True
+    wide_lower = np.zeros((60, 80), bool)
+    wide_lower[33:, 8:32] = True
+    far_upper, far_lower = bone_shares(wide_upper, wide_lower)
+    assert np.all(far_upper[:, 30 + int(RIM_TAPER_END_PX) + 1 :] == 0)
+    assert np.all(far_lower[:, 32 + int(RIM_TAPER_END_PX) + 1 :] == 0)
+
+
+def test_a_blurred_rim_outside_the_mask_goes_with_the_bone(tmp_path: Path) -> None:
+    from jsnsynth.synth.fingerjoints import layers_from_images
+
+    soft = np.full((64, 48), 0.3)
+    bone = np.zeros((64, 48))
+    bone[:26, 12:36] = 0.5
+    import cv2 as _cv2
+
+    blurred_bone = _cv2.GaussianBlur(bone, (0, 0), 1.5)
+    image = 1.0 - (1.0 - soft) * (1.0 - blurred_bone)
+    upper = bone > 0
+    upper[24:26] = False  # the drawn mask stops two pixels short of the cortical edge
+    lower = np.zeros_like(upper)
+    lower[40:, 10:38] = True
+    layers = layers_from_images(image, soft, upper, lower)
+    expected_soft = intensity_to_attenuation(soft)
+    # Beyond the mask the rim is bone, not soft tissue: the soft layer is the bone-free one.
+    # (to 5e-3, 1.4 % of the bone: the weight tapers from 3 px outside the mask, leaving a sliver of the tail)
+    np.testing.assert_allclose(layers.soft[:40], expected_soft[:40], atol=5e-3)
+    assert layers.upper[25:29, 24].min() > 0
+    np.testing.assert_allclose(layers.attenuation(), intensity_to_attenuation(image), atol=1e-6)

@@ -3,7 +3,7 @@
 The folder holds one sub-folder per joint series and a ``manifest.csv`` with the columns
 ``series, series_id, side, joint_code, image, mask_upper, mask_lower, soft_tissue`` (paths
 relative to the folder). Each row becomes a :class:`~jsnsynth.synth.layers.JointLayers` by
-mask-based layering (:func:`layers_from_images`).
+layering (:func:`layers_from_images`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import distance_transform_edt
 
 from jsnsynth.errors import InputError
 from jsnsynth.synth.io import read_mask, read_radiograph
@@ -83,6 +84,44 @@ def read_manifest(root: str | os.PathLike) -> list[FingerJointRecord]:
     return records
 
 
+#: Within this distance of a drawn mask every bone pixel of ``a(image) - a(soft)`` is bone.
+RIM_FULL_PX = 3.0
+#: Where the bone share has tapered to zero: the soft-tissue images equal the radiographs beyond
+#: about 10 px from the masks (their inpainting reach), so nothing of the bone is left there.
+RIM_TAPER_END_PX = 10.0
+
+
+def bone_shares(
+    upper_mask: np.ndarray,
+    lower_mask: np.ndarray,
+    rim_full_px: float = RIM_FULL_PX,
+    rim_taper_end_px: float = RIM_TAPER_END_PX,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fraction of the bone signal ``a(image) - a(soft)`` given to each bone, per pixel.
+
+    The bone signal is kept in full within ``rim_full_px`` of either mask, then its weight falls
+    smoothly (raised cosine) to 0 at ``rim_taper_end_px``. It is split between the bones by
+    distance: a pixel at distances ``d_u``, ``d_l`` from the two masks gives
+    ``d_l**4 / (d_u**4 + d_l**4)`` to the upper bone (all of it inside the upper mask, half where the masks overlap). Both
+    shares vary continuously, so a bone layer has no step at its boundary that a sub-pixel
+    move would have to reproduce.
+
+    Why beyond the mask at all: the hand-drawn masks sit a pixel or two off the cortical edge
+    and detector blur spreads the edge further, so mask-only layering leaves a bright bone rim in
+    the soft layer, which then stays behind when the bone is moved.
+    """
+    d_upper = distance_transform_edt(~upper_mask)
+    d_lower = distance_transform_edt(~lower_mask)
+    nearest = np.minimum(d_upper, d_lower)
+    ramp = np.clip((nearest - rim_full_px) / (rim_taper_end_px - rim_full_px), 0.0, 1.0)
+    kept = 0.5 * (1.0 + np.cos(np.pi * ramp))
+    # d**4 makes the hand-over sharp near the midline between the bones but still continuous.
+    p_upper, p_lower = d_upper**4, d_lower**4
+    both = p_upper + p_lower
+    to_upper = np.divide(p_lower, both, out=np.full_like(both, 0.5), where=both > 0)
+    return kept * to_upper, kept * (1.0 - to_upper)
+
+
 def layers_from_images(
     image: np.ndarray,
     soft_image: np.ndarray,
@@ -91,11 +130,13 @@ def layers_from_images(
     pixel_spacing_mm: float = DEFAULT_PIXEL_SPACING_MM,
     metadata: dict | None = None,
 ) -> JointLayers:
-    """Mask-based layering of a radiograph given its bone-free soft-tissue image.
+    """Layering of a radiograph given its bone-free soft-tissue image and two bone masks.
 
-    ``a_bone = max(a(image) - a(soft), 0)`` inside each bone mask (split evenly where the masks
-    overlap), ``a_soft = min(a(soft), a(image))`` inside the masks and ``a(image)`` outside, so
-    that the three layers add up to ``a(image)`` exactly.
+    ``a_bone = share * max(a(image) - a(soft), 0)`` with the smooth per-bone shares of
+    :func:`bone_shares` (1 inside each mask, tapering to 0 at 10 px outside it), and
+    ``a_soft = a(image) - a_upper - a_lower``, so the three layers add up to ``a(image)``
+    exactly and the soft layer is >= ``min(a(image), a(soft))`` >= 0. The returned masks are the
+    drawn masks; the bone layers reach a few pixels beyond them (the blurred cortical rim).
 
     Args:
         image: ``(H, W)`` display intensity in ``[0, 1]``, bone bright.
@@ -112,13 +153,11 @@ def layers_from_images(
         if not mask.any():
             raise InputError(f"{name}-bone mask is empty")
     total = intensity_to_attenuation(image)
-    soft = intensity_to_attenuation(soft_image)
-    any_bone = upper_mask | lower_mask
-    soft = np.where(any_bone, np.minimum(soft, total), total)
-    bone = total - soft
-    share = np.where(upper_mask & lower_mask, 0.5, 1.0)
-    upper = np.where(upper_mask, bone * share, 0.0)
-    lower = np.where(lower_mask, bone * share, 0.0)
+    bone_signal = np.maximum(total - intensity_to_attenuation(soft_image), 0.0)
+    share_upper, share_lower = bone_shares(upper_mask, lower_mask)
+    upper = share_upper * bone_signal
+    lower = share_lower * bone_signal
+    soft = np.maximum(total - upper - lower, 0.0)
     return JointLayers(
         soft=soft,
         upper=upper,
@@ -128,7 +167,13 @@ def layers_from_images(
         pixel_spacing_mm=pixel_spacing_mm,
         joint_center_xy=joint_center_from_masks(upper_mask, lower_mask),
         joint_axis_deg=0.0,
-        metadata=dict(metadata or {}),
+        metadata={
+            **(metadata or {}),
+            "bone_rim_taper_px": [RIM_FULL_PX, RIM_TAPER_END_PX],
+            # Where the drawn masks overlap, the bone signal is split evenly between the bones:
+            # layers there are a guess, so users can filter joints by this area.
+            "mask_overlap_px": int((upper_mask & lower_mask).sum()),
+        },
     )
 
 
