@@ -190,7 +190,7 @@ def figure_heldout(cache, indices, model, path: Path) -> None:
                 ax.set_title(titles[col], fontsize=10)
         axes[row, 0].set_ylabel(str(cache.name[i]).split("/")[0], fontsize=8)
     fig.suptitle("LSN on held-out real series (layers shown as 1 - exp(-a), same grey scale)", fontsize=12)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=80)
     plt.close(fig)
 

@@ -201,7 +201,7 @@ def test_a_few_training_steps_lower_the_loss():
         optimiser.zero_grad()
         terms["loss"].backward()
         optimiser.step()
-        losses.append(float(terms["loss"]))
+        losses.append(float(terms["loss"].detach()))
     assert losses[-1] < 0.8 * losses[0]
 
 
@@ -351,3 +351,16 @@ def test_lsn_source_follows_the_source_protocol(tmp_path, tiny_weights):
         source.load("nope", np.random.default_rng(0))
     with pytest.raises(InputError):
         LsnSource(tmp_path / "empty")
+
+
+def test_clean_mask_keeps_the_largest_piece_and_fills_holes():
+    from jsnsynth.lsn.infer import clean_mask
+
+    mask = np.zeros((40, 40), bool)
+    mask[5:30, 5:30] = True
+    mask[12:15, 12:15] = False  # a hole
+    mask[35:38, 35:38] = True  # an island
+    cleaned = clean_mask(mask)
+    assert cleaned[12:15, 12:15].all() and not cleaned[35:38, 35:38].any()
+    assert cleaned.sum() == 25 * 25
+    assert not clean_mask(np.zeros((8, 8), bool)).any()

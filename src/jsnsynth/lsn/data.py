@@ -13,8 +13,8 @@ Every training example is a ``(input intensity, target fractions, masks, weight)
 Three kinds of example, mixed by :class:`MixConfig`:
 
 ``real``
-    a real development crop with its mask-based reference layers
-    (:func:`jsnsynth.synth.fingerjoints.layers_from_images`);
+    a real development crop with its reference layers (:func:`reference_attenuations` or
+    :func:`smooth_reference_attenuations`, chosen by ``MixConfig.soft_reference``);
 ``overlap``
     a pseudo-overlap: the upper-bone layer (and its mask) of a real crop is moved down toward the
     lower bone by more than the joint gap, with edge padding where the bone leaves the crop, and
@@ -179,8 +179,11 @@ def reference_attenuations(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mask-based reference layers ``(soft, upper, lower)`` of one crop, float32 attenuation.
 
-    The same rule as :func:`jsnsynth.synth.fingerjoints.layers_from_images` (kept array-only here
-    because it runs for every training example).
+    ``a_bone = a(image) - a(soft image)`` strictly inside each drawn mask (split evenly where the
+    masks overlap), the rest soft tissue: the bone layers are confined to the masks, as the LSN's
+    outputs are. (This was the rule of :func:`jsnsynth.synth.fingerjoints.layers_from_images` when
+    the bundled weights were trained; that loader now lets the bone layers taper a few pixels
+    beyond the masks, which an output confined to its mask cannot reproduce.)
     """
     total = intensity_to_attenuation(image.astype(np.float64) / 255.0 if image.dtype == np.uint8 else image)
     soft = intensity_to_attenuation(soft_image.astype(np.float64) / 255.0 if soft_image.dtype == np.uint8 else soft_image)

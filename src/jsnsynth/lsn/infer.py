@@ -5,7 +5,8 @@
 1. resample to the training pixel size when the crop's pixel spacing is known and differs
    (:data:`TRAINING_PIXEL_SPACING_MM`), pad (reflect) to a multiple of 32;
 2. run the network, crop the padding off its logits and resample them back to the input grid;
-3. threshold the mask logits (hard masks), gate the bone shares with them, and multiply the
+3. threshold the mask logits (hard masks; the largest connected piece of each, holes filled),
+   gate the bone shares with them, and multiply the
    fractions by the input's own attenuation ``a = -log(1 - I)`` at full resolution.
 
 So the three layers add up to the input attenuation to float32 rounding, whatever the
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import scipy.ndimage
 import torch
 from torch import nn
 
@@ -95,7 +97,8 @@ def _load_model_cached(path_str: str) -> LayerSeparationNet:
     except Exception as exc:  # torch raises many types for a wrong file
         raise InputError(f"{path}: not an LSN weights file ({exc.__class__.__name__})") from None
     model.eval()
-    return fold_batchnorm(model)
+    # channels-last memory layout: about 2x faster for these narrow convolutions on a CPU
+    return fold_batchnorm(model).to(memory_format=torch.channels_last)
 
 
 def check_crop(intensity: np.ndarray, name: str = "image") -> np.ndarray:
@@ -150,9 +153,9 @@ def predict_logits(model: LayerSeparationNet, intensity: np.ndarray) -> tuple[np
     padded, _ = _pad_to_multiple(intensity, SIZE_MULTIPLE)
     with torch.inference_mode():
         x = torch.from_numpy(padded.astype(np.float32))[None, None]
-        out = model(normalise_intensity(x))
-    shares = out["share_logits"][0, :, :height, :width].numpy()
-    masks = out["mask_logits"][0, :, :height, :width].numpy()
+        out = model(normalise_intensity(x).contiguous(memory_format=torch.channels_last))
+    shares = np.ascontiguousarray(out["share_logits"][0, :, :height, :width].numpy())
+    masks = np.ascontiguousarray(out["mask_logits"][0, :, :height, :width].numpy())
     return shares, masks
 
 
@@ -212,7 +215,7 @@ def separate_intensity(
         shares = _resize(shares, (height, width))
         mask_logits = _resize(mask_logits, (height, width))
     probabilities = 1.0 / (1.0 + np.exp(-mask_logits.astype(np.float64)))
-    hard = (mask_logits > 0).astype(np.float32)
+    hard = np.stack([clean_mask(m > 0) for m in mask_logits]).astype(np.float32)
     fractions = compose_fractions(torch.from_numpy(shares[None].astype(np.float32)), torch.from_numpy(hard[None]))[0].numpy()
     attenuation = intensity_to_attenuation(intensity).astype(np.float32)
     soft, upper, lower = (fractions * attenuation[None]).astype(np.float32)
@@ -235,6 +238,20 @@ def separate_intensity(
     )
     recomposed = attenuation_to_intensity(layers.attenuation().astype(np.float64))
     return Separation(layers, probabilities[0].astype(np.float32), probabilities[1].astype(np.float32), recomposed)
+
+
+def clean_mask(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest connected piece of a bone mask and fill its holes.
+
+    One bone is one connected region; small islands are soft-tissue structures the network
+    mistook for bone, and they would be moved with the bone when a pair is synthesised.
+    """
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return mask
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return scipy.ndimage.binary_fill_holes(labels == largest)
 
 
 def _display(attenuation: np.ndarray) -> np.ndarray:

@@ -423,10 +423,19 @@ def equalise_blur(
     if windows is None:
         windows = aligned_windows(base, follow, regions, params, center_xy)
 
+    import os
+    gb, gf = float(os.environ.get("JSN_GB", "1")), float(os.environ.get("JSN_GF", "1"))
+
+    def gblur(img, sigma, gamma):
+        if sigma < 0.02 or gamma == 1.0:
+            return gaussian_blur(img, sigma)
+        lin = np.clip(img, 0, None) ** (1.0 / gamma)
+        return np.clip(gaussian_blur(lin, sigma), 0, None) ** gamma
+
     def remaining(extra: float) -> float:
         # extra > 0 blurs the baseline, < 0 the follow-up, by |extra| px^2 of variance
         sb, sf = math.sqrt(max(extra, 0.0)), math.sqrt(max(-extra, 0.0))
-        return blur_difference([(gaussian_blur(b, sb), gaussian_blur(f, sf), r) for b, f, r in windows])
+        return blur_difference([(gblur(b, sb, gb), gblur(f, sf, gf), r) for b, f, r in windows])
 
     # secant iteration on the remaining difference: the linearised estimate overshoots (its
     # regressor is a smoothed Laplacian), but its zero is where the two blurs match
@@ -440,7 +449,7 @@ def equalise_blur(
         slope = (r - r_prev) / (x - x_prev)
         x_next = x - r / slope if slope < -1e-3 else x + r
         x_prev, r_prev, x = x, r, float(np.clip(x_next, -4.0, 4.0))
-    return gaussian_blur(base, math.sqrt(max(x, 0.0))), gaussian_blur(follow, math.sqrt(max(-x, 0.0))), x
+    return gblur(base, math.sqrt(max(x, 0.0)), gb), gblur(follow, math.sqrt(max(-x, 0.0)), gf), x
 
 
 def phase_correlation_shift(

@@ -462,6 +462,11 @@ def rows_to_table(rows: list[dict], columns: Columns) -> pa.Table:
         values = [row[name] for row in rows]
         if kind == "layer":
             arrays.append(_layer_array(values))
+        elif kind == "image":  # built from its two children: much cheaper than converting dicts
+            arrays.append(pa.StructArray.from_arrays(
+                [pa.array([v["bytes"] for v in values], pa.binary()), pa.array([v["path"] for v in values], pa.string())],
+                fields=list(_storage_type("image")),
+            ))
         else:
             arrays.append(pa.array(values, type=_storage_type(kind)))
         fields.append(pa.field(name, arrays[-1].type))
@@ -764,8 +769,9 @@ img = np.array(pairs["train"][0]["baseline"])   # uint16: 16-bit PNG, decode to 
 ```
 
 Images (`baseline`, `followup`, `*_clean`) are 16-bit greyscale PNG (display intensity, bone bright);
-`*_clean` are the same images without noise. Masks are 8-bit PNG, 0/255. In the `layers` config,
-`soft`, `upper`, `lower` are float32 attenuation layers (line integrals); the image is
+`*_clean` are the same images without noise. Masks are 8-bit PNG, 0/255. The `layers` config holds
+the baseline and follow-up of every `layers_every`-th pair of each shard (starting with its first;
+`layers_every` is in the parameters below); its `soft`, `upper`, `lower` are float32 attenuation layers (line integrals); the image is
 `1 - exp(-(soft + upper + lower))` after blur, noise and the display window of its imaging columns.
 `photons_per_px` null means no quantum noise. Full schema: jsnsynth docs/dataset.md.
 

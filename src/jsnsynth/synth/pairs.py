@@ -29,7 +29,6 @@ import numpy as np
 from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity, axis_vector
 from jsnsynth.synth.layers import JointLayers
-from jsnsynth.synth.shift import warp_layers
 from jsnsynth.synth.xray import ImagingParams, ImagingRanges, render_radiograph_and_clean, sample_imaging_params
 
 #: ``render_with_poses(layers, upper_pose, lower_pose, soft_pose) -> JointLayers``
@@ -221,6 +220,10 @@ def make_pair(
     if render_with_poses is not None:
         followup_layers = render_with_poses(layers, poses.upper, poses.lower, poses.soft)
     else:
+        # imported here: scipy.fft/ndimage cost ~0.5 s at every worker start, and phantom
+        # pairs never need them
+        from jsnsynth.synth.shift import warp_layers
+
         followup_layers = warp_layers(layers, poses.upper, poses.lower, poses.soft, spline_order)
     images = {}
     for role, lay, imaging in (
