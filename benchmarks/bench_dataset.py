@@ -220,6 +220,12 @@ def png_settings(source, n_pairs: int = 15) -> list[tuple[str, float, float, flo
     return out
 
 
+def _short_label(layers_every: int) -> str:
+    if layers_every == 0:
+        return "pairs only"
+    return "+ layers\nevery pair" if layers_every == 1 else f"+ layers 1/{layers_every}\n(default)"
+
+
 def write_figure(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -227,9 +233,13 @@ def write_figure(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
-    labels = [f"{r['source']}\n{_configs_label(r['layers_every'])}" for r in rows]
+    labels = [f"{r['source']}\n{_short_label(r['layers_every'])}" for r in rows]
     colours = ["#4c72b0" if r["source"] == "phantom" else "#dd8452" for r in rows]
-    bars = ax.bar(range(len(rows)), [r["pairs_per_s"] for r in rows], color=colours)
+    bars = ax.bar(range(len(rows)), [r["pairs_per_s"] for r in rows], color=colours, label="measured (shared machine)")
+    cores = min(rows[0]["num_proc"], os.cpu_count() or 1)
+    ax.plot(range(len(rows)), [cores * 1e3 / r["cpu_ms"] for r in rows], "k_", ms=22, mew=2,
+            label="idle-core estimate (cores x 1000 / CPU ms per pair)")
+    ax.legend(loc="upper left", fontsize=7)
     for bar, row in zip(bars, rows):
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{row['pairs_per_s']:.1f}", ha="center", va="bottom", fontsize=8)
     for source, target in TARGETS.items():

@@ -12,6 +12,7 @@ import socket
 import cv2
 import numpy as np
 import pytest
+import scipy.ndimage
 import torch
 
 from jsnsynth.cli import main
@@ -30,16 +31,20 @@ from jsnsynth.lsn.data import (
     shift_down_edge,
     smooth_reference_attenuations,
 )
-from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, load_model, separate_intensity
+from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, TRAINING_PIXEL_SPACING_MM, load_model, separate_intensity
 from jsnsynth.lsn.model import (
+    BAND_FULL_PX,
+    BAND_MAX_EUCLIDEAN_PX,
     LayerSeparationNet,
     ModelConfig,
+    band_gate,
     compose_fractions,
     intensity_attenuation,
     layers_from_fractions,
     normalise_intensity,
 )
 from jsnsynth.lsn.train import LossWeights, TrainConfig, batch_to_tensors, export_weights, separation_loss, train
+from jsnsynth.synth.fingerjoints import RIM_TAPER_END_PX
 from jsnsynth.synth.io import encode_png, read_float_tiff, write_bytes_atomic
 from jsnsynth.synth.xray import intensity_to_attenuation
 
@@ -60,7 +65,8 @@ def synthetic_joint(size: int = 64, seed: int = 0) -> tuple[np.ndarray, ...]:
     gap = size * 0.06
     upper = ((xx - cx) / (0.22 * size)) ** 2 + ((yy - (size / 2 - gap - 0.25 * size)) / (0.25 * size)) ** 2 < 1
     lower = ((xx - cx) / (0.24 * size)) ** 2 + ((yy - (size / 2 + gap + 0.25 * size)) / (0.25 * size)) ** 2 < 1
-    total = soft + 0.5 * upper + 0.6 * lower
+    # detector blur spreads each bone's edge a little beyond its (tight) mask, as in real crops
+    total = soft + cv2.GaussianBlur(0.5 * upper + 0.6 * lower, (0, 0), 1.2)
     image = np.rint((1 - np.exp(-total)) * 255).astype(np.uint8)
     soft_image = np.rint((1 - np.exp(-soft)) * 255).astype(np.uint8)
     return image, soft_image, upper, lower
@@ -106,9 +112,34 @@ def test_model_outputs_shapes_nonnegative_and_sum_to_input():
         assert layers.shape == (2, 3, 64, 96)
         assert float(layers.min()) >= 0.0
         assert torch.allclose(layers.sum(1, keepdim=True), attenuation, rtol=SUM_RTOL, atol=1e-6)
-    hard = (out["mask_logits"] > 0).float()
+    hard = torch.zeros(2, 2, 64, 96)
+    hard[:, 0, 10:20, 20:40] = 1.0
+    hard[:, 1, 40:50, 50:70] = 1.0
     layers = layers_from_fractions(compose_fractions(out["share_logits"], hard), attenuation)
-    assert float(layers[:, 1:][hard == 0].abs().max()) == 0.0  # bones exactly zero off their masks
+    for b in range(2):
+        distance = scipy.ndimage.distance_transform_edt(hard[0, b].numpy() == 0)
+        # bones are exactly zero beyond the stated band around their masks ...
+        assert float(layers[:, 1 + b][:, distance > BAND_MAX_EUCLIDEAN_PX].abs().max()) == 0.0
+        # ... and ungated (the network's share alone decides) within BAND_FULL_PX of them
+        gate = band_gate(hard)[:, b]
+        assert float(gate[:, distance <= BAND_FULL_PX].min()) == 1.0
+
+
+def test_band_gate_tapers_smoothly_and_scales_with_the_pixel_size():
+    mask = torch.zeros(1, 2, 96, 96)
+    mask[0, :, 40:56, 40:56] = 1.0
+    gate = band_gate(mask)[0, 0].numpy()
+    distance = scipy.ndimage.distance_transform_edt(mask[0, 0].numpy() == 0)
+    assert gate[distance > BAND_MAX_EUCLIDEAN_PX].max() == 0.0
+    assert gate[distance <= BAND_FULL_PX].min() == 1.0
+    row = gate[48, 56:]  # along a row away from the mask: non-increasing
+    assert np.all(np.diff(row) <= 1e-7)
+    assert np.abs(np.diff(row)).max() < 0.35  # tapered, not a step
+    half = band_gate(mask[..., ::2, ::2], pixel_scale=2.0)[0, 0].numpy()
+    reach = lambda g: int((g[g.shape[0] // 2] > 0).sum())  # noqa: E731
+    assert abs(2 * reach(half) - reach(gate)) <= 4
+    probability = torch.full_like(mask, 0.3)
+    assert torch.allclose(band_gate(probability), probability)  # a flat probability stays itself
 
 
 def test_normalisation_ignores_exposure_offset_and_scale():
@@ -150,7 +181,12 @@ def test_pseudo_overlap_example_has_exact_fractions_and_moved_mask():
     assert np.array_equal(example.masks[0] > 0, shift_down_edge(cache.upper_mask[0], gap + 3))
     # the input is the recomposition of the exact layers
     total = intensity_to_attenuation(example.image)
-    assert (example.fractions[1][example.masks[0] == 0] == 0).all()
+    # the upper bone's rim moved with it: zero only beyond the reference rule's 10 px taper
+    # (from either mask: near the lower bone the upper one keeps a tiny distance-weighted share)
+    far = scipy.ndimage.distance_transform_edt((example.masks[0] == 0) & (example.masks[1] == 0)) > RIM_TAPER_END_PX + 1
+    assert (example.fractions[1][far] == 0).all()
+    near_lower_only = (scipy.ndimage.distance_transform_edt(example.masks[0] == 0) > RIM_TAPER_END_PX + 1) & ~far
+    assert example.fractions[1][near_lower_only].max() < 0.01
     assert np.isfinite(total).all()
 
 
@@ -170,7 +206,21 @@ def test_reference_layers_add_up_to_the_image(rule):
     layers = rule(image, soft, upper_mask, lower_mask)
     assert min(float(v.min()) for v in layers) >= 0
     assert np.allclose(sum(layers), intensity_to_attenuation(image / 255.0), atol=1e-5)
-    assert (layers[1][~upper_mask] == 0).all() and (layers[2][~lower_mask] == 0).all()
+    # the bone layers hold the blurred rim just outside the drawn masks, and nothing beyond the taper
+    beyond = scipy.ndimage.distance_transform_edt(~(upper_mask | lower_mask)) >= RIM_TAPER_END_PX
+    for layer, mask in ((layers[1], upper_mask), (layers[2], lower_mask)):
+        assert (layer[beyond] == 0).all()
+        distance = scipy.ndimage.distance_transform_edt(~mask)
+        assert layer[(distance > 0) & (distance <= 2)].max() > 0
+    # ... so no bright rim is left in the soft layer around the bones (the toy's soft tissue is known)
+    rim = (scipy.ndimage.distance_transform_edt(~(upper_mask | lower_mask)) <= 4) & ~(upper_mask | lower_mask)
+    true_soft = intensity_to_attenuation(soft / 255.0)
+    rim_signal = intensity_to_attenuation(image / 255.0) - true_soft
+    assert rim_signal[rim].max() > 0.1  # the blurred edge does reach outside the masks
+    gradient = lambda a: np.hypot(*np.gradient(np.asarray(a, np.float64)))  # noqa: E731
+    assert gradient(layers[0])[rim].mean() < 0.3 * gradient(intensity_to_attenuation(image / 255.0))[rim].mean()
+    if rule is reference_attenuations:  # the exact soft-tissue image: the soft layer is that image
+        assert np.abs(layers[0] - true_soft)[rim].max() < 0.02
 
 
 def test_batches_are_deterministic_given_the_seed():
@@ -257,7 +307,10 @@ def test_separation_keeps_size_and_sums_to_the_input(tiny_weights, shape, spacin
     assert min(layers.soft.min(), layers.upper.min(), layers.lower.min()) >= 0
     total = intensity_to_attenuation(intensity)
     assert np.allclose(layers.attenuation(), total, rtol=SUM_RTOL, atol=1e-6)
-    assert (layers.upper[~layers.upper_mask] == 0).all() and (layers.lower[~layers.lower_mask] == 0).all()
+    for layer, mask in ((layers.upper, layers.upper_mask), (layers.lower, layers.lower_mask)):
+        if mask.any():  # exactly zero beyond the band (in training pixels) around the mask
+            band_px = BAND_MAX_EUCLIDEAN_PX * TRAINING_PIXEL_SPACING_MM / (spacing or TRAINING_PIXEL_SPACING_MM) + 1
+            assert (layer[scipy.ndimage.distance_transform_edt(~mask) > band_px] == 0).all()
     assert np.allclose(result.recomposed, intensity, atol=1e-5)
 
 

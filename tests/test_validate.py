@@ -152,3 +152,41 @@ def test_validate_real_protocol_on_a_toy_series(tmp_path):
     assert summary["sd_trials_mm_mean"] < 0.02
     assert summary["transitivity_rms_mm"] < 0.02
     assert (tmp_path / "out" / "real_series.png").stat().st_size > 0
+
+
+def _bone_moves(d_px, flexion_deg, centre, axis_deg, repositioning):
+    """Per-bone transforms of one visit pair: the lower bone flexes about ``centre``, the upper
+    bone flexes and moves by ``d_px`` along the axis, then the whole joint is repositioned."""
+    from jsnsynth.synth.geometry import Similarity, axis_vector
+
+    cx, cy = centre
+    shift = d_px * axis_vector(axis_deg)
+    upper = Similarity(1.0, flexion_deg, float(shift[0]), float(shift[1]), cx, cy).then(repositioning)
+    lower = Similarity(1.0, -flexion_deg, 0.0, 0.0, cx, cy).then(repositioning)
+    return upper, lower
+
+
+def test_transitivity_with_a_common_centre_isolates_the_method():
+    """Exact transforms that compose (T_ij = T_kj o T_ik per bone) close the transitivity loop to
+    second order about one common centre, even when each visit's own centre is elsewhere."""
+    from jsnsynth.quantify.quantifier import jsn_from_transforms
+    from jsnsynth.quantify.real import transitivity_common_centre
+    from jsnsynth.synth.geometry import Similarity
+
+    centre_i, axis = (120.0, 110.0), 4.0
+    up_ik, lo_ik = _bone_moves(1.2, 1.5, centre_i, axis, Similarity(1.02, 2.0, 3.0, -2.0, *centre_i))
+    # visit k's own joint centre (from its own masks) lies a few pixels away from c_i's image
+    centre_k = tuple(float(v) for v in (0.5 * (up_ik.apply(np.array(centre_i)) + lo_ik.apply(np.array(centre_i))) + [4.0, -3.0]))
+    up_kj, lo_kj = _bone_moves(0.8, -2.0, centre_k, axis + 2.0, Similarity(0.98, -1.0, -2.0, 1.5, *centre_k))
+    up_ij, lo_ij = up_ik.then(up_kj), lo_ik.then(lo_kj)
+
+    def geometry(upper, lower, centre, axis_deg):
+        return {"upper": upper, "lower": lower, "joint_center_xy": centre, "joint_axis_deg": axis_deg}
+
+    g_ik, g_kj, g_ij = geometry(up_ik, lo_ik, centre_i, axis), geometry(up_kj, lo_kj, centre_k, axis + 2.0), geometry(up_ij, lo_ij, centre_i, axis)
+    jsn_ij, jsn_ik, jsn_kj = transitivity_common_centre(g_ik, g_kj, g_ij)
+    assert abs(jsn_ij - (jsn_ik + jsn_kj)) < 2e-3
+    assert abs(jsn_ik - 1.2) < 1e-9  # opposite flexions: the mean rotation is zero
+    own = jsn_from_transforms(up_ij, lo_ij, centre_i, axis) - (
+        jsn_from_transforms(up_ik, lo_ik, centre_i, axis) + jsn_from_transforms(up_kj, lo_kj, centre_k, axis + 2.0))
+    assert abs(own) > 10 * abs(jsn_ij - (jsn_ik + jsn_kj))  # own centres: the centre offset enters

@@ -7,8 +7,9 @@ Every training example is a ``(input intensity, target fractions, masks, weight)
   belong to the soft tissue, the upper and the lower bone (they add up to one), plus the two bone
   masks. The network predicts fractions too and multiplies them by ``a``, so the three predicted
   layers add up to the input attenuation by construction (see :mod:`jsnsynth.lsn.model`);
-* a per-pixel loss weight that down-weights the reference near the hand-drawn mask edges, which
-  sit a pixel or two off the cortical edge (DESIGN.md), so the network is not taught those errors.
+* a per-pixel mask-loss weight that down-weights the hand-drawn mask edges, which sit a pixel or
+  two off the cortical edge (DESIGN.md), so the network is not taught those errors (the layer
+  targets are continuous across the mask edges and are not down-weighted).
 
 Three kinds of example, mixed by :class:`MixConfig`:
 
@@ -45,11 +46,12 @@ import cv2
 import numpy as np
 
 from jsnsynth.errors import InputError
-from jsnsynth.synth.fingerjoints import read_manifest
+from jsnsynth.synth.fingerjoints import bone_shares, read_manifest
 from jsnsynth.synth.io import read_mask, read_radiograph
 from jsnsynth.synth.xray import (
     ImagingParams,
     ImagingRanges,
+    detector_blur,
     intensity_to_attenuation,
     render_radiograph,
     sample_imaging_params,
@@ -177,22 +179,31 @@ def load_real_cache(cache_path: str | os.PathLike) -> RealCache:
 def reference_attenuations(
     image: np.ndarray, soft_image: np.ndarray, upper_mask: np.ndarray, lower_mask: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mask-based reference layers ``(soft, upper, lower)`` of one crop, float32 attenuation.
+    """Reference layers ``(soft, upper, lower)`` of one crop by the real-data loader's rule, float32.
 
-    ``a_bone = a(image) - a(soft image)`` strictly inside each drawn mask (split evenly where the
-    masks overlap), the rest soft tissue: the bone layers are confined to the masks, as the LSN's
-    outputs are. (This was the rule of :func:`jsnsynth.synth.fingerjoints.layers_from_images` when
-    the bundled weights were trained; that loader now lets the bone layers taper a few pixels
-    beyond the masks, which an output confined to its mask cannot reproduce.)
+    The rule of :func:`jsnsynth.synth.fingerjoints.layers_from_images`: each bone gets its smooth
+    share (:func:`jsnsynth.synth.fingerjoints.bone_shares`: 1 inside and within 3 px of its mask,
+    raised-cosine taper to 0 at 10 px, split between the bones by distance) of the bone signal
+    ``max(a(image) - a(soft image), 0)``; the soft layer is the rest. So the blurred cortical rim
+    just outside a drawn mask belongs to the bone, not to the soft layer.
     """
-    total = intensity_to_attenuation(image.astype(np.float64) / 255.0 if image.dtype == np.uint8 else image)
-    soft = intensity_to_attenuation(soft_image.astype(np.float64) / 255.0 if soft_image.dtype == np.uint8 else soft_image)
-    any_bone = upper_mask | lower_mask
-    soft = np.where(any_bone, np.minimum(soft, total), total)
-    bone = total - soft
-    share = np.where(upper_mask & lower_mask, 0.5, 1.0)
-    upper = np.where(upper_mask, bone * share, 0.0)
-    lower = np.where(lower_mask, bone * share, 0.0)
+    total = _attenuation(image)
+    bone_signal = np.maximum(total - _attenuation(soft_image), 0.0)
+    return _split_bone_signal(total, bone_signal, upper_mask, lower_mask)
+
+
+def _attenuation(image: np.ndarray) -> np.ndarray:
+    return intensity_to_attenuation(image.astype(np.float64) / 255.0 if image.dtype == np.uint8 else image)
+
+
+def _split_bone_signal(
+    total: np.ndarray, bone_signal: np.ndarray, upper_mask: np.ndarray, lower_mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bone layers = smooth shares x the bone signal; soft = the rest (>= 0, sum exact)."""
+    share_upper, share_lower = bone_shares(np.asarray(upper_mask, bool), np.asarray(lower_mask, bool))
+    upper = share_upper * bone_signal
+    lower = share_lower * bone_signal
+    soft = np.maximum(total - upper - lower, 0.0)
     return soft.astype(np.float32), upper.astype(np.float32), lower.astype(np.float32)
 
 
@@ -423,6 +434,10 @@ def make_example(pool: ExamplePool, params: ExampleParams, mix: MixConfig) -> Ex
         image = intensity[window]
     else:
         image = -np.expm1(-layers.sum(axis=0))
+    blur_px = float(params.imaging.get("blur_sigma_px", 0.0)) if params.imaging is not None else 0.0
+    if blur_px > 0:
+        # The detector blur spreads each bone's edge beyond its mask: the blurred rim is bone.
+        layers = np.stack([detector_blur(layer, blur_px) for layer in layers])
     total = layers.sum(axis=0)
     # Where the reference has no attenuation at all, call it soft tissue.
     fractions = np.where(total > 1e-6, layers / np.maximum(total, 1e-6), np.array([1.0, 0.0, 0.0])[:, None, None])
@@ -542,25 +557,22 @@ def fill_smooth(values: np.ndarray, known: np.ndarray, relax_iterations: int = 3
 def smooth_reference_attenuations(
     image: np.ndarray, soft_image: np.ndarray, upper_mask: np.ndarray, lower_mask: np.ndarray, margin_px: int = 2
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reference layers with a soft-tissue layer that has no bone-shaped hole.
+    """Reference layers with a soft-tissue layer that has neither a bone-shaped hole nor rims.
 
     The dataset's soft-tissue images are inpaintings that are too dark under the bones, so the
     mask-based layers leave a dark, bone-shaped step in the soft layer, which shows as a dark
-    line when the bone is moved. Here the soft layer under the bones (masks grown by
-    ``margin_px``) is instead filled smoothly from the radiograph's own soft tissue around them
-    (:func:`fill_smooth`), clipped to the total attenuation; the rest of each bone pixel is bone.
-    Pixels in the margin outside the hand-drawn masks keep their attenuation in the soft layer,
-    as in the mask-based rule.
+    line when the bone is moved. Here the soft-tissue estimate under the bones (masks grown by
+    ``margin_px``) is instead filled smoothly (:func:`fill_smooth`) from the dataset's soft-tissue
+    image around them, which has the blurred cortical rims removed; elsewhere it is that image.
+    The bone signal ``max(a(image) - soft estimate, 0)`` is then split between the bones by the
+    loader's smooth shares (:func:`reference_attenuations`), so the rims just outside the
+    drawn masks go to the bones, and the soft layer is the rest.
     """
-    del soft_image  # kept in the signature: the same inputs as reference_attenuations
-    total = intensity_to_attenuation(image.astype(np.float64) / 255.0 if image.dtype == np.uint8 else image)
-    any_bone = upper_mask | lower_mask
+    total = _attenuation(image)
+    soft_outside = np.minimum(_attenuation(soft_image), total)
+    any_bone = np.asarray(upper_mask, bool) | np.asarray(lower_mask, bool)
     kernel = np.ones((2 * margin_px + 1, 2 * margin_px + 1), np.uint8)
     grown = cv2.dilate(any_bone.astype(np.uint8), kernel) > 0
-    fill = fill_smooth(total, ~grown)
-    soft = np.where(any_bone, np.minimum(fill, total), total)
-    bone = total - soft
-    share = np.where(upper_mask & lower_mask, 0.5, 1.0)
-    upper = np.where(upper_mask, bone * share, 0.0)
-    lower = np.where(lower_mask, bone * share, 0.0)
-    return soft.astype(np.float32), upper.astype(np.float32), lower.astype(np.float32)
+    soft_estimate = fill_smooth(soft_outside, ~grown)
+    bone_signal = np.maximum(total - soft_estimate, 0.0)
+    return _split_bone_signal(total, bone_signal, upper_mask, lower_mask)

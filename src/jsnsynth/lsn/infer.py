@@ -6,11 +6,13 @@
    (:data:`TRAINING_PIXEL_SPACING_MM`), pad (reflect) to a multiple of 32;
 2. run the network, crop the padding off its logits and resample them back to the input grid;
 3. threshold the mask logits (hard masks; the largest connected piece of each, holes filled),
-   gate the bone shares with them, and multiply the
+   gate the bone shares with a band around them (:func:`jsnsynth.lsn.model.band_gate`, so a
+   bone layer also holds its blurred cortical rim just outside the mask), and multiply the
    fractions by the input's own attenuation ``a = -log(1 - I)`` at full resolution.
 
 So the three layers add up to the input attenuation to float32 rounding, whatever the
-resampling, and each bone layer is exactly zero outside its mask.
+resampling, and each bone layer is exactly zero beyond the band around its mask
+(:data:`jsnsynth.lsn.model.BAND_MAX_EUCLIDEAN_PX` training pixels).
 
 Weights load from a local file only (the bundled :data:`DEFAULT_WEIGHTS` by default): nothing
 is ever downloaded.
@@ -216,7 +218,7 @@ def separate_intensity(
         mask_logits = _resize(mask_logits, (height, width))
     probabilities = 1.0 / (1.0 + np.exp(-mask_logits.astype(np.float64)))
     hard = np.stack([clean_mask(m > 0) for m in mask_logits]).astype(np.float32)
-    fractions = compose_fractions(torch.from_numpy(shares[None].astype(np.float32)), torch.from_numpy(hard[None]))[0].numpy()
+    fractions = compose_fractions(torch.from_numpy(shares[None].astype(np.float32)), torch.from_numpy(hard[None]), factor)[0].numpy()
     attenuation = intensity_to_attenuation(intensity).astype(np.float32)
     soft, upper, lower = (fractions * attenuation[None]).astype(np.float32)
     upper_mask, lower_mask = hard[0] > 0, hard[1] > 0

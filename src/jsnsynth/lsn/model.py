@@ -10,10 +10,15 @@ Outputs, per pixel:
 * three share logits ``(l_soft, l_upper, l_lower)``, one per decoder branch.
 
 The layers are built from them by :func:`compose_fractions` and :func:`layers_from_fractions`:
-each bone's share is gated by its mask (``l_bone + log(mask)``), a softmax over the three gives
-fractions that add up to one, and each layer is its fraction times the input attenuation
-``a = -log(1 - I)``. So the layers are non-negative and add up to ``a`` by construction, and
-with a hard (0/1) mask a bone layer is exactly zero outside its mask.
+each bone's share is gated by a *band* around its mask (:func:`band_gate`: the mask dilated by
+:data:`BAND_FULL_PX` px, then a raised-cosine taper to 0 at :data:`BAND_END_PX` px;
+``l_bone + log(gate)``), a softmax over the three gives fractions that add up to one, and each
+layer is its fraction times the input attenuation ``a = -log(1 - I)``. So the layers are
+non-negative and add up to ``a`` by construction. The band lets a bone layer take the blurred
+cortical rim just outside the (tight, anatomical) mask, which would otherwise stay behind in
+the soft layer when the bone is moved; with a hard (0/1) mask a bone layer is exactly zero
+beyond the band (:data:`BAND_END_PX` steps of the octagonal dilation, at most
+:data:`BAND_MAX_EUCLIDEAN_PX` px in Euclidean distance).
 
 Deep supervision: every branch also predicts its outputs at 1/4 and 1/2 of the input size
 (``aux`` outputs), trained against down-sampled targets.
@@ -21,6 +26,7 @@ Deep supervision: every branch also predicts its outputs at 1/4 and 1/2 of the i
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -31,6 +37,12 @@ from torch import nn
 SIZE_MULTIPLE = 32
 #: Floor of the per-image intensity standard deviation used for normalisation.
 MIN_STD = 0.02
+#: A bone's share is ungated within this many px (dilation steps) of its mask, training pixels.
+BAND_FULL_PX = 4
+#: ... and its gate tapers (raised cosine) to exactly 0 at this many steps.
+BAND_END_PX = 12
+#: Upper bound of the band in Euclidean px: octagonal dilation reaches sqrt(1 + 1/4) x steps.
+BAND_MAX_EUCLIDEAN_PX = 1.12 * BAND_END_PX
 
 
 @dataclass(frozen=True)
@@ -159,14 +171,48 @@ def intensity_attenuation(intensity: torch.Tensor, max_intensity: float = 1.0 - 
     return -torch.log1p(-intensity.clamp(0.0, max_intensity))
 
 
-def compose_fractions(share_logits: torch.Tensor, bone_masks: torch.Tensor) -> torch.Tensor:
+def band_gate(bone_masks: torch.Tensor, pixel_scale: float = 1.0) -> torch.Tensor:
+    """Soft band around each bone mask: ``max_k w(k) * dilate_k(mask)``, values in ``[0, 1]``.
+
+    ``dilate_k`` is ``k`` steps of 3x3 max-pooling, alternating a square and a cross, which
+    grows a region as an octagon (close to a disc; differentiable in the mask probabilities);
+    ``w(k) = 1`` up to :data:`BAND_FULL_PX` steps, then a raised cosine to 0 at
+    :data:`BAND_END_PX`. For a hard mask the gate is 1 on and near the mask and exactly 0 beyond
+    the band. The mask logits stay tight anatomical masks; only the layers use the band.
+
+    Args:
+        bone_masks: ``(B, 2, H, W)`` mask probabilities or hard masks.
+        pixel_scale: size of one pixel of ``bone_masks`` in training pixels (4 at 1/4 size;
+            below 1 for a crop finer than the training spacing); the band is scaled to it.
+    """
+    full = BAND_FULL_PX / pixel_scale
+    end = BAND_END_PX / pixel_scale
+    steps = max(1, int(math.ceil(end)))
+    current = bone_masks.clamp(0.0, 1.0)
+    gate = current
+    for k in range(1, steps + 1):
+        if k % 2:
+            current = F.max_pool2d(current, 3, stride=1, padding=1)
+        else:
+            current = torch.maximum(
+                F.max_pool2d(current, (3, 1), stride=1, padding=(1, 0)), F.max_pool2d(current, (1, 3), stride=1, padding=(0, 1))
+            )
+        ramp = min(max((k - full) / max(end - full, 1e-6), 0.0), 1.0)
+        weight = 0.5 * (1.0 + math.cos(math.pi * ramp))
+        if weight <= 0.0:
+            break
+        gate = torch.maximum(gate, weight * current)
+    return gate
+
+
+def compose_fractions(share_logits: torch.Tensor, bone_masks: torch.Tensor, pixel_scale: float = 1.0) -> torch.Tensor:
     """Soft/upper/lower fractions (adding up to one) from share logits and bone masks in ``[0, 1]``.
 
-    A bone's share is multiplied by its mask (added ``log(mask)`` to its logit), so a hard mask
-    of 0 gives that bone a fraction of exactly zero; the soft-tissue share is never gated, so
-    the fractions are always defined.
+    A bone's share is multiplied by the :func:`band_gate` of its mask (``log(gate)`` added to its
+    logit), so with a hard mask a bone's fraction is exactly zero beyond the band; the
+    soft-tissue share is never gated, so the fractions are always defined.
     """
-    gate = torch.log(bone_masks.clamp_min(0.0))  # -inf where a hard mask is 0
+    gate = torch.log(band_gate(bone_masks, pixel_scale))  # -inf where the gate is 0
     logits = torch.cat([share_logits[:, :1], share_logits[:, 1:] + gate], dim=1)
     return torch.softmax(logits, dim=1)
 

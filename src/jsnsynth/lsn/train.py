@@ -15,7 +15,7 @@ Losses, per layer and on the masks (:func:`separation_loss`):
 * a smoothness prior on the soft layer over and around the bones (:func:`soft_roughness`);
 * the same at 1/4 and 1/2 size (deep supervision) with half weight.
 
-The reference is down-weighted near the hand-drawn mask edges (see :mod:`jsnsynth.lsn.data`).
+The mask loss is down-weighted near the hand-drawn mask edges (see :mod:`jsnsynth.lsn.data`).
 """
 
 from __future__ import annotations
@@ -134,32 +134,27 @@ def soft_dice_loss(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.
     return (1.0 - (2.0 * overlap + 1.0) / (total + 1.0)).mean()
 
 
-def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    weight = weight.expand_as(values)
-    return (values * weight).sum() / weight.sum().clamp_min(1e-6)
-
-
 def scale_loss(
     share_logits: torch.Tensor,
     mask_logits: torch.Tensor,
     batch: dict,
     weights: LossWeights,
+    pixel_scale: float = 1.0,
 ) -> dict:
-    """The loss terms at one scale (targets already at the logits' size)."""
+    """The loss terms at one scale (targets already at the logits' size; ``pixel_scale``: the
+    size of one of its pixels in full-size pixels, which scales the bone gate's band)."""
     attenuation = batch["attenuation"]
-    fractions = compose_fractions(share_logits, torch.sigmoid(mask_logits))
+    fractions = compose_fractions(share_logits, torch.sigmoid(mask_logits), pixel_scale)
     layers = layers_from_fractions(fractions, attenuation)
     targets = layers_from_fractions(batch["fractions"], attenuation)
     # Normalise by each image's mean attenuation so exposure does not change the loss scale.
     norm = attenuation.mean(dim=(1, 2, 3), keepdim=True).clamp_min(0.05)
     error = (layers - targets) / norm
+    # The layer targets are continuous across the mask edges (the rims belong to the bones), so
+    # they are trusted everywhere; only the mask loss down-weights the drawn edges.
     weight = batch["weight"]
-    layer = _weighted_mean(error.abs(), weight)
-    grad_x = (error[..., :, 1:] - error[..., :, :-1]).abs()
-    grad_y = (error[..., 1:, :] - error[..., :-1, :]).abs()
-    weight_x = torch.minimum(weight[..., :, 1:], weight[..., :, :-1])
-    weight_y = torch.minimum(weight[..., 1:, :], weight[..., :-1, :])
-    gradient = 0.5 * (_weighted_mean(grad_x, weight_x) + _weighted_mean(grad_y, weight_y))
+    layer = error.abs().mean()
+    gradient = 0.5 * ((error[..., :, 1:] - error[..., :, :-1]).abs().mean() + (error[..., 1:, :] - error[..., :-1, :]).abs().mean())
     bce = F.binary_cross_entropy_with_logits(mask_logits, batch["masks"], weight=weight.expand_as(mask_logits))
     dice = soft_dice_loss(torch.sigmoid(mask_logits), batch["masks"])
     smooth = soft_roughness(layers[:, :1] / norm, batch["masks"])
@@ -173,7 +168,7 @@ def scale_loss(
     return {"loss": total, "layer": layer, "gradient": gradient, "mask": bce + dice, "smooth": smooth}
 
 
-def soft_roughness(soft: torch.Tensor, masks: torch.Tensor, margin_px: int = 3) -> torch.Tensor:
+def soft_roughness(soft: torch.Tensor, masks: torch.Tensor, margin_px: int = 6) -> torch.Tensor:
     """Mean ``|Laplacian|`` of the soft layer over the bones and a margin around them.
 
     Soft tissue is smooth; the mask-based references are not (bright cortical rims where a
@@ -201,7 +196,7 @@ def separation_loss(outputs: dict, batch: dict, weights: LossWeights) -> dict:
     terms = scale_loss(outputs["share_logits"], outputs["mask_logits"], batch, weights)
     for share_logits, mask_logits in outputs["aux"]:
         small = _downsample_batch(batch, tuple(share_logits.shape[-2:]))
-        aux = scale_loss(share_logits, mask_logits, small, weights)
+        aux = scale_loss(share_logits, mask_logits, small, weights, batch["image"].shape[-1] / share_logits.shape[-1])
         for key in terms:
             terms[key] = terms[key] + weights.aux * aux[key] / len(outputs["aux"])
     return terms

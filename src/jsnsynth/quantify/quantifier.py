@@ -35,6 +35,9 @@ from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, joint_center_from_ma
 RESULT_VERSION = "1.0"
 #: Smallest image side the quantifier accepts.
 MIN_SIDE_PX = 16
+#: Convergence threshold (px of that level) of the pyramid levels above full resolution: they
+#: only start the next level, which needs nothing finer than a few hundredths of a pixel.
+COARSE_LEVEL_TOLERANCE_PX = 0.01
 
 
 @dataclass
@@ -425,7 +428,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
                 )
                 mapped_windows = [(b, reg.apply_polynomial(f, mapping), r) for b, f, r in windows]
                 base0, mapped, blur_x = reg.equalise_blur(
-                    base, reg.apply_polynomial(follow, mapping), regions, params, center, initial=blur_x,
+                    base, reg.apply_polynomial(follow, mapping), regions, params, center, initial=blur_x, rounds=2,
                     windows=mapped_windows,
                 )
             pyr_b[0] = reg.build_pyramid(base0, 0, settings.smooth_sigma_px)[0]
@@ -444,7 +447,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
                 (center[0] / f, center[1] / f),
                 photometric_order=settings.photometric_order,
                 max_iterations=settings.max_iterations,
-                tolerance_px=settings.tolerance_px * (4.0 if level else 1.0) / f,
+                tolerance_px=COARSE_LEVEL_TOLERANCE_PX if level else settings.tolerance_px,
                 robust_k=settings.robust_k,
             )
             params[name] = reg.scale_params(fit.params, f)

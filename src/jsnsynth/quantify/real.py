@@ -30,7 +30,9 @@ import cv2
 import numpy as np
 
 from jsnsynth.errors import InputError
+from jsnsynth.quantify.quantifier import jsn_from_transforms, mean_similarity
 from jsnsynth.quantify.validate import load_method
+from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.fingerjoints import FingerJointRecord, read_manifest
 from jsnsynth.synth.io import read_mask, read_radiograph, write_bytes_atomic
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM
@@ -90,11 +92,52 @@ def measure_pair(
             jsn_px = float(result.jsn_px if hasattr(result, "jsn_px") else result["jsn_px"] if isinstance(result, dict) else result)
             flagged = bool(getattr(result, "mismatch", False) or (isinstance(result, dict) and result.get("mismatch")))
         except InputError:
-            jsn_px, flagged = float("nan"), True
+            result, jsn_px, flagged = None, float("nan"), True
         elapsed = time.perf_counter() - start
         trials.append({"trial": trial, "shift_baseline": sb, "shift_followup": sf, "jsn_px": jsn_px,
-                       "jsn_mm": jsn_px * spacing_mm, "flagged": flagged, "time_s": elapsed})
+                       "jsn_mm": jsn_px * spacing_mm, "flagged": flagged, "time_s": elapsed,
+                       "geometry": _geometry_of(result) if trial == 0 else None})
     return trials
+
+
+def _geometry_of(result: Any) -> dict | None:
+    """The per-bone transforms, centre and axis of a result, when the method reports them."""
+    needed = ("upper", "lower", "joint_center_xy", "joint_axis_deg")
+    if result is None or not all(hasattr(result, name) for name in needed):
+        return None
+    if not all(isinstance(getattr(result, name), Similarity) for name in ("upper", "lower")):
+        return None
+    return {name: getattr(result, name) for name in needed}
+
+
+def jsn_about_reference(geometry: dict, reference_xy: np.ndarray, axis_deg: float) -> float:
+    """JSN (px of the pair's baseline) of a measured pair re-evaluated about another centre and axis.
+
+    JSN depends on where it is measured when the bones flex between visits (relative rotation x
+    offset of the centre), so a transitivity check must evaluate all three pairs at the same
+    anatomical point: see :func:`transitivity_common_centre`.
+    """
+    return jsn_from_transforms(geometry["upper"], geometry["lower"], (float(reference_xy[0]), float(reference_xy[1])), axis_deg)
+
+
+def transitivity_common_centre(g_ik: dict, g_kj: dict, g_ij: dict) -> tuple[float, float, float] | None:
+    """``(JSN_ij, JSN_ik, JSN_kj)`` in px of visit ``i``, all at visit ``i``'s joint centre and axis.
+
+    Visit ``i``'s centre ``c_i`` is carried into visit ``k`` by the mean similarity ``M_ik`` of the
+    two bones (the repositioning), the axis is turned by its angle, and ``JSN_kj`` (in pixels of
+    visit ``k``) is divided by ``M_ik``'s scale to be in pixels of visit ``i``. Then the three numbers
+    differ only by the method's own errors (and second-order terms of the composition).
+    """
+    if g_ik is None or g_kj is None or g_ij is None:
+        return None
+    centre_i = np.array(g_ij["joint_center_xy"], dtype=np.float64)
+    axis_i = float(g_ij["joint_axis_deg"])
+    jsn_ij = jsn_about_reference(g_ij, centre_i, axis_i)
+    jsn_ik = jsn_about_reference(g_ik, centre_i, axis_i)
+    mean = mean_similarity(g_ik["upper"], g_ik["lower"], float(centre_i[0]), float(centre_i[1]))
+    centre_k = mean.apply(centre_i)
+    jsn_kj = jsn_about_reference(g_kj, centre_k, axis_i + mean.angle_deg) / mean.scale
+    return jsn_ij, jsn_ik, jsn_kj
 
 
 def validate_real(
@@ -143,7 +186,7 @@ def validate_real(
     pair_number = 0
     for name, visits in chosen:
         loaded = [_load_visit(v) for v in visits]
-        jsn = {}
+        jsn, geometry = {}, {}
         for i in range(len(loaded)):
             for j in range(i + 1, len(loaded)):
                 rng = np.random.default_rng(np.random.SeedSequence([seed, pair_number]))
@@ -153,6 +196,7 @@ def validate_real(
                 finite = values[np.isfinite(values)]
                 kept, dropped = drop_outlier_trials(finite, mismatch_sd_mm)
                 jsn[(i, j)] = trials[0]["jsn_mm"]
+                geometry[(i, j)] = trials[0]["geometry"]
                 pair_rows.append({
                     "series": name, "visit_i": i, "visit_j": j,
                     "jsn_mm_original": trials[0]["jsn_mm"],
@@ -167,9 +211,19 @@ def validate_real(
         for i in range(len(loaded)):
             for k in range(i + 1, len(loaded)):
                 for j in range(k + 1, len(loaded)):
-                    residual = jsn[(i, j)] - (jsn[(i, k)] + jsn[(k, j)])
-                    transitivity.append({"series": name, "i": i, "k": k, "j": j, "jsn_ij_mm": jsn[(i, j)],
-                                         "sum_mm": jsn[(i, k)] + jsn[(k, j)], "residual_mm": residual})
+                    # each pair about its own baseline's centre (the registration paper's protocol)
+                    own_residual = jsn[(i, j)] - (jsn[(i, k)] + jsn[(k, j)])
+                    # all three about visit i's centre: isolates the method's own error
+                    common = transitivity_common_centre(geometry[(i, k)], geometry[(k, j)], geometry[(i, j)])
+                    if common is None:  # the method reports no transforms: own centres only
+                        direct_mm, sum_mm = jsn[(i, j)], jsn[(i, k)] + jsn[(k, j)]
+                    else:
+                        direct_mm = common[0] * pixel_spacing_mm
+                        sum_mm = (common[1] + common[2]) * pixel_spacing_mm
+                    transitivity.append({"series": name, "i": i, "k": k, "j": j, "jsn_ij_mm": direct_mm,
+                                         "sum_mm": sum_mm, "residual_mm": direct_mm - sum_mm,
+                                         "common_centre": common is not None,
+                                         "residual_own_centres_mm": own_residual})
     sds = np.array([r["sd_trials_mm"] for r in pair_rows], dtype=np.float64)
     # trials the method refused (bad input such as overlapping masks) are reported apart
     n_refused = sum(r["n_refused"] for r in pair_rows)
@@ -177,6 +231,8 @@ def validate_real(
     n_dropped = sum(r["n_dropped"] for r in pair_rows)
     residuals = np.array([t["residual_mm"] for t in transitivity], dtype=np.float64)
     residuals = residuals[np.isfinite(residuals)]  # a visit the method refused leaves no residual
+    own = np.array([t["residual_own_centres_mm"] for t in transitivity], dtype=np.float64)
+    own = own[np.isfinite(own)]
     summary: dict[str, Any] = {
         "folder": str(folder),
         "method": method_name,
@@ -194,6 +250,8 @@ def validate_real(
         "n_triplets_measured": int(residuals.size),
         "transitivity_rms_mm": float(np.sqrt(np.mean(residuals**2))) if residuals.size else None,
         "transitivity_max_mm": float(np.max(np.abs(residuals))) if residuals.size else None,
+        "transitivity_common_centre": bool(transitivity) and all(t["common_centre"] for t in transitivity),
+        "transitivity_rms_own_centres_mm": float(np.sqrt(np.mean(own**2))) if own.size else None,
         "time_per_trial_s": float(np.nanmean([r["time_per_trial_s"] for r in pair_rows])),
         "n_pairs_refused": int(sum(not math.isfinite(r["jsn_mm_original"]) for r in pair_rows)),
     }

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from scipy import fft as scipy_fft
 
 from jsnsynth.quantify.warp import sample_spline, spline_coefficients, warp_positions
 from jsnsynth.synth.geometry import Similarity
@@ -60,7 +61,7 @@ class RegistrationSettings:
     levels: int = 2
     dilate_px: int = 4
     global_dilate_px: int = 8
-    exclude_px: int = 2
+    exclude_px: int = 4
     coarse_angles_deg: tuple[float, ...] = (-10.0, -5.0, 0.0, 5.0, 10.0)
     max_iterations: int = 12
     tolerance_px: float = 2e-4
@@ -380,22 +381,43 @@ def _ring_laplacian(radius_px: int = 4) -> np.ndarray:
     return (kernel / 0.625).astype(np.float32)
 
 
-def gaussian_blur(image: np.ndarray, sigma_px: float, pad_px: int = 16) -> np.ndarray:
-    """Gaussian blur with exactly the variance ``sigma_px^2`` (Fourier domain, reflected padding).
+def _gaussian_transfer(shape: tuple[int, int], sigma_px: float) -> np.ndarray:
+    """Fourier transfer ``exp(-2 pi^2 sigma^2 |f|^2)`` on an ``rfft2`` grid of ``shape``."""
+    fy = np.fft.fftfreq(shape[0]).astype(np.float32)[:, None]
+    fx = np.fft.rfftfreq(shape[1]).astype(np.float32)[None, :]
+    return np.exp(np.float32(-2.0 * (math.pi * sigma_px) ** 2) * (fx * fx + fy * fy))
 
-    Sampled spatial kernels are wrong in variance for sigma below about 1 px, which matters when
+
+class BlurSpectrum:
+    """An image's padded spectrum, kept so that it can be blurred by many variances cheaply.
+
+    Gaussian blur with exactly the variance ``sigma^2`` (Fourier domain, reflected padding):
+    sampled spatial kernels are wrong in variance for sigma below about 1 px, which matters when
     matching the detector blur of two images to a few hundredths of a pixel squared.
     """
-    image = np.asarray(image, dtype=np.float32)
+
+    def __init__(self, image: np.ndarray, pad_px: int = 16) -> None:
+        self.image = np.asarray(image, dtype=np.float32)
+        self.pad_px = pad_px
+        padded = np.pad(self.image, pad_px, mode="symmetric")
+        self.padded_shape = padded.shape
+        self.spectrum = scipy_fft.rfft2(padded, workers=1)
+
+    def blurred(self, sigma_px: float) -> np.ndarray:
+        """The image blurred by a Gaussian of standard deviation ``sigma_px`` (float32)."""
+        if sigma_px < 0.02:
+            return self.image
+        spectrum = self.spectrum * _gaussian_transfer(self.padded_shape, sigma_px)
+        out = scipy_fft.irfft2(spectrum, s=self.padded_shape, workers=1)
+        p = self.pad_px
+        return np.ascontiguousarray(out[p:-p, p:-p], dtype=np.float32)
+
+
+def gaussian_blur(image: np.ndarray, sigma_px: float, pad_px: int = 16) -> np.ndarray:
+    """Gaussian blur with exactly the variance ``sigma_px^2`` (see :class:`BlurSpectrum`)."""
     if sigma_px < 0.02:
-        return image
-    padded = np.pad(image.astype(np.float64), pad_px, mode="symmetric")
-    spectrum = np.fft.rfft2(padded)
-    fy = np.fft.fftfreq(padded.shape[0])[:, None]
-    fx = np.fft.rfftfreq(padded.shape[1])[None, :]
-    spectrum *= np.exp(-2.0 * (math.pi * sigma_px) ** 2 * (fx * fx + fy * fy))
-    blurred = np.fft.irfft2(spectrum, s=padded.shape)
-    return blurred[pad_px:-pad_px, pad_px:-pad_px].astype(np.float32)
+        return np.asarray(image, dtype=np.float32)
+    return BlurSpectrum(image, pad_px).blurred(sigma_px)
 
 
 def equalise_blur(
@@ -423,19 +445,13 @@ def equalise_blur(
     if windows is None:
         windows = aligned_windows(base, follow, regions, params, center_xy)
 
-    import os
-    gb, gf = float(os.environ.get("JSN_GB", "1")), float(os.environ.get("JSN_GF", "1"))
-
-    def gblur(img, sigma, gamma):
-        if sigma < 0.02 or gamma == 1.0:
-            return gaussian_blur(img, sigma)
-        lin = np.clip(img, 0, None) ** (1.0 / gamma)
-        return np.clip(gaussian_blur(lin, sigma), 0, None) ** gamma
+    # each window is transformed once; every trial variance costs one inverse transform per window
+    spectra = [(BlurSpectrum(b), BlurSpectrum(f), r) for b, f, r in windows]
 
     def remaining(extra: float) -> float:
         # extra > 0 blurs the baseline, < 0 the follow-up, by |extra| px^2 of variance
         sb, sf = math.sqrt(max(extra, 0.0)), math.sqrt(max(-extra, 0.0))
-        return blur_difference([(gblur(b, sb, gb), gblur(f, sf, gf), r) for b, f, r in windows])
+        return blur_difference([(b.blurred(sb), f.blurred(sf), r) for b, f, r in spectra])
 
     # secant iteration on the remaining difference: the linearised estimate overshoots (its
     # regressor is a smoothed Laplacian), but its zero is where the two blurs match
@@ -449,7 +465,7 @@ def equalise_blur(
         slope = (r - r_prev) / (x - x_prev)
         x_next = x - r / slope if slope < -1e-3 else x + r
         x_prev, r_prev, x = x, r, float(np.clip(x_next, -4.0, 4.0))
-    return gblur(base, math.sqrt(max(x, 0.0)), gb), gblur(follow, math.sqrt(max(-x, 0.0)), gf), x
+    return gaussian_blur(base, math.sqrt(max(x, 0.0))), gaussian_blur(follow, math.sqrt(max(-x, 0.0))), x
 
 
 def phase_correlation_shift(
@@ -491,12 +507,13 @@ def coarse_global(
     center_xy: tuple[float, float],
     angles_deg: tuple[float, ...],
     extra_candidates: list[np.ndarray] | None = None,
+    refine_best: int = 2,
 ) -> tuple[np.ndarray, float]:
     """Best rough similarity of the whole joint at one (coarse) pyramid level.
 
-    Every candidate rotation is followed by windowed phase correlation for the translation,
-    then all candidates are refined by a few Gauss-Newton steps and the one with the highest
-    normalised cross-correlation over ``region`` wins.
+    Every candidate rotation is followed by windowed phase correlation for the translation;
+    the ``refine_best`` candidates with the highest normalised cross-correlation over ``region``
+    are refined by a few Gauss-Newton steps and the best refined one wins.
 
     Returns:
         ``(params, ncc)`` about ``center_xy`` at this level.
@@ -517,15 +534,22 @@ def coarse_global(
     xs, ys = xs.astype(np.float64), ys.astype(np.float64)
     base_values = base[region].astype(np.float32)
     coef = spline_coefficients(follow)
-    best, best_ncc = candidates[0], -np.inf
-    for params in candidates:
+
+    def ncc_at(params: np.ndarray) -> float:
+        values = sample_spline(coef, *warp_positions(params, cx, cy, xs, ys))[0]
+        if values.std() == 0 or base_values.std() == 0:
+            return -1.0
+        return float(np.corrcoef(values, base_values)[0, 1])
+
+    # only the most promising starts are refined: a wrong rotation is already far behind here
+    ranked = sorted(candidates, key=ncc_at, reverse=True)[:refine_best]
+    best, best_ncc = ranked[0], -np.inf
+    for params in ranked:
         fit = gauss_newton(coef, base_values, xs, ys, params, center_xy, photometric_order=1,
                            max_iterations=6, tolerance_px=1e-2)
         if not np.all(np.isfinite(fit.params)) or not 0.5 < math.hypot(fit.params[0], fit.params[1]) < 2.0:
             continue
-        wx, wy = warp_positions(fit.params, cx, cy, xs, ys)
-        values = sample_spline(coef, wx, wy)[0]
-        ncc = float(np.corrcoef(values, base_values)[0, 1]) if values.std() > 0 and base_values.std() > 0 else -1.0
+        ncc = ncc_at(fit.params)
         if ncc > best_ncc:
             best, best_ncc = fit.params, ncc
     return best, best_ncc

@@ -225,6 +225,7 @@ def pair_crlb_px(record: dict) -> float:
 def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dict:
     """Run ``method`` on one pair and return its row of results (truth, estimate, error, CRLB)."""
     start = time.perf_counter()
+    cpu_start = time.process_time()
     error_message = ""
     try:
         output = method(
@@ -242,6 +243,7 @@ def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dic
     except InputError as exc:  # the method refused this pair: count it, keep going
         estimate, flagged, error_message = float("nan"), True, str(exc)
     elapsed = time.perf_counter() - start
+    cpu_elapsed = time.process_time() - cpu_start  # this process's CPU time (all its threads)
     spacing = float(record["pixel_spacing_mm"])
     truth = float(record["jsn_px"])
     row = {
@@ -257,6 +259,7 @@ def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dic
         "error_mm": (estimate - truth) * spacing,
         "flagged": bool(flagged),
         "time_s": elapsed,
+        "cpu_time_s": cpu_elapsed,
         "crlb_px": pair_crlb_px(record) if with_crlb else float("nan"),
         "method_error": error_message,
     }
@@ -429,7 +432,8 @@ def write_report(rows: list[dict], summary: dict, out: Path, prefix: str = "") -
         "error_vs_truth": out / f"{prefix}error_vs_truth.png",
     }
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    # union of the keys in order: rows resumed from an older run may lack newer columns
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
     writer.writeheader()
     writer.writerows(rows)
     write_bytes_atomic(paths["pairs"], buffer.getvalue().encode())
