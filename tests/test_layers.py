@@ -83,3 +83,27 @@ def test_joint_center_ignores_the_lips_of_a_concave_base() -> None:
     x, y = joint_center_from_masks(upper, lower)
     assert x == pytest.approx(15.0, abs=0.5)
     assert y == pytest.approx((24.5 + 29.5) / 2, abs=0.5)
+
+
+def _two_bones(angle_deg: float, shape=(160, 160)) -> tuple[np.ndarray, np.ndarray]:
+    """A rectangle over a dome, rotated by ``angle_deg`` about the image centre."""
+    rows, cols = np.mgrid[: shape[0], : shape[1]].astype(float)
+    a = np.radians(angle_deg)
+    # Undo the rotation: (s, t) are the coordinates across and along the joint axis.
+    x, y = cols - 80.0, rows - 80.0
+    s = x * np.cos(a) + y * np.sin(a)
+    t = -x * np.sin(a) + y * np.cos(a)
+    upper = (np.abs(s) <= 22) & (t <= -4) & (t >= -60)
+    lower = (s / 26.0) ** 2 + ((t - 36.0) / 32.0) ** 2 <= 1.0
+    return upper, lower
+
+
+@pytest.mark.parametrize("angle_deg", [-7.0, 0.0, 4.0])
+def test_joint_frame_recovers_axis_and_centre_of_a_rotated_joint(angle_deg: float) -> None:
+    from jsnsynth.synth.layers import joint_frame_from_masks
+
+    upper, lower = _two_bones(angle_deg)
+    (x, y), axis = joint_frame_from_masks(upper, lower)
+    assert axis == pytest.approx(angle_deg, abs=0.5)
+    # The gap runs from t = -4 to t = 4 on the axis through the image centre: centre (80, 80).
+    assert x == pytest.approx(80.0, abs=0.7) and y == pytest.approx(80.0, abs=0.7)

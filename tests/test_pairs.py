@@ -68,7 +68,12 @@ def test_raster_pair_masks_follow_the_recorded_transforms() -> None:
         pose = getattr(pair.poses, bone)
         expected = warp_mask(getattr(layers, f"{bone}_mask"), pose)
         assert mask_dice(expected, getattr(pair.followup_layers, f"{bone}_mask")) >= 0.98
-    assert pair.followup_layers.joint_center_xy == layers.joint_center_xy  # truth in the baseline frame
+    assert pair.followup_layers.joint_center_xy == pair.baseline_layers.joint_center_xy  # truth in the baseline frame
+    # ... which is the frame anyone can recompute from the baseline masks alone.
+    from jsnsynth.synth.layers import joint_frame_from_masks
+
+    centre, axis = joint_frame_from_masks(layers.upper_mask, layers.lower_mask)
+    assert pair.baseline_layers.joint_center_xy == centre and pair.baseline_layers.joint_axis_deg == axis
     for name in ("baseline", "followup", "baseline_clean", "followup_clean"):
         image = getattr(pair, name)
         assert image.shape == layers.shape and 0 <= image.min() and image.max() <= 1

@@ -250,6 +250,7 @@ def test_phantom_pair_with_different_blur_per_visit(index):
                                  followup_imaging=same_display)
     pair = make_pair(layers, params, source.render_with_poses)
     result = quantify_pair(quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask,
-                           joint_center_xy=layers.joint_center_xy, joint_axis_deg=layers.joint_axis_deg)
+                           joint_center_xy=pair.baseline_layers.joint_center_xy,
+                           joint_axis_deg=pair.baseline_layers.joint_axis_deg)
     assert abs(result.jsn_px - params.jsn_px) < BLUR_PAIR_TOL_PX
     assert not result.mismatch

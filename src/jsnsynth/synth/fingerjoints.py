@@ -18,7 +18,7 @@ import numpy as np
 
 from jsnsynth.errors import InputError
 from jsnsynth.synth.io import read_mask, read_radiograph
-from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, joint_center_from_masks
+from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, joint_frame_from_masks
 from jsnsynth.synth.xray import intensity_to_attenuation
 
 MANIFEST_NAME = "manifest.csv"
@@ -142,7 +142,8 @@ def layers_from_images(
     :func:`bone_shares` (1 inside each mask, tapering to 0 at 10 px outside it), and
     ``a_soft = a(image) - a_upper - a_lower``, so the three layers add up to ``a(image)``
     exactly and the soft layer is >= ``min(a(image), a(soft))`` >= 0. The returned masks are the
-    drawn masks; the bone layers reach a few pixels beyond them (the blurred cortical rim).
+    drawn masks; the bone layers reach a few pixels beyond them (the blurred cortical rim). The
+    joint frame is :func:`~jsnsynth.synth.layers.joint_frame_from_masks` of the masks.
 
     Args:
         image: ``(H, W)`` display intensity in ``[0, 1]``, bone bright.
@@ -164,6 +165,7 @@ def layers_from_images(
     upper = share_upper * bone_signal
     lower = share_lower * bone_signal
     soft = np.maximum(total - upper - lower, 0.0)
+    center_xy, axis_deg = joint_frame_from_masks(upper_mask, lower_mask)
     return JointLayers(
         soft=soft,
         upper=upper,
@@ -171,8 +173,8 @@ def layers_from_images(
         upper_mask=upper_mask,
         lower_mask=lower_mask,
         pixel_spacing_mm=pixel_spacing_mm,
-        joint_center_xy=joint_center_from_masks(upper_mask, lower_mask),
-        joint_axis_deg=0.0,
+        joint_center_xy=center_xy,
+        joint_axis_deg=axis_deg,
         metadata={
             **(metadata or {}),
             "bone_rim_taper_px": [RIM_FULL_PX, RIM_TAPER_END_PX],

@@ -6,6 +6,7 @@ attenuation domain (see :mod:`jsnsynth.synth.xray` for the mapping to a radiogra
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -97,18 +98,106 @@ def validate_layers(layers: JointLayers) -> None:
         raise InputError(f"pixel spacing must be a positive number, got {layers.pixel_spacing_mm}")
 
 
-def joint_center_from_masks(upper_mask: np.ndarray, lower_mask: np.ndarray) -> tuple[float, float]:
-    """Locate the joint centre of a vertically stored joint from its two bone masks.
+def _frame_coordinates(mask: np.ndarray, axis_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Across-axis ``s`` and along-axis ``t`` coordinates of a mask's pixels."""
+    rows, cols = np.nonzero(mask)
+    axis = axis_vector(axis_deg)
+    across = np.array([axis[1], -axis[0]])  # +x rotated like the axis
+    return cols * across[0] + rows * across[1], cols * axis[0] + rows * axis[1]
 
-    The centre's x is the middle of the range of columns crossed by both bones; its y is the
-    middle of the joint space there (lowest upper-bone pixel to highest lower-bone pixel,
-    averaged over the five central columns). This needs no assumption on which bone carries the
-    convex head: on the real crops the upper bone ends in a concave base whose lips reach lower
-    than its middle, so "the deepest point of the upper bone" would land on a lip.
+
+def _check_masks(upper_mask: np.ndarray, lower_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    upper_mask = np.asarray(upper_mask, dtype=bool)
+    lower_mask = np.asarray(lower_mask, dtype=bool)
+    if not upper_mask.any():
+        raise InputError("the upper-bone mask is empty")
+    if not lower_mask.any():
+        raise InputError("the lower-bone mask is empty")
+    return upper_mask, lower_mask
+
+
+def _facing_profiles(
+    upper_mask: np.ndarray, lower_mask: np.ndarray, axis_deg: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per 1-px bin across the axis: the upper bone's lowest and the lower bone's highest edge.
+
+    Returns the bin positions crossed by both bones, and the two edge positions along the axis
+    (pixel extents, so a pixel's edge is half a pixel beyond its centre).
+    """
+    s_up, t_up = _frame_coordinates(upper_mask, axis_deg)
+    s_lo, t_lo = _frame_coordinates(lower_mask, axis_deg)
+    offset = int(np.floor(min(s_up.min(), s_lo.min()))) - 1
+    bins_up = np.rint(s_up - offset).astype(int)
+    bins_lo = np.rint(s_lo - offset).astype(int)
+    size = max(bins_up.max(), bins_lo.max()) + 1
+    upper_edge = np.full(size, -np.inf)
+    lower_edge = np.full(size, np.inf)
+    np.maximum.at(upper_edge, bins_up, t_up + 0.5)
+    np.minimum.at(lower_edge, bins_lo, t_lo - 0.5)
+    shared = np.flatnonzero(np.isfinite(upper_edge) & np.isfinite(lower_edge))
+    if shared.size == 0:
+        raise InputError("the upper and lower bone masks share no column: cannot place the joint")
+    return shared + offset, upper_edge[shared], lower_edge[shared]
+
+
+def joint_axis_from_masks(upper_mask: np.ndarray, lower_mask: np.ndarray, iterations: int = 3) -> float:
+    """Estimate the joint axis angle (degrees, 0 = straight down) from the two bone masks.
+
+    Starts from the line through the two bones' centroids, then refines it as the straight line
+    fitted to the mid-points of both bones' cross-sections (their medial line), measured across
+    the current axis estimate. Cross-sections that touch the image border are left out: a crop
+    cuts bones along the image edges, not across the joint axis.
+
+    Raises:
+        InputError: an empty mask.
+    """
+    upper_mask, lower_mask = _check_masks(upper_mask, lower_mask)
+    rows_u, cols_u = np.nonzero(upper_mask)
+    rows_l, cols_l = np.nonzero(lower_mask)
+    dx, dy = cols_l.mean() - cols_u.mean(), rows_l.mean() - rows_u.mean()
+    axis_deg = math.degrees(math.atan2(-dx, dy))
+    inner = np.zeros_like(upper_mask)
+    inner[1:-1, 1:-1] = True
+    for _ in range(iterations):
+        mids_s, mids_t = [], []
+        for mask in (upper_mask, lower_mask):
+            s, t = _frame_coordinates(mask, axis_deg)
+            on_border = ~inner[np.nonzero(mask)]
+            bins = np.rint(t).astype(int)
+            bins -= bins.min()
+            low = np.full(bins.max() + 1, np.inf)
+            high = np.full(bins.max() + 1, -np.inf)
+            np.minimum.at(low, bins, s)
+            np.maximum.at(high, bins, s)
+            cut = np.zeros(bins.max() + 1, bool)
+            cut[bins[on_border]] = True
+            keep = np.isfinite(low) & ~cut & (high - low >= 4)
+            mids_s.append((low[keep] + high[keep]) / 2)
+            mids_t.append(np.flatnonzero(keep) + np.rint(t).astype(int).min())
+        s_all, t_all = np.concatenate(mids_s), np.concatenate(mids_t).astype(float)
+        if s_all.size < 8:
+            break
+        slope = np.polyfit(t_all, s_all, 1)[0]  # s drifts along t: the axis is turned by atan(slope)
+        axis_deg -= math.degrees(math.atan(slope))
+    return float(axis_deg)
+
+
+def joint_center_from_masks(
+    upper_mask: np.ndarray, lower_mask: np.ndarray, axis_deg: float = 0.0
+) -> tuple[float, float]:
+    """Locate the joint centre from the two bone masks, given the joint axis.
+
+    Working across the axis (for ``axis_deg = 0``: column by column), the joint space runs from
+    the lowest upper-bone pixel edge to the highest lower-bone pixel edge. The centre lies in the
+    middle of the range crossed by both bones, in the middle of the joint space there (averaged
+    over the three central 1-px bins). This needs no assumption on which bone carries the convex
+    head: on the real crops the upper bone ends in a concave base whose lips reach past its
+    middle, so "the deepest point of the upper bone" would land on a lip.
 
     Args:
         upper_mask: ``(H, W)`` bool mask of the upper bone.
         lower_mask: ``(H, W)`` bool mask of the lower bone.
+        axis_deg: joint axis angle (degrees, 0 = straight down).
 
     Returns:
         ``(x, y)`` of the joint centre in pixels.
@@ -116,22 +205,27 @@ def joint_center_from_masks(upper_mask: np.ndarray, lower_mask: np.ndarray) -> t
     Raises:
         InputError: if a mask is empty or the bones share no column.
     """
-    upper_mask = np.asarray(upper_mask, dtype=bool)
-    lower_mask = np.asarray(lower_mask, dtype=bool)
-    if not upper_mask.any():
-        raise InputError("the upper-bone mask is empty")
-    if not lower_mask.any():
-        raise InputError("the lower-bone mask is empty")
-    rows = np.arange(upper_mask.shape[0])[:, None]
-    upper_bottom = np.where(upper_mask, rows, -1).max(axis=0)
-    lower_top = np.where(lower_mask, rows, upper_mask.shape[0]).min(axis=0)
-    both = (upper_bottom >= 0) & (lower_top < upper_mask.shape[0])
-    if not both.any():
-        raise InputError("the upper and lower bone masks share no column: cannot place the joint")
-    cols = np.flatnonzero(both)
-    x = 0.5 * (cols[0] + cols[-1])
-    central = cols[np.abs(cols - x) <= 2.0]
-    if central.size == 0:  # the shared range has a hole in its middle: take the nearest columns
-        central = cols[np.abs(cols - x) <= np.abs(cols - x).min() + 2.0]
-    y = float(np.mean((upper_bottom[central] + 0.5 + lower_top[central] - 0.5) / 2.0))
-    return float(x), y
+    upper_mask, lower_mask = _check_masks(upper_mask, lower_mask)
+    s, upper_edge, lower_edge = _facing_profiles(upper_mask, lower_mask, axis_deg)
+    s_centre = 0.5 * (s[0] + s[-1])
+    near = np.abs(s - s_centre) <= 1.0
+    if not near.any():  # the shared range has a hole in its middle: take the nearest bins
+        near = np.abs(s - s_centre) <= np.abs(s - s_centre).min() + 1.0
+    t_centre = float(np.mean((upper_edge[near] + lower_edge[near]) / 2))
+    axis = axis_vector(axis_deg)
+    across = np.array([axis[1], -axis[0]])
+    x, y = s_centre * across + t_centre * axis
+    return float(x), float(y)
+
+
+def joint_frame_from_masks(upper_mask: np.ndarray, lower_mask: np.ndarray) -> tuple[tuple[float, float], float]:
+    """The joint frame of a crop from its two bone masks: ``((x, y) centre, axis angle in degrees)``.
+
+    The axis comes from :func:`joint_axis_from_masks`, the centre from
+    :func:`joint_center_from_masks` across that axis. This is the one definition of the joint
+    frame that ground truth and measurement share: pairs record their JSN at this centre along
+    this axis of the baseline masks, and the quantifier uses the same function when it is given
+    no centre, so anyone holding the baseline masks can recompute the frame exactly.
+    """
+    axis_deg = joint_axis_from_masks(upper_mask, lower_mask)
+    return joint_center_from_masks(upper_mask, lower_mask, axis_deg), axis_deg

@@ -9,6 +9,11 @@ axis (upper -> lower bone), each bone ``k`` moves from baseline to follow-up by 
 * ``G`` = global repositioning of the whole hand: rotation, magnification and translation about
   ``c``; the soft tissue moves by ``G`` alone.
 
+The joint frame (``c`` and ``a``) is
+:func:`jsnsynth.synth.layers.joint_frame_from_masks` of the baseline masks, whatever the source
+(a phantom's analytic centre stays in its metadata): a method given the baseline masks and no
+centre recomputes exactly the frame in which the truth is stated.
+
 ``jsn_px = d`` (baseline pixels, positive = narrowing) and ``jsn_mm = d * pixel_spacing_mm``;
 ``(G^-1 T_upper(c) - G^-1 T_lower(c)) · a = d`` exactly. Both images then go through
 :func:`jsnsynth.synth.xray.render_radiograph_and_clean` (float32) with their own independently drawn
@@ -28,7 +33,7 @@ import numpy as np
 
 from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity, axis_vector
-from jsnsynth.synth.layers import JointLayers
+from jsnsynth.synth.layers import JointLayers, joint_frame_from_masks
 from jsnsynth.synth.xray import ImagingParams, ImagingRanges, render_radiograph_and_clean, sample_imaging_params
 
 #: ``render_with_poses(layers, upper_pose, lower_pose, soft_pose) -> JointLayers``
@@ -216,6 +221,9 @@ def make_pair(
             the raster layers with :func:`jsnsynth.synth.shift.warp_layers`.
         spline_order: B-spline order of raster rotation/scale.
     """
+    # Truth is recorded in the frame that anyone holding the baseline masks can recompute.
+    center_xy, axis_deg = joint_frame_from_masks(layers.upper_mask, layers.lower_mask)
+    layers = layers.replace(joint_center_xy=center_xy, joint_axis_deg=axis_deg)
     poses = pair_poses(params, layers.joint_center_xy, layers.joint_axis_deg)
     if render_with_poses is not None:
         followup_layers = render_with_poses(layers, poses.upper, poses.lower, poses.soft)
