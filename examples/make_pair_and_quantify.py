@@ -38,10 +38,9 @@ def main(out_dir: Path) -> None:
     write_bytes_atomic(out_dir / "lower.png", encode_png(layers.lower_mask.astype(np.uint8) * 255))
     write_bytes_atomic(out_dir / "truth.json", json.dumps(params.to_dict(), indent=2).encode())
 
-    result = quantify_pair(
-        pair.baseline, pair.followup, layers.upper_mask, layers.lower_mask, layers.pixel_spacing_mm,
-        joint_center_xy=layers.joint_center_xy, joint_axis_deg=layers.joint_axis_deg,
-    )
+    # No joint centre given: the quantifier reads JSN in the frame of the baseline masks, the
+    # frame in which the pair's truth is stated (pair.baseline_layers.joint_center_xy).
+    result = quantify_pair(pair.baseline, pair.followup, layers.upper_mask, layers.lower_mask, layers.pixel_spacing_mm)
     print(f"files in {out_dir}/")
     print(f"truth    JSN = {params.jsn_px:+.4f} px = {params.jsn_mm:+.4f} mm")
     print(f"measured JSN = {result.jsn_px:+.4f} px = {result.jsn_mm:+.4f} mm "

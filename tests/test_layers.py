@@ -107,3 +107,17 @@ def test_joint_frame_recovers_axis_and_centre_of_a_rotated_joint(angle_deg: floa
     assert axis == pytest.approx(angle_deg, abs=0.5)
     # The gap runs from t = -4 to t = 4 on the axis through the image centre: centre (80, 80).
     assert x == pytest.approx(80.0, abs=0.7) and y == pytest.approx(80.0, abs=0.7)
+
+
+def test_side_by_side_or_swapped_masks_are_not_a_joint() -> None:
+    from jsnsynth.synth.layers import joint_axis_from_masks
+
+    upper, lower = _two_bones(0.0)
+    with pytest.raises(InputError, match="not below"):
+        joint_axis_from_masks(lower, upper)
+    left = np.zeros((60, 60), bool)
+    right = np.zeros((60, 60), bool)
+    left[:, :10] = True
+    right[:, 50:] = True
+    with pytest.raises(InputError, match="not below"):
+        joint_axis_from_masks(left, right)

@@ -147,15 +147,25 @@ def publish_command(folder: Path, repo_id: str, private: bool) -> None:
 @click.option("--pixel-spacing", type=float, help="mm/px; default: DICOM header, else 0.175 nominal.")
 @click.option("--residual-figure", type=click.Path(path_type=Path), help="Write the residual maps (PNG).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the JSON record here.")
+@click.option("--joint-center", type=float, nargs=2, metavar="X Y", default=None,
+              help="Joint centre (px) where JSN is read; default: from the baseline masks, as in jsnsynth datasets.")
+@click.option("--joint-axis-deg", type=float, default=None,
+              help="Joint axis angle from +y (upper -> lower bone), degrees; default: from the baseline masks.")
 def quantify_command(baseline, followup, upper_mask, lower_mask, followup_upper_mask, followup_lower_mask,
-                     pixel_spacing, residual_figure, json_out) -> None:
-    """Measure JSN progression between BASELINE and FOLLOWUP (JSON on stdout; + = narrowing)."""
+                     pixel_spacing, residual_figure, json_out, joint_center, joint_axis_deg) -> None:
+    """Measure JSN progression between BASELINE and FOLLOWUP (JSON on stdout; + = narrowing).
+
+    JSN is read at the joint centre along the joint axis; both default to the frame computed from
+    the baseline masks (jsnsynth.synth.layers.joint_frame_from_masks), the frame in which jsnsynth
+    datasets state their truth. With bones that flex independently, JSN depends on that point.
+    """
     import json
 
     from jsnsynth.quantify.quantifier import quantify_files
 
     record = quantify_files(baseline, followup, upper_mask, lower_mask, followup_upper_mask, followup_lower_mask,
-                            pixel_spacing, residual_figure, json_out)
+                            pixel_spacing, residual_figure, json_out, joint_center_xy=joint_center,
+                            joint_axis_deg=joint_axis_deg)
     click.echo(json.dumps(record, indent=2))
 
 

@@ -29,7 +29,7 @@ from jsnsynth.quantify.reliability import (
 )
 from jsnsynth.quantify.warp import similarity_from_params, spline_coefficients
 from jsnsynth.synth.geometry import Similarity, axis_vector
-from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, joint_center_from_masks
+from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, joint_axis_from_masks, joint_center_from_masks
 
 #: Version of the JSON record written by :meth:`JsnResult.to_dict` (bump on a key change).
 RESULT_VERSION = "1.0"
@@ -227,6 +227,24 @@ def jsn_gradient(pu: np.ndarray, pl: np.ndarray, center_xy: tuple[float, float],
     return grad
 
 
+def resolve_joint_frame(
+    upper: np.ndarray,
+    lower: np.ndarray,
+    joint_center_xy: tuple[float, float] | None,
+    joint_axis_deg: float | None,
+) -> tuple[tuple[float, float], float]:
+    """Fill in a missing joint axis and centre from the baseline masks.
+
+    Missing both gives :func:`~jsnsynth.synth.layers.joint_frame_from_masks`, the frame in which
+    jsnsynth datasets state their truth.
+    """
+    if joint_axis_deg is None:
+        joint_axis_deg = joint_axis_from_masks(upper, lower)
+    if joint_center_xy is None:
+        joint_center_xy = joint_center_from_masks(upper, lower, joint_axis_deg)
+    return (float(joint_center_xy[0]), float(joint_center_xy[1])), float(joint_axis_deg)
+
+
 def quantify_pair(
     baseline: np.ndarray,
     followup: np.ndarray,
@@ -236,7 +254,7 @@ def quantify_pair(
     followup_upper_mask: np.ndarray | None = None,
     followup_lower_mask: np.ndarray | None = None,
     joint_center_xy: tuple[float, float] | None = None,
-    joint_axis_deg: float = 0.0,
+    joint_axis_deg: float | None = None,
     *,
     settings: reg.RegistrationSettings = reg.RegistrationSettings(),
     pixel_spacing_source: str | None = None,
@@ -253,8 +271,12 @@ def quantify_pair(
         followup_upper_mask: follow-up upper-bone mask, when known (extra coarse candidate).
         followup_lower_mask: follow-up lower-bone mask, when known.
         joint_center_xy: centre of the measurement; default
-            :func:`~jsnsynth.synth.layers.joint_center_from_masks` of the baseline masks.
-        joint_axis_deg: baseline joint axis (0 = upper bone on top, axis straight down).
+            :func:`~jsnsynth.synth.layers.joint_center_from_masks` of the baseline masks across
+            the axis (with both defaults, the frame of
+            :func:`~jsnsynth.synth.layers.joint_frame_from_masks`: the one in which jsnsynth
+            datasets state their truth).
+        joint_axis_deg: baseline joint axis (0 = upper bone on top, axis straight down);
+            default :func:`~jsnsynth.synth.layers.joint_axis_from_masks` of the baseline masks.
         settings: registration tuning.
         pixel_spacing_source: label recorded with the spacing (default "option", or "nominal").
         keep_residuals: keep the residual maps on the result (for the figure).
@@ -272,6 +294,7 @@ def quantify_pair(
         raise InputError(f"follow-up is {follow.shape[1]}x{follow.shape[0]}, baseline is {base.shape[1]}x{base.shape[0]}")
     upper = as_mask(upper_mask, "upper-bone", base.shape)
     lower = as_mask(lower_mask, "lower-bone", base.shape)
+    center, joint_axis_deg = resolve_joint_frame(upper, lower, joint_center_xy, joint_axis_deg)
     check_mask_pair(upper, lower, joint_axis_deg, "baseline")
     follow_masks = None
     if (followup_upper_mask is None) != (followup_lower_mask is None):
@@ -293,9 +316,6 @@ def quantify_pair(
         source = pixel_spacing_source or "option"
     if not (math.isfinite(pixel_spacing_mm) and pixel_spacing_mm > 0):
         raise InputError(f"pixel spacing must be a positive number, got {pixel_spacing_mm}")
-    center = joint_center_xy if joint_center_xy is not None else joint_center_from_masks(upper, lower)
-    center = (float(center[0]), float(center[1]))
-
     fits, coarse, bones_info, t_coarse, t_fine = _register_bones(base, follow, upper, lower, center, follow_masks, settings)
     pu, pl = fits["upper"].params, fits["lower"].params
     t_upper = similarity_from_params(pu, *center)
@@ -483,11 +503,14 @@ def quantify_files(
     pixel_spacing_mm: float | None = None,
     residual_figure: str | None = None,
     json_out: str | None = None,
+    joint_center_xy: tuple[float, float] | None = None,
+    joint_axis_deg: float | None = None,
 ) -> dict[str, Any]:
     """Read a pair from disk, quantify it, and write the optional figure and JSON record.
 
     Pixel spacing: the option when given, else the baseline's DICOM header, else the nominal
-    0.175 mm/px; ``pixel_spacing_source`` in the record says which.
+    0.175 mm/px; ``pixel_spacing_source`` in the record says which. The joint frame defaults to
+    the baseline masks' (see :func:`quantify_pair`).
 
     Returns:
         The JSON record (:meth:`JsnResult.to_dict`) plus ``inputs`` and ``outputs``.
@@ -520,7 +543,7 @@ def quantify_files(
     result = quantify_pair(
         base.intensity.astype(np.float32), follow.intensity.astype(np.float32), masks[0], masks[1],
         pixel_spacing_mm=spacing, followup_upper_mask=follow_masks[0], followup_lower_mask=follow_masks[1],
-        pixel_spacing_source=source,
+        pixel_spacing_source=source, joint_center_xy=joint_center_xy, joint_axis_deg=joint_axis_deg,
     )
     record = result.to_dict()
     record["inputs"] = {"baseline": str(baseline_path), "followup": str(followup_path),

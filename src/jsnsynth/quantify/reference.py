@@ -21,10 +21,17 @@ import time
 import cv2
 import numpy as np
 
-from jsnsynth.quantify.quantifier import JsnResult, as_intensity, as_mask, check_mask_pair, jsn_from_transforms
+from jsnsynth.quantify.quantifier import (
+    JsnResult,
+    as_intensity,
+    as_mask,
+    check_mask_pair,
+    jsn_from_transforms,
+    resolve_joint_frame,
+)
 from jsnsynth.quantify.register import bone_region, dilate, tapered_window
 from jsnsynth.synth.geometry import Similarity, axis_vector
-from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, joint_center_from_masks
+from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM
 
 
 def _prepare(baseline, followup, upper_mask, lower_mask, joint_center_xy, joint_axis_deg):
@@ -36,9 +43,9 @@ def _prepare(baseline, followup, upper_mask, lower_mask, joint_center_xy, joint_
         raise InputError(f"follow-up is {follow.shape}, baseline is {base.shape}")
     upper = as_mask(upper_mask, "upper-bone", base.shape)
     lower = as_mask(lower_mask, "lower-bone", base.shape)
+    center, joint_axis_deg = resolve_joint_frame(upper, lower, joint_center_xy, joint_axis_deg)
     check_mask_pair(upper, lower, joint_axis_deg, "baseline")
-    center = joint_center_xy if joint_center_xy is not None else joint_center_from_masks(upper, lower)
-    return base, follow, upper, lower, (float(center[0]), float(center[1]))
+    return base, follow, upper, lower, center, joint_axis_deg
 
 
 def _result(jsn_px, pixel_spacing_mm, center, axis_deg, upper, lower, method, elapsed, ok=True):
@@ -69,12 +76,14 @@ def poc_quantify(
     followup_upper_mask: np.ndarray | None = None,
     followup_lower_mask: np.ndarray | None = None,
     joint_center_xy: tuple[float, float] | None = None,
-    joint_axis_deg: float = 0.0,
+    joint_axis_deg: float | None = None,
     dilate_px: int = 6,
 ) -> JsnResult:
     """JSN by per-bone sub-pixel phase-only correlation (translation per bone; see module doc)."""
     start = time.perf_counter()
-    base, follow, upper, lower, center = _prepare(baseline, followup, upper_mask, lower_mask, joint_center_xy, joint_axis_deg)
+    base, follow, upper, lower, center, joint_axis_deg = _prepare(
+        baseline, followup, upper_mask, lower_mask, joint_center_xy, joint_axis_deg
+    )
     shifts = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
         window = tapered_window(bone_region(mask, other, dilate_px, 1), 3.0)
@@ -99,12 +108,14 @@ def ecc_quantify(
     followup_upper_mask: np.ndarray | None = None,
     followup_lower_mask: np.ndarray | None = None,
     joint_center_xy: tuple[float, float] | None = None,
-    joint_axis_deg: float = 0.0,
+    joint_axis_deg: float | None = None,
     dilate_px: int = 4,
 ) -> JsnResult:
     """JSN by OpenCV ECC per bone, ``MOTION_EUCLIDEAN`` (rigid per bone; see module doc)."""
     start = time.perf_counter()
-    base, follow, upper, lower, center = _prepare(baseline, followup, upper_mask, lower_mask, joint_center_xy, joint_axis_deg)
+    base, follow, upper, lower, center, joint_axis_deg = _prepare(
+        baseline, followup, upper_mask, lower_mask, joint_center_xy, joint_axis_deg
+    )
     hann = cv2.createHanningWindow(base.shape[::-1], cv2.CV_32F)
     union = dilate(upper | lower, 8).astype(np.float32)
     global_shift, _ = cv2.phaseCorrelate((base * hann * union).astype(np.float64), (follow * hann * union).astype(np.float64))

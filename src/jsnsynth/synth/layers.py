@@ -140,6 +140,11 @@ def _facing_profiles(
     return shared + offset, upper_edge[shared], lower_edge[shared]
 
 
+#: Crops are stored with the joint axis vertical; masks whose bones lie further apart sideways
+#: than this are swapped or side by side, not a joint.
+MAX_AXIS_TILT_DEG = 45.0
+
+
 def joint_axis_from_masks(upper_mask: np.ndarray, lower_mask: np.ndarray, iterations: int = 3) -> float:
     """Estimate the joint axis angle (degrees, 0 = straight down) from the two bone masks.
 
@@ -149,13 +154,18 @@ def joint_axis_from_masks(upper_mask: np.ndarray, lower_mask: np.ndarray, iterat
     cuts bones along the image edges, not across the joint axis.
 
     Raises:
-        InputError: an empty mask.
+        InputError: an empty mask, or bones not one above the other (tilt beyond 45 degrees).
     """
     upper_mask, lower_mask = _check_masks(upper_mask, lower_mask)
     rows_u, cols_u = np.nonzero(upper_mask)
     rows_l, cols_l = np.nonzero(lower_mask)
     dx, dy = cols_l.mean() - cols_u.mean(), rows_l.mean() - rows_u.mean()
     axis_deg = math.degrees(math.atan2(-dx, dy))
+    if abs(axis_deg) > MAX_AXIS_TILT_DEG:
+        raise InputError(
+            f"the lower-bone mask is not below the upper-bone mask (joint axis {axis_deg:.0f} deg from "
+            f"vertical): store crops with the upper bone on top"
+        )
     inner = np.zeros_like(upper_mask)
     inner[1:-1, 1:-1] = True
     for _ in range(iterations):
