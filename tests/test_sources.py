@@ -109,9 +109,12 @@ def test_phantom_source_follows_the_protocol() -> None:
 
 
 def test_real_data_source(fingerjoints_dir: Path) -> None:
-    source = FingerJointsSource(fingerjoints_dir)
+    with pytest.warns(UserWarning, match="left out"):
+        source = FingerJointsSource(fingerjoints_dir)
     ids = source.joint_ids()
-    assert len(ids) == 343 and source.describe()["n_images"] == 1120
+    # A handful of images have masks that cannot be a joint (drawn on the same bone): left out.
+    assert len(ids) == 343 and source.describe()["n_images"] + len(source.excluded) == 1120
+    assert 0 < len(source.excluded) < 20
     layers = source.load(ids[0], np.random.default_rng(0))
     assert layers.shape == (256, 256) and layers.upper_mask.any() and layers.lower_mask.any()
 
@@ -131,3 +134,19 @@ def test_bad_sources_give_one_line_cli_errors(tmp_path: Path, capsys, spec: str,
     assert rc == 1
     assert err.startswith("jsnsynth: error:") and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()  # nothing written for a bad source
+
+
+def test_images_whose_masks_are_not_a_joint_are_left_out_and_listed(tmp_path: Path) -> None:
+    root = make_fingerjoint_folder(tmp_path / "fj", n_series=3, visits=2)
+    # Swap the masks of one visit: its "lower" bone now lies above its "upper" one.
+    upper_path = root / "00001_L_3/visit0_mask_upper.png"
+    lower_path = root / "00001_L_3/visit0_mask_lower.png"
+    upper_bytes, lower_bytes = upper_path.read_bytes(), lower_path.read_bytes()
+    upper_path.write_bytes(lower_bytes)
+    lower_path.write_bytes(upper_bytes)
+    with pytest.warns(UserWarning, match="1 image"):
+        source = FingerJointsSource(root)
+    assert list(source.excluded) == ["00001_L_3/visit0"]
+    assert "not below" in source.excluded["00001_L_3/visit0"]
+    assert [r.name for r in source.visits("00001_L_3")] == ["00001_L_3/visit1"]
+    assert source.describe()["excluded_images"] == source.excluded

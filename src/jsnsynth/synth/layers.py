@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import cv2
 import numpy as np
 
 from jsnsynth.errors import InputError
@@ -145,6 +146,52 @@ def _facing_profiles(
 MAX_AXIS_TILT_DEG = 45.0
 
 
+def check_joint_masks(upper_mask: np.ndarray, lower_mask: np.ndarray) -> float:
+    """Check that two masks can be a stored joint; return the angle of the line between centroids.
+
+    Raises:
+        InputError: an empty mask, or bones not one above the other (the line through their
+            centroids tilts more than ``MAX_AXIS_TILT_DEG`` from vertical: swapped or side by side).
+    """
+    upper_mask, lower_mask = _check_masks(upper_mask, lower_mask)
+    rows_u, cols_u = np.nonzero(upper_mask)
+    rows_l, cols_l = np.nonzero(lower_mask)
+    dx, dy = cols_l.mean() - cols_u.mean(), rows_l.mean() - rows_u.mean()
+    angle_deg = math.degrees(math.atan2(-dx, dy))
+    if abs(angle_deg) > MAX_AXIS_TILT_DEG:
+        raise InputError(
+            f"the lower-bone mask is not below the upper-bone mask (joint axis {angle_deg:.0f} deg from "
+            f"vertical): store crops with the upper bone on top"
+        )
+    return angle_deg
+
+
+def _medial_points(mask: np.ndarray, axis_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mid-points of a bone's cross-sections across the axis, in a frame turned so the axis is vertical.
+
+    Returns ``(t, s)``: the row along the axis and the mid-point across it. Rows where the bone
+    touches the image border (after turning) are left out: there the crop, not the bone, ends it.
+    """
+    height, width = mask.shape
+    axis = axis_vector(axis_deg)
+    across = np.array([axis[1], -axis[0]])
+    centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+    to_frame = np.array(
+        [[across[0], across[1], centre[0] - centre @ across], [axis[0], axis[1], centre[1] - centre @ axis]]
+    )
+    turned = cv2.warpAffine(mask.astype(np.uint8), to_frame, (width, height), flags=cv2.INTER_NEAREST,
+                            borderValue=0) > 0
+    inside = cv2.warpAffine(np.ones_like(mask, np.uint8), to_frame, (width, height), flags=cv2.INTER_NEAREST,
+                            borderValue=0)
+    outside = cv2.dilate((inside == 0).astype(np.uint8), np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                         borderValue=1) > 0
+    rows = np.flatnonzero(turned.any(axis=1) & ~(turned & outside).any(axis=1))
+    first = np.argmax(turned[rows], axis=1)
+    last = width - 1 - np.argmax(turned[rows, ::-1], axis=1)
+    wide = last - first >= 4
+    return rows[wide].astype(float), (first[wide] + last[wide]) / 2.0
+
+
 def joint_axis_from_masks(upper_mask: np.ndarray, lower_mask: np.ndarray, iterations: int = 3) -> float:
     """Estimate the joint axis angle (degrees, 0 = straight down) from the two bone masks.
 
@@ -154,38 +201,16 @@ def joint_axis_from_masks(upper_mask: np.ndarray, lower_mask: np.ndarray, iterat
     cuts bones along the image edges, not across the joint axis.
 
     Raises:
-        InputError: an empty mask, or bones not one above the other (tilt beyond 45 degrees).
+        InputError: an empty mask, or bones not one above the other (see :func:`check_joint_masks`).
     """
-    upper_mask, lower_mask = _check_masks(upper_mask, lower_mask)
-    rows_u, cols_u = np.nonzero(upper_mask)
-    rows_l, cols_l = np.nonzero(lower_mask)
-    dx, dy = cols_l.mean() - cols_u.mean(), rows_l.mean() - rows_u.mean()
-    axis_deg = math.degrees(math.atan2(-dx, dy))
-    if abs(axis_deg) > MAX_AXIS_TILT_DEG:
-        raise InputError(
-            f"the lower-bone mask is not below the upper-bone mask (joint axis {axis_deg:.0f} deg from "
-            f"vertical): store crops with the upper bone on top"
-        )
-    inner = np.zeros_like(upper_mask)
-    inner[1:-1, 1:-1] = True
+    axis_deg = check_joint_masks(upper_mask, lower_mask)
+    upper_mask = np.asarray(upper_mask, dtype=bool)
+    lower_mask = np.asarray(lower_mask, dtype=bool)
     for _ in range(iterations):
-        mids_s, mids_t = [], []
-        for mask in (upper_mask, lower_mask):
-            s, t = _frame_coordinates(mask, axis_deg)
-            on_border = ~inner[np.nonzero(mask)]
-            bins = np.rint(t).astype(int)
-            bins -= bins.min()
-            low = np.full(bins.max() + 1, np.inf)
-            high = np.full(bins.max() + 1, -np.inf)
-            np.minimum.at(low, bins, s)
-            np.maximum.at(high, bins, s)
-            cut = np.zeros(bins.max() + 1, bool)
-            cut[bins[on_border]] = True
-            keep = np.isfinite(low) & ~cut & (high - low >= 4)
-            mids_s.append((low[keep] + high[keep]) / 2)
-            mids_t.append(np.flatnonzero(keep) + np.rint(t).astype(int).min())
-        s_all, t_all = np.concatenate(mids_s), np.concatenate(mids_t).astype(float)
-        if s_all.size < 8:
+        points = [_medial_points(mask, axis_deg) for mask in (upper_mask, lower_mask)]
+        t_all = np.concatenate([p[0] for p in points])
+        s_all = np.concatenate([p[1] for p in points])
+        if t_all.size < 8:
             break
         slope = np.polyfit(t_all, s_all, 1)[0]  # s drifts along t: the axis is turned by atan(slope)
         axis_deg -= math.degrees(math.atan(slope))
