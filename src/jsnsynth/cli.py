@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -69,7 +70,7 @@ def phantom_command(n: int, out_dir: Path, seed: int, size_px: int, pixel_spacin
     click.echo(f"wrote {written} phantom(s) to {folder}{resumed}")
 
 
-def _dataset_source(spec: str, n_pairs: int, size_px: int | None):
+def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overlap_px: int):
     """``phantom`` / ``fingerjoints:DIR`` from synth; ``lsn:DIR`` from the LSN (lazy import)."""
     if spec.startswith("lsn:"):
         try:
@@ -82,7 +83,8 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None):
         return LsnSource(folder)
     from jsnsynth.synth.sources import open_source
 
-    return open_source(spec, n_joints=max(n_pairs, 1), size_px=size_px)  # one phantom joint per pair
+    # one phantom joint per pair
+    return open_source(spec, n_joints=max(n_pairs, 1), max_mask_overlap_px=max_mask_overlap_px, size_px=size_px)
 
 
 @cli.command("dataset")
@@ -102,19 +104,21 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None):
 @click.option("--translation-px", type=float, default=5.0, show_default=True, help="Largest global translation along x and y.")
 @click.option("--no-noise", is_flag=True, help="Noise-free baseline/follow-up images.")
 @click.option("--size", "size_px", type=int, default=None, help="Phantom image size in pixels (default: the phantom's).")
+@click.option("--max-mask-overlap", type=click.IntRange(min=0), default=200, show_default=True,
+              help="fingerjoints: leave out images whose bone masks overlap by more pixels (layers would be wrong).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, num_proc: int, shard_size: int,
                     layers_every: int, split_fractions: tuple[float, float, float], jsn_mm: tuple[float, float],
                     jsn_px: tuple[float, float] | None, flexion_deg: float, rotation_deg: float,
                     magnification: tuple[float, float], translation_px: float, no_noise: bool,
-                    size_px: int | None, quiet: bool) -> None:
+                    size_px: int | None, max_mask_overlap: int, quiet: bool) -> None:
     """Write labelled baseline/follow-up pairs with exact JSN as a Hugging Face dataset (Hub layout)."""
     from jsnsynth.synth.dataset import build_dataset
     from jsnsynth.synth.pairs import PairConfig
 
     pair_config = PairConfig(jsn_mm=jsn_mm, jsn_px=jsn_px, flexion_deg=flexion_deg, rotation_deg=rotation_deg,
                              magnification=magnification, translation_px=translation_px, noise=not no_noise)
-    source = _dataset_source(source_spec, n_pairs, size_px)
+    source = _dataset_source(source_spec, n_pairs, size_px, max_mask_overlap)
     result = build_dataset(source, out_dir, n_pairs, seed=seed, num_proc=num_proc, shard_size=shard_size,
                            split_fractions=split_fractions, layers_every=layers_every, pair_config=pair_config,
                            quiet=quiet)
@@ -299,8 +303,13 @@ def demo_command(out_dir: Path, n_pairs: int, seed: int) -> None:
     click.echo(f"done: everything is in {out_dir}/")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    click.echo(f"jsnsynth: warning: {message}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and return its exit code (the console-script entry point)."""
+    warnings.showwarning = _one_line_warning
     try:
         cli.main(args=argv, prog_name="jsnsynth", standalone_mode=False)
     except click.exceptions.Abort:
