@@ -176,8 +176,8 @@ class FingerJointsSource:
             raise InputError(f"{self.root}: no joint with usable bone masks")
         if self.excluded:
             warnings.warn(
-                f"{len(self.excluded)} image(s) of {self.root} left out: their bone masks are not a joint "
-                f"(first: {next(iter(self.excluded))}: {next(iter(self.excluded.values()))})",
+                f"{len(self.excluded)} image(s) of {self.root} left out for unusable bone masks, listed in the "
+                f"dataset card (first: {next(iter(self.excluded))}: {next(iter(self.excluded.values()))})",
                 stacklevel=2,
             )
 
