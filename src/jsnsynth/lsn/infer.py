@@ -40,7 +40,7 @@ from jsnsynth.lsn.model import (
     normalise_intensity,
 )
 from jsnsynth.synth.io import encode_float_tiff, encode_png, read_radiograph, write_bytes_atomic
-from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, joint_center_from_masks
+from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, joint_frame_from_masks
 from jsnsynth.synth.xray import attenuation_to_intensity, intensity_to_attenuation, quantize
 
 #: The bundled weights, inside the package.
@@ -223,10 +223,10 @@ def separate_intensity(
     soft, upper, lower = (fractions * attenuation[None]).astype(np.float32)
     upper_mask, lower_mask = hard[0] > 0, hard[1] > 0
     try:
-        centre = joint_center_from_masks(upper_mask, lower_mask)
+        centre, axis_deg = joint_frame_from_masks(upper_mask, lower_mask)
         located = True
     except InputError:
-        centre, located = ((width - 1) / 2.0, (height - 1) / 2.0), False
+        centre, axis_deg, located = ((width - 1) / 2.0, (height - 1) / 2.0), 0.0, False
     layers = JointLayers(
         soft=soft,
         upper=upper,
@@ -235,7 +235,7 @@ def separate_intensity(
         lower_mask=lower_mask,
         pixel_spacing_mm=spacing,
         joint_center_xy=centre,
-        joint_axis_deg=0.0,
+        joint_axis_deg=axis_deg,
         metadata={"source": "lsn", "joint_center_from_masks": located, "pixel_spacing_is_nominal": pixel_spacing_mm is None},
     )
     recomposed = attenuation_to_intensity(layers.attenuation().astype(np.float64))
