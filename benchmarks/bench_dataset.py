@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from docblock import write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 import numpy as np
 
@@ -31,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "dataset.md"
 FIGURE = ROOT / "docs" / "figures" / "pairs_throughput.png"
 TARGETS = {"phantom": 150.0, "fingerjoints": 300.0}
-START, END = "<!-- bench_dataset:start -->", "<!-- bench_dataset:end -->"
 
 
 def _cpu_seconds() -> float:
@@ -320,10 +320,7 @@ def main() -> None:
     print(table)
     if not args.no_doc:
         write_figure(rows, FIGURE)
-        text = DOC.read_text() if DOC.exists() else f"{START}\n{END}\n"
-        head, _, rest = text.partition(START)
-        _, _, tail = rest.partition(END)
-        DOC.write_text(f"{head}{START}\n{table}\n{END}{tail}")
+        write_doc_block(DOC, "bench_dataset", table, title="Datasets")
         print(f"wrote {FIGURE} and the table in {DOC}")
 
 

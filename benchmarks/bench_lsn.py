@@ -13,7 +13,7 @@ Evaluates the bundled weights (or ``--weights``) on
   exact layers' shares of the input attenuation;
 
 and times one 256x256 separation on one CPU thread. Writes the table between the
-``<!-- bench_lsn:begin -->`` / ``<!-- bench_lsn:end -->`` markers of docs/lsn.md and the figures
+``<!-- bench_lsn:start -->`` / ``<!-- bench_lsn:end -->`` markers of docs/lsn.md and the figures
 docs/figures/lsn_heldout_layers.png and docs/figures/lsn_shifted.png.
 """
 
@@ -24,6 +24,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from docblock import write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 import cv2
 import numpy as np
@@ -41,7 +42,7 @@ from jsnsynth.lsn.data import (  # noqa: E402
 from jsnsynth.lsn import model as lsn_model  # noqa: E402
 from jsnsynth.lsn.evaluate import separation_metrics  # noqa: E402
 from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, load_model, separate_intensity  # noqa: E402
-from jsnsynth.synth.layers import JointLayers, joint_center_from_masks  # noqa: E402
+from jsnsynth.synth.layers import JointLayers  # noqa: E402
 from jsnsynth.synth.xray import (  # noqa: E402
     attenuation_to_intensity,
     detector_blur,
@@ -53,7 +54,6 @@ from jsnsynth.synth.xray import (  # noqa: E402
 METRICS = ("dice_upper", "dice_lower", "psnr_soft", "psnr_upper", "psnr_lower", "ssim_soft", "ssim_upper",
            "ssim_lower", "psnr_reconstruction")
 HELDOUT_PHANTOM_SEED = 777_000  # training phantoms use the config seed + 1 (20261124)
-BEGIN, END = "<!-- bench_lsn:begin -->", "<!-- bench_lsn:end -->"
 
 
 def soft_edge_ratio(soft: np.ndarray, total: np.ndarray, upper_mask: np.ndarray, lower_mask: np.ndarray,
@@ -172,15 +172,7 @@ def table(results: dict[str, tuple[int, dict]]) -> str:
 
 def write_doc(doc: Path, text: str) -> None:
     """Replace the text between the benchmark markers of ``doc`` (append when absent)."""
-    content = doc.read_text() if doc.is_file() else ""
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in content and END in content:
-        head, rest = content.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        content = head + block + tail
-    else:
-        content = content.rstrip() + "\n\n" + block + "\n"
-    doc.write_text(content)
+    write_doc_block(doc, "bench_lsn", text, title="Layer Separation Network")
 
 
 def _show(values: np.ndarray) -> np.ndarray:

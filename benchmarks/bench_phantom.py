@@ -28,6 +28,7 @@ import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from docblock import write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 import numpy as np  # noqa: E402
 
@@ -40,7 +41,6 @@ from jsnsynth.synth.phantom import PhantomParams, render_phantom, sample_phantom
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "phantom.md"
 FIGURE = ROOT / "docs" / "figures" / "phantom_render_time.png"
-START, END = "<!-- bench_phantom:start -->", "<!-- bench_phantom:end -->"
 
 
 def time_renders(n: int, seed: int, size_px: int, repeats: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -169,15 +169,6 @@ def save_histogram(render_s: np.ndarray, best_s: np.ndarray, path: Path) -> None
     plt.close(fig)
 
 
-def replace_between_markers(text: str, block: str) -> str:
-    """Put ``block`` between the markers (appending them if absent)."""
-    if START not in text or END not in text:
-        return text.rstrip() + f"\n\n{START}\n{block}\n{END}\n"
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{block}\n{END}{tail}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Render time of one phantom with its layers, one core.")
     parser.add_argument("--n", type=int, default=200, help="number of phantoms timed")
@@ -205,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     print(block)
     save_histogram(render_s, best_s, FIGURE)
     if not args.no_doc:
-        DOC.write_text(replace_between_markers(DOC.read_text() if DOC.exists() else "# Phantom\n", block))
+        write_doc_block(DOC, "bench_phantom", block, title="Phantom")
         print(f"wrote {FIGURE} and the table in {DOC}")
     return 0
 

@@ -27,6 +27,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from docblock import write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -41,7 +42,6 @@ from jsnsynth.synth.xray import quantize, render_radiograph, sample_imaging_para
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "phantom.md"
 FIGURE = ROOT / "docs" / "figures" / "phantom_vs_real.png"
-START, END = "<!-- phantom_realism:start -->", "<!-- phantom_realism:end -->"
 
 
 def phantom_images(n: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -201,15 +201,6 @@ def save_figure(phantoms: list[np.ndarray], reals: list[np.ndarray], path: Path)
     plt.close(fig)
 
 
-def replace_between_markers(text: str, block: str) -> str:
-    """Put ``block`` between the markers (appending them if absent)."""
-    if START not in text or END not in text:
-        return text.rstrip() + f"\n\n{START}\n{block}\n{END}\n"
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{block}\n{END}{tail}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fingerjoints", type=Path, required=True, help="folder of the real crops (manifest.csv)")
@@ -228,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     block = f"Made by {command} (seed {args.seed}).\n\n{table}"
     print(table)
     if not args.no_doc:
-        DOC.write_text(replace_between_markers(DOC.read_text() if DOC.exists() else "# Phantom\n", block))
+        write_doc_block(DOC, "phantom_realism", block, title="Phantom")
         print(f"wrote {FIGURE} and the table in {DOC}")
     return 0
 
