@@ -19,6 +19,7 @@ def main(folder: str) -> None:
     baseline = np.array(row["baseline"])  # PIL 16-bit image -> uint16 array, no loss
     followup = np.array(row["followup"])
     print(f"baseline {baseline.dtype} {baseline.shape}, range {baseline.min()}..{baseline.max()}")
+    print(f"follow-up {followup.dtype}, mean difference {followup.astype(float).mean() - baseline.astype(float).mean():+.1f} grey levels")
     print(f"truth: JSN {row['jsn_px']:+.4f} px = {row['jsn_mm']:+.4f} mm (positive = narrowing)")
     print(f"upper bone moved by dx={row['upper_dx']:+.3f}, dy={row['upper_dy']:+.3f} px at the joint centre")
     print(f"follow-up photons/px {row['followup_photons_per_px']}, blur {row['followup_blur_sigma_px']:.2f} px")
