@@ -37,6 +37,7 @@ from scipy import ndimage  # noqa: E402
 
 from jsnsynth.synth.geometry import Similarity  # noqa: E402
 from jsnsynth.synth.phantom import PhantomParams, render_phantom, sample_phantom_params  # noqa: E402
+from jsnsynth.synth.shift import measure_translation_px, periodic_fourier_shift  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "phantom.md"
@@ -84,22 +85,6 @@ def edge_row(params: PhantomParams, bone: str) -> float:
     return target - sign * 0.5 * (lo + hi)
 
 
-def fourier_shift(image: np.ndarray, shift_xy: np.ndarray) -> np.ndarray:
-    """``image`` moved by ``shift_xy`` (x, y) with the Fourier shift theorem."""
-    return np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(image), (shift_xy[1], shift_xy[0]))).real
-
-
-def realised_shift(before: np.ndarray, after: np.ndarray, region: tuple[slice, slice]) -> np.ndarray:
-    """Gauss-Newton estimate of ``d`` with ``after(p) = before(p - d)``."""
-    shift = np.zeros(2)
-    for _ in range(6):
-        model = fourier_shift(before, shift)
-        grad_y, grad_x = np.gradient(model)
-        jacobian = -np.stack([grad_x[region].ravel(), grad_y[region].ravel()], axis=1)
-        shift += np.linalg.lstsq(jacobian, (after - model)[region].ravel(), rcond=None)[0]
-    return shift
-
-
 def exactness(n: int, seed: int) -> str:
     """Markdown table of the JSW and sub-pixel translation checks on ``n`` phantoms."""
     jsw_err, mismatch, shift_err = [], [], []
@@ -117,8 +102,8 @@ def exactness(n: int, seed: int) -> str:
             moved = render_phantom(params, **{f"{bone}_pose": pose})
             a = ndimage.gaussian_filter(getattr(base, bone).astype(np.float64), 1.5)
             b = ndimage.gaussian_filter(getattr(moved, bone).astype(np.float64), 1.5)
-            mismatch.append(np.abs(fourier_shift(a, shift) - b)[region].max() / a.max())
-            shift_err.append(np.abs(realised_shift(a, b, region) - shift).max())
+            mismatch.append(np.abs(periodic_fourier_shift(a, shift) - b)[region].max() / a.max())
+            shift_err.append(np.abs(measure_translation_px(a, b, region) - shift).max())
     rows = [
         (f"recorded JSW - rendered gap on the axis, px ({n} phantoms, a quarter touching, a quarter overlapping)", jsw_err),
         (f"blurred moved layer vs Fourier-shifted baseline, max / peak ({2 * n} bone renders)", mismatch),

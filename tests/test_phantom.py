@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity, axis_vector
+from jsnsynth.synth.shift import measure_translation_px, periodic_fourier_shift
 from jsnsynth.synth.phantom import (
     JOINT_TYPES,
     PhantomParams,
@@ -182,23 +183,6 @@ def test_integer_translation_moves_layers_exactly() -> None:
     assert moved.joint_center_xy == base.joint_center_xy and moved.joint_axis_deg == base.joint_axis_deg
 
 
-def _fourier_shift(image: np.ndarray, shift_xy: np.ndarray) -> np.ndarray:
-    spectrum = ndimage.fourier_shift(np.fft.fft2(image), (shift_xy[1], shift_xy[0]))
-    return np.fft.ifft2(spectrum).real
-
-
-def _realised_shift(before: np.ndarray, after: np.ndarray, region: tuple[slice, slice]) -> np.ndarray:
-    """Gauss-Newton estimate of ``d`` with ``after(p) = before(p - d)`` (Fourier-shift model)."""
-    shift = np.zeros(2)
-    for _ in range(6):
-        model = _fourier_shift(before, shift)
-        grad_y, grad_x = np.gradient(model)
-        jacobian = -np.stack([grad_x[region].ravel(), grad_y[region].ravel()], axis=1)
-        step = np.linalg.lstsq(jacobian, (after - model)[region].ravel(), rcond=None)[0]
-        shift += step
-    return shift
-
-
 @pytest.mark.parametrize("seed", [41, 42, 43])
 def test_subpixel_translation_is_the_baseline_shifted(seed: int) -> None:
     """The upper bone rendered under a pure translation d equals the baseline shifted by d.
@@ -213,9 +197,9 @@ def test_subpixel_translation_is_the_baseline_shifted(seed: int) -> None:
     base = ndimage.gaussian_filter(render_phantom(params).upper.astype(np.float64), 1.5)
     moved = ndimage.gaussian_filter(render_phantom(params, upper_pose=pose).upper.astype(np.float64), 1.5)
     region = (slice(24, -24), slice(24, -24))
-    mismatch = np.abs(_fourier_shift(base, shift) - moved)[region].max() / base.max()
+    mismatch = np.abs(periodic_fourier_shift(base, shift) - moved)[region].max() / base.max()
     assert mismatch < 0.03
-    np.testing.assert_allclose(_realised_shift(base, moved, region), shift, atol=0.01)
+    np.testing.assert_allclose(measure_translation_px(base, moved, region), shift, atol=0.01)
 
 
 def test_rotation_pose_moves_the_bone_about_its_centre() -> None:

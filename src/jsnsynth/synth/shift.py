@@ -273,3 +273,30 @@ def shift_upper(layers: JointLayers, shift_px: float) -> JointLayers:
         upper=upper,
         upper_mask=warp_mask(layers.upper_mask, transform),
     )
+
+
+def periodic_fourier_shift(image: np.ndarray, shift_xy: np.ndarray) -> np.ndarray:
+    """``image`` moved by ``shift_xy = (dx, dy)`` px with the Fourier shift theorem (periodic borders).
+
+    The plain band-limited shift, with no padding: the model of :func:`measure_translation_px`.
+    """
+    spectrum = scipy.ndimage.fourier_shift(np.fft.fft2(image), (shift_xy[1], shift_xy[0]))
+    return np.fft.ifft2(spectrum).real
+
+
+def measure_translation_px(
+    before: np.ndarray, after: np.ndarray, region: tuple[slice, slice], iterations: int = 6
+) -> np.ndarray:
+    """Measure the translation ``d = (dx, dy)`` with ``after(p) = before(p - d)`` inside ``region``.
+
+    Gauss-Newton on the band-limited model ``periodic_fourier_shift(before, d)``: on noise-free,
+    smooth images this is the "perfect estimator" against which commanded shifts are checked
+    (keep ``region`` away from the borders, where the periodic model wraps around).
+    """
+    shift = np.zeros(2)
+    for _ in range(iterations):
+        model = periodic_fourier_shift(before, shift)
+        grad_y, grad_x = np.gradient(model)
+        jacobian = -np.stack([grad_x[region].ravel(), grad_y[region].ravel()], axis=1)
+        shift += np.linalg.lstsq(jacobian, (after - model)[region].ravel(), rcond=None)[0]
+    return shift
