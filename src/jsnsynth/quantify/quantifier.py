@@ -480,7 +480,8 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
             ys, xs = np.nonzero(regions[name])
             components.append((pyr_b[0][regions[name]], xs.astype(np.float64), ys.astype(np.float64), params[name]))
         joint, converged, iterations, step_px = reg.shared_scale_gauss_newton(
-            stacks_f[0], components, center, max_iterations=settings.max_iterations, tolerance_px=settings.tolerance_px
+            stacks_f[0], components, center, max_iterations=settings.max_iterations, tolerance_px=settings.tolerance_px,
+            shading_order=settings.shading_order,
         )
         for name, p in zip(("upper", "lower"), joint):
             fits[name].params = params[name] = p

@@ -45,7 +45,10 @@ class RegistrationSettings:
         levels: pyramid levels used by the fine stage (0 = full resolution only).
         dilate_px: how far the baseline bone mask is grown to take in the cortical edges.
         global_dilate_px: growth of the union of both masks for the global (coarse) stage.
-        exclude_px: minimum gap kept from the other bone's mask.
+        exclude_px: minimum gap kept from the other bone's mask. Masks drawn on real radiographs
+            sit inside the bones' blurred edges, whose tails reach 8-11 px beyond them (see
+            :mod:`jsnsynth.synth.fingerjoints`): a tail of the neighbour inside a region does not
+            move with the region's bone.
         coarse_angles_deg: rotations tried by the coarse global search.
         max_iterations: Gauss-Newton iterations per level of the fine stage.
         tolerance_px: stop when the update moves no region pixel by more than this.
@@ -55,13 +58,15 @@ class RegistrationSettings:
         intensity_mapping_order: degree of the global follow-up -> baseline intensity mapping
             fitted once after the coarse alignment (0 disables it).
         robust_k: Huber threshold in units of the residual's robust sigma (0 disables it).
+        shading_order: per-bone intensity polynomial over the image plane in the full-resolution
+            fit (see :func:`shared_scale_gauss_newton`).
     """
 
     smooth_sigma_px: float = 0.5
     levels: int = 2
     dilate_px: int = 4
     global_dilate_px: int = 8
-    exclude_px: int = 4
+    exclude_px: int = 8
     coarse_angles_deg: tuple[float, ...] = (-10.0, -5.0, 0.0, 5.0, 10.0)
     max_iterations: int = 12
     tolerance_px: float = 2e-4
@@ -69,6 +74,7 @@ class RegistrationSettings:
     match_blur: bool = True
     shared_scale: bool = True
     intensity_mapping_order: int = 2
+    shading_order: int = 2
     robust_k: float = 0.0
 
 
@@ -560,6 +566,16 @@ def coarse_level_for(shape: tuple[int, int], target_px: int = 80) -> int:
     return max(0, int(round(math.log2(max(shape) / target_px))))
 
 
+def shading_basis(ux: np.ndarray, uy: np.ndarray, order: int) -> np.ndarray:
+    """Columns of a 2-D intensity polynomial of ``order`` (0: bias, 1: plane, 2: quadratic) in
+    lever-normalised coordinates: the smooth field a part's intensity may change by."""
+    terms = [np.ones_like(ux), ux, uy, ux * ux, ux * uy, uy * uy]
+    count = {0: 1, 1: 3, 2: 6}.get(order)
+    if count is None:
+        raise ValueError(f"shading order must be 0, 1 or 2, got {order}")
+    return np.stack(terms[:count], axis=1)
+
+
 def shared_scale_gauss_newton(
     follow_coef: np.ndarray,
     components: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
@@ -567,13 +583,14 @@ def shared_scale_gauss_newton(
     *,
     max_iterations: int,
     tolerance_px: float,
+    shading_order: int = 2,
     lever_px: float = LEVER_PX,
 ) -> tuple[list[np.ndarray], bool, int, float]:
     """Joint fit of several rigid parts that share one magnification.
 
     A repositioned follow-up is magnified as a whole while the bones stay rigid, so both bones
     have the scale of the repositioning. Each part ``k`` gets its own rotation, translation and
-    intensity bias; the log-scale is common. Fitting the scale from all parts together makes it
+    intensity shading (:func:`shading_basis`); the log-scale is common. Fitting the scale from all parts together makes it
     several times more precise than per bone, which matters because a scale error ``e`` shifts
     each bone's displacement at the joint centre by ``e`` times the distance of its region.
 
@@ -583,6 +600,10 @@ def shared_scale_gauss_newton(
         center_xy: centre of all transforms.
         max_iterations: iteration cap.
         tolerance_px: stop when no part moves by more than this.
+        shading_order: degree of each part's intensity polynomial over the image plane. The soft
+            tissue moves with the hand, not with each bone, so under a flexed bone its slope
+            (the finger's rounded profile) slides: seen from the bone, a smooth change of
+            brightness that a bias alone leaves to the rotation and scale to absorb.
         lever_px: normalising length of the rotation and scale columns.
 
     Returns:
@@ -594,10 +615,12 @@ def shared_scale_gauss_newton(
     log_s = float(np.mean([math.log(math.hypot(p[0], p[1])) for *_, p in components]))
     thetas = [math.atan2(p[1], p[0]) for *_, p in components]
     trans = [np.array(p[2:4], dtype=np.float64) for *_, p in components]
-    biases = [0.0] * n
+    n_shade = shading_basis(np.zeros(1, np.float32), np.zeros(1, np.float32), shading_order).shape[1]
+    shading_coefs = [np.zeros(n_shade) for _ in range(n)]
     reach = max(float(np.max(np.hypot(xs - cx, ys - cy))) for _, xs, ys, _ in components) + 1.0
     converged, moved, iterations = False, float("inf"), 0
-    size = 1 + 4 * n
+    per = 3 + n_shade  # unknowns of one part: rotation, translation, shading
+    size = 1 + per * n
     for iterations in range(1, max_iterations + 1):
         normal = np.zeros((size, size))
         gradient = np.zeros(size)
@@ -611,12 +634,13 @@ def shared_scale_gauss_newton(
             ux = ((xs - cx) / lever_px).astype(np.float32)
             uy = ((ys - cy) / lever_px).astype(np.float32)
             rx, ry = a * ux - b * uy, b * ux + a * uy  # R s u: d p' / d log s (per lever)
-            jac = np.stack([fx * rx + fy * ry, -fx * ry + fy * rx, fx, fy, -np.ones_like(fx)], axis=1)
-            residual = fv - base_values - np.float32(biases[k])
+            shading = shading_basis(ux, uy, shading_order)
+            jac = np.concatenate([np.stack([fx * rx + fy * ry, -fx * ry + fy * rx, fx, fy], axis=1), -shading], axis=1)
+            residual = fv - base_values - shading @ shading_coefs[k].astype(np.float32)
             weighted = jac * valid[:, None]
             block = (weighted.T @ jac).astype(np.float64)
             grad = (weighted.T @ residual).astype(np.float64)
-            idx = [0] + list(range(1 + 4 * k, 5 + 4 * k))
+            idx = [0] + list(range(1 + per * k, 1 + per * (k + 1)))
             normal[np.ix_(idx, idx)] += block
             gradient[idx] += grad
         diag = np.sqrt(np.maximum(np.diag(normal), 1e-20))
@@ -627,10 +651,10 @@ def shared_scale_gauss_newton(
         log_s += step[0] / lever_px
         moved = reach * abs(step[0]) / lever_px
         for k in range(n):
-            d_theta, dtx, dty, dbias = step[1 + 4 * k: 5 + 4 * k]
+            d_theta, dtx, dty = step[1 + per * k: 4 + per * k]
             thetas[k] += d_theta / lever_px
             trans[k] = trans[k] + np.array([dtx, dty])
-            biases[k] += dbias
+            shading_coefs[k] = shading_coefs[k] + step[4 + per * k: 1 + per * (k + 1)]
             moved = max(moved, math.hypot(dtx, dty) + reach * abs(d_theta) / lever_px + reach * abs(step[0]) / lever_px)
         if moved < tolerance_px:
             converged = True
