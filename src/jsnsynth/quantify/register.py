@@ -615,7 +615,12 @@ def shared_scale_gauss_newton(
     log_s = float(np.mean([math.log(math.hypot(p[0], p[1])) for *_, p in components]))
     thetas = [math.atan2(p[1], p[0]) for *_, p in components]
     trans = [np.array(p[2:4], dtype=np.float64) for *_, p in components]
-    n_shade = shading_basis(np.zeros(1, np.float32), np.zeros(1, np.float32), shading_order).shape[1]
+    # the shading columns depend only on the baseline pixel positions: built once per part
+    shadings = [
+        shading_basis(((xs - cx) / lever_px).astype(np.float32), ((ys - cy) / lever_px).astype(np.float32), shading_order)
+        for _, xs, ys, _ in components
+    ]
+    n_shade = shadings[0].shape[1]
     shading_coefs = [np.zeros(n_shade) for _ in range(n)]
     reach = max(float(np.max(np.hypot(xs - cx, ys - cy))) for _, xs, ys, _ in components) + 1.0
     converged, moved, iterations = False, float("inf"), 0
@@ -634,7 +639,7 @@ def shared_scale_gauss_newton(
             ux = ((xs - cx) / lever_px).astype(np.float32)
             uy = ((ys - cy) / lever_px).astype(np.float32)
             rx, ry = a * ux - b * uy, b * ux + a * uy  # R s u: d p' / d log s (per lever)
-            shading = shading_basis(ux, uy, shading_order)
+            shading = shadings[k]
             jac = np.concatenate([np.stack([fx * rx + fy * ry, -fx * ry + fy * rx, fx, fy], axis=1), -shading], axis=1)
             residual = fv - base_values - shading @ shading_coefs[k].astype(np.float32)
             weighted = jac * valid[:, None]
