@@ -137,7 +137,7 @@ def jsn_crlb_px(
     for name, mask, other, transform in (("upper", upper_mask, lower_mask, upper), ("lower", lower_mask, upper_mask, lower)):
         region = bone_region(np.asarray(mask, bool), np.asarray(other, bool), dilate_px, exclude_px)
         information[name] = bone_fisher(follow_clean, region, transform, center_xy, base_var, follow_var)
-    grad = jsn_gradient(params_from_similarity(upper, cx, cy), params_from_similarity(lower, cx, cy), center_xy, axis_deg)
+    grad = jsn_gradient(params_from_similarity(upper, cx, cy), params_from_similarity(lower, cx, cy), axis_deg)
     variance = 0.0
     for k, name in enumerate(("upper", "lower")):
         g = grad[4 * k: 4 * k + 4]

@@ -206,13 +206,20 @@ def jsn_from_transforms(
     return float(back @ axis_vector(axis_deg))
 
 
-def _jsn_from_params(pu: np.ndarray, pl: np.ndarray, center_xy: tuple[float, float], axis_deg: float) -> float:
-    cx, cy = center_xy
-    return jsn_from_transforms(similarity_from_params(pu, cx, cy), similarity_from_params(pl, cx, cy), center_xy, axis_deg)
+def _jsn_from_params(pu: np.ndarray, pl: np.ndarray, axis_deg: float) -> float:
+    """:func:`jsn_from_transforms` for ``(a, b, tx, ty)`` already about the joint centre."""
+    theta = 0.5 * (math.atan2(pu[1], pu[0]) + math.atan2(pl[1], pl[0]))
+    scale = math.sqrt(math.hypot(pu[0], pu[1]) * math.hypot(pl[0], pl[1]))
+    rx, ry = pu[2] - pl[2], pu[3] - pl[3]
+    axis = axis_vector(axis_deg)
+    back_x = (math.cos(theta) * rx + math.sin(theta) * ry) / scale
+    back_y = (-math.sin(theta) * rx + math.cos(theta) * ry) / scale
+    return float(back_x * axis[0] + back_y * axis[1])
 
 
-def jsn_gradient(pu: np.ndarray, pl: np.ndarray, center_xy: tuple[float, float], axis_deg: float) -> np.ndarray:
-    """Numerical gradient of the JSN with respect to ``(a, b, tx, ty)`` of both bones (8 values)."""
+def jsn_gradient(pu: np.ndarray, pl: np.ndarray, axis_deg: float) -> np.ndarray:
+    """Numerical gradient of the JSN with respect to ``(a, b, tx, ty)`` of both bones (8 values),
+    the parameters expressed about the joint centre."""
     grad = np.zeros(8)
     for i in range(8):
         step = 1e-6 if i % 4 < 2 else 1e-4
@@ -223,7 +230,7 @@ def jsn_gradient(pu: np.ndarray, pl: np.ndarray, center_xy: tuple[float, float],
         else:
             hi_l[i - 4] += step
             lo_l[i - 4] -= step
-        grad[i] = (_jsn_from_params(hi_u, hi_l, center_xy, axis_deg) - _jsn_from_params(lo_u, lo_l, center_xy, axis_deg)) / (2 * step)
+        grad[i] = (_jsn_from_params(hi_u, hi_l, axis_deg) - _jsn_from_params(lo_u, lo_l, axis_deg)) / (2 * step)
     return grad
 
 
@@ -316,7 +323,7 @@ def quantify_pair(
         source = pixel_spacing_source or "option"
     if not (math.isfinite(pixel_spacing_mm) and pixel_spacing_mm > 0):
         raise InputError(f"pixel spacing must be a positive number, got {pixel_spacing_mm}")
-    fits, coarse, bones_info, t_coarse, t_fine = _register_bones(base, follow, upper, lower, center, follow_masks, settings)
+    fits, coarse, bones_info, t_coarse, t_fine, follow_coef = _register_bones(base, follow, upper, lower, center, follow_masks, settings)
     pu, pl = fits["upper"].params, fits["lower"].params
     t_upper = similarity_from_params(pu, *center)
     t_lower = similarity_from_params(pl, *center)
@@ -326,8 +333,8 @@ def quantify_pair(
     regions = {"upper": bones_info["upper"]["region"], "lower": bones_info["lower"]["region"]}
     # residuals judged after removing a per-bone quadratic intensity mapping (exposure/gamma)
     maps, raw_stats = residual_maps(base, follow, regions, {"upper": pu, "lower": pl}, center,
-                                    photometric_order=2, keep_maps=keep_residuals)
-    grad = jsn_gradient(pu, pl, center, joint_axis_deg)
+                                    photometric_order=2, keep_maps=keep_residuals, follow_coef=follow_coef)
+    grad = jsn_gradient(pu, pl, joint_axis_deg)
     variance = 0.0
     for k, name in enumerate(("upper", "lower")):
         g = grad[4 * k: 4 * k + 4]
@@ -376,7 +383,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
     n_levels = max(settings.levels, coarse_level)
     pyr_b = reg.build_pyramid(base, n_levels, settings.smooth_sigma_px)
     pyr_f = reg.build_pyramid(follow, n_levels, settings.smooth_sigma_px)
-    stacks_f = [spline_coefficients(level) for level in pyr_f]
+    follow_coef = spline_coefficients(follow)  # the raw follow-up's interpolant, shared by every stage below
     factor = 2**coarse_level
     union = reg.dilate(upper | lower, settings.global_dilate_px)
     extra = []
@@ -396,10 +403,12 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
     if settings.intensity_mapping_order > 0:
         mapping = reg.fit_intensity_mapping(
             base, follow, reg.dilate(upper | lower, 3 * settings.global_dilate_px), global_params, center,
-            settings.intensity_mapping_order,
+            settings.intensity_mapping_order, follow_coef,
         )
         pyr_f = reg.build_pyramid(reg.apply_polynomial(follow, mapping), n_levels, settings.smooth_sigma_px)
-        stacks_f = [spline_coefficients(level) for level in pyr_f]
+    # full resolution is prepared separately below when the blurs are matched
+    first_fine = 1 if settings.match_blur and settings.levels > 0 else 0
+    stacks_f = [None] * first_fine + [spline_coefficients(level) for level in pyr_f[first_fine:]]
 
     # per-bone windowed phase correlation on top of the global alignment (half resolution)
     pc_level = min(1, n_levels)
@@ -438,7 +447,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
             # refit the intensity mapping with each bone at its own (nearly final) position. A
             # blur or contrast difference left in the images can only be absorbed by the fit as
             # a change of each bone's scale, which the lever arm to the joint centre amplifies.
-            windows = reg.aligned_windows(base, follow, regions, params, center)
+            windows = reg.aligned_windows(base, follow, regions, params, center, follow_coef=follow_coef)
             base0, mapped, blur_x = reg.equalise_blur(base, follow, regions, params, center, windows=windows)
             if settings.intensity_mapping_order > 0:
                 # the mapping is fitted on blur-matched images, applied to the raw follow-up,
@@ -491,7 +500,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
             fits[name].n_pixels = int(np.count_nonzero(regions[name]))
     info = {name: {"region": regions[name]} for name in regions}
     t_fine = time.perf_counter() - t1
-    return fits, coarse, info, t_coarse, t_fine
+    return fits, coarse, info, t_coarse, t_fine, follow_coef
 
 
 def quantify_files(

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from scipy import fft as scipy_fft
 
-from jsnsynth.quantify.warp import sample_spline, spline_coefficients, warp_positions
+from jsnsynth.quantify.warp import sample_spline, sample_spline_values, spline_coefficients, warp_positions
 from jsnsynth.synth.geometry import Similarity
 
 #: Length (px) that normalises the rotation/scale columns of the Jacobian, for conditioning.
@@ -69,7 +69,7 @@ class RegistrationSettings:
     exclude_px: int = 8
     coarse_angles_deg: tuple[float, ...] = (-10.0, -5.0, 0.0, 5.0, 10.0)
     max_iterations: int = 12
-    tolerance_px: float = 2e-4
+    tolerance_px: float = 1e-3
     photometric_order: int = 0
     match_blur: bool = True
     shared_scale: bool = True
@@ -131,6 +131,27 @@ def build_pyramid(image: np.ndarray, levels: int, smooth_sigma_px: float) -> lis
 def scale_params(params: np.ndarray, factor: float) -> np.ndarray:
     """Re-express ``(a, b, tx, ty)`` for coordinates multiplied by ``factor`` (same centre point)."""
     return np.array([params[0], params[1], params[2] * factor, params[3] * factor])
+
+
+def solve_least_squares(design: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Least-squares ``x`` with ``design @ x ~ target`` through the column-scaled normal equations.
+
+    For the tall, few-column designs of the quantifier (thousands of pixels, 3-5 smooth columns)
+    this is several times faster than SVD-based ``numpy.linalg.lstsq`` and as accurate in
+    float64; a singular system falls back to ``lstsq``.
+    """
+    design = np.asarray(design, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    normal = design.T @ design
+    rhs = design.T @ target
+    scale = np.sqrt(np.maximum(np.diag(normal), 1e-300))
+    try:
+        solution = np.linalg.solve(normal / np.outer(scale, scale), rhs / scale) / scale
+    except np.linalg.LinAlgError:
+        solution = None
+    if solution is None or not np.all(np.isfinite(solution)):
+        solution = np.linalg.lstsq(design, target, rcond=None)[0]
+    return solution
 
 
 def photometric_basis(values: np.ndarray, order: int) -> np.ndarray:
@@ -208,7 +229,7 @@ def gauss_newton(
         fv, fx, fy = sample_spline(follow_coef, wx, wy)
         valid = (wx >= 1.0) & (wx <= w - 2.0) & (wy >= 1.0) & (wy <= h - 2.0)
         if photometric is None:
-            photometric, *_ = np.linalg.lstsq(basis[valid], fv[valid] - base_values[valid], rcond=None)
+            photometric = solve_least_squares(basis[valid], fv[valid] - base_values[valid])
         photometric = np.asarray(photometric, dtype=np.float64)
         residual = fv - base_values - basis @ photometric.astype(np.float32)
         weights = valid.astype(np.float32)
@@ -216,7 +237,7 @@ def gauss_newton(
             scale = 1.4826 * float(np.median(np.abs(residual[valid]))) + 1e-12
             ratio = np.abs(residual) / (robust_k * scale)
             weights = weights * np.where(ratio > 1.0, 1.0 / np.maximum(ratio, 1e-12), 1.0).astype(np.float32)
-        jac = np.empty((xs.size, 4 + n_free), dtype=np.float32)
+        jac = np.empty((xs.size, 4 + n_free), dtype=np.float32, order="F")
         jac[:, 0] = fx * ux + fy * uy
         jac[:, 1] = fy * ux - fx * uy
         jac[:, 2] = fx
@@ -273,9 +294,10 @@ def fit_intensity_mapping(
     params: np.ndarray,
     center_xy: tuple[float, float],
     order: int,
+    follow_coef: np.ndarray | None = None,
 ) -> np.ndarray:
     """Global mapping with one transform for the whole region (see :func:`fit_intensity_mapping_per_bone`)."""
-    return fit_intensity_mapping_per_bone(base, follow, {"all": region}, {"all": params}, center_xy, order)
+    return fit_intensity_mapping_per_bone(base, follow, {"all": region}, {"all": params}, center_xy, order, follow_coef)
 
 
 def fit_intensity_mapping_per_bone(
@@ -285,17 +307,19 @@ def fit_intensity_mapping_per_bone(
     params: dict[str, np.ndarray],
     center_xy: tuple[float, float],
     order: int,
+    follow_coef: np.ndarray | None = None,
 ) -> np.ndarray:
     """Polynomial ``q`` with ``base(p) ~ q(follow(W_k(p)))`` fitted on the flat pixels of each region ``k``.
 
     Pixels are weighted by ``1 / (1 + |grad B|^2 / tau^2)`` so that residual misalignment at
-    edges (bones move relative to each other) does not bend the mapping.
+    edges (bones move relative to each other) does not bend the mapping. ``follow_coef`` (the
+    follow-up's :func:`~jsnsynth.quantify.warp.spline_coefficients`) saves computing them again.
 
     Returns:
         Coefficients in increasing degree (identity ``[0, 1, 0, ...]`` if the fit is degenerate).
     """
     h, w = base.shape
-    coef = spline_coefficients(follow)
+    coef = spline_coefficients(follow) if follow_coef is None else follow_coef
     gx = cv2.Sobel(base.astype(np.float32), cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
     gy = cv2.Sobel(base.astype(np.float32), cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
     grad_sq = gx * gx + gy * gy
@@ -304,7 +328,7 @@ def fit_intensity_mapping_per_bone(
         ys, xs = _every_other(region)
         wx, wy = warp_positions(params[name], center_xy[0], center_xy[1], xs.astype(np.float64), ys.astype(np.float64))
         inside = (wx >= 1) & (wx <= w - 2) & (wy >= 1) & (wy <= h - 2)
-        values_list.append(sample_spline(coef, wx[inside], wy[inside])[0].astype(np.float64))
+        values_list.append(sample_spline_values(coef, wx[inside], wy[inside]).astype(np.float64))
         target_list.append(base[ys[inside], xs[inside]].astype(np.float64))
         grad_list.append(grad_sq[ys[inside], xs[inside]].astype(np.float64))
     values, target, grad2 = (np.concatenate(v) for v in (values_list, target_list, grad_list))
@@ -315,11 +339,28 @@ def fit_intensity_mapping_per_bone(
     if values.size < 10 * (order + 1) or values.std() == 0:
         return identity
     design = np.stack([values**k for k in range(order + 1)], axis=1) * np.sqrt(weights)[:, None]
-    coef, *_ = np.linalg.lstsq(design, target * np.sqrt(weights), rcond=None)
+    coef = solve_least_squares(design, target * np.sqrt(weights))
     return coef if np.all(np.isfinite(coef)) else identity
 
 
-def blur_difference(windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float:
+def blur_design(base: np.ndarray, region: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+    """Where and with what :func:`blur_difference` regresses one baseline window.
+
+    Returns ``((ys, xs), baseline values, design)``: the sample pixels (every other pixel of the
+    region), the baseline there (float64) and the columns ``1, B, B^2, laplacian(B) / 2``.
+    """
+    # the regressor must not see the baseline pixel's own noise, which is also in F - B: a
+    # difference of Gaussians (proportional to a smoothed Laplacian) with its centre tap removed
+    lap = cv2.filter2D(base.astype(np.float32), cv2.CV_32F, _ring_laplacian(), borderType=cv2.BORDER_REPLICATE)
+    ys, xs = _every_other(region)
+    bv = base[ys, xs].astype(np.float64)
+    return (ys, xs), bv, np.stack([np.ones_like(bv), bv, bv * bv, 0.5 * lap[ys, xs]], axis=1)
+
+
+def blur_difference(
+    windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    designs: list[tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]] | None = None,
+) -> float:
     """Estimate ``sigma_f^2 - sigma_b^2`` (px^2), the follow-up's extra Gaussian blur.
 
     Gaussian blur obeys the heat equation, ``dI / d(sigma^2) = laplacian(I) / 2``, so over the
@@ -327,20 +368,19 @@ def blur_difference(windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) ->
 
     Args:
         windows: per bone ``(baseline window, follow-up warped into it, region mask)``.
+        designs: the windows' :func:`blur_design`, when already computed (the baseline side
+            does not change while only the follow-up is re-blurred).
     """
-    rows = []
-    for base, follow, region in windows:
-        # the regressor must not see the baseline pixel's own noise, which is also in F - B: a
-        # difference of Gaussians (proportional to a smoothed Laplacian) with its centre tap removed
-        lap = cv2.filter2D(base.astype(np.float32), cv2.CV_32F, _ring_laplacian(), borderType=cv2.BORDER_REPLICATE)
-        ys, xs = _every_other(region)
-        bv = base[ys, xs].astype(np.float64)
-        fv = follow[ys, xs].astype(np.float64)
-        rows.append(np.stack([fv - bv, np.ones_like(bv), bv, bv * bv, 0.5 * lap[ys, xs]], axis=1))
-    data = np.concatenate(rows)
-    if data.shape[0] < 20:
+    if designs is None:
+        designs = [blur_design(base, region) for base, _, region in windows]
+    targets, columns = [], []
+    for (_, follow, _), ((ys, xs), bv, design) in zip(windows, designs):
+        targets.append(follow[ys, xs].astype(np.float64) - bv)
+        columns.append(design)
+    design = np.concatenate(columns)
+    if design.shape[0] < 20:
         return 0.0
-    solution, *_ = np.linalg.lstsq(data[:, 1:], data[:, 0], rcond=None)
+    solution = solve_least_squares(design, np.concatenate(targets))
     return float(solution[3]) if np.isfinite(solution[3]) else 0.0
 
 
@@ -351,12 +391,13 @@ def aligned_windows(
     params: dict[str, np.ndarray],
     center_xy: tuple[float, float],
     margin_px: int = 12,
+    follow_coef: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per bone: the baseline window around its region, the follow-up warped into that window
     with the bone's transform, and the region inside the window (follow-up samples outside the
-    image are left out of the region)."""
+    image are left out of the region). ``follow_coef`` saves computing the spline again."""
     h, w = base.shape
-    coef = spline_coefficients(follow)
+    coef = spline_coefficients(follow) if follow_coef is None else follow_coef
     windows = []
     for name, region in regions.items():
         ys, xs = np.nonzero(region)
@@ -364,7 +405,7 @@ def aligned_windows(
         x0, x1 = max(xs.min() - margin_px, 0), min(xs.max() + margin_px + 1, w)
         gy, gx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
         wx, wy = warp_positions(params[name], center_xy[0], center_xy[1], gx.ravel(), gy.ravel())
-        warped = sample_spline(coef, wx, wy)[0].reshape(gx.shape)
+        warped = sample_spline_values(coef, wx, wy).reshape(gx.shape)
         inside = ((wx >= 1) & (wx <= w - 2) & (wy >= 1) & (wy <= h - 2)).reshape(gx.shape)
         windows.append((base[y0:y1, x0:x1], warped, region[y0:y1, x0:x1] & inside))
     return windows
@@ -454,10 +495,17 @@ def equalise_blur(
     # each window is transformed once; every trial variance costs one inverse transform per window
     spectra = [(BlurSpectrum(b), BlurSpectrum(f), r) for b, f, r in windows]
 
+    designs_by_sigma: dict[float, list] = {}
+
     def remaining(extra: float) -> float:
         # extra > 0 blurs the baseline, < 0 the follow-up, by |extra| px^2 of variance
         sb, sf = math.sqrt(max(extra, 0.0)), math.sqrt(max(-extra, 0.0))
-        return blur_difference([(b.blurred(sb), f.blurred(sf), r) for b, f, r in spectra])
+        if sb < 0.02:
+            sb = 0.0  # BlurSpectrum leaves the image as it is below that
+        blurred = [(b.blurred(sb), f.blurred(sf), r) for b, f, r in spectra]
+        if sb not in designs_by_sigma:
+            designs_by_sigma[sb] = [blur_design(b, r) for b, _, r in blurred]
+        return blur_difference(blurred, designs_by_sigma[sb])
 
     # secant iteration on the remaining difference: the linearised estimate overshoots (its
     # regressor is a smoothed Laplacian), but its zero is where the two blurs match
@@ -542,7 +590,7 @@ def coarse_global(
     coef = spline_coefficients(follow)
 
     def ncc_at(params: np.ndarray) -> float:
-        values = sample_spline(coef, *warp_positions(params, cx, cy, xs, ys))[0]
+        values = sample_spline_values(coef, *warp_positions(params, cx, cy, xs, ys))
         if values.std() == 0 or base_values.std() == 0:
             return -1.0
         return float(np.corrcoef(values, base_values)[0, 1])
@@ -615,11 +663,18 @@ def shared_scale_gauss_newton(
     log_s = float(np.mean([math.log(math.hypot(p[0], p[1])) for *_, p in components]))
     thetas = [math.atan2(p[1], p[0]) for *_, p in components]
     trans = [np.array(p[2:4], dtype=np.float64) for *_, p in components]
-    # the shading columns depend only on the baseline pixel positions: built once per part
-    shadings = [
-        shading_basis(((xs - cx) / lever_px).astype(np.float32), ((ys - cy) / lever_px).astype(np.float32), shading_order)
-        for _, xs, ys, _ in components
-    ]
+    # lever-normalised positions, shading columns and the Jacobian's shading block depend only
+    # on the baseline pixels: built once per part (column-major, so columns fill contiguously)
+    levers, shadings, jacobians = [], [], []
+    for _, xs, ys, _ in components:
+        ux = ((xs - cx) / lever_px).astype(np.float32)
+        uy = ((ys - cy) / lever_px).astype(np.float32)
+        shading = shading_basis(ux, uy, shading_order)
+        jac = np.empty((xs.size, 4 + shading.shape[1]), dtype=np.float32, order="F")
+        jac[:, 4:] = -shading
+        levers.append((ux, uy))
+        shadings.append(shading)
+        jacobians.append(jac)
     n_shade = shadings[0].shape[1]
     shading_coefs = [np.zeros(n_shade) for _ in range(n)]
     reach = max(float(np.max(np.hypot(xs - cx, ys - cy))) for _, xs, ys, _ in components) + 1.0
@@ -635,14 +690,16 @@ def shared_scale_gauss_newton(
             params = np.array([a, b, trans[k][0], trans[k][1]])
             wx, wy = warp_positions(params, cx, cy, xs, ys)
             fv, fx, fy = sample_spline(follow_coef, wx, wy)
-            valid = ((wx >= 1.0) & (wx <= w - 2.0) & (wy >= 1.0) & (wy <= h - 2.0)).astype(np.float32)
-            ux = ((xs - cx) / lever_px).astype(np.float32)
-            uy = ((ys - cy) / lever_px).astype(np.float32)
+            valid = (wx >= 1.0) & (wx <= w - 2.0) & (wy >= 1.0) & (wy <= h - 2.0)
+            ux, uy = levers[k]
             rx, ry = a * ux - b * uy, b * ux + a * uy  # R s u: d p' / d log s (per lever)
-            shading = shadings[k]
-            jac = np.concatenate([np.stack([fx * rx + fy * ry, -fx * ry + fy * rx, fx, fy], axis=1), -shading], axis=1)
-            residual = fv - base_values - shading @ shading_coefs[k].astype(np.float32)
-            weighted = jac * valid[:, None]
+            jac = jacobians[k]
+            jac[:, 0] = fx * rx + fy * ry
+            jac[:, 1] = fy * rx - fx * ry
+            jac[:, 2] = fx
+            jac[:, 3] = fy
+            residual = fv - base_values - shadings[k] @ shading_coefs[k].astype(np.float32)
+            weighted = jac if valid.all() else jac * valid[:, None].astype(np.float32)
             block = (weighted.T @ jac).astype(np.float64)
             grad = (weighted.T @ residual).astype(np.float64)
             idx = [0] + list(range(1 + per * k, 1 + per * (k + 1)))

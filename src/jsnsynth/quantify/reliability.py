@@ -27,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from jsnsynth.quantify.register import photometric_basis
+from jsnsynth.quantify.register import photometric_basis, solve_least_squares
 from jsnsynth.quantify.warp import sample_spline, spline_coefficients, warp_positions
 
 #: Model-error allowance added to the noise when judging residuals (display units).
@@ -76,7 +76,7 @@ def noise_std_estimate(image: np.ndarray, region: np.ndarray | None = None) -> f
 
 def _photometric_fit(base_values: np.ndarray, values: np.ndarray, order: int) -> np.ndarray:
     basis = photometric_basis(base_values, order).astype(np.float64)
-    coef, *_ = np.linalg.lstsq(basis, values - base_values, rcond=None)
+    coef = solve_least_squares(basis, values - base_values)
     return values - base_values - basis @ coef
 
 
@@ -88,6 +88,7 @@ def residual_maps(
     center_xy: tuple[float, float],
     photometric_order: int = 2,
     keep_maps: bool = True,
+    follow_coef: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
     """Per-bone residuals of the raw images before (identity) and after (fitted) alignment.
 
@@ -98,6 +99,7 @@ def residual_maps(
         center_xy: centre of the transforms.
         photometric_order: intensity polynomial removed before taking residuals.
         keep_maps: return full-frame maps (NaN outside the region); else an empty dict.
+        follow_coef: the follow-up's spline coefficients, when already computed.
 
     Returns:
         ``(maps, stats)``: maps ``"<bone>_before"``/``"<bone>_after"``; stats per bone with
@@ -105,7 +107,7 @@ def residual_maps(
         variance times the inverse Gauss-Newton Hessian with the photometric terms profiled out)
         and ``hessian_normalised`` (for the condition number).
     """
-    coef = spline_coefficients(follow)
+    coef = spline_coefficients(follow) if follow_coef is None else follow_coef
     cx, cy = center_xy
     maps: dict[str, np.ndarray] = {}
     stats: dict[str, dict[str, Any]] = {}
