@@ -403,7 +403,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
     if settings.intensity_mapping_order > 0:
         mapping = reg.fit_intensity_mapping(
             base, follow, reg.dilate(upper | lower, 3 * settings.global_dilate_px), global_params, center,
-            settings.intensity_mapping_order, follow_coef,
+            settings.intensity_mapping_order, follow_coef, denoise_sigma_px=settings.mapping_denoise_sigma_px,
         )
         pyr_f = reg.build_pyramid(reg.apply_polynomial(follow, mapping), n_levels, settings.smooth_sigma_px)
     # full resolution is prepared separately below when the blurs are matched
@@ -453,7 +453,8 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
                 # the mapping is fitted on blur-matched images, applied to the raw follow-up,
                 # and the blurs are matched again (the display mapping acts after the blur)
                 mapping = reg.fit_intensity_mapping_per_bone(
-                    base0, mapped, regions, params, center, settings.intensity_mapping_order
+                    base0, mapped, regions, params, center, settings.intensity_mapping_order,
+                    denoise_sigma_px=settings.mapping_denoise_sigma_px,
                 )
                 mapped_windows = [(b, reg.apply_polynomial(f, mapping), r) for b, f, r in windows]
                 base0, mapped, blur_x = reg.equalise_blur(
