@@ -356,7 +356,8 @@ def test_intensity_mapping_is_not_flattened_by_noise(noisy, denoise_sigma_px):
         follow = follow + noise
     else:
         base = base + noise
-    mapping = reg.fit_intensity_mapping_per_bone(base, follow, regions, identity, center, 2, denoise_sigma_px=sigma)
+    windows = reg.aligned_windows(base, follow, regions, identity, center)
+    mapping = reg.fit_intensity_mapping(windows, 2, denoise_sigma_px=sigma)
     grid = np.linspace(0.2, 0.8, 13)
     assert np.abs(np.polyval(mapping[::-1], grid) - (grid - 0.05) / 0.85).max() < 0.006
 
@@ -373,8 +374,8 @@ def test_intensity_mapping_round_trip_with_unshared_content():
     rng = np.random.default_rng(0)
     base = (image + _smooth_field(rng, image.shape, 0.02)).astype(np.float32)
     follow = (0.85 * image + 0.05 + _smooth_field(rng, image.shape, 0.02)).astype(np.float32)
-    to_base = reg.fit_intensity_mapping_per_bone(base, follow, regions, identity, center, 2)
-    to_follow = reg.fit_intensity_mapping_per_bone(follow, base, regions, identity, center, 2)
+    to_base = reg.fit_intensity_mapping(reg.aligned_windows(base, follow, regions, identity, center), 2)
+    to_follow = reg.fit_intensity_mapping(reg.aligned_windows(follow, base, regions, identity, center), 2)
     grid = np.linspace(0.2, 0.8, 13)
     assert np.abs(np.polyval(to_base[::-1], np.polyval(to_follow[::-1], grid)) - grid).max() < 0.01
     assert np.abs(np.polyval(to_base[::-1], grid) - (grid - 0.05) / 0.85).max() < 0.04

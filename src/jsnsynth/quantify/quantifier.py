@@ -401,10 +401,11 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
     # one intensity mapping for the whole image (exposure, window, gamma), fitted on flat pixels
     # of the globally aligned pair, so the per-bone fits need only a bias (see gauss_newton)
     if settings.intensity_mapping_order > 0:
-        mapping = reg.fit_intensity_mapping(
-            base, follow, reg.dilate(upper | lower, 3 * settings.global_dilate_px), global_params, center,
-            settings.intensity_mapping_order, follow_coef, denoise_sigma_px=settings.mapping_denoise_sigma_px,
+        joint_window = reg.aligned_windows(
+            base, follow, {"joint": reg.dilate(upper | lower, 3 * settings.global_dilate_px)}, {"joint": global_params},
+            center, follow_coef=follow_coef,
         )
+        mapping = reg.fit_intensity_mapping(joint_window, settings.intensity_mapping_order, settings.mapping_denoise_sigma_px)
         pyr_f = reg.build_pyramid(reg.apply_polynomial(follow, mapping), n_levels, settings.smooth_sigma_px)
     # full resolution is prepared separately below when the blurs are matched
     first_fine = 1 if settings.match_blur and settings.levels > 0 else 0
@@ -450,16 +451,15 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
             windows = reg.aligned_windows(base, follow, regions, params, center, follow_coef=follow_coef)
             base0, mapped, blur_x = reg.equalise_blur(base, follow, regions, params, center, windows=windows)
             if settings.intensity_mapping_order > 0:
-                # the mapping is fitted on blur-matched images, applied to the raw follow-up,
-                # and the blurs are matched again (the display mapping acts after the blur)
-                mapping = reg.fit_intensity_mapping_per_bone(
-                    base0, mapped, regions, params, center, settings.intensity_mapping_order,
-                    denoise_sigma_px=settings.mapping_denoise_sigma_px,
-                )
-                mapped_windows = [(b, reg.apply_polynomial(f, mapping), r) for b, f, r in windows]
+                # the mapping is fitted on the blur-matched windows (blurs commute with the
+                # nearly rigid warps), applied to the raw follow-up, and the blurs are matched
+                # again (the display mapping acts after the blur)
+                sigma_b, sigma_f = math.sqrt(max(blur_x, 0.0)), math.sqrt(max(-blur_x, 0.0))
+                matched = [(reg.gaussian_blur(b, sigma_b), reg.gaussian_blur(f, sigma_f), r) for b, f, r in windows]
+                mapping = reg.fit_intensity_mapping(matched, settings.intensity_mapping_order, settings.mapping_denoise_sigma_px)
                 base0, mapped, blur_x = reg.equalise_blur(
                     base, reg.apply_polynomial(follow, mapping), regions, params, center, initial=blur_x, rounds=2,
-                    windows=mapped_windows,
+                    windows=[(b, reg.apply_polynomial(f, mapping), r) for b, f, r in windows],
                 )
             pyr_b[0] = reg.build_pyramid(base0, 0, settings.smooth_sigma_px)[0]
             stacks_f[0] = spline_coefficients(reg.build_pyramid(mapped, 0, settings.smooth_sigma_px)[0])

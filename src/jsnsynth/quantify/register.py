@@ -58,7 +58,7 @@ class RegistrationSettings:
         intensity_mapping_order: degree of the global follow-up -> baseline intensity mapping
             fitted once after the coarse alignment (0 disables it).
         mapping_denoise_sigma_px: Gaussian smoothing of both images before the intensity mapping
-            is fitted (see :func:`fit_intensity_mapping_per_bone`).
+            is fitted (see :func:`fit_intensity_mapping`).
         robust_k: Huber threshold in units of the residual's robust sigma (0 disables it).
         shading_order: per-bone intensity polynomial over the image plane in the full-resolution
             fit (see :func:`shared_scale_gauss_newton`).
@@ -291,72 +291,51 @@ def apply_polynomial(image: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
 
 
 def fit_intensity_mapping(
-    base: np.ndarray,
-    follow: np.ndarray,
-    region: np.ndarray,
-    params: np.ndarray,
-    center_xy: tuple[float, float],
+    windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     order: int,
-    follow_coef: np.ndarray | None = None,
     denoise_sigma_px: float = 0.0,
 ) -> np.ndarray:
-    """Global mapping with one transform for the whole region (see :func:`fit_intensity_mapping_per_bone`)."""
-    return fit_intensity_mapping_per_bone(
-        base, follow, {"all": region}, {"all": params}, center_xy, order, follow_coef, denoise_sigma_px
-    )
+    """Polynomial ``q`` with ``base(p) ~ q(follow(W_k(p)))``, fitted on the flat pixels of the regions.
 
-
-def fit_intensity_mapping_per_bone(
-    base: np.ndarray,
-    follow: np.ndarray,
-    regions: dict[str, np.ndarray],
-    params: dict[str, np.ndarray],
-    center_xy: tuple[float, float],
-    order: int,
-    follow_coef: np.ndarray | None = None,
-    denoise_sigma_px: float = 0.0,
-) -> np.ndarray:
-    """Polynomial ``q`` with ``base(p) ~ q(follow(W_k(p)))`` fitted on the flat pixels of each region ``k``.
+    Args:
+        windows: per part ``(baseline window, follow-up warped into it, region mask)`` from
+            :func:`aligned_windows`: one part for a global mapping, one per bone once the bones
+            are aligned separately.
+        order: degree of ``q``.
+        denoise_sigma_px: Gaussian smoothing of both windows first. The follow-up's values are
+            the regressor, so their noise would flatten the fitted mapping (regression dilution:
+            at 2-3 thousand photons per pixel the follow-up came out a few per cent low in
+            contrast, which the registration then paid for in edge position); on the flat pixels
+            that carry the fit the smoothing changes the signal by almost nothing.
 
     Pixels are weighted by ``1 / (1 + |grad B|^2 / tau^2)`` so that residual misalignment at
     edges (bones move relative to each other) does not bend the mapping. The result is the mean
     of this regression and the inverse of the reverse one (follow-up on baseline), which cancels
-    the errors-in-variables flattening of either (see the body). ``follow_coef`` (the
-    follow-up's :func:`~jsnsynth.quantify.warp.spline_coefficients`) saves computing them again.
-
-    ``denoise_sigma_px`` smooths both images by the same Gaussian first. The follow-up's values
-    are the regressor, so their noise would flatten the fitted mapping (regression dilution: at
-    2-3 thousand photons per pixel the follow-up came out a few per cent low in contrast, which
-    the registration then paid for in edge position); on the flat pixels that carry the fit the
-    smoothing changes the signal by almost nothing.
+    the errors-in-variables flattening of either (see the body).
 
     Returns:
         Coefficients in increasing degree (identity ``[0, 1, 0, ...]`` if the fit is degenerate).
     """
-    h, w = base.shape
-    if denoise_sigma_px > 0:
-        base = cv2.GaussianBlur(np.asarray(base, dtype=np.float32), (0, 0), denoise_sigma_px, borderType=cv2.BORDER_REPLICATE)
-        follow = cv2.GaussianBlur(np.asarray(follow, dtype=np.float32), (0, 0), denoise_sigma_px, borderType=cv2.BORDER_REPLICATE)
-        follow_coef = None
-    coef = spline_coefficients(follow) if follow_coef is None else follow_coef
-    gx = cv2.Sobel(base.astype(np.float32), cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
-    gy = cv2.Sobel(base.astype(np.float32), cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
-    grad_sq = gx * gx + gy * gy
     values_list, target_list, grad_list = [], [], []
-    for name, region in regions.items():
+    for base, follow, region in windows:
+        base = np.asarray(base, dtype=np.float32)
+        follow = np.asarray(follow, dtype=np.float32)
+        if denoise_sigma_px > 0:
+            base = cv2.GaussianBlur(base, (0, 0), denoise_sigma_px, borderType=cv2.BORDER_REPLICATE)
+            follow = cv2.GaussianBlur(follow, (0, 0), denoise_sigma_px, borderType=cv2.BORDER_REPLICATE)
+        gx = cv2.Sobel(base, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
+        gy = cv2.Sobel(base, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
         ys, xs = _every_other(region)
-        wx, wy = warp_positions(params[name], center_xy[0], center_xy[1], xs.astype(np.float64), ys.astype(np.float64))
-        inside = (wx >= 1) & (wx <= w - 2) & (wy >= 1) & (wy <= h - 2)
-        values_list.append(sample_spline_values(coef, wx[inside], wy[inside]).astype(np.float64))
-        target_list.append(base[ys[inside], xs[inside]].astype(np.float64))
-        grad_list.append(grad_sq[ys[inside], xs[inside]].astype(np.float64))
+        values_list.append(follow[ys, xs].astype(np.float64))
+        target_list.append(base[ys, xs].astype(np.float64))
+        grad_list.append((gx[ys, xs] ** 2 + gy[ys, xs] ** 2).astype(np.float64))
     values, target, grad2 = (np.concatenate(v) for v in (values_list, target_list, grad_list))
-    tau2 = max(float(np.median(grad2)), 1e-10)
-    weights = 1.0 / (1.0 + grad2 / tau2)
     identity = np.zeros(order + 1)
     identity[1] = 1.0
     if values.size < 10 * (order + 1) or values.std() == 0:
         return identity
+    tau2 = max(float(np.median(grad2)), 1e-10)
+    weights = 1.0 / (1.0 + grad2 / tau2)
     root_w = np.sqrt(weights)
 
     def fit(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
