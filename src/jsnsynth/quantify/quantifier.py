@@ -401,11 +401,17 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
     # one intensity mapping for the whole image (exposure, window, gamma), fitted on flat pixels
     # of the globally aligned pair, so the per-bone fits need only a bias (see gauss_newton)
     if settings.intensity_mapping_order > 0:
+        # at half resolution: it only starts the coarse levels, and the per-bone mapping replaces it
+        map_level = min(1, n_levels)
+        f_map = 2**map_level
+        joint = reg.dilate(upper | lower, 3 * settings.global_dilate_px)[::f_map, ::f_map]
         joint_window = reg.aligned_windows(
-            base, follow, {"joint": reg.dilate(upper | lower, 3 * settings.global_dilate_px)}, {"joint": global_params},
-            center, follow_coef=follow_coef,
+            pyr_b[map_level], pyr_f[map_level], {"joint": joint}, {"joint": reg.scale_params(global_params, 1.0 / f_map)},
+            (center[0] / f_map, center[1] / f_map),
         )
-        mapping = reg.fit_intensity_mapping(joint_window, settings.intensity_mapping_order, settings.mapping_denoise_sigma_px)
+        mapping = reg.fit_intensity_mapping(
+            joint_window, settings.intensity_mapping_order, settings.mapping_denoise_sigma_px / f_map
+        )
         pyr_f = reg.build_pyramid(reg.apply_polynomial(follow, mapping), n_levels, settings.smooth_sigma_px)
     # full resolution is prepared separately below when the blurs are matched
     first_fine = 1 if settings.match_blur and settings.levels > 0 else 0
