@@ -455,18 +455,23 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
             # blur or contrast difference left in the images can only be absorbed by the fit as
             # a change of each bone's scale, which the lever arm to the joint centre amplifies.
             windows = reg.aligned_windows(base, follow, regions, params, center, follow_coef=follow_coef)
-            base0, mapped, blur_x = reg.equalise_blur(base, follow, regions, params, center, windows=windows)
+            matcher = reg.BlurMatcher(windows)
+            blur_x = matcher.variance_difference([f for _, f, _ in windows])
+            mapped = follow
             if settings.intensity_mapping_order > 0:
                 # the mapping is fitted on the blur-matched windows (blurs commute with the
                 # nearly rigid warps), applied to the raw follow-up, and the blurs are matched
                 # again (the display mapping acts after the blur)
                 sigma_b, sigma_f = math.sqrt(max(blur_x, 0.0)), math.sqrt(max(-blur_x, 0.0))
-                matched = [(reg.gaussian_blur(b, sigma_b), reg.gaussian_blur(f, sigma_f), r) for b, f, r in windows]
+                matched = [(b.blurred(sigma_b), reg.gaussian_blur(f, sigma_f), r)
+                           for b, (_, f, r) in zip(matcher.base, windows)]
                 mapping = reg.fit_intensity_mapping(matched, settings.intensity_mapping_order, settings.mapping_denoise_sigma_px)
-                base0, mapped, blur_x = reg.equalise_blur(
-                    base, reg.apply_polynomial(follow, mapping), regions, params, center, initial=blur_x, rounds=2,
-                    windows=[(b, reg.apply_polynomial(f, mapping), r) for b, f, r in windows],
+                mapped = reg.apply_polynomial(follow, mapping)
+                blur_x = matcher.variance_difference(
+                    [reg.apply_polynomial(f, mapping) for _, f, _ in windows], rounds=2, initial=blur_x
                 )
+            base0 = reg.gaussian_blur(base, math.sqrt(max(blur_x, 0.0)))
+            mapped = reg.gaussian_blur(mapped, math.sqrt(max(-blur_x, 0.0)))
             pyr_b[0] = reg.build_pyramid(base0, 0, settings.smooth_sigma_px)[0]
             stacks_f[0] = spline_coefficients(reg.build_pyramid(mapped, 0, settings.smooth_sigma_px)[0])
         if level == 0 and settings.shared_scale and settings.levels > 0:

@@ -365,16 +365,19 @@ def fit_intensity_mapping(
     return coef if np.all(np.isfinite(coef)) else forward
 
 
-def blur_design(base: np.ndarray, region: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+def blur_design(
+    base: np.ndarray, region: np.ndarray, points: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
     """Where and with what :func:`blur_difference` regresses one baseline window.
 
     Returns ``((ys, xs), baseline values, design)``: the sample pixels (every other pixel of the
-    region), the baseline there (float64) and the columns ``1, B, B^2, laplacian(B) / 2``.
+    region, or ``points`` when given), the baseline there (float64) and the columns
+    ``1, B, B^2, laplacian(B) / 2``.
     """
     # the regressor must not see the baseline pixel's own noise, which is also in F - B: a
     # difference of Gaussians (proportional to a smoothed Laplacian) with its centre tap removed
     lap = cv2.filter2D(base.astype(np.float32), cv2.CV_32F, _ring_laplacian(), borderType=cv2.BORDER_REPLICATE)
-    ys, xs = _every_other(region)
+    ys, xs = _every_other(region) if points is None else points
     bv = base[ys, xs].astype(np.float64)
     return (ys, xs), bv, np.stack([np.ones_like(bv), bv, bv * bv, 0.5 * lap[ys, xs]], axis=1)
 
@@ -489,70 +492,93 @@ def gaussian_blur(image: np.ndarray, sigma_px: float, pad_px: int = 16) -> np.nd
     return BlurSpectrum(image, pad_px).blurred(sigma_px)
 
 
+class BlurMatcher:
+    """Finds the detector-blur difference between fixed baseline windows and follow-up windows.
+
+    Blurs commute with the (nearly rigid) warps, so the search runs on the follow-up warped once
+    into each bone's baseline window (:func:`aligned_windows`); only the final images are blurred
+    in full (:func:`gaussian_blur`). The baseline windows' spectra and regression designs are
+    kept, so a second search (after the intensity mapping) costs only the follow-up's side.
+
+    Args:
+        windows: per bone ``(baseline window, follow-up warped into it, region mask)``; the
+            follow-up windows are those of the first search.
+    """
+
+    def __init__(self, windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        self.base = [BlurSpectrum(b) for b, _, _ in windows]
+        self.regions = [r for _, _, r in windows]
+        self.points = [_every_other(r) for r in self.regions]
+        self._base_designs: dict[float, list] = {}
+
+    def _designs(self, images: list[np.ndarray]) -> list:
+        return [blur_design(image, r, p) for image, r, p in zip(images, self.regions, self.points)]
+
+    def variance_difference(
+        self, follow_windows: list[np.ndarray], rounds: int = 4, initial: float = 0.0
+    ) -> float:
+        """Variance ``x`` (px^2) to add to the baseline (``x > 0``) or the follow-up (``x < 0``)
+        so that both have the same blur (see :func:`blur_difference`).
+
+        The linearised estimate is refined by a secant search over ``rounds`` trial variances
+        (its fixed point is zero remaining difference, whatever the scale of the regressor);
+        ``initial`` warm-starts it.
+        """
+        # each window is transformed once; every trial variance costs one inverse transform per window
+        follow = [BlurSpectrum(f) for f in follow_windows]
+        follow_designs: dict[float, list] = {}
+
+        def remaining(extra: float) -> float:
+            # extra > 0 blurs the baseline, < 0 the follow-up, by |extra| px^2 of variance;
+            # BlurSpectrum leaves an image as it is below 0.02 px
+            sb, sf = math.sqrt(max(extra, 0.0)), math.sqrt(max(-extra, 0.0))
+            sb, sf = (sb if sb >= 0.02 else 0.0), (sf if sf >= 0.02 else 0.0)
+            bases = [b.blurred(sb) for b in self.base]
+            follows = [f.blurred(sf) for f in follow]
+            if sb not in self._base_designs:
+                self._base_designs[sb] = self._designs(bases)
+            if sf not in follow_designs:
+                follow_designs[sf] = self._designs(follows)
+            forward = blur_difference(list(zip(bases, follows, self.regions)), self._base_designs[sb])
+            # Estimated one way only, whatever the two visits do not share (local anatomical and
+            # 3-D pose differences, residual misalignment: on average a misaligned copy *is* a
+            # blurred one) reads as extra blur of the image compared with the other one's
+            # Laplacian. On real visits that was +1 to +3 px^2 for the follow-up in *both*
+            # directions, and the baseline was blurred by as much. With the roles swapped that
+            # term keeps its sign while the true difference changes its sign, so the
+            # half-difference keeps only the latter.
+            reverse = blur_difference(list(zip(follows, bases, self.regions)), follow_designs[sf])
+            return 0.5 * (forward - reverse)
+
+        # secant iteration on the remaining difference: the linearised estimate overshoots (its
+        # regressor is a smoothed Laplacian), but its zero is where the two blurs match
+        x_prev = initial
+        r_prev = remaining(x_prev)
+        x = float(np.clip(x_prev + r_prev, -4.0, 4.0))
+        for _ in range(rounds - 1):
+            if abs(x - x_prev) < 1e-3:
+                break
+            r = remaining(x)
+            slope = (r - r_prev) / (x - x_prev)
+            x_next = x - r / slope if slope < -1e-3 else x + r
+            x_prev, r_prev, x = x, r, float(np.clip(x_next, -4.0, 4.0))
+        return x
+
+
 def equalise_blur(
     base: np.ndarray,
     follow: np.ndarray,
     regions: dict[str, np.ndarray],
     params: dict[str, np.ndarray],
     center_xy: tuple[float, float],
-    rounds: int = 4,
-    initial: float = 0.0,
-    windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Blur the sharper image so that both have the same detector blur (see :func:`blur_difference`).
+    """Blur the sharper image so that both have the same detector blur (see :class:`BlurMatcher`).
 
     Returns ``(base, follow, x)``: the matched images and the variance added (``x > 0`` to the
-    baseline, ``x < 0`` to the follow-up); ``initial`` warm-starts the search; ``windows``
-    (from :func:`aligned_windows`) saves warping the follow-up again.
-
-    The linearised estimate is refined over ``rounds`` equalisations (its fixed point is zero
-    remaining difference, whatever the scale of the regressor).
+    baseline, ``x < 0`` to the follow-up).
     """
-
-    # blurs commute with the (nearly rigid) warps, so the search runs on the follow-up warped
-    # once into each bone's baseline window; only the final images are blurred in full
-    if windows is None:
-        windows = aligned_windows(base, follow, regions, params, center_xy)
-
-    # each window is transformed once; every trial variance costs one inverse transform per window
-    spectra = [(BlurSpectrum(b), BlurSpectrum(f), r) for b, f, r in windows]
-
-    designs: dict[tuple[str, float], list] = {}  # per image and blur: it changes with one side only
-
-    def design_of(side: str, sigma: float, images: list[np.ndarray]) -> list:
-        key = (side, sigma if sigma >= 0.02 else 0.0)  # BlurSpectrum leaves an image as it is below 0.02
-        if key not in designs:
-            designs[key] = [blur_design(image, r) for image, (_, _, r) in zip(images, spectra)]
-        return designs[key]
-
-    def remaining(extra: float) -> float:
-        # extra > 0 blurs the baseline, < 0 the follow-up, by |extra| px^2 of variance
-        sb, sf = math.sqrt(max(extra, 0.0)), math.sqrt(max(-extra, 0.0))
-        bases = [b.blurred(sb) for b, _, _ in spectra]
-        follows = [f.blurred(sf) for _, f, _ in spectra]
-        regions = [r for _, _, r in spectra]
-        forward = blur_difference(list(zip(bases, follows, regions)), design_of("base", sb, bases))
-        # Estimated one way only, whatever the two visits do not share (local anatomical and 3-D
-        # pose differences, residual misalignment: on average a misaligned copy *is* a blurred
-        # one) reads as extra blur of the image compared with the other one's Laplacian. On real
-        # visits that was +1 to +3 px^2 for the follow-up in *both* directions, and the baseline
-        # was blurred by as much. With the roles swapped that term keeps its sign while the true
-        # difference changes its sign, so the half-difference keeps only the latter.
-        reverse = blur_difference(list(zip(follows, bases, regions)), design_of("follow", sf, follows))
-        return 0.5 * (forward - reverse)
-
-    # secant iteration on the remaining difference: the linearised estimate overshoots (its
-    # regressor is a smoothed Laplacian), but its zero is where the two blurs match
-    x_prev = initial
-    r_prev = remaining(x_prev)
-    x = float(np.clip(x_prev + r_prev, -4.0, 4.0))
-    for _ in range(rounds - 1):
-        if abs(x - x_prev) < 1e-3:
-            break
-        r = remaining(x)
-        slope = (r - r_prev) / (x - x_prev)
-        x_next = x - r / slope if slope < -1e-3 else x + r
-        x_prev, r_prev, x = x, r, float(np.clip(x_next, -4.0, 4.0))
+    windows = aligned_windows(base, follow, regions, params, center_xy)
+    x = BlurMatcher(windows).variance_difference([f for _, f, _ in windows])
     return gaussian_blur(base, math.sqrt(max(x, 0.0))), gaussian_blur(follow, math.sqrt(max(-x, 0.0))), x
 
 
