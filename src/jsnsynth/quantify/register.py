@@ -8,12 +8,15 @@ Two stages per pair (docs/quantify.md explains the design):
    Gauss-Newton on a 4-parameter similarity. Each bone then gets its own windowed phase
    correlation on top of that global alignment.
 2. **Fine, reaching the noise limit.** Gauss-Newton on each bone's similarity
-   ``(a, b, tx, ty)`` plus a photometric ``bias + gain*B + curvature*B^2`` (exposure and display
-   changes between visits), multi-scale, over the baseline bone mask dilated by a few pixels so
-   the cortical edges are inside, with the neighbouring bone excluded.
+   ``(a, b, tx, ty)`` plus an intensity bias at the pyramid levels above full resolution, over
+   the baseline bone mask dilated by a few pixels so the cortical edges are inside, with the
+   neighbouring bone excluded; then the two visits' detector blur (:class:`BlurMatcher`) and
+   intensities (:func:`fit_intensity_mapping`) are matched, and
+   :func:`shared_scale_gauss_newton` fits both bones at full resolution with one common
+   magnification and a smooth intensity shading per bone.
 
-Everything is float32 on pixel lists (no full-image warps inside the loops) with OpenCV remap
-for sampling; see :mod:`jsnsynth.quantify.warp` for how sub-1/32-pixel positions are kept exact.
+Everything is float32 on pixel lists (no full-image warps inside the loops), sampled through
+the cubic B-spline interpolant of :mod:`jsnsynth.quantify.warp` (exact sub-pixel positions).
 """
 
 from __future__ import annotations
