@@ -723,9 +723,6 @@ def shared_scale_gauss_newton(
     cx, cy = center_xy
     h, w = follow_coef.shape
     n = len(components)
-    log_s = float(np.mean([math.log(math.hypot(p[0], p[1])) for *_, p in components]))
-    thetas = [math.atan2(p[1], p[0]) for *_, p in components]
-    trans = [np.array(p[2:4], dtype=np.float64) for *_, p in components]
     # lever-normalised positions, shading columns and the Jacobian's shading block depend only
     # on the baseline pixels: built once per part (column-major, so columns fill contiguously)
     levers, shadings, jacobians = [], [], []
@@ -739,18 +736,37 @@ def shared_scale_gauss_newton(
         shadings.append(shading)
         jacobians.append(jac)
     n_shade = shadings[0].shape[1]
-    shading_coefs = [np.zeros(n_shade) for _ in range(n)]
-    reach = max(float(np.max(np.hypot(xs - cx, ys - cy))) for _, xs, ys, _ in components) + 1.0
-    converged, moved, iterations = False, float("inf"), 0
     per = 3 + n_shade  # unknowns of one part: rotation, translation, shading
     size = 1 + per * n
+    # the unknowns, rotation and log-scale per lever length: [log s, (theta, tx, ty, shading) per part]
+    state = np.zeros(size)
+    state[0] = lever_px * float(np.mean([math.log(math.hypot(p[0], p[1])) for *_, p in components]))
+    for k, (*_, p) in enumerate(components):
+        state[1 + per * k: 4 + per * k] = (lever_px * math.atan2(p[1], p[0]), p[2], p[3])
+    reach = max(float(np.max(np.hypot(xs - cx, ys - cy))) for _, xs, ys, _ in components) + 1.0
+
+    def pixel_move(step: np.ndarray) -> float:
+        """Largest move of a region pixel that ``step`` makes (px)."""
+        scale_move = reach * abs(step[0]) / lever_px
+        return max(
+            math.hypot(step[2 + per * k], step[3 + per * k]) + reach * abs(step[1 + per * k]) / lever_px + scale_move
+            for k in range(n)
+        )
+
+    def transforms(x: np.ndarray) -> list[np.ndarray]:
+        scale = math.exp(x[0] / lever_px)
+        return [
+            np.array([scale * math.cos(x[1 + per * k] / lever_px), scale * math.sin(x[1 + per * k] / lever_px),
+                      x[2 + per * k], x[3 + per * k]])
+            for k in range(n)
+        ]
+
+    converged, moved, iterations = False, float("inf"), 0
     for iterations in range(1, max_iterations + 1):
         normal = np.zeros((size, size))
         gradient = np.zeros(size)
-        scale = math.exp(log_s)
-        for k, (base_values, xs, ys, _) in enumerate(components):
-            a, b = scale * math.cos(thetas[k]), scale * math.sin(thetas[k])
-            params = np.array([a, b, trans[k][0], trans[k][1]])
+        for k, ((base_values, xs, ys, _), params) in enumerate(zip(components, transforms(state))):
+            a, b = params[0], params[1]
             wx, wy = warp_positions(params, cx, cy, xs, ys)
             fv, fx, fy = sample_spline(follow_coef, wx, wy)
             valid = (wx >= 1.0) & (wx <= w - 2.0) & (wy >= 1.0) & (wy <= h - 2.0)
@@ -761,7 +777,7 @@ def shared_scale_gauss_newton(
             jac[:, 1] = fy * rx - fx * ry
             jac[:, 2] = fx
             jac[:, 3] = fy
-            residual = fv - base_values - shadings[k] @ shading_coefs[k].astype(np.float32)
+            residual = fv - base_values - shadings[k] @ state[4 + per * k: 1 + per * (k + 1)].astype(np.float32)
             weighted = jac if valid.all() else jac * valid[:, None].astype(np.float32)
             block = (weighted.T @ jac).astype(np.float64)
             grad = (weighted.T @ residual).astype(np.float64)
@@ -773,17 +789,9 @@ def shared_scale_gauss_newton(
             step = -np.linalg.solve(normal / np.outer(diag, diag), gradient / diag) / diag
         except np.linalg.LinAlgError:
             break
-        log_s += step[0] / lever_px
-        moved = reach * abs(step[0]) / lever_px
-        for k in range(n):
-            d_theta, dtx, dty = step[1 + per * k: 4 + per * k]
-            thetas[k] += d_theta / lever_px
-            trans[k] = trans[k] + np.array([dtx, dty])
-            shading_coefs[k] = shading_coefs[k] + step[4 + per * k: 1 + per * (k + 1)]
-            moved = max(moved, math.hypot(dtx, dty) + reach * abs(d_theta) / lever_px + reach * abs(step[0]) / lever_px)
+        state = state + step
+        moved = pixel_move(step)
         if moved < tolerance_px:
             converged = True
             break
-    scale = math.exp(log_s)
-    out = [np.array([scale * math.cos(t), scale * math.sin(t), tr[0], tr[1]]) for t, tr in zip(thetas, trans)]
-    return out, converged, iterations, moved
+    return transforms(state), converged, iterations, moved
