@@ -381,3 +381,23 @@ def test_intensity_mapping_round_trip_with_unshared_content():
     grid = np.linspace(0.2, 0.8, 13)
     assert np.abs(np.polyval(to_base[::-1], np.polyval(to_follow[::-1], grid)) - grid).max() < 0.01
     assert np.abs(np.polyval(to_base[::-1], grid) - (grid - 0.05) / 0.85).max() < 0.04
+
+
+@pytest.mark.parametrize("common_variance_px2", [None, pytest.param(0.0, marks=pytest.mark.xfail(strict=True))])
+@pytest.mark.parametrize("true_difference_px2", [0.0, 0.49])
+def test_blur_matching_is_not_biased_by_noise(true_difference_px2, common_variance_px2):
+    """White noise (0.015) in both images, the follow-up blurred by a known extra variance: the
+    estimate must be within 0.15 px^2. Blurring only the image whose blur is being tried put its
+    now correlated noise into one direction's regression: off by 0.3-0.4 px^2 (bistable at 0)."""
+    from jsnsynth.quantify import register as reg
+
+    image, regions, identity, center = _phantom_image_and_regions()
+    follow = reg.gaussian_blur(image, math.sqrt(true_difference_px2)) if true_difference_px2 else image
+    kwargs = {} if common_variance_px2 is None else {"common_variance_px2": common_variance_px2}
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        noisy_base = image + rng.normal(0.0, 0.015, image.shape).astype(np.float32)
+        noisy_follow = follow + rng.normal(0.0, 0.015, image.shape).astype(np.float32)
+        windows = reg.aligned_windows(noisy_base, noisy_follow, regions, identity, center)
+        added = reg.BlurMatcher(windows, **kwargs).variance_difference([f for _, f, _ in windows])
+        assert abs(added - true_difference_px2) < 0.15, (seed, added)
