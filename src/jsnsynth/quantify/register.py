@@ -529,10 +529,15 @@ class BlurMatcher:
         self.base = [BlurSpectrum(b) for b, _, _ in windows]
         self.regions = [r for _, _, r in windows]
         self.points = [_every_other(r) for r in self.regions]
-        self._base_designs: dict[float, list] = {}
+        self._base_blurred: dict[float, tuple[list, list]] = {}
 
-    def _designs(self, images: list[np.ndarray]) -> list:
-        return [blur_design(image, r, p) for image, r, p in zip(images, self.regions, self.points)]
+    def _blurred(self, spectra: list[BlurSpectrum], sigma: float, cache: dict) -> tuple[list, list]:
+        """The windows blurred by ``sigma`` and their regression designs, kept per sigma: while
+        one side is searched the other stays at the common blur."""
+        if sigma not in cache:
+            images = [spectrum.blurred(sigma) for spectrum in spectra]
+            cache[sigma] = (images, [blur_design(im, r, p) for im, r, p in zip(images, self.regions, self.points)])
+        return cache[sigma]
 
     def variance_difference(
         self, follow_windows: list[np.ndarray], rounds: int = 4, initial: float = 0.0
@@ -546,7 +551,7 @@ class BlurMatcher:
         """
         # each window is transformed once; every trial variance costs one inverse transform per window
         follow = [BlurSpectrum(f) for f in follow_windows]
-        follow_designs: dict[float, list] = {}
+        follow_blurred: dict[float, tuple[list, list]] = {}
 
         def remaining(extra: float) -> float:
             # extra > 0 blurs the baseline, < 0 the follow-up, by |extra| px^2 of variance, on
@@ -554,13 +559,9 @@ class BlurMatcher:
             sb = math.sqrt(self.common_variance_px2 + max(extra, 0.0))
             sf = math.sqrt(self.common_variance_px2 + max(-extra, 0.0))
             sb, sf = (sb if sb >= 0.02 else 0.0), (sf if sf >= 0.02 else 0.0)
-            bases = [b.blurred(sb) for b in self.base]
-            follows = [f.blurred(sf) for f in follow]
-            if sb not in self._base_designs:
-                self._base_designs[sb] = self._designs(bases)
-            if sf not in follow_designs:
-                follow_designs[sf] = self._designs(follows)
-            forward = blur_difference(list(zip(bases, follows, self.regions)), self._base_designs[sb])
+            bases, base_designs = self._blurred(self.base, sb, self._base_blurred)
+            follows, follow_designs = self._blurred(follow, sf, follow_blurred)
+            forward = blur_difference(list(zip(bases, follows, self.regions)), base_designs)
             # Estimated one way only, whatever the two visits do not share (local anatomical and
             # 3-D pose differences, residual misalignment: on average a misaligned copy *is* a
             # blurred one) reads as extra blur of the image compared with the other one's
@@ -568,7 +569,7 @@ class BlurMatcher:
             # directions, and the baseline was blurred by as much. With the roles swapped that
             # term keeps its sign while the true difference changes its sign, so the
             # half-difference keeps only the latter.
-            reverse = blur_difference(list(zip(follows, bases, self.regions)), follow_designs[sf])
+            reverse = blur_difference(list(zip(follows, bases, self.regions)), follow_designs)
             return 0.5 * (forward - reverse)
 
         # secant iteration on the remaining difference: the linearised estimate overshoots (its
