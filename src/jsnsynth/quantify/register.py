@@ -396,8 +396,8 @@ def blur_difference(
 
     Args:
         windows: per bone ``(baseline window, follow-up warped into it, region mask)``.
-        designs: the windows' :func:`blur_design`, when already computed (the baseline side
-            does not change while only the follow-up is re-blurred).
+        designs: the windows' :func:`blur_design`, when already computed (:class:`BlurMatcher`
+            keeps them per side and trial blur).
     """
     if designs is None:
         designs = [blur_design(base, region) for base, _, region in windows]
