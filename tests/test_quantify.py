@@ -338,7 +338,8 @@ def test_blur_matching_ignores_what_the_visits_do_not_share():
     misaligned = ndimage.map_coordinates(image, [ys + shift_y, xs + shift_x], order=3, mode="nearest").astype(np.float32)
     blurred = reg.gaussian_blur(image, 0.7)
     for first, second, expected in ((image, misaligned, 0.0), (misaligned, image, 0.0), (image, blurred, 0.49), (blurred, image, -0.49)):
-        added = reg.equalise_blur(first, second, regions, identity, center)[2]
+        windows = reg.aligned_windows(first, second, regions, identity, center)
+        added = reg.BlurMatcher(windows).variance_difference([f for _, f, _ in windows])
         assert abs(added - expected) < 0.02, (expected, added)
 
 

@@ -27,7 +27,7 @@ from jsnsynth.quantify.reliability import (
     assess_reliability,
     residual_maps,
 )
-from jsnsynth.quantify.warp import similarity_from_params, spline_coefficients
+from jsnsynth.quantify.warp import params_from_similarity, similarity_from_params, spline_coefficients
 from jsnsynth.synth.geometry import Similarity, axis_vector
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, joint_axis_from_masks, joint_center_from_masks
 
@@ -198,16 +198,13 @@ def jsn_from_transforms(
     centre along the baseline axis (see the module docstring).
     """
     cx, cy = center_xy
-    u, low = upper.about(cx, cy), lower.about(cx, cy)
-    mean = mean_similarity(u, low, cx, cy)
-    theta = math.radians(mean.angle_deg)
-    rel = np.array([u.dx - low.dx, u.dy - low.dy])
-    back = np.array([[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]]) @ rel / mean.scale
-    return float(back @ axis_vector(axis_deg))
+    return _jsn_from_params(params_from_similarity(upper, cx, cy), params_from_similarity(lower, cx, cy), axis_deg)
 
 
 def _jsn_from_params(pu: np.ndarray, pl: np.ndarray, axis_deg: float) -> float:
-    """:func:`jsn_from_transforms` for ``(a, b, tx, ty)`` already about the joint centre."""
+    """:func:`jsn_from_transforms` for ``(a, b, tx, ty)`` about the joint centre: the bones'
+    relative translation, turned back by their mean angle and divided by their geometric-mean
+    scale (the mean similarity), along the axis."""
     theta = 0.5 * (math.atan2(pu[1], pu[0]) + math.atan2(pl[1], pl[0]))
     scale = math.sqrt(math.hypot(pu[0], pu[1]) * math.hypot(pl[0], pl[1]))
     rx, ry = pu[2] - pl[2], pu[3] - pl[3]

@@ -587,23 +587,6 @@ class BlurMatcher:
         return x
 
 
-def equalise_blur(
-    base: np.ndarray,
-    follow: np.ndarray,
-    regions: dict[str, np.ndarray],
-    params: dict[str, np.ndarray],
-    center_xy: tuple[float, float],
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Blur the sharper image so that both have the same detector blur (see :class:`BlurMatcher`).
-
-    Returns ``(base, follow, x)``: the matched images and the variance added (``x > 0`` to the
-    baseline, ``x < 0`` to the follow-up).
-    """
-    windows = aligned_windows(base, follow, regions, params, center_xy)
-    x = BlurMatcher(windows).variance_difference([f for _, f, _ in windows])
-    return gaussian_blur(base, math.sqrt(max(x, 0.0))), gaussian_blur(follow, math.sqrt(max(-x, 0.0))), x
-
-
 def phase_correlation_shift(
     reference: np.ndarray, moving: np.ndarray, window: np.ndarray
 ) -> tuple[np.ndarray, float]:
