@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from jsnsynth.errors import InputError
-from jsnsynth.synth.fingerjoints import MANIFEST_COLUMNS, load_fingerjoint, read_manifest
-from jsnsynth.synth.xray import intensity_to_attenuation
+from jsnsynth.synth.fingerjoints import MANIFEST_COLUMNS, fill_smooth, layers_from_images, load_fingerjoint, read_manifest
+from jsnsynth.synth.xray import attenuation_to_intensity, intensity_to_attenuation
 
 
 def _make_folder(root: Path, drop_mask: bool = False) -> dict[str, np.ndarray]:
@@ -48,7 +48,8 @@ def test_loader_builds_layers_that_add_up_to_the_image(tmp_path: Path) -> None:
     np.testing.assert_allclose(layers.soft, intensity_to_attenuation(arrays["soft"] / 255.0), atol=1e-6)
     expected_upper = intensity_to_attenuation(200 / 255) - intensity_to_attenuation(90 / 255)
     np.testing.assert_allclose(layers.upper[arrays["upper"]], expected_upper, atol=1e-5)
-    assert np.all(layers.upper[~arrays["upper"]] == 0) and np.all(layers.lower[~arrays["lower"]] == 0)
+    # (the smooth fill of the constant soft tissue under the bones is that constant to rounding)
+    assert np.abs(layers.upper[~arrays["upper"]]).max() < 1e-9 and np.abs(layers.lower[~arrays["lower"]]).max() < 1e-9
     assert layers.joint_center_xy == pytest.approx((15.5, 22.5))
     assert layers.metadata["series"] == "00001_L_5" and layers.metadata["pixel_spacing_is_nominal"]
 
@@ -107,8 +108,6 @@ def test_bone_shares_are_whole_inside_masks_smooth_and_never_exceed_one() -> Non
 
 
 def test_a_blurred_rim_outside_the_mask_goes_with_the_bone(tmp_path: Path) -> None:
-    from jsnsynth.synth.fingerjoints import layers_from_images
-
     soft = np.full((64, 48), 0.3)
     bone = np.zeros((64, 48))
     bone[:26, 12:36] = 0.5
@@ -127,3 +126,34 @@ def test_a_blurred_rim_outside_the_mask_goes_with_the_bone(tmp_path: Path) -> No
     np.testing.assert_allclose(layers.soft[:40], expected_soft[:40], atol=5e-3)
     assert layers.upper[25:29, 24].min() > 0
     np.testing.assert_allclose(layers.attenuation(), intensity_to_attenuation(image), atol=1e-6)
+
+
+def test_fill_smooth_keeps_known_pixels_and_interpolates_a_plane():
+    yy, xx = np.mgrid[0:40, 0:50].astype(float)
+    plane = 0.3 + 0.01 * xx + 0.005 * yy
+    known = np.ones_like(plane, bool)
+    known[10:30, 15:35] = False
+    filled = fill_smooth(np.where(known, plane, 0.0), known, relax_iterations=200)
+    assert np.array_equal(filled[known], plane[known])
+    assert np.abs(filled - plane).max() < 0.02  # a smooth fill of a plane stays near the plane
+
+
+def test_a_dip_of_the_soft_tissue_image_under_a_bone_moves_with_the_bone():
+    """The soft-tissue images are darker under the bones; that dip must not stay behind."""
+    yy, xx = np.mgrid[0:64, 0:48].astype(float)
+    soft_tissue = 0.25 + 0.002 * xx  # what the soft layer should be: smooth under the bones too
+    upper = np.zeros((64, 48), bool)
+    upper[:26, 12:36] = True
+    lower = np.zeros_like(upper)
+    lower[34:, 10:38] = True
+    dip = 0.15 * cv2.GaussianBlur((upper | lower).astype(float), (0, 0), 1.0)  # displaced tissue
+    bone = 0.6 * cv2.GaussianBlur((upper | lower).astype(float), (0, 0), 1.0)
+    total = soft_tissue - dip + bone
+    layers = layers_from_images(attenuation_to_intensity(total), attenuation_to_intensity(soft_tissue - dip), upper, lower)
+    np.testing.assert_allclose(layers.attenuation(), total, atol=1e-6)
+    # the soft layer is the smooth tissue under the bones too, not the dipped soft-tissue image
+    # (which is up to 0.15 lower there) ...
+    inside = upper | lower
+    assert np.abs(layers.soft - soft_tissue)[inside].max() < 0.01
+    # ... and the bone layers carry the net contrast, bone minus the tissue it displaces
+    np.testing.assert_allclose((layers.upper + layers.lower)[inside], (bone - dip)[inside], atol=0.01)

@@ -26,7 +26,6 @@ from jsnsynth.lsn.data import (
     make_batch,
     make_example,
     make_pool,
-    fill_smooth,
     reference_attenuations,
     shift_down_edge,
     smooth_reference_attenuations,
@@ -188,16 +187,6 @@ def test_pseudo_overlap_example_has_exact_fractions_and_moved_mask():
     near_lower_only = (scipy.ndimage.distance_transform_edt(example.masks[0] == 0) > RIM_TAPER_END_PX + 1) & ~far
     assert example.fractions[1][near_lower_only].max() < 0.01
     assert np.isfinite(total).all()
-
-
-def test_fill_smooth_keeps_known_pixels_and_interpolates_a_plane():
-    yy, xx = np.mgrid[0:40, 0:50].astype(float)
-    plane = 0.3 + 0.01 * xx + 0.005 * yy
-    known = np.ones_like(plane, bool)
-    known[10:30, 15:35] = False
-    filled = fill_smooth(np.where(known, plane, 0.0), known, relax_iterations=200)
-    assert np.array_equal(filled[known], plane[known])
-    assert np.abs(filled - plane).max() < 0.02  # a smooth fill of a plane stays near the plane
 
 
 @pytest.mark.parametrize("rule", [reference_attenuations, smooth_reference_attenuations])

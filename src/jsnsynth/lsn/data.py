@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 
 from jsnsynth.errors import InputError
-from jsnsynth.synth.fingerjoints import bone_shares, read_manifest
+from jsnsynth.synth.fingerjoints import read_manifest, soft_tissue_estimate, split_attenuation
 from jsnsynth.synth.io import read_mask, read_radiograph
 from jsnsynth.synth.xray import (
     ImagingParams,
@@ -179,32 +179,39 @@ def load_real_cache(cache_path: str | os.PathLike) -> RealCache:
 def reference_attenuations(
     image: np.ndarray, soft_image: np.ndarray, upper_mask: np.ndarray, lower_mask: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reference layers ``(soft, upper, lower)`` of one crop by the real-data loader's rule, float32.
+    """Reference layers ``(soft, upper, lower)`` with the dataset's soft-tissue image as is, float32.
 
-    The rule of :func:`jsnsynth.synth.fingerjoints.layers_from_images`: each bone gets its smooth
-    share (:func:`jsnsynth.synth.fingerjoints.bone_shares`: 1 inside and within 3 px of its mask,
-    raised-cosine taper to 0 at 10 px, split between the bones by distance) of the bone signal
-    ``max(a(image) - a(soft image), 0)``; the soft layer is the rest. So the blurred cortical rim
-    just outside a drawn mask belongs to the bone, not to the soft layer.
+    The ablation rule (``soft_reference="dataset"``): :func:`jsnsynth.synth.fingerjoints.split_attenuation`
+    of the bone signal ``max(a(image) - a(soft image), 0)``, so the soft layer keeps the
+    soft-tissue image's bone-shaped dip under the bones. The real-data loader and the bundled model
+    use :func:`smooth_reference_attenuations` instead.
     """
     total = _attenuation(image)
-    bone_signal = np.maximum(total - _attenuation(soft_image), 0.0)
-    return _split_bone_signal(total, bone_signal, upper_mask, lower_mask)
+    return _float32(split_attenuation(total, _attenuation(soft_image), upper_mask, lower_mask))
+
+
+def smooth_reference_attenuations(
+    image: np.ndarray, soft_image: np.ndarray, upper_mask: np.ndarray, lower_mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reference layers ``(soft, upper, lower)`` by the real-data loader's rule, float32.
+
+    The rule of :func:`jsnsynth.synth.fingerjoints.layers_from_images`: the soft tissue is the
+    dataset's soft-tissue image filled smoothly under the bones
+    (:func:`jsnsynth.synth.fingerjoints.soft_tissue_estimate`), so the soft layer has neither a
+    bone-shaped hole nor rims; each bone gets its smooth share of the rest
+    (:func:`jsnsynth.synth.fingerjoints.split_attenuation`).
+    """
+    total = _attenuation(image)
+    soft_estimate = soft_tissue_estimate(total, _attenuation(soft_image), upper_mask, lower_mask)
+    return _float32(split_attenuation(total, soft_estimate, upper_mask, lower_mask))
 
 
 def _attenuation(image: np.ndarray) -> np.ndarray:
     return intensity_to_attenuation(image.astype(np.float64) / 255.0 if image.dtype == np.uint8 else image)
 
 
-def _split_bone_signal(
-    total: np.ndarray, bone_signal: np.ndarray, upper_mask: np.ndarray, lower_mask: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bone layers = smooth shares x the bone signal; soft = the rest (>= 0, sum exact)."""
-    share_upper, share_lower = bone_shares(np.asarray(upper_mask, bool), np.asarray(lower_mask, bool))
-    upper = share_upper * bone_signal
-    lower = share_lower * bone_signal
-    soft = np.maximum(total - upper - lower, 0.0)
-    return soft.astype(np.float32), upper.astype(np.float32), lower.astype(np.float32)
+def _float32(layers: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    return tuple(layer.astype(np.float32) for layer in layers)
 
 
 # ------------------------------------------------------------------------------------------
@@ -509,70 +516,3 @@ def render_phantom_pool(count: int, seed: int) -> list:
     return pool
 
 
-# ------------------------------------------------------------------------------------------
-# A smoother soft-tissue reference
-
-
-def fill_smooth(values: np.ndarray, known: np.ndarray, relax_iterations: int = 30) -> np.ndarray:
-    """Fill the unknown pixels of ``values`` smoothly from the known ones (push-pull + relaxation).
-
-    Push: halve the image repeatedly, averaging the known pixels only; pull: fill each level's
-    unknown pixels from the coarser level (bilinear). A few Jacobi sweeps of the Laplace equation
-    on the unknown pixels then remove the pyramid's blockiness. Edges of the image are treated as
-    free (the fill runs off the crop like the tissue does).
-
-    Args:
-        values: ``(H, W)`` float image.
-        known: ``(H, W)`` bool, True where ``values`` is trusted.
-
-    Returns:
-        float64 image equal to ``values`` on ``known`` and smooth elsewhere.
-    """
-    values = np.asarray(values, np.float64)
-    known = np.asarray(known, bool)
-    if known.all() or not known.any():
-        return values.copy()
-    levels = [(values * known, known.astype(np.float64))]
-    while min(levels[-1][0].shape) > 2 and (levels[-1][1] == 0).any():
-        total, weight = levels[-1]
-        h, w = total.shape
-        total = cv2.resize(total, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA)
-        weight = cv2.resize(weight, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA)
-        levels.append((total, weight))
-    total, weight = levels[-1]
-    filled = np.where(weight > 0, total / np.maximum(weight, 1e-12), (total.sum() / max(weight.sum(), 1e-12)))
-    for total, weight in reversed(levels[:-1]):
-        h, w = total.shape
-        coarse = cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR)
-        mean = total / np.maximum(weight, 1e-12)
-        filled = weight * mean + (1.0 - weight) * coarse  # partial weights blend smoothly
-    unknown = ~known
-    for _ in range(relax_iterations):
-        smoothed = cv2.blur(filled, (3, 3), borderType=cv2.BORDER_REPLICATE)
-        filled[unknown] = smoothed[unknown]
-    filled[known] = values[known]
-    return filled
-
-
-def smooth_reference_attenuations(
-    image: np.ndarray, soft_image: np.ndarray, upper_mask: np.ndarray, lower_mask: np.ndarray, margin_px: int = 2
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reference layers with a soft-tissue layer that has neither a bone-shaped hole nor rims.
-
-    The dataset's soft-tissue images are inpaintings that are too dark under the bones, so the
-    mask-based layers leave a dark, bone-shaped step in the soft layer, which shows as a dark
-    line when the bone is moved. Here the soft-tissue estimate under the bones (masks grown by
-    ``margin_px``) is instead filled smoothly (:func:`fill_smooth`) from the dataset's soft-tissue
-    image around them, which has the blurred cortical rims removed; elsewhere it is that image.
-    The bone signal ``max(a(image) - soft estimate, 0)`` is then split between the bones by the
-    loader's smooth shares (:func:`reference_attenuations`), so the rims just outside the
-    drawn masks go to the bones, and the soft layer is the rest.
-    """
-    total = _attenuation(image)
-    soft_outside = np.minimum(_attenuation(soft_image), total)
-    any_bone = np.asarray(upper_mask, bool) | np.asarray(lower_mask, bool)
-    kernel = np.ones((2 * margin_px + 1, 2 * margin_px + 1), np.uint8)
-    grown = cv2.dilate(any_bone.astype(np.uint8), kernel) > 0
-    soft_estimate = fill_smooth(soft_outside, ~grown)
-    bone_signal = np.maximum(total - soft_estimate, 0.0)
-    return _split_bone_signal(total, bone_signal, upper_mask, lower_mask)
