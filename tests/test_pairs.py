@@ -19,6 +19,7 @@ from jsnsynth.synth.pairs import (
     sample_pair_params,
 )
 from jsnsynth.synth.shift import warp_mask
+from jsnsynth.synth.soft_tissue import SOFT_TISSUE_BLEND_MM, soft_tissue_sources
 from jsnsynth.synth.sources import PhantomSource
 from test_shift import rod_layers
 
@@ -99,3 +100,69 @@ def test_same_params_same_pair_and_noise_free_option() -> None:
     first, second = make_pair(layers, params), make_pair(layers, params)
     assert np.array_equal(first.followup, second.followup)
     assert np.array_equal(first.baseline, first.baseline_clean)
+
+
+# ------------------------------------------------------------------------------------------
+# the soft tissue moves with the bones that carry it
+
+
+def _poses(flex_upper: float, flex_lower: float, d_px: float, centre=(60.0, 50.0), axis_deg=8.0):
+    params = sample_pair_params(np.random.default_rng(0), 0.175, PairConfig())
+    params = PairParams.from_dict({**params.to_dict(), "upper_flexion_deg": flex_upper, "lower_flexion_deg": flex_lower,
+                                   "jsn_px": d_px, "jsn_mm": d_px * 0.175})
+    return pair_poses(params, centre, axis_deg), centre, axis_deg
+
+
+def test_soft_tissue_moves_with_the_hand_when_the_bones_do() -> None:
+    poses, centre, axis_deg = _poses(0.0, 0.0, 0.0)
+    xs, ys = soft_tissue_sources((100, 120), poses.upper, poses.lower, poses.soft, centre, axis_deg, 11.4)
+    grid_y, grid_x = np.mgrid[0:100, 0:120].astype(np.float64)
+    expected = poses.soft.inverse().apply(np.stack([grid_x, grid_y], axis=-1))
+    assert np.abs(xs - expected[..., 0]).max() < 1e-9 and np.abs(ys - expected[..., 1]).max() < 1e-9
+
+
+def test_soft_tissue_follows_each_bone_away_from_the_joint_and_blends_smoothly_across_it() -> None:
+    poses, centre, axis_deg = _poses(4.0, -3.0, 2.5)
+    blend_px = 11.4
+    xs, ys = soft_tissue_sources((100, 120), poses.upper, poses.lower, poses.soft, centre, axis_deg, blend_px)
+    grid_y, grid_x = np.mgrid[0:100, 0:120].astype(np.float64)
+    follow = np.stack([grid_x, grid_y], axis=-1)
+    along = (poses.soft.inverse().apply(follow) - np.array(centre)) @ axis_vector(axis_deg)
+    for pose, side in ((poses.upper, along < -blend_px), (poses.lower, along > blend_px)):
+        back = pose.inverse().apply(follow)
+        assert side.sum() > 1000
+        assert np.abs(xs - back[..., 0])[side].max() < 1e-9 and np.abs(ys - back[..., 1])[side].max() < 1e-9
+    # across the band the tissue is stretched or compressed (by the flexion's lever and d), but
+    # never torn (neighbours come from neighbours) nor folded (positive Jacobian)
+    dxs_dy, dxs_dx = np.gradient(xs)
+    dys_dy, dys_dx = np.gradient(ys)
+    assert max(np.hypot(dxs_dx, dys_dx).max(), np.hypot(dxs_dy, dys_dy).max()) < 1.6
+    assert (dxs_dx * dys_dy - dxs_dy * dys_dx).min() > 0.3
+
+
+def test_a_flexed_bone_takes_its_soft_tissue_along() -> None:
+    """A raster pair: the follow-up soft layer far above the joint is the baseline's moved by the
+    upper bone's pose, not by the hand's."""
+    layers = rod_layers()
+    textured = layers.soft * (1.0 + 0.2 * np.sin(np.arange(layers.shape[1]) / 3.0))[None, :]
+    layers = layers.replace(soft=textured.astype(np.float32))
+    params = sample_pair_params(np.random.default_rng(3), layers.pixel_spacing_mm, PairConfig(noise=False))
+    params = PairParams.from_dict({**params.to_dict(), "upper_flexion_deg": 5.0, "lower_flexion_deg": 0.0})
+    pair = make_pair(layers, params)
+    from jsnsynth.synth.shift import spline_warp
+
+    centre, axis_deg = pair.baseline_layers.joint_center_xy, pair.baseline_layers.joint_axis_deg
+    with_upper = spline_warp(layers.soft, pair.poses.upper)
+    with_hand = spline_warp(layers.soft, pair.poses.soft)
+    grid_y, grid_x = np.mgrid[0:layers.shape[0], 0:layers.shape[1]].astype(np.float64)
+    hand_xy = pair.poses.soft.inverse().apply(np.stack([grid_x, grid_y], axis=-1))
+    far_above = ((hand_xy - np.array(centre)) @ axis_vector(axis_deg) < -SOFT_TISSUE_BLEND_MM / layers.pixel_spacing_mm - 2)
+    far_above &= (grid_x > 4) & (grid_x < layers.shape[1] - 5) & (grid_y > 4)
+    follow_soft = pair.followup_layers.soft
+    assert np.abs(follow_soft - with_upper)[far_above].max() < 0.01 * layers.soft.max()
+    assert np.abs(follow_soft - with_hand)[far_above].max() > 0.05 * layers.soft.max()
+
+
+def test_soft_tissue_blend_must_be_positive() -> None:
+    with pytest.raises(InputError, match="soft-tissue blend"):
+        PairConfig(soft_tissue_blend_mm=0.0)

@@ -102,6 +102,8 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
 @click.option("--rotation-deg", type=float, default=3.0, show_default=True, help="Largest global rotation.")
 @click.option("--magnification", type=float, nargs=2, default=(0.97, 1.03), show_default=True, help="Range of the global magnification.")
 @click.option("--translation-px", type=float, default=5.0, show_default=True, help="Largest global translation along x and y.")
+@click.option("--soft-tissue-blend-mm", type=float, default=2.0, show_default=True,
+              help="The soft tissue moves with the bone that carries it, blended across this half-width about the joint line.")
 @click.option("--no-noise", is_flag=True, help="Noise-free baseline/follow-up images.")
 @click.option("--size", "size_px", type=int, default=None, help="Phantom image size in pixels (default: the phantom's).")
 @click.option("--max-mask-overlap", type=click.IntRange(min=0), default=200, show_default=True,
@@ -110,14 +112,15 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
 def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, num_proc: int, shard_size: int,
                     layers_every: int, split_fractions: tuple[float, float, float], jsn_mm: tuple[float, float],
                     jsn_px: tuple[float, float] | None, flexion_deg: float, rotation_deg: float,
-                    magnification: tuple[float, float], translation_px: float, no_noise: bool,
-                    size_px: int | None, max_mask_overlap: int, quiet: bool) -> None:
+                    magnification: tuple[float, float], translation_px: float, soft_tissue_blend_mm: float,
+                    no_noise: bool, size_px: int | None, max_mask_overlap: int, quiet: bool) -> None:
     """Write labelled baseline/follow-up pairs with exact JSN as a Hugging Face dataset (Hub layout)."""
     from jsnsynth.synth.dataset import build_dataset
     from jsnsynth.synth.pairs import PairConfig
 
     pair_config = PairConfig(jsn_mm=jsn_mm, jsn_px=jsn_px, flexion_deg=flexion_deg, rotation_deg=rotation_deg,
-                             magnification=magnification, translation_px=translation_px, noise=not no_noise)
+                             magnification=magnification, translation_px=translation_px,
+                             soft_tissue_blend_mm=soft_tissue_blend_mm, noise=not no_noise)
     source = _dataset_source(source_spec, n_pairs, size_px, max_mask_overlap)
     result = build_dataset(source, out_dir, n_pairs, seed=seed, num_proc=num_proc, shard_size=shard_size,
                            split_fractions=split_fractions, layers_every=layers_every, pair_config=pair_config,

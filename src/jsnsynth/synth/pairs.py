@@ -7,7 +7,11 @@ axis (upper -> lower bone), each bone ``k`` moves from baseline to follow-up by 
 * ``F_upper`` = a small rotation of the upper bone about ``c`` *followed by* a translation by
   ``d a``, so ``F_upper(c) = c + d a`` exactly;
 * ``G`` = global repositioning of the whole hand: rotation, magnification and translation about
-  ``c``; the soft tissue moves by ``G`` alone.
+  ``c``.
+
+The soft tissue moves with the bone that carries it: by ``T_upper`` above the joint line, by
+``T_lower`` below it, blended across a band of ``soft_tissue_blend_mm`` on either side
+(:mod:`jsnsynth.synth.soft_tissue`); with no flexion and no JSN change that is ``G``.
 
 The joint frame (``c`` and ``a``) is
 :func:`jsnsynth.synth.layers.joint_frame_from_masks` of the baseline masks, whatever the source
@@ -29,11 +33,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
+import math
+
 import numpy as np
 
 from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity, axis_vector
 from jsnsynth.synth.layers import JointLayers, joint_frame_from_masks
+from jsnsynth.synth.soft_tissue import SOFT_TISSUE_BLEND_MM, warp_soft_tissue
 from jsnsynth.synth.xray import ImagingParams, ImagingRanges, render_radiograph_and_clean, sample_imaging_params
 
 #: ``render_with_poses(layers, upper_pose, lower_pose, soft_pose) -> JointLayers``
@@ -55,6 +62,9 @@ class PairConfig:
         imaging: ranges of the imaging chain, drawn independently for both visits.
         noise: False renders noise-free ``baseline``/``followup`` images.
         spline_order: B-spline order of the rotation/scale pass on raster layers (3 or 5).
+        soft_tissue_blend_mm: the soft tissue moves with the bone that carries it, passing from
+            the upper bone's motion to the lower bone's across a band of this half-width about
+            the joint line (:mod:`jsnsynth.synth.soft_tissue`).
     """
 
     jsn_mm: tuple[float, float] = (-0.5, 0.5)
@@ -66,6 +76,7 @@ class PairConfig:
     imaging: ImagingRanges = field(default_factory=ImagingRanges)
     noise: bool = True
     spline_order: int = 3
+    soft_tissue_blend_mm: float = SOFT_TISSUE_BLEND_MM
 
     def __post_init__(self) -> None:
         for name in ("jsn_mm", "jsn_px", "magnification"):
@@ -77,6 +88,8 @@ class PairConfig:
         for name in ("flexion_deg", "rotation_deg", "translation_px"):
             if not getattr(self, name) >= 0:
                 raise InputError(f"pair option {name} must be >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.soft_tissue_blend_mm) and self.soft_tissue_blend_mm > 0):
+            raise InputError(f"soft-tissue blend must be a positive number of mm, got {self.soft_tissue_blend_mm}")
         if self.spline_order not in (3, 5):
             raise InputError(f"spline order must be 3 or 5, got {self.spline_order}")
 
@@ -161,7 +174,11 @@ def sample_pair_params(
 
 @dataclass(frozen=True)
 class PairPoses:
-    """Baseline -> follow-up similarity of each part, all about the baseline joint centre."""
+    """Baseline -> follow-up similarity of each part, all about the baseline joint centre.
+
+    ``soft`` is the hand's pose ``G``; the soft tissue itself follows the bones
+    (:func:`jsnsynth.synth.soft_tissue.soft_tissue_sources`).
+    """
 
     upper: Similarity
     lower: Similarity
@@ -169,7 +186,7 @@ class PairPoses:
 
 
 def pair_poses(params: PairParams, joint_center_xy: tuple[float, float], joint_axis_deg: float) -> PairPoses:
-    """Compose ``T_upper = G ∘ shift(d) ∘ flex_upper``, ``T_lower = G ∘ flex_lower``, soft = ``G``."""
+    """Compose ``T_upper = G ∘ shift(d) ∘ flex_upper``, ``T_lower = G ∘ flex_lower`` and the hand's ``G``."""
     cx, cy = joint_center_xy
     axis = axis_vector(joint_axis_deg)
     flex_upper = Similarity(1.0, params.upper_flexion_deg, params.jsn_px * axis[0], params.jsn_px * axis[1], cx, cy)
@@ -211,6 +228,7 @@ def make_pair(
     params: PairParams,
     render_with_poses: PoseRenderer | None = None,
     spline_order: int = 3,
+    soft_tissue_blend_mm: float = SOFT_TISSUE_BLEND_MM,
 ) -> Pair:
     """Apply ``params`` to baseline ``layers``: move the parts, then image both visits.
 
@@ -220,19 +238,26 @@ def make_pair(
         render_with_poses: exact re-rendering of a pose-moved joint (the phantom's); None warps
             the raster layers with :func:`jsnsynth.synth.shift.warp_layers`.
         spline_order: B-spline order of raster rotation/scale.
+        soft_tissue_blend_mm: half-width of the band across the joint line in which the soft
+            tissue passes from the upper bone's motion to the lower bone's
+            (:func:`jsnsynth.synth.soft_tissue.warp_soft_tissue`).
     """
     # Truth is recorded in the frame that anyone holding the baseline masks can recompute.
     center_xy, axis_deg = joint_frame_from_masks(layers.upper_mask, layers.lower_mask)
     layers = layers.replace(joint_center_xy=center_xy, joint_axis_deg=axis_deg)
     poses = pair_poses(params, layers.joint_center_xy, layers.joint_axis_deg)
+    blend_px = soft_tissue_blend_mm / layers.pixel_spacing_mm
     if render_with_poses is not None:
+        # the bones re-rendered exactly; the soft tissue (no truth in it) resampled with them
         followup_layers = render_with_poses(layers, poses.upper, poses.lower, poses.soft)
+        soft = warp_soft_tissue(layers.soft, poses.upper, poses.lower, poses.soft, center_xy, axis_deg, blend_px)
+        followup_layers = followup_layers.replace(soft=soft)
     else:
         # imported here: scipy.fft/ndimage cost ~0.5 s at every worker start, and phantom
         # pairs never need them
         from jsnsynth.synth.shift import warp_layers
 
-        followup_layers = warp_layers(layers, poses.upper, poses.lower, poses.soft, spline_order)
+        followup_layers = warp_layers(layers, poses.upper, poses.lower, poses.soft, spline_order, soft_blend_px=blend_px)
     images = {}
     for role, lay, imaging in (
         ("baseline", layers, params.baseline_imaging),

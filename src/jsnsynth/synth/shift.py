@@ -37,6 +37,7 @@ import scipy.ndimage
 from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.layers import JointLayers
+from jsnsynth.synth.soft_tissue import warp_soft_tissue
 
 #: Rows/columns of raised-cosine blending added beyond the edge padding.
 TAPER_PX = 24
@@ -224,6 +225,7 @@ def warp_layers(
     lower_pose: Similarity | None = None,
     soft_pose: Similarity | None = None,
     spline_order: int = 3,
+    soft_blend_px: float | None = None,
 ) -> JointLayers:
     """Move each part of raster layers by its own pose (baseline -> follow-up).
 
@@ -235,11 +237,19 @@ def warp_layers(
         layers: baseline layers.
         upper_pose, lower_pose, soft_pose: similarity of each part; None leaves it in place.
         spline_order: B-spline order of the rotation/scale pass (3 or 5).
+        soft_blend_px: None moves the soft tissue rigidly by ``soft_pose``; a number makes it
+            follow the bones instead (:func:`warp_soft_tissue`, ``soft_pose`` being the hand's
+            pose and this the half-width of the band across the joint line).
     """
     centre = layers.joint_center_xy
     poses = [p if p is not None else Similarity.identity(*centre) for p in (soft_pose, upper_pose, lower_pose)]
-    moved = warp_layer_stack(np.stack([layers.soft, layers.upper, layers.lower]), poses, spline_order)
-    soft, (upper, lower) = settle_negative_lobes(moved[0], [moved[1], moved[2]])
+    if soft_blend_px is None:
+        moved = warp_layer_stack(np.stack([layers.soft, layers.upper, layers.lower]), poses, spline_order)
+        moved_soft, moved_bones = moved[0], [moved[1], moved[2]]
+    else:
+        moved_bones = list(warp_layer_stack(np.stack([layers.upper, layers.lower]), poses[1:], spline_order))
+        moved_soft = warp_soft_tissue(layers.soft, poses[1], poses[2], poses[0], centre, layers.joint_axis_deg, soft_blend_px)
+    soft, (upper, lower) = settle_negative_lobes(moved_soft, moved_bones)
     return layers.replace(
         soft=soft,
         upper=upper,
