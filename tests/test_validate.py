@@ -154,6 +154,40 @@ def test_validate_real_protocol_on_a_toy_series(tmp_path):
     assert (tmp_path / "out" / "real_series.png").stat().st_size > 0
 
 
+def test_validate_real_reports_transitivity_apart_for_flagged_measurements(tmp_path):
+    """A method that is right except on one visit pair, which it flags: the unflagged triplets
+    close, the flagged one does not, and the summary says both."""
+    from jsnsynth.quantify.real import validate_real
+
+    folder = tmp_path / "joints"
+    series = folder / "00001_L_2"
+    series.mkdir(parents=True)
+    rows = ["series,series_id,side,joint_code,image,mask_upper,mask_lower,soft_tissue"]
+    truth = (0.0, 0.5, 1.1, 1.6)  # JSN of each visit against the first, px
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:12] = 255
+    lower = np.zeros((32, 32), np.uint8)
+    lower[20:] = 255
+    for visit in range(len(truth)):
+        level = 40 * (visit + 1)  # each visit's image says which visit it is
+        (series / f"v{visit}.png").write_bytes(encode_png(np.full((32, 32), level, np.uint8)))
+        for name, m in (("upper", mask), ("lower", lower)):
+            (series / f"v{visit}_mask_{name}.png").write_bytes(encode_png(m))
+        rows.append(f"00001_L_2,00001,L,2,00001_L_2/v{visit}.png,00001_L_2/v{visit}_mask_upper.png,"
+                    f"00001_L_2/v{visit}_mask_lower.png,00001_L_2/v{visit}.png")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+
+    def method(baseline, followup, *args, **kwargs):
+        i, j = int(round(baseline.mean() / 40)) - 1, int(round(followup.mean() / 40)) - 1
+        wrong = (i, j) == (0, 3)
+        return {"jsn_px": truth[j] - truth[i] + (2.0 if wrong else 0.0), "mismatch": wrong}
+
+    summary = validate_real(folder, method, n_shifts=0)
+    assert summary["n_triplets"] == 4 and summary["n_triplets_unflagged"] == 2
+    assert summary["transitivity_rms_unflagged_mm"] == pytest.approx(0.0, abs=1e-9)
+    assert summary["transitivity_rms_mm"] > 0.1
+
+
 def _bone_moves(d_px, flexion_deg, centre, axis_deg, repositioning):
     """Per-bone transforms of one visit pair: the lower bone flexes about ``centre``, the upper
     bone flexes and moves by ``d_px`` along the axis, then the whole joint is repositioned."""

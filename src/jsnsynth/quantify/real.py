@@ -186,7 +186,7 @@ def validate_real(
     pair_number = 0
     for name, visits in chosen:
         loaded = [_load_visit(v) for v in visits]
-        jsn, geometry = {}, {}
+        jsn, geometry, flagged = {}, {}, {}
         for i in range(len(loaded)):
             for j in range(i + 1, len(loaded)):
                 rng = np.random.default_rng(np.random.SeedSequence([seed, pair_number]))
@@ -197,6 +197,7 @@ def validate_real(
                 kept, dropped = drop_outlier_trials(finite, mismatch_sd_mm)
                 jsn[(i, j)] = trials[0]["jsn_mm"]
                 geometry[(i, j)] = trials[0]["geometry"]
+                flagged[(i, j)] = bool(trials[0]["flagged"])
                 pair_rows.append({
                     "series": name, "visit_i": i, "visit_j": j,
                     "jsn_mm_original": trials[0]["jsn_mm"],
@@ -223,6 +224,7 @@ def validate_real(
                     transitivity.append({"series": name, "i": i, "k": k, "j": j, "jsn_ij_mm": direct_mm,
                                          "sum_mm": sum_mm, "residual_mm": direct_mm - sum_mm,
                                          "common_centre": common is not None,
+                                         "flagged": flagged[(i, k)] or flagged[(k, j)] or flagged[(i, j)],
                                          "residual_own_centres_mm": own_residual})
     sds = np.array([r["sd_trials_mm"] for r in pair_rows], dtype=np.float64)
     # trials the method refused (bad input such as overlapping masks) are reported apart
@@ -231,6 +233,8 @@ def validate_real(
     n_dropped = sum(r["n_dropped"] for r in pair_rows)
     residuals = np.array([t["residual_mm"] for t in transitivity], dtype=np.float64)
     residuals = residuals[np.isfinite(residuals)]  # a visit the method refused leaves no residual
+    trusted = np.array([t["residual_mm"] for t in transitivity if not t["flagged"]], dtype=np.float64)
+    trusted = trusted[np.isfinite(trusted)]
     own = np.array([t["residual_own_centres_mm"] for t in transitivity], dtype=np.float64)
     own = own[np.isfinite(own)]
     summary: dict[str, Any] = {
@@ -250,6 +254,10 @@ def validate_real(
         "n_triplets_measured": int(residuals.size),
         "transitivity_rms_mm": float(np.sqrt(np.mean(residuals**2))) if residuals.size else None,
         "transitivity_max_mm": float(np.max(np.abs(residuals))) if residuals.size else None,
+        # the triplets whose three measurements the method did not flag: what a user who trusts
+        # the flags gets
+        "n_triplets_unflagged": int(trusted.size),
+        "transitivity_rms_unflagged_mm": float(np.sqrt(np.mean(trusted**2))) if trusted.size else None,
         "transitivity_common_centre": bool(transitivity) and all(t["common_centre"] for t in transitivity),
         "transitivity_rms_own_centres_mm": float(np.sqrt(np.mean(own**2))) if own.size else None,
         "time_per_trial_s": float(np.nanmean([r["time_per_trial_s"] for r in pair_rows])),
