@@ -24,10 +24,10 @@ from jsnsynth.synth.pairs import PairConfig
 from jsnsynth.synth.sources import open_source
 from jsnsynth.synth.xray import ImagingRanges
 
-#: Each row widens some ranges of ``PairConfig`` (the rest stay at their defaults, |d| <= 3 px).
+#: Each row widens some ranges of ``PairConfig`` (the rest stay at their defaults, JSN change within +-3 px).
 RANGES = {
     "defaults": {},
-    "JSN change |d| <= 5 px": {"jsn_px": (-5.0, 5.0)},
+    "JSN change within +-5 px": {"jsn_px": (-5.0, 5.0)},
     "repositioning: rotation <= 10 deg, translation <= 20 px, magnification 0.9-1.1": {
         "rotation_deg": 10.0, "translation_px": 20.0, "magnification": (0.9, 1.1)},
     "flexion <= 6 deg per bone": {"flexion_deg": 6.0},
