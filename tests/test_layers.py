@@ -121,3 +121,16 @@ def test_side_by_side_or_swapped_masks_are_not_a_joint() -> None:
     right[:, 50:] = True
     with pytest.raises(InputError, match="not below"):
         joint_axis_from_masks(left, right)
+
+
+@pytest.mark.parametrize("size_px", [96, 128])
+def test_joint_axis_of_bones_as_wide_as_the_crop(size_px: int) -> None:
+    """Small phantoms whose bones fill the crop's width: only the rounded bone ends have whole
+    cross-sections, whose mid-points once turned the axis by 20-70 deg; the centroid line is kept."""
+    from jsnsynth.synth.layers import joint_axis_from_masks
+    from jsnsynth.synth.sources import PhantomSource
+
+    source = PhantomSource(n_joints=8, size_px=size_px)
+    for k in range(8):
+        layers = source.load(f"phantom-{k:06d}", np.random.default_rng(k))
+        assert abs(joint_axis_from_masks(layers.upper_mask, layers.lower_mask) - layers.joint_axis_deg) < 5.0

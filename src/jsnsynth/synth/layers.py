@@ -166,11 +166,17 @@ def check_joint_masks(upper_mask: np.ndarray, lower_mask: np.ndarray) -> float:
     return angle_deg
 
 
-def _medial_points(mask: np.ndarray, axis_deg: float) -> tuple[np.ndarray, np.ndarray]:
+#: Least share of a bone's length (rows along the axis) whose cross-sections must be whole for
+#: :func:`joint_axis_from_masks` to refine the axis on the bones' medial line.
+MEDIAL_MIN_FRACTION = 0.25
+
+
+def _medial_points(mask: np.ndarray, axis_deg: float) -> tuple[np.ndarray, np.ndarray, int]:
     """Mid-points of a bone's cross-sections across the axis, in a frame turned so the axis is vertical.
 
-    Returns ``(t, s)``: the row along the axis and the mid-point across it. Rows where the bone
-    touches the image border (after turning) are left out: there the crop, not the bone, ends it.
+    Returns ``(t, s, rows)``: the row along the axis and the mid-point across it, and how many
+    rows the bone spans. Rows where the bone touches the image border (after turning) are left
+    out: there the crop, not the bone, ends it.
     """
     height, width = mask.shape
     axis = axis_vector(axis_deg)
@@ -189,7 +195,7 @@ def _medial_points(mask: np.ndarray, axis_deg: float) -> tuple[np.ndarray, np.nd
     first = np.argmax(turned[rows], axis=1)
     last = width - 1 - np.argmax(turned[rows, ::-1], axis=1)
     wide = last - first >= 4
-    return rows[wide].astype(float), (first[wide] + last[wide]) / 2.0
+    return rows[wide].astype(float), (first[wide] + last[wide]) / 2.0, int(np.count_nonzero(turned.any(axis=1)))
 
 
 def joint_axis_from_masks(upper_mask: np.ndarray, lower_mask: np.ndarray, iterations: int = 3) -> float:
@@ -198,7 +204,9 @@ def joint_axis_from_masks(upper_mask: np.ndarray, lower_mask: np.ndarray, iterat
     Starts from the line through the two bones' centroids, then refines it as the straight line
     fitted to the mid-points of both bones' cross-sections (their medial line), measured across
     the current axis estimate. Cross-sections that touch the image border are left out: a crop
-    cuts bones along the image edges, not across the joint axis.
+    cuts bones along the image edges, not across the joint axis. Where that leaves less than
+    :data:`MEDIAL_MIN_FRACTION` of either bone's length (bones as wide as the crop: only their
+    rounded ends remain, whose mid-points say little about the axis), the centroid line is kept.
 
     Raises:
         InputError: an empty mask, or bones not one above the other (see :func:`check_joint_masks`).
@@ -208,6 +216,8 @@ def joint_axis_from_masks(upper_mask: np.ndarray, lower_mask: np.ndarray, iterat
     lower_mask = np.asarray(lower_mask, dtype=bool)
     for _ in range(iterations):
         points = [_medial_points(mask, axis_deg) for mask in (upper_mask, lower_mask)]
+        if any(t.size < MEDIAL_MIN_FRACTION * rows for t, _, rows in points):
+            break
         t_all = np.concatenate([p[0] for p in points])
         s_all = np.concatenate([p[1] for p in points])
         if t_all.size < 8:
