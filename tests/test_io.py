@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -136,3 +137,28 @@ def test_atomic_directory_leaves_nothing_on_failure(tmp_path: Path) -> None:
         (work / "done.txt").write_text("done")
     assert (target / "done.txt").read_text() == "done"
     assert [p.name for p in tmp_path.iterdir()] == ["sample"]
+
+
+def test_atomic_write_keeps_links_devices_and_the_usual_mode(tmp_path) -> None:
+    from jsnsynth.errors import OutputError
+    from jsnsynth.synth.io import write_bytes_atomic
+
+    target = tmp_path / "real.json"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    write_bytes_atomic(link, b"new")
+    assert link.is_symlink() and target.read_bytes() == b"new"  # written through, link kept
+    write_bytes_atomic(os.devnull, b"discarded")  # a device is written to, never replaced
+    assert Path(os.devnull).exists() and not Path(os.devnull).is_file()
+    old_mask = os.umask(0o022)
+    try:
+        write_bytes_atomic(tmp_path / "fresh.json", b"{}")
+    finally:
+        os.umask(old_mask)
+    assert (tmp_path / "fresh.json").stat().st_mode & 0o777 == 0o644
+    with pytest.raises(OutputError, match="it is a folder"):
+        write_bytes_atomic(tmp_path, b"x")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        write_bytes_atomic(target / "below.json", b"x")
+    assert not list(tmp_path.glob(".*.part"))

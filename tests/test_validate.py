@@ -93,6 +93,24 @@ def test_plugin_method_loaded_by_module_function(dataset, tmp_path, monkeypatch,
     sys.modules.pop("my_jsn_plugin", None)
 
 
+def test_a_method_failing_on_one_pair_does_not_end_the_run(dataset):
+    """Any exception on one pair (a plug-in's bug, a singular fit) is that pair's failure."""
+    calls = []
+
+    def flaky(baseline, followup, upper_mask, lower_mask, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise np.linalg.LinAlgError("Singular matrix")
+        return {"jsn_px": 0.0}
+
+    from jsnsynth.quantify.validate import read_pairs, summarize, validate_records
+
+    rows = validate_records(list(read_pairs(dataset)), flaky, with_crlb=False)
+    assert [row["method_error"] for row in rows] == ["", "LinAlgError: Singular matrix", ""]
+    overall = summarize(rows)
+    assert overall["n"] == 3 and overall["n_estimated"] == 2 and overall["mismatch_rate"] >= 1 / 3
+
+
 def test_reference_methods_run_through_the_same_interface(dataset):
     for method in ("poc", "ecc"):
         summary = validate_dataset(dataset, method, limit=2, with_crlb=False)

@@ -8,6 +8,7 @@ complete files behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -310,9 +311,20 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     click.echo(f"jsnsynth: warning: {message}", err=True)
 
 
+def _silence_opencv_log() -> None:
+    import cv2
+
+    with contextlib.suppress(AttributeError):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and return its exit code (the console-script entry point)."""
     warnings.showwarning = _one_line_warning
+    # numpy's floating-point warnings and OpenCV's log lines are for developers; the user gets
+    # one line from jsnsynth, which checks the inputs those would be about
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
+    _silence_opencv_log()
     try:
         cli.main(args=argv, prog_name="jsnsynth", standalone_mode=False)
     except click.exceptions.Abort:

@@ -222,6 +222,15 @@ def pair_crlb_px(record: dict) -> float:
     )
 
 
+def _crlb_or_nan(record: dict) -> float:
+    """:func:`pair_crlb_px`, or NaN where the bound does not exist (a singular Fisher matrix:
+    bones too small or featureless to be registered at all)."""
+    try:
+        return pair_crlb_px(record)
+    except np.linalg.LinAlgError:
+        return float("nan")
+
+
 def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dict:
     """Run ``method`` on one pair and return its row of results (truth, estimate, error, CRLB)."""
     start = time.perf_counter()
@@ -242,6 +251,9 @@ def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dic
         estimate, flagged = _estimate(output)
     except InputError as exc:  # the method refused this pair: count it, keep going
         estimate, flagged, error_message = float("nan"), True, str(exc)
+    except Exception as exc:  # noqa: BLE001  (a plug-in's or our own failure on one pair must not end a run)
+        estimate, flagged = float("nan"), True
+        error_message = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
     elapsed = time.perf_counter() - start
     cpu_elapsed = time.process_time() - cpu_start  # this process's CPU time (all its threads)
     spacing = float(record["pixel_spacing_mm"])
@@ -260,7 +272,7 @@ def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dic
         "flagged": bool(flagged),
         "time_s": elapsed,
         "cpu_time_s": cpu_elapsed,
-        "crlb_px": pair_crlb_px(record) if with_crlb else float("nan"),
+        "crlb_px": _crlb_or_nan(record) if with_crlb else float("nan"),
         "method_error": error_message,
     }
     return row

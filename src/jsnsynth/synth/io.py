@@ -209,18 +209,58 @@ def read_float_tiff(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary name and a rename, so it is never half there."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    """Write ``data`` to ``path`` through a temporary name and a rename, so it is never half there.
+
+    A symbolic link is written through (its target is replaced, the link kept), and a path that
+    is not a regular file (``/dev/null``, a FIFO, a terminal) is written to directly: renaming
+    over those would replace them. The file gets the usual mode for new files (``0o666`` less the
+    umask), not the temporary file's private one.
+
+    Raises:
+        OutputError: the path is a folder, or its folder cannot be made or written, naming it.
+    """
+    path = Path(os.path.realpath(path))
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder")
+    if path.exists() and not path.is_file():
+        try:
+            with open(path, "wb") as handle:
+                handle.write(data)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc} ({_first_blocking_parent(path)})") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _first_blocking_parent(path: Path) -> str:
+    """Say which ancestor of ``path`` stops it from being created: a file, or an unwritable folder."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            return f"{parent} is a file, not a folder"
+    existing = next((p for p in path.parents if p.exists()), None)
+    return f"{existing} is not writable" if existing is not None else "no folder to write in"
 
 
 @contextlib.contextmanager

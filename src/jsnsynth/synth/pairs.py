@@ -47,6 +47,17 @@ from jsnsynth.synth.xray import ImagingParams, ImagingRanges, render_radiograph_
 PoseRenderer = Callable[[JointLayers, Similarity, Similarity, Similarity], JointLayers]
 
 
+#: Allowed values of the ranges of :class:`PairConfig` (inclusive).
+PAIR_OPTION_LIMITS = {
+    "jsn_mm": (-5.0, 5.0),
+    "jsn_px": (-32.0, 32.0),
+    "flexion_deg": (0.0, 30.0),
+    "rotation_deg": (0.0, 45.0),
+    "magnification": (0.5, 2.0),
+    "translation_px": (0.0, 64.0),
+}
+
+
 @dataclass(frozen=True)
 class PairConfig:
     """Ranges from which the nuisances and the JSN change of a pair are drawn (all uniform).
@@ -83,11 +94,13 @@ class PairConfig:
             value = getattr(self, name)
             if value is not None and (len(value) != 2 or not value[0] <= value[1]):
                 raise InputError(f"pair option {name} must be a (low, high) range, got {value}")
-        if self.magnification[0] <= 0:
-            raise InputError(f"magnification must be positive, got {self.magnification}")
-        for name in ("flexion_deg", "rotation_deg", "translation_px"):
-            if not getattr(self, name) >= 0:
-                raise InputError(f"pair option {name} must be >= 0, got {getattr(self, name)}")
+        # beyond these a pair is no longer a follow-up of the same joint crop (bones leave the
+        # crop or pass through each other), and the truth frame stops meaning anything
+        for name, (low, high) in PAIR_OPTION_LIMITS.items():
+            value = getattr(self, name)
+            values = value if isinstance(value, tuple) else (value,)
+            if value is not None and not all(math.isfinite(v) and low <= v <= high for v in values):
+                raise InputError(f"pair option {name} must lie in [{low:g}, {high:g}], got {value}")
         if not (math.isfinite(self.soft_tissue_blend_mm) and self.soft_tissue_blend_mm > 0):
             raise InputError(f"soft-tissue blend must be a positive number of mm, got {self.soft_tissue_blend_mm}")
         if self.spline_order not in (3, 5):

@@ -78,6 +78,11 @@ _LINE_STD = 0.37
 _LINE_SHARE = 0.7
 
 
+#: Smallest phantom crop (px): smaller bones are too few pixels for a JSN measurement to mean anything
+#: (a registration needs a few hundred pixels of each bone).
+MIN_SIZE_PX = 64
+
+
 @dataclass(frozen=True)
 class PhantomParams:
     """Every parameter of one phantom (lengths in millimetres, attenuation in 1/mm).
@@ -205,8 +210,8 @@ def check_phantom_params(params: PhantomParams) -> None:
         raise InputError(f"head_bone must be 'upper' or 'lower', got {params.head_bone!r}")
     if params.joint_type not in JOINT_TYPES:
         raise InputError(f"joint_type must be one of {', '.join(JOINT_TYPES)}, got {params.joint_type!r}")
-    if int(params.size_px) != params.size_px or params.size_px < 16:
-        raise InputError(f"phantom size must be an integer of at least 16 pixels, got {params.size_px}")
+    if int(params.size_px) != params.size_px or params.size_px < MIN_SIZE_PX:
+        raise InputError(f"phantom size must be an integer of at least {MIN_SIZE_PX} pixels, got {params.size_px}")
     for f in fields(params):
         value = getattr(params, f.name)
         if isinstance(value, float) and not math.isfinite(value):

@@ -40,7 +40,7 @@ from jsnsynth.synth.io import (
     write_bytes_atomic,
 )
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers
-from jsnsynth.synth.phantom import JOINT_TYPES, PhantomParams, render_phantom, sample_phantom_params
+from jsnsynth.synth.phantom import JOINT_TYPES, MIN_SIZE_PX, PhantomParams, render_phantom, sample_phantom_params
 from jsnsynth.synth.xray import ImagingParams, quantize, render_radiograph, sample_imaging_params
 
 SAMPLE_PREFIX = "phantom_"
@@ -74,8 +74,8 @@ class PhantomSettings:
     def __post_init__(self) -> None:
         if self.joint_type not in (*JOINT_TYPES, "random"):
             raise InputError(f"joint type must be one of {', '.join(JOINT_TYPES)} or random, got {self.joint_type!r}")
-        if self.size_px < 16:
-            raise InputError(f"phantom size must be at least 16 pixels, got {self.size_px}")
+        if self.size_px < MIN_SIZE_PX:
+            raise InputError(f"phantom size must be at least {MIN_SIZE_PX} pixels, got {self.size_px}")
         if not (np.isfinite(self.pixel_spacing_mm) and self.pixel_spacing_mm > 0):
             raise InputError(f"pixel spacing must be a positive number of mm, got {self.pixel_spacing_mm}")
         if self.seed < 0:
