@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from jsnsynth.synth.dataset import (
     pair_features,
     plan_dataset,
 )
+from jsnsynth.synth.pairs import PairConfig
 from jsnsynth.synth.sources import FingerJointsSource, PhantomSource
 from test_sources import make_fingerjoint_folder
 
@@ -225,3 +227,18 @@ def test_wrong_schema_is_rejected(phantom_dataset: Path, tmp_path: Path) -> None
     pq.write_table(pa.table({"pair_id": ["x"], "jsn_px": [1.0]}), shard)
     with pytest.raises(InputError, match="wrong dataset schema"):
         check_dataset_folder(broken)
+
+
+def test_a_run_that_failed_before_its_first_shard_does_not_block_the_corrected_one(tmp_path) -> None:
+    out = tmp_path / "ds"
+    with pytest.raises(InputError, match="at least 64 pixels"):
+        build_dataset(PhantomSource(n_joints=2, size_px=8), out, 2, seed=1, quiet=True)
+    result = build_dataset(PhantomSource(n_joints=2, size_px=64), out, 2, seed=1, quiet=True, layers_every=0)
+    assert result.n_pairs == 2 and (out / "README.md").is_file()
+
+
+@pytest.mark.parametrize("options", [{"translation_px": math.inf}, {"rotation_deg": 720.0}, {"jsn_px": (500.0, 500.0)},
+                                     {"magnification": (0.1, 1.0)}, {"jsn_mm": (-math.nan, 0.5)}])
+def test_pair_options_out_of_their_physical_range_are_refused(options) -> None:
+    with pytest.raises(InputError, match="pair option"):
+        PairConfig(**options)
