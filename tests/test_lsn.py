@@ -406,3 +406,18 @@ def test_clean_mask_keeps_the_largest_piece_and_fills_holes():
     assert cleaned[12:15, 12:15].all() and not cleaned[35:38, 35:38].any()
     assert cleaned.sum() == 25 * 25
     assert not clean_mask(np.zeros((8, 8), bool)).any()
+
+
+def test_separate_refuses_crops_without_a_joint_and_absurd_spacings_before_writing(tmp_path):
+    from jsnsynth.lsn.infer import separate_files
+
+    rng = np.random.default_rng(0)
+    good = tmp_path / "joint.png"
+    write_bytes_atomic(good, encode_png(np.full((64, 64), 30000, np.uint16)))
+    noise = tmp_path / "noise.png"
+    write_bytes_atomic(noise, encode_png(rng.integers(0, 65535, (64, 64)).astype(np.uint16)))
+    with pytest.raises(InputError, match="pixel spacing 5.0 mm"):
+        separate_files([good], tmp_path / "out", pixel_spacing_mm=5.0)
+    with pytest.raises(InputError, match="no (upper|lower) bone found"):
+        separate_files([noise], tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

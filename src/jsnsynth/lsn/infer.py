@@ -21,6 +21,7 @@ is ever downloaded.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -49,6 +50,12 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "lsn_default.pt"
 TRAINING_PIXEL_SPACING_MM = DEFAULT_PIXEL_SPACING_MM
 #: Smallest crop side accepted, pixels.
 MIN_SIZE_PX = 32
+#: Pixel sizes (mm) accepted for a crop: from high-resolution detectors to coarse scans.
+PIXEL_SPACING_RANGE_MM = (0.02, 1.0)
+#: Least share of the crop a bone mask must cover for a separation to count as finding it.
+MIN_BONE_SHARE = 0.002
+#: Share of the crop beyond which the bone masks are implausible (real crops: at most 0.74).
+MAX_BONE_SHARE = 0.95
 #: Relative spacing difference below which no resampling is done.
 SPACING_TOLERANCE = 0.02
 
@@ -201,8 +208,7 @@ def separate_intensity(
         InputError: a crop that is not 2-D, smaller than 32 px, non-finite or outside ``[0, 1]``.
     """
     intensity = check_crop(intensity, name)
-    if pixel_spacing_mm is not None and not (np.isfinite(pixel_spacing_mm) and pixel_spacing_mm > 0):
-        raise InputError(f"pixel spacing must be a positive number, got {pixel_spacing_mm}")
+    check_pixel_spacing(pixel_spacing_mm, name)
     model = model if model is not None else load_model()
     spacing = TRAINING_PIXEL_SPACING_MM if pixel_spacing_mm is None else float(pixel_spacing_mm)
     height, width = intensity.shape
@@ -240,6 +246,37 @@ def separate_intensity(
     )
     recomposed = attenuation_to_intensity(layers.attenuation().astype(np.float64))
     return Separation(layers, probabilities[0].astype(np.float32), probabilities[1].astype(np.float32), recomposed)
+
+
+def check_pixel_spacing(pixel_spacing_mm: float | None, name: str = "image") -> None:
+    """Refuse a pixel size that no hand radiograph has (it would resample the crop absurdly).
+
+    Raises:
+        InputError: not a number in :data:`PIXEL_SPACING_RANGE_MM`, naming the crop.
+    """
+    if pixel_spacing_mm is None:
+        return
+    low, high = PIXEL_SPACING_RANGE_MM
+    if not (np.isfinite(pixel_spacing_mm) and low <= pixel_spacing_mm <= high):
+        raise InputError(f"{name}: pixel spacing {pixel_spacing_mm} mm is not a radiograph's ({low}-{high} mm)")
+
+
+def check_separation(upper_mask: np.ndarray, lower_mask: np.ndarray, name: str = "image") -> None:
+    """Refuse a separation that found no bone; warn when the bones fill almost the whole crop.
+
+    An empty bone mask means the crop is not a finger joint as the network knows one (bone
+    bright, joint axis vertical, upper bone on top); the layers would be meaningless.
+
+    Raises:
+        InputError: a bone mask with less than :data:`MIN_BONE_SHARE` of the crop, naming it.
+    """
+    for bone, mask in (("upper", upper_mask), ("lower", lower_mask)):
+        if mask.mean() < MIN_BONE_SHARE:
+            raise InputError(f"{name}: no {bone} bone found (is it a finger-joint crop, bone bright, "
+                             "joint axis vertical, upper bone on top?)")
+    covered = float((upper_mask | lower_mask).mean())
+    if covered > MAX_BONE_SHARE:
+        warnings.warn(f"{name}: the bone masks cover {covered:.0%} of the crop; check that bone is bright", stacklevel=2)
 
 
 def clean_mask(mask: np.ndarray) -> np.ndarray:
@@ -306,8 +343,8 @@ def separate_files(
         The panel paths, one per input.
 
     Raises:
-        InputError: an unreadable, colour, too small or NaN-holding input, or two inputs with
-            the same file stem.
+        InputError: an unreadable, colour, too small or NaN-holding input, an implausible pixel
+            spacing, a crop in which no bone is found, or two inputs with the same file stem.
         OutputError: ``out_dir`` exists and is not a folder.
     """
     if not paths:
@@ -325,11 +362,17 @@ def separate_files(
             raise InputError(f"{path}: another input has the same name '{stem}'; outputs would collide")
         stems.add(stem)
         spacing = pixel_spacing_mm if pixel_spacing_mm is not None else radiograph.pixel_spacing_mm
-        inputs.append((stem, intensity, spacing))
+        check_pixel_spacing(spacing, str(path))
+        inputs.append((stem, intensity, spacing, str(path)))
     model = load_model(weights)
+    # every crop separated (and its separation checked) before the first file is written
+    separations = []
+    for stem, intensity, spacing, label in inputs:
+        separation = separate_intensity(intensity, model, spacing, name=label)
+        check_separation(separation.layers.upper_mask, separation.layers.lower_mask, label)
+        separations.append((stem, intensity, separation))
     panels = []
-    for stem, intensity, spacing in inputs:
-        separation = separate_intensity(intensity, model, spacing, name=stem)
+    for stem, intensity, separation in separations:
         layers = separation.layers
         for layer_name in ("soft", "upper", "lower"):
             write_bytes_atomic(out_dir / f"{stem}_{layer_name}.tif", encode_float_tiff(getattr(layers, layer_name)))
