@@ -204,10 +204,13 @@ def test_cli_quantify_prints_json_and_writes_figure(tmp_path, capsys):
     assert figure.stat().st_size > 0 and json.loads(out_json.read_text())["version"]
 
 
-@pytest.mark.parametrize("problem", ["missing", "unreadable", "empty_mask", "wrong_size", "disjoint"])
+@pytest.mark.parametrize("problem", ["missing", "unreadable", "empty_mask", "wrong_size", "disjoint", "tiny_mask",
+                                     "constant", "blank_followup", "centre_outside", "axis_nan", "json_is_folder",
+                                     "figure_suffix"])
 def test_cli_quantify_rejects_bad_input(tmp_path, capsys, problem):
     pair = toy_pair(0.5)
     paths = _write_pair(tmp_path, pair)
+    extra = []
     if problem == "missing":
         paths["baseline"] = tmp_path / "nope.png"
     elif problem == "unreadable":
@@ -223,16 +226,35 @@ def test_cli_quantify_rejects_bad_input(tmp_path, capsys, problem):
         right[60:, 70:] = 255
         paths["upper_mask"].write_bytes(encode_png(left))
         paths["lower_mask"].write_bytes(encode_png(right))
+    elif problem == "tiny_mask":  # a few pixels: once an IndexError deep in the coarse stage
+        dot = np.zeros((96, 96), np.uint8)
+        dot[20:22, 40:42] = 255
+        paths["upper_mask"].write_bytes(encode_png(dot))
+    elif problem in ("constant", "blank_followup"):  # once a singular matrix, or a silent JSN of 0
+        blank = encode_png(np.full((96, 96), 20000, np.uint16))
+        paths["followup"].write_bytes(blank)
+        if problem == "constant":
+            paths["baseline"].write_bytes(blank)
+    elif problem == "centre_outside":
+        extra = ["--joint-center", "-50", "-50"]
+    elif problem == "axis_nan":
+        extra = ["--joint-axis-deg", "nan"]
+    elif problem == "json_is_folder":  # refused before any work: no figure left behind either
+        (tmp_path / "folder").mkdir()
+        extra = ["--json", str(tmp_path / "folder"), "--residual-figure", str(tmp_path / "fig.png")]
+    elif problem == "figure_suffix":
+        extra = ["--residual-figure", str(tmp_path / "fig.gif")]
     rc = main(["quantify", str(paths["baseline"]), str(paths["followup"]), "--upper-mask", str(paths["upper_mask"]),
-               "--lower-mask", str(paths["lower_mask"])])
+               "--lower-mask", str(paths["lower_mask"]), *extra])
     err = capsys.readouterr().err.strip()
     assert rc == 1
     assert err.startswith("jsnsynth: error:") and len(err.splitlines()) == 1
+    assert not (tmp_path / "fig.png").exists() and not (tmp_path / "fig.gif").exists()
 
 
-# Noise-free phantom pairs whose two visits have different detector blur (the renderer's
-# sampled Gaussian, 0.6 vs 1.1 px), on top of a relative move, flexion and repositioning. The
-# blur matching leaves up to a few hundredths of a pixel on such pairs (docs/quantify.md).
+# Noise-free phantom pairs whose two visits have different detector blur (0.6 vs 1.1 px), on top
+# of a relative move, flexion and repositioning. The blur matching leaves up to a few hundredths
+# of a pixel on such pairs (docs/quantify.md).
 BLUR_PAIR_TOL_PX = 0.05
 
 

@@ -34,7 +34,12 @@ from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, joint_axis_from_mask
 #: Version of the JSON record written by :meth:`JsnResult.to_dict` (bump on a key change).
 RESULT_VERSION = "1.0"
 #: Smallest image side the quantifier accepts.
-MIN_SIDE_PX = 16
+MIN_SIDE_PX = 32
+#: Fewest pixels of a bone mask, and of the region registered for it: below this a fit has
+#: nothing to hold on to (a bone crossed by a few tens of pixels gave 0.4 px errors, unflagged).
+MIN_BONE_PX = 100
+#: Intensity standard deviation below which an image has no structure to register.
+MIN_CONTRAST = 1e-4
 #: Convergence threshold (px of that level) of the pyramid levels above full resolution: they
 #: only start the next level, which needs nothing finer than a few hundredths of a pixel.
 COARSE_LEVEL_TOLERANCE_PX = 0.01
@@ -159,7 +164,26 @@ def as_mask(mask: np.ndarray, name: str, shape: tuple[int, int]) -> np.ndarray:
     mask = mask > (mask.max() / 2 if mask.dtype != bool and mask.max() > 1 else 0)
     if not mask.any():
         raise InputError(f"{name} mask is empty")
+    if np.count_nonzero(mask) < MIN_BONE_PX:
+        raise InputError(f"{name} mask has {np.count_nonzero(mask)} pixels, at least {MIN_BONE_PX} needed")
     return mask
+
+
+def check_joint_frame(joint_center_xy: tuple[float, float] | None, joint_axis_deg: float | None,
+                      shape: tuple[int, int]) -> None:
+    """Reject a given joint centre that is not a point of the image, or an axis that is not a number."""
+    if joint_center_xy is not None:
+        x, y = (float(v) for v in joint_center_xy)
+        if not (math.isfinite(x) and math.isfinite(y) and 0 <= x <= shape[1] - 1 and 0 <= y <= shape[0] - 1):
+            raise InputError(f"joint centre ({x}, {y}) is not inside the {shape[1]}x{shape[0]} image")
+    if joint_axis_deg is not None and not math.isfinite(float(joint_axis_deg)):
+        raise InputError(f"joint axis must be a finite angle in degrees, got {joint_axis_deg}")
+
+
+def check_contrast(image: np.ndarray, where: np.ndarray, name: str) -> None:
+    """Reject an image that is constant where it is to be registered (blank, saturated, 1-bit)."""
+    if float(np.std(image[where])) < MIN_CONTRAST:
+        raise InputError(f"{name} is constant{' inside the bone masks' if not where.all() else ''}: nothing to register")
 
 
 def check_mask_pair(upper: np.ndarray, lower: np.ndarray, axis_deg: float, label: str) -> None:
@@ -298,8 +322,11 @@ def quantify_pair(
         raise InputError(f"follow-up is {follow.shape[1]}x{follow.shape[0]}, baseline is {base.shape[1]}x{base.shape[0]}")
     upper = as_mask(upper_mask, "upper-bone", base.shape)
     lower = as_mask(lower_mask, "lower-bone", base.shape)
+    check_joint_frame(joint_center_xy, joint_axis_deg, base.shape)
     center, joint_axis_deg = resolve_joint_frame(upper, lower, joint_center_xy, joint_axis_deg)
     check_mask_pair(upper, lower, joint_axis_deg, "baseline")
+    check_contrast(base, upper | lower, "baseline")
+    check_contrast(follow, np.ones_like(upper), "follow-up")
     follow_masks = None
     if (followup_upper_mask is None) != (followup_lower_mask is None):
         raise InputError("give both follow-up masks or neither")
@@ -320,7 +347,11 @@ def quantify_pair(
         source = pixel_spacing_source or "option"
     if not (math.isfinite(pixel_spacing_mm) and pixel_spacing_mm > 0):
         raise InputError(f"pixel spacing must be a positive number, got {pixel_spacing_mm}")
-    fits, coarse, bones_info, t_coarse, t_fine, follow_coef = _register_bones(base, follow, upper, lower, center, follow_masks, settings)
+    try:
+        fits, coarse, bones_info, t_coarse, t_fine, follow_coef = _register_bones(
+            base, follow, upper, lower, center, follow_masks, settings)
+    except np.linalg.LinAlgError:  # a degenerate least-squares problem: nothing to register
+        raise InputError("registration failed: the images hold too little structure in the bone regions") from None
     pu, pl = fits["upper"].params, fits["lower"].params
     t_upper = similarity_from_params(pu, *center)
     t_lower = similarity_from_params(pl, *center)
@@ -440,8 +471,8 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
     regions = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
         regions[name] = reg.bone_region(mask, other, settings.dilate_px, exclude_px)
-        if np.count_nonzero(regions[name]) < 20:
-            raise InputError(f"the {name}-bone mask leaves fewer than 20 pixels to register")
+        if np.count_nonzero(regions[name]) < MIN_BONE_PX:
+            raise InputError(f"the {name}-bone mask leaves fewer than {MIN_BONE_PX} pixels to register")
     params = dict(coarse)
     fits = {}
     for level in range(settings.levels, -1, -1):
@@ -542,6 +573,14 @@ def quantify_files(
     from jsnsynth.quantify.reliability import save_residual_figure
     from jsnsynth.synth.io import read_mask, read_radiograph, write_bytes_atomic
 
+    from jsnsynth.quantify.reliability import figure_format
+    from jsnsynth.synth.io import check_writable
+
+    for out_path in (residual_figure, json_out):
+        if out_path:
+            check_writable(out_path)
+    if residual_figure:
+        figure_format(residual_figure)
     base = read_radiograph(baseline_path)
     follow = read_radiograph(followup_path)
     shape = base.intensity.shape

@@ -27,6 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from jsnsynth.errors import OutputError
 from jsnsynth.quantify.register import photometric_basis, solve_least_squares
 from jsnsynth.quantify.warp import sample_spline, spline_coefficients, warp_positions
 
@@ -204,13 +205,35 @@ def assess_reliability(
     return report
 
 
+#: Figure formats by file suffix.
+FIGURE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg", ".jpg": "jpg", ".jpeg": "jpg"}
+
+
+def figure_format(path: str | Path) -> str:
+    """The figure format a path asks for by its suffix (PNG without one).
+
+    Raises:
+        OutputError: an unknown suffix.
+    """
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        return "png"
+    if suffix not in FIGURE_FORMATS:
+        raise OutputError(f"{path}: figures are written as {', '.join(sorted(FIGURE_FORMATS))}, not {suffix}")
+    return FIGURE_FORMATS[suffix]
+
+
 def save_residual_figure(result: Any, baseline: np.ndarray, path: str | Path) -> Path:
-    """Draw each bone's residual before and after alignment next to the baseline (PNG).
+    """Draw each bone's residual before and after alignment next to the baseline.
 
     Args:
         result: a :class:`~jsnsynth.quantify.quantifier.JsnResult` with residual maps.
         baseline: the baseline image (any accepted dtype) for the left column.
-        path: output PNG, written atomically.
+        path: output file, written atomically, in the format of its suffix
+            (:data:`FIGURE_FORMATS`; PNG when it has none).
+
+    Raises:
+        OutputError: a suffix that is not a figure format.
     """
     import io as _io
 
@@ -258,7 +281,7 @@ def save_residual_figure(result: Any, baseline: np.ndarray, path: str | Path) ->
         fontsize=10,
     )
     buffer = _io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format=figure_format(path), dpi=110)
     plt.close(fig)
     path = Path(path)
     write_bytes_atomic(path, buffer.getvalue())

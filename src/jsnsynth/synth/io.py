@@ -247,6 +247,23 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail early, before any work, where :func:`write_bytes_atomic` would fail at the end.
+
+    Raises:
+        OutputError: ``path`` is a folder, or one of its ancestors is a file or unwritable.
+    """
+    path = Path(os.path.realpath(path))
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder")
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"cannot write {path}: {parent} is a file, not a folder")
+    existing = next(p for p in path.parents if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise OutputError(f"cannot write {path}: {existing} is not writable")
+
+
 def _umask() -> int:
     """The process's umask (read by setting it, then restoring it)."""
     mask = os.umask(0o022)
