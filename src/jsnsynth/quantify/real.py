@@ -23,7 +23,6 @@ import json
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import cv2
@@ -34,7 +33,7 @@ from jsnsynth.quantify.quantifier import jsn_from_transforms, mean_similarity
 from jsnsynth.quantify.validate import load_method
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.fingerjoints import FingerJointRecord, read_manifest
-from jsnsynth.synth.io import read_mask, read_radiograph, write_bytes_atomic
+from jsnsynth.synth.io import make_output_folder, read_mask, read_radiograph, write_bytes_atomic
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM
 
 
@@ -264,8 +263,7 @@ def validate_real(
         "n_pairs_refused": int(sum(not math.isfinite(r["jsn_mm_original"]) for r in pair_rows)),
     }
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = make_output_folder(out_dir)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(pair_rows[0]))
         writer.writeheader()

@@ -30,10 +30,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from jsnsynth.errors import InputError, OutputError
+from jsnsynth.errors import InputError
 from jsnsynth.quantify.crlb import display_noise_std_from_clean, jsn_crlb_px
 from jsnsynth.synth.geometry import Similarity
-from jsnsynth.synth.io import decode_png, write_bytes_atomic
+from jsnsynth.synth.io import decode_png, make_output_folder, write_bytes_atomic
 from jsnsynth.synth.xray import ImagingParams
 
 #: Columns of the ``pairs`` config this harness needs (contract 3).
@@ -71,6 +71,8 @@ def dataset_shards(folder: str | os.PathLike, split: str | None = None) -> list[
     import pyarrow.parquet as pq
 
     folder = Path(folder)
+    if folder.is_file():
+        raise InputError(f"{folder}: is a file, not a dataset folder")
     if not folder.is_dir():
         raise InputError(f"{folder}: no such dataset folder")
     shards = sorted((folder / "data").glob("*.parquet"))
@@ -398,10 +400,7 @@ def validate_dataset(
     done: dict[str, dict] = {}
     log_path = None
     if out_dir is not None:
-        out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise OutputError(f"{out}: exists and is not a folder")
-        out.mkdir(parents=True, exist_ok=True)
+        out = make_output_folder(out_dir)
         log_path = out / f".validate-{_run_key(folder, method_name, split, limit)}.jsonl"
         if log_path.exists():
             for line in log_path.read_text().splitlines():

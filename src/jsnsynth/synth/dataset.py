@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from jsnsynth import __version__
 from jsnsynth.errors import InputError, OutputError
-from jsnsynth.synth.io import decode_png, encode_png, remove_partial_outputs, write_bytes_atomic
+from jsnsynth.synth.io import decode_png, encode_png, make_output_folder, remove_partial_outputs, write_bytes_atomic
 from jsnsynth.synth.pairs import Pair, PairConfig, make_pair, sample_pair_params
 from jsnsynth.synth.sources import JointSource
 from jsnsynth.synth.xray import ImagingParams, quantize
@@ -536,7 +536,7 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: exists and is not a folder")
     if not out_dir.exists() or not any(out_dir.iterdir()):
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_output_folder(out_dir)
         return []
     state = _read_state(out_dir)
     if state is None:

@@ -118,6 +118,11 @@ def read_radiograph(path: str | os.PathLike) -> Radiograph:
     return Radiograph(intensity, bits, None, path)
 
 
+#: Largest difference between the colour channels (share of full scale, 99.9th percentile) of an
+#: image still read as grey.
+GREY_TOLERANCE = 0.02
+
+
 def _to_greyscale(pixels: np.ndarray, path: Path) -> np.ndarray:
     if pixels.ndim == 2:
         return pixels
@@ -125,6 +130,13 @@ def _to_greyscale(pixels: np.ndarray, path: Path) -> np.ndarray:
         colour = pixels[..., :3]
         if np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2]):
             return np.ascontiguousarray(colour[..., 0])
+        # grey saved through a colour pipeline (JPEG chroma, a viewer's tint) differs between
+        # channels by a few levels: that is still a radiograph, read as the channels' mean
+        wide = colour.astype(np.float64)
+        spread = wide.max(axis=2) - wide.min(axis=2)
+        full_scale = float(np.iinfo(pixels.dtype).max) if np.issubdtype(pixels.dtype, np.integer) else 1.0
+        if np.percentile(spread, 99.9) <= GREY_TOLERANCE * full_scale:
+            return np.rint(wide.mean(axis=2)).astype(pixels.dtype) if full_scale > 1 else wide.mean(axis=2)
         raise InputError(f"{path}: expected a greyscale radiograph, got a colour image")
     raise InputError(f"{path}: expected a 2-D greyscale image, got array of shape {pixels.shape}")
 
@@ -245,6 +257,23 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
+
+
+def make_output_folder(path: str | os.PathLike) -> Path:
+    """Create ``path`` (and its parents) as an output folder, or say why it cannot be one.
+
+    Raises:
+        OutputError: ``path`` is a file, an ancestor is a file, or a folder on the way is not
+            writable.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot make the folder {path}: {exc.strerror or exc} ({_first_blocking_parent(path / '_')})") from None
+    return path
 
 
 def check_writable(path: str | os.PathLike) -> None:
