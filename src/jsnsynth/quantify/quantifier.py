@@ -13,7 +13,10 @@ which for the dataset truth ``T_k = G o F_k`` is ``d cos(mean flexion)`` (contra
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +41,31 @@ MIN_SIDE_PX = 16
 #: Convergence threshold (px of that level) of the pyramid levels above full resolution: they
 #: only start the next level, which needs nothing finer than a few hundredths of a pixel.
 COARSE_LEVEL_TOLERANCE_PX = 0.01
+
+
+#: Heap that glibc keeps instead of returning it to the system, and the size from which it maps
+#: allocations separately (bytes); see :func:`_keep_freed_heap`.
+HEAP_RETAIN_BYTES = 32 * 1024 * 1024
+
+
+@functools.cache
+def _keep_freed_heap() -> None:
+    """Ask glibc to keep freed memory up to :data:`HEAP_RETAIN_BYTES` for reuse (once per process).
+
+    A pair allocates thousands of numpy temporaries of 0.1-1 MB. With glibc's defaults each one is
+    mapped and unmapped, or the heap top is trimmed and regrown, so every call page-faulted its
+    buffers in afresh: about 20 % of a pair's CPU time was the kernel zeroing pages (300 000
+    minor faults on 16 pairs; 19 000 with this). No effect on other C libraries.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_trim_threshold, HEAP_RETAIN_BYTES)
+        libc.mallopt(m_mmap_threshold, HEAP_RETAIN_BYTES)
+    except (OSError, AttributeError):  # not glibc (musl, ...): keep its defaults
+        pass
 
 
 @dataclass
@@ -292,6 +320,7 @@ def quantify_pair(
         InputError: unreadable arrays, size mismatch, empty/overlapping/swapped masks.
     """
     start = time.perf_counter()
+    _keep_freed_heap()
     base = as_intensity(baseline, "baseline")
     follow = as_intensity(followup, "follow-up")
     if follow.shape != base.shape:
