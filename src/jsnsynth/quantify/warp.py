@@ -56,11 +56,10 @@ def sample_spline_values(coef: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.n
     needed (positions are clamped the same way).
     """
     first, w, (wx, _), (wy, _) = _spline_taps(coef, x, y, slopes=False)
-    flat = coef.ravel()
-    value = np.zeros(first.shape, dtype=np.float32)
-    for j in range(4):
-        row = first + j * w
-        value += wy[j] * (wx[0] * flat[row] + wx[1] * flat[row + 1] + wx[2] * flat[row + 2] + wx[3] * flat[row + 3])
+    value = None
+    for j, row in enumerate(_tap_rows(coef, first, w)):
+        term = wy[j] * _dot4(wx, row)
+        value = term if value is None else _add(value, term)
     return value
 
 
@@ -71,8 +70,39 @@ def _spline_taps(coef: np.ndarray, x: np.ndarray, y: np.ndarray, slopes: bool = 
     y = np.clip(y, 1.0, h - 2.000001)
     ix = np.floor(x)
     iy = np.floor(y)
-    first = (iy.astype(np.int64) - 1) * w + (ix.astype(np.int64) - 1)
-    return first, w, _cubic_weights((x - ix).astype(np.float32), slopes), _cubic_weights((y - iy).astype(np.float32), slopes)
+    first = ((iy - 1.0) * w + (ix - 1.0)).astype(np.intp)  # exact: integers far below 2^53
+    # both axes' fractions in one array: the weights are then one set of array operations
+    fractions = np.empty((2,) + np.shape(x), dtype=np.float32)
+    np.subtract(x, ix, out=fractions[0], casting="same_kind")
+    np.subtract(y, iy, out=fractions[1], casting="same_kind")
+    weights, slopes_ = _cubic_weights(fractions, slopes)
+    along_x = (tuple(v[0] for v in weights), None if slopes_ is None else tuple(v[0] for v in slopes_))
+    along_y = (tuple(v[1] for v in weights), None if slopes_ is None else tuple(v[1] for v in slopes_))
+    return first, w, along_x, along_y
+
+
+def _tap_rows(coef: np.ndarray, first: np.ndarray, w: int):
+    """The 4 x 4 taps of every position, one row of 4 at a time. Each tap is gathered through an
+    offset view of the coefficients with the same index array (no index arithmetic per tap;
+    ``take`` is about a quarter faster than fancy indexing)."""
+    flat = coef.ravel()
+    for j in range(4):
+        offset = j * w
+        yield tuple(flat[offset + i:].take(first) for i in range(4))
+
+
+def _dot4(weights: tuple[np.ndarray, ...], taps: tuple[np.ndarray, ...]) -> np.ndarray:
+    """``w0 t0 + w1 t1 + w2 t2 + w3 t3``, summed left to right, with one temporary."""
+    out = weights[0] * taps[0]
+    scratch = np.empty_like(out)
+    for k in range(1, 4):
+        out += np.multiply(weights[k], taps[k], out=scratch)
+    return out
+
+
+def _add(total: np.ndarray, term: np.ndarray) -> np.ndarray:
+    total += term
+    return total
 
 
 def _cubic_weights(t: np.ndarray, slopes: bool = True) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...] | None]:
@@ -98,16 +128,14 @@ def sample_spline(coef: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.nd
         ``(value, d/dx, d/dy)`` as float32 arrays of the positions' shape.
     """
     first, w, (wx, dx), (wy, dy) = _spline_taps(coef, x, y)
-    flat = coef.ravel()
-    value = np.zeros(first.shape, dtype=np.float32)
-    grad_x = np.zeros_like(value)
-    grad_y = np.zeros_like(value)
-    for j in range(4):
-        row = first + j * w
-        taps = (flat[row], flat[row + 1], flat[row + 2], flat[row + 3])
-        along = wx[0] * taps[0] + wx[1] * taps[1] + wx[2] * taps[2] + wx[3] * taps[3]
-        slope = dx[0] * taps[0] + dx[1] * taps[1] + dx[2] * taps[2] + dx[3] * taps[3]
-        value += wy[j] * along
-        grad_x += wy[j] * slope
-        grad_y += dy[j] * along
+    value = grad_x = grad_y = None
+    for j, row in enumerate(_tap_rows(coef, first, w)):
+        along = _dot4(wx, row)
+        slope = _dot4(dx, row)
+        if value is None:
+            value, grad_x, grad_y = wy[0] * along, wy[0] * slope, dy[0] * along
+        else:
+            value += wy[j] * along
+            grad_x += wy[j] * slope
+            grad_y += dy[j] * along
     return value, grad_x, grad_y
