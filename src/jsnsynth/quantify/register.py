@@ -148,16 +148,20 @@ def solve_least_squares(design: np.ndarray, target: np.ndarray) -> np.ndarray:
     """
     design = np.asarray(design, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
-    normal = design.T @ design
-    rhs = design.T @ target
+    solution = solve_normal_equations(design.T @ design, design.T @ target)
+    if solution is None:
+        solution = np.linalg.lstsq(design, target, rcond=None)[0]
+    return solution
+
+
+def solve_normal_equations(normal: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
+    """``normal^-1 rhs`` after scaling to a unit diagonal; None if singular or not finite."""
     scale = np.sqrt(np.maximum(np.diag(normal), 1e-300))
     try:
         solution = np.linalg.solve(normal / np.outer(scale, scale), rhs / scale) / scale
     except np.linalg.LinAlgError:
-        solution = None
-    if solution is None or not np.all(np.isfinite(solution)):
-        solution = np.linalg.lstsq(design, target, rcond=None)[0]
-    return solution
+        return None
+    return solution if np.all(np.isfinite(solution)) else None
 
 
 def photometric_basis(values: np.ndarray, order: int) -> np.ndarray:
@@ -284,6 +288,11 @@ def _every_other(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero(region & _checkerboard(region.shape))
 
 
+def _every_other_index(region: np.ndarray) -> np.ndarray:
+    """:func:`_every_other` as flat indices into the region's array."""
+    return np.flatnonzero(region & _checkerboard(region.shape))
+
+
 def apply_polynomial(image: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
     """``sum_k c_k image^k`` as float32 (coefficients in increasing degree)."""
     image = np.asarray(image, dtype=np.float64)
@@ -368,26 +377,42 @@ def fit_intensity_mapping(
     return coef if np.all(np.isfinite(coef)) else forward
 
 
-def blur_design(
-    base: np.ndarray, region: np.ndarray, points: tuple[np.ndarray, np.ndarray] | None = None
-) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
-    """Where and with what :func:`blur_difference` regresses one baseline window.
+@dataclass
+class BlurDesign:
+    """Where and with what :func:`blur_difference` regresses one window.
 
-    Returns ``((ys, xs), baseline values, design)``: the sample pixels (every other pixel of the
-    region, or ``points`` when given), the baseline there (float64) and the columns
-    ``1, B, B^2, laplacian(B) / 2``.
+    Attributes:
+        index: flat indices (into the window) of the sample pixels.
+        values: the window there (float64).
+        design: the columns ``1, B, B^2, laplacian(B) / 2`` (float64).
+        gram: ``design^T design``, kept because every trial blur of the other side reuses it.
     """
+
+    index: np.ndarray
+    values: np.ndarray
+    design: np.ndarray
+    gram: np.ndarray
+
+
+def blur_design(base: np.ndarray, region: np.ndarray, index: np.ndarray | None = None) -> BlurDesign:
+    """The :class:`BlurDesign` of one baseline window, sampled at every other pixel of the region
+    (or at the flat ``index`` when given)."""
     # the regressor must not see the baseline pixel's own noise, which is also in F - B: a
     # difference of Gaussians (proportional to a smoothed Laplacian) with its centre tap removed
-    lap = cv2.filter2D(base.astype(np.float32), cv2.CV_32F, _ring_laplacian(), borderType=cv2.BORDER_REPLICATE)
-    ys, xs = _every_other(region) if points is None else points
-    bv = base[ys, xs].astype(np.float64)
-    return (ys, xs), bv, np.stack([np.ones_like(bv), bv, bv * bv, 0.5 * lap[ys, xs]], axis=1)
+    lap = cv2.filter2D(np.asarray(base, dtype=np.float32), cv2.CV_32F, _ring_laplacian(), borderType=cv2.BORDER_REPLICATE)
+    index = _every_other_index(region) if index is None else index
+    bv = base.ravel().take(index).astype(np.float64)
+    design = np.empty((bv.size, 4))
+    design[:, 0] = 1.0
+    design[:, 1] = bv
+    design[:, 2] = bv * bv
+    design[:, 3] = 0.5 * lap.ravel().take(index)
+    return BlurDesign(index, bv, design, design.T @ design)
 
 
 def blur_difference(
     windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    designs: list[tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]] | None = None,
+    designs: list[BlurDesign] | None = None,
 ) -> float:
     """Estimate ``sigma_f^2 - sigma_b^2`` (px^2), the follow-up's extra Gaussian blur.
 
@@ -401,14 +426,15 @@ def blur_difference(
     """
     if designs is None:
         designs = [blur_design(base, region) for base, _, region in windows]
-    targets, columns = [], []
-    for (_, follow, _), ((ys, xs), bv, design) in zip(windows, designs):
-        targets.append(follow[ys, xs].astype(np.float64) - bv)
-        columns.append(design)
-    design = np.concatenate(columns)
-    if design.shape[0] < 20:
+    if sum(d.values.size for d in designs) < 20:
         return 0.0
-    solution = solve_least_squares(design, np.concatenate(targets))
+    # the normal equations summed over the windows: the same solution as one stacked regression
+    targets = [follow.ravel().take(d.index).astype(np.float64) - d.values for (_, follow, _), d in zip(windows, designs)]
+    normal = sum(d.gram for d in designs)
+    rhs = sum(d.design.T @ t for d, t in zip(designs, targets))
+    solution = solve_normal_equations(normal, rhs)
+    if solution is None:
+        solution = np.linalg.lstsq(np.concatenate([d.design for d in designs]), np.concatenate(targets), rcond=None)[0]
     return float(solution[3]) if np.isfinite(solution[3]) else 0.0
 
 
@@ -439,6 +465,7 @@ def aligned_windows(
     return windows
 
 
+@functools.lru_cache(maxsize=4)
 def _ring_laplacian(radius_px: int = 4) -> np.ndarray:
     """Difference-of-Gaussians kernel (sigma 1.5 minus 1.0, about 0.6 x Laplacian) with a zero centre and zero sum."""
     r = np.arange(-radius_px, radius_px + 1, dtype=np.float64)
@@ -453,7 +480,9 @@ def _ring_laplacian(radius_px: int = 4) -> np.ndarray:
     others = np.ones_like(kernel, dtype=bool)
     others[radius_px, radius_px] = False
     kernel[others] -= kernel[others].mean()
-    return (kernel / 0.625).astype(np.float32)
+    kernel = (kernel / 0.625).astype(np.float32)
+    kernel.flags.writeable = False  # shared by every call (cached)
+    return kernel
 
 
 @functools.lru_cache(maxsize=32)
@@ -541,7 +570,7 @@ class BlurMatcher:
         self.common_variance_px2 = common_variance_px2
         self.base = [BlurSpectrum(b) for b, _, _ in windows]
         self.regions = [r for _, _, r in windows]
-        self.points = [_every_other(r) for r in self.regions]
+        self.points = [_every_other_index(r) for r in self.regions]
         self._base_blurred: dict[float, tuple[list, list]] = {}
 
     def _blurred(self, spectra: list[BlurSpectrum], sigma: float, cache: dict) -> tuple[list, list]:
