@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 
 from jsnsynth.errors import InputError
@@ -196,12 +197,15 @@ def check_mask_pair(upper: np.ndarray, lower: np.ndarray, axis_deg: float, label
     if overlap > 0.5:
         raise InputError(f"{label} upper and lower masks overlap by {overlap:.0%}: not two separate bones")
     axis = axis_vector(axis_deg)
-    centroid = {}
-    for key, mask in (("upper", upper), ("lower", lower)):
-        ys, xs = np.nonzero(mask)
-        centroid[key] = np.array([xs.mean(), ys.mean()])
-    if float((centroid["lower"] - centroid["upper"]) @ axis) <= 0:
+    if float((mask_centroid(lower) - mask_centroid(upper)) @ axis) <= 0:
         raise InputError(f"{label} upper-bone mask is not above the lower-bone mask along the joint axis (swapped?)")
+
+
+def mask_centroid(mask: np.ndarray) -> np.ndarray:
+    """``(x, y)`` mean of a non-empty mask's pixels (image moments: exact integer sums, and several
+    times faster than averaging ``np.nonzero``)."""
+    moments = cv2.moments(mask.astype(np.uint8), binaryImage=True)
+    return np.array([moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]])
 
 
 def mean_similarity(upper: Similarity, lower: Similarity, cx: float, cy: float) -> Similarity:
@@ -414,9 +418,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
     union = reg.dilate(upper | lower, settings.global_dilate_px)
     extra = []
     if follow_masks is not None:
-        ys0, xs0 = np.nonzero(upper | lower)
-        ys1, xs1 = np.nonzero(follow_masks[0] | follow_masks[1])
-        shift = np.array([xs1.mean() - xs0.mean(), ys1.mean() - ys0.mean()]) / factor
+        shift = (mask_centroid(follow_masks[0] | follow_masks[1]) - mask_centroid(upper | lower)) / factor
         extra.append(np.array([1.0, 0.0, shift[0], shift[1]]))
     c_coarse = (center[0] / factor, center[1] / factor)
     global_params, _ = reg.coarse_global(

@@ -242,8 +242,9 @@ def gauss_newton(
             photometric = solve_least_squares(basis[valid], fv[valid] - base_values[valid])
         photometric = np.asarray(photometric, dtype=np.float64)
         residual = fv - base_values - basis @ photometric.astype(np.float32)
-        weights = valid.astype(np.float32)
+        weights = None if valid.all() else valid.astype(np.float32)
         if robust_k > 0:
+            weights = valid.astype(np.float32) if weights is None else weights
             scale = 1.4826 * float(np.median(np.abs(residual[valid]))) + 1e-12
             ratio = np.abs(residual) / (robust_k * scale)
             weights = weights * np.where(ratio > 1.0, 1.0 / np.maximum(ratio, 1e-12), 1.0).astype(np.float32)
@@ -253,7 +254,7 @@ def gauss_newton(
         jac[:, 2] = fx
         jac[:, 3] = fy
         jac[:, 4:] = -basis
-        weighted = jac * weights[:, None]
+        weighted = jac if weights is None else jac * weights[:, None]  # unit weights: no copy
         normal = (weighted.T @ jac).astype(np.float64)
         gradient = (weighted.T @ residual).astype(np.float64)
         diag = np.sqrt(np.maximum(np.diag(normal), 1e-20))
@@ -457,10 +458,12 @@ def aligned_windows(
         ys, xs = np.nonzero(region)
         y0, y1 = max(ys.min() - margin_px, 0), min(ys.max() + margin_px + 1, h)
         x0, x1 = max(xs.min() - margin_px, 0), min(xs.max() + margin_px + 1, w)
-        gy, gx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-        wx, wy = warp_positions(params[name], center_xy[0], center_xy[1], gx.ravel(), gy.ravel())
-        warped = sample_spline_values(coef, wx, wy).reshape(gx.shape)
-        inside = ((wx >= 1) & (wx <= w - 2) & (wy >= 1) & (wy <= h - 2)).reshape(gx.shape)
+        # the window's rows and columns broadcast against each other: no coordinate grids
+        gy = np.arange(y0, y1, dtype=np.float64)[:, None]
+        gx = np.arange(x0, x1, dtype=np.float64)[None, :]
+        wx, wy = warp_positions(params[name], center_xy[0], center_xy[1], gx, gy)
+        warped = sample_spline_values(coef, wx, wy)
+        inside = (wx >= 1) & (wx <= w - 2) & (wy >= 1) & (wy <= h - 2)
         windows.append((base[y0:y1, x0:x1], warped, region[y0:y1, x0:x1] & inside))
     return windows
 
