@@ -15,8 +15,10 @@ so its Jacobian with respect to ``(a, b, tx, ty)`` does not depend on the parame
 
 from __future__ import annotations
 
+import functools
 import math
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -44,9 +46,31 @@ def warp_positions(params: np.ndarray, cx: float, cy: float, xs: np.ndarray, ys:
     return cx + a * ux - b * uy + tx, cy + b * ux + a * uy + ty
 
 
+#: Half-length of the FIR that computes the spline coefficients: the prefilter's impulse
+#: response decays as ``|z|^k`` with ``z = sqrt(3) - 2``, below 1e-8 of its peak at 15 taps.
+_PREFILTER_RADIUS = 15
+
+
+@functools.lru_cache(maxsize=1)
+def _prefilter_kernel() -> np.ndarray:
+    """Impulse response of the cubic B-spline prefilter ``6 / (z^-1 + 4 + z)``, truncated, float32."""
+    pole = math.sqrt(3.0) - 2.0
+    k = np.abs(np.arange(-_PREFILTER_RADIUS, _PREFILTER_RADIUS + 1))
+    return (-6.0 * pole / (1.0 - pole * pole) * pole**k).astype(np.float32)
+
+
 def spline_coefficients(image: np.ndarray) -> np.ndarray:
-    """Cubic B-spline coefficients of an image (mirror boundary), float32, for :func:`sample_spline`."""
-    return ndimage.spline_filter(np.asarray(image, dtype=np.float64), order=3, mode="mirror").astype(np.float32)
+    """Cubic B-spline coefficients of an image (mirror boundary), float32, for :func:`sample_spline`.
+
+    The prefilter is applied as a separable FIR with whole-sample mirroring (OpenCV's
+    ``BORDER_REFLECT_101``, ``scipy.ndimage``'s "mirror"): the same coefficients as
+    ``ndimage.spline_filter`` to float32 rounding (about 1e-7 of the signal), four times faster.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if min(image.shape) <= _PREFILTER_RADIUS:  # too small to mirror the whole FIR once
+        return ndimage.spline_filter(image.astype(np.float64), order=3, mode="mirror").astype(np.float32)
+    kernel = _prefilter_kernel()
+    return cv2.sepFilter2D(image, cv2.CV_32F, kernel, kernel, borderType=cv2.BORDER_REFLECT_101)
 
 
 def sample_spline_values(coef: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -105,15 +129,38 @@ def _add(total: np.ndarray, term: np.ndarray) -> np.ndarray:
     return total
 
 
+#: Cubic B-spline weights of the taps at -1, 0, 1, 2 (rows 0-3) and their derivatives (rows
+#: 4-7) as polynomials in the fraction ``t``: coefficients of ``1, t, t^2, t^3``.
+_WEIGHT_POLYNOMIALS = np.array(
+    [
+        [1 / 6, -1 / 2, 1 / 2, -1 / 6],
+        [2 / 3, 0.0, -1.0, 1 / 2],
+        [1 / 6, 1 / 2, 1 / 2, -1 / 2],
+        [0.0, 0.0, 0.0, 1 / 6],
+        [-1 / 2, 1.0, -1 / 2, 0.0],
+        [0.0, -2.0, 3 / 2, 0.0],
+        [1 / 2, 1.0, -3 / 2, 0.0],
+        [0.0, 0.0, 1 / 2, 0.0],
+    ],
+    dtype=np.float32,
+)
+
+
 def _cubic_weights(t: np.ndarray, slopes: bool = True) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...] | None]:
-    """Cubic B-spline weights and (optionally) their derivatives for the taps at -1, 0, 1, 2."""
-    s = 1.0 - t
-    t2 = t * t
-    t3 = t2 * t
-    weights = (s * s * s / 6.0, (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0, (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0, t3 / 6.0)
-    if not slopes:
-        return weights, None
-    return weights, (-0.5 * s * s, 1.5 * t2 - 2.0 * t, -1.5 * t2 + t + 0.5, 0.5 * t2)
+    """Cubic B-spline weights and (optionally) their derivatives for the taps at -1, 0, 1, 2.
+
+    All of them at once as one small matrix product with the powers of ``t`` (a few times
+    faster than evaluating eight polynomials elementwise; float32 rounding of about 1e-7).
+    """
+    powers = np.empty((4, t.size), dtype=np.float32)
+    powers[0] = 1.0
+    powers[1] = t.ravel()
+    np.multiply(powers[1], powers[1], out=powers[2])
+    np.multiply(powers[2], powers[1], out=powers[3])
+    rows = 8 if slopes else 4
+    table = (_WEIGHT_POLYNOMIALS[:rows] @ powers).reshape((rows,) + t.shape)
+    weights = tuple(table[:4])
+    return weights, (tuple(table[4:]) if slopes else None)
 
 
 def sample_spline(coef: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
