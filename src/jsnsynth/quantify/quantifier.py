@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
 from jsnsynth.errors import InputError
@@ -197,15 +196,8 @@ def check_mask_pair(upper: np.ndarray, lower: np.ndarray, axis_deg: float, label
     if overlap > 0.5:
         raise InputError(f"{label} upper and lower masks overlap by {overlap:.0%}: not two separate bones")
     axis = axis_vector(axis_deg)
-    if float((mask_centroid(lower) - mask_centroid(upper)) @ axis) <= 0:
+    if float((reg.mask_centroid(lower) - reg.mask_centroid(upper)) @ axis) <= 0:
         raise InputError(f"{label} upper-bone mask is not above the lower-bone mask along the joint axis (swapped?)")
-
-
-def mask_centroid(mask: np.ndarray) -> np.ndarray:
-    """``(x, y)`` mean of a non-empty mask's pixels (image moments: exact integer sums, and several
-    times faster than averaging ``np.nonzero``)."""
-    moments = cv2.moments(mask.astype(np.uint8), binaryImage=True)
-    return np.array([moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]])
 
 
 def mean_similarity(upper: Similarity, lower: Similarity, cx: float, cy: float) -> Similarity:
@@ -418,7 +410,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
     union = reg.dilate(upper | lower, settings.global_dilate_px)
     extra = []
     if follow_masks is not None:
-        shift = (mask_centroid(follow_masks[0] | follow_masks[1]) - mask_centroid(upper | lower)) / factor
+        shift = (reg.mask_centroid(follow_masks[0] | follow_masks[1]) - reg.mask_centroid(upper | lower)) / factor
         extra.append(np.array([1.0, 0.0, shift[0], shift[1]]))
     c_coarse = (center[0] / factor, center[1] / factor)
     global_params, _ = reg.coarse_global(

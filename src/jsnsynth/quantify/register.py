@@ -113,6 +113,13 @@ def dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), disk(radius_px)).astype(bool)
 
 
+def mask_centroid(mask: np.ndarray) -> np.ndarray:
+    """``(x, y)`` mean of a non-empty mask's pixels (image moments: exact integer sums, several
+    times faster than averaging ``np.nonzero``)."""
+    moments = cv2.moments(mask.astype(np.uint8), binaryImage=True)
+    return np.array([moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]])
+
+
 def bone_region(
     mask: np.ndarray, other_mask: np.ndarray, dilate_px: int, exclude_px: int, border_px: int = BORDER_PX
 ) -> np.ndarray:
@@ -239,7 +246,9 @@ def gauss_newton(
         fv, fx, fy = sample_spline(follow_coef, wx, wy)
         valid = (wx >= 1.0) & (wx <= w - 2.0) & (wy >= 1.0) & (wy <= h - 2.0)
         if photometric is None:
-            photometric = solve_least_squares(basis[valid], fv[valid] - base_values[valid])
+            every = valid.all()  # then no copies of the pixel lists
+            photometric = solve_least_squares(basis if every else basis[valid],
+                                              fv - base_values if every else fv[valid] - base_values[valid])
         photometric = np.asarray(photometric, dtype=np.float64)
         residual = fv - base_values - basis @ photometric.astype(np.float32)
         weights = None if valid.all() else valid.astype(np.float32)
@@ -698,12 +707,16 @@ def coarse_global(
     xs, ys = xs.astype(np.float64), ys.astype(np.float64)
     base_values = base[region].astype(np.float32)
     coef = spline_coefficients(follow)
+    # the baseline side of the correlation is the same for every candidate
+    base_centred = base_values.astype(np.float64)
+    base_centred -= base_centred.mean()
+    base_norm = math.sqrt(float(base_centred @ base_centred))
 
     def ncc_at(params: np.ndarray) -> float:
-        values = sample_spline_values(coef, *warp_positions(params, cx, cy, xs, ys))
-        if values.std() == 0 or base_values.std() == 0:
-            return -1.0
-        return float(np.corrcoef(values, base_values)[0, 1])
+        values = sample_spline_values(coef, *warp_positions(params, cx, cy, xs, ys)).astype(np.float64)
+        values -= values.mean()
+        norm = math.sqrt(float(values @ values)) * base_norm
+        return float(values @ base_centred) / norm if norm > 0 else -1.0
 
     # only the most promising starts are refined: a wrong rotation is already far behind here
     ranked = sorted(candidates, key=ncc_at, reverse=True)[:refine_best]
