@@ -41,8 +41,13 @@ def similarity_from_params(params: np.ndarray, cx: float, cy: float) -> Similari
 
 def warp_positions(params: np.ndarray, cx: float, cy: float, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Map baseline positions ``(xs, ys)`` to follow-up positions with the linear similarity."""
+    return warp_offsets(params, cx, cy, xs - cx, ys - cy)
+
+
+def warp_offsets(params: np.ndarray, cx: float, cy: float, ux: np.ndarray, uy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`warp_positions` of the positions ``(cx + ux, cy + uy)``, for loops that keep the
+    offsets from the centre."""
     a, b, tx, ty = params
-    ux, uy = xs - cx, ys - cy
     return cx + a * ux - b * uy + tx, cy + b * ux + a * uy + ty
 
 
