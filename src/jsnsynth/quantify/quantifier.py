@@ -497,13 +497,12 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
         if level == 0 and settings.shared_scale and settings.levels > 0:
             break  # the joint shared-scale fit below is the full-resolution stage
         for name in ("upper", "lower"):
-            sub = regions[name][::f, ::f]
-            ys, xs = np.nonzero(sub)
+            index, xs, ys = reg.region_pixels(regions[name][::f, ::f])
             fit = reg.gauss_newton(
                 stacks_f[level],
-                pyr_b[level][sub],
-                xs.astype(np.float64),
-                ys.astype(np.float64),
+                pyr_b[level].ravel().take(index),
+                xs,
+                ys,
                 reg.scale_params(params[name], 1.0 / f),
                 (center[0] / f, center[1] / f),
                 photometric_order=settings.photometric_order,
@@ -518,8 +517,8 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
         # both bones take the follow-up's single magnification (see shared_scale_gauss_newton)
         components = []
         for name in ("upper", "lower"):
-            ys, xs = np.nonzero(regions[name])
-            components.append((pyr_b[0][regions[name]], xs.astype(np.float64), ys.astype(np.float64), params[name]))
+            index, xs, ys = reg.region_pixels(regions[name])
+            components.append((pyr_b[0].ravel().take(index), xs, ys, params[name]))
         joint, converged, iterations, step_px = reg.shared_scale_gauss_newton(
             stacks_f[0], components, center, max_iterations=settings.max_iterations, tolerance_px=settings.tolerance_px,
             shading_order=settings.shading_order,

@@ -27,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from jsnsynth.quantify.register import mask_centroid, photometric_basis, solve_least_squares
+from jsnsynth.quantify.register import mask_centroid, photometric_basis, region_pixels, solve_least_squares
 from jsnsynth.quantify.warp import sample_spline, spline_coefficients, warp_positions
 
 #: Model-error allowance added to the noise when judging residuals (display units).
@@ -112,13 +112,12 @@ def residual_maps(
     maps: dict[str, np.ndarray] = {}
     stats: dict[str, dict[str, Any]] = {}
     for name, region in regions.items():
-        ys, xs = np.nonzero(region)
-        xs64, ys64 = xs.astype(np.float64), ys.astype(np.float64)
-        base_values = base[region].astype(np.float64)
+        index, xs64, ys64 = region_pixels(region)
+        base_values = base.ravel().take(index).astype(np.float64)
         wx, wy = warp_positions(params[name], cx, cy, xs64, ys64)
         value, fx, fy = (v.astype(np.float64) for v in sample_spline(coef, wx, wy))
         photo = photometric_basis(base_values, photometric_order).astype(np.float64)
-        before = _photometric_residual(base_values, follow[region].astype(np.float64), photo)
+        before = _photometric_residual(base_values, follow.ravel().take(index).astype(np.float64), photo)
         after = _photometric_residual(base_values, value, photo)
         ux, uy = xs64 - cx, ys64 - cy
         full = np.empty((value.size, 4 + photo.shape[1]), order="F")  # Jacobian, then the photometric columns
