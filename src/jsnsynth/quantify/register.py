@@ -243,6 +243,11 @@ def gauss_newton(
     valid = np.ones(base_values.shape, dtype=bool)
     offsets = (xs - cx, ys - cy)
     normal = None  # of the last solved iteration: its Hessian is the one reported
+    # the photometric columns of the Jacobian do not change: filled once (column-major, so
+    # the geometric columns fill contiguously)
+    jac = np.empty((xs.size, 4 + n_free), dtype=np.float32, order="F")
+    jac[:, 4:] = -basis
+    per_lever = np.array([1.0 / lever_px, 1.0 / lever_px, 1.0, 1.0])
     for iterations in range(1, max_iterations + 1):
         wx, wy = warp_offsets(params, cx, cy, *offsets)
         fv, fx, fy = sample_spline(follow_coef, wx, wy)
@@ -259,12 +264,10 @@ def gauss_newton(
             scale = 1.4826 * float(np.median(np.abs(residual[valid]))) + 1e-12
             ratio = np.abs(residual) / (robust_k * scale)
             weights = weights * np.where(ratio > 1.0, 1.0 / np.maximum(ratio, 1e-12), 1.0).astype(np.float32)
-        jac = np.empty((xs.size, 4 + n_free), dtype=np.float32, order="F")
         jac[:, 0] = fx * ux + fy * uy
         jac[:, 1] = fy * ux - fx * uy
         jac[:, 2] = fx
         jac[:, 3] = fy
-        jac[:, 4:] = -basis
         weighted = jac if weights is None else jac * weights[:, None]  # unit weights: no copy
         system = (weighted.T @ jac).astype(np.float64)
         gradient = (weighted.T @ residual).astype(np.float64)
@@ -274,7 +277,7 @@ def gauss_newton(
         except np.linalg.LinAlgError:
             break
         normal = system
-        step_geo = step[:4] * np.array([1.0 / lever_px, 1.0 / lever_px, 1.0, 1.0])
+        step_geo = step[:4] * per_lever
         params = params + step_geo
         photometric = photometric + step[4:]
         moved = math.hypot(step_geo[2], step_geo[3]) + reach * math.hypot(step_geo[0], step_geo[1])
@@ -824,6 +827,9 @@ def shared_scale_gauss_newton(
     for k, (*_, p) in enumerate(components):
         state[1 + per * k: 4 + per * k] = (lever_px * math.atan2(p[1], p[0]), p[2], p[3])
     reach = max(float(np.max(np.hypot(xs - cx, ys - cy))) for _, xs, ys, _ in components) + 1.0
+    # each part's unknowns in the joint system: the shared log-scale, then its own
+    unknowns = [np.array([0] + list(range(1 + per * k, 1 + per * (k + 1)))) for k in range(n)]
+    blocks = [np.ix_(idx, idx) for idx in unknowns]
 
     def pixel_move(step: np.ndarray) -> float:
         """Largest move of a region pixel that ``step`` makes (px)."""
@@ -861,9 +867,8 @@ def shared_scale_gauss_newton(
             weighted = jac if valid.all() else jac * valid[:, None].astype(np.float32)
             block = (weighted.T @ jac).astype(np.float64)
             grad = (weighted.T @ residual).astype(np.float64)
-            idx = [0] + list(range(1 + per * k, 1 + per * (k + 1)))
-            normal[np.ix_(idx, idx)] += block
-            gradient[idx] += grad
+            normal[blocks[k]] += block
+            gradient[unknowns[k]] += grad
         diag = np.sqrt(np.maximum(np.diag(normal), 1e-20))
         try:
             step = -np.linalg.solve(normal / np.outer(diag, diag), gradient / diag) / diag
