@@ -424,7 +424,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
         # at half resolution: it only starts the coarse levels, and the per-bone mapping replaces it
         map_level = min(1, n_levels)
         f_map = 2**map_level
-        joint = reg.dilate(upper | lower, 3 * settings.global_dilate_px)[::f_map, ::f_map]
+        joint = reg.dilate(upper | lower, 3 * settings.global_dilate_px, step=f_map)
         joint_window = reg.aligned_windows(
             pyr_b[map_level], pyr_f[map_level], {"joint": joint}, {"joint": reg.scale_params(global_params, 1.0 / f_map)},
             (center[0] / f_map, center[1] / f_map),
@@ -444,8 +444,8 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
     warped = reg.warp_into_baseline(pyr_f[pc_level], reg.scale_params(global_params, 1.0 / f_pc), c_pc)
     coarse = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
-        region = reg.bone_region(mask, other, settings.dilate_px + 2, settings.exclude_px)
-        window = reg.tapered_window(region[::f_pc, ::f_pc], 2.0)
+        region = reg.bone_region(mask, other, settings.dilate_px + 2, settings.exclude_px, step=f_pc)
+        window = reg.tapered_window(region, 2.0)
         shift, _ = reg.phase_correlation_shift(pyr_b[pc_level], warped, window)
         shift = shift * f_pc
         params = global_params.copy()

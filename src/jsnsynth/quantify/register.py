@@ -106,11 +106,45 @@ def disk(radius_px: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
 
 
-def dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
-    """Binary dilation by a disk (radius 0 returns the mask)."""
+def dilate(mask: np.ndarray, radius_px: int, step: int = 1) -> np.ndarray:
+    """Binary dilation by a disk (radius 0 returns the mask), sampled at every ``step``-th pixel:
+    ``dilate(mask, r)[::step, ::step]``.
+
+    With ``step > 1`` each of the ``step^2`` polyphase components of the mask is dilated by its
+    share of the disk, a ``step^2`` smaller image with a ``step^2`` smaller kernel: the same
+    pixels exactly, several times faster than dilating at full size and subsampling.
+    """
     if radius_px <= 0:
-        return mask.astype(bool)
-    return cv2.dilate(mask.astype(np.uint8), disk(radius_px)).astype(bool)
+        return mask[::step, ::step].astype(bool)
+    if step == 1:
+        return cv2.dilate(mask.astype(np.uint8), disk(radius_px)).astype(bool)
+    source = mask.astype(np.uint8)
+    out_shape = (-(-mask.shape[0] // step), -(-mask.shape[1] // step))
+    out = np.zeros(out_shape, dtype=bool)
+    for p in range(step):
+        for q in range(step):
+            # output (i, j) sees mask pixel (step i + dy, step j + dx), which is pixel
+            # (i + a, j + b) of component (p, q) for dy = step a + p, dx = step b + q
+            kernel, anchor = _polyphase_kernel(radius_px, step, p, q)
+            component = np.zeros(out_shape, dtype=np.uint8)
+            part = source[p::step, q::step]
+            component[: part.shape[0], : part.shape[1]] = part  # rows/columns past the image stay empty
+            out |= cv2.dilate(component, kernel, anchor=anchor).astype(bool)
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _polyphase_kernel(radius_px: int, step: int, p: int, q: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The offsets ``(a, b)`` of the disk's points ``(step a + p, step b + q)`` as a kernel and
+    its anchor for ``cv2.dilate`` (see :func:`dilate`)."""
+    dy, dx = np.nonzero(disk(radius_px))
+    dy, dx = dy - radius_px, dx - radius_px
+    reach = radius_px // step + 1
+    kernel = np.zeros((2 * reach + 1, 2 * reach + 1), dtype=np.uint8)
+    keep = (dy % step == p) & (dx % step == q)
+    kernel[dy[keep] // step + reach, dx[keep] // step + reach] = 1
+    kernel.flags.writeable = False
+    return kernel, (reach, reach)
 
 
 def mask_centroid(mask: np.ndarray) -> np.ndarray:
@@ -121,12 +155,17 @@ def mask_centroid(mask: np.ndarray) -> np.ndarray:
 
 
 def bone_region(
-    mask: np.ndarray, other_mask: np.ndarray, dilate_px: int, exclude_px: int, border_px: int = BORDER_PX
+    mask: np.ndarray, other_mask: np.ndarray, dilate_px: int, exclude_px: int, border_px: int = BORDER_PX,
+    step: int = 1,
 ) -> np.ndarray:
-    """Pixels that belong to one bone for registration: its mask grown, the other bone kept out."""
-    region = dilate(mask, dilate_px) & ~dilate(other_mask & ~mask, exclude_px)
-    region[:border_px, :] = region[-border_px:, :] = False
-    region[:, :border_px] = region[:, -border_px:] = False
+    """Pixels that belong to one bone for registration: its mask grown, the other bone kept out
+    (sampled at every ``step``-th pixel: ``bone_region(...)[::step, ::step]``)."""
+    region = dilate(mask, dilate_px, step) & ~dilate(other_mask & ~mask, exclude_px, step)
+    # the border band, in full-resolution pixels, at the sampled rows and columns
+    rows = np.arange(0, mask.shape[0], step)
+    cols = np.arange(0, mask.shape[1], step)
+    region[(rows < border_px) | (rows >= mask.shape[0] - border_px), :] = False
+    region[:, (cols < border_px) | (cols >= mask.shape[1] - border_px)] = False
     return region
 
 
