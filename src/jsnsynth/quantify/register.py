@@ -220,6 +220,16 @@ def photometric_basis(values: np.ndarray, order: int) -> np.ndarray:
     return np.stack(columns, axis=1)
 
 
+def sampled_inside(wx: np.ndarray, wy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Positions at least one pixel inside an image of ``shape`` (where the spline sampler has
+    all its taps). A fit's positions nearly always all are: four reductions decide that, and
+    the elementwise test runs only when they are not."""
+    h, w = shape
+    if wx.min() >= 1.0 and wx.max() <= w - 2.0 and wy.min() >= 1.0 and wy.max() <= h - 2.0:
+        return np.ones(wx.shape, dtype=bool)
+    return (wx >= 1.0) & (wx <= w - 2.0) & (wy >= 1.0) & (wy <= h - 2.0)
+
+
 @dataclass
 class _Fit:
     params: np.ndarray
@@ -290,7 +300,7 @@ def gauss_newton(
     for iterations in range(1, max_iterations + 1):
         wx, wy = warp_offsets(params, cx, cy, *offsets)
         fv, fx, fy = sample_spline(follow_coef, wx, wy)
-        valid = (wx >= 1.0) & (wx <= w - 2.0) & (wy >= 1.0) & (wy <= h - 2.0)
+        valid = sampled_inside(wx, wy, (h, w))
         if photometric is None:
             every = valid.all()  # then no copies of the pixel lists
             photometric = solve_least_squares(basis if every else basis[valid],
@@ -525,7 +535,7 @@ def aligned_windows(
         gx = np.arange(x0, x1, dtype=np.float64)[None, :]
         wx, wy = warp_positions(params[name], center_xy[0], center_xy[1], gx, gy)
         warped = sample_spline_values(coef, wx, wy)
-        inside = (wx >= 1) & (wx <= w - 2) & (wy >= 1) & (wy <= h - 2)
+        inside = sampled_inside(wx, wy, (h, w))
         windows.append((base[y0:y1, x0:x1], warped, region[y0:y1, x0:x1] & inside))
     return windows
 
@@ -901,7 +911,7 @@ def shared_scale_gauss_newton(
             a, b = params[0], params[1]
             wx, wy = warp_offsets(params, cx, cy, *offsets[k])
             fv, fx, fy = sample_spline(follow_coef, wx, wy)
-            valid = (wx >= 1.0) & (wx <= w - 2.0) & (wy >= 1.0) & (wy <= h - 2.0)
+            valid = sampled_inside(wx, wy, (h, w))
             ux, uy = levers[k]
             rx, ry = a * ux - b * uy, b * ux + a * uy  # R s u: d p' / d log s (per lever)
             jac = jacobians[k]
