@@ -908,7 +908,7 @@ def shared_scale_gauss_newton(
         normal = np.zeros((size, size))
         gradient = np.zeros(size)
         for k, ((base_values, *_), params) in enumerate(zip(components, transforms(state))):
-            a, b = params[0], params[1]
+            a, b = float(params[0]), float(params[1])  # Python floats: the lever terms stay float32
             wx, wy = warp_offsets(params, cx, cy, *offsets[k])
             fv, fx, fy = sample_spline(follow_coef, wx, wy)
             valid = sampled_inside(wx, wy, (h, w))
