@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from scipy import fft as scipy_fft
 
 from jsnsynth.quantify.warp import sample_spline, sample_spline_values, spline_coefficients, warp_offsets, warp_positions
 from jsnsynth.synth.geometry import Similarity
@@ -570,14 +569,26 @@ def _ring_laplacian(radius_px: int = 4) -> np.ndarray:
 
 @functools.lru_cache(maxsize=32)
 def _squared_frequencies(shape: tuple[int, int]) -> np.ndarray:
-    """``|f|^2`` on an ``rfft2`` grid of ``shape`` (cycles per pixel), float32."""
-    fy = np.fft.fftfreq(shape[0]).astype(np.float32)[:, None]
-    fx = np.fft.rfftfreq(shape[1]).astype(np.float32)[None, :]
-    return fx * fx + fy * fy
+    """``|f|^2`` (cycles per pixel) of every entry of OpenCV's packed ("CCS") spectrum of a real
+    image of ``shape``, float32.
+
+    Interior column pairs ``(2k - 1, 2k)`` hold the real and imaginary parts of horizontal
+    frequency ``k`` at every vertical frequency; column 0 (and the last one for an even width,
+    frequency ``W / 2``) are themselves packed along the rows: row 0 is vertical frequency 0,
+    rows ``(2m - 1, 2m)`` are frequency ``m``.
+    """
+    h, w = shape
+    columns = np.arange(w)
+    fx = ((columns + 1) // 2) / w
+    packed = (columns == 0) | ((w % 2 == 0) & (columns == w - 1))
+    fy_full = np.fft.fftfreq(h)
+    fy_packed = ((np.arange(h) + 1) // 2) / h
+    fy = np.where(packed[None, :], fy_packed[:, None], fy_full[:, None])
+    return (fx[None, :] ** 2 + fy**2).astype(np.float32)
 
 
 def _gaussian_transfer(shape: tuple[int, int], sigma_px: float) -> np.ndarray:
-    """Fourier transfer ``exp(-2 pi^2 sigma^2 |f|^2)`` on an ``rfft2`` grid of ``shape``."""
+    """Fourier transfer ``exp(-2 pi^2 sigma^2 |f|^2)`` on the packed spectrum of ``shape``."""
     return np.exp(np.float32(-2.0 * (math.pi * sigma_px) ** 2) * _squared_frequencies(shape))
 
 
@@ -589,29 +600,31 @@ class BlurSpectrum:
     matching the detector blur of two images to a few hundredths of a pixel squared.
 
     Each side is padded by at least ``pad_px``, the far ends by more, up to a length with small
-    prime factors (:func:`scipy.fft.next_fast_len`): bone windows are arbitrary sizes, and a
-    prime length (223, 227, 251 px were common) made every transform several times slower.
+    prime factors (``cv2.getOptimalDFTSize``): bone windows are arbitrary sizes, and a prime
+    length (223, 227, 251 px were common) made every transform several times slower. OpenCV's
+    real DFT (packed spectrum, :func:`_squared_frequencies`) is a fifth faster than
+    ``scipy.fft``'s at these sizes.
     """
 
     def __init__(self, image: np.ndarray, pad_px: int = 16) -> None:
         self.image = np.asarray(image, dtype=np.float32)
         self.pad_px = pad_px
         h, w = self.image.shape
-        fast = (scipy_fft.next_fast_len(h + 2 * pad_px, real=True), scipy_fft.next_fast_len(w + 2 * pad_px, real=True))
+        fast = (cv2.getOptimalDFTSize(h + 2 * pad_px), cv2.getOptimalDFTSize(w + 2 * pad_px))
         # OpenCV's BORDER_REFLECT is numpy's "symmetric" padding, several times faster
         padded = cv2.copyMakeBorder(self.image, pad_px, fast[0] - h - pad_px, pad_px, fast[1] - w - pad_px, cv2.BORDER_REFLECT)
         self.padded_shape = padded.shape
-        self.spectrum = scipy_fft.rfft2(padded, workers=1)
+        self.spectrum = cv2.dft(padded)
 
     def blurred(self, sigma_px: float) -> np.ndarray:
         """The image blurred by a Gaussian of standard deviation ``sigma_px`` (float32)."""
         if sigma_px < 0.02:
             return self.image
         spectrum = self.spectrum * _gaussian_transfer(self.padded_shape, sigma_px)
-        out = scipy_fft.irfft2(spectrum, s=self.padded_shape, workers=1)
+        out = cv2.dft(spectrum, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
         p = self.pad_px
         h, w = self.image.shape
-        return np.ascontiguousarray(out[p:p + h, p:p + w], dtype=np.float32)
+        return np.ascontiguousarray(out[p:p + h, p:p + w])
 
 
 def gaussian_blur(image: np.ndarray, sigma_px: float, pad_px: int = 16) -> np.ndarray:
