@@ -147,10 +147,12 @@ def _polyphase_kernel(radius_px: int, step: int, p: int, q: int) -> tuple[np.nda
 
 
 def mask_centroid(mask: np.ndarray) -> np.ndarray:
-    """``(x, y)`` mean of a non-empty mask's pixels (image moments: exact integer sums, several
-    times faster than averaging ``np.nonzero``)."""
-    moments = cv2.moments(mask.astype(np.uint8), binaryImage=True)
-    return np.array([moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]])
+    """``(x, y)`` mean of a non-empty mask's pixels, from its row and column counts (exact
+    integer sums, the same value as averaging ``np.nonzero`` and many times faster)."""
+    columns = np.count_nonzero(mask, axis=0)
+    rows = np.count_nonzero(mask, axis=1)
+    count = int(columns.sum())
+    return np.array([int(columns @ np.arange(columns.size)) / count, int(rows @ np.arange(rows.size)) / count])
 
 
 def bone_region(
