@@ -367,11 +367,13 @@ def region_pixels(region: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def apply_polynomial(image: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
-    """``sum_k c_k image^k`` as float32 (coefficients in increasing degree)."""
+    """``sum_k c_k image^k`` as float32 (coefficients in increasing degree), by Horner's rule in
+    float64."""
     image = np.asarray(image, dtype=np.float64)
-    out = np.zeros_like(image)
-    for power, coef in enumerate(coefficients):
-        out += coef * image**power
+    out = np.full(image.shape, float(coefficients[-1]))
+    for coef in coefficients[-2::-1]:
+        out *= image
+        out += coef
     return out.astype(np.float32)
 
 
