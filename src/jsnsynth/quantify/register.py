@@ -588,12 +588,18 @@ def _squared_frequencies(shape: tuple[int, int]) -> np.ndarray:
     fy_full = np.fft.fftfreq(h)
     fy_packed = ((np.arange(h) + 1) // 2) / h
     fy = np.where(packed[None, :], fy_packed[:, None], fy_full[:, None])
-    return (fx[None, :] ** 2 + fy**2).astype(np.float32)
+    squared = (fx[None, :] ** 2 + fy**2).astype(np.float32)
+    squared.flags.writeable = False  # cached
+    return squared
 
 
+@functools.lru_cache(maxsize=16)
 def _gaussian_transfer(shape: tuple[int, int], sigma_px: float) -> np.ndarray:
-    """Fourier transfer ``exp(-2 pi^2 sigma^2 |f|^2)`` on the packed spectrum of ``shape``."""
-    return np.exp(np.float32(-2.0 * (math.pi * sigma_px) ** 2) * _squared_frequencies(shape))
+    """Fourier transfer ``exp(-2 pi^2 sigma^2 |f|^2)`` on the packed spectrum of ``shape``
+    (kept: both windows of a bone share a shape, and the common blur recurs in every search)."""
+    transfer = np.exp(np.float32(-2.0 * (math.pi * sigma_px) ** 2) * _squared_frequencies(shape))
+    transfer.flags.writeable = False
+    return transfer
 
 
 class BlurSpectrum:
