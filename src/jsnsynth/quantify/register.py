@@ -367,14 +367,17 @@ def region_pixels(region: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def apply_polynomial(image: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
-    """``sum_k c_k image^k`` as float32 (coefficients in increasing degree), by Horner's rule in
-    float64."""
-    image = np.asarray(image, dtype=np.float64)
-    out = np.full(image.shape, float(coefficients[-1]))
+    """``sum_k c_k image^k`` as float32 (coefficients in increasing degree)."""
+    return _polyval(coefficients, np.asarray(image, dtype=np.float64)).astype(np.float32)
+
+
+def _polyval(coefficients: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``sum_k c_k x^k`` (coefficients in increasing degree) by Horner's rule, float64."""
+    out = np.full(np.shape(x), float(coefficients[-1]))
     for coef in coefficients[-2::-1]:
-        out *= image
+        out *= x
         out += coef
-    return out.astype(np.float32)
+    return out
 
 
 def fit_intensity_mapping(
@@ -441,14 +444,14 @@ def fit_intensity_mapping(
     # the mean of the forward mapping and the inverse of the reverse one cancels both to first order.
     reverse = fit(target, values, root_w)
     grid = np.linspace(*np.percentile(target, [0.5, 99.5]), 256)
-    reverse_on_grid = sum(c * grid**k for k, c in enumerate(reverse))
+    reverse_on_grid = _polyval(reverse, grid)
     if not (np.all(np.isfinite(reverse)) and np.all(np.diff(reverse_on_grid) > 0)):
         return forward  # the reverse mapping is not invertible on the data's range
     use = (values >= reverse_on_grid[0]) & (values <= reverse_on_grid[-1])
     if np.count_nonzero(use) < 10 * (order + 1):
         return forward
     x = values[use]
-    middle = 0.5 * (sum(c * x**k for k, c in enumerate(forward)) + np.interp(x, reverse_on_grid, grid))
+    middle = 0.5 * (_polyval(forward, x) + np.interp(x, reverse_on_grid, grid))
     coef = fit(x, middle, root_w[use])
     return coef if np.all(np.isfinite(coef)) else forward
 
