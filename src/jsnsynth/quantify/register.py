@@ -195,10 +195,24 @@ def solve_least_squares(design: np.ndarray, target: np.ndarray) -> np.ndarray:
     """
     design = np.asarray(design, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
-    solution = solve_normal_equations(design.T @ design, design.T @ target)
+    solution = solve_normal_equations(_gram(design), design.T @ target)
     if solution is None:
         solution = np.linalg.lstsq(design, target, rcond=None)[0]
     return solution
+
+
+def _gram(design: np.ndarray) -> np.ndarray:
+    """``design^T design`` of a tall design. With up to three columns as column dot products:
+    OpenBLAS's ``syrk`` is slow for such thin matrices (17 000 x 3: 115 us, the dot products
+    30-50 us)."""
+    k = design.shape[1]
+    if k > 3:
+        return design.T @ design
+    out = np.empty((k, k))
+    for i in range(k):
+        for j in range(i, k):
+            out[i, j] = out[j, i] = design[:, i] @ design[:, j]
+    return out
 
 
 def solve_normal_equations(normal: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
