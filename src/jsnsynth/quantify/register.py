@@ -784,8 +784,9 @@ def tapered_window(region: np.ndarray, taper_px: float) -> np.ndarray:
 def warp_into_baseline(image: np.ndarray, params: np.ndarray, center_xy: tuple[float, float]) -> np.ndarray:
     """Resample ``image`` at ``W(p)`` for every pixel ``p`` (the follow-up in the baseline frame)."""
     h, w = image.shape
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    wx, wy = warp_positions(params, center_xy[0], center_xy[1], xs, ys)
+    # rows and columns broadcast against each other: no coordinate grids
+    wx, wy = warp_positions(params, center_xy[0], center_xy[1], np.arange(w, dtype=np.float64)[None, :],
+                            np.arange(h, dtype=np.float64)[:, None])
     return cv2.remap(
         image.astype(np.float32), wx.astype(np.float32), wy.astype(np.float32), cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_REPLICATE,
