@@ -496,20 +496,21 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
             stacks_f[0] = spline_coefficients(reg.build_pyramid(mapped, 0, settings.smooth_sigma_px)[0])
         if level == 0 and settings.shared_scale and settings.levels > 0:
             break  # the joint shared-scale fit below is the full-resolution stage
+        # the two bones' fits are independent; run together, they share the sampler's calls
+        parts = []
         for name in ("upper", "lower"):
             index, xs, ys = reg.region_pixels(regions[name][::f, ::f])
-            fit = reg.gauss_newton(
-                stacks_f[level],
-                pyr_b[level].ravel().take(index),
-                xs,
-                ys,
-                reg.scale_params(params[name], 1.0 / f),
-                (center[0] / f, center[1] / f),
-                photometric_order=settings.photometric_order,
-                max_iterations=settings.max_iterations,
-                tolerance_px=COARSE_LEVEL_TOLERANCE_PX if level else settings.tolerance_px,
-                robust_k=settings.robust_k,
-            )
+            parts.append((pyr_b[level].ravel().take(index), xs, ys, reg.scale_params(params[name], 1.0 / f)))
+        level_fits = reg.gauss_newton_parts(
+            stacks_f[level],
+            parts,
+            (center[0] / f, center[1] / f),
+            photometric_order=settings.photometric_order,
+            max_iterations=settings.max_iterations,
+            tolerance_px=COARSE_LEVEL_TOLERANCE_PX if level else settings.tolerance_px,
+            robust_k=settings.robust_k,
+        )
+        for name, fit in zip(("upper", "lower"), level_fits):
             params[name] = reg.scale_params(fit.params, f)
             fit.params = params[name]
             fits[name] = fit

@@ -290,43 +290,98 @@ def gauss_newton(
     Returns:
         The fit, with the geometric Hessian ``J^T J`` (unit noise) of the last iteration.
     """
-    cx, cy = center_xy
-    h, w = follow_coef.shape
-    ux = ((xs - cx) / lever_px).astype(np.float32)
-    uy = ((ys - cy) / lever_px).astype(np.float32)
-    basis = photometric_basis(base_values, photometric_order)
-    n_free = basis.shape[1]
-    photometric = None  # started by least squares at the initial geometry
-    params = np.asarray(params, dtype=np.float64).copy()
-    reach = float(np.max(np.abs(np.concatenate([ux, uy])))) * lever_px + 1.0
-    converged = False
-    moved = float("inf")
-    iterations = 0
-    hessian = np.eye(4)
-    residual = np.zeros_like(base_values)
-    valid = np.ones(base_values.shape, dtype=bool)
-    offsets = (xs - cx, ys - cy)
-    normal = None  # of the last solved iteration: its Hessian is the one reported
-    # the photometric columns of the Jacobian do not change: filled once (column-major, so
-    # the geometric columns fill contiguously)
-    jac = np.empty((xs.size, 4 + n_free), dtype=np.float32, order="F")
-    jac[:, 4:] = -basis
-    per_lever = np.array([1.0 / lever_px, 1.0 / lever_px, 1.0, 1.0])
-    for iterations in range(1, max_iterations + 1):
-        wx, wy = warp_offsets(params, cx, cy, *offsets)
-        fv, fx, fy = sample_spline(follow_coef, wx, wy)
-        valid = sampled_inside(wx, wy, (h, w))
-        if photometric is None:
+    return gauss_newton_parts(
+        follow_coef, [(base_values, xs, ys, params)], center_xy, photometric_order=photometric_order,
+        max_iterations=max_iterations, tolerance_px=tolerance_px, robust_k=robust_k, lever_px=lever_px,
+    )[0]
+
+
+def gauss_newton_parts(
+    follow_coef: np.ndarray,
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    center_xy: tuple[float, float],
+    *,
+    photometric_order: int,
+    max_iterations: int,
+    tolerance_px: float,
+    robust_k: float = 0.0,
+    lever_px: float = LEVER_PX,
+) -> list[_Fit]:
+    """:func:`gauss_newton` of several independent pixel lists ``(base_values, xs, ys, params)``
+    at once: each part iterates exactly as it would alone, but every iteration samples all the
+    parts still running with one call (the fits of the coarse levels are small, so the
+    sampler's per-call cost was a large share of them)."""
+    states = [
+        _GaussNewtonPart(follow_coef.shape, base_values, xs, ys, params, center_xy, photometric_order,
+                         tolerance_px, robust_k, lever_px)
+        for base_values, xs, ys, params in parts
+    ]
+    active = list(states)
+    for iteration in range(1, max_iterations + 1):
+        if not active:
+            break
+        positions = [state.positions() for state in active]
+        if len(active) == 1:
+            samples = [sample_spline(follow_coef, *positions[0])]
+        else:
+            sampled = sample_spline(follow_coef, *(np.concatenate(axis) for axis in zip(*positions)))
+            splits = np.cumsum([wx.size for wx, _ in positions])[:-1]
+            samples = list(zip(*(np.split(values, splits) for values in sampled)))
+        for state, (wx, wy), (fv, fx, fy) in zip(active, positions, samples):
+            state.iterations = iteration
+            state.update(wx, wy, fv, fx, fy)
+        active = [state for state in active if not state.done]
+    return [state.result() for state in states]
+
+
+class _GaussNewtonPart:
+    """The state of one pixel list's Gauss-Newton fit (see :func:`gauss_newton_parts`)."""
+
+    def __init__(self, shape, base_values, xs, ys, params, center_xy, photometric_order, tolerance_px, robust_k,
+                 lever_px) -> None:
+        self.shape, self.base_values, self.center_xy = shape, base_values, center_xy
+        self.tolerance_px, self.robust_k = tolerance_px, robust_k
+        cx, cy = center_xy
+        self.ux = ((xs - cx) / lever_px).astype(np.float32)
+        self.uy = ((ys - cy) / lever_px).astype(np.float32)
+        self.basis = photometric_basis(base_values, photometric_order)
+        self.n_free = self.basis.shape[1]
+        self.photometric = None  # started by least squares at the initial geometry
+        self.params = np.asarray(params, dtype=np.float64).copy()
+        self.reach = float(np.max(np.abs(np.concatenate([self.ux, self.uy])))) * lever_px + 1.0
+        self.converged = self.done = False
+        self.moved = float("inf")
+        self.iterations = 0
+        self.residual = np.zeros_like(base_values)
+        self.valid = np.ones(base_values.shape, dtype=bool)
+        self.offsets = (xs - cx, ys - cy)
+        self.normal = None  # of the last solved iteration: its Hessian is the one reported
+        # the photometric columns of the Jacobian do not change: filled once (column-major, so
+        # the geometric columns fill contiguously)
+        self.jac = np.empty((xs.size, 4 + self.n_free), dtype=np.float32, order="F")
+        self.jac[:, 4:] = -self.basis
+        self.per_lever = np.array([1.0 / lever_px, 1.0 / lever_px, 1.0, 1.0])
+
+    def positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where the follow-up is sampled for the current parameters."""
+        return warp_offsets(self.params, *self.center_xy, *self.offsets)
+
+    def update(self, wx: np.ndarray, wy: np.ndarray, fv: np.ndarray, fx: np.ndarray, fy: np.ndarray) -> None:
+        """One iteration from the follow-up sampled at :meth:`positions`; ``done`` once converged
+        or singular."""
+        base_values, basis, jac, ux, uy = self.base_values, self.basis, self.jac, self.ux, self.uy
+        valid = self.valid = sampled_inside(wx, wy, self.shape)
+        if self.photometric is None:
             every = valid.all()  # then no copies of the pixel lists
-            photometric = solve_least_squares(basis if every else basis[valid],
-                                              fv - base_values if every else fv[valid] - base_values[valid])
-        photometric = np.asarray(photometric, dtype=np.float64)
-        residual = fv - base_values - basis @ photometric.astype(np.float32)
+            self.photometric = solve_least_squares(basis if every else basis[valid],
+                                                   fv - base_values if every else fv[valid] - base_values[valid])
+        photometric = np.asarray(self.photometric, dtype=np.float64)
+        residual = self.residual = fv - base_values - basis @ photometric.astype(np.float32)
         weights = None if valid.all() else valid.astype(np.float32)
-        if robust_k > 0:
+        if self.robust_k > 0:
             weights = valid.astype(np.float32) if weights is None else weights
             scale = 1.4826 * float(np.median(np.abs(residual[valid]))) + 1e-12
-            ratio = np.abs(residual) / (robust_k * scale)
+            ratio = np.abs(residual) / (self.robust_k * scale)
             weights = weights * np.where(ratio > 1.0, 1.0 / np.maximum(ratio, 1e-12), 1.0).astype(np.float32)
         jac[:, 0] = fx * ux + fy * uy
         jac[:, 1] = fy * ux - fx * uy
@@ -339,21 +394,29 @@ def gauss_newton(
         try:
             step = -np.linalg.solve(system / np.outer(diag, diag), gradient / diag) / diag
         except np.linalg.LinAlgError:
-            break
-        normal = system
-        step_geo = step[:4] * per_lever
-        params = params + step_geo
-        photometric = photometric + step[4:]
-        moved = math.hypot(step_geo[2], step_geo[3]) + reach * math.hypot(step_geo[0], step_geo[1])
-        if moved < tolerance_px:
-            converged = True
-            break
-    if normal is not None:  # the geometric block with the photometric terms profiled out
-        hessian = normal[:4, :4]
-        if n_free:
-            hessian = hessian - normal[:4, 4:] @ np.linalg.solve(normal[4:, 4:], normal[4:, :4])
-    rms = float(np.sqrt(np.mean(residual[valid] ** 2))) if valid.any() else float("nan")
-    return _Fit(params, photometric, iterations, converged, rms, hessian, int(valid.sum()), residual, valid, moved)
+            self.photometric = photometric
+            self.done = True
+            return
+        self.normal = system
+        step_geo = step[:4] * self.per_lever
+        self.params = self.params + step_geo
+        self.photometric = photometric + step[4:]
+        self.moved = math.hypot(step_geo[2], step_geo[3]) + self.reach * math.hypot(step_geo[0], step_geo[1])
+        if self.moved < self.tolerance_px:
+            self.converged = self.done = True
+
+    def result(self) -> _Fit:
+        """The fit, with the geometric Hessian of the last solved iteration (identity if none)."""
+        hessian = np.eye(4)
+        if self.normal is not None:  # the geometric block with the photometric terms profiled out
+            normal = self.normal
+            hessian = normal[:4, :4]
+            if self.n_free:
+                hessian = hessian - normal[:4, 4:] @ np.linalg.solve(normal[4:, 4:], normal[4:, :4])
+        valid, residual = self.valid, self.residual
+        rms = float(np.sqrt(np.mean(residual[valid] ** 2))) if valid.any() else float("nan")
+        return _Fit(self.params, self.photometric, self.iterations, self.converged, rms, hessian, int(valid.sum()),
+                    residual, valid, self.moved)
 
 
 @functools.lru_cache(maxsize=8)
@@ -840,9 +903,9 @@ def coarse_global(
     # only the most promising starts are refined: a wrong rotation is already far behind here
     ranked = sorted(candidates, key=ncc_at, reverse=True)[:refine_best]
     best, best_ncc = ranked[0], -np.inf
-    for params in ranked:
-        fit = gauss_newton(coef, base_values, xs, ys, params, center_xy, photometric_order=1,
-                           max_iterations=6, tolerance_px=1e-2)
+    fits = gauss_newton_parts(coef, [(base_values, xs, ys, params) for params in ranked], center_xy,
+                              photometric_order=1, max_iterations=6, tolerance_px=1e-2)
+    for fit in fits:
         if not np.all(np.isfinite(fit.params)) or not 0.5 < math.hypot(fit.params[0], fit.params[1]) < 2.0:
             continue
         ncc = ncc_at(fit.params)
