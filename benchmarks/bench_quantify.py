@@ -20,7 +20,7 @@ from pathlib import Path
 from docblock import write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
-from jsnsynth.quantify.quantifier import quantify_pair
+from jsnsynth.quantify.quantifier import keep_freed_heap, quantify_pair
 from jsnsynth.quantify.reliability import save_residual_figure
 from jsnsynth.quantify.validate import breakdown, read_pairs, summarize, validate_records, write_report
 from jsnsynth.synth.dataset import build_dataset
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
+    keep_freed_heap()  # as the jsnsynth commands do
     sources = [] if args.no_phantom else ["phantom"]
     if args.fingerjoints:
         sources.append(f"fingerjoints:{args.fingerjoints}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from docblock import write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-from jsnsynth.quantify.quantifier import quantify_pair
+from jsnsynth.quantify.quantifier import keep_freed_heap, quantify_pair
 from jsnsynth.quantify.validate import read_pairs, summarize, validate_records
 from jsnsynth.synth.dataset import build_dataset
 from jsnsynth.synth.pairs import PairConfig
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args(argv)
+    keep_freed_heap()  # as the jsnsynth commands do
     sources = ["phantom"] + ([f"fingerjoints:{args.fingerjoints}"] if args.fingerjoints else [])
     lines = [
         "| source | ranges | RMSE px | bias px | max abs error px | mismatch | flagged |",

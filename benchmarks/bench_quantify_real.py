@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from docblock import write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
+from jsnsynth.quantify.quantifier import keep_freed_heap
 from jsnsynth.quantify.real import validate_real
 
 
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="register,poc,ecc")
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
+    keep_freed_heap()  # as the jsnsynth commands do
     rows = []
     load_start = os.getloadavg()[0]
     for method in args.methods.split(","):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from docblock import write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-from jsnsynth.quantify.quantifier import quantify_pair
+from jsnsynth.quantify.quantifier import keep_freed_heap, quantify_pair
 from jsnsynth.synth.pairs import PairConfig, make_pair, sample_pair_params
 from jsnsynth.synth.sources import PhantomSource
 
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=20)
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
+    keep_freed_heap()  # as the jsnsynth commands do
     source = PhantomSource(n_joints=max(args.joints, 1))
     rows = []
     for photons in PHOTONS_PER_PX:

@@ -40,6 +40,26 @@ def test_spline_sampler_is_exact_on_smooth_signal():
     assert np.abs(grad_y).max() < 1e-5
 
 
+def test_spline_coefficients_match_scipy():
+    from scipy import ndimage
+
+    image = np.random.default_rng(3).random((40, 57)).astype(np.float32)
+    expected = ndimage.spline_filter(image.astype(np.float64), order=3, mode="mirror")
+    assert np.abs(spline_coefficients(image) - expected).max() < 1e-5
+
+
+def test_subsampled_dilation_and_region_are_exact():
+    from jsnsynth.quantify import register as reg
+
+    rng = np.random.default_rng(4)
+    for shape, radius, step in (((61, 80), 24, 2), ((50, 47), 8, 2), ((33, 40), 5, 3)):
+        mask = rng.random(shape) < 0.01
+        other = rng.random(shape) < 0.01
+        assert np.array_equal(reg.dilate(mask, radius, step), reg.dilate(mask, radius)[::step, ::step])
+        assert np.array_equal(reg.bone_region(mask, other, 4, radius, step=step),
+                              reg.bone_region(mask, other, 4, radius)[::step, ::step])
+
+
 def test_identity_pair_gives_zero():
     # not exactly 0: the intensity mapping and blur difference are estimated at the half-resolution
     # alignment (within ~0.01 px), which leaves the two images a few 1e-5 apart in contrast

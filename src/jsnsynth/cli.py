@@ -169,8 +169,9 @@ def quantify_command(baseline, followup, upper_mask, lower_mask, followup_upper_
     """
     import json
 
-    from jsnsynth.quantify.quantifier import quantify_files
+    from jsnsynth.quantify.quantifier import keep_freed_heap, quantify_files
 
+    keep_freed_heap()
     record = quantify_files(baseline, followup, upper_mask, lower_mask, followup_upper_mask, followup_lower_mask,
                             pixel_spacing, residual_figure, json_out, joint_center_xy=joint_center,
                             joint_axis_deg=joint_axis_deg)
@@ -188,8 +189,10 @@ def validate_command(dataset, method, out_dir, split, limit) -> None:
     """Accuracy of a JSN method on a labelled pair DATASET (RMSE, bias, SD, LoA, CRLB, ...)."""
     import json
 
+    from jsnsynth.quantify.quantifier import keep_freed_heap
     from jsnsynth.quantify.validate import validate_dataset
 
+    keep_freed_heap()
     summary = validate_dataset(dataset, method, out_dir, split, limit)
     click.echo(json.dumps({"method": summary["method"], "overall": summary["overall"]}, indent=2))
     if out_dir is not None:
@@ -205,8 +208,10 @@ def validate_real_command(folder, method, out_dir, limit_series) -> None:
     """Real-series protocol on a finger-joint FOLDER: shifted-trial SD, mismatching rate, transitivity."""
     import json
 
+    from jsnsynth.quantify.quantifier import keep_freed_heap
     from jsnsynth.quantify.real import validate_real
 
+    keep_freed_heap()
     summary = validate_real(folder, method, out_dir, limit_series)
     click.echo(json.dumps(summary, indent=2))
 

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from jsnsynth.errors import OutputError
-from jsnsynth.quantify.register import photometric_basis, solve_least_squares
+from jsnsynth.quantify.register import mask_centroid, photometric_basis, region_pixels, solve_least_squares
 from jsnsynth.quantify.warp import sample_spline, spline_coefficients, warp_positions
 
 #: Model-error allowance added to the noise when judging residuals (display units).
@@ -75,10 +75,10 @@ def noise_std_estimate(image: np.ndarray, region: np.ndarray | None = None) -> f
     return float(math.sqrt(math.pi / 2.0) / 6.0 * np.mean(response[inner]))
 
 
-def _photometric_fit(base_values: np.ndarray, values: np.ndarray, order: int) -> np.ndarray:
-    basis = photometric_basis(base_values, order).astype(np.float64)
-    coef = solve_least_squares(basis, values - base_values)
-    return values - base_values - basis @ coef
+def _photometric_residual(base_values: np.ndarray, values: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``values - base_values`` less its least-squares fit on ``basis`` (the intensity polynomial)."""
+    difference = values - base_values
+    return difference - basis @ solve_least_squares(basis, difference)
 
 
 def residual_maps(
@@ -113,17 +113,20 @@ def residual_maps(
     maps: dict[str, np.ndarray] = {}
     stats: dict[str, dict[str, Any]] = {}
     for name, region in regions.items():
-        ys, xs = np.nonzero(region)
-        xs64, ys64 = xs.astype(np.float64), ys.astype(np.float64)
-        base_values = base[region].astype(np.float64)
+        index, xs64, ys64 = region_pixels(region)
+        base_values = base.ravel().take(index).astype(np.float64)
         wx, wy = warp_positions(params[name], cx, cy, xs64, ys64)
         value, fx, fy = (v.astype(np.float64) for v in sample_spline(coef, wx, wy))
-        before = _photometric_fit(base_values, follow[region].astype(np.float64), photometric_order)
-        after = _photometric_fit(base_values, value, photometric_order)
-        ux, uy = xs64 - cx, ys64 - cy
-        jac = np.stack([fx * ux + fy * uy, fy * ux - fx * uy, fx, fy], axis=1)
         photo = photometric_basis(base_values, photometric_order).astype(np.float64)
-        full = np.hstack([jac, -photo])
+        before = _photometric_residual(base_values, follow.ravel().take(index).astype(np.float64), photo)
+        after = _photometric_residual(base_values, value, photo)
+        ux, uy = xs64 - cx, ys64 - cy
+        full = np.empty((value.size, 4 + photo.shape[1]), order="F")  # Jacobian, then the photometric columns
+        full[:, 0] = fx * ux + fy * uy
+        full[:, 1] = fy * ux - fx * uy
+        full[:, 2] = fx
+        full[:, 3] = fy
+        np.negative(photo, out=full[:, 4:])
         normal = full.T @ full
         hess = normal[:4, :4] - normal[:4, 4:] @ np.linalg.solve(normal[4:, 4:], normal[4:, :4])
         variance = float(np.mean(after**2))
@@ -152,8 +155,8 @@ def _disagreement_px(p_a: np.ndarray, p_b: np.ndarray, region: np.ndarray, cente
     The centroid is where the coarse stage's per-bone phase correlation measures, so a large
     value means the fine fit left the coarse solution, not merely that the bone rotated.
     """
-    ys, xs = np.nonzero(region)
-    px, py = np.array([xs.mean()]), np.array([ys.mean()])
+    px, py = mask_centroid(region)
+    px, py = np.array([px]), np.array([py])
     ax, ay = warp_positions(p_a, center_xy[0], center_xy[1], px, py)
     bx, by = warp_positions(p_b, center_xy[0], center_xy[1], px, py)
     return float(np.hypot(ax - bx, ay - by)[0])
