@@ -48,6 +48,11 @@ def test_greyscale_stored_as_rgb_is_accepted_colour_is_not(tmp_path: Path) -> No
     cv2.imwrite(str(tmp_path / "colour.png"), colour)
     with pytest.raises(InputError, match="colour"):
         io.read_radiograph(tmp_path / "colour.png")
+    # grey through a colour pipeline (JPEG chroma, a tint): channels a few levels apart
+    level = np.full((20, 20), 120, np.uint8)
+    tinted = np.dstack([level, level + 2, level - 1])
+    cv2.imwrite(str(tmp_path / "tinted.png"), tinted)
+    np.testing.assert_allclose(io.read_radiograph(tmp_path / "tinted.png").intensity, 120 / 255, atol=1 / 255)
 
 
 def _write_dicom(path: Path, pixels: np.ndarray, photometric: str, spacing_tag: str | None) -> None:
