@@ -245,8 +245,9 @@ def validate_real(
         "n_pairs": len(pair_rows),
         "n_trials": n_trials,
         "n_trials_refused": n_refused,
-        "sd_trials_mm_mean": float(np.nanmean(sds)),
-        "sd_trials_mm_median": float(np.nanmedian(sds)),
+        # no SD without shifted trials (n_shifts=0): NaN, not a warning
+        "sd_trials_mm_mean": float(np.nanmean(sds)) if np.isfinite(sds).any() else float("nan"),
+        "sd_trials_mm_median": float(np.nanmedian(sds)) if np.isfinite(sds).any() else float("nan"),
         "mismatching_rate": n_dropped / n_trials if n_trials else float("nan"),
         "flag_rate": sum(r["n_flagged"] for r in pair_rows) / n_trials if n_trials else float("nan"),
         "n_triplets": len(transitivity),
