@@ -409,15 +409,20 @@ def test_clean_mask_keeps_the_largest_piece_and_fills_holes():
 
 
 def test_separate_refuses_crops_without_a_joint_and_absurd_spacings_before_writing(tmp_path):
-    from jsnsynth.lsn.infer import separate_files
+    from jsnsynth.lsn.infer import check_separation, separate_files
 
-    rng = np.random.default_rng(0)
-    good = tmp_path / "joint.png"
-    write_bytes_atomic(good, encode_png(np.full((64, 64), 30000, np.uint16)))
-    noise = tmp_path / "noise.png"
-    write_bytes_atomic(noise, encode_png(rng.integers(0, 65535, (64, 64)).astype(np.uint16)))
+    joint = tmp_path / "joint.png"
+    write_bytes_atomic(joint, encode_png(np.full((64, 64), 30000, np.uint16)))
+    blank = tmp_path / "blank.png"  # featureless: the network finds no bone in it
+    write_bytes_atomic(blank, encode_png(np.full((64, 64), 20000, np.uint16)))
     with pytest.raises(InputError, match="pixel spacing 5.0 mm"):
-        separate_files([good], tmp_path / "out", pixel_spacing_mm=5.0)
+        separate_files([joint], tmp_path / "out", pixel_spacing_mm=5.0)
     with pytest.raises(InputError, match="no (upper|lower) bone found"):
-        separate_files([noise], tmp_path / "out")
+        separate_files([blank], tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    some = np.zeros((64, 64), bool)
+    some[:20] = True
+    with pytest.raises(InputError, match="no lower bone found"):
+        check_separation(some, np.zeros_like(some), "crop")
+    with pytest.warns(UserWarning, match="cover 100%"):
+        check_separation(some, ~some, "crop")
