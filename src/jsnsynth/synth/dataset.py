@@ -756,7 +756,9 @@ narrowing.** Each bone k moves from baseline to follow-up by `T_k = G ∘ F_k` (
 `(joint_center_x, joint_center_y)`); `F_lower` is a small rotation about the joint centre, `F_upper` the
 same followed by the translation `d` along the axis, and `G` the global repositioning (`global_*` columns).
 So `(G⁻¹T_upper(c) − G⁻¹T_lower(c)) · axis = d` exactly. Coordinates are (x, y) = (column, row), y down,
-pixel centres at integers; angles are positive from +x towards +y.
+pixel centres at integers; angles are positive from +x towards +y. The soft tissue carries no
+truth: it moves with the bone that carries it, blended between the two across
+±{record['config']['pair']['soft_tissue_blend_mm']} mm about the joint line.
 
 ## Splits
 
