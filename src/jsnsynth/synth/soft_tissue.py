@@ -38,14 +38,22 @@ def soft_tissue_sources(
     soft tissue that stays put would instead leave its own soft-tissue envelope behind.
     """
     h, w = shape
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    follow_xy = np.stack([xs.ravel(), ys.ravel()], axis=1)
-    hand_xy = hand_pose.inverse().apply(follow_xy)
-    along = (hand_xy - np.asarray(joint_center_xy, dtype=np.float64)) @ axis_vector(joint_axis_deg)  # + toward the lower bone
-    ramp = np.clip((along + blend_px) / (2.0 * blend_px), 0.0, 1.0)
-    upper_weight = (0.5 + 0.5 * np.cos(np.pi * ramp))[:, None]
-    source = upper_weight * upper_pose.inverse().apply(follow_xy) + (1.0 - upper_weight) * lower_pose.inverse().apply(follow_xy)
-    return source[:, 0].reshape(h, w), source[:, 1].reshape(h, w)
+    # every map here is affine in the follow-up pixel (x, y): each is built from one row and one
+    # column by broadcasting, never from a full coordinate grid
+    xs = np.arange(w, dtype=np.float64)[None, :]
+    ys = np.arange(h, dtype=np.float64)[:, None]
+    hand = hand_pose.inverse().matrix()
+    normal = axis_vector(joint_axis_deg) @ hand  # (along-axis coordinate in the hand's frame) = normal . (x, y, 1)
+    normal[2] -= float(np.asarray(joint_center_xy, dtype=np.float64) @ axis_vector(joint_axis_deg))
+    ramp = np.clip(((normal[0] * xs + normal[1] * ys + normal[2]) + blend_px) / (2.0 * blend_px), 0.0, 1.0)
+    upper_weight = 0.5 + 0.5 * np.cos(np.pi * ramp)  # 1 above the band, 0 below
+    upper, lower = upper_pose.inverse().matrix(), lower_pose.inverse().matrix()
+    sources = []
+    for row in range(2):
+        from_lower = lower[row, 0] * xs + lower[row, 1] * ys + lower[row, 2]
+        from_upper = upper[row, 0] * xs + upper[row, 1] * ys + upper[row, 2]
+        sources.append(from_lower + upper_weight * (from_upper - from_lower))
+    return sources[0], sources[1]
 
 
 def warp_soft_tissue(
