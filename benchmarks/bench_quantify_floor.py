@@ -1,0 +1,151 @@
+"""Where the quantifier's noise-free error comes from: the same pairs with parts of the nuisance removed.
+
+Noise-free phantom pairs (``make_pair`` from drawn ``PairParams``) are measured with every default
+nuisance, then with parts of the two visits' imaging chains made equal, with a linear display,
+or with the follow-up mapped onto the baseline's display through the *true* chains (an oracle a
+method cannot use). With ``--fingerjoints``, real-layer pairs with flexion up to 6 deg per bone
+are also measured with the soft tissue carried by the bones (the default) and held static (as
+before that model). Writes both tables into docs/quantify.md (between the
+``bench_quantify_floor`` markers).
+
+    .venv/bin/python benchmarks/bench_quantify_floor.py --fingerjoints ../shared/data/fingerjoints
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from docblock import write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+import numpy as np
+
+import jsnsynth.synth.soft_tissue as soft_tissue
+from jsnsynth.quantify.quantifier import keep_freed_heap, quantify_pair
+from jsnsynth.synth.layers import joint_frame_from_masks
+from jsnsynth.synth.pairs import PairConfig, PairParams, make_pair, sample_pair_params
+from jsnsynth.synth.sources import open_source
+from jsnsynth.synth.xray import ImagingParams, ImagingRanges
+
+NOISE_FREE = ImagingRanges(photons_per_px=(1e4, 1e4), electronic_noise=(2e-4, 4e-4))
+
+
+def same_imaging(params: PairParams) -> PairParams:
+    return dataclasses.replace(params, followup_imaging=params.baseline_imaging)
+
+
+def still(params: PairParams) -> PairParams:
+    return dataclasses.replace(same_imaging(params), upper_flexion_deg=0.0, lower_flexion_deg=0.0, global_angle_deg=0.0,
+                               global_scale=1.0, global_dx=0.0, global_dy=0.0)
+
+
+def linear_display(params: PairParams) -> PairParams:
+    return dataclasses.replace(params, baseline_imaging=dataclasses.replace(params.baseline_imaging, gamma=1.0),
+                               followup_imaging=dataclasses.replace(params.followup_imaging, gamma=1.0))
+
+
+def same_blur(params: PairParams) -> PairParams:
+    blur = params.baseline_imaging.blur_sigma_px
+    return dataclasses.replace(params, followup_imaging=dataclasses.replace(params.followup_imaging, blur_sigma_px=blur))
+
+
+def same_gamma(params: PairParams) -> PairParams:
+    gamma = params.baseline_imaging.gamma
+    return dataclasses.replace(params, followup_imaging=dataclasses.replace(params.followup_imaging, gamma=gamma))
+
+
+def to_baseline_display(followup: np.ndarray, baseline: ImagingParams, follow: ImagingParams) -> np.ndarray:
+    """The follow-up's display intensities through the true chains onto the baseline's display."""
+    intensity = follow.window_low + (follow.window_high - follow.window_low) * np.clip(followup, 0, 1) ** (1.0 / follow.gamma)
+    scaled = np.clip((intensity - baseline.window_low) / (baseline.window_high - baseline.window_low), 0, 1)
+    return (scaled**baseline.gamma).astype(np.float32)
+
+
+#: Rows of the phantom table: (label, edit of the drawn parameters, true-chain oracle mapping).
+ROWS = [
+    ("nothing of the imaging (same blur, window, gamma)", same_imaging, False),
+    ("nothing at all (same imaging, no flexion, no repositioning)", still, False),
+    ("blur and window, with a linear display (gamma 1 for both)", linear_display, False),
+    ("window and gamma (same blur)", same_blur, False),
+    ("window and gamma (same blur), follow-up mapped through the true chains (oracle)", same_blur, True),
+    ("blur and window (same gamma)", same_gamma, False),
+    ("blur, window and gamma (the default)", lambda p: p, False),
+    ("blur, window and gamma, follow-up mapped through the true chains (oracle)", lambda p: p, True),
+]
+
+
+def measure(source, joint_ids, n: int, seed: int, config: PairConfig, edit, oracle: bool) -> np.ndarray:
+    """JSN errors (px) of ``n`` noise-free pairs drawn with ``config`` and edited by ``edit``."""
+    renderer = source.render_with_poses if source.exact_pose_rendering else None
+    errors = []
+    for k in range(n):
+        rng = np.random.default_rng([seed, k])
+        layers = source.load(joint_ids[(k * 37) % len(joint_ids)], rng)
+        params = edit(sample_pair_params(rng, layers.pixel_spacing_mm, config))
+        pair = make_pair(layers, params, renderer)
+        follow = pair.followup_clean
+        if oracle:
+            follow = to_baseline_display(follow, params.baseline_imaging, params.followup_imaging)
+        centre, axis_deg = joint_frame_from_masks(layers.upper_mask, layers.lower_mask)
+        result = quantify_pair(pair.baseline_clean, follow, layers.upper_mask, layers.lower_mask,
+                               joint_center_xy=centre, joint_axis_deg=axis_deg, keep_residuals=False)
+        errors.append(result.jsn_px - pair.jsn_px)
+    return np.asarray(errors)
+
+
+def rmse(errors: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(errors**2)))
+
+
+def static_soft_tissue(shape, upper_pose, lower_pose, hand_pose, joint_center_xy, joint_axis_deg, blend_px):
+    """The soft tissue moved by the hand's pose alone (the model before the soft tissue was carried)."""
+    h, w = shape
+    back = hand_pose.inverse().matrix()
+    xs = np.arange(w, dtype=np.float64)[None, :]
+    ys = np.arange(h, dtype=np.float64)[:, None]
+    return (back[0, 0] * xs + back[0, 1] * ys + back[0, 2], back[1, 0] * xs + back[1, 1] * ys + back[1, 2])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fingerjoints", type=Path, help="real finger-joint folder (soft-tissue table)")
+    parser.add_argument("--pairs", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=9)
+    parser.add_argument("--docs", type=Path, default=Path("docs"))
+    args = parser.parse_args(argv)
+    keep_freed_heap()  # as the jsnsynth commands do
+    phantom = open_source("phantom")
+    config = PairConfig(imaging=NOISE_FREE, noise=False, jsn_px=(-3.0, 3.0))
+    lines = ["| the two visits differ in | JSN RMSE px | bias px |", "|---|---|---|"]
+    for label, edit, oracle in ROWS:
+        errors = measure(phantom, phantom.joint_ids(), args.pairs, args.seed, config, edit, oracle)
+        lines.append(f"| {label} | {rmse(errors):.4f} | {errors.mean():+.4f} |")
+        print(lines[-1], file=sys.stderr)
+    block = (f"Generated by `.venv/bin/python benchmarks/bench_quantify_floor.py"
+             f"{' --fingerjoints ' + str(args.fingerjoints) if args.fingerjoints else ''}` ({args.pairs} noise-free "
+             f"phantom pairs, seed {args.seed}, default flexion and repositioning, JSN change within +-3 px).\n\n"
+             + "\n".join(lines))
+    if args.fingerjoints:
+        real = open_source(f"fingerjoints:{args.fingerjoints}")
+        soft_lines = ["| real-layer pairs, flexion up to | soft tissue carried by the bones (px) | soft tissue static (px) |",
+                      "|---|---|---|"]
+        carried = soft_tissue.soft_tissue_sources
+        for flexion in (2.0, 6.0):
+            flexed = dataclasses.replace(config, flexion_deg=flexion)
+            row = []
+            for model in (carried, static_soft_tissue):
+                soft_tissue.soft_tissue_sources = model
+                row.append(rmse(measure(real, real.joint_ids(), args.pairs, args.seed, flexed, lambda p: p, False)))
+            soft_tissue.soft_tissue_sources = carried
+            soft_lines.append(f"| {flexion:g} deg per bone | {row[0]:.4f} | {row[1]:.4f} |")
+            print(soft_lines[-1], file=sys.stderr)
+        block += ("\n\nThe soft-tissue model of the pairs (JSN RMSE of the quantifier, noise-free, "
+                  f"{args.pairs} pairs per cell):\n\n" + "\n".join(soft_lines))
+    write_doc_block(args.docs / "quantify.md", "bench_quantify_floor", block, title="Quantifier")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
