@@ -100,12 +100,13 @@ def rmse(errors: np.ndarray) -> float:
 
 
 def static_soft_tissue(shape, upper_pose, lower_pose, hand_pose, joint_center_xy, joint_axis_deg, blend_px):
-    """The soft tissue moved by the hand's pose alone (the model before the soft tissue was carried)."""
-    h, w = shape
-    back = hand_pose.inverse().matrix()
-    xs = np.arange(w, dtype=np.float64)[None, :]
-    ys = np.arange(h, dtype=np.float64)[:, None]
-    return (back[0, 0] * xs + back[0, 1] * ys + back[0, 2], back[1, 0] * xs + back[1, 1] * ys + back[1, 2])
+    """The soft tissue moved by the hand's pose alone (the model before the soft tissue was
+    carried): the carried model with both bones given the hand's pose."""
+    return CARRIED(shape, hand_pose, hand_pose, hand_pose, joint_center_xy, joint_axis_deg, blend_px)
+
+
+#: The soft-tissue model of the pairs (``soft_tissue.soft_tissue_sources``), kept while the A/B swaps it.
+CARRIED = soft_tissue.soft_tissue_sources
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,14 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         real = open_source(f"fingerjoints:{args.fingerjoints}")
         soft_lines = ["| real-layer pairs, flexion up to | soft tissue carried by the bones (px) | soft tissue static (px) |",
                       "|---|---|---|"]
-        carried = soft_tissue.soft_tissue_sources
         for flexion in (2.0, 6.0):
             flexed = dataclasses.replace(config, flexion_deg=flexion)
             row = []
-            for model in (carried, static_soft_tissue):
+            for model in (CARRIED, static_soft_tissue):
                 soft_tissue.soft_tissue_sources = model
                 row.append(rmse(measure(real, real.joint_ids(), args.pairs, args.seed, flexed, lambda p: p, False)))
-            soft_tissue.soft_tissue_sources = carried
+            soft_tissue.soft_tissue_sources = CARRIED
             soft_lines.append(f"| {flexion:g} deg per bone | {row[0]:.4f} | {row[1]:.4f} |")
             print(soft_lines[-1], file=sys.stderr)
         block += ("\n\nThe soft-tissue model of the pairs (JSN RMSE of the quantifier, noise-free, "

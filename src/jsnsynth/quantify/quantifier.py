@@ -196,8 +196,9 @@ def as_mask(mask: np.ndarray, name: str, shape: tuple[int, int]) -> np.ndarray:
     mask = mask > (mask.max() / 2 if mask.dtype != bool and mask.max() > 1 else 0)
     if not mask.any():
         raise InputError(f"{name} mask is empty")
-    if np.count_nonzero(mask) < MIN_BONE_PX:
-        raise InputError(f"{name} mask has {np.count_nonzero(mask)} pixels, at least {MIN_BONE_PX} needed")
+    pixels = np.count_nonzero(mask)
+    if pixels < MIN_BONE_PX:
+        raise InputError(f"{name} mask has {pixels} pixels, at least {MIN_BONE_PX} needed")
     return mask
 
 
@@ -212,10 +213,12 @@ def check_joint_frame(joint_center_xy: tuple[float, float] | None, joint_axis_de
         raise InputError(f"joint axis must be a finite angle in degrees, got {joint_axis_deg}")
 
 
-def check_contrast(image: np.ndarray, where: np.ndarray, name: str) -> None:
-    """Reject an image that is constant where it is to be registered (blank, saturated, 1-bit)."""
-    if float(np.std(image[where])) < MIN_CONTRAST:
-        raise InputError(f"{name} is constant{' inside the bone masks' if not where.all() else ''}: nothing to register")
+def check_contrast(image: np.ndarray, name: str, where: np.ndarray | None = None) -> None:
+    """Reject an image that is constant where it is to be registered (blank, saturated, 1-bit):
+    inside ``where``, or anywhere when it is None."""
+    values = image if where is None else image[where]
+    if float(np.std(values)) < MIN_CONTRAST:
+        raise InputError(f"{name} is constant{'' if where is None else ' inside the bone masks'}: nothing to register")
 
 
 def check_mask_pair(upper: np.ndarray, lower: np.ndarray, axis_deg: float, label: str) -> None:
@@ -353,8 +356,8 @@ def quantify_pair(
     check_joint_frame(joint_center_xy, joint_axis_deg, base.shape)
     center, joint_axis_deg = resolve_joint_frame(upper, lower, joint_center_xy, joint_axis_deg)
     check_mask_pair(upper, lower, joint_axis_deg, "baseline")
-    check_contrast(base, upper | lower, "baseline")
-    check_contrast(follow, np.ones_like(upper), "follow-up")
+    check_contrast(base, "baseline", upper | lower)
+    check_contrast(follow, "follow-up")  # its bones are not where the baseline masks say
     follow_masks = None
     if (followup_upper_mask is None) != (followup_lower_mask is None):
         raise InputError("give both follow-up masks or neither")

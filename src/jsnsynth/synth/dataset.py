@@ -542,15 +542,10 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
     if state is None:
         raise OutputError(f"{out_dir}: folder holds other files (not a jsnsynth dataset run); choose an empty or new folder")
     same = {k: v for k, v in state.items() if k not in ("completed_shards", "complete")}
+    # an earlier run that failed before its first shard (a bad option, an unusable source) left
+    # only its record: nothing to keep, so the corrected command may start afresh
     nothing_written = not state.get("completed_shards") and not any((out_dir / PAIRS_DIR).glob("*.parquet"))
-    if same != record and nothing_written:
-        # an earlier run that failed before its first shard (a bad option, an unusable source)
-        # left only its record: nothing to keep, so the corrected command may start afresh
-        for sub in (PAIRS_DIR, LAYERS_DIR):
-            remove_partial_outputs(out_dir / sub)
-        remove_partial_outputs(out_dir)
-        return []
-    if same != record:
+    if same != record and not nothing_written:
         raise OutputError(
             f"{out_dir}: holds a dataset made with other parameters (source, seed, pairs or options differ); "
             "choose a new folder"
@@ -558,6 +553,8 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
     for sub in (PAIRS_DIR, LAYERS_DIR):
         remove_partial_outputs(out_dir / sub)
     remove_partial_outputs(out_dir)
+    if same != record:
+        return []
     finished = [name for name in state.get("completed_shards", []) if (out_dir / PAIRS_DIR / name).is_file()]
     return finished
 

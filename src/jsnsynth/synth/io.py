@@ -245,7 +245,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc} ({_first_blocking_parent(path)})") from None
+        raise OutputError(_cannot(f"cannot write {path}", exc, path.parent)) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -272,7 +272,7 @@ def make_output_folder(path: str | os.PathLike) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot make the folder {path}: {exc.strerror or exc} ({_first_blocking_parent(path / '_')})") from None
+        raise OutputError(_cannot(f"cannot make the folder {path}", exc, path)) from None
     return path
 
 
@@ -285,12 +285,9 @@ def check_writable(path: str | os.PathLike) -> None:
     path = Path(os.path.realpath(path))
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a folder")
-    for parent in reversed(path.parents):
-        if parent.exists() and not parent.is_dir():
-            raise OutputError(f"cannot write {path}: {parent} is a file, not a folder")
-    existing = next(p for p in path.parents if p.exists())
-    if not os.access(existing, os.W_OK):
-        raise OutputError(f"cannot write {path}: {existing} is not writable")
+    reason = _why_not_a_folder(path.parent)
+    if reason is not None:
+        raise OutputError(f"cannot write {path}: {reason}")
 
 
 def _umask() -> int:
@@ -300,13 +297,20 @@ def _umask() -> int:
     return mask
 
 
-def _first_blocking_parent(path: Path) -> str:
-    """Say which ancestor of ``path`` stops it from being created: a file, or an unwritable folder."""
-    for parent in reversed(path.parents):
-        if parent.exists() and not parent.is_dir():
-            return f"{parent} is a file, not a folder"
-    existing = next((p for p in path.parents if p.exists()), None)
-    return f"{existing} is not writable" if existing is not None else "no folder to write in"
+def _why_not_a_folder(folder: Path) -> str | None:
+    """Why ``folder`` cannot be made or written in: it or an ancestor is a file, or the deepest of
+    them that exists is not writable; None when neither."""
+    for candidate in (*reversed(folder.parents), folder):
+        if candidate.exists() and not candidate.is_dir():
+            return f"{candidate} is a file, not a folder"
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    return None if os.access(existing, os.W_OK) else f"{existing} is not writable"
+
+
+def _cannot(what: str, exc: OSError, folder: Path) -> str:
+    """One-line message for a failed write or folder creation, with the folder that blocks it."""
+    reason = _why_not_a_folder(folder)
+    return f"{what}: {exc.strerror or exc}" + (f" ({reason})" if reason else "")
 
 
 @contextlib.contextmanager
