@@ -13,8 +13,10 @@ Evaluates the bundled weights (or ``--weights``) on
   exact layers' shares of the input attenuation;
 
 and times one 256x256 separation on one CPU thread. Writes the table between the
-``<!-- bench_lsn:start -->`` / ``<!-- bench_lsn:end -->`` markers of docs/lsn.md and the figures
-docs/figures/lsn_heldout_layers.png and docs/figures/lsn_shifted.png.
+``<!-- bench_lsn:start -->`` / ``<!-- bench_lsn:end -->`` markers of docs/lsn.md, the figure
+docs/figures/lsn_heldout_phantoms.png, and the figures lsn_heldout_layers.png and
+lsn_shifted.png into docs/figures/local/ (they show real crops, which
+are not committed: see ``docblock.local_figures``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from docblock import write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from docblock import local_figures, write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 import cv2
 import numpy as np
@@ -42,7 +44,9 @@ from jsnsynth.lsn.data import (  # noqa: E402
 from jsnsynth.lsn import model as lsn_model  # noqa: E402
 from jsnsynth.lsn.evaluate import separation_metrics  # noqa: E402
 from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, load_model, separate_intensity  # noqa: E402
-from jsnsynth.synth.layers import JointLayers  # noqa: E402
+from jsnsynth.quantify.quantifier import quantify_pair  # noqa: E402
+from jsnsynth.synth.phantom import render_phantom, sample_phantom_params  # noqa: E402
+from jsnsynth.synth.shift import shift_upper  # noqa: E402
 from jsnsynth.synth.xray import (  # noqa: E402
     attenuation_to_intensity,
     detector_blur,
@@ -53,6 +57,7 @@ from jsnsynth.synth.xray import (  # noqa: E402
 
 METRICS = ("dice_upper", "dice_lower", "psnr_soft", "psnr_upper", "psnr_lower", "ssim_soft", "ssim_upper",
            "ssim_lower", "psnr_reconstruction")
+PHANTOM_FIGURE = REPO / "docs" / "figures" / "lsn_heldout_phantoms.png"
 HELDOUT_PHANTOM_SEED = 777_000  # training phantoms use the config seed + 1 (20261124)
 
 
@@ -100,30 +105,35 @@ def evaluate_real(cache, indices, model) -> tuple[list[dict], list[dict], np.nda
     return dataset_rows, smooth_rows, np.array(ratios)
 
 
+def heldout_phantom(k: int, imaged: bool) -> tuple[np.ndarray, tuple]:
+    """Held-out phantom ``k``: its input intensity, noise-free or through a sampled imaging chain,
+    and the reference ``(soft, upper, lower, upper_mask, lower_mask)`` a separation should give."""
+    rng = np.random.default_rng(np.random.SeedSequence([HELDOUT_PHANTOM_SEED, k]))
+    truth = render_phantom(sample_phantom_params(rng))
+    exact = np.stack([truth.soft, truth.upper, truth.lower]).astype(np.float64)
+    total = exact.sum(0)
+    if imaged:
+        imaging = sample_imaging_params(rng)
+        intensity = render_radiograph(total, imaging)
+        # the reference: the exact layers' shares of what the input's attenuation says, the
+        # shares taken after the detector blur (a bone's blurred rim belongs to the bone)
+        a_in = intensity_to_attenuation(intensity)
+        blurred = np.stack([detector_blur(layer, imaging.blur_sigma_px) for layer in exact])
+        reference = blurred / np.maximum(blurred.sum(0), 1e-9) * a_in
+    else:
+        intensity = attenuation_to_intensity(total)
+        reference = exact
+    return intensity, tuple(reference) + (truth.upper_mask, truth.lower_mask)
+
+
 def evaluate_phantoms(count: int, model, imaged: bool) -> list[dict]:
     """Metrics on held-out phantoms, noise-free or through a sampled imaging chain."""
-    from jsnsynth.synth.phantom import render_phantom, sample_phantom_params
-
     rows = []
     for k in range(count):
-        rng = np.random.default_rng(np.random.SeedSequence([HELDOUT_PHANTOM_SEED, k]))
-        truth = render_phantom(sample_phantom_params(rng))
-        exact = np.stack([truth.soft, truth.upper, truth.lower]).astype(np.float64)
-        total = exact.sum(0)
-        if imaged:
-            imaging = sample_imaging_params(rng)
-            intensity = render_radiograph(total, imaging)
-            # the reference: the exact layers' shares of what the input's attenuation says, the
-            # shares taken after the detector blur (a bone's blurred rim belongs to the bone)
-            a_in = intensity_to_attenuation(intensity)
-            blurred = np.stack([detector_blur(layer, imaging.blur_sigma_px) for layer in exact])
-            reference = blurred / np.maximum(blurred.sum(0), 1e-9) * a_in
-        else:
-            intensity = attenuation_to_intensity(total)
-            reference = exact
+        intensity, reference = heldout_phantom(k, imaged)
         layers = separate_intensity(intensity, model).layers
         estimate = (layers.soft, layers.upper, layers.lower, layers.upper_mask, layers.lower_mask)
-        rows.append(separation_metrics(intensity, estimate, tuple(reference) + (truth.upper_mask, truth.lower_mask)))
+        rows.append(separation_metrics(intensity, estimate, reference))
     return rows
 
 
@@ -220,17 +230,35 @@ def figure_heldout(cache, indices, model, path: Path) -> None:
     plt.close(fig)
 
 
-def shift_upper_layer(layers: JointLayers, shift_px: float) -> JointLayers:
-    """Move the upper layer along the joint axis (the dataset engineer's shift when present)."""
-    try:
-        from jsnsynth.synth.shift import shift_upper
-    except ImportError:
-        import scipy.ndimage
+def figure_phantoms(model, path: Path, count: int = 6) -> None:
+    """Held-out imaged phantoms: input, LSN soft/upper/lower and masks, and the reference layers."""
+    import matplotlib
 
-        moved = scipy.ndimage.shift(layers.upper, (shift_px, 0.0), order=3, mode="nearest")
-        mask = scipy.ndimage.shift(layers.upper_mask.astype(float), (shift_px, 0.0), order=1, mode="nearest") > 0.5
-        return layers.replace(upper=np.clip(moved, 0, None), upper_mask=mask)
-    return shift_upper(layers, shift_px)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = ["input", "LSN soft", "LSN upper", "LSN lower", "LSN masks", "reference soft", "reference upper",
+              "reference lower", "exact masks"]
+    fig, axes = plt.subplots(count, len(titles), figsize=(18, 2.1 * count + 0.5))
+    for row in range(count):
+        intensity, (soft, upper, lower, upper_mask, lower_mask) = heldout_phantom(row, imaged=True)
+        layers = separate_intensity(intensity, model).layers
+        tiles = [intensity, _show(layers.soft), _show(layers.upper), _show(layers.lower),
+                 _overlay(intensity, layers.upper_mask, layers.lower_mask), _show(soft), _show(upper), _show(lower),
+                 _overlay(intensity, upper_mask, lower_mask)]
+        for col, tile in enumerate(tiles):
+            ax = axes[row, col]
+            ax.imshow(tile, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(titles[col], fontsize=10)
+    fig.suptitle("LSN on held-out phantoms through a sampled imaging chain (layers shown as 1 - exp(-a), "
+                 "same grey scale; reference = the exact layers' shares of the input)", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def figure_shifted(cache, indices, model, path: Path, pixel_spacing_mm: float = 0.175) -> None:
@@ -248,7 +276,7 @@ def figure_shifted(cache, indices, model, path: Path, pixel_spacing_mm: float = 
         layers = separate_intensity(intensity, model).layers
         tiles = [(intensity, "real crop")]
         for shift_mm in shifts_mm:
-            moved = shift_upper_layer(layers, shift_mm / pixel_spacing_mm)
+            moved = shift_upper(layers, shift_mm / pixel_spacing_mm)
             label = f"{shift_mm:+.1f} mm ({'narrower' if shift_mm > 0 else 'wider'})"
             tiles.append((attenuation_to_intensity(moved.attenuation().astype(np.float64)), label))
         for col, (tile, title) in enumerate(tiles):
@@ -272,10 +300,6 @@ def evaluate_jsn(cache, indices, model, count: int, pixel_spacing_mm: float = 0.
     layers with the upper bone moved by ``d`` along the joint axis. No repositioning or noise:
     this isolates what the separation contributes.
     """
-    try:
-        from jsnsynth.quantify.quantifier import quantify_pair
-    except ImportError:
-        return "Quantifier not available: JSN recovery not measured."
     shifts_mm = (-0.5, -0.2, 0.2, 0.5)
     chosen = indices[np.linspace(0, len(indices) - 1, count).round().astype(int)]
     errors, failed = [], 0
@@ -283,7 +307,7 @@ def evaluate_jsn(cache, indices, model, count: int, pixel_spacing_mm: float = 0.
         layers = separate_intensity(cache.image[i] / 255.0, model).layers
         baseline = attenuation_to_intensity(layers.attenuation().astype(np.float64))
         for shift_mm in shifts_mm:
-            moved = shift_upper_layer(layers, shift_mm / pixel_spacing_mm)
+            moved = shift_upper(layers, shift_mm / pixel_spacing_mm)
             followup = attenuation_to_intensity(moved.attenuation().astype(np.float64))
             try:
                 result = quantify_pair(baseline, followup, layers.upper_mask, layers.lower_mask, pixel_spacing_mm,
@@ -308,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--phantoms", type=int, default=40, help="held-out phantoms per phantom set")
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "lsn.md")
-    parser.add_argument("--figures", type=Path, default=REPO / "docs" / "figures")
+    parser.add_argument("--figures", type=Path, default=local_figures(), help="folder of the real-crop figures")
     parser.add_argument("--jsn-crops", type=int, default=8, help="held-out crops for the JSN recovery check")
     parser.add_argument("--no-doc", action="store_true", help="print the table only")
     parser.add_argument("--mask-only-gate", action="store_true",
@@ -339,11 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"(95th percentile {np.nanpercentile(ratios, 95):.3f}); the smooth-soft reference it is trained on "
                      f"{np.nanmean(reference_ratios):.3f}.")
         print("real held-out done", flush=True)
-    try:
-        results["phantom, noise-free"] = (args.phantoms, summarise(evaluate_phantoms(args.phantoms, model, imaged=False)))
-        results["phantom, imaged"] = (args.phantoms, summarise(evaluate_phantoms(args.phantoms, model, imaged=True)))
-    except ImportError:
-        print("phantom module missing: phantom sets skipped", flush=True)
+    results["phantom, noise-free"] = (args.phantoms, summarise(evaluate_phantoms(args.phantoms, model, imaged=False)))
+    results["phantom, imaged"] = (args.phantoms, summarise(evaluate_phantoms(args.phantoms, model, imaged=True)))
     ms = time_separation(model)
     text = table(results)
     timing = (f"Separation of one 256x256 crop (network, composition and masks), one CPU thread: "
@@ -358,12 +379,14 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if not args.no_doc:
         write_doc(args.doc, text)
+        figure_phantoms(model, PHANTOM_FIGURE)
         args.figures.mkdir(parents=True, exist_ok=True)
         if cache is not None:
             held = cache.indices(heldout=True)
             figure_heldout(cache, held, model, args.figures / "lsn_heldout_layers.png")
             figure_shifted(cache, held, model, args.figures / "lsn_shifted.png")
-            print(f"figures: {args.figures / 'lsn_heldout_layers.png'}, {args.figures / 'lsn_shifted.png'}")
+            print(f"real-crop figures: {args.figures / 'lsn_heldout_layers.png'}, {args.figures / 'lsn_shifted.png'}")
+        print(f"figure: {PHANTOM_FIGURE}")
         print(f"table: {args.doc}")
     return 0
 

@@ -1,8 +1,19 @@
-"""Writing a benchmark's table into its docs page, between ``<!-- NAME:start/end -->`` markers."""
+"""Where benchmarks write into docs/: tables between ``<!-- NAME:start/end -->`` markers, and
+figures that may or may not be committed."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def local_figures(docs: Path = DOCS) -> Path:
+    """Where figures that show pixels of the real finger-joint crops go: ``docs/figures/local``,
+    which git ignores. The crops come without a licence and must not enter the repository
+    (DESIGN.md), not even as thumbnails in a figure; plots of numbers measured on them are
+    committed as usual."""
+    return docs / "figures" / "local"
 
 
 def write_doc_block(doc: Path, name: str, block: str, title: str = "Benchmarks") -> None:

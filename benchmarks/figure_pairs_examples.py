@@ -2,6 +2,10 @@
 
     .venv/bin/python benchmarks/figure_pairs_examples.py [--fingerjoints ../shared/data/fingerjoints]
 
+With ``--fingerjoints`` the last pair is a real-layer pair and the figure goes to
+docs/figures/local/pairs_examples_fingerjoints.png instead (it shows a real crop, which is not
+committed: see ``docblock.local_figures``).
+
 Each row is one pair: baseline, follow-up (both as written to the dataset, with noise), the raw
 difference of the noise-free images, and the difference after undoing the global repositioning G
 (the follow-up resampled by G^-1), where what is left is the bones' own motion: the JSN change of the
@@ -15,9 +19,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from docblock import local_figures  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURE = ROOT / "docs" / "figures" / "pairs_examples.png"
+REAL_FIGURE = local_figures() / "pairs_examples_fingerjoints.png"
 
 
 def simulate(source, index: int, seed: int, jsn_px: tuple[float, float]):
@@ -32,8 +38,10 @@ def simulate(source, index: int, seed: int, jsn_px: tuple[float, float]):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fingerjoints", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=FIGURE)
+    parser.add_argument("--out", type=Path, default=None, help=f"default {FIGURE}, or {REAL_FIGURE} with --fingerjoints")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = FIGURE if args.fingerjoints is None else REAL_FIGURE
 
     import matplotlib
 

@@ -16,8 +16,10 @@ summarised over the set:
 * trabecular texture: standard deviation of a band-pass (difference of Gaussians, sigma 1 and 3 px)
   inside the bones (masks eroded by 7 px, away from the cortical edges), grey levels of 255.
 
-Phantoms are quantised to 8 bits like the real crops before measuring. Writes
-docs/figures/phantom_vs_real.png and the table between the ``phantom_realism`` markers.
+Phantoms are quantised to 8 bits like the real crops before measuring. Writes the table between
+the ``phantom_realism`` markers, docs/figures/phantom_examples.png (eight phantoms) and, for a
+look side by side, docs/figures/local/phantom_vs_real.png (the same phantoms above eight real
+crops; not committed, see ``docblock.local_figures``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from docblock import write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from docblock import local_figures, write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -41,7 +43,8 @@ from jsnsynth.synth.xray import quantize, render_radiograph, sample_imaging_para
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "phantom.md"
-FIGURE = ROOT / "docs" / "figures" / "phantom_vs_real.png"
+FIGURE = ROOT / "docs" / "figures" / "phantom_examples.png"
+SIDE_BY_SIDE_FIGURE = local_figures() / "phantom_vs_real.png"
 
 
 def phantom_images(n: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -177,24 +180,23 @@ def realism_table(ph: dict, real: dict, n_ph: int, n_real: int) -> str:
     return "\n".join(lines)
 
 
-def save_figure(phantoms: list[np.ndarray], reals: list[np.ndarray], path: Path) -> None:
-    """Two rows of eight: phantoms on top, real crops below."""
+def save_figure(rows: list[tuple[str, list[np.ndarray]]], title: str, path: Path) -> None:
+    """One row of eight images per ``(label, images)``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 8, figsize=(16, 4.4))
-    for col in range(8):
-        for row, (images, label) in enumerate(((phantoms, "phantom"), (reals, "real crop"))):
+    fig, axes = plt.subplots(len(rows), 8, figsize=(16, 0.4 + 2.0 * len(rows)), squeeze=False)
+    for row, (label, images) in enumerate(rows):
+        for col in range(8):
             ax = axes[row, col]
             ax.imshow(images[col], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if col == 0:
                 ax.set_ylabel(label, fontsize=12)
-    fig.suptitle("Top: jsnsynth phantoms through the sampled imaging chain.  Bottom: real finger-joint crops.",
-                 fontsize=12)
+    fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -213,14 +215,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     phantoms, phantom_masks = phantom_images(args.n, args.seed)
     reals, real_masks = real_images(args.fingerjoints, args.n, args.seed)
-    save_figure(phantoms[:8], reals[:8], FIGURE)
+    save_figure([("phantom", phantoms[:8])], "jsnsynth phantoms through the sampled imaging chain", FIGURE)
+    save_figure([("phantom", phantoms[:8]), ("real crop", reals[:8])],
+                "Top: jsnsynth phantoms through the sampled imaging chain.  Bottom: real finger-joint crops.",
+                SIDE_BY_SIDE_FIGURE)
     table = realism_table(summarise(phantoms, phantom_masks), summarise(reals, real_masks), len(phantoms), len(reals))
     command = "`.venv/bin/python benchmarks/figure_phantom_vs_real.py --fingerjoints ../shared/data/fingerjoints`"
     block = f"Made by {command} (seed {args.seed}).\n\n{table}"
     print(table)
     if not args.no_doc:
         write_doc_block(DOC, "phantom_realism", block, title="Phantom")
-        print(f"wrote {FIGURE} and the table in {DOC}")
+        print(f"wrote {FIGURE}, {SIDE_BY_SIDE_FIGURE} and the table in {DOC}")
     return 0
 
 
