@@ -22,7 +22,7 @@ Three kinds of example, mixed by :class:`MixConfig`:
     the layers are recomposed: the bones overlap and every layer is known exactly (the LSN paper's
     first training stage);
 ``phantom``
-    a physics phantom (:mod:`jsnsynth.synth.phantom`, when present) with exact layers, rendered
+    a physics phantom (:mod:`jsnsynth.synth.phantom`) with exact layers, rendered
     through :func:`jsnsynth.synth.xray.render_radiograph` with sampled imaging parameters.
 
 Every random step follows the toolkit's pattern: :func:`sample_example_params` draws an
@@ -47,7 +47,9 @@ import numpy as np
 
 from jsnsynth.errors import InputError
 from jsnsynth.synth.fingerjoints import read_manifest, soft_tissue_estimate, split_attenuation
+from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.io import read_mask, read_radiograph
+from jsnsynth.synth.phantom import render_phantom, sample_phantom_params
 from jsnsynth.synth.xray import (
     ImagingParams,
     ImagingRanges,
@@ -489,16 +491,7 @@ def make_batch(pool: ExamplePool, mix: MixConfig, seed: int, step: int, batch_si
 
 
 def render_phantom_pool(count: int, seed: int) -> list:
-    """Render ``count`` phantoms' exact layers (empty list when the phantom module is missing).
-
-    Phantom ``k`` uses ``SeedSequence([seed, k])``.
-    """
-    try:
-        from jsnsynth.synth.phantom import render_phantom, sample_phantom_params
-    except ImportError:
-        return []
-    from jsnsynth.synth.geometry import Similarity
-
+    """Render ``count`` phantoms' exact layers; phantom ``k`` uses ``SeedSequence([seed, k])``."""
     pool = []
     for k in range(count):
         rng = np.random.default_rng(np.random.SeedSequence([seed, k]))

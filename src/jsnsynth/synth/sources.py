@@ -33,6 +33,7 @@ from jsnsynth.synth.fingerjoints import (
 )
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.io import read_mask
+from jsnsynth.synth import phantom
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, check_joint_masks
 
 #: Citation of the analytic phantom (no external data).
@@ -92,7 +93,6 @@ class PhantomSource:
 
     def load(self, joint_id: str, rng: np.random.Generator) -> JointLayers:
         """Draw phantom parameters from ``rng`` and render the baseline layers."""
-        phantom = _phantom_module()
         params = phantom.sample_phantom_params(rng, **self.overrides)
         layers = phantom.render_phantom(params)
         metadata = dict(layers.metadata)
@@ -109,20 +109,12 @@ class PhantomSource:
         soft_pose: Similarity | None,
     ) -> JointLayers:
         """Re-render the phantom of ``layers`` with each part moved by its pose (exactly)."""
-        moved = _phantom_module().render_with_poses(layers, upper_pose, lower_pose, soft_pose)
+        moved = phantom.render_with_poses(layers, upper_pose, lower_pose, soft_pose)
         return moved.replace(metadata=dict(layers.metadata))
 
     def describe(self) -> dict:
         """Generation parameters of the source, for the dataset card."""
         return {"source": self.name, "n_joints": self.n_joints, "phantom_overrides": dict(self.overrides)}
-
-
-def _phantom_module():
-    try:
-        from jsnsynth.synth import phantom
-    except ImportError as exc:  # the phantom module is developed in parallel
-        raise InputError(f"the phantom source is not available in this installation ({exc})") from None
-    return phantom
 
 
 class FingerJointsSource:
