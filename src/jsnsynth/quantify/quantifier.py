@@ -514,21 +514,28 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
             windows = reg.aligned_windows(base, follow, regions, params, center, follow_coef=follow_coef)
             matcher = reg.BlurMatcher(windows)
             blur_x = matcher.variance_difference([f for _, f, _ in windows])
-            mapped = follow
+            mapping = None
             if settings.intensity_mapping_order > 0:
                 # the mapping is fitted on the blur-matched windows (blurs commute with the
-                # nearly rigid warps), applied to the raw follow-up, and the blurs are matched
-                # again (the display mapping acts after the blur)
+                # nearly rigid warps), and the blurs are matched again on the mapped windows
+                # (the display mapping acts after the blur)
                 sigma_b, sigma_f = math.sqrt(max(blur_x, 0.0)), math.sqrt(max(-blur_x, 0.0))
                 matched = [(b.blurred(sigma_b), reg.gaussian_blur(f, sigma_f), r)
                            for b, (_, f, r) in zip(matcher.base, windows)]
                 mapping = reg.fit_intensity_mapping(matched, settings.intensity_mapping_order, settings.mapping_denoise_sigma_px)
-                mapped = reg.apply_polynomial(follow, mapping)
                 blur_x = matcher.variance_difference(
                     [reg.apply_polynomial(f, mapping) for _, f, _ in windows], rounds=2, initial=blur_x
                 )
             base0 = reg.gaussian_blur(base, math.sqrt(max(blur_x, 0.0)))
-            mapped = reg.gaussian_blur(mapped, math.sqrt(max(-blur_x, 0.0)))
+            # a sharper follow-up is blurred *before* it is mapped, as the mapping was fitted: on
+            # blurred windows. The mapping stands for the two displays, which act after the
+            # detector blur; blurring the mapped image instead blurs through a display nonlinearity
+            # the baseline never went through (a gamma or window bends a blurred edge), which
+            # left the pairs with the sharper follow-up 1.8 x the JSN RMSE of the others (48
+            # noise-free phantom pairs: 0.0159 against 0.0086 px; blurred first, 0.0103)
+            mapped = reg.gaussian_blur(follow, math.sqrt(max(-blur_x, 0.0)))
+            if mapping is not None:
+                mapped = reg.apply_polynomial(mapped, mapping)
             pyr_b[0] = reg.build_pyramid(base0, 0, settings.smooth_sigma_px)[0]
             stacks_f[0] = spline_coefficients(reg.build_pyramid(mapped, 0, settings.smooth_sigma_px)[0])
         if level == 0 and settings.shared_scale and settings.levels > 0:
