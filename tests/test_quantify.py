@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from jsnsynth.cli import main
 from jsnsynth.errors import InputError
+from jsnsynth.quantify import register as reg
 from jsnsynth.quantify.crlb import fisher_information, profile_out
 from jsnsynth.quantify.quantifier import jsn_from_transforms, quantify_pair
+from jsnsynth.quantify.register import RegistrationSettings
 from jsnsynth.quantify.toy import toy_pair
 from jsnsynth.quantify.warp import sample_spline, spline_coefficients
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.io import encode_png
-from jsnsynth.synth.xray import ImagingParams, quantize
+from jsnsynth.synth.layers import joint_frame_from_masks
+from jsnsynth.synth.pairs import PairConfig, make_pair, sample_pair_params
+from jsnsynth.synth.shift import warp_layers
+from jsnsynth.synth.sources import PhantomSource
+from jsnsynth.synth.xray import ImagingParams, quantize, render_radiograph_and_clean
 
 # Tolerances (px) on the noise-free analytic toy joint (96 px, sharp 0.6 px edges: harder to
 # interpolate than detector-blurred radiographs).
@@ -41,16 +49,12 @@ def test_spline_sampler_is_exact_on_smooth_signal():
 
 
 def test_spline_coefficients_match_scipy():
-    from scipy import ndimage
-
     image = np.random.default_rng(3).random((40, 57)).astype(np.float32)
     expected = ndimage.spline_filter(image.astype(np.float64), order=3, mode="mirror")
     assert np.abs(spline_coefficients(image) - expected).max() < 1e-5
 
 
 def test_subsampled_dilation_and_region_are_exact():
-    from jsnsynth.quantify import register as reg
-
     rng = np.random.default_rng(4)
     for shape, radius, step in (((61, 80), 24, 2), ((50, 47), 8, 2), ((33, 40), 5, 3)):
         mask = rng.random(shape) < 0.01
@@ -280,11 +284,6 @@ BLUR_PAIR_TOL_PX = 0.05
 
 @pytest.mark.parametrize("index", [0, 1])
 def test_phantom_pair_with_different_blur_per_visit(index):
-    import dataclasses
-
-    from jsnsynth.synth.pairs import PairConfig, make_pair, sample_pair_params
-    from jsnsynth.synth.sources import PhantomSource
-
     source = PhantomSource(n_joints=10)
     rng = np.random.default_rng(np.random.SeedSequence([2024, index]))
     layers = source.load(source.joint_ids()[index], rng)
@@ -309,11 +308,6 @@ GAMMA_PAIR_TOL_PX = 0.025
 
 @pytest.mark.parametrize("index", [0, 1])
 def test_sharper_follow_up_is_blurred_before_it_is_mapped(index):
-    import dataclasses
-
-    from jsnsynth.synth.pairs import PairConfig, make_pair, sample_pair_params
-    from jsnsynth.synth.sources import PhantomSource
-
     source = PhantomSource(n_joints=10)
     rng = np.random.default_rng(np.random.SeedSequence([2025, index]))
     layers = source.load(source.joint_ids()[index], rng)
@@ -342,12 +336,6 @@ FLEXION_JSN_TOL_PX = 0.015
 @pytest.mark.parametrize("seed", [3, 5])  # bias-only angle errors -0.043 / +0.032 deg (seed 1: -0.025, borderline)
 @pytest.mark.parametrize("shading_order", [2, pytest.param(0, marks=pytest.mark.xfail(strict=True))])
 def test_bone_flexing_under_static_soft_tissue(shading_order, seed):
-    from jsnsynth.quantify.register import RegistrationSettings
-    from jsnsynth.synth.layers import joint_frame_from_masks
-    from jsnsynth.synth.shift import warp_layers
-    from jsnsynth.synth.sources import PhantomSource
-    from jsnsynth.synth.xray import render_radiograph_and_clean
-
     source = PhantomSource(n_joints=1)
     layers = source.load(source.joint_ids()[0], np.random.default_rng(seed))
     center, axis_deg = joint_frame_from_masks(layers.upper_mask, layers.lower_mask)
@@ -375,10 +363,6 @@ def test_bone_flexing_under_static_soft_tissue(shading_order, seed):
 # Nuisance estimators of the full-resolution stage (blur difference, intensity mapping) on one
 # noise-free phantom radiograph and copies of it with a known relation.
 def _phantom_image_and_regions():
-    from jsnsynth.quantify import register as reg
-    from jsnsynth.synth.sources import PhantomSource
-    from jsnsynth.synth.xray import render_radiograph_and_clean
-
     source = PhantomSource(n_joints=1)
     layers = source.load(source.joint_ids()[0], np.random.default_rng(5))
     imaging = ImagingParams(blur_sigma_px=0.8, photons_per_px=math.inf, electronic_noise=0.0)
@@ -390,8 +374,6 @@ def _phantom_image_and_regions():
 
 
 def _smooth_field(rng, shape, amplitude, scale_px=6.0):
-    from scipy import ndimage
-
     field = ndimage.gaussian_filter(rng.standard_normal(shape), scale_px)
     return field / field.std() * amplitude
 
@@ -400,9 +382,7 @@ def test_blur_matching_ignores_what_the_visits_do_not_share():
     """A non-rigidly misaligned copy (0.4 px RMS, smooth) is on average a blurred copy: a one-way
     estimate called it 0.16 px^2 blurrier in both directions. The symmetric estimate must see no
     blur difference there, and still recover a true one (0.7 px Gaussian = 0.49 px^2) with its sign."""
-    from scipy import ndimage
 
-    from jsnsynth.quantify import register as reg
 
     image, regions, identity, center = _phantom_image_and_regions()
     rng = np.random.default_rng(0)
@@ -422,7 +402,6 @@ def test_intensity_mapping_is_not_flattened_by_noise(noisy, denoise_sigma_px):
     """Follow-up = 0.85 x baseline + 0.05 and white noise (0.02) in one image: the mapping back
     must be the true one within 0.006 over the bones' range. Without the smoothing before the fit
     the noise in the regressor flattened it by 0.03-0.04 (regression dilution)."""
-    from jsnsynth.quantify import register as reg
 
     image, regions, identity, center = _phantom_image_and_regions()
     sigma = reg.RegistrationSettings().mapping_denoise_sigma_px if denoise_sigma_px is None else denoise_sigma_px
@@ -444,7 +423,6 @@ def test_intensity_mapping_round_trip_with_unshared_content():
     compose to the identity (forward-only regressions missed by 0.08, both flattened), and the
     mapping must be the true one within 0.04 (forward-only: 0.09; the mean of the two cancels
     the flattening to first order only)."""
-    from jsnsynth.quantify import register as reg
 
     image, regions, identity, center = _phantom_image_and_regions()
     rng = np.random.default_rng(0)
@@ -464,7 +442,6 @@ def test_blur_matching_is_not_biased_by_noise(true_difference_px2, common_varian
     noise draws the estimate must be within 0.1 px^2 RMS (measured 0.01-0.05). Blurring only the
     image whose blur is being tried put its now correlated noise into one direction's regression:
     0.2 px^2 RMS, bistable at 0 (draws 0.13, -0.14, 0.41, ...)."""
-    from jsnsynth.quantify import register as reg
 
     image, regions, identity, center = _phantom_image_and_regions()
     follow = reg.gaussian_blur(image, math.sqrt(true_difference_px2)) if true_difference_px2 else image
