@@ -894,23 +894,30 @@ def coarse_global(
     base_centred -= base_centred.mean()
     base_norm = math.sqrt(float(base_centred @ base_centred))
 
-    def ncc_at(params: np.ndarray) -> float:
-        values = sample_spline_values(coef, *warp_positions(params, cx, cy, xs, ys)).astype(np.float64)
-        values -= values.mean()
-        norm = math.sqrt(float(values @ values)) * base_norm
-        return float(values @ base_centred) / norm if norm > 0 else -1.0
+    def nccs_at(candidates: list[np.ndarray]) -> list[float]:
+        # all the candidates in one sampler call: at this level its fixed cost was most of each
+        positions = [warp_positions(params, cx, cy, xs, ys) for params in candidates]
+        sampled = sample_spline_values(coef, np.concatenate([wx for wx, _ in positions]),
+                                       np.concatenate([wy for _, wy in positions]))
+        scores = []
+        for values in np.split(sampled.astype(np.float64), len(candidates)):
+            values -= values.mean()
+            norm = math.sqrt(float(values @ values)) * base_norm
+            scores.append(float(values @ base_centred) / norm if norm > 0 else -1.0)
+        return scores
 
     # only the most promising starts are refined: a wrong rotation is already far behind here
-    ranked = sorted(candidates, key=ncc_at, reverse=True)[:refine_best]
+    scores = nccs_at(candidates)
+    order = sorted(range(len(candidates)), key=scores.__getitem__, reverse=True)
+    ranked = [candidates[i] for i in order[:refine_best]]
     best, best_ncc = ranked[0], -np.inf
     fits = gauss_newton_parts(coef, [(base_values, xs, ys, params) for params in ranked], center_xy,
                               photometric_order=1, max_iterations=6, tolerance_px=1e-2)
-    for fit in fits:
-        if not np.all(np.isfinite(fit.params)) or not 0.5 < math.hypot(fit.params[0], fit.params[1]) < 2.0:
-            continue
-        ncc = ncc_at(fit.params)
+    refined = [fit.params for fit in fits
+               if np.all(np.isfinite(fit.params)) and 0.5 < math.hypot(fit.params[0], fit.params[1]) < 2.0]
+    for params, ncc in zip(refined, nccs_at(refined) if refined else []):
         if ncc > best_ncc:
-            best, best_ncc = fit.params, ncc
+            best, best_ncc = params, ncc
     return best, best_ncc
 
 
