@@ -993,7 +993,8 @@ def shared_scale_gauss_newton(
     state[0] = lever_px * float(np.mean([math.log(math.hypot(p[0], p[1])) for *_, p in components]))
     for k, (*_, p) in enumerate(components):
         state[1 + per * k: 4 + per * k] = (lever_px * math.atan2(p[1], p[0]), p[2], p[3])
-    reach = max(float(np.max(np.hypot(xs - cx, ys - cy))) for _, xs, ys, _ in components) + 1.0
+    # the farthest pixel from the squared distances: np.hypot is several times slower
+    reach = math.sqrt(max(float(np.max(ox * ox + oy * oy)) for ox, oy in offsets)) + 1.0
     # each part's unknowns in the joint system: the shared log-scale, then its own
     unknowns = [np.array([0] + list(range(1 + per * k, 1 + per * (k + 1)))) for k in range(n)]
     blocks = [np.ix_(idx, idx) for idx in unknowns]

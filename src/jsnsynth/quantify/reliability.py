@@ -117,7 +117,8 @@ def residual_maps(
         base_values = base.ravel().take(index).astype(np.float64)
         wx, wy = warp_positions(params[name], cx, cy, xs64, ys64)
         value, fx, fy = (v.astype(np.float64) for v in sample_spline(coef, wx, wy))
-        photo = photometric_basis(base_values, photometric_order).astype(np.float64)
+        # column-major: the least-squares fits' dot products run over contiguous columns
+        photo = photometric_basis(base_values, photometric_order).astype(np.float64, order="F")
         before = _photometric_residual(base_values, follow.ravel().take(index).astype(np.float64), photo)
         after = _photometric_residual(base_values, value, photo)
         ux, uy = xs64 - cx, ys64 - cy
