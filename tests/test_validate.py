@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import textwrap
 from pathlib import Path
@@ -242,3 +243,26 @@ def test_transitivity_with_a_common_centre_isolates_the_method():
     own = jsn_from_transforms(up_ij, lo_ij, centre_i, axis) - (
         jsn_from_transforms(up_ik, lo_ik, centre_i, axis) + jsn_from_transforms(up_kj, lo_kj, centre_k, axis + 2.0))
     assert abs(own) > 10 * abs(jsn_ij - (jsn_ik + jsn_kj))  # own centres: the centre offset enters
+
+
+def test_transitivity_summary_leaves_out_triplets_with_a_refused_pair():
+    """A visit pair the method refused leaves its triplets without a residual: they must not
+    count as measured, nor make the summary say the residuals were not taken about a common
+    centre (which they all were)."""
+    from jsnsynth.quantify.real import transitivity_summary
+
+    def triplet(residual, flagged, common, own):
+        return {"residual_mm": residual, "flagged": flagged, "common_centre": common, "residual_own_centres_mm": own}
+
+    triplets = [triplet(0.01, False, True, 0.02), triplet(float("nan"), False, False, float("nan")),
+                triplet(-0.03, True, True, 0.05)]
+    summary = transitivity_summary(triplets)
+    assert summary["n_triplets"] == 3 and summary["n_triplets_measured"] == 2
+    assert summary["transitivity_common_centre"] is True
+    assert summary["transitivity_rms_mm"] == pytest.approx(math.sqrt((0.01**2 + 0.03**2) / 2))
+    assert summary["transitivity_max_mm"] == pytest.approx(0.03)
+    assert summary["n_triplets_unflagged"] == 1 and summary["transitivity_rms_unflagged_mm"] == pytest.approx(0.01)
+    assert summary["transitivity_rms_own_centres_mm"] == pytest.approx(math.sqrt((0.02**2 + 0.05**2) / 2))
+    # a measured triplet that fell back to its own centres (a method without transforms)
+    assert transitivity_summary(triplets + [triplet(0.02, False, False, 0.02)])["transitivity_common_centre"] is False
+    assert transitivity_summary([])["transitivity_rms_mm"] is None

@@ -230,12 +230,6 @@ def validate_real(
     n_refused = sum(r["n_refused"] for r in pair_rows)
     n_trials = sum(r["n_trials"] for r in pair_rows) - n_refused
     n_dropped = sum(r["n_dropped"] for r in pair_rows)
-    residuals = np.array([t["residual_mm"] for t in transitivity], dtype=np.float64)
-    residuals = residuals[np.isfinite(residuals)]  # a visit the method refused leaves no residual
-    trusted = np.array([t["residual_mm"] for t in transitivity if not t["flagged"]], dtype=np.float64)
-    trusted = trusted[np.isfinite(trusted)]
-    own = np.array([t["residual_own_centres_mm"] for t in transitivity], dtype=np.float64)
-    own = own[np.isfinite(own)]
     summary: dict[str, Any] = {
         "folder": str(folder),
         "method": method_name,
@@ -250,16 +244,7 @@ def validate_real(
         "sd_trials_mm_median": float(np.nanmedian(sds)) if np.isfinite(sds).any() else float("nan"),
         "mismatching_rate": n_dropped / n_trials if n_trials else float("nan"),
         "flag_rate": sum(r["n_flagged"] for r in pair_rows) / n_trials if n_trials else float("nan"),
-        "n_triplets": len(transitivity),
-        "n_triplets_measured": int(residuals.size),
-        "transitivity_rms_mm": float(np.sqrt(np.mean(residuals**2))) if residuals.size else None,
-        "transitivity_max_mm": float(np.max(np.abs(residuals))) if residuals.size else None,
-        # the triplets whose three measurements the method did not flag: what a user who trusts
-        # the flags gets
-        "n_triplets_unflagged": int(trusted.size),
-        "transitivity_rms_unflagged_mm": float(np.sqrt(np.mean(trusted**2))) if trusted.size else None,
-        "transitivity_common_centre": bool(transitivity) and all(t["common_centre"] for t in transitivity),
-        "transitivity_rms_own_centres_mm": float(np.sqrt(np.mean(own**2))) if own.size else None,
+        **transitivity_summary(transitivity),
         "time_per_trial_s": float(np.nanmean([r["time_per_trial_s"] for r in pair_rows])),
         "n_pairs_refused": int(sum(not math.isfinite(r["jsn_mm_original"]) for r in pair_rows)),
     }
@@ -275,6 +260,36 @@ def validate_real(
                               "summary": str(out / "real_summary.json")}
         write_bytes_atomic(out / "real_summary.json", (json.dumps({**summary, "transitivity": transitivity}, indent=2) + "\n").encode())
     return summary
+
+
+def transitivity_summary(triplets: list[dict]) -> dict[str, Any]:
+    """The transitivity figures of :func:`validate_real`'s summary from its per-triplet records.
+
+    A triplet with a visit pair the method refused has no residual: it counts in
+    ``n_triplets`` but not in ``n_triplets_measured``, the RMS values, or the question whether
+    every residual was taken about a common centre.
+    """
+    measured = [t for t in triplets if math.isfinite(t["residual_mm"])]
+    residuals = np.array([t["residual_mm"] for t in measured], dtype=np.float64)
+    # the triplets whose three measurements the method did not flag: what a user who trusts
+    # the flags gets
+    trusted = np.array([t["residual_mm"] for t in measured if not t["flagged"]], dtype=np.float64)
+    own = np.array([t["residual_own_centres_mm"] for t in triplets], dtype=np.float64)
+    own = own[np.isfinite(own)]
+
+    def rms(values: np.ndarray) -> float | None:
+        return float(np.sqrt(np.mean(values**2))) if values.size else None
+
+    return {
+        "n_triplets": len(triplets),
+        "n_triplets_measured": len(measured),
+        "transitivity_rms_mm": rms(residuals),
+        "transitivity_max_mm": float(np.max(np.abs(residuals))) if residuals.size else None,
+        "n_triplets_unflagged": int(trusted.size),
+        "transitivity_rms_unflagged_mm": rms(trusted),
+        "transitivity_common_centre": bool(measured) and all(t["common_centre"] for t in measured),
+        "transitivity_rms_own_centres_mm": rms(own),
+    }
 
 
 def _real_figure(pair_rows: list[dict], transitivity: list[dict], summary: dict) -> bytes:
