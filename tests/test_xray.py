@@ -50,14 +50,21 @@ def test_blur_preserves_a_flat_field_and_smooths_an_edge() -> None:
 @pytest.mark.parametrize("sigma_px", [0.5, 0.8, 1.2])
 def test_blur_is_the_gaussian_it_records_at_every_frequency(sigma_px: float) -> None:
     """The recorded sigma is the blur the image gets: a sinusoid keeps exp(-2 pi^2 sigma^2 f^2) of
-    its amplitude (a sampled 0.5 px kernel keeps 0.79 instead of 0.73 at 0.25 cycles/px)."""
-    x = np.arange(96, dtype=np.float64)
-    for frequency in (0.05, 0.125, 0.25, 0.4):
-        wave = np.tile(np.cos(2.0 * np.pi * frequency * x + 0.3), (64, 1))
-        blurred = xray.detector_blur(0.5 + 0.2 * wave, sigma_px)
-        inner = (slice(16, 48), slice(24, 72))
-        gain = float(np.sum((blurred[inner] - 0.5) * wave[inner]) / np.sum(0.2 * wave[inner] ** 2))
-        assert gain == pytest.approx(math.exp(-2.0 * (math.pi * sigma_px * frequency) ** 2), abs=2e-3)
+    its amplitude (a sampled 0.5 px kernel keeps 0.79 instead of 0.73 at 0.25 cycles/px), along
+    rows, columns and diagonals, on an odd-sized image (the packed spectrum stores the first and
+    last columns' frequencies differently from the others), in float64 and float32."""
+    y, x = np.mgrid[0:97, 0:96].astype(np.float64)
+    inner = (slice(24, 72), slice(24, 72))
+    for direction_deg in (0.0, 90.0, 35.0):
+        along = x * math.cos(math.radians(direction_deg)) + y * math.sin(math.radians(direction_deg))
+        for frequency in (0.05, 0.125, 0.25, 0.4):
+            wave = np.cos(2.0 * np.pi * frequency * along + 0.3)
+            expected = math.exp(-2.0 * (math.pi * sigma_px * frequency) ** 2)
+            for dtype in (np.float64, np.float32):
+                blurred = xray.detector_blur(0.5 + 0.2 * wave, sigma_px, dtype)
+                assert blurred.dtype == dtype
+                gain = float(np.sum((blurred[inner] - 0.5) * wave[inner]) / np.sum(0.2 * wave[inner] ** 2))
+                assert gain == pytest.approx(expected, abs=2e-3), (direction_deg, frequency, dtype)
 
 
 def test_display_mapping_window_and_gamma() -> None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from jsnsynth.quantify.warp import sample_spline, sample_spline_values, spline_coefficients, warp_offsets, warp_positions
 from jsnsynth.synth.geometry import Similarity
+from jsnsynth.synth.xray import BlurSpectrum
 
 #: Length (px) that normalises the rotation/scale columns of the Jacobian, for conditioning.
 LEVER_PX = 64.0
@@ -651,76 +652,18 @@ def _ring_laplacian(radius_px: int = 4) -> np.ndarray:
     return kernel
 
 
-@functools.lru_cache(maxsize=32)
-def _squared_frequencies(shape: tuple[int, int]) -> np.ndarray:
-    """``|f|^2`` (cycles per pixel) of every entry of OpenCV's packed ("CCS") spectrum of a real
-    image of ``shape``, float32.
-
-    Interior column pairs ``(2k - 1, 2k)`` hold the real and imaginary parts of horizontal
-    frequency ``k`` at every vertical frequency; column 0 (and the last one for an even width,
-    frequency ``W / 2``) are themselves packed along the rows: row 0 is vertical frequency 0,
-    rows ``(2m - 1, 2m)`` are frequency ``m``.
-    """
-    h, w = shape
-    columns = np.arange(w)
-    fx = ((columns + 1) // 2) / w
-    packed = (columns == 0) | ((w % 2 == 0) & (columns == w - 1))
-    fy_full = np.fft.fftfreq(h)
-    fy_packed = ((np.arange(h) + 1) // 2) / h
-    fy = np.where(packed[None, :], fy_packed[:, None], fy_full[:, None])
-    squared = (fx[None, :] ** 2 + fy**2).astype(np.float32)
-    squared.flags.writeable = False  # cached
-    return squared
-
-
-@functools.lru_cache(maxsize=16)
-def _gaussian_transfer(shape: tuple[int, int], sigma_px: float) -> np.ndarray:
-    """Fourier transfer ``exp(-2 pi^2 sigma^2 |f|^2)`` on the packed spectrum of ``shape``
-    (kept: both windows of a bone share a shape, and the common blur recurs in every search)."""
-    transfer = np.exp(np.float32(-2.0 * (math.pi * sigma_px) ** 2) * _squared_frequencies(shape))
-    transfer.flags.writeable = False
-    return transfer
-
-
-class BlurSpectrum:
-    """An image's padded spectrum, kept so that it can be blurred by many variances cheaply.
-
-    Gaussian blur with exactly the variance ``sigma^2`` (Fourier domain, reflected padding):
-    sampled spatial kernels are wrong in variance for sigma below about 1 px, which matters when
-    matching the detector blur of two images to a few hundredths of a pixel squared.
-
-    Each side is padded by at least ``pad_px``, the far ends by more, up to a length with small
-    prime factors (``cv2.getOptimalDFTSize``): bone windows are arbitrary sizes, and a prime
-    length (223, 227, 251 px were common) made every transform several times slower. OpenCV's
-    real DFT (packed spectrum, :func:`_squared_frequencies`) is a fifth faster than
-    ``scipy.fft``'s at these sizes.
-    """
-
-    def __init__(self, image: np.ndarray, pad_px: int = 16) -> None:
-        self.image = np.asarray(image, dtype=np.float32)
-        self.pad_px = pad_px
-        h, w = self.image.shape
-        fast = (cv2.getOptimalDFTSize(h + 2 * pad_px), cv2.getOptimalDFTSize(w + 2 * pad_px))
-        # OpenCV's BORDER_REFLECT is numpy's "symmetric" padding, several times faster
-        padded = cv2.copyMakeBorder(self.image, pad_px, fast[0] - h - pad_px, pad_px, fast[1] - w - pad_px, cv2.BORDER_REFLECT)
-        self.padded_shape = padded.shape
-        self.spectrum = cv2.dft(padded)
-
-    def blurred(self, sigma_px: float) -> np.ndarray:
-        """The image blurred by a Gaussian of standard deviation ``sigma_px`` (float32)."""
-        if sigma_px < 0.02:
-            return self.image
-        spectrum = self.spectrum * _gaussian_transfer(self.padded_shape, sigma_px)
-        out = cv2.dft(spectrum, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
-        p = self.pad_px
-        h, w = self.image.shape
-        return np.ascontiguousarray(out[p:p + h, p:p + w])
+#: Blurs narrower than this (px) are left out in the quantifier: a variance of 4e-4 px^2 moves
+#: nothing it measures, and each blur costs a Fourier round trip.
+MIN_BLUR_SIGMA_PX = 0.02
 
 
 def gaussian_blur(image: np.ndarray, sigma_px: float, pad_px: int = 16) -> np.ndarray:
-    """Gaussian blur with exactly the variance ``sigma_px^2`` (see :class:`BlurSpectrum`)."""
-    if sigma_px < 0.02:
-        return np.asarray(image, dtype=np.float32)
+    """Gaussian blur with exactly the variance ``sigma_px^2``, float32 (see
+    :class:`jsnsynth.synth.xray.BlurSpectrum`); the image as it is below
+    :data:`MIN_BLUR_SIGMA_PX`."""
+    image = np.asarray(image, dtype=np.float32)
+    if sigma_px < MIN_BLUR_SIGMA_PX:
+        return image
     return BlurSpectrum(image, pad_px).blurred(sigma_px)
 
 
@@ -762,7 +705,7 @@ class BlurMatcher:
         self, windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], common_variance_px2: float = COMMON_BLUR_VARIANCE_PX2
     ) -> None:
         self.common_variance_px2 = common_variance_px2
-        self.base = [BlurSpectrum(b, WINDOW_PAD_PX) for b, _, _ in windows]
+        self.base = [BlurSpectrum(np.asarray(b, dtype=np.float32), WINDOW_PAD_PX) for b, _, _ in windows]
         self.regions = [r for _, _, r in windows]
         self.points = [_every_other_index(r) for r in self.regions]
         self._base_blurred: dict[float, tuple[list, list]] = {}
@@ -786,15 +729,15 @@ class BlurMatcher:
         ``initial`` warm-starts it.
         """
         # each window is transformed once; every trial variance costs one inverse transform per window
-        follow = [BlurSpectrum(f, WINDOW_PAD_PX) for f in follow_windows]
+        follow = [BlurSpectrum(np.asarray(f, dtype=np.float32), WINDOW_PAD_PX) for f in follow_windows]
         follow_blurred: dict[float, tuple[list, list]] = {}
 
         def remaining(extra: float) -> float:
             # extra > 0 blurs the baseline, < 0 the follow-up, by |extra| px^2 of variance, on
-            # top of the common blur; BlurSpectrum leaves an image as it is below 0.02 px
+            # top of the common blur; below MIN_BLUR_SIGMA_PX an image stays as it is
             sb = math.sqrt(self.common_variance_px2 + max(extra, 0.0))
             sf = math.sqrt(self.common_variance_px2 + max(-extra, 0.0))
-            sb, sf = (sb if sb >= 0.02 else 0.0), (sf if sf >= 0.02 else 0.0)
+            sb, sf = (sb if sb >= MIN_BLUR_SIGMA_PX else 0.0), (sf if sf >= MIN_BLUR_SIGMA_PX else 0.0)
             bases, base_designs = self._blurred(self.base, sb, self._base_blurred)
             follows, follow_designs = self._blurred(follow, sf, follow_blurred)
             forward = blur_difference(list(zip(bases, follows, self.regions)), base_designs)
