@@ -15,9 +15,18 @@ import pytest
 
 from jsnsynth.cli import main
 from jsnsynth.errors import InputError
-from jsnsynth.quantify.real import drop_outlier_trials
+from jsnsynth.quantify.quantifier import jsn_from_transforms
+from jsnsynth.quantify.real import drop_outlier_trials, transitivity_common_centre, transitivity_summary, validate_real
 from jsnsynth.quantify.toy import toy_pair
-from jsnsynth.quantify.validate import IMAGING_FIELDS, load_method, summarize, validate_dataset
+from jsnsynth.quantify.validate import (
+    IMAGING_FIELDS,
+    load_method,
+    read_pairs,
+    summarize,
+    validate_dataset,
+    validate_records,
+)
+from jsnsynth.synth.geometry import Similarity, axis_vector
 from jsnsynth.synth.io import encode_png
 from jsnsynth.synth.xray import ImagingParams, quantize
 
@@ -104,7 +113,6 @@ def test_a_method_failing_on_one_pair_does_not_end_the_run(dataset):
             raise np.linalg.LinAlgError("Singular matrix")
         return {"jsn_px": 0.0}
 
-    from jsnsynth.quantify.validate import read_pairs, summarize, validate_records
 
     rows = validate_records(list(read_pairs(dataset)), flaky, with_crlb=False)
     assert [row["method_error"] for row in rows] == ["", "LinAlgError: Singular matrix", ""]
@@ -149,8 +157,6 @@ def test_validate_real_rejects_missing_folder(tmp_path, capsys):
 
 
 def test_validate_real_protocol_on_a_toy_series(tmp_path):
-    from jsnsynth.quantify.real import validate_real
-
     folder = tmp_path / "joints"
     series = folder / "00001_L_2"
     series.mkdir(parents=True)
@@ -173,31 +179,39 @@ def test_validate_real_protocol_on_a_toy_series(tmp_path):
     assert (tmp_path / "out" / "real_series.png").stat().st_size > 0
 
 
-def test_validate_real_reports_transitivity_apart_for_flagged_measurements(tmp_path):
-    """A method that is right except on one visit pair, which it flags: the unflagged triplets
-    close, the flagged one does not, and the summary says both."""
-    from jsnsynth.quantify.real import validate_real
-
+def _visit_series(tmp_path, n_visits: int):
+    """A one-series folder whose visit ``v`` is a flat image of level ``40 (v + 1)``: a method can
+    read from the images which two visits it was given."""
     folder = tmp_path / "joints"
     series = folder / "00001_L_2"
     series.mkdir(parents=True)
     rows = ["series,series_id,side,joint_code,image,mask_upper,mask_lower,soft_tissue"]
-    truth = (0.0, 0.5, 1.1, 1.6)  # JSN of each visit against the first, px
     mask = np.zeros((32, 32), np.uint8)
     mask[:12] = 255
     lower = np.zeros((32, 32), np.uint8)
     lower[20:] = 255
-    for visit in range(len(truth)):
-        level = 40 * (visit + 1)  # each visit's image says which visit it is
-        (series / f"v{visit}.png").write_bytes(encode_png(np.full((32, 32), level, np.uint8)))
+    for visit in range(n_visits):
+        (series / f"v{visit}.png").write_bytes(encode_png(np.full((32, 32), 40 * (visit + 1), np.uint8)))
         for name, m in (("upper", mask), ("lower", lower)):
             (series / f"v{visit}_mask_{name}.png").write_bytes(encode_png(m))
         rows.append(f"00001_L_2,00001,L,2,00001_L_2/v{visit}.png,00001_L_2/v{visit}_mask_upper.png,"
                     f"00001_L_2/v{visit}_mask_lower.png,00001_L_2/v{visit}.png")
     (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def _visits(baseline, followup) -> tuple[int, int]:
+    return int(round(baseline.mean() / 40)) - 1, int(round(followup.mean() / 40)) - 1
+
+
+def test_validate_real_reports_transitivity_apart_for_flagged_measurements(tmp_path):
+    """A method that is right except on one visit pair, which it flags: the unflagged triplets
+    close, the flagged one does not, and the summary says both."""
+    truth = (0.0, 0.5, 1.1, 1.6)  # JSN of each visit against the first, px
+    folder = _visit_series(tmp_path, len(truth))
 
     def method(baseline, followup, *args, **kwargs):
-        i, j = int(round(baseline.mean() / 40)) - 1, int(round(followup.mean() / 40)) - 1
+        i, j = _visits(baseline, followup)
         wrong = (i, j) == (0, 3)
         return {"jsn_px": truth[j] - truth[i] + (2.0 if wrong else 0.0), "mismatch": wrong}
 
@@ -207,10 +221,26 @@ def test_validate_real_reports_transitivity_apart_for_flagged_measurements(tmp_p
     assert summary["transitivity_rms_mm"] > 0.1
 
 
+def test_validate_real_report_when_no_triplet_could_be_measured(tmp_path):
+    """The method refuses one visit pair of the only triplet: no transitivity residual, and the
+    report (summary, table and figure) is still written."""
+    folder = _visit_series(tmp_path, 3)
+
+    def method(baseline, followup, *args, **kwargs):
+        i, j = _visits(baseline, followup)
+        if (i, j) == (0, 2):
+            raise InputError("refused")
+        return float(j - i)
+
+    summary = validate_real(folder, method, n_shifts=0, out_dir=tmp_path / "out")
+    assert summary["n_triplets"] == 1 and summary["n_triplets_measured"] == 0
+    assert summary["transitivity_rms_mm"] is None and summary["n_pairs_refused"] == 1
+    assert (tmp_path / "out" / "real_series.png").stat().st_size > 0
+
+
 def _bone_moves(d_px, flexion_deg, centre, axis_deg, repositioning):
     """Per-bone transforms of one visit pair: the lower bone flexes about ``centre``, the upper
     bone flexes and moves by ``d_px`` along the axis, then the whole joint is repositioned."""
-    from jsnsynth.synth.geometry import Similarity, axis_vector
 
     cx, cy = centre
     shift = d_px * axis_vector(axis_deg)
@@ -222,9 +252,6 @@ def _bone_moves(d_px, flexion_deg, centre, axis_deg, repositioning):
 def test_transitivity_with_a_common_centre_isolates_the_method():
     """Exact transforms that compose (T_ij = T_kj o T_ik per bone) close the transitivity loop to
     second order about one common centre, even when each visit's own centre is elsewhere."""
-    from jsnsynth.quantify.quantifier import jsn_from_transforms
-    from jsnsynth.quantify.real import transitivity_common_centre
-    from jsnsynth.synth.geometry import Similarity
 
     centre_i, axis = (120.0, 110.0), 4.0
     up_ik, lo_ik = _bone_moves(1.2, 1.5, centre_i, axis, Similarity(1.02, 2.0, 3.0, -2.0, *centre_i))
@@ -249,8 +276,6 @@ def test_transitivity_summary_leaves_out_triplets_with_a_refused_pair():
     """A visit pair the method refused leaves its triplets without a residual: they must not
     count as measured, nor make the summary say the residuals were not taken about a common
     centre (which they all were)."""
-    from jsnsynth.quantify.real import transitivity_summary
-
     def triplet(residual, flagged, common, own):
         return {"residual_mm": residual, "flagged": flagged, "common_centre": common, "residual_own_centres_mm": own}
 

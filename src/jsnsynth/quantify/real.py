@@ -310,14 +310,14 @@ def _real_figure(pair_rows: list[dict], transitivity: list[dict], summary: dict)
     axes[0].set_ylabel("visit pairs")
     axes[0].set_title(f"reproducibility: mean SD {summary['sd_trials_mm_mean']:.4f} mm, "
                       f"mismatching {100 * summary['mismatching_rate']:.2f} %", fontsize=9)
-    if transitivity:
+    if summary["n_triplets_measured"]:  # a triplet with a refused visit pair has no residual
         direct = [t["jsn_ij_mm"] for t in transitivity]
         composed = [t["sum_mm"] for t in transitivity]
         axes[1].scatter(composed, direct, s=10)
         lim = max([1e-3] + [abs(v) for v in direct + composed if math.isfinite(v)])
         axes[1].plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
         axes[1].set_title(f"transitivity: RMS residual {summary['transitivity_rms_mm']:.4f} mm "
-                          f"({len(transitivity)} triplets)", fontsize=9)
+                          f"({summary['n_triplets_measured']} triplets)", fontsize=9)
     axes[1].set_xlabel("JSN_ik + JSN_kj (mm)")
     axes[1].set_ylabel("JSN_ij (mm)")
     buffer = io.BytesIO()
