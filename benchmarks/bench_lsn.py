@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--phantoms", type=int, default=40, help="held-out phantoms per phantom set")
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "lsn.md")
-    parser.add_argument("--figures", type=Path, default=local_figures(), help="folder of the real-crop figures")
+    parser.add_argument("--figures", type=Path, default=local_figures(), help="folder of the real-crop figures (git-ignored by default: never a committed folder)")
     parser.add_argument("--jsn-crops", type=int, default=8, help="held-out crops for the JSN recovery check")
     parser.add_argument("--no-doc", action="store_true", help="print the table only")
     parser.add_argument("--mask-only-gate", action="store_true",

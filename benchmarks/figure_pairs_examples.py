@@ -38,7 +38,7 @@ def simulate(source, index: int, seed: int, jsn_px: tuple[float, float]):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fingerjoints", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=None, help=f"default {FIGURE}, or {REAL_FIGURE} with --fingerjoints")
+    parser.add_argument("--out", type=Path, default=None, help=f"default {FIGURE}, or {REAL_FIGURE} with --fingerjoints (a figure of a real pair must not go into a committed folder)")
     args = parser.parse_args()
     if args.out is None:
         args.out = FIGURE if args.fingerjoints is None else REAL_FIGURE

@@ -383,7 +383,6 @@ def test_blur_matching_ignores_what_the_visits_do_not_share():
     estimate called it 0.16 px^2 blurrier in both directions. The symmetric estimate must see no
     blur difference there, and still recover a true one (0.7 px Gaussian = 0.49 px^2) with its sign."""
 
-
     image, regions, identity, center = _phantom_image_and_regions()
     rng = np.random.default_rng(0)
     ys, xs = np.mgrid[0:image.shape[0], 0:image.shape[1]].astype(np.float64)

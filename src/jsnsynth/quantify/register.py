@@ -837,13 +837,13 @@ def coarse_global(
     base_centred -= base_centred.mean()
     base_norm = math.sqrt(float(base_centred @ base_centred))
 
-    def nccs_at(candidates: list[np.ndarray]) -> list[float]:
-        # all the candidates in one sampler call: at this level its fixed cost was most of each
-        positions = [warp_positions(params, cx, cy, xs, ys) for params in candidates]
+    def nccs_at(starts: list[np.ndarray]) -> list[float]:
+        # all the starts in one sampler call: at this level its fixed cost was most of each
+        positions = [warp_positions(params, cx, cy, xs, ys) for params in starts]
         sampled = sample_spline_values(coef, np.concatenate([wx for wx, _ in positions]),
                                        np.concatenate([wy for _, wy in positions]))
         scores = []
-        for values in np.split(sampled.astype(np.float64), len(candidates)):
+        for values in np.split(sampled.astype(np.float64), len(starts)):
             values -= values.mean()
             norm = math.sqrt(float(values @ values)) * base_norm
             scores.append(float(values @ base_centred) / norm if norm > 0 else -1.0)

@@ -31,9 +31,9 @@ from jsnsynth.synth.fingerjoints import (
     load_fingerjoint,
     read_manifest,
 )
+from jsnsynth.synth import phantom
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.io import read_mask
-from jsnsynth.synth import phantom
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, check_joint_masks
 
 #: Citation of the analytic phantom (no external data).
