@@ -196,26 +196,17 @@ def _overlay(intensity: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> np.
     return rgb
 
 
-def figure_heldout(cache, indices, model, path: Path) -> None:
-    """8 held-out real crops: input, LSN soft/upper/lower, LSN masks, reference masks, reference soft."""
+def save_tile_grid(rows: list[list[np.ndarray]], titles: list[str], suptitle: str, path: Path,
+                   row_labels: list[str] | None = None, size_in: float = 2.0) -> None:
+    """Rows of images on one grey scale (0-1), column titles on the first row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen = indices[np.linspace(0, len(indices) - 1, 8).round().astype(int)]
-    titles = ["input", "LSN soft", "LSN upper", "LSN lower", "LSN masks", "reference masks", "dataset ref. soft",
-              "smooth ref. soft"]
-    fig, axes = plt.subplots(8, 8, figsize=(16, 16.5))
-    for row, i in enumerate(chosen):
-        intensity = cache.image[i] / 255.0
-        layers = separate_intensity(intensity, model).layers
-        ref_soft, _, _ = reference_attenuations(cache.image[i], cache.soft[i], cache.upper_mask[i], cache.lower_mask[i])
-        smooth_soft, _, _ = smooth_reference_attenuations(cache.image[i], cache.soft[i], cache.upper_mask[i],
-                                                         cache.lower_mask[i])
-        tiles = [intensity, _show(layers.soft), _show(layers.upper), _show(layers.lower),
-                 _overlay(intensity, layers.upper_mask, layers.lower_mask),
-                 _overlay(intensity, cache.upper_mask[i], cache.lower_mask[i]), _show(ref_soft), _show(smooth_soft)]
+    fig, axes = plt.subplots(len(rows), len(titles), figsize=(size_in * len(titles), size_in * len(rows) + 0.5),
+                             squeeze=False)
+    for row, tiles in enumerate(rows):
         for col, tile in enumerate(tiles):
             ax = axes[row, col]
             ax.imshow(tile, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -223,74 +214,62 @@ def figure_heldout(cache, indices, model, path: Path) -> None:
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(titles[col], fontsize=10)
-        axes[row, 0].set_ylabel(str(cache.name[i]).split("/")[0], fontsize=8)
-    fig.suptitle("LSN on held-out real series (layers shown as 1 - exp(-a), same grey scale)", fontsize=12)
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def figure_phantoms(model, path: Path, count: int = 6) -> None:
-    """Held-out imaged phantoms: input, LSN soft/upper/lower and masks, and the reference layers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    titles = ["input", "LSN soft", "LSN upper", "LSN lower", "LSN masks", "reference soft", "reference upper",
-              "reference lower", "exact masks"]
-    fig, axes = plt.subplots(count, len(titles), figsize=(18, 2.1 * count + 0.5))
-    for row in range(count):
-        intensity, (soft, upper, lower, upper_mask, lower_mask) = heldout_phantom(row, imaged=True)
-        layers = separate_intensity(intensity, model).layers
-        tiles = [intensity, _show(layers.soft), _show(layers.upper), _show(layers.lower),
-                 _overlay(intensity, layers.upper_mask, layers.lower_mask), _show(soft), _show(upper), _show(lower),
-                 _overlay(intensity, upper_mask, lower_mask)]
-        for col, tile in enumerate(tiles):
-            ax = axes[row, col]
-            ax.imshow(tile, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(titles[col], fontsize=10)
-    fig.suptitle("LSN on held-out phantoms through a sampled imaging chain (layers shown as 1 - exp(-a), "
-                 "same grey scale; reference = the exact layers' shares of the input)", fontsize=11)
+        if row_labels is not None:
+            axes[row, 0].set_ylabel(row_labels[row], fontsize=8)
+    fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def figure_shifted(cache, indices, model, path: Path, pixel_spacing_mm: float = 0.175) -> None:
-    """Held-out crops: the real crop, then recompositions with the upper bone moved by -1..+1 mm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shifts_mm = (-1.0, -0.5, 0.5, 1.0)
-    chosen = indices[np.linspace(1, len(indices) - 2, 4).round().astype(int)]
-    fig, axes = plt.subplots(len(chosen), 1 + len(shifts_mm), figsize=(12.5, 3.0 * len(chosen) + 0.6))
-    for row, i in enumerate(chosen):
+def figure_heldout(cache, indices, model, path: Path) -> None:
+    """8 held-out real crops: input, LSN soft/upper/lower, LSN masks, reference masks, reference soft."""
+    chosen = indices[np.linspace(0, len(indices) - 1, 8).round().astype(int)]
+    rows = []
+    for i in chosen:
         intensity = cache.image[i] / 255.0
         layers = separate_intensity(intensity, model).layers
-        tiles = [(intensity, "real crop")]
-        for shift_mm in shifts_mm:
-            moved = shift_upper(layers, shift_mm / pixel_spacing_mm)
-            label = f"{shift_mm:+.1f} mm ({'narrower' if shift_mm > 0 else 'wider'})"
-            tiles.append((attenuation_to_intensity(moved.attenuation().astype(np.float64)), label))
-        for col, (tile, title) in enumerate(tiles):
-            ax = axes[row, col]
-            ax.imshow(np.clip(tile, 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(title, fontsize=10)
-    fig.suptitle("Recompositions of LSN layers with the upper bone moved along the joint axis "
-                 f"(+ = narrowing, {pixel_spacing_mm} mm/px nominal)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+        ref_soft, _, _ = reference_attenuations(cache.image[i], cache.soft[i], cache.upper_mask[i], cache.lower_mask[i])
+        smooth_soft, _, _ = smooth_reference_attenuations(cache.image[i], cache.soft[i], cache.upper_mask[i],
+                                                         cache.lower_mask[i])
+        rows.append([intensity, _show(layers.soft), _show(layers.upper), _show(layers.lower),
+                     _overlay(intensity, layers.upper_mask, layers.lower_mask),
+                     _overlay(intensity, cache.upper_mask[i], cache.lower_mask[i]), _show(ref_soft), _show(smooth_soft)])
+    save_tile_grid(rows, ["input", "LSN soft", "LSN upper", "LSN lower", "LSN masks", "reference masks",
+                          "dataset ref. soft", "smooth ref. soft"],
+                   "LSN on held-out real series (layers shown as 1 - exp(-a), same grey scale)", path,
+                   row_labels=[str(cache.name[i]).split("/")[0] for i in chosen])
+
+
+def figure_phantoms(model, path: Path, count: int = 6) -> None:
+    """Held-out imaged phantoms: input, LSN soft/upper/lower and masks, and the reference layers."""
+    rows = []
+    for k in range(count):
+        intensity, (soft, upper, lower, upper_mask, lower_mask) = heldout_phantom(k, imaged=True)
+        layers = separate_intensity(intensity, model).layers
+        rows.append([intensity, _show(layers.soft), _show(layers.upper), _show(layers.lower),
+                     _overlay(intensity, layers.upper_mask, layers.lower_mask), _show(soft), _show(upper),
+                     _show(lower), _overlay(intensity, upper_mask, lower_mask)])
+    save_tile_grid(rows, ["input", "LSN soft", "LSN upper", "LSN lower", "LSN masks", "reference soft",
+                          "reference upper", "reference lower", "exact masks"],
+                   "LSN on held-out phantoms through a sampled imaging chain (layers shown as 1 - exp(-a), "
+                   "same grey scale; reference = the exact layers' shares of the input)", path)
+
+
+def figure_shifted(cache, indices, model, path: Path, pixel_spacing_mm: float = 0.175) -> None:
+    """Held-out crops: the real crop, then recompositions with the upper bone moved by -1..+1 mm."""
+    shifts_mm = (-1.0, -0.5, 0.5, 1.0)
+    chosen = indices[np.linspace(1, len(indices) - 2, 4).round().astype(int)]
+    rows = []
+    for i in chosen:
+        intensity = cache.image[i] / 255.0
+        layers = separate_intensity(intensity, model).layers
+        moved = [shift_upper(layers, shift_mm / pixel_spacing_mm).attenuation().astype(np.float64) for shift_mm in shifts_mm]
+        rows.append([intensity] + [np.clip(attenuation_to_intensity(a), 0, 1) for a in moved])
+    titles = ["real crop"] + [f"{s:+.1f} mm ({'narrower' if s > 0 else 'wider'})" for s in shifts_mm]
+    save_tile_grid(rows, titles, "Recompositions of LSN layers with the upper bone moved along the joint axis "
+                   f"(+ = narrowing, {pixel_spacing_mm} mm/px nominal)", path, size_in=2.5)
 
 
 def evaluate_jsn(cache, indices, model, count: int, pixel_spacing_mm: float = 0.175) -> str:

@@ -276,6 +276,25 @@ def test_cli_quantify_rejects_bad_input(tmp_path, capsys, problem):
     assert not (tmp_path / "fig.png").exists() and not (tmp_path / "fig.gif").exists()
 
 
+def _phantom_pair_result(seed: int, index: int, baseline_imaging: dict, followup_imaging: dict):
+    """A noise-free phantom pair with the default nuisances and the visits' imaging parameters
+    overridden as given; returns the quantifier's result and the pair's parameters."""
+    source = PhantomSource(n_joints=10)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+    layers = source.load(source.joint_ids()[index], rng)
+    params = sample_pair_params(rng, layers.pixel_spacing_mm, PairConfig(noise=False, jsn_px=(-2.5, 2.5)))
+    params = dataclasses.replace(
+        params,
+        baseline_imaging=dataclasses.replace(params.baseline_imaging, **baseline_imaging),
+        followup_imaging=dataclasses.replace(params.baseline_imaging, **followup_imaging),
+    )
+    pair = make_pair(layers, params, source.render_with_poses)
+    result = quantify_pair(quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask,
+                           joint_center_xy=pair.baseline_layers.joint_center_xy,
+                           joint_axis_deg=pair.baseline_layers.joint_axis_deg)
+    return result, params
+
+
 # Noise-free phantom pairs whose two visits have different detector blur (0.6 vs 1.1 px), on top
 # of a relative move, flexion and repositioning. The blur matching leaves up to a few hundredths
 # of a pixel on such pairs (docs/quantify.md).
@@ -284,17 +303,7 @@ BLUR_PAIR_TOL_PX = 0.05
 
 @pytest.mark.parametrize("index", [0, 1])
 def test_phantom_pair_with_different_blur_per_visit(index):
-    source = PhantomSource(n_joints=10)
-    rng = np.random.default_rng(np.random.SeedSequence([2024, index]))
-    layers = source.load(source.joint_ids()[index], rng)
-    params = sample_pair_params(rng, layers.pixel_spacing_mm, PairConfig(noise=False, jsn_px=(-2.5, 2.5)))
-    same_display = dataclasses.replace(params.baseline_imaging, blur_sigma_px=1.1)
-    params = dataclasses.replace(params, baseline_imaging=dataclasses.replace(same_display, blur_sigma_px=0.6),
-                                 followup_imaging=same_display)
-    pair = make_pair(layers, params, source.render_with_poses)
-    result = quantify_pair(quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask,
-                           joint_center_xy=pair.baseline_layers.joint_center_xy,
-                           joint_axis_deg=pair.baseline_layers.joint_axis_deg)
+    result, params = _phantom_pair_result(2024, index, {"blur_sigma_px": 0.6}, {"blur_sigma_px": 1.1})
     assert abs(result.jsn_px - params.jsn_px) < BLUR_PAIR_TOL_PX
     assert not result.mismatch
 
@@ -308,20 +317,9 @@ GAMMA_PAIR_TOL_PX = 0.025
 
 @pytest.mark.parametrize("index", [0, 1])
 def test_sharper_follow_up_is_blurred_before_it_is_mapped(index):
-    source = PhantomSource(n_joints=10)
-    rng = np.random.default_rng(np.random.SeedSequence([2025, index]))
-    layers = source.load(source.joint_ids()[index], rng)
-    params = sample_pair_params(rng, layers.pixel_spacing_mm, PairConfig(noise=False, jsn_px=(-2.5, 2.5)))
     linear_window = {"window_low": 0.0, "window_high": 1.0}
-    params = dataclasses.replace(
-        params,
-        baseline_imaging=dataclasses.replace(params.baseline_imaging, blur_sigma_px=1.2, gamma=1.2, **linear_window),
-        followup_imaging=dataclasses.replace(params.followup_imaging, blur_sigma_px=0.5, gamma=0.85, **linear_window),
-    )
-    pair = make_pair(layers, params, source.render_with_poses)
-    result = quantify_pair(quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask,
-                           joint_center_xy=pair.baseline_layers.joint_center_xy,
-                           joint_axis_deg=pair.baseline_layers.joint_axis_deg)
+    result, params = _phantom_pair_result(2025, index, {"blur_sigma_px": 1.2, "gamma": 1.2, **linear_window},
+                                          {"blur_sigma_px": 0.5, "gamma": 0.85, **linear_window})
     assert abs(result.jsn_px - params.jsn_px) < GAMMA_PAIR_TOL_PX
 
 
