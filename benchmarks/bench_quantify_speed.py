@@ -29,27 +29,14 @@ from bench_quantify import make_dataset  # noqa: E402  (benchmarks/ is on sys.pa
 from docblock import write_doc_block  # noqa: E402
 
 from jsnsynth.quantify.quantifier import keep_freed_heap, quantify_pair  # noqa: E402
-from jsnsynth.quantify.validate import read_pairs  # noqa: E402
-
-
-def pair_arguments(record: dict) -> tuple[tuple, dict]:
-    """``quantify_pair``'s arguments for one dataset record, as ``validate`` passes them."""
-    args = (record["baseline"], record["followup"], record["baseline_upper_mask"], record["baseline_lower_mask"])
-    kwargs = dict(
-        pixel_spacing_mm=float(record["pixel_spacing_mm"]),
-        followup_upper_mask=record["followup_upper_mask"],
-        followup_lower_mask=record["followup_lower_mask"],
-        joint_center_xy=(float(record["joint_center_x"]), float(record["joint_center_y"])),
-        joint_axis_deg=float(record["joint_axis_deg"]),
-    )
-    return args, kwargs
+from jsnsynth.quantify.validate import method_arguments, read_pairs  # noqa: E402
 
 
 def cpu_seconds(records: list[dict], repeats: int) -> tuple[np.ndarray, np.ndarray]:
     """Per pair: the CPU time of the first run and the fastest of ``repeats`` runs (seconds)."""
     first, fastest = [], []
     for record in records:
-        args, kwargs = pair_arguments(record)
+        args, kwargs = method_arguments(record)
         runs = []
         for _ in range(repeats):
             start = time.process_time()

@@ -150,11 +150,6 @@ class LayerSeparationNet(nn.Module):
         return {"share_logits": shares, "mask_logits": masks, "aux": aux}
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def normalise_intensity(intensity: torch.Tensor) -> torch.Tensor:
     """Standardise each image of ``(B, 1, H, W)`` to zero mean and unit standard deviation.
 

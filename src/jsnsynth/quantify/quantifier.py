@@ -522,8 +522,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
                 # blurs; estimating it in the final image's order (blur, then map) made no
                 # difference (within 1e-4 px RMSE), so it keeps the cheaper order.
                 sigma_b, sigma_f = math.sqrt(max(blur_x, 0.0)), math.sqrt(max(-blur_x, 0.0))
-                sigma_b = sigma_b if sigma_b >= reg.MIN_BLUR_SIGMA_PX else 0.0
-                matched = [(b.blurred(sigma_b), reg.gaussian_blur(f, sigma_f), r)
+                matched = [(reg.blurred(b, sigma_b), reg.gaussian_blur(f, sigma_f), r)
                            for b, (_, f, r) in zip(matcher.base, windows)]
                 mapping = reg.fit_intensity_mapping(matched, settings.intensity_mapping_order, settings.mapping_denoise_sigma_px)
                 blur_x = matcher.variance_difference(

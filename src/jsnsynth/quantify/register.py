@@ -657,10 +657,16 @@ def _ring_laplacian(radius_px: int = 4) -> np.ndarray:
 MIN_BLUR_SIGMA_PX = 0.02
 
 
+def blurred(spectrum: BlurSpectrum, sigma_px: float) -> np.ndarray:
+    """``spectrum``'s image blurred by a Gaussian of ``sigma_px``; as it is below
+    :data:`MIN_BLUR_SIGMA_PX`."""
+    return spectrum.image if sigma_px < MIN_BLUR_SIGMA_PX else spectrum.blurred(sigma_px)
+
+
 def gaussian_blur(image: np.ndarray, sigma_px: float, pad_px: int = 16) -> np.ndarray:
     """Gaussian blur with exactly the variance ``sigma_px^2``, float32 (see
     :class:`jsnsynth.synth.xray.BlurSpectrum`); the image as it is below
-    :data:`MIN_BLUR_SIGMA_PX`."""
+    :data:`MIN_BLUR_SIGMA_PX` (without a transform)."""
     image = np.asarray(image, dtype=np.float32)
     if sigma_px < MIN_BLUR_SIGMA_PX:
         return image
@@ -714,7 +720,7 @@ class BlurMatcher:
         """The windows blurred by ``sigma`` and their regression designs, kept per sigma: while
         one side is searched the other stays at the common blur."""
         if sigma not in cache:
-            images = [spectrum.blurred(sigma) for spectrum in spectra]
+            images = [blurred(spectrum, sigma) for spectrum in spectra]
             cache[sigma] = (images, [blur_design(im, r, p) for im, r, p in zip(images, self.regions, self.points)])
         return cache[sigma]
 
@@ -734,10 +740,9 @@ class BlurMatcher:
 
         def remaining(extra: float) -> float:
             # extra > 0 blurs the baseline, < 0 the follow-up, by |extra| px^2 of variance, on
-            # top of the common blur; below MIN_BLUR_SIGMA_PX an image stays as it is
+            # top of the common blur
             sb = math.sqrt(self.common_variance_px2 + max(extra, 0.0))
             sf = math.sqrt(self.common_variance_px2 + max(-extra, 0.0))
-            sb, sf = (sb if sb >= MIN_BLUR_SIGMA_PX else 0.0), (sf if sf >= MIN_BLUR_SIGMA_PX else 0.0)
             bases, base_designs = self._blurred(self.base, sb, self._base_blurred)
             follows, follow_designs = self._blurred(follow, sf, follow_blurred)
             forward = blur_difference(list(zip(bases, follows, self.regions)), base_designs)

@@ -233,23 +233,28 @@ def _crlb_or_nan(record: dict) -> float:
         return float("nan")
 
 
+def method_arguments(record: dict) -> tuple[tuple, dict]:
+    """The arguments a method gets for one dataset record: ``quantify_pair``'s signature, images
+    as stored, the follow-up masks, and the frame in which the dataset states its truth."""
+    args = (record["baseline"], record["followup"], record["baseline_upper_mask"], record["baseline_lower_mask"])
+    kwargs = {
+        "pixel_spacing_mm": float(record["pixel_spacing_mm"]),
+        "followup_upper_mask": record["followup_upper_mask"],
+        "followup_lower_mask": record["followup_lower_mask"],
+        "joint_center_xy": (float(record["joint_center_x"]), float(record["joint_center_y"])),
+        "joint_axis_deg": float(record["joint_axis_deg"]),
+    }
+    return args, kwargs
+
+
 def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dict:
     """Run ``method`` on one pair and return its row of results (truth, estimate, error, CRLB)."""
     start = time.perf_counter()
     cpu_start = time.process_time()
     error_message = ""
     try:
-        output = method(
-            record["baseline"],
-            record["followup"],
-            record["baseline_upper_mask"],
-            record["baseline_lower_mask"],
-            pixel_spacing_mm=float(record["pixel_spacing_mm"]),
-            followup_upper_mask=record["followup_upper_mask"],
-            followup_lower_mask=record["followup_lower_mask"],
-            joint_center_xy=(float(record["joint_center_x"]), float(record["joint_center_y"])),
-            joint_axis_deg=float(record["joint_axis_deg"]),
-        )
+        args, kwargs = method_arguments(record)
+        output = method(*args, **kwargs)
         estimate, flagged = _estimate(output)
     except InputError as exc:  # the method refused this pair: count it, keep going
         estimate, flagged, error_message = float("nan"), True, str(exc)
