@@ -5,7 +5,8 @@
 ``bench_quantify.py`` times every pair once, inside a validation run, on whatever else the
 machine is doing. This script measures the quantifier alone the way ``timeit`` does: each pair
 of a noise-free and a high-noise set (256x256, built as in ``bench_quantify.py``) is measured
-``--repeats`` times in CPU seconds of this process (one thread), and the fastest run counts,
+``--repeats`` times in CPU seconds of this process (one thread; the runs of a pair a whole pass
+over the sets apart, since the machine's speed drifts over minutes), and the fastest run counts,
 which removes the other processes' interference but not the quantifier's own work. It also
 reports the first run of each pair, and the process's peak resident memory. Writes its table
 between the ``bench_quantify_speed`` markers of docs/quantify.md.
@@ -32,26 +33,29 @@ from jsnsynth.quantify.quantifier import keep_freed_heap, quantify_pair  # noqa:
 from jsnsynth.quantify.validate import method_arguments, read_pairs  # noqa: E402
 
 
-def cpu_seconds(records: list[dict], repeats: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per pair: the CPU time of the first run and the fastest of ``repeats`` runs (seconds)."""
-    first, fastest = [], []
-    for record in records:
-        args, kwargs = method_arguments(record)
-        runs = []
-        for _ in range(repeats):
-            start = time.process_time()
-            quantify_pair(*args, **kwargs)
-            runs.append(time.process_time() - start)
-        first.append(runs[0])
-        fastest.append(min(runs))
-    return np.array(first), np.array(fastest)
+def cpu_seconds(sets: list[list[dict]], repeats: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per set and pair: the CPU time of the first run and the fastest of ``repeats`` (seconds).
+
+    The runs of one pair are spread over the whole benchmark (one pass over every set, then the
+    next), not taken back to back: this machine's speed drifts over minutes, and back-to-back
+    runs of a pair all land in the same slow or fast spell.
+    """
+    runs = [[[] for _ in records] for records in sets]
+    for _ in range(repeats):
+        for records, set_runs in zip(sets, runs):
+            for record, pair_runs in zip(records, set_runs):
+                args, kwargs = method_arguments(record)
+                start = time.process_time()
+                quantify_pair(*args, **kwargs)
+                pair_runs.append(time.process_time() - start)
+    return [(np.array([r[0] for r in set_runs]), np.array([min(r) for r in set_runs])) for set_runs in runs]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fingerjoints", type=Path, help="real finger-joint folder (real-layer source)")
     parser.add_argument("--pairs", type=int, default=16, help="pairs per set")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each pair, one pass over all sets each")
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     parser.add_argument("--no-doc", action="store_true", help="print the table only")
@@ -61,17 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["| source | noise | pairs | CPU ms per pair, fastest of "
              f"{args.repeats} (median / mean) | pairs/s on one core | first run, mean ms |", "|---|---|---|---|---|---|"]
     load_start = os.getloadavg()[0]
+    labels, sets = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in sources:
             for level in ("none", "high"):
-                records = list(read_pairs(make_dataset(spec, level, args.pairs, Path(tmp), args.seed)))
-                first, fastest = cpu_seconds(records, args.repeats)
-                lines.append(f"| {spec.split(':')[0]} | {level} | {len(records)} | {1e3 * np.median(fastest):.1f} / "
-                             f"{1e3 * fastest.mean():.1f} | {1.0 / fastest.mean():.1f} | {1e3 * first.mean():.1f} |")
-                print(lines[-1], flush=True)
+                labels.append((spec.split(":")[0], level))
+                sets.append(list(read_pairs(make_dataset(spec, level, args.pairs, Path(tmp), args.seed))))
+    for (source, level), records, (first, fastest) in zip(labels, sets, cpu_seconds(sets, args.repeats)):
+        lines.append(f"| {source} | {level} | {len(records)} | {1e3 * np.median(fastest):.1f} / "
+                     f"{1e3 * fastest.mean():.1f} | {1.0 / fastest.mean():.1f} | {1e3 * first.mean():.1f} |")
+        print(lines[-1], flush=True)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     options = [f"--{name} {value}" for name, value, default in
-               (("fingerjoints", args.fingerjoints, None), ("pairs", args.pairs, 16), ("repeats", args.repeats, 3),
+               (("fingerjoints", args.fingerjoints, None), ("pairs", args.pairs, 16), ("repeats", args.repeats, 5),
                 ("seed", args.seed, 5)) if value != default]
     command = "`" + " ".join([".venv/bin/python benchmarks/bench_quantify_speed.py"] + options) + "`"
     block = (f"Generated by {command} (256x256 pairs as in the benchmark above, seed {args.seed}; one thread, "

@@ -30,7 +30,7 @@ from jsnsynth.quantify.reliability import (
     assess_reliability,
     residual_maps,
 )
-from jsnsynth.quantify.warp import params_from_similarity, similarity_from_params, spline_coefficients
+from jsnsynth.quantify.warp import params_from_similarity, similarity_from_params, spline_coefficients, spline_gradients
 from jsnsynth.synth.geometry import Similarity, axis_vector
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, joint_axis_from_masks, joint_center_from_masks
 
@@ -560,13 +560,17 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
             fits[name] = fit
     if settings.shared_scale:
         # both bones take the follow-up's single magnification (see shared_scale_gauss_newton)
-        components = []
+        components, base_gradients = [], []
+        # the baseline interpolant's gradient: with the follow-up's, it gives a normal matrix
+        # free of the noise that slows Gauss-Newton down (see shared_scale_gauss_newton)
+        base_gx, base_gy = spline_gradients(spline_coefficients(pyr_b[0]))
         for name in ("upper", "lower"):
             index, xs, ys = reg.region_pixels(regions[name])
             components.append((pyr_b[0].ravel().take(index), xs, ys, params[name]))
+            base_gradients.append((base_gx.ravel().take(index), base_gy.ravel().take(index)))
         joint, converged, iterations, step_px = reg.shared_scale_gauss_newton(
             stacks_f[0], components, center, max_iterations=settings.max_iterations, tolerance_px=settings.tolerance_px,
-            shading_order=settings.shading_order,
+            shading_order=settings.shading_order, base_gradients=base_gradients,
         )
         for name, p in zip(("upper", "lower"), joint):
             fits[name].params = params[name] = p

@@ -78,6 +78,21 @@ def spline_coefficients(image: np.ndarray) -> np.ndarray:
     return cv2.sepFilter2D(image, cv2.CV_32F, kernel, kernel, borderType=cv2.BORDER_REFLECT_101)
 
 
+def spline_gradients(coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact x and y derivatives of the cubic B-spline interpolant at the pixel centres (float32).
+
+    At integer positions the cubic B-spline's taps are ``(1, 4, 1) / 6`` and its slope's
+    ``(-1, 0, 1) / 2``: two separable filters of the coefficients, the same values as
+    :func:`sample_spline` there (to float32 rounding) at a fraction of its cost.
+    """
+    smooth = np.array([1 / 6, 2 / 3, 1 / 6], dtype=np.float32)
+    slope = np.array([-0.5, 0.0, 0.5], dtype=np.float32)
+    coef = np.asarray(coef, dtype=np.float32)
+    gx = cv2.sepFilter2D(coef, cv2.CV_32F, slope, smooth, borderType=cv2.BORDER_REFLECT_101)
+    gy = cv2.sepFilter2D(coef, cv2.CV_32F, smooth, slope, borderType=cv2.BORDER_REFLECT_101)
+    return gx, gy
+
+
 def sample_spline_values(coef: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Value of the cubic B-spline interpolant at float positions (float32), without derivatives.
 
