@@ -93,8 +93,8 @@ class JsnResult:
         reliability: score in [0, 1]; 1 = residuals at the noise level, converged, well-posed.
         mismatch: True when the fit cannot be trusted (see ``flags``).
         flags: short reasons behind a low score or a mismatch.
-        jsn_se_px: standard error of ``jsn_px`` from the final Gauss-Newton Hessian and the
-            residual variance (white-noise approximation).
+        jsn_se_px: standard error of ``jsn_px`` under noise, from the full-resolution fit's
+            matrices and its residual (white-noise model; docs/quantify.md, *Reliability*).
         bones: per-bone diagnostics (iterations, convergence, residual RMS before/after, ...).
         timings_s: seconds spent per stage.
         residuals: per-bone residual maps ``{"upper_before", "upper_after", ...}`` (NaN outside
@@ -379,7 +379,7 @@ def quantify_pair(
     if not (math.isfinite(pixel_spacing_mm) and pixel_spacing_mm > 0):
         raise InputError(f"pixel spacing must be a positive number, got {pixel_spacing_mm}")
     try:
-        fits, coarse, bones_info, t_coarse, t_fine, follow_coef = _register_bones(
+        fits, coarse, bones_info, jsn_variance_of, t_coarse, t_fine, follow_coef = _register_bones(
             base, follow, upper, lower, center, follow_masks, settings)
     except np.linalg.LinAlgError:  # a degenerate least-squares problem: nothing to register
         raise InputError("registration failed: the images hold too little structure in the bone regions") from None
@@ -393,11 +393,7 @@ def quantify_pair(
     # residuals judged after removing a per-bone quadratic intensity mapping (exposure/gamma)
     maps, raw_stats = residual_maps(base, follow, regions, {"upper": pu, "lower": pl}, center,
                                     photometric_order=2, keep_maps=keep_residuals, follow_coef=follow_coef)
-    grad = jsn_gradient(pu, pl, joint_axis_deg)
-    variance = 0.0
-    for k, name in enumerate(("upper", "lower")):
-        g = grad[4 * k: 4 * k + 4]
-        variance += float(g @ raw_stats[name]["covariance"] @ g)
+    variance = jsn_variance_of(jsn_gradient(pu, pl, joint_axis_deg))
     report: ReliabilityReport = assess_reliability(base, follow, regions, fits, coarse, raw_stats, center)
     t_rel = time.perf_counter() - t0
 
@@ -436,7 +432,8 @@ def quantify_pair(
 
 
 def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
-    """Coarse global + per-bone coarse + multi-scale fine fit; returns fits and diagnostics."""
+    """Coarse global + per-bone coarse + multi-scale fine fit; returns the fits, diagnostics, and
+    the variance of a function of both bones' `(a, b, tx, ty)` from its gradient (image noise)."""
     t0 = time.perf_counter()
     coarse_level = reg.coarse_level_for(base.shape)
     n_levels = max(settings.levels, coarse_level)
@@ -504,6 +501,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
             raise InputError(f"the {name}-bone mask leaves fewer than {MIN_BONE_PX} pixels to register")
     params = dict(coarse)
     fits = {}
+    extra_blur_px = (0.0, 0.0)  # of the baseline and the follow-up, by the blur matching
     for level in range(settings.levels, -1, -1):
         f = 2**level
         if level == 0 and settings.levels > 0 and settings.match_blur:
@@ -528,12 +526,13 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
                 blur_x = matcher.variance_difference(
                     [reg.apply_polynomial(f, mapping) for _, f, _ in windows], rounds=2, initial=blur_x
                 )
-            base0 = reg.gaussian_blur(base, math.sqrt(max(blur_x, 0.0)))
+            extra_blur_px = (math.sqrt(max(blur_x, 0.0)), math.sqrt(max(-blur_x, 0.0)))
+            base0 = reg.gaussian_blur(base, extra_blur_px[0])
             # a sharper follow-up is blurred *before* it is mapped, as the mapping was fitted: on
             # blurred windows. The mapping stands for the two displays, which act after the
             # detector blur; blurring the mapped image instead blurs through a display
             # nonlinearity the baseline never went through (docs/quantify.md, method step 3)
-            mapped = reg.gaussian_blur(follow, math.sqrt(max(-blur_x, 0.0)))
+            mapped = reg.gaussian_blur(follow, extra_blur_px[1])
             if mapping is not None:
                 mapped = reg.apply_polynomial(mapped, mapping)
             pyr_b[0] = reg.build_pyramid(base0, 0, settings.smooth_sigma_px)[0]
@@ -568,19 +567,37 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
             index, xs, ys = reg.region_pixels(regions[name])
             components.append((pyr_b[0].ravel().take(index), xs, ys, params[name]))
             base_gradients.append((base_gx.ravel().take(index), base_gy.ravel().take(index)))
-        joint, converged, iterations, step_px = reg.shared_scale_gauss_newton(
+        # each image's noise went through its own blur and the smoothing before the fit
+        kernels = [reg.noise_kernel(settings.smooth_sigma_px, extra_px) for extra_px in extra_blur_px]
+        names = ("upper", "lower")
+        joint = reg.shared_scale_gauss_newton(
             stacks_f[0], components, center, max_iterations=settings.max_iterations, tolerance_px=settings.tolerance_px,
             shading_order=settings.shading_order, base_gradients=base_gradients,
         )
-        for name, p in zip(("upper", "lower"), joint):
+        for name, p in zip(("upper", "lower"), joint.params):
             fits[name].params = params[name] = p
-            fits[name].converged = converged
-            fits[name].iterations += iterations
-            fits[name].last_step_px = step_px
+            fits[name].converged = joint.converged
+            fits[name].iterations += joint.iterations
+            fits[name].last_step_px = joint.last_step_px
             fits[name].n_pixels = int(np.count_nonzero(regions[name]))
+        # the residual's noise variance is what the kernels leave of the two images' white noise
+        white_variance = joint.residual_variance / sum(float(np.sum(kernel**2)) ** 2 for kernel in kernels)
+
+        def noise_energy(part: int, values: np.ndarray) -> float:
+            return reg.noise_energy(regions[names[part]], values, kernels)
+
+        def variance_of(gradient: np.ndarray) -> float:
+            return joint.variance(gradient, noise_energy) * white_variance
+    else:  # the bones' own full-resolution fits, independent of each other: white residual noise
+        covariance = np.zeros((8, 8))
+        for k, name in enumerate(("upper", "lower")):
+            covariance[4 * k: 4 * k + 4, 4 * k: 4 * k + 4] = fits[name].rms ** 2 * np.linalg.inv(fits[name].hessian)
+
+        def variance_of(gradient: np.ndarray) -> float:
+            return float(gradient @ covariance @ gradient)
     info = {name: {"region": regions[name]} for name in regions}
     t_fine = time.perf_counter() - t1
-    return fits, coarse, info, t_coarse, t_fine, follow_coef
+    return fits, coarse, info, variance_of, t_coarse, t_fine, follow_coef
 
 
 def quantify_files(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -82,22 +83,6 @@ class RegistrationSettings:
     mapping_denoise_sigma_px: float = 2.0
     shading_order: int = 2
     robust_k: float = 0.0
-
-
-@dataclass
-class BoneFit:
-    """Outcome of one bone's fine registration (full-resolution pixels)."""
-
-    transform: Similarity
-    photometric: tuple[float, ...]
-    iterations: int
-    converged: bool
-    n_pixels: int
-    rms_before: float
-    rms_after: float
-    hessian_condition: float
-    covariance_unit: np.ndarray = field(repr=False)  # (J^T J)^-1 of (a, b, tx, ty), noise variance 1
-    coarse_transform: Similarity | None = None
 
 
 def disk(radius_px: int) -> np.ndarray:
@@ -884,6 +869,45 @@ def shading_basis(ux: np.ndarray, uy: np.ndarray, order: int) -> np.ndarray:
     return np.stack(terms[:count], axis=1)
 
 
+@dataclass
+class SharedScaleFit:
+    """Outcome of :func:`shared_scale_gauss_newton`, with what the variance of an estimate made
+    from its parameters needs (:meth:`variance`)."""
+
+    params: list[np.ndarray]  # (a, b, tx, ty) per part
+    converged: bool
+    iterations: int
+    last_step_px: float
+    residual_variance: float  # mean squared residual of the last iteration
+    step_matrix: np.ndarray = field(repr=False)  # B: the cross matrix, or J_fᵀ J_f after a fallback
+    params_from_unknowns: np.ndarray = field(repr=False)  # T: d (a, b, tx, ty per part) / d unknowns
+    jacobians: list[np.ndarray] = field(repr=False)  # J_f per part, last iteration
+    unknowns: list[np.ndarray] = field(repr=False)  # each part's columns of the joint system
+
+    def variance(self, gradient: np.ndarray, noise_energy: Callable[[int, np.ndarray], float] | None = None) -> float:
+        """Variance of ``gradient · params`` (all parts' ``(a, b, tx, ty)``, part after part) per
+        unit variance of the images' white noise.
+
+        The fit's answer moves with the gradient ``J_fᵀ r``, so the variance is ``wᵀ Var(J_fᵀ r) w``
+        with ``w = B⁻¹ Tᵀ gradient``; ``Var(J_fᵀ r)`` need only be applied to ``w``: per part the
+        pixel vector ``z = J_f w``, whose noise energy ``noise_energy(part, z)`` is ``‖K z‖²``
+        summed over what each image's noise went through (``z · z`` by default: white residual
+        noise). ``(J_fᵀ J_f)⁻¹`` alone would understate it under noise by the ratio that slowed
+        the steps down (see ``base_gradients``).
+        """
+        try:
+            if not np.all(np.linalg.eigvalsh(self.step_matrix) > 0):
+                return float("inf")
+            w = np.linalg.solve(self.step_matrix, self.params_from_unknowns.T @ gradient)
+        except np.linalg.LinAlgError:
+            return float("inf")
+        total = 0.0
+        for k, (jacobian, columns) in enumerate(zip(self.jacobians, self.unknowns)):
+            z = jacobian.astype(np.float64) @ w[columns]
+            total += float(z @ z) if noise_energy is None else noise_energy(k, z)
+        return total
+
+
 def shared_scale_gauss_newton(
     follow_coef: np.ndarray,
     components: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
@@ -894,7 +918,7 @@ def shared_scale_gauss_newton(
     shading_order: int = 2,
     lever_px: float = LEVER_PX,
     base_gradients: list[tuple[np.ndarray, np.ndarray]] | None = None,
-) -> tuple[list[np.ndarray], bool, int, float]:
+) -> SharedScaleFit:
     """Joint fit of several rigid parts that share one magnification.
 
     A repositioned follow-up is magnified as a whole while the bones stay rigid, so both bones
@@ -924,8 +948,10 @@ def shared_scale_gauss_newton(
             ``J_fᵀ r`` is unchanged, so is the minimum. A step that raises the cost (visits that
             differ by more than noise) is taken back and the fit goes on with ``J_fᵀ J_f``.
 
+
     Returns:
-        ``(params per part, converged, iterations, last step px)``.
+        The parameters per part, convergence, and what their variance needs
+        (:meth:`SharedScaleFit.variance`).
     """
     cx, cy = center_xy
     h, w = follow_coef.shape
@@ -986,7 +1012,7 @@ def shared_scale_gauss_newton(
         normal = np.zeros((size, size))
         cross_normal = np.zeros((size, size))
         gradient = np.zeros(size)
-        cost = 0.0
+        cost, n_valid = 0.0, 0
         for k, ((base_values, *_), params) in enumerate(zip(components, transforms(state))):
             a, b = float(params[0]), float(params[1])  # Python floats: the lever terms stay float32
             wx, wy = warp_offsets(params, cx, cy, *offsets[k])
@@ -1004,9 +1030,10 @@ def shared_scale_gauss_newton(
             block = weighted.T @ jac
             normal[blocks[k]] += block
             gradient[unknowns[k]] += weighted.T @ residual
+            kept = residual if valid.all() else residual[valid]
+            cost += float(np.dot(kept, kept))
+            n_valid += kept.size
             if use_cross:
-                kept = residual if valid.all() else residual[valid]
-                cost += float(np.dot(kept, kept))
                 # the baseline's gradient carried into the follow-up frame: A^-T grad b, A = s R
                 bx, by = base_gradients[k]
                 inv = 1.0 / (a * a + b * b)
@@ -1045,4 +1072,55 @@ def shared_scale_gauss_newton(
         if moved < tolerance_px:
             converged = True
             break
-    return transforms(state), converged, iterations, moved
+    return SharedScaleFit(
+        transforms(state), converged, iterations, moved, cost / max(n_valid, 1),
+        step_matrix=cross_normal if use_cross else normal,
+        params_from_unknowns=params_from_unknowns(state, n, per, lever_px),
+        jacobians=[jac.copy() for jac in jacobians], unknowns=unknowns,
+    )
+
+
+def params_from_unknowns(state: np.ndarray, n: int, per: int, lever_px: float) -> np.ndarray:
+    """Derivative of the parts' ``(a, b, tx, ty)`` with respect to the unknowns of
+    :func:`shared_scale_gauss_newton` (log-scale and angles per lever length, translations)."""
+    jac = np.zeros((4 * n, len(state)))
+    scale = math.exp(state[0] / lever_px)
+    for k in range(n):
+        angle = state[1 + per * k] / lever_px
+        a, b = scale * math.cos(angle), scale * math.sin(angle)
+        rows = slice(4 * k, 4 * k + 4)
+        jac[rows, 0] = (a / lever_px, b / lever_px, 0.0, 0.0)  # d/d log-scale
+        jac[rows, 1 + per * k] = (-b / lever_px, a / lever_px, 0.0, 0.0)  # d/d angle
+        jac[4 * k + 2, 2 + per * k] = 1.0
+        jac[4 * k + 3, 3 + per * k] = 1.0
+    return jac
+
+
+def noise_kernel(smooth_sigma_px: float, extra_blur_px: float = 0.0) -> np.ndarray:
+    """1-D kernel (the 2-D one is its outer product) of what an image's noise goes through before
+    the full-resolution fit: an extra Gaussian blur (the blur matching's) and the smoothing."""
+    size = 2 * int(math.ceil(5.0 * math.hypot(smooth_sigma_px, extra_blur_px))) + 9
+    impulse = np.zeros((size, size), dtype=np.float32)
+    impulse[size // 2, size // 2] = 1.0
+    response = build_pyramid(gaussian_blur(impulse, extra_blur_px), 0, smooth_sigma_px)[0].astype(np.float64)
+    kernel = response.sum(axis=0)  # both operators are separable and isotropic
+    taps = np.flatnonzero(np.abs(kernel) > 1e-3 * kernel.max())  # a standard error needs no more
+    half = int(max(size // 2 - taps.min(), taps.max() - size // 2))
+    return kernel[size // 2 - half: size // 2 + half + 1]
+
+
+def noise_energy(region: np.ndarray, values: np.ndarray, kernels: list[np.ndarray]) -> float:
+    """``Σ ‖K z‖²`` over the images' noise kernels ``K`` (:func:`noise_kernel`) of the pixel
+    vector ``z`` (``values`` at ``region``'s pixels in row-major order, :func:`region_pixels`):
+    the variance of ``zᵀ r`` per unit variance of each image's white noise."""
+    ys, xs = np.nonzero(region)
+    margin = max(kernel.size for kernel in kernels) // 2
+    y0, x0 = max(int(ys.min()) - margin, 0), max(int(xs.min()) - margin, 0)
+    y1 = min(int(ys.max()) + margin + 1, region.shape[0])
+    x1 = min(int(xs.max()) + margin + 1, region.shape[1])
+    image = np.zeros((y1 - y0, x1 - x0))
+    image[ys - y0, xs - x0] = values
+    return sum(
+        float(np.sum(cv2.sepFilter2D(image, cv2.CV_64F, kernel, kernel, borderType=cv2.BORDER_CONSTANT) ** 2))
+        for kernel in kernels
+    )

@@ -104,9 +104,8 @@ def residual_maps(
 
     Returns:
         ``(maps, stats)``: maps ``"<bone>_before"``/``"<bone>_after"``; stats per bone with
-        ``rms_before``, ``rms_after``, ``covariance`` (4x4 of ``(a, b, tx, ty)``, residual
-        variance times the inverse Gauss-Newton Hessian with the photometric terms profiled out)
-        and ``hessian_normalised`` (for the condition number).
+        ``rms_before``, ``rms_after`` and ``hessian_normalised`` (the Gauss-Newton Hessian of
+        ``(a, b, tx, ty)`` with the photometric terms profiled out, for the condition number).
     """
     coef = spline_coefficients(follow) if follow_coef is None else follow_coef
     cx, cy = center_xy
@@ -131,15 +130,10 @@ def residual_maps(
         normal = full.T @ full
         hess = normal[:4, :4] - normal[:4, 4:] @ np.linalg.solve(normal[4:, 4:], normal[4:, :4])
         variance = float(np.mean(after**2))
-        try:
-            covariance = variance * np.linalg.inv(hess)
-        except np.linalg.LinAlgError:
-            covariance = np.full((4, 4), np.inf)
         lever = np.array([64.0, 64.0, 1.0, 1.0])
         stats[name] = {
             "rms_before": float(np.sqrt(np.mean(before**2))),
             "rms_after": float(np.sqrt(variance)),
-            "covariance": covariance,
             "hessian_normalised": hess / np.outer(lever, lever),
         }
         if keep_maps:
