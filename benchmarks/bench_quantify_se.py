@@ -11,7 +11,6 @@ docs/quantify.md (between markers).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 from docblock import write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from jsnsynth.quantify.quantifier import keep_freed_heap, quantify_pair
-from jsnsynth.synth.pairs import PairConfig, make_pair, sample_pair_params
+from jsnsynth.synth.pairs import PairConfig, make_pair, sample_pair_params, with_noise_draw
 from jsnsynth.synth.sources import PhantomSource
 
 PHOTONS_PER_PX = (10_000.0, 2_500.0, 800.0)
@@ -32,12 +31,7 @@ def calibration_row(source: PhantomSource, joint: int, photons: float, draws: in
     params = sample_pair_params(rng, layers.pixel_spacing_mm, PairConfig(jsn_px=(-2.0, 2.0)))
     jsn, se = [], []
     for draw in range(draws):
-        def noisy(imaging, seed):
-            return dataclasses.replace(imaging, photons_per_px=photons, electronic_noise=3e-4, noise_seed=seed)
-
-        drawn = dataclasses.replace(params, baseline_imaging=noisy(params.baseline_imaging, 1000 + draw),
-                                    followup_imaging=noisy(params.followup_imaging, 5000 + draw))
-        pair = make_pair(layers, drawn, source.render_with_poses)
+        pair = make_pair(layers, with_noise_draw(params, photons, draw), source.render_with_poses)
         result = quantify_pair(pair.baseline, pair.followup, layers.upper_mask, layers.lower_mask,
                                joint_center_xy=pair.baseline_layers.joint_center_xy,
                                joint_axis_deg=pair.baseline_layers.joint_axis_deg, keep_residuals=False)

@@ -17,6 +17,7 @@ from jsnsynth.synth.pairs import (
     pair_poses,
     realised_jsn_px,
     sample_pair_params,
+    with_noise_draw,
 )
 from jsnsynth.synth.shift import warp_mask
 from jsnsynth.synth.soft_tissue import SOFT_TISSUE_BLEND_MM, soft_tissue_sources
@@ -166,3 +167,14 @@ def test_a_flexed_bone_takes_its_soft_tissue_along() -> None:
 def test_soft_tissue_blend_must_be_positive() -> None:
     with pytest.raises(InputError, match="soft-tissue blend"):
         PairConfig(soft_tissue_blend_mm=0.0)
+
+
+def test_noise_draws_change_only_the_noise() -> None:
+    params = sample_pair_params(np.random.default_rng(0), 0.175, PairConfig())
+    first, second = with_noise_draw(params, 800.0, 0), with_noise_draw(params, 800.0, 1)
+    assert (first.jsn_px, first.upper_flexion_deg, first.global_scale) == (second.jsn_px, second.upper_flexion_deg, second.global_scale)
+    seeds = {first.baseline_imaging.noise_seed, first.followup_imaging.noise_seed,
+             second.baseline_imaging.noise_seed, second.followup_imaging.noise_seed}
+    assert len(seeds) == 4 and first.baseline_imaging.photons_per_px == 800.0
+    with pytest.raises(InputError):
+        with_noise_draw(params, 800.0, 4000)

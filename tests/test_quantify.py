@@ -28,7 +28,7 @@ from jsnsynth.quantify.warp import (
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.io import encode_png
 from jsnsynth.synth.layers import joint_frame_from_masks
-from jsnsynth.synth.pairs import PairConfig, make_pair, sample_pair_params
+from jsnsynth.synth.pairs import PairConfig, make_pair, sample_pair_params, with_noise_draw
 from jsnsynth.synth.shift import warp_layers
 from jsnsynth.synth.sources import PhantomSource
 from jsnsynth.synth.xray import ImagingParams, quantize, render_radiograph_and_clean
@@ -537,12 +537,7 @@ def test_reported_standard_error_matches_monte_carlo_at_high_noise():
     params = sample_pair_params(rng, layers.pixel_spacing_mm, PairConfig(jsn_px=(-2.0, 2.0)))
     jsn, se = [], []
     for draw in range(16):
-        def noisy(imaging, seed):
-            return dataclasses.replace(imaging, photons_per_px=800.0, electronic_noise=3e-4, noise_seed=seed)
-
-        drawn = dataclasses.replace(params, baseline_imaging=noisy(params.baseline_imaging, 1000 + draw),
-                                    followup_imaging=noisy(params.followup_imaging, 5000 + draw))
-        pair = make_pair(layers, drawn, source.render_with_poses)
+        pair = make_pair(layers, with_noise_draw(params, 800.0, draw), source.render_with_poses)
         result = quantify_pair(pair.baseline, pair.followup, layers.upper_mask, layers.lower_mask,
                                joint_center_xy=pair.baseline_layers.joint_center_xy,
                                joint_axis_deg=pair.baseline_layers.joint_axis_deg, keep_residuals=False)

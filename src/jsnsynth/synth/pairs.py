@@ -30,7 +30,7 @@ Sample, apply, record: :func:`sample_pair_params` draws a frozen :class:`PairPar
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Callable
 
 import math
@@ -234,6 +234,24 @@ class Pair:
     def jsn_mm(self) -> float:
         """Truth: JSN progression in millimetres."""
         return self.params.jsn_mm
+
+
+def with_noise_draw(params: PairParams, photons_per_px: float, draw: int, electronic_noise: float = 3e-4) -> PairParams:
+    """``params`` with both visits imaged at ``photons_per_px`` and noise realisation ``draw``:
+    the same pair under independent noise draws (the baseline's and the follow-up's differ), for
+    Monte-Carlo checks of an estimator's spread (``benchmarks/bench_quantify_se.py``).
+
+    Raises:
+        InputError: ``draw`` outside 0-3999 (the visits' seeds are ``1000 + draw`` and ``5000 + draw``).
+    """
+    if not 0 <= draw < 4000:
+        raise InputError(f"noise draw must be in 0-3999, got {draw}")
+
+    def noisy(imaging: ImagingParams, seed: int) -> ImagingParams:
+        return replace(imaging, photons_per_px=photons_per_px, electronic_noise=electronic_noise, noise_seed=seed)
+
+    return replace(params, baseline_imaging=noisy(params.baseline_imaging, 1000 + draw),
+                   followup_imaging=noisy(params.followup_imaging, 5000 + draw))
 
 
 def make_pair(
