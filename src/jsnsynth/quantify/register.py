@@ -948,7 +948,6 @@ def shared_scale_gauss_newton(
             ``J_fᵀ r`` is unchanged, so is the minimum. A step that raises the cost (visits that
             differ by more than noise) is taken back and the fit goes on with ``J_fᵀ J_f``.
 
-
     Returns:
         The parameters per part, convergence, and what their variance needs
         (:meth:`SharedScaleFit.variance`).
