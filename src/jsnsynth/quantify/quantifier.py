@@ -559,22 +559,22 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
             fits[name] = fit
     if settings.shared_scale:
         # both bones take the follow-up's single magnification (see shared_scale_gauss_newton)
+        names = ("upper", "lower")
         components, base_gradients = [], []
         # the baseline interpolant's gradient: with the follow-up's, it gives a normal matrix
         # free of the noise that slows Gauss-Newton down (see shared_scale_gauss_newton)
         base_gx, base_gy = spline_gradients(spline_coefficients(pyr_b[0]))
-        for name in ("upper", "lower"):
+        for name in names:
             index, xs, ys = reg.region_pixels(regions[name])
             components.append((pyr_b[0].ravel().take(index), xs, ys, params[name]))
             base_gradients.append((base_gx.ravel().take(index), base_gy.ravel().take(index)))
         # each image's noise went through its own blur and the smoothing before the fit
         kernels = [reg.noise_kernel(settings.smooth_sigma_px, extra_px) for extra_px in extra_blur_px]
-        names = ("upper", "lower")
         joint = reg.shared_scale_gauss_newton(
             stacks_f[0], components, center, max_iterations=settings.max_iterations, tolerance_px=settings.tolerance_px,
             shading_order=settings.shading_order, base_gradients=base_gradients,
         )
-        for name, p in zip(("upper", "lower"), joint.params):
+        for name, p in zip(names, joint.params):
             fits[name].params = params[name] = p
             fits[name].converged = joint.converged
             fits[name].iterations += joint.iterations

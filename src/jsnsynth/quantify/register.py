@@ -968,7 +968,9 @@ def shared_scale_gauss_newton(
         levers.append((ux, uy))
         shadings.append(shading)
         jacobians.append(jac)
-    cross_jacobians = [np.empty((xs.size, 4), dtype=np.float32, order="F") for _, xs, _, _ in components]
+    # the cross matrix's geometric columns (its shading ones are the follow-up Jacobian's)
+    cross_jacobians = ([np.empty((xs.size, 4), dtype=np.float32, order="F") for _, xs, _, _ in components]
+                       if base_gradients is not None else [])
     n_shade = shadings[0].shape[1]
     per = 3 + n_shade  # unknowns of one part: rotation, translation, shading
     size = 1 + per * n
