@@ -219,6 +219,27 @@ def test_validate_real_reports_transitivity_apart_for_flagged_measurements(tmp_p
     assert summary["n_triplets"] == 4 and summary["n_triplets_unflagged"] == 2
     assert summary["transitivity_rms_unflagged_mm"] == pytest.approx(0.0, abs=1e-9)
     assert summary["transitivity_rms_mm"] > 0.1
+    assert summary["transitivity_z_rms"] is None  # the method reports no standard error
+
+
+def test_validate_real_measures_transitivity_in_reported_standard_errors(tmp_path):
+    """A method off by a known amount on each visit pair, reporting a standard error: each
+    triplet's residual over the root sum of squares of its three errors."""
+    truth = (0.0, 0.5, 1.1, 1.6)
+    folder = _visit_series(tmp_path, len(truth))
+    errors = {(0, 1): 0.1, (0, 2): -0.2, (0, 3): 0.3, (1, 2): 0.0, (1, 3): 0.1, (2, 3): -0.1}
+    se = {pair: 0.05 * (1 + pair[0] + pair[1]) for pair in errors}
+
+    def method(baseline, followup, *args, **kwargs):
+        i, j = _visits(baseline, followup)
+        return {"jsn_px": truth[j] - truth[i] + errors[(i, j)], "jsn_se_px": se[(i, j)]}
+
+    summary = validate_real(folder, method, n_shifts=0)
+    triplets = [(i, k, j) for i in range(4) for k in range(i + 1, 4) for j in range(k + 1, 4)]
+    z = [(errors[(i, j)] - errors[(i, k)] - errors[(k, j)]) / math.sqrt(se[(i, j)] ** 2 + se[(i, k)] ** 2 + se[(k, j)] ** 2)
+         for i, k, j in triplets]
+    assert summary["n_triplets_with_se"] == 4
+    assert summary["transitivity_z_rms"] == pytest.approx(math.sqrt(np.mean(np.square(z))), rel=1e-9)
 
 
 def test_validate_real_report_when_no_triplet_could_be_measured(tmp_path):

@@ -93,8 +93,9 @@ class JsnResult:
         reliability: score in [0, 1]; 1 = residuals at the noise level, converged, well-posed.
         mismatch: True when the fit cannot be trusted (see ``flags``).
         flags: short reasons behind a low score or a mismatch.
-        jsn_se_px: standard error of ``jsn_px`` under noise, from the full-resolution fit's
-            matrices and its residual (white-noise model; docs/quantify.md, *Reliability*).
+        jsn_se_px: standard error of ``jsn_px`` from the full-resolution fit's matrices and the
+            spatial autocovariance of its residual: image noise and what the model leaves
+            unexplained between the visits (docs/quantify.md, *Reliability*).
         bones: per-bone diagnostics (iterations, convergence, residual RMS before/after, ...).
         timings_s: seconds spent per stage.
         residuals: per-bone residual maps ``{"upper_before", "upper_after", ...}`` (NaN outside
@@ -501,7 +502,6 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
             raise InputError(f"the {name}-bone mask leaves fewer than {MIN_BONE_PX} pixels to register")
     params = dict(coarse)
     fits = {}
-    extra_blur_px = (0.0, 0.0)  # of the baseline and the follow-up, by the blur matching
     for level in range(settings.levels, -1, -1):
         f = 2**level
         if level == 0 and settings.levels > 0 and settings.match_blur:
@@ -568,8 +568,6 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
             index, xs, ys = reg.region_pixels(regions[name])
             components.append((pyr_b[0].ravel().take(index), xs, ys, params[name]))
             base_gradients.append((base_gx.ravel().take(index), base_gy.ravel().take(index)))
-        # each image's noise went through its own blur and the smoothing before the fit
-        kernels = [reg.noise_kernel(settings.smooth_sigma_px, extra_px) for extra_px in extra_blur_px]
         joint = reg.shared_scale_gauss_newton(
             stacks_f[0], components, center, max_iterations=settings.max_iterations, tolerance_px=settings.tolerance_px,
             shading_order=settings.shading_order, base_gradients=base_gradients,
@@ -580,14 +578,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
             fits[name].iterations += joint.iterations
             fits[name].last_step_px = joint.last_step_px
             fits[name].n_pixels = int(np.count_nonzero(regions[name]))
-        # the residual's noise variance is what the kernels leave of the two images' white noise
-        white_variance = joint.residual_variance / sum(float(np.sum(kernel**2)) ** 2 for kernel in kernels)
-
-        def noise_energy(part: int, values: np.ndarray) -> float:
-            return reg.noise_energy(regions[names[part]], values, kernels)
-
-        def variance_of(gradient: np.ndarray) -> float:
-            return joint.variance(gradient, noise_energy) * white_variance
+        variance_of = joint.variance
     else:  # the bones' own full-resolution fits, independent of each other: white residual noise
         covariance = np.zeros((8, 8))
         for k, name in enumerate(("upper", "lower")):

@@ -10,7 +10,9 @@ order) and every visit pair ``i < j``:
   ``mismatch_sd_mm`` (0.3 mm); every dropped trial counts as a mismatch (trials the method
   refuses as bad input, e.g. a visit whose two masks coincide, are counted apart);
 - transitivity for series with three or more visits: ``JSN_ij - (JSN_ik + JSN_kj)`` for every
-  ``i < k < j`` (original images).
+  ``i < k < j`` (original images); for a method that reports a standard error (``jsn_se_px``),
+  each residual is also divided by the three measurements' combined standard error, a check of
+  that error without ground truth (``transitivity_z_rms``: about 1 when it is honest).
 
 Millimetres use the nominal 0.175 mm/px (the crops publish no spacing).
 """
@@ -90,11 +92,13 @@ def measure_pair(
             )
             jsn_px = float(result.jsn_px if hasattr(result, "jsn_px") else result["jsn_px"] if isinstance(result, dict) else result)
             flagged = bool(getattr(result, "mismatch", False) or (isinstance(result, dict) and result.get("mismatch")))
+            se_px = getattr(result, "jsn_se_px", None) if not isinstance(result, dict) else result.get("jsn_se_px")
+            se_px = float(se_px) if se_px is not None else float("nan")
         except InputError:
-            result, jsn_px, flagged = None, float("nan"), True
+            result, jsn_px, flagged, se_px = None, float("nan"), True, float("nan")
         elapsed = time.perf_counter() - start
         trials.append({"trial": trial, "shift_baseline": sb, "shift_followup": sf, "jsn_px": jsn_px,
-                       "jsn_mm": jsn_px * spacing_mm, "flagged": flagged, "time_s": elapsed,
+                       "jsn_mm": jsn_px * spacing_mm, "jsn_se_mm": se_px * spacing_mm, "flagged": flagged, "time_s": elapsed,
                        "geometry": _geometry_of(result) if trial == 0 else None})
     return trials
 
@@ -185,7 +189,7 @@ def validate_real(
     pair_number = 0
     for name, visits in chosen:
         loaded = [_load_visit(v) for v in visits]
-        jsn, geometry, flagged = {}, {}, {}
+        jsn, se, geometry, flagged = {}, {}, {}, {}
         for i in range(len(loaded)):
             for j in range(i + 1, len(loaded)):
                 rng = np.random.default_rng(np.random.SeedSequence([seed, pair_number]))
@@ -195,6 +199,7 @@ def validate_real(
                 finite = values[np.isfinite(values)]
                 kept, dropped = drop_outlier_trials(finite, mismatch_sd_mm)
                 jsn[(i, j)] = trials[0]["jsn_mm"]
+                se[(i, j)] = trials[0]["jsn_se_mm"]
                 geometry[(i, j)] = trials[0]["geometry"]
                 flagged[(i, j)] = bool(trials[0]["flagged"])
                 pair_rows.append({
@@ -223,6 +228,8 @@ def validate_real(
                     transitivity.append({"series": name, "i": i, "k": k, "j": j, "jsn_ij_mm": direct_mm,
                                          "sum_mm": sum_mm, "residual_mm": direct_mm - sum_mm,
                                          "common_centre": common is not None,
+                                         # the three errors as if independent (they share visits' noise)
+                                         "residual_se_mm": math.sqrt(se[(i, j)] ** 2 + se[(i, k)] ** 2 + se[(k, j)] ** 2),
                                          "flagged": flagged[(i, k)] or flagged[(k, j)] or flagged[(i, j)],
                                          "residual_own_centres_mm": own_residual})
     sds = np.array([r["sd_trials_mm"] for r in pair_rows], dtype=np.float64)
@@ -276,6 +283,9 @@ def transitivity_summary(triplets: list[dict]) -> dict[str, Any]:
     trusted = np.array([t["residual_mm"] for t in measured if not t["flagged"]], dtype=np.float64)
     own = np.array([t["residual_own_centres_mm"] for t in triplets], dtype=np.float64)
     own = own[np.isfinite(own)]
+    # residuals in units of their reported standard error, where the method reports one
+    z = np.array([t["residual_mm"] / t["residual_se_mm"] for t in measured
+                  if 0.0 < t.get("residual_se_mm", math.nan) < math.inf], dtype=np.float64)
 
     def rms(values: np.ndarray) -> float | None:
         return float(np.sqrt(np.mean(values**2))) if values.size else None
@@ -289,6 +299,8 @@ def transitivity_summary(triplets: list[dict]) -> dict[str, Any]:
         "transitivity_rms_unflagged_mm": rms(trusted),
         "transitivity_common_centre": bool(measured) and all(t["common_centre"] for t in measured),
         "transitivity_rms_own_centres_mm": rms(own),
+        "n_triplets_with_se": int(z.size),
+        "transitivity_z_rms": rms(z),
     }
 
 

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from jsnsynth.quantify.warp import sample_spline, sample_spline_values, spline_coefficients, warp_offsets, warp_positions
-from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.xray import BlurSpectrum
 
 #: Length (px) that normalises the rotation/scale columns of the Jacobian, for conditioning.
@@ -38,6 +36,10 @@ LEVER_PX = 64.0
 #: Band along the crop border left out of the bone regions: a repositioned follow-up shows
 #: there what the baseline did not (or, in simulated pairs, edge padding), which no similarity explains.
 BORDER_PX = 12
+#: Largest lag (px, per axis) of the residual autocovariance behind a fit's standard error
+#: (:func:`autocovariance_energy`): twice the reach of the smoothing and blur-matching kernels
+#: that correlate the images' noise between neighbouring pixels (under 4 px).
+RESIDUAL_LAG_PX = 8
 
 
 @dataclass(frozen=True)
@@ -883,17 +885,20 @@ class SharedScaleFit:
     params_from_unknowns: np.ndarray = field(repr=False)  # T: d (a, b, tx, ty per part) / d unknowns
     jacobians: list[np.ndarray] = field(repr=False)  # J_f per part, last iteration
     unknowns: list[np.ndarray] = field(repr=False)  # each part's columns of the joint system
+    residuals: list[np.ndarray] = field(repr=False)  # r per part, last iteration; NaN where not sampled
+    pixels: list[tuple[np.ndarray, np.ndarray]] = field(repr=False)  # integer (x, y) of each part's pixels
 
-    def variance(self, gradient: np.ndarray, noise_energy: Callable[[int, np.ndarray], float] | None = None) -> float:
-        """Variance of ``gradient · params`` (all parts' ``(a, b, tx, ty)``, part after part) per
-        unit variance of the images' white noise.
+    def variance(self, gradient: np.ndarray, max_lag_px: int = RESIDUAL_LAG_PX) -> float:
+        """Variance of ``gradient · params`` (all parts' ``(a, b, tx, ty)``, part after part).
 
         The fit's answer moves with the gradient ``J_fᵀ r``, so the variance is ``wᵀ Var(J_fᵀ r) w``
-        with ``w = B⁻¹ Tᵀ gradient``; ``Var(J_fᵀ r)`` need only be applied to ``w``: per part the
-        pixel vector ``z = J_f w``, whose noise energy ``noise_energy(part, z)`` is ``‖K z‖²``
-        summed over what each image's noise went through (``z · z`` by default: white residual
-        noise). ``(J_fᵀ J_f)⁻¹`` alone would understate it under noise by the ratio that slowed
-        the steps down (see ``base_gradients``).
+        with ``w = B⁻¹ Tᵀ gradient``: per part ``Var(zᵀ r)`` of the pixel vector ``z = J_f w``,
+        taken from the residual's own autocovariance (:func:`autocovariance_energy`). That
+        covers the images' noise whatever its spectrum and whatever smoothing and blur matching
+        it went through, and the part of the visits' difference the model does not explain.
+        ``(J_fᵀ J_f)⁻¹`` times the residual's variance would understate it under noise by the
+        ratio that slowed the steps down (see ``base_gradients``) and by the residual's
+        correlation between neighbouring pixels.
         """
         try:
             if not np.all(np.linalg.eigvalsh(self.step_matrix) > 0):
@@ -902,10 +907,53 @@ class SharedScaleFit:
         except np.linalg.LinAlgError:
             return float("inf")
         total = 0.0
-        for k, (jacobian, columns) in enumerate(zip(self.jacobians, self.unknowns)):
+        for jacobian, columns, residual, (xs, ys) in zip(self.jacobians, self.unknowns, self.residuals, self.pixels):
             z = jacobian.astype(np.float64) @ w[columns]
-            total += float(z @ z) if noise_energy is None else noise_energy(k, z)
+            total += autocovariance_energy(xs, ys, z, residual, max_lag_px)
         return total
+
+
+def _flat_top(lag: np.ndarray, max_lag: int) -> np.ndarray:
+    """Trapezoidal lag window: 1 up to half of ``max_lag + 1``, then down to 0 at ``max_lag + 1``."""
+    return np.clip(2.0 * (1.0 - lag / (max_lag + 1.0)), 0.0, 1.0)
+
+
+def autocovariance_energy(xs: np.ndarray, ys: np.ndarray, values: np.ndarray, residual: np.ndarray,
+                          max_lag_px: int) -> float:
+    """``Var(zᵀ r)`` of a pixel vector ``z`` (``values``) against a stationary residual ``r``,
+    both at the integer pixels ``(xs, ys)``, from ``r``'s own spatial autocovariance.
+
+    ``Var(zᵀ r) = Σ_lag R(lag) C_z(lag)``: ``R`` is the residual's autocovariance, averaged over
+    the pixel pairs that lie ``lag`` apart, ``C_z`` the autocorrelation of ``z``. Lags run to
+    ``max_lag_px`` along each axis under a flat-top (trapezoidal) window: the lags that carry
+    most of a smoothed noise's covariance get full weight, where a Bartlett window (Newey-West)
+    would understate a 1 px-correlated residual's variance by a fifth. Such a window can make
+    the sum negative in principle; it is floored at 0. Pixels where ``r`` is NaN (not sampled)
+    count in neither.
+    """
+    valid = np.isfinite(residual)
+    x0, y0 = int(xs.min()) - max_lag_px, int(ys.min()) - max_lag_px
+    h, w = int(ys.max()) - y0 + 1 - max_lag_px, int(xs.max()) - x0 + 1 - max_lag_px
+    width = w + 2 * max_lag_px
+    flat = (ys.astype(np.intp) - y0) * width + (xs.astype(np.intp) - x0)
+    if not valid.all():
+        flat, values, residual = flat[valid], values[valid], residual[valid]
+    # residual, coverage and z on the region's box, padded by the largest lag
+    r_image = np.zeros((h + 2 * max_lag_px, width), np.float32)
+    covered = np.zeros_like(r_image)
+    z_image = np.zeros_like(r_image)
+    r_image.ravel()[flat] = residual
+    covered.ravel()[flat] = 1.0
+    z_image.ravel()[flat] = values
+    box = (slice(max_lag_px, max_lag_px + h), slice(max_lag_px, max_lag_px + w))
+    # correlations at every lag up to the largest: (2 lag + 1) x (2 lag + 1) tables
+    products = cv2.matchTemplate(r_image, r_image[box], cv2.TM_CCORR)
+    pairs = cv2.matchTemplate(covered, covered[box], cv2.TM_CCORR)
+    window = _flat_top(np.abs(np.arange(-max_lag_px, max_lag_px + 1)), max_lag_px).astype(np.float32)
+    kernel = np.outer(window, window) * products / np.maximum(pairs, 1.0)
+    # Σ_lag K(lag) C_z(lag) = zᵀ (K ⋆ z): one filtering instead of z's own correlation table
+    spread = cv2.filter2D(z_image[box], cv2.CV_32F, kernel, borderType=cv2.BORDER_CONSTANT)
+    return max(float(np.vdot(z_image[box], spread)), 0.0)
 
 
 def shared_scale_gauss_newton(
@@ -1008,6 +1056,7 @@ def shared_scale_gauss_newton(
 
     use_cross = base_gradients is not None
     accepted = None  # (state, cost, Gauss-Newton normal matrix, gradient) of the last accepted point
+    residuals: list[np.ndarray] = [np.zeros(0)] * n  # of the last evaluated point, for the variance
     converged, moved, iterations = False, float("inf"), 0
     for iterations in range(1, max_iterations + 1):
         normal = np.zeros((size, size))
@@ -1032,6 +1081,7 @@ def shared_scale_gauss_newton(
             normal[blocks[k]] += block
             gradient[unknowns[k]] += weighted.T @ residual
             kept = residual if valid.all() else residual[valid]
+            residuals[k] = residual if valid.all() else np.where(valid, residual, np.float32(np.nan))
             cost += float(np.dot(kept, kept))
             n_valid += kept.size
             if use_cross:
@@ -1078,6 +1128,7 @@ def shared_scale_gauss_newton(
         step_matrix=cross_normal if use_cross else normal,
         params_from_unknowns=params_from_unknowns(state, n, per, lever_px),
         jacobians=[jac.copy() for jac in jacobians], unknowns=unknowns,
+        residuals=[r.astype(np.float64) for r in residuals], pixels=[(xs, ys) for _, xs, ys, _ in components],
     )
 
 
@@ -1096,32 +1147,3 @@ def params_from_unknowns(state: np.ndarray, n: int, per: int, lever_px: float) -
         jac[4 * k + 3, 3 + per * k] = 1.0
     return jac
 
-
-def noise_kernel(smooth_sigma_px: float, extra_blur_px: float = 0.0) -> np.ndarray:
-    """1-D kernel (the 2-D one is its outer product) of what an image's noise goes through before
-    the full-resolution fit: an extra Gaussian blur (the blur matching's) and the smoothing."""
-    size = 2 * int(math.ceil(5.0 * math.hypot(smooth_sigma_px, extra_blur_px))) + 9
-    impulse = np.zeros((size, size), dtype=np.float32)
-    impulse[size // 2, size // 2] = 1.0
-    response = build_pyramid(gaussian_blur(impulse, extra_blur_px), 0, smooth_sigma_px)[0].astype(np.float64)
-    kernel = response.sum(axis=0)  # both operators are separable and isotropic
-    taps = np.flatnonzero(np.abs(kernel) > 1e-3 * kernel.max())  # a standard error needs no more
-    half = int(max(size // 2 - taps.min(), taps.max() - size // 2))
-    return kernel[size // 2 - half: size // 2 + half + 1]
-
-
-def noise_energy(region: np.ndarray, values: np.ndarray, kernels: list[np.ndarray]) -> float:
-    """``Σ ‖K z‖²`` over the images' noise kernels ``K`` (:func:`noise_kernel`) of the pixel
-    vector ``z`` (``values`` at ``region``'s pixels in row-major order, :func:`region_pixels`):
-    the variance of ``zᵀ r`` per unit variance of each image's white noise."""
-    ys, xs = np.nonzero(region)
-    margin = max(kernel.size for kernel in kernels) // 2
-    y0, x0 = max(int(ys.min()) - margin, 0), max(int(xs.min()) - margin, 0)
-    y1 = min(int(ys.max()) + margin + 1, region.shape[0])
-    x1 = min(int(xs.max()) + margin + 1, region.shape[1])
-    image = np.zeros((y1 - y0, x1 - x0))
-    image[ys - y0, xs - x0] = values
-    return sum(
-        float(np.sum(cv2.sepFilter2D(image, cv2.CV_64F, kernel, kernel, borderType=cv2.BORDER_CONSTANT) ** 2))
-        for kernel in kernels
-    )
