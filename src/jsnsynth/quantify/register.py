@@ -880,7 +880,6 @@ class SharedScaleFit:
     converged: bool
     iterations: int
     last_step_px: float
-    residual_variance: float  # mean squared residual of the last iteration
     step_matrix: np.ndarray = field(repr=False)  # B: the cross matrix, or J_fᵀ J_f after a fallback
     params_from_unknowns: np.ndarray = field(repr=False)  # T: d (a, b, tx, ty per part) / d unknowns
     jacobians: list[np.ndarray] = field(repr=False)  # J_f per part, last iteration
@@ -1062,7 +1061,7 @@ def shared_scale_gauss_newton(
         normal = np.zeros((size, size))
         cross_normal = np.zeros((size, size))
         gradient = np.zeros(size)
-        cost, n_valid = 0.0, 0
+        cost = 0.0
         for k, ((base_values, *_), params) in enumerate(zip(components, transforms(state))):
             a, b = float(params[0]), float(params[1])  # Python floats: the lever terms stay float32
             wx, wy = warp_offsets(params, cx, cy, *offsets[k])
@@ -1083,7 +1082,6 @@ def shared_scale_gauss_newton(
             kept = residual if valid.all() else residual[valid]
             residuals[k] = residual if valid.all() else np.where(valid, residual, np.float32(np.nan))
             cost += float(np.dot(kept, kept))
-            n_valid += kept.size
             if use_cross:
                 # the baseline's gradient carried into the follow-up frame: A^-T grad b, A = s R
                 bx, by = base_gradients[k]
@@ -1124,11 +1122,11 @@ def shared_scale_gauss_newton(
             converged = True
             break
     return SharedScaleFit(
-        transforms(state), converged, iterations, moved, cost / max(n_valid, 1),
+        transforms(state), converged, iterations, moved,
         step_matrix=cross_normal if use_cross else normal,
         params_from_unknowns=params_from_unknowns(state, n, per, lever_px),
         jacobians=[jac.copy() for jac in jacobians], unknowns=unknowns,
-        residuals=[r.astype(np.float64) for r in residuals], pixels=[(xs, ys) for _, xs, ys, _ in components],
+        residuals=residuals, pixels=[(xs, ys) for _, xs, ys, _ in components],
     )
 
 
