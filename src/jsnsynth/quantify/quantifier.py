@@ -434,7 +434,7 @@ def quantify_pair(
 
 def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
     """Coarse global + per-bone coarse + multi-scale fine fit; returns the fits, diagnostics, and
-    the variance of a function of both bones' `(a, b, tx, ty)` from its gradient (image noise)."""
+    the variance of a function of both bones' `(a, b, tx, ty)` from its gradient."""
     t0 = time.perf_counter()
     coarse_level = reg.coarse_level_for(base.shape)
     n_levels = max(settings.levels, coarse_level)

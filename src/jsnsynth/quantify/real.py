@@ -32,7 +32,7 @@ import numpy as np
 
 from jsnsynth.errors import InputError
 from jsnsynth.quantify.quantifier import jsn_from_transforms, mean_similarity
-from jsnsynth.quantify.validate import load_method
+from jsnsynth.quantify.validate import load_method, read_estimate
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.fingerjoints import FingerJointRecord, read_manifest
 from jsnsynth.synth.io import make_output_folder, read_mask, read_radiograph, write_bytes_atomic
@@ -90,10 +90,7 @@ def measure_pair(
                 followup_upper_mask=shift_image(follow["upper"], sf, False),
                 followup_lower_mask=shift_image(follow["lower"], sf, False),
             )
-            jsn_px = float(result.jsn_px if hasattr(result, "jsn_px") else result["jsn_px"] if isinstance(result, dict) else result)
-            flagged = bool(getattr(result, "mismatch", False) or (isinstance(result, dict) and result.get("mismatch")))
-            se_px = getattr(result, "jsn_se_px", None) if not isinstance(result, dict) else result.get("jsn_se_px")
-            se_px = float(se_px) if se_px is not None else float("nan")
+            jsn_px, flagged, se_px = read_estimate(result)
         except InputError:
             result, jsn_px, flagged, se_px = None, float("nan"), True, float("nan")
         elapsed = time.perf_counter() - start

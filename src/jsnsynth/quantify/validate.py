@@ -150,16 +150,19 @@ def load_method(spec: str | Callable) -> tuple[str, Callable]:
     return spec, function
 
 
-def _estimate(output: Any) -> tuple[float, bool]:
-    """(jsn_px, flagged) from whatever a method returned."""
+def read_estimate(output: Any) -> tuple[float, bool, float]:
+    """``(jsn_px, flagged, jsn_se_px)`` from whatever a method returned; the standard error is
+    NaN when the method reports none."""
     if hasattr(output, "jsn_px"):
-        return float(output.jsn_px), bool(getattr(output, "mismatch", False))
+        se_px = getattr(output, "jsn_se_px", None)
+        return float(output.jsn_px), bool(getattr(output, "mismatch", False)), float("nan") if se_px is None else float(se_px)
     if isinstance(output, dict):
         if "jsn_px" not in output:
             raise InputError("method returned a mapping without 'jsn_px'")
-        return float(output["jsn_px"]), bool(output.get("mismatch", False))
+        se_px = output.get("jsn_se_px")
+        return float(output["jsn_px"]), bool(output.get("mismatch", False)), float("nan") if se_px is None else float(se_px)
     try:
-        return float(output), False
+        return float(output), False, float("nan")
     except (TypeError, ValueError):
         raise InputError(f"method returned {type(output).__name__}; expected JsnResult, a mapping with jsn_px, or a float") from None
 
@@ -255,7 +258,7 @@ def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dic
     try:
         args, kwargs = method_arguments(record)
         output = method(*args, **kwargs)
-        estimate, flagged = _estimate(output)
+        estimate, flagged, _ = read_estimate(output)
     except InputError as exc:  # the method refused this pair: count it, keep going
         estimate, flagged, error_message = float("nan"), True, str(exc)
     except Exception as exc:  # noqa: BLE001  (a plug-in's or our own failure on one pair must not end a run)
