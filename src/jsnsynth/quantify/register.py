@@ -1058,6 +1058,7 @@ def shared_scale_gauss_newton(
     residuals: list[np.ndarray] = [np.zeros(0)] * n  # of the last evaluated point, for the variance
     converged, moved, iterations = False, float("inf"), 0
     for iterations in range(1, max_iterations + 1):
+        taken_back = False
         normal = np.zeros((size, size))
         cross_normal = np.zeros((size, size))
         gradient = np.zeros(size)
@@ -1100,7 +1101,7 @@ def shared_scale_gauss_newton(
             # the step overshot: the cross matrix fell below the cost's curvature. Back to the
             # last point, and plain Gauss-Newton from there on
             state, cost, normal, gradient = accepted
-            use_cross = False
+            use_cross, taken_back = False, True
         elif use_cross:
             accepted = (state, cost, normal, gradient)
         step = None
@@ -1118,7 +1119,9 @@ def shared_scale_gauss_newton(
                 break
         state = state + step
         moved = pixel_move(step)
-        if moved < tolerance_px:
+        # after a step taken back, the Jacobians and residuals at hand are the rejected point's:
+        # the fit evaluates once more, so that the variance uses those of the point it returns
+        if moved < tolerance_px and not taken_back:
             converged = True
             break
     return SharedScaleFit(
