@@ -111,14 +111,18 @@ def fmt(value, digits=4):
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def fmt_interval(interval, digits=4):
+    return "" if interval is None else f" ({interval[0]:.{digits}f}–{interval[1]:.{digits}f})"
+
+
 def write_table(results: list[dict], doc: Path, args) -> None:
     lines = [
-        "| source | noise | method | RMSE px | bias px | SD mm | mismatch | flagged | sqrt(mean CRLB) px | efficiency | pairs/s | pairs/s (1 core CPU) |",
+        "| source | noise | method | RMSE px (95 % CI) | bias px | SD mm | mismatch | flagged | sqrt(mean CRLB) px | efficiency | pairs/s | pairs/s (1 core CPU) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['source']} | {r['noise']} | {r['method']} | {fmt(r.get('rmse_px'))} | {fmt(r.get('bias_px'))} | "
+            f"| {r['source']} | {r['noise']} | {r['method']} | {fmt(r.get('rmse_px'))}{fmt_interval(r.get('rmse_ci95_px'))} | {fmt(r.get('bias_px'))} | "
             f"{fmt(r.get('sd_mm'))} | {100 * r['mismatch_rate']:.0f} % | {100 * r['flag_rate']:.0f} % | "
             f"{fmt(r.get('crlb_rms_px'))} | {fmt(r.get('efficiency'), 1)} | {fmt(r.get('pairs_per_s'), 1)} | {fmt(r.get('cpu_pairs_per_s'), 1)} |"
         )

@@ -51,6 +51,8 @@ MASK_COLUMNS = ("baseline_upper_mask", "baseline_lower_mask", "followup_upper_ma
 MISMATCH_PX = 0.5
 #: Edges of the |d| bins of the breakdown (px).
 JSN_BINS_PX = (0.0, 0.5, 1.0, 2.0, math.inf)
+#: Resamples of the RMSE's bootstrap interval (fixed seed: the same rows give the same interval).
+BOOTSTRAP_RESAMPLES = 2000
 BUILTIN_METHODS = {
     "register": "jsnsynth.quantify.quantifier:quantify_pair",
     "poc": "jsnsynth.quantify.reference:poc_quantify",
@@ -295,8 +297,8 @@ def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dic
 def summarize(rows: list[dict]) -> dict:
     """Accuracy statistics of a list of per-pair rows (px and mm).
 
-    Keys: n, rmse_px, bias_px, sd_px, loa_px (95 % limits of agreement, bias +- 1.96 SD),
-    the same in mm, max_abs_error_px, mismatch_rate (|error| > 0.5 px or no estimate),
+    Keys: n, rmse_px, rmse_ci95_px (:func:`rmse_interval`), bias_px, sd_px, loa_px (95 % limits
+    of agreement, bias +- 1.96 SD), the same in mm, max_abs_error_px, mismatch_rate (|error| > 0.5 px or no estimate),
     flag_rate, time_per_pair_s, pairs_per_s, crlb_rms_px (sqrt of the mean CRLB variance) and
     efficiency (RMSE / crlb_rms_px).
     """
@@ -314,7 +316,7 @@ def summarize(rows: list[dict]) -> dict:
         bias, sd = float(e.mean()), float(e.std(ddof=1)) if e.size > 1 else 0.0
         bias_mm, sd_mm = float(e_mm.mean()), float(e_mm.std(ddof=1)) if e.size > 1 else 0.0
         out.update(
-            rmse_px=float(np.sqrt(np.mean(e**2))), bias_px=bias, sd_px=sd,
+            rmse_px=float(np.sqrt(np.mean(e**2))), rmse_ci95_px=rmse_interval(e), bias_px=bias, sd_px=sd,
             loa_px=[bias - 1.96 * sd, bias + 1.96 * sd],
             rmse_mm=float(np.sqrt(np.mean(e_mm**2))), bias_mm=bias_mm, sd_mm=sd_mm,
             loa_mm=[bias_mm - 1.96 * sd_mm, bias_mm + 1.96 * sd_mm],
@@ -329,6 +331,25 @@ def summarize(rows: list[dict]) -> dict:
         out["crlb_rms_px"] = crlb_rms
         out["efficiency"] = float(out["rmse_px"] / crlb_rms) if crlb_rms > 0 and "rmse_px" in out else None
     return out
+
+
+def rmse_interval(errors: np.ndarray, coverage: float = 0.95) -> list[float] | None:
+    """Percentile-bootstrap interval of the RMSE of ``errors`` (px), ``None`` below 2 errors.
+
+    A target such as "RMSE below 0.01 px" is decided on a few dozen pairs, whose RMSE itself
+    scatters by about ``1 / sqrt(2 n)`` (20 % at 12 pairs); the interval says how far. It runs a
+    little short at such sizes (normal errors, 48 per set: 91 % of the 95 % intervals hold the
+    true RMSE). The resampling is seeded, so the same errors always give the same interval.
+    """
+    errors = np.asarray(errors, dtype=np.float64)
+    if errors.size < 2:
+        return None
+    rng = np.random.default_rng(0)
+    squares = errors**2
+    means = squares[rng.integers(0, errors.size, size=(BOOTSTRAP_RESAMPLES, errors.size))].mean(axis=1)
+    tail = 50.0 * (1.0 - coverage)
+    low, high = np.sqrt(np.percentile(means, [tail, 100.0 - tail]))
+    return [float(low), float(high)]
 
 
 def breakdown(rows: list[dict]) -> dict:
