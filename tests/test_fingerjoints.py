@@ -11,6 +11,7 @@ import pytest
 
 from jsnsynth.errors import InputError
 from jsnsynth.synth.fingerjoints import MANIFEST_COLUMNS, fill_smooth, layers_from_images, load_fingerjoint, read_manifest
+from jsnsynth.synth.shift import fourier_translate
 from jsnsynth.synth.xray import attenuation_to_intensity, intensity_to_attenuation
 
 
@@ -157,3 +158,28 @@ def test_a_dip_of_the_soft_tissue_image_under_a_bone_moves_with_the_bone():
     assert np.abs(layers.soft - soft_tissue)[inside].max() < 0.01
     # ... and the bone layers carry the net contrast, bone minus the tissue it displaces
     np.testing.assert_allclose((layers.upper + layers.lower)[inside], (bone - dip)[inside], atol=0.01)
+
+
+def test_saturated_pixels_leave_no_spike_for_a_shift_to_ring():
+    """A few pixels at full scale inside a bone (as in 11 % of the real crops): the inverse mapping
+    would make them an attenuation of 11.1 among values near 2; they are filled from their
+    neighbours instead, so the layer stays smooth there and a sub-pixel shift of it does not
+    ring along the shift (with the spike: 0.007 in attenuation 20 px away, against 5e-5)."""
+    yy, xx = np.mgrid[0:96, 0:64].astype(float)
+    soft_tissue = np.full((96, 64), 0.3)
+    upper = np.zeros((96, 64), bool)
+    upper[:44, 14:50] = True
+    lower = np.zeros_like(upper)
+    lower[52:, 12:52] = True
+    bone = cv2.GaussianBlur((upper | lower).astype(float), (0, 0), 1.5) * (1.5 + 0.3 * np.sin(xx / 5.0))
+    image = attenuation_to_intensity(soft_tissue + bone)
+    image[38:40, 30:33] = 1.0  # six saturated pixels on the upper bone
+    layers = layers_from_images(image, attenuation_to_intensity(soft_tissue), upper, lower)
+    assert layers.metadata["saturated_px"] == 6
+    unsaturated = image < 1.0
+    assert layers.attenuation().max() <= intensity_to_attenuation(image[unsaturated]).max() + 1e-5  # float32 layers
+    assert np.abs(layers.attenuation() - intensity_to_attenuation(image))[unsaturated].max() < 1e-5
+    moved = fourier_translate(layers.upper, np.array([0.0, 0.5]))
+    reference = fourier_translate(layers_from_images(attenuation_to_intensity(soft_tissue + bone),
+                                                     attenuation_to_intensity(soft_tissue), upper, lower).upper, np.array([0.0, 0.5]))
+    assert np.abs(moved - reference)[:18, 30:33].max() < 1e-3
