@@ -524,7 +524,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
                            for b, (_, f, r) in zip(matcher.base, windows)]
                 mapping = reg.fit_intensity_mapping(matched, settings.intensity_mapping_order, settings.mapping_denoise_sigma_px)
                 blur_x = matcher.variance_difference(
-                    [reg.apply_polynomial(f, mapping) for _, f, _ in windows], rounds=1, initial=blur_x
+                    [reg.apply_polynomial(f, mapping) for _, f, _ in windows], rounds=2, initial=blur_x
                 )
             extra_blur_px = (math.sqrt(max(blur_x, 0.0)), math.sqrt(max(-blur_x, 0.0)))
             base0 = reg.gaussian_blur(base, extra_blur_px[0])

@@ -678,13 +678,6 @@ COMMON_BLUR_VARIANCE_PX2 = 0.5
 WINDOW_PAD_PX = 8
 
 
-#: Slope of the blur search's remaining difference in the trial variance before the first
-#: secant step. The regressor is a smoothed Laplacian, so the linearised estimate overshoots:
-#: the remaining difference falls about three times as fast as the trial variance grows
-#: (-2.6 on real-layer pairs, -3.1 on phantoms). Only the number of trials depends on it.
-INITIAL_BLUR_SLOPE = -3.0
-
-
 class BlurMatcher:
     """Finds the detector-blur difference between fixed baseline windows and follow-up windows.
 
@@ -709,7 +702,6 @@ class BlurMatcher:
         self.regions = [r for _, _, r in windows]
         self.points = [_every_other_index(r) for r in self.regions]
         self._base_blurred: dict[float, tuple[list, list]] = {}
-        self.slope = INITIAL_BLUR_SLOPE  # d remaining / d trial variance, updated by every secant step
 
     def _blurred(self, spectra: list[BlurSpectrum], sigma: float, cache: dict) -> tuple[list, list]:
         """The windows blurred by ``sigma`` and their regression designs, kept per sigma: while
@@ -720,15 +712,14 @@ class BlurMatcher:
         return cache[sigma]
 
     def variance_difference(
-        self, follow_windows: list[np.ndarray], rounds: int = 3, initial: float = 0.0
+        self, follow_windows: list[np.ndarray], rounds: int = 4, initial: float = 0.0
     ) -> float:
         """Variance ``x`` (px^2) to add to the baseline (``x > 0``) or the follow-up (``x < 0``)
         so that both have the same blur (see :func:`blur_difference`).
 
-        A secant search for zero remaining difference over at most ``rounds`` trial variances
-        (its fixed point does not depend on the scale of the regressor), started at ``initial``
-        with the slope of the matcher's last search (:data:`INITIAL_BLUR_SLOPE` at first): a
-        second search, after the intensity mapping, needs one trial.
+        The linearised estimate is refined by a secant search over ``rounds`` trial variances
+        (its fixed point is zero remaining difference, whatever the scale of the regressor);
+        ``initial`` warm-starts it.
         """
         # each window is transformed once; every trial variance costs one inverse transform per window
         follow = [BlurSpectrum(np.asarray(f, dtype=np.float32), WINDOW_PAD_PX) for f in follow_windows]
@@ -752,18 +743,18 @@ class BlurMatcher:
             reverse = blur_difference(list(zip(follows, bases, self.regions)), follow_designs)
             return 0.5 * (forward - reverse)
 
-        # secant iteration on the remaining difference, whose zero is where the two blurs match
+        # secant iteration on the remaining difference: the linearised estimate overshoots (its
+        # regressor is a smoothed Laplacian), but its zero is where the two blurs match
         x_prev = initial
         r_prev = remaining(x_prev)
-        x = float(np.clip(x_prev - r_prev / self.slope, -4.0, 4.0))
+        x = float(np.clip(x_prev + r_prev, -4.0, 4.0))
         for _ in range(rounds - 1):
             if abs(x - x_prev) < 1e-3:
                 break
             r = remaining(x)
             slope = (r - r_prev) / (x - x_prev)
-            if slope < -1e-3:  # else a step with the last good slope
-                self.slope = slope
-            x_prev, r_prev, x = x, r, float(np.clip(x - r / self.slope, -4.0, 4.0))
+            x_next = x - r / slope if slope < -1e-3 else x + r
+            x_prev, r_prev, x = x, r, float(np.clip(x_next, -4.0, 4.0))
         return x
 
 
