@@ -50,7 +50,7 @@ def make_dataset(source_spec: str, level: str, n_pairs: int, out: Path, seed: in
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fingerjoints", type=Path, help="real finger-joint folder (real-layer source)")
-    parser.add_argument("--pairs", type=int, default=12, help="pairs per source and noise level")
+    parser.add_argument("--pairs", type=int, default=48, help="pairs per source and noise level")
     parser.add_argument("--no-phantom", action="store_true")
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     parser.add_argument("--seed", type=int, default=7)
