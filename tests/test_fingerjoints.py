@@ -165,7 +165,7 @@ def test_saturated_pixels_leave_no_spike_for_a_shift_to_ring():
     would make them an attenuation of 11.1 among values near 2; they are filled from their
     neighbours instead, so the layer stays smooth there and a sub-pixel shift of it does not
     ring along the shift (with the spike: 0.007 in attenuation 20 px away, against 5e-5)."""
-    yy, xx = np.mgrid[0:96, 0:64].astype(float)
+    xx = np.mgrid[0:96, 0:64][1].astype(float)
     soft_tissue = np.full((96, 64), 0.3)
     upper = np.zeros((96, 64), bool)
     upper[:44, 14:50] = True

@@ -242,7 +242,8 @@ def layers_from_images(
     Saturated pixels (intensity 1, the top code of the file) are censored: their attenuation is
     only known to be high, and ``a(1)`` is the largest value the inverse mapping represents (11.1,
     twice that of the 8-bit code below it). Such a spike, moved by a sub-pixel shift, rings across
-    the layer (a streak along the shift of 0.01-0.1 in attenuation, where the baseline has none):
+    the layer (a streak along the shift, where the baseline has none; 0.007 in attenuation 20 px
+    from six such pixels in the test):
     11 % of the real crops hold a few (median 16 pixels). ``a(image)`` is filled smoothly there
     from the other pixels (:func:`fill_smooth`) and the count is kept as ``saturated_px``.
 
