@@ -127,6 +127,24 @@ def test_reference_methods_run_through_the_same_interface(dataset):
         assert summary["overall"]["n"] == 2
 
 
+def test_ecc_reference_that_leaves_the_bone_is_flagged_not_reported():
+    # A benchmark pair (phantom, noise-free, seed 7, pair 44) on which OpenCV's ECC ran off to a
+    # JSN of -317 px (46 px RMSE over its 48-pair row); the guard keeps the start and flags it.
+    from jsnsynth.quantify.reference import ecc_quantify
+    from jsnsynth.synth.dataset import simulate_pair
+    from jsnsynth.synth.pairs import PairConfig
+    from jsnsynth.synth.sources import PhantomSource
+    from jsnsynth.synth.xray import ImagingRanges
+
+    config = PairConfig(imaging=ImagingRanges(photons_per_px=(1e4, 1e4), electronic_noise=(2e-4, 4e-4)),
+                        noise=False, jsn_px=(-3.0, 3.0))
+    pair = simulate_pair(PhantomSource(), "phantom-000510", 44, 7, config)
+    layers = pair.baseline_layers
+    result = ecc_quantify(quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask,
+                          joint_center_xy=layers.joint_center_xy, joint_axis_deg=layers.joint_axis_deg)
+    assert result.mismatch and abs(result.jsn_px - pair.jsn_px) < 3.0
+
+
 def test_unknown_method_and_wrong_schema_are_one_line_errors(dataset, tmp_path, capsys):
     with pytest.raises(InputError):
         load_method("no_such_module_xyz:f")

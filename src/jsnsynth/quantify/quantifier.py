@@ -379,6 +379,10 @@ def quantify_pair(
         source = pixel_spacing_source or "option"
     if not (math.isfinite(pixel_spacing_mm) and pixel_spacing_mm > 0):
         raise InputError(f"pixel spacing must be a positive number, got {pixel_spacing_mm}")
+    # a crop padded to size: the picture's edge stays put while the joint moves under it, and a
+    # fill's jump would spread through the smoothing into the bone regions
+    content = reg.content_box(base, follow)
+    base, follow = reg.replicate_picture_edge(base, content), reg.replicate_picture_edge(follow, content)
     try:
         fits, coarse, bones_info, jsn_variance_of, t_coarse, t_fine, follow_coef = _register_bones(
             base, follow, upper, lower, center, follow_masks, settings)
@@ -436,13 +440,14 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
     """Coarse global + per-bone coarse + multi-scale fine fit; returns the fits, diagnostics, and
     the variance of a function of both bones' `(a, b, tx, ty)` from its gradient."""
     t0 = time.perf_counter()
+    content = reg.content_box(base, follow)
     coarse_level = reg.coarse_level_for(base.shape)
     n_levels = max(settings.levels, coarse_level)
     pyr_b = reg.build_pyramid(base, n_levels, settings.smooth_sigma_px)
     pyr_f = reg.build_pyramid(follow, n_levels, settings.smooth_sigma_px)
     follow_coef = spline_coefficients(follow)  # the raw follow-up's interpolant, shared by every stage below
     factor = 2**coarse_level
-    union = reg.dilate(upper | lower, settings.global_dilate_px)
+    union = reg.dilate(upper | lower, settings.global_dilate_px) & reg.within_content(base.shape, content, 0)
     extra = []
     if follow_masks is not None:
         shift = (reg.mask_centroid(follow_masks[0] | follow_masks[1]) - reg.mask_centroid(upper | lower)) / factor
@@ -479,7 +484,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
     warped = reg.warp_into_baseline(pyr_f[pc_level], reg.scale_params(global_params, 1.0 / f_pc), c_pc)
     coarse = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
-        region = reg.bone_region(mask, other, settings.dilate_px + 2, settings.exclude_px, step=f_pc)
+        region = reg.bone_region(mask, other, settings.dilate_px + 2, settings.exclude_px, step=f_pc, content=content)
         window = reg.tapered_window(region, 2.0)
         shift, _ = reg.phase_correlation_shift(pyr_b[pc_level], warped, window)
         shift = shift * f_pc
@@ -497,7 +502,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
     t1 = time.perf_counter()
     regions = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
-        regions[name] = reg.bone_region(mask, other, settings.dilate_px, exclude_px)
+        regions[name] = reg.bone_region(mask, other, settings.dilate_px, exclude_px, content=content)
         if np.count_nonzero(regions[name]) < MIN_BONE_PX:
             raise InputError(f"the {name}-bone mask leaves fewer than {MIN_BONE_PX} pixels to register")
     params = dict(coarse)

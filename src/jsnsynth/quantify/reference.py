@@ -6,7 +6,8 @@
   translations along the joint axis. Blind to rotation and magnification.
 - :func:`ecc_quantify`: OpenCV's ``findTransformECC`` per bone with ``MOTION_EUCLIDEAN``
   (rotation + translation, no scale), masked by the dilated bone mask, initialised by global
-  phase correlation; JSN from the two rigid transforms as for the bundled quantifier.
+  phase correlation (a fit that runs off the bone is reset to that start and flagged); JSN from
+  the two rigid transforms as for the bundled quantifier.
 
 Both take the arguments of :func:`~jsnsynth.quantify.quantifier.quantify_pair` and return a
 :class:`~jsnsynth.quantify.quantifier.JsnResult` (no residual maps, reliability 1 unless the
@@ -29,7 +30,14 @@ from jsnsynth.quantify.quantifier import (
     jsn_from_transforms,
     resolve_joint_frame,
 )
-from jsnsynth.quantify.register import bone_region, dilate, tapered_window
+from jsnsynth.quantify.register import (
+    bone_region,
+    content_box,
+    dilate,
+    replicate_picture_edge,
+    tapered_window,
+    within_content,
+)
 from jsnsynth.synth.geometry import Similarity, axis_vector
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM
 
@@ -85,8 +93,10 @@ def poc_quantify(
         baseline, followup, upper_mask, lower_mask, joint_center_xy, joint_axis_deg
     )
     shifts = {}
+    content = content_box(base, follow)  # a padded crop: as the bundled quantifier does
+    base, follow = replicate_picture_edge(base, content), replicate_picture_edge(follow, content)
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
-        window = tapered_window(bone_region(mask, other, dilate_px, 1), 3.0)
+        window = tapered_window(bone_region(mask, other, dilate_px, 1, content=content), 3.0)
         ref = (base - float(base[window > 0.5].mean())) * window
         mov = (follow - float(follow[window > 0.5].mean())) * window
         shift, _ = cv2.phaseCorrelate(ref.astype(np.float64), mov.astype(np.float64))
@@ -97,6 +107,20 @@ def poc_quantify(
     jsn_px = float((shifts["upper"] - shifts["lower"]) @ axis_vector(joint_axis_deg))
     return _result(jsn_px, pixel_spacing_mm, center, joint_axis_deg, t_upper, t_lower, "reference.poc",
                    time.perf_counter() - start)
+
+
+#: Largest move (px) of a bone's mask centroid that ECC may make away from its global
+#: phase-correlation start: past it the fit has left the bone (hundreds of pixels on a few
+#: benchmark pairs), while repositioning, flexion and JSN change move a centroid by under 10 px.
+ECC_MAX_MOVE_PX = 20.0
+
+
+def _moved_px(warp: np.ndarray, start: np.ndarray, mask: np.ndarray) -> float:
+    """Distance between where two 2x3 warps put the centroid of ``mask``."""
+    ys, xs = np.nonzero(mask)
+    centroid = np.array([xs.mean(), ys.mean(), 1.0])
+    difference = (np.asarray(warp, np.float64) - np.asarray(start, np.float64)) @ centroid
+    return float(np.hypot(difference[0], difference[1]))
 
 
 def ecc_quantify(
@@ -117,20 +141,26 @@ def ecc_quantify(
         baseline, followup, upper_mask, lower_mask, joint_center_xy, joint_axis_deg
     )
     hann = cv2.createHanningWindow(base.shape[::-1], cv2.CV_32F)
-    union = dilate(upper | lower, 8).astype(np.float32)
+    content = content_box(base, follow)  # a padded crop: as the bundled quantifier does
+    base, follow = replicate_picture_edge(base, content), replicate_picture_edge(follow, content)
+    union = (dilate(upper | lower, 8) & within_content(base.shape, content, 0)).astype(np.float32)
     global_shift, _ = cv2.phaseCorrelate((base * hann * union).astype(np.float64), (follow * hann * union).astype(np.float64))
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-6)
     transforms = {}
     ok = True
     cx, cy = center
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
-        region = bone_region(mask, other, dilate_px, 1).astype(np.uint8)
+        region = bone_region(mask, other, dilate_px, 1, content=content).astype(np.uint8)
         warp = np.array([[1, 0, global_shift[0]], [0, 1, global_shift[1]]], dtype=np.float32)
+        start_warp = warp.copy()
         try:
             # template = baseline, input = follow-up: input(warp(x)) ~ template(x)
             _, warp = cv2.findTransformECC(base, follow, warp, cv2.MOTION_EUCLIDEAN, criteria, region, 5)
         except cv2.error:
             ok = False
+        if _moved_px(warp, start_warp, mask) > ECC_MAX_MOVE_PX:
+            # diverged (hundreds of pixels on a few benchmark pairs): keep the start, flag the pair
+            warp, ok = start_warp, False
         angle = math.degrees(math.atan2(float(warp[1, 0]), float(warp[0, 0])))
         moved = warp[:, :2].astype(np.float64) @ np.array([cx, cy]) + warp[:, 2]
         transforms[name] = Similarity(1.0, angle, float(moved[0] - cx), float(moved[1] - cy), cx, cy)

@@ -33,8 +33,9 @@ from jsnsynth.synth.xray import BlurSpectrum
 
 #: Length (px) that normalises the rotation/scale columns of the Jacobian, for conditioning.
 LEVER_PX = 64.0
-#: Band along the crop border left out of the bone regions: a repositioned follow-up shows
-#: there what the baseline did not (or, in simulated pairs, edge padding), which no similarity explains.
+#: Band along the crop border (or the edge of a padded crop's picture, :func:`content_box`) left
+#: out of the bone regions: a repositioned follow-up shows there what the baseline did not (or,
+#: in simulated pairs, edge padding), which no similarity explains.
 BORDER_PX = 12
 #: Largest lag (px, per axis) of the residual autocovariance behind a fit's standard error
 #: (:func:`autocovariance_energy`): twice the reach of the smoothing and blur-matching kernels
@@ -143,19 +144,86 @@ def mask_centroid(mask: np.ndarray) -> np.ndarray:
     return np.array([int(columns @ np.arange(columns.size)) / count, int(rows @ np.arange(rows.size)) / count])
 
 
+def leading_padding(image: np.ndarray) -> int:
+    """How many rows at the top of ``image`` are padding rather than picture.
+
+    Recognised, by exact equality (what ``np.pad``, ``cv2.copyMakeBorder`` and lossless files
+    leave): a constant fill (every row equal and flat), the edge row replicated, and the picture
+    mirrored about its edge row (``reflect``) or beyond it (``symmetric``). At most half the rows.
+    """
+    rows = np.asarray(image)
+    limit = rows.shape[0] // 2
+    # the rows identical to the top one (its first pixel rules out nearly all rows cheaply)
+    twins = np.flatnonzero(rows[:, 0] == rows[0, 0])
+    if twins.size > 1:
+        twins = twins[(rows[twins] == rows[0]).all(axis=1)]
+    leading = twins == np.arange(twins.size)
+    run = twins.size if leading.all() else int(np.argmin(leading))
+    flat = bool((rows[0] == rows[0, 0]).all())
+    # a constant fill is all padding; of a replicated edge the last copy is the picture's own row
+    padding = run if flat else run - 1
+    # a mirror about row p puts row 0's twin at 2p (reflect) or 2p - 1 (symmetric)
+    for twin in twins[run:][::-1]:
+        p = (int(twin) + 1) // 2
+        if p <= padding or p > limit:
+            continue
+        start = p + 1 if twin % 2 == 0 else p
+        if np.array_equal(rows[:p], rows[start:start + p][::-1]):
+            padding = p
+            break
+    return min(padding, limit)
+
+
+def content_box(*images: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)``, half-open, of the part of every image that is picture:
+    rows and columns of padding along the array edges (:func:`leading_padding`) left out.
+
+    A crop padded to size has, inside the array, an edge that stays put while a repositioned
+    follow-up moves under it: registration must keep as far from it as from the array border.
+    """
+    top = max(leading_padding(image) for image in images)
+    bottom = max(leading_padding(image[::-1]) for image in images)
+    left = max(leading_padding(image.T) for image in images)
+    right = max(leading_padding(image.T[::-1]) for image in images)
+    height, width = images[0].shape
+    return top, height - bottom, left, width - right
+
+
+def replicate_picture_edge(image: np.ndarray, content: tuple[int, int, int, int]) -> np.ndarray:
+    """``image`` with everything outside the ``content`` box replaced by the picture's edge
+    rows and columns replicated: a fill's jump (zero padding against bright bone) would
+    otherwise spread, through the pyramid and the spline prefilter, past any band kept from it."""
+    top, bottom, left, right = content
+    height, width = image.shape
+    if (top, bottom, left, right) == (0, height, 0, width):
+        return image
+    picture = np.ascontiguousarray(image[top:bottom, left:right])
+    return cv2.copyMakeBorder(picture, top, height - bottom, left, width - right, cv2.BORDER_REPLICATE)
+
+
 def bone_region(
     mask: np.ndarray, other_mask: np.ndarray, dilate_px: int, exclude_px: int, border_px: int = BORDER_PX,
-    step: int = 1,
+    step: int = 1, content: tuple[int, int, int, int] | None = None,
 ) -> np.ndarray:
-    """Pixels that belong to one bone for registration: its mask grown, the other bone kept out
-    (sampled at every ``step``-th pixel: ``bone_region(...)[::step, ::step]``)."""
+    """Pixels that belong to one bone for registration: its mask grown, the other bone kept out,
+    and ``border_px`` away from the edge of the picture (``content``, the :func:`content_box`;
+    default the whole array), sampled at every ``step``-th pixel:
+    ``bone_region(...)[::step, ::step]``."""
     region = dilate(mask, dilate_px, step) & ~dilate(other_mask & ~mask, exclude_px, step)
-    # the border band, in full-resolution pixels, at the sampled rows and columns
-    rows = np.arange(0, mask.shape[0], step)
-    cols = np.arange(0, mask.shape[1], step)
-    region[(rows < border_px) | (rows >= mask.shape[0] - border_px), :] = False
-    region[:, (cols < border_px) | (cols >= mask.shape[1] - border_px)] = False
-    return region
+    return region & within_content(mask.shape, content, border_px, step)
+
+
+def within_content(
+    shape: tuple[int, int], content: tuple[int, int, int, int] | None, margin_px: int, step: int = 1
+) -> np.ndarray:
+    """Pixels at least ``margin_px`` inside the ``content`` box (default the whole array), sampled
+    at every ``step``-th pixel; the margin is in full-resolution pixels."""
+    top, bottom, left, right = content or (0, shape[0], 0, shape[1])
+    rows = np.arange(0, shape[0], step)
+    cols = np.arange(0, shape[1], step)
+    inside_rows = (rows >= top + margin_px) & (rows < bottom - margin_px)
+    inside_cols = (cols >= left + margin_px) & (cols < right - margin_px)
+    return inside_rows[:, None] & inside_cols[None, :]
 
 
 def build_pyramid(image: np.ndarray, levels: int, smooth_sigma_px: float) -> list[np.ndarray]:
