@@ -575,7 +575,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
             base_gradients.append((base_gx.ravel().take(index), base_gy.ravel().take(index)))
         joint = reg.shared_scale_gauss_newton(
             stacks_f[0], components, center, max_iterations=settings.max_iterations, tolerance_px=settings.tolerance_px,
-            shading_order=settings.shading_order, base_gradients=base_gradients,
+            shading_order=settings.shading_order, base_gradients=base_gradients, robust_k=settings.fine_robust_k,
         )
         for name, p in zip(names, joint.params):
             fits[name].params = params[name] = p

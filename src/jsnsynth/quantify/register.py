@@ -66,9 +66,14 @@ class RegistrationSettings:
             fitted once after the coarse alignment (0 disables it).
         mapping_denoise_sigma_px: Gaussian smoothing of both images before the intensity mapping
             is fitted (see :func:`fit_intensity_mapping`).
-        robust_k: Huber threshold in units of the residual's robust sigma (0 disables it).
+        robust_k: Huber threshold of the pyramid levels' per-bone fits, in units of the
+            residual's robust sigma (0 disables it).
         shading_order: per-bone intensity polynomial over the image plane in the full-resolution
             fit (see :func:`shared_scale_gauss_newton`).
+        fine_robust_k: Huber limit of the full-resolution fit in robust SDs of each bone's
+            starting residual (0: least squares). Content beside a bone that moves on its own
+            (a sesamoid, soft tissue that slides under a flexed bone) otherwise pulls the bone;
+            at 3 SDs noise alone is left its full weight.
     """
 
     smooth_sigma_px: float = 0.5
@@ -86,6 +91,7 @@ class RegistrationSettings:
     mapping_denoise_sigma_px: float = 2.0
     shading_order: int = 2
     robust_k: float = 0.0
+    fine_robust_k: float = 3.0
 
 
 def disk(radius_px: int) -> np.ndarray:
@@ -1033,6 +1039,7 @@ def shared_scale_gauss_newton(
     shading_order: int = 2,
     lever_px: float = LEVER_PX,
     base_gradients: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    robust_k: float = 0.0,
 ) -> SharedScaleFit:
     """Joint fit of several rigid parts that share one magnification.
 
@@ -1062,6 +1069,8 @@ def shared_scale_gauss_newton(
             pixel instead of 4-5) and stopped ten times farther from its minimum. The gradient
             ``J_fᵀ r`` is unchanged, so is the minimum. A step that raises the cost (visits that
             differ by more than noise) is taken back and the fit goes on with ``J_fᵀ J_f``.
+        robust_k: Huber limit in robust SDs of each part's starting residual (1.4826 x its
+            median absolute value), 0 for least squares.
 
     Returns:
         The parameters per part, convergence, and what their variance needs
@@ -1124,6 +1133,7 @@ def shared_scale_gauss_newton(
     use_cross = base_gradients is not None
     accepted = None  # (state, cost, Gauss-Newton normal matrix, gradient) of the last accepted point
     residuals: list[np.ndarray] = [np.zeros(0)] * n  # of the last evaluated point, for the variance
+    limits: list[float | None] = [None] * n  # Huber limit per part
     converged, moved, iterations = False, float("inf"), 0
     for iterations in range(1, max_iterations + 1):
         taken_back = False
@@ -1144,13 +1154,27 @@ def shared_scale_gauss_newton(
             jac[:, 2] = fx
             jac[:, 3] = fy
             residual = fv - base_values - shadings[k] @ state[4 + per * k: 1 + per * (k + 1)].astype(np.float32)
-            weighted = jac if valid.all() else jac * valid[:, None].astype(np.float32)
+            if robust_k > 0:
+                if limits[k] is None:  # fixed at the start, so that the costs of all iterations compare
+                    limits[k] = robust_k * 1.4826 * max(float(np.median(np.abs(residual[valid]))), 1e-9)
+                magnitude = np.abs(residual)
+                weights = np.minimum(np.float32(1.0), np.float32(limits[k]) / np.maximum(magnitude, np.float32(1e-12)))
+                weights *= valid
+                weighted = jac * weights[:, None]
+                # Huber's cost: quadratic within the limit, linear beyond
+                cost += float(np.sum(np.where(magnitude <= limits[k], magnitude * magnitude,
+                                              2.0 * limits[k] * magnitude - limits[k] ** 2)[valid]))
+                # the fit's gradient is J^T psi(r): the variance follows psi(r), not r
+                influence = weights * residual
+                residuals[k] = influence if valid.all() else np.where(valid, influence, np.float32(np.nan))
+            else:
+                weighted = jac if valid.all() else jac * valid[:, None].astype(np.float32)
+                kept = residual if valid.all() else residual[valid]
+                cost += float(np.dot(kept, kept))
+                residuals[k] = residual if valid.all() else np.where(valid, residual, np.float32(np.nan))
             block = weighted.T @ jac
             normal[blocks[k]] += block
             gradient[unknowns[k]] += weighted.T @ residual
-            kept = residual if valid.all() else residual[valid]
-            residuals[k] = residual if valid.all() else np.where(valid, residual, np.float32(np.nan))
-            cost += float(np.dot(kept, kept))
             if use_cross:
                 # the baseline's gradient carried into the follow-up frame: A^-T grad b, A = s R
                 bx, by = base_gradients[k]
