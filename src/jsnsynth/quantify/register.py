@@ -1133,7 +1133,7 @@ def shared_scale_gauss_newton(
     use_cross = base_gradients is not None
     accepted = None  # (state, cost, Gauss-Newton normal matrix, gradient) of the last accepted point
     residuals: list[np.ndarray] = [np.zeros(0)] * n  # of the last evaluated point, for the variance
-    limits: list[float | None] = [None] * n  # Huber limit per part
+    limits: list[np.float32 | None] = [None] * n  # Huber limit per part
     converged, moved, iterations = False, float("inf"), 0
     for iterations in range(1, max_iterations + 1):
         taken_back = False
@@ -1155,17 +1155,17 @@ def shared_scale_gauss_newton(
             jac[:, 3] = fy
             residual = fv - base_values - shadings[k] @ state[4 + per * k: 1 + per * (k + 1)].astype(np.float32)
             if robust_k > 0:
-                if limits[k] is None:  # fixed at the start, so that the costs of all iterations compare
-                    limits[k] = robust_k * 1.4826 * max(float(np.median(np.abs(residual[valid]))), 1e-9)
                 magnitude = np.abs(residual)
-                weights = np.minimum(np.float32(1.0), np.float32(limits[k]) / np.maximum(magnitude, np.float32(1e-12)))
-                weights *= valid
+                if limits[k] is None:  # fixed at the start, so that the costs of all iterations compare
+                    limits[k] = np.float32(robust_k * 1.4826 * max(float(np.median(magnitude[valid])), 1e-9))
+                weights = limits[k] / np.maximum(magnitude, limits[k])  # 1 within the limit, limit / |r| beyond
+                if not valid.all():
+                    weights *= valid
                 weighted = jac * weights[:, None]
-                # Huber's cost: quadratic within the limit, linear beyond
-                cost += float(np.sum(np.where(magnitude <= limits[k], magnitude * magnitude,
-                                              2.0 * limits[k] * magnitude - limits[k] ** 2)[valid]))
-                # the fit's gradient is J^T psi(r): the variance follows psi(r), not r
+                # the fit's gradient is J^T psi(r), psi(r) = w r: the variance follows psi(r), not r
                 influence = weights * residual
+                # Huber's cost, r^2 within the limit and 2 L |r| - L^2 beyond, is 2 psi r - psi^2
+                cost += 2.0 * float(np.dot(influence, residual)) - float(np.dot(influence, influence))
                 residuals[k] = influence if valid.all() else np.where(valid, influence, np.float32(np.nan))
             else:
                 weighted = jac if valid.all() else jac * valid[:, None].astype(np.float32)
