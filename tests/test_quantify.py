@@ -441,6 +441,28 @@ FLEXION_ANGLE_TOL_DEG = 0.025
 FLEXION_JSN_TOL_PX = 0.015
 
 
+# A follow-up whose display window clips the brightest bone (window_high 0.75; same blur as the
+# baseline). Clipped pixels follow no smooth mapping of the baseline's, and the quadratic
+# intensity mapping fitted through that kink bent elsewhere: -0.08 / -0.07 / -0.14 px on these
+# pairs; with the clipped pixels left out of the fit, -0.001 / -0.006 / +0.012 px.
+CLIPPED_PAIR_TOL_PX = 0.02
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_clipped_follow_up_is_mapped_from_its_unclipped_pixels(index):
+    result, params = _phantom_pair_result(2026, index, {"blur_sigma_px": 0.8},
+                                          {"blur_sigma_px": 0.8, "window_high": 0.75})
+    assert abs(result.jsn_px - params.jsn_px) < CLIPPED_PAIR_TOL_PX
+
+
+def test_clipping_levels_need_many_pixels_at_the_extreme():
+    rng = np.random.default_rng(2)
+    image = rng.random((64, 64))
+    assert reg.clipping_levels(image) == (-math.inf, math.inf)
+    clipped = np.clip(image, 0.1, 0.8)
+    assert reg.clipping_levels(clipped) == (0.1, 0.8)
+
+
 @pytest.mark.parametrize("seed", [3, 5])  # bias-only angle errors -0.043 / +0.032 deg (seed 1: -0.025, borderline)
 @pytest.mark.parametrize("shading_order", [2, pytest.param(0, marks=pytest.mark.xfail(strict=True))])
 def test_bone_flexing_under_static_soft_tissue(shading_order, seed):

@@ -41,6 +41,9 @@ MIN_SIDE_PX = 32
 #: Fewest pixels of a bone mask, and of the region registered for it: below this a fit has
 #: nothing to hold on to (a bone crossed by a few tens of pixels gave 0.4 px errors, unflagged).
 MIN_BONE_PX = 100
+#: Margin (px) kept from clipped pixels when the intensity mapping is fitted: the mapping's 2 px
+#: smoothing and the blur matching spread the clipping's kink about that far.
+CLIPPED_MARGIN_PX = 4
 #: Intensity standard deviation below which an image has no structure to register.
 MIN_CONTRAST = 1e-4
 #: Convergence threshold (px of that level) of the pyramid levels above full resolution: they
@@ -525,8 +528,11 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
                 # blurs; estimating it in the final image's order (blur, then map) made no
                 # difference (within 1e-4 px RMSE), so it keeps the cheaper order.
                 sigma_b, sigma_f = math.sqrt(max(blur_x, 0.0)), math.sqrt(max(-blur_x, 0.0))
+                # clipped pixels (a display window's saturation) are left out of the fit
+                kept = reg.unclipped_regions(windows, reg.clipping_levels(base), reg.clipping_levels(follow),
+                                             CLIPPED_MARGIN_PX)
                 matched = [(reg.blurred(b, sigma_b), reg.gaussian_blur(f, sigma_f), r)
-                           for b, (_, f, r) in zip(matcher.base, windows)]
+                           for b, (_, f, _), (_, _, r) in zip(matcher.base, windows, kept)]
                 mapping = reg.fit_intensity_mapping(matched, settings.intensity_mapping_order, settings.mapping_denoise_sigma_px)
                 blur_x = matcher.variance_difference(
                     [reg.apply_polynomial(f, mapping) for _, f, _ in windows], rounds=2, initial=blur_x

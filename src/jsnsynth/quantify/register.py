@@ -519,6 +519,43 @@ def _polyval(coefficients: np.ndarray, x: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Share of an image's pixels that must sit exactly at its lowest or highest value for that value
+#: to be read as a display window's clipping level (a few noise extremes are not).
+CLIPPED_MIN_FRACTION = 5e-4
+
+
+def clipping_levels(image: np.ndarray) -> tuple[float, float]:
+    """The levels at which a display window clipped ``image``: its lowest and highest values when
+    at least :data:`CLIPPED_MIN_FRACTION` of the pixels sit exactly there, else -inf / +inf."""
+    values = np.asarray(image)
+    least = int(math.ceil(CLIPPED_MIN_FRACTION * values.size))
+    low, high = float(values.min()), float(values.max())
+    return (low if np.count_nonzero(values == low) >= least else -math.inf,
+            high if np.count_nonzero(values == high) >= least else math.inf)
+
+
+def unclipped_regions(
+    windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    base_levels: tuple[float, float],
+    follow_levels: tuple[float, float],
+    margin_px: int,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`aligned_windows` with the pixels where either image is clipped, and ``margin_px``
+    around them, left out of the regions.
+
+    A clipped pixel only says that the intensity lies beyond the window: where one visit's
+    window clips and the other's does not, the two intensities are not related by any smooth
+    mapping, and a polynomial fitted through that kink bends elsewhere. The follow-up's values
+    are interpolated, so they count as clipped within 1e-4 of its level.
+    """
+    out = []
+    for base, follow, region in windows:
+        clipped = ((base <= base_levels[0]) | (base >= base_levels[1])
+                   | (follow <= follow_levels[0] + 1e-4) | (follow >= follow_levels[1] - 1e-4))
+        out.append((base, follow, region & ~dilate(clipped, margin_px) if clipped.any() else region))
+    return out
+
+
 def fit_intensity_mapping(
     windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     order: int,
