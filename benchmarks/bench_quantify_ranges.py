@@ -3,7 +3,8 @@
 Builds noise-free pair sets (the dataset builder, ``PairConfig``) whose JSN change, repositioning
 and flexion are drawn from wider ranges than the defaults, one nuisance widened at a time and
 then all together, and the default pairs cut and padded back to size as users pad their crops,
-from the phantom and from real layers (``--fingerjoints``), and writes the accuracy table to docs/quantify.md (between the ``bench_quantify_ranges`` markers).
+from the phantom and from real layers (``--fingerjoints``), and writes the accuracy table to
+docs/quantify.md (between the ``bench_quantify_ranges`` markers).
 
     .venv/bin/python benchmarks/bench_quantify_ranges.py --fingerjoints ../shared/data/fingerjoints
 """

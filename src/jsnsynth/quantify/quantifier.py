@@ -388,7 +388,7 @@ def quantify_pair(
     base, follow = reg.replicate_picture_edge(base, content), reg.replicate_picture_edge(follow, content)
     try:
         fits, coarse, bones_info, jsn_variance_of, t_coarse, t_fine, follow_coef = _register_bones(
-            base, follow, upper, lower, center, follow_masks, settings)
+            base, follow, upper, lower, center, follow_masks, settings, content)
     except np.linalg.LinAlgError:  # a degenerate least-squares problem: nothing to register
         raise InputError("registration failed: the images hold too little structure in the bone regions") from None
     pu, pl = fits["upper"].params, fits["lower"].params
@@ -439,11 +439,11 @@ def quantify_pair(
     )
 
 
-def _register_bones(base, follow, upper, lower, center, follow_masks, settings):
-    """Coarse global + per-bone coarse + multi-scale fine fit; returns the fits, diagnostics, and
-    the variance of a function of both bones' `(a, b, tx, ty)` from its gradient."""
+def _register_bones(base, follow, upper, lower, center, follow_masks, settings, content):
+    """Coarse global + per-bone coarse + multi-scale fine fit, inside the picture's ``content``
+    box; returns the fits, diagnostics, and the variance of a function of both bones'
+    `(a, b, tx, ty)` from its gradient."""
     t0 = time.perf_counter()
-    content = reg.content_box(base, follow)
     coarse_level = reg.coarse_level_for(base.shape)
     n_levels = max(settings.levels, coarse_level)
     pyr_b = reg.build_pyramid(base, n_levels, settings.smooth_sigma_px)

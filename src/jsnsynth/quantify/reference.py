@@ -53,7 +53,10 @@ def _prepare(baseline, followup, upper_mask, lower_mask, joint_center_xy, joint_
     lower = as_mask(lower_mask, "lower-bone", base.shape)
     center, joint_axis_deg = resolve_joint_frame(upper, lower, joint_center_xy, joint_axis_deg)
     check_mask_pair(upper, lower, joint_axis_deg, "baseline")
-    return base, follow, upper, lower, center, joint_axis_deg
+    # a crop padded to size: refilled and kept clear of, as the bundled quantifier does
+    content = content_box(base, follow)
+    base, follow = replicate_picture_edge(base, content), replicate_picture_edge(follow, content)
+    return base, follow, upper, lower, center, joint_axis_deg, content
 
 
 def _result(jsn_px, pixel_spacing_mm, center, axis_deg, upper, lower, method, elapsed, ok=True):
@@ -89,12 +92,10 @@ def poc_quantify(
 ) -> JsnResult:
     """JSN by per-bone sub-pixel phase-only correlation (translation per bone; see module doc)."""
     start = time.perf_counter()
-    base, follow, upper, lower, center, joint_axis_deg = _prepare(
+    base, follow, upper, lower, center, joint_axis_deg, content = _prepare(
         baseline, followup, upper_mask, lower_mask, joint_center_xy, joint_axis_deg
     )
     shifts = {}
-    content = content_box(base, follow)  # a padded crop: as the bundled quantifier does
-    base, follow = replicate_picture_edge(base, content), replicate_picture_edge(follow, content)
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
         window = tapered_window(bone_region(mask, other, dilate_px, 1, content=content), 3.0)
         ref = (base - float(base[window > 0.5].mean())) * window
@@ -137,12 +138,10 @@ def ecc_quantify(
 ) -> JsnResult:
     """JSN by OpenCV ECC per bone, ``MOTION_EUCLIDEAN`` (rigid per bone; see module doc)."""
     start = time.perf_counter()
-    base, follow, upper, lower, center, joint_axis_deg = _prepare(
+    base, follow, upper, lower, center, joint_axis_deg, content = _prepare(
         baseline, followup, upper_mask, lower_mask, joint_center_xy, joint_axis_deg
     )
     hann = cv2.createHanningWindow(base.shape[::-1], cv2.CV_32F)
-    content = content_box(base, follow)  # a padded crop: as the bundled quantifier does
-    base, follow = replicate_picture_edge(base, content), replicate_picture_edge(follow, content)
     union = (dilate(upper | lower, 8) & within_content(base.shape, content, 0)).astype(np.float32)
     global_shift, _ = cv2.phaseCorrelate((base * hann * union).astype(np.float64), (follow * hann * union).astype(np.float64))
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-6)
