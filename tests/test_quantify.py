@@ -116,6 +116,7 @@ def test_padded_crop_is_measured_like_the_picture(fill):
                            joint_center_xy=layers.joint_center_xy, joint_axis_deg=layers.joint_axis_deg)
     assert abs(result.jsn_px - pair.jsn_px) < PADDED_PAIR_TOL_PX
     assert not result.mismatch
+    assert f"padding recognised: picture rows {cut}-{255 - cut}, columns 0-255" in result.flags
 
 
 def _phantom_noisy_pair(index: int):

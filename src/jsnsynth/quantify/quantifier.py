@@ -385,6 +385,9 @@ def quantify_pair(
     # a crop padded to size: the picture's edge stays put while the joint moves under it, and a
     # fill's jump would spread through the smoothing into the bone regions
     content = reg.content_box(base, follow)
+    if content != (0, base.shape[0], 0, base.shape[1]):
+        top, bottom, left, right = content
+        notes.append(f"padding recognised: picture rows {top}-{bottom - 1}, columns {left}-{right - 1}")
     base, follow = reg.replicate_picture_edge(base, content), reg.replicate_picture_edge(follow, content)
     try:
         fits, coarse, bones_info, jsn_variance_of, t_coarse, t_fine, follow_coef = _register_bones(
