@@ -94,13 +94,18 @@ def test_content_box_finds_each_kind_of_padding(mode):
 PADDED_PAIR_TOL_PX = 0.015
 
 
+def _phantom_pair(seed: int, index: int, config: PairConfig):
+    """Joint ``index`` of a small phantom source and a pair of it, both drawn from ``[seed, index]``."""
+    source = PhantomSource(n_joints=4)
+    rng = np.random.default_rng([seed, index])
+    layers = source.load(source.joint_ids()[index], rng)
+    params = sample_pair_params(rng, layers.pixel_spacing_mm, config)
+    return layers, make_pair(layers, params, source.render_with_poses)
+
+
 @pytest.mark.parametrize("fill", ["mean", "zero", "edge"])
 def test_padded_crop_is_measured_like_the_picture(fill):
-    source = PhantomSource(n_joints=4)
-    rng = np.random.default_rng([5, 2])
-    layers = source.load(source.joint_ids()[2], rng)
-    params = sample_pair_params(rng, layers.pixel_spacing_mm, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
-    pair = make_pair(layers, params, source.render_with_poses)
+    layers, pair = _phantom_pair(5, 2, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
     cut = 28
 
     def padded(image):
@@ -119,21 +124,14 @@ def test_padded_crop_is_measured_like_the_picture(fill):
     assert f"padding recognised: picture rows {cut}-{255 - cut}, columns 0-255" in result.flags
 
 
-def _phantom_noisy_pair(index: int):
-    source = PhantomSource(n_joints=4)
-    rng = np.random.default_rng([6, index])
-    layers = source.load(source.joint_ids()[index], rng)
-    params = sample_pair_params(rng, layers.pixel_spacing_mm, PairConfig(noise=True, jsn_px=(-2.0, 2.0)))
-    return layers, make_pair(layers, params, source.render_with_poses)
-
-
 @pytest.mark.parametrize("bits", [12, 10])
 def test_reliability_does_not_depend_on_the_bits_used(bits):
     # the same pictures with 12 or 10 significant bits in a 16-bit container (as DICOM stores
     # them): the same JSN, residual ratios and flags. With an absolute model-error floor the
     # ratios fell 10-40 fold and a follow-up of another joint went unflagged.
-    layers, pair = _phantom_noisy_pair(0)
-    _, other = _phantom_noisy_pair(1)
+    noisy = PairConfig(noise=True, jsn_px=(-2.0, 2.0))
+    layers, pair = _phantom_pair(6, 0, noisy)
+    _, other = _phantom_pair(6, 1, noisy)
     images = {"right": (quantize(pair.baseline), quantize(pair.followup)),
               "wrong": (quantize(pair.baseline), quantize(other.followup))}
     for case, (baseline, followup) in images.items():
@@ -154,11 +152,7 @@ OWN_MOTION_TOL_PX = 0.015
 
 
 def test_content_moving_on_its_own_beside_a_bone_does_not_pull_it():
-    source = PhantomSource(n_joints=4)
-    rng = np.random.default_rng([7, 0])
-    layers = source.load(source.joint_ids()[0], rng)
-    params = sample_pair_params(rng, layers.pixel_spacing_mm, PairConfig(noise=False, jsn_px=(-2.0, 2.0), flexion_deg=0.0))
-    pair = make_pair(layers, params, source.render_with_poses)
+    layers, pair = _phantom_pair(7, 0, PairConfig(noise=False, jsn_px=(-2.0, 2.0), flexion_deg=0.0))
     distance = ndimage.distance_transform_edt(~layers.lower_mask)
     ring = (distance > 5) & (distance < 7) & ~ndimage.binary_dilation(layers.upper_mask, iterations=15)
     ys, xs = np.nonzero(ring)

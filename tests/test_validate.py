@@ -17,6 +17,7 @@ from jsnsynth.cli import main
 from jsnsynth.errors import InputError
 from jsnsynth.quantify.quantifier import jsn_from_transforms
 from jsnsynth.quantify.real import drop_outlier_trials, transitivity_common_centre, transitivity_summary, validate_real
+from jsnsynth.quantify.reference import ecc_quantify
 from jsnsynth.quantify.toy import toy_pair
 from jsnsynth.quantify.validate import (
     IMAGING_FIELDS,
@@ -27,9 +28,12 @@ from jsnsynth.quantify.validate import (
     validate_dataset,
     validate_records,
 )
+from jsnsynth.synth.dataset import simulate_pair
 from jsnsynth.synth.geometry import Similarity, axis_vector
 from jsnsynth.synth.io import encode_png
-from jsnsynth.synth.xray import ImagingParams, quantize
+from jsnsynth.synth.pairs import PairConfig
+from jsnsynth.synth.sources import PhantomSource
+from jsnsynth.synth.xray import ImagingParams, ImagingRanges, quantize
 
 
 def _png16(image):
@@ -130,12 +134,6 @@ def test_reference_methods_run_through_the_same_interface(dataset):
 def test_ecc_reference_that_leaves_the_bone_is_flagged_not_reported():
     # A benchmark pair (phantom, noise-free, seed 7, pair 44) on which OpenCV's ECC ran off to a
     # JSN of -317 px (46 px RMSE over its 48-pair row); the guard keeps the start and flags it.
-    from jsnsynth.quantify.reference import ecc_quantify
-    from jsnsynth.synth.dataset import simulate_pair
-    from jsnsynth.synth.pairs import PairConfig
-    from jsnsynth.synth.sources import PhantomSource
-    from jsnsynth.synth.xray import ImagingRanges
-
     config = PairConfig(imaging=ImagingRanges(photons_per_px=(1e4, 1e4), electronic_noise=(2e-4, 4e-4)),
                         noise=False, jsn_px=(-3.0, 3.0))
     pair = simulate_pair(PhantomSource(), "phantom-000510", 44, 7, config)

@@ -532,10 +532,10 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
                 # difference (within 1e-4 px RMSE), so it keeps the cheaper order.
                 sigma_b, sigma_f = math.sqrt(max(blur_x, 0.0)), math.sqrt(max(-blur_x, 0.0))
                 # clipped pixels (a display window's saturation) are left out of the fit
-                kept = reg.unclipped_regions(windows, reg.clipping_levels(base), reg.clipping_levels(follow),
-                                             CLIPPED_MARGIN_PX)
+                unclipped = reg.unclipped_regions(windows, reg.clipping_levels(base), reg.clipping_levels(follow),
+                                                  CLIPPED_MARGIN_PX)
                 matched = [(reg.blurred(b, sigma_b), reg.gaussian_blur(f, sigma_f), r)
-                           for b, (_, f, _), (_, _, r) in zip(matcher.base, windows, kept)]
+                           for b, (_, f, _), r in zip(matcher.base, windows, unclipped)]
                 mapping = reg.fit_intensity_mapping(matched, settings.intensity_mapping_order, settings.mapping_denoise_sigma_px)
                 blur_x = matcher.variance_difference(
                     [reg.apply_polynomial(f, mapping) for _, f, _ in windows], rounds=2, initial=blur_x

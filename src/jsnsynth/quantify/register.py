@@ -539,21 +539,21 @@ def unclipped_regions(
     base_levels: tuple[float, float],
     follow_levels: tuple[float, float],
     margin_px: int,
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """:func:`aligned_windows` with the pixels where either image is clipped, and ``margin_px``
-    around them, left out of the regions.
+) -> list[np.ndarray]:
+    """The regions of :func:`aligned_windows` without the pixels where either image is clipped
+    (:func:`clipping_levels`) and ``margin_px`` around them.
 
     A clipped pixel only says that the intensity lies beyond the window: where one visit's
     window clips and the other's does not, the two intensities are not related by any smooth
     mapping, and a polynomial fitted through that kink bends elsewhere. The follow-up's values
     are interpolated, so they count as clipped within 1e-4 of its level.
     """
-    out = []
+    regions = []
     for base, follow, region in windows:
         clipped = ((base <= base_levels[0]) | (base >= base_levels[1])
                    | (follow <= follow_levels[0] + 1e-4) | (follow >= follow_levels[1] - 1e-4))
-        out.append((base, follow, region & ~dilate(clipped, margin_px) if clipped.any() else region))
-    return out
+        regions.append(region & ~dilate(clipped, margin_px) if clipped.any() else region)
+    return regions
 
 
 def fit_intensity_mapping(
