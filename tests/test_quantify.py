@@ -7,6 +7,7 @@ import functools
 import json
 import math
 
+import cv2
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -63,6 +64,16 @@ def test_spline_coefficients_match_scipy():
 
 def test_subsampled_dilation_and_region_are_exact():
     rng = np.random.default_rng(4)
+    for _ in range(200):  # masks anywhere, the edges included, against OpenCV's full dilation
+        shape = tuple(rng.integers(20, 90, 2))
+        mask = np.zeros(shape, dtype=bool)
+        y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+        mask[max(y - rng.integers(0, 15), 0):y + rng.integers(1, 15), max(x - rng.integers(0, 15), 0):x + rng.integers(1, 15)] = True
+        mask |= rng.random(shape) < 0.002
+        radius, step = int(rng.integers(1, 26)), int(rng.integers(1, 4))
+        full = cv2.dilate(mask.astype(np.uint8), reg.disk(radius)).astype(bool)
+        assert np.array_equal(reg.dilate(mask, radius, step), full[::step, ::step])
+    assert not reg.dilate(np.zeros((40, 30), dtype=bool), 5, 2).any()
     for shape, radius, step in (((61, 80), 24, 2), ((50, 47), 8, 2), ((33, 40), 5, 3)):
         mask = rng.random(shape) < 0.01
         other = rng.random(shape) < 0.01
@@ -270,6 +281,31 @@ def test_bad_arrays_are_rejected():
     other[:, 60:] = True
     with pytest.raises(InputError):
         quantify_pair(pair["baseline"], pair["followup"], side_by_side, other)
+
+
+def _columns_alike(image: np.ndarray, ramp_per_px: float) -> np.ndarray:
+    """``image`` averaged along each row, plus a ramp along x: no structure that fixes x."""
+    rows = image.astype(np.float64).mean(axis=1, keepdims=True)
+    return (rows + ramp_per_px * np.arange(image.shape[1])[None, :]).astype(np.float32)
+
+
+def test_images_whose_columns_all_repeat_are_rejected():
+    pair = toy_pair(0.5)
+    flat = [_columns_alike(pair[name], 0.0) for name in ("baseline", "followup")]
+    with pytest.raises(InputError, match="repeat exactly"):
+        quantify_pair(*flat, pair["upper_mask"], pair["lower_mask"], joint_center_xy=pair["center_xy"])
+
+
+def test_fit_without_structure_along_x_is_flagged_not_hung():
+    # a ramp along x is a shading the fit absorbs, so nothing fixes either bone's x position:
+    # the coarse levels run off the image. That once sent NaN positions to the sampler, whose
+    # index wrap-around then looped for hours; now the fit stops and says why
+    pair = toy_pair(0.5)
+    ramps = [_columns_alike(pair[name], 0.002) for name in ("baseline", "followup")]
+    result = quantify_pair(*ramps, pair["upper_mask"], pair["lower_mask"], joint_center_xy=pair["center_xy"])
+    assert result.mismatch
+    assert any("ill-conditioned" in flag for flag in result.flags)
+    assert math.isfinite(result.jsn_px)
 
 
 # --- CRLB against Monte Carlo of an efficient (ML) estimator --------------------------------

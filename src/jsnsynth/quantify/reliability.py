@@ -30,7 +30,7 @@ import numpy as np
 
 from jsnsynth.errors import OutputError
 from jsnsynth.quantify.register import mask_centroid, photometric_basis, region_pixels, solve_least_squares
-from jsnsynth.quantify.warp import sample_spline, spline_coefficients, warp_positions
+from jsnsynth.quantify.warp import sample_spline_values, spline_coefficients, warp_positions
 
 #: Model-error allowance added to the noise when judging residuals, as a fraction of the
 #: baseline's intensity SD over the bone regions: 0.01 at the median SD of the benchmark's
@@ -110,8 +110,7 @@ def residual_maps(
 
     Returns:
         ``(maps, stats)``: maps ``"<bone>_before"``/``"<bone>_after"``; stats per bone with
-        ``rms_before``, ``rms_after`` and ``hessian_normalised`` (the Gauss-Newton Hessian of
-        ``(a, b, tx, ty)`` with the photometric terms profiled out, for the condition number).
+        ``rms_before`` and ``rms_after``.
     """
     coef = spline_coefficients(follow) if follow_coef is None else follow_coef
     cx, cy = center_xy
@@ -121,27 +120,12 @@ def residual_maps(
         index, xs64, ys64 = region_pixels(region)
         base_values = base.ravel().take(index).astype(np.float64)
         wx, wy = warp_positions(params[name], cx, cy, xs64, ys64)
-        value, fx, fy = (v.astype(np.float64) for v in sample_spline(coef, wx, wy))
+        value = sample_spline_values(coef, wx, wy).astype(np.float64)
         # column-major: the least-squares fits' dot products run over contiguous columns
         photo = photometric_basis(base_values, photometric_order).astype(np.float64, order="F")
         before = _photometric_residual(base_values, follow.ravel().take(index).astype(np.float64), photo)
         after = _photometric_residual(base_values, value, photo)
-        ux, uy = xs64 - cx, ys64 - cy
-        full = np.empty((value.size, 4 + photo.shape[1]), order="F")  # Jacobian, then the photometric columns
-        full[:, 0] = fx * ux + fy * uy
-        full[:, 1] = fy * ux - fx * uy
-        full[:, 2] = fx
-        full[:, 3] = fy
-        np.negative(photo, out=full[:, 4:])
-        normal = full.T @ full
-        hess = normal[:4, :4] - normal[:4, 4:] @ np.linalg.solve(normal[4:, 4:], normal[4:, :4])
-        variance = float(np.mean(after**2))
-        lever = np.array([64.0, 64.0, 1.0, 1.0])
-        stats[name] = {
-            "rms_before": float(np.sqrt(np.mean(before**2))),
-            "rms_after": float(np.sqrt(variance)),
-            "hessian_normalised": hess / np.outer(lever, lever),
-        }
+        stats[name] = {"rms_before": float(np.sqrt(np.mean(before**2))), "rms_after": float(np.sqrt(np.mean(after**2)))}
         if keep_maps:
             for key, values in (("before", before), ("after", after)):
                 frame = np.full(base.shape, np.nan, dtype=np.float32)
@@ -172,7 +156,12 @@ def assess_reliability(
     stats: dict[str, dict[str, Any]],
     center_xy: tuple[float, float],
 ) -> ReliabilityReport:
-    """Score a registration and decide whether it is a mismatch (see the module docstring)."""
+    """Score a registration and decide whether it is a mismatch (see the module docstring).
+
+    ``fits`` are the bones' final fits (``params``, ``hessian``: the geometric Gauss-Newton
+    Hessian per lever length with the photometric terms profiled out, ``converged``,
+    ``last_step_px``); ``stats`` the :func:`residual_maps` statistics.
+    """
     union = regions["upper"] | regions["lower"]
     noise = math.hypot(noise_std_estimate(base, union), noise_std_estimate(follow, union))
     expected = math.hypot(noise, RESIDUAL_FLOOR_FRACTION * float(np.std(base[union])))
@@ -182,7 +171,7 @@ def assess_reliability(
         ratio = stats[name]["rms_after"] / expected
         report.residual_ratio[name] = ratio
         try:
-            condition = float(np.linalg.cond(stats[name]["hessian_normalised"]))
+            condition = float(np.linalg.cond(fit.hessian))
         except np.linalg.LinAlgError:
             condition = float("inf")
         report.condition[name] = condition

@@ -136,7 +136,7 @@ def _gather_taps(coef: np.ndarray, first: np.ndarray) -> np.ndarray:
     taps = np.empty((4, 4) + first.shape, dtype=np.float32)
     for row in range(4):
         for column in range(4):
-            flat[row * w + column:].take(first, out=taps[column, row], mode="wrap")  # indices are in range
+            flat[row * w + column:].take(first, out=taps[column, row], mode="clip")
     return taps
 
 
