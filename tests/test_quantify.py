@@ -702,6 +702,30 @@ def test_fit_after_a_step_taken_back_reports_the_jacobian_of_its_answer():
         assert error < 1e-3, error
 
 
+def test_autocovariance_energy_matches_the_sum_over_pixel_pairs():
+    """``Σ_lag K(lag) Σ_p z(p) z(p + lag)`` with ``K`` the flat-top-windowed mean residual
+    product at each lag, summed pixel pair by pixel pair, on a region with a hole and NaNs."""
+    rng = np.random.default_rng(7)
+    region = np.zeros((23, 29), dtype=bool)
+    region[2:21, 3:27] = True
+    region[8:12, 10:15] = False
+    ys, xs = (axis.astype(np.float64) for axis in np.nonzero(region))
+    residual = rng.standard_normal(xs.size).astype(np.float32)
+    residual[rng.random(xs.size) < 0.1] = np.nan
+    z = rng.standard_normal(xs.size)
+    max_lag = 3
+    r_of = {(int(x), int(y)): r for x, y, r in zip(xs, ys, residual) if np.isfinite(r)}
+    z_of = {(int(x), int(y)): v for x, y, v, r in zip(xs, ys, z, residual) if np.isfinite(r)}
+    expected = 0.0
+    for dy in range(-max_lag, max_lag + 1):
+        for dx in range(-max_lag, max_lag + 1):
+            products = [r * r_of[(x + dx, y + dy)] for (x, y), r in r_of.items() if (x + dx, y + dy) in r_of]
+            window = min(1.0, 2.0 * (1.0 - abs(dx) / (max_lag + 1))) * min(1.0, 2.0 * (1.0 - abs(dy) / (max_lag + 1)))
+            z_sum = sum(v * z_of[(x + dx, y + dy)] for (x, y), v in z_of.items() if (x + dx, y + dy) in z_of)
+            expected += window * sum(products) / max(len(products), 1) * z_sum
+    assert reg.autocovariance_energy(xs, ys, z, residual, max_lag) == pytest.approx(max(expected, 0.0), rel=1e-5)
+
+
 def test_reported_standard_error_matches_monte_carlo_at_high_noise():
     """jsn_se_px against the spread of the JSN over 16 noise draws of one phantom pair at 800
     photons per pixel (bench_quantify_se.py, three joints at three levels, 40 draws: 0.89-1.10). The
