@@ -256,6 +256,21 @@ def test_result_json_has_stable_keys():
     json.dumps(record)
 
 
+def test_residual_statistics_do_not_depend_on_keeping_the_maps():
+    pair = toy_pair(0.7, baseline_imaging=ImagingParams(photons_per_px=2e4, noise_seed=5),
+                    followup_imaging=ImagingParams(photons_per_px=2e4, noise_seed=6))
+    with_maps, without = _quantify(pair, keep_residuals=True), _quantify(pair, keep_residuals=False)
+    assert set(with_maps.residuals) == {f"{bone}_{when}" for bone in ("upper", "lower") for when in ("before", "after")}
+    assert not without.residuals
+    for bone in ("upper", "lower"):
+        for key in ("rms_before", "rms_after", "residual_ratio"):
+            assert with_maps.bones[bone][key] == pytest.approx(without.bones[bone][key], rel=1e-12)
+        # the maps show every pixel of the region, the statistics those on a checkerboard
+        after = with_maps.residuals[f"{bone}_after"]
+        counted = after[(np.indices(after.shape).sum(axis=0) % 2 == 0) & np.isfinite(after)]
+        assert np.sqrt(np.mean(counted.astype(np.float64) ** 2)) == pytest.approx(with_maps.bones[bone]["rms_after"], rel=1e-5)
+
+
 def test_noise_gives_finite_reliable_result():
     noisy = ImagingParams(photons_per_px=2e4, electronic_noise=5e-4, noise_seed=3)
     pair = toy_pair(0.8, baseline_imaging=noisy, followup_imaging=ImagingParams(photons_per_px=2e4, noise_seed=4))

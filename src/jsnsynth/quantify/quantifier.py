@@ -456,8 +456,10 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     pyr_f = reg.build_pyramid(follow, n_levels, settings.smooth_sigma_px)
     follow_coef = spline_coefficients(follow)  # the raw follow-up's interpolant, shared by every stage below
     factor = 2**coarse_level
-    union = reg.dilate(upper | lower, settings.global_dilate_px) & reg.within_content(base.shape, content, 0)
-    if np.count_nonzero(union[::factor, ::factor]) < MIN_BONE_PX // factor**2:
+    # the coarse stage's region, at its level
+    union = (reg.dilate(upper | lower, settings.global_dilate_px, step=factor)
+             & reg.within_content(base.shape, content, 0, step=factor))
+    if np.count_nonzero(union) < MIN_BONE_PX // factor**2:
         raise InputError("the bone masks lie (nearly) all in the images' padding: nothing left to register")
     extra = []
     if follow_masks is not None:
@@ -465,7 +467,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
         extra.append(np.array([1.0, 0.0, shift[0], shift[1]]))
     c_coarse = (center[0] / factor, center[1] / factor)
     global_params, _ = reg.coarse_global(
-        pyr_b[coarse_level], pyr_f[coarse_level], union[::factor, ::factor], c_coarse, settings.coarse_angles_deg, extra
+        pyr_b[coarse_level], pyr_f[coarse_level], union, c_coarse, settings.coarse_angles_deg, extra
     )
     global_params = reg.scale_params(global_params, factor)
 
@@ -475,7 +477,9 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
         # at half resolution: it only starts the coarse levels, and the per-bone mapping replaces it
         map_level = min(1, n_levels)
         f_map = 2**map_level
-        joint = reg.dilate(upper | lower, 3 * settings.global_dilate_px, step=f_map)
+        # a loose region around the joint, grown at its own level: a sixth of the cost of
+        # growing the full-resolution masks, and only a pixel's difference along its edge
+        joint = reg.dilate((upper | lower)[::f_map, ::f_map], 3 * settings.global_dilate_px // f_map)
         joint_window = reg.aligned_windows(
             pyr_b[map_level], pyr_f[map_level], {"joint": joint}, {"joint": reg.scale_params(global_params, 1.0 / f_map)},
             (center[0] / f_map, center[1] / f_map),
