@@ -49,7 +49,9 @@ class RegistrationSettings:
 
     Attributes:
         smooth_sigma_px: Gaussian pre-smoothing of both images at full resolution (gradients).
-        levels: pyramid levels used by the fine stage (0 = full resolution only).
+        levels: pyramid levels used by the fine stage (0 = full resolution only). One: the
+            coarse stage already aligns at quarter resolution, and per-bone fits there changed
+            no benchmark RMSE (and no result of a wider-ranged stress set) for 2 % of the time.
         dilate_px: how far the baseline bone mask is grown to take in the cortical edges.
         global_dilate_px: growth of the union of both masks for the global (coarse) stage.
         exclude_px: minimum gap kept from the other bone's mask. Masks drawn on real radiographs
@@ -79,7 +81,7 @@ class RegistrationSettings:
     """
 
     smooth_sigma_px: float = 0.5
-    levels: int = 2
+    levels: int = 1
     dilate_px: int = 4
     global_dilate_px: int = 8
     exclude_px: int = 8
