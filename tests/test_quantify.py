@@ -135,6 +135,19 @@ def test_padded_crop_is_measured_like_the_picture(fill):
     assert f"padding recognised: picture rows {cut}-{255 - cut}, columns 0-255" in result.flags
 
 
+def test_magnified_follow_up_is_reached_by_the_coarse_scales():
+    # magnified by 10-12 %, turned by up to 12 deg, moved by up to 24 px and flexed by up to
+    # 6 deg: from rotation candidates alone the fits did not reach this pair's magnification
+    # and it came out flagged; the coarse stage's scale candidates bring it within reach
+    config = PairConfig(noise=False, jsn_px=(-3.0, 3.0), magnification=(1.10, 1.12), rotation_deg=12.0,
+                        translation_px=24.0, flexion_deg=6.0)
+    layers, pair = _phantom_pair(24, 3, config)
+    result = quantify_pair(quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask,
+                           joint_center_xy=layers.joint_center_xy, joint_axis_deg=layers.joint_axis_deg)
+    assert abs(result.jsn_px - pair.jsn_px) < 0.01
+    assert not result.mismatch
+
+
 @pytest.mark.parametrize("bits", [12, 10])
 def test_reliability_does_not_depend_on_the_bits_used(bits):
     # the same pictures with 12 or 10 significant bits in a 16-bit container (as DICOM stores

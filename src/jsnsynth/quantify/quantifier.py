@@ -467,7 +467,8 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
         extra.append(np.array([1.0, 0.0, shift[0], shift[1]]))
     c_coarse = (center[0] / factor, center[1] / factor)
     global_params, _ = reg.coarse_global(
-        pyr_b[coarse_level], pyr_f[coarse_level], union, c_coarse, settings.coarse_angles_deg, extra
+        pyr_b[coarse_level], pyr_f[coarse_level], union, c_coarse, settings.coarse_angles_deg, extra,
+        scales=settings.coarse_scales,
     )
     global_params = reg.scale_params(global_params, factor)
 
