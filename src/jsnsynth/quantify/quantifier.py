@@ -488,10 +488,12 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
         mapping = reg.fit_intensity_mapping(
             joint_window, settings.intensity_mapping_order, settings.mapping_denoise_sigma_px / f_map
         )
-        pyr_f = reg.build_pyramid(reg.apply_polynomial(follow, mapping), n_levels, settings.smooth_sigma_px)
+        # the coarse stage is done: only the levels still to come are rebuilt
+        pyr_f = reg.build_pyramid(reg.apply_polynomial(follow, mapping), min(max(settings.levels, 1), n_levels),
+                                  settings.smooth_sigma_px)
     # full resolution is prepared separately below when the blurs are matched
     first_fine = 1 if settings.match_blur and settings.levels > 0 else 0
-    stacks_f = [None] * first_fine + [spline_coefficients(level) for level in pyr_f[first_fine:]]
+    stacks_f = [None] * first_fine + [spline_coefficients(level) for level in pyr_f[first_fine:settings.levels + 1]]
 
     # per-bone windowed phase correlation on top of the global alignment (half resolution)
     pc_level = min(1, n_levels)
