@@ -289,8 +289,7 @@ def evaluate_jsn(cache, indices, model, count: int, pixel_spacing_mm: float = 0.
             moved = shift_upper(layers, shift_mm / pixel_spacing_mm)
             followup = attenuation_to_intensity(moved.attenuation().astype(np.float64))
             try:
-                result = quantify_pair(baseline, followup, layers.upper_mask, layers.lower_mask, pixel_spacing_mm,
-                                       keep_residuals=False)
+                result = quantify_pair(baseline, followup, layers.upper_mask, layers.lower_mask, pixel_spacing_mm)
             except Exception:  # an LSN mask the quantifier rejects counts as a failure
                 failed += 1
                 continue

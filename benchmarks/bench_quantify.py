@@ -101,7 +101,7 @@ def write_residual_example(record: dict, path: Path) -> None:
     result = quantify_pair(
         record["baseline"], record["followup"], record["baseline_upper_mask"], record["baseline_lower_mask"],
         pixel_spacing_mm=float(record["pixel_spacing_mm"]),
-        joint_center_xy=(float(record["joint_center_x"]), float(record["joint_center_y"])),
+        joint_center_xy=(float(record["joint_center_x"]), float(record["joint_center_y"])), keep_residuals=True,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     save_residual_figure(result, record["baseline"], path)

@@ -96,7 +96,7 @@ def measure(source, joint_ids, n: int, seed: int, config: PairConfig, edit, orac
             follow = to_baseline_display(follow, params.baseline_imaging, params.followup_imaging)
         centre, axis_deg = joint_frame_from_masks(layers.upper_mask, layers.lower_mask)
         result = quantify_pair(pair.baseline_clean, follow, layers.upper_mask, layers.lower_mask,
-                               joint_center_xy=centre, joint_axis_deg=axis_deg, keep_residuals=False)
+                               joint_center_xy=centre, joint_axis_deg=axis_deg)
         errors.append(result.jsn_px - pair.jsn_px)
     return np.asarray(errors)
 

@@ -34,7 +34,7 @@ def calibration_row(source: PhantomSource, joint: int, photons: float, draws: in
         pair = make_pair(layers, with_noise_draw(params, photons, draw), source.render_with_poses)
         result = quantify_pair(pair.baseline, pair.followup, layers.upper_mask, layers.lower_mask,
                                joint_center_xy=pair.baseline_layers.joint_center_xy,
-                               joint_axis_deg=pair.baseline_layers.joint_axis_deg, keep_residuals=False)
+                               joint_axis_deg=pair.baseline_layers.joint_axis_deg)
         jsn.append(result.jsn_px)
         se.append(result.jsn_se_px)
     spread = float(np.std(jsn, ddof=1))

@@ -18,6 +18,7 @@ from jsnsynth.quantify import register as reg
 from jsnsynth.quantify.crlb import fisher_information, profile_out
 from jsnsynth.quantify.quantifier import jsn_from_transforms, quantify_pair
 from jsnsynth.quantify.register import RegistrationSettings
+from jsnsynth.quantify.reliability import save_residual_figure
 from jsnsynth.quantify.toy import toy_pair
 from jsnsynth.quantify.warp import (
     params_from_similarity,
@@ -159,7 +160,7 @@ def test_reliability_does_not_depend_on_the_bits_used(bits):
     images = {"right": (quantize(pair.baseline), quantize(pair.followup)),
               "wrong": (quantize(pair.baseline), quantize(other.followup))}
     for case, (baseline, followup) in images.items():
-        results = [quantify_pair(b, f, layers.upper_mask, layers.lower_mask, keep_residuals=False)
+        results = [quantify_pair(b, f, layers.upper_mask, layers.lower_mask)
                    for b, f in ((baseline, followup), (baseline >> (16 - bits), followup >> (16 - bits)))]
         full, fewer = ({name: bone["residual_ratio"] for name, bone in r.bones.items()} for r in results)
         for name in full:
@@ -275,6 +276,8 @@ def test_residual_statistics_do_not_depend_on_keeping_the_maps():
     with_maps, without = _quantify(pair, keep_residuals=True), _quantify(pair, keep_residuals=False)
     assert set(with_maps.residuals) == {f"{bone}_{when}" for bone in ("upper", "lower") for when in ("before", "after")}
     assert not without.residuals
+    with pytest.raises(ValueError, match="keep_residuals"):
+        save_residual_figure(without, pair["baseline"], "never_written.png")
     for bone in ("upper", "lower"):
         for key in ("rms_before", "rms_after", "residual_ratio"):
             assert with_maps.bones[bone][key] == pytest.approx(without.bones[bone][key], rel=1e-12)
@@ -768,7 +771,7 @@ def test_reported_standard_error_matches_monte_carlo_at_high_noise():
         pair = make_pair(layers, with_noise_draw(params, 800.0, draw), source.render_with_poses)
         result = quantify_pair(pair.baseline, pair.followup, layers.upper_mask, layers.lower_mask,
                                joint_center_xy=pair.baseline_layers.joint_center_xy,
-                               joint_axis_deg=pair.baseline_layers.joint_axis_deg, keep_residuals=False)
+                               joint_axis_deg=pair.baseline_layers.joint_axis_deg)
         jsn.append(result.jsn_px)
         se.append(result.jsn_se_px)
     ratio = float(np.std(jsn, ddof=1) / np.mean(se))

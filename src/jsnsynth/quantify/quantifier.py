@@ -321,7 +321,7 @@ def quantify_pair(
     *,
     settings: reg.RegistrationSettings = reg.RegistrationSettings(),
     pixel_spacing_source: str | None = None,
-    keep_residuals: bool = True,
+    keep_residuals: bool = False,
 ) -> JsnResult:
     """Measure JSN progression between a baseline and a follow-up radiograph of one joint.
 
@@ -342,7 +342,9 @@ def quantify_pair(
             default :func:`~jsnsynth.synth.layers.joint_axis_from_masks` of the baseline masks.
         settings: registration tuning.
         pixel_spacing_source: label recorded with the spacing (default "option", or "nominal").
-        keep_residuals: keep the residual maps on the result (for the figure).
+        keep_residuals: keep the residual maps on the result, for
+            :func:`~jsnsynth.quantify.reliability.save_residual_figure` (four full-frame maps; off
+            by default: a validation run has no use for them, and they cost 3 % of a pair's time).
 
     Returns:
         A :class:`JsnResult`.
@@ -684,6 +686,7 @@ def quantify_files(
         base.intensity.astype(np.float32), follow.intensity.astype(np.float32), masks[0], masks[1],
         pixel_spacing_mm=spacing, followup_upper_mask=follow_masks[0], followup_lower_mask=follow_masks[1],
         pixel_spacing_source=source, joint_center_xy=joint_center_xy, joint_axis_deg=joint_axis_deg,
+        keep_residuals=bool(residual_figure),
     )
     record = result.to_dict()
     record["inputs"] = {"baseline": str(baseline_path), "followup": str(followup_path),

@@ -239,6 +239,7 @@ def save_residual_figure(result: Any, baseline: np.ndarray, path: str | Path) ->
 
     Raises:
         OutputError: a suffix that is not a figure format.
+        ValueError: a result without residual maps (``keep_residuals=False``).
     """
     import io as _io
 
@@ -249,6 +250,8 @@ def save_residual_figure(result: Any, baseline: np.ndarray, path: str | Path) ->
 
     from jsnsynth.synth.io import write_bytes_atomic
 
+    if not result.residuals:
+        raise ValueError("the result holds no residual maps: quantify the pair with keep_residuals=True")
     raw = np.asarray(baseline)
     full_scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(raw.dtype, 1.0)
     base = raw.astype(np.float64) / full_scale
