@@ -15,9 +15,9 @@ from scipy import ndimage
 from jsnsynth.cli import main
 from jsnsynth.errors import InputError
 from jsnsynth.quantify import register as reg
-from jsnsynth.quantify.crlb import fisher_information, profile_out
+from jsnsynth.quantify.crlb import fisher_information
 from jsnsynth.quantify.quantifier import jsn_from_transforms, quantify_pair
-from jsnsynth.quantify.register import RegistrationSettings
+from jsnsynth.quantify.register import RegistrationSettings, profile_out
 from jsnsynth.quantify.reliability import save_residual_figure
 from jsnsynth.quantify.toy import toy_pair
 from jsnsynth.quantify.warp import (

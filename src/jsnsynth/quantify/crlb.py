@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from jsnsynth.quantify.register import bone_region
+from jsnsynth.quantify.register import bone_region, profile_out
 from jsnsynth.quantify.warp import params_from_similarity, sample_spline, spline_coefficients, warp_positions
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.xray import ImagingParams
@@ -59,16 +59,6 @@ def fisher_information(jacobian: np.ndarray, noise_variance: np.ndarray) -> np.n
     ok = np.isfinite(variance) & (variance > 0)
     weighted = jacobian[ok] / variance[ok, None]
     return weighted.T @ jacobian[ok]
-
-
-def profile_out(fisher: np.ndarray, n_keep: int) -> np.ndarray:
-    """Fisher information of the first ``n_keep`` parameters with the rest as nuisance (Schur complement)."""
-    a = fisher[:n_keep, :n_keep]
-    b = fisher[:n_keep, n_keep:]
-    c = fisher[n_keep:, n_keep:]
-    if c.size == 0:
-        return a
-    return a - b @ np.linalg.solve(c, b.T)
 
 
 def bone_fisher(

@@ -298,6 +298,17 @@ def solve_normal_equations(normal: np.ndarray, rhs: np.ndarray) -> np.ndarray | 
     return solution if np.all(np.isfinite(solution)) else None
 
 
+def profile_out(fisher: np.ndarray, n_keep: int) -> np.ndarray:
+    """Information (or Gauss-Newton normal matrix) of the first ``n_keep`` parameters with the
+    rest as nuisance: the Schur complement. Raises ``LinAlgError`` if the nuisance block is singular."""
+    a = fisher[:n_keep, :n_keep]
+    b = fisher[:n_keep, n_keep:]
+    c = fisher[n_keep:, n_keep:]
+    if c.size == 0:
+        return a
+    return a - b @ np.linalg.solve(c, b.T)
+
+
 def photometric_basis(values: np.ndarray, order: int) -> np.ndarray:
     """Columns ``1, (B - 0.5), (B - 0.5)^2`` up to ``order``: the intensity polynomial's basis.
 
@@ -484,10 +495,7 @@ class _GaussNewtonPart:
         """The fit, with the geometric Hessian of the last solved iteration (identity if none)."""
         hessian = np.eye(4)
         if self.normal is not None:  # the geometric block with the photometric terms profiled out
-            normal = self.normal
-            hessian = normal[:4, :4]
-            if self.n_free:
-                hessian = hessian - normal[:4, 4:] @ np.linalg.solve(normal[4:, 4:], normal[4:, :4])
+            hessian = profile_out(self.normal, 4)
         valid, residual = self.valid, self.residual
         rms = float(np.sqrt(np.mean(residual[valid] ** 2))) if valid.any() else float("nan")
         return _Fit(self.params, self.photometric, self.iterations, self.converged, rms, hessian, int(valid.sum()),
@@ -1041,7 +1049,7 @@ class SharedScaleFit:
         jacobian = self.jacobians[part].astype(np.float64)
         normal = jacobian.T @ jacobian
         try:
-            return normal[:4, :4] - normal[:4, 4:] @ np.linalg.solve(normal[4:, 4:], normal[4:, :4])
+            return profile_out(normal, 4)
         except np.linalg.LinAlgError:
             return np.full((4, 4), np.nan)
 

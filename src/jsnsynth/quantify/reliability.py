@@ -128,7 +128,7 @@ def residual_maps(
         # the statistics come from the pixels on a checkerboard (half of them, as precise for an
         # RMS of thousands), the same whether or not the maps are kept; the maps show them all
         index, xs64, ys64 = region_pixels(region if keep_maps else every_other_pixel(region))
-        counted = ((xs64 + ys64) % 2 == 0) if keep_maps else slice(None)
+        counted = every_other_pixel(region)[region] if keep_maps else slice(None)
         base_values = base.ravel().take(index).astype(np.float64)
         wx, wy = warp_positions(params[name], cx, cy, xs64, ys64)
         value = sample_spline_values(coef, wx, wy).astype(np.float64)
