@@ -606,6 +606,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
         joint = reg.shared_scale_gauss_newton(
             stacks_f[0], components, center, max_iterations=settings.max_iterations, tolerance_px=settings.tolerance_px,
             shading_order=settings.shading_order, base_gradients=base_gradients, robust_k=settings.fine_robust_k,
+            robust_smoothing_px=settings.robust_smoothing_px,
         )
         for k, (name, p) in enumerate(zip(names, joint.params)):
             fits[name].params = params[name] = p
