@@ -30,7 +30,13 @@ from jsnsynth.quantify.reliability import (
     assess_reliability,
     residual_maps,
 )
-from jsnsynth.quantify.warp import params_from_similarity, similarity_from_params, spline_coefficients, spline_gradients
+from jsnsynth.quantify.warp import (
+    params_from_similarity,
+    sample_spline_values,
+    similarity_from_params,
+    spline_coefficients,
+    spline_gradients,
+)
 from jsnsynth.synth.geometry import Similarity, axis_vector
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, joint_axis_from_masks, joint_center_from_masks
 
@@ -598,11 +604,18 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
         components, base_gradients = [], []
         # the baseline interpolant's gradient: with the follow-up's, it gives a normal matrix
         # free of the noise that slows Gauss-Newton down (see shared_scale_gauss_newton)
-        base_gx, base_gy = spline_gradients(spline_coefficients(pyr_b[0]))
+        base_coef = spline_coefficients(pyr_b[0])
+        base_gx, base_gy = spline_gradients(base_coef)
         for name in names:
-            index, xs, ys = reg.region_pixels(regions[name])
-            components.append((pyr_b[0].ravel().take(index), xs, ys, params[name]))
-            base_gradients.append((base_gx.ravel().take(index), base_gy.ravel().take(index)))
+            _, xs, ys = reg.region_pixels(regions[name])
+            # both images are sampled at points spread evenly between the pixel centres
+            # (register.dithered_positions): on the pixels themselves, a follow-up that is only
+            # translated would have its interpolated noise pull the fit toward half-pixel moves
+            xs, ys = reg.dithered_positions(xs, ys)
+            # the baseline's gradient only sizes the steps: the nearest pixel centre's will do
+            nearest = (np.rint(ys) * base_coef.shape[1] + np.rint(xs)).astype(np.intp)
+            components.append((sample_spline_values(base_coef, xs, ys), xs, ys, params[name]))
+            base_gradients.append((base_gx.ravel().take(nearest), base_gy.ravel().take(nearest)))
         joint = reg.shared_scale_gauss_newton(
             stacks_f[0], components, center, max_iterations=settings.max_iterations, tolerance_px=settings.tolerance_px,
             shading_order=settings.shading_order, base_gradients=base_gradients, robust_k=settings.fine_robust_k,

@@ -528,6 +528,13 @@ def _every_other_index(region: np.ndarray) -> np.ndarray:
     return np.flatnonzero(every_other_pixel(region))
 
 
+def _every_fourth_index(region: np.ndarray) -> np.ndarray:
+    """Flat indices of a region's pixels in even rows and even columns (a quarter of them)."""
+    sparse = np.zeros_like(region, dtype=bool)
+    sparse[::2, ::2] = region[::2, ::2]
+    return np.flatnonzero(sparse)
+
+
 def region_pixels(region: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A mask's pixels in row-major order: flat indices (read images there with ``take``) and
     float64 columns and rows. Several times faster than ``np.nonzero`` of a 2-D mask plus
@@ -538,6 +545,31 @@ def region_pixels(region: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     ys = np.floor(position / width)  # exact: integers far below 2^53, x / width < 1 - 1 / width
     xs = position - ys * width
     return index, xs, ys
+
+
+#: Additive recurrence of the R2 low-discrepancy sequence (the plastic number's inverse powers):
+#: ``(n g1, n g2) mod 1`` fills the unit square evenly for consecutive ``n``.
+_R2_STEPS = (0.7548776662466927, 0.5698402909980532)
+
+
+def dithered_positions(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A sample point inside each pixel ``(xs, ys)``: the pixel plus an offset in ``[0, 1)^2``
+    that the pixels spread evenly over the unit square (R2 sequence of the pixel's row-major
+    rank within its bounding box, so an integer shift of the image shifts the points with it).
+
+    The interpolated follow-up's noise variance depends on where a point falls between pixels
+    (largest on a pixel, for the cubic spline about a sixth less half-way at this smoothing), so
+    a cost summed where every point falls at the same fraction (a follow-up neither rotated nor
+    magnified) is pulled toward half-pixel moves: 0.1-0.24 px of JSN at 2,500 photons per pixel.
+    Spread evenly, the fractions' noise variance sums to the same whatever the move.
+    """
+    x0, y0 = np.floor(xs.min()), np.floor(ys.min())
+    rank = (ys - y0) * (np.floor(xs.max()) - x0 + 1.0) + (xs - x0)  # exact: integers below 2^53
+    points = []
+    for position, step in zip((xs, ys), _R2_STEPS):
+        phase = rank * step
+        points.append(position + (phase - np.floor(phase)))  # the fraction (np.mod is slower)
+    return points[0], points[1]
 
 
 def apply_polynomial(image: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
@@ -626,7 +658,9 @@ def fit_intensity_mapping(
             follow = cv2.GaussianBlur(follow, (0, 0), denoise_sigma_px, borderType=cv2.BORDER_REPLICATE)
         gx = cv2.Sobel(base, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
         gy = cv2.Sobel(base, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
-        index = _every_other_index(region)
+        # a quarter of the pixels: three coefficients need no more (half of them, as earlier
+        # rounds took, moved no JSN RMSE of seven 48-pair sets by more than 1e-4 px, for 2 %)
+        index = _every_fourth_index(region)
         values_list.append(follow.ravel().take(index).astype(np.float64))
         target_list.append(base.ravel().take(index).astype(np.float64))
         gxs, gys = gx.ravel().take(index), gy.ravel().take(index)
@@ -1144,6 +1178,7 @@ class RegionSmoother:
     """
 
     def __init__(self, xs: np.ndarray, ys: np.ndarray, sigma_px: float) -> None:
+        xs, ys = np.floor(xs), np.floor(ys)  # the pixels the sample points lie in
         x0, y0 = int(xs.min()), int(ys.min())
         height, width = int(ys.max()) - y0 + 1, int(xs.max()) - x0 + 1
         self.sigma_px = float(sigma_px)
@@ -1380,7 +1415,8 @@ def shared_scale_gauss_newton(
         step_matrix=cross_normal if use_cross else normal,
         params_from_unknowns=params_from_unknowns(state, n, per, lever_px),
         jacobians=[jac.copy() for jac in jacobians], unknowns=unknowns,
-        residuals=residuals, pixels=[(xs, ys) for _, xs, ys, _ in components],
+        # the pixel each sample point lies in (the points may sit anywhere inside it)
+        residuals=residuals, pixels=[(np.floor(xs), np.floor(ys)) for _, xs, ys, _ in components],
     )
 
 
