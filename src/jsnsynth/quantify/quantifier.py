@@ -613,6 +613,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             # translated would have its interpolated noise pull the fit toward half-pixel moves
             xs, ys = reg.dithered_positions(xs, ys)
             # the baseline's gradient only sizes the steps: the nearest pixel centre's will do
+            # (the regions keep reg.BORDER_PX from the picture's edge, so that pixel is inside)
             nearest = (np.rint(ys) * base_coef.shape[1] + np.rint(xs)).astype(np.intp)
             components.append((sample_spline_values(base_coef, xs, ys), xs, ys, params[name]))
             base_gradients.append((base_gx.ravel().take(nearest), base_gy.ravel().take(nearest)))

@@ -558,7 +558,8 @@ def dithered_positions(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.n
     rank within its bounding box, so an integer shift of the image shifts the points with it).
 
     The interpolated follow-up's noise variance depends on where a point falls between pixels
-    (largest on a pixel, for the cubic spline about a sixth less half-way at this smoothing), so
+    (largest on a pixel; for the cubic spline after a 0.5 px smoothing a seventh less half-way,
+    per axis), so
     a cost summed where every point falls at the same fraction (a follow-up neither rotated nor
     magnified) is pulled toward half-pixel moves: 0.1-0.24 px of JSN at 2,500 photons per pixel.
     Spread evenly, the fractions' noise variance sums to the same whatever the move.
