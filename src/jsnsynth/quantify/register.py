@@ -1179,7 +1179,6 @@ class RegionSmoother:
     """
 
     def __init__(self, xs: np.ndarray, ys: np.ndarray, sigma_px: float) -> None:
-        xs, ys = np.floor(xs), np.floor(ys)  # the pixels the sample points lie in
         x0, y0 = int(xs.min()), int(ys.min())
         height, width = int(ys.max()) - y0 + 1, int(xs.max()) - x0 + 1
         self.sigma_px = float(sigma_px)
@@ -1312,7 +1311,9 @@ def shared_scale_gauss_newton(
     accepted = None  # (state, cost, Gauss-Newton normal matrix, gradient) of the last accepted point
     residuals: list[np.ndarray] = [np.zeros(0)] * n  # of the last evaluated point, for the variance
     limits: list[np.float32 | None] = [None] * n  # Huber limit per part
-    smoothers = ([RegionSmoother(xs, ys, robust_smoothing_px) for _, xs, ys, _ in components]
+    # the pixel each sample point lies in (the points may sit anywhere inside it)
+    pixels = [(np.floor(xs), np.floor(ys)) for _, xs, ys, _ in components]
+    smoothers = ([RegionSmoother(xs, ys, robust_smoothing_px) for xs, ys in pixels]
                  if robust_k > 0 and robust_smoothing_px > 0 else None)
     converged, moved, iterations = False, float("inf"), 0
     off_image = False
@@ -1416,8 +1417,7 @@ def shared_scale_gauss_newton(
         step_matrix=cross_normal if use_cross else normal,
         params_from_unknowns=params_from_unknowns(state, n, per, lever_px),
         jacobians=[jac.copy() for jac in jacobians], unknowns=unknowns,
-        # the pixel each sample point lies in (the points may sit anywhere inside it)
-        residuals=residuals, pixels=[(np.floor(xs), np.floor(ys)) for _, xs, ys, _ in components],
+        residuals=residuals, pixels=pixels,
     )
 
 
