@@ -48,7 +48,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jsnsynth.synth.shift import spline_warp
+    from jsnsynth.synth.shift import warp_layer
     from jsnsynth.synth.sources import FingerJointsSource, PhantomSource
 
     phantom = PhantomSource(n_joints=10)
@@ -66,7 +66,7 @@ def main() -> None:
         base_att = pair.baseline_layers.attenuation()
         follow_att = pair.followup_layers.attenuation()
         raw_diff = follow_att - base_att
-        bone_diff = spline_warp(follow_att, pair.poses.soft.inverse()) - base_att
+        bone_diff = warp_layer(follow_att, pair.poses.soft.inverse()) - base_att
         limit = max(float(np.percentile(np.abs(raw_diff), 99.5)), 1e-3)
         cx, cy = pair.baseline_layers.joint_center_xy
         panels = [

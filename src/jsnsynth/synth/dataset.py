@@ -395,7 +395,7 @@ def simulate_pair(source: JointSource, joint_id: str, index: int, seed: int, con
     layers = source.load(joint_id, rng)
     params = sample_pair_params(rng, layers.pixel_spacing_mm, config)
     renderer = source.render_with_poses if getattr(source, "exact_pose_rendering", False) else None
-    return make_pair(layers, params, renderer, config.spline_order, config.soft_tissue_blend_mm)
+    return make_pair(layers, params, renderer, config.soft_tissue_blend_mm)
 
 
 # worker-process state: set once per process by _init_worker

@@ -72,7 +72,6 @@ class PairConfig:
         translation_px: largest global translation along each of x and y.
         imaging: ranges of the imaging chain, drawn independently for both visits.
         noise: False renders noise-free ``baseline``/``followup`` images.
-        spline_order: B-spline order of the rotation/scale pass on raster layers (3 or 5).
         soft_tissue_blend_mm: the soft tissue moves with the bone that carries it, passing from
             the upper bone's motion to the lower bone's across a band of this half-width about
             the joint line (:mod:`jsnsynth.synth.soft_tissue`).
@@ -86,7 +85,6 @@ class PairConfig:
     translation_px: float = 5.0
     imaging: ImagingRanges = field(default_factory=ImagingRanges)
     noise: bool = True
-    spline_order: int = 3
     soft_tissue_blend_mm: float = SOFT_TISSUE_BLEND_MM
 
     def __post_init__(self) -> None:
@@ -103,8 +101,6 @@ class PairConfig:
                 raise InputError(f"pair option {name} must lie in [{low:g}, {high:g}], got {value}")
         if not (math.isfinite(self.soft_tissue_blend_mm) and self.soft_tissue_blend_mm > 0):
             raise InputError(f"soft-tissue blend must be a positive number of mm, got {self.soft_tissue_blend_mm}")
-        if self.spline_order not in (3, 5):
-            raise InputError(f"spline order must be 3 or 5, got {self.spline_order}")
 
     def to_dict(self) -> dict:
         """JSON-ready record of every range."""
@@ -258,7 +254,6 @@ def make_pair(
     layers: JointLayers,
     params: PairParams,
     render_with_poses: PoseRenderer | None = None,
-    spline_order: int = 3,
     soft_tissue_blend_mm: float = SOFT_TISSUE_BLEND_MM,
 ) -> Pair:
     """Apply ``params`` to baseline ``layers``: move the parts, then image both visits.
@@ -268,7 +263,6 @@ def make_pair(
         params: drawn by :func:`sample_pair_params`.
         render_with_poses: exact re-rendering of a pose-moved joint (the phantom's); None warps
             the raster layers with :func:`jsnsynth.synth.shift.warp_layers`.
-        spline_order: B-spline order of raster rotation/scale.
         soft_tissue_blend_mm: half-width of the band across the joint line in which the soft
             tissue passes from the upper bone's motion to the lower bone's
             (:func:`jsnsynth.synth.soft_tissue.warp_soft_tissue`).
@@ -288,14 +282,20 @@ def make_pair(
         # pairs never need them
         from jsnsynth.synth.shift import warp_layers
 
-        followup_layers = warp_layers(layers, poses.upper, poses.lower, poses.soft, spline_order, soft_blend_px=blend_px)
+        followup_layers = warp_layers(layers, poses.upper, poses.lower, poses.soft, soft_blend_px=blend_px)
+    # raster layers are band-limited samples, moved as such: exp(-a) of their interpolant is taken
+    # at twice the resolution, or its aliasing would differ between the visits' sub-pixel positions
+    # (xray.supersampled_transmission); the analytic phantom is sampled exactly at both poses
+    supersample = 1 if render_with_poses is not None else 2
     images = {}
     for role, lay, imaging in (
         ("baseline", layers, params.baseline_imaging),
         ("followup", followup_layers, params.followup_imaging),
     ):
         # float32 imaging: the images are stored as 16-bit PNG, far coarser than float32 rounding
-        images[role], images[f"{role}_clean"] = render_radiograph_and_clean(lay.attenuation(), imaging, np.float32)
+        images[role], images[f"{role}_clean"] = render_radiograph_and_clean(
+            lay.attenuation(), imaging, np.float32, supersample
+        )
     return Pair(layers, followup_layers, params, poses, **images)
 
 
