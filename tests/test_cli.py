@@ -41,3 +41,33 @@ def test_every_command_has_help_with_a_description(command: tuple[str, ...], cap
 def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["no-such-command"]) == 2
     assert "No such command" in capsys.readouterr().err
+
+
+def _option(command: click.Command, name: str) -> click.Parameter:
+    return next(p for p in command.params if p.name == name)
+
+
+def test_help_ranges_are_the_library_checks() -> None:
+    """--help said phantom --size >= 16 while the phantom needs 64, and each command took its own
+    range of pixel spacings (phantom: any positive, quantify: unchecked, separate: 0.02-1)."""
+    from jsnsynth.synth.layers import PIXEL_SPACING_RANGE_MM
+    from jsnsynth.synth.phantom import MIN_SIZE_PX
+
+    assert _option(cli.commands["phantom"], "size_px").type.min == MIN_SIZE_PX
+    assert _option(cli.commands["dataset"], "size_px").type.min == MIN_SIZE_PX
+    for command, name in (("phantom", "pixel_spacing_mm"), ("quantify", "pixel_spacing"),
+                          ("separate", "pixel_spacing_mm")):
+        kind = _option(cli.commands[command], name).type
+        assert (kind.min, kind.max) == PIXEL_SPACING_RANGE_MM, command
+    from jsnsynth.quantify.quantifier import MIN_SIDE_PX
+
+    assert f"at least {MIN_SIDE_PX}x{MIN_SIDE_PX} px" in cli.commands["quantify"].help
+    assert f"at least {MIN_SIDE_PX}x{MIN_SIDE_PX} px" in cli.commands["separate"].help
+
+
+def test_error_line_is_one_printable_line(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file name with a newline or control bytes must not break the one-line error."""
+    assert main(["validate", str(tmp_path / "a\nb\x1b[31m")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("jsnsynth: error:") and len(err.splitlines()) == 1 and err.rstrip("\n").isprintable()
+    assert err.rstrip().endswith("a?b?[31m: no such dataset folder")  # the reason is kept

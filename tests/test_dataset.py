@@ -242,3 +242,58 @@ def test_a_run_that_failed_before_its_first_shard_does_not_block_the_corrected_o
 def test_pair_options_out_of_their_physical_range_are_refused(options) -> None:
     with pytest.raises(InputError, match="pair option"):
         PairConfig(**options)
+
+
+class _UnreadableSource:
+    """The raster source, but its images cannot be read (as a text file named .jpg once was)."""
+
+    def __init__(self, source: FingerJointsSource) -> None:
+        self.source = source
+        self.name, self.citation, self.exact_pose_rendering = source.name, source.citation, False
+
+    def joint_ids(self) -> list[str]:
+        return self.source.joint_ids()
+
+    def load(self, joint_id: str, rng: np.random.Generator):
+        raise InputError(f"{joint_id}/visit0.png: not a readable image")
+
+
+def test_a_run_that_fails_before_its_first_shard_leaves_no_record(raster_source, tmp_path: Path) -> None:
+    """Such runs left a folder holding only .jsnsynth_state.json."""
+    broken = _UnreadableSource(raster_source)
+    with pytest.raises(InputError, match="not a readable image"):
+        build_dataset(broken, tmp_path / "new", 2, quiet=True)
+    assert not (tmp_path / "new").exists()
+    empty = tmp_path / "empty"  # the user's folder: kept, and left as it was
+    empty.mkdir()
+    with pytest.raises(InputError):
+        build_dataset(broken, empty, 2, quiet=True)
+    assert empty.is_dir() and list(empty.iterdir()) == []
+
+
+def test_dataset_size_is_checked_before_the_output_folder_is_made(tmp_path: Path, capsys) -> None:
+    """--size 32 failed while the first pair was made, leaving the folder's run record behind;
+    --size with a source of real crops was silently ignored."""
+    out = tmp_path / "ds"
+    assert main(["dataset", "--source", "phantom", "--pairs", "2", "--out", str(out), "--size", "32", "--quiet"]) == 2
+    assert "32 is not in the range x>=64" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(InputError, match="at least 64 pixels"):
+        PhantomSource(n_joints=2, size_px=32)  # the library checks it as early
+    folder = make_fingerjoint_folder(tmp_path / "fj", n_series=2, visits=1)
+    rc = main(["dataset", "--source", f"fingerjoints:{folder}", "--pairs", "2", "--out", str(out), "--size", "128"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith("jsnsynth: error: --size applies to --source phantom only") and not out.exists()
+
+
+@pytest.mark.parametrize("state", ['"x"', "[1, 2]", "\xff\xfe"])
+def test_a_run_record_that_is_not_an_object_is_a_one_line_error(phantom_dataset: Path, tmp_path: Path, state) -> None:
+    """A state file holding a string or a list gave "AttributeError: 'str' object has no attribute 'get'"."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(phantom_dataset, copy)
+    (copy / STATE_NAME).write_bytes(state.encode("latin-1"))
+    with pytest.raises((InputError, OutputError), match=STATE_NAME):
+        check_dataset_folder(copy)
+    with pytest.raises(OutputError, match=STATE_NAME):
+        build_dataset(PhantomSource(n_joints=8, size_px=64), copy, 8, seed=4, shard_size=3, quiet=True)

@@ -72,6 +72,18 @@ def test_folder_without_manifest_or_missing(tmp_path: Path) -> None:
         read_manifest(tmp_path)
 
 
+@pytest.mark.parametrize(("content", "message"), [
+    (b"\x89PNG\r\n\x1a\n\xff\xfe binary", "not a readable CSV text file (UnicodeDecodeError)"),
+    (",".join(MANIFEST_COLUMNS).encode() + b"\nonly,three,cells\n", "line 2 has fewer cells than the header"),
+])
+def test_unreadable_manifest_is_named(tmp_path: Path, content: bytes, message: str) -> None:
+    """A binary manifest.csv ended with "UnicodeDecodeError: 'utf-8' codec can't decode ..."."""
+    (tmp_path / "manifest.csv").write_bytes(content)
+    with pytest.raises(InputError, match="manifest.csv") as info:
+        read_manifest(tmp_path)
+    assert message in str(info.value)
+
+
 def test_real_crops_load(fingerjoints_dir: Path) -> None:
     records = read_manifest(fingerjoints_dir)
     assert len(records) > 1000

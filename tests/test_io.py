@@ -167,3 +167,85 @@ def test_atomic_write_keeps_links_devices_and_the_usual_mode(tmp_path) -> None:
     with pytest.raises(OutputError, match="is a file, not a folder"):
         write_bytes_atomic(target / "below.json", b"x")
     assert not list(tmp_path.glob(".*.part"))
+
+
+def test_dicom_spacing_that_is_not_a_number_is_named(tmp_path: Path) -> None:
+    """A malformed spacing element was once 'ValueError: could not convert string to float'."""
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    path = tmp_path / "x.dcm"
+    _write_dicom(path, np.zeros((24, 32), np.uint16), "MONOCHROME2", None)
+    ds = pydicom.dcmread(str(path))
+    tag = Tag(0x0018, 0x1164)  # ImagerPixelSpacing, stored as the text "abc"
+    ds[tag] = RawDataElement(tag, "DS", 4, b"abc ", 0, False, True)
+    ds.save_as(str(path), enforce_file_format=True)
+    with pytest.raises(InputError, match=r"x\.dcm: DICOM ImagerPixelSpacing is not a number"):
+        io.read_radiograph(path)
+
+
+def test_corrupt_dicom_is_one_printable_line_without_warnings(tmp_path: Path) -> None:
+    import warnings
+
+    path = tmp_path / "corrupt.dcm"
+    path.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage" * 10)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match="corrupt.dcm: unreadable DICOM") as info:
+            io.read_radiograph(path)
+    assert not caught  # pydicom's notes on the header it repaired once reached the user as warnings
+    message = str(info.value)
+    assert message.isprintable() and len(message) < 400  # its raw bytes were quoted in the message
+
+
+def test_any_non_zero_mask_pixel_is_inside(tmp_path: Path) -> None:
+    """A label mask (0 outside, 1 and 2 for two parts) was read as its brightest label only."""
+    labels = np.zeros((10, 12), np.uint8)
+    labels[2:5, 3:7] = 1
+    labels[5:8, 3:7] = 2
+    cv2.imwrite(str(tmp_path / "labels.png"), labels)
+    assert io.read_mask(tmp_path / "labels.png").sum() == 24
+    nan_mask = np.ones((10, 12), np.float32)
+    nan_mask[0, 0] = np.nan
+    cv2.imwrite(str(tmp_path / "nan.tiff"), nan_mask)
+    with pytest.raises(InputError, match="NaN"):
+        io.read_mask(tmp_path / "nan.tiff")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_several_files_are_written_all_or_none(tmp_path: Path) -> None:
+    from jsnsynth.errors import OutputError
+
+    with pytest.raises(OutputError, match="/dev/full"):
+        io.write_files_atomic({tmp_path / "figure.png": b"png", tmp_path / "b.csv": b"csv", "/dev/full": b"{}"})
+    assert list(tmp_path.iterdir()) == []  # neither the files nor their temporaries
+    (tmp_path / "panel.png").mkdir()
+    with pytest.raises(OutputError, match="it is a folder"):
+        io.write_files_atomic({tmp_path / "a.tif": b"a", tmp_path / "panel.png": b"p"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["panel.png"]
+    io.write_files_atomic({tmp_path / "a.tif": b"a", tmp_path / "sub" / "b.png": b"b"})
+    assert (tmp_path / "a.tif").read_bytes() == b"a" and (tmp_path / "sub" / "b.png").read_bytes() == b"b"
+
+
+def test_outputs_may_not_overwrite_inputs_or_each_other(tmp_path: Path) -> None:
+    from jsnsynth.errors import OutputError
+
+    image = tmp_path / "base.png"
+    image.write_bytes(b"x")
+    (tmp_path / "hard.png").hardlink_to(image)
+    with pytest.raises(OutputError, match="would overwrite the input"):
+        io.check_outputs_apart([tmp_path / "out.json", tmp_path / "." / "base.png"], [image])
+    with pytest.raises(OutputError, match="would overwrite the input"):
+        io.check_outputs_apart([tmp_path / "hard.png"], [image])
+    with pytest.raises(OutputError, match="same file"):
+        io.check_outputs_apart([tmp_path / "r.png", tmp_path / "r.png"], [image])
+    io.check_outputs_apart([os.devnull, os.devnull, tmp_path / "new.png"], [image])  # a device takes several
+
+
+def test_json_output_is_strict() -> None:
+    import json
+
+    text = io.json_text({"rmse": float("inf"), "ci": [np.float64("nan"), 1.5], "n": np.int64(3), "ok": np.bool_(True)})
+    assert json.loads(text, parse_constant=lambda name: pytest.fail(f"non-JSON token {name}")) == {
+        "rmse": None, "ci": [None, 1.5], "n": 3, "ok": True}

@@ -337,6 +337,27 @@ def test_separate_cli_writes_every_output(tmp_path, capsys):
     assert "panel:" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("case", ["output_is_an_input", "output_is_a_folder"])
+def test_separate_checks_every_output_before_any_work(tmp_path, capsys, case):
+    """A crop named like another's output was overwritten (exit 0); a panel path that was a folder
+    failed after six of the seven files had been written."""
+    image, _, _, _ = synthetic_joint(64)
+    crop = tmp_path / "a.png"
+    write_bytes_atomic(crop, encode_png(image.astype(np.uint16) * 257))
+    inputs = [crop]
+    if case == "output_is_an_input":
+        inputs.append(tmp_path / "a_recomposed.png")  # the recomposition of a.png would replace it
+        write_bytes_atomic(inputs[-1], encode_png(image.astype(np.uint16) * 257))
+    else:
+        (tmp_path / "a_panel.png").mkdir()
+    before = {p.name: p.read_bytes() if p.is_file() else None for p in tmp_path.iterdir()}
+    rc = main(["separate", *map(str, inputs), "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith("jsnsynth: error:") and "\n" not in err
+    assert ("would overwrite the input" if case == "output_is_an_input" else "it is a folder") in err
+    assert {p.name: p.read_bytes() if p.is_file() else None for p in tmp_path.iterdir()} == before
+
+
 def _bad_inputs(tmp_path):
     text = tmp_path / "text.png"
     text.write_text("not an image")

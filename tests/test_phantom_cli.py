@@ -142,6 +142,8 @@ def test_samples_of_another_run_are_refused(tmp_path: Path, capsys: pytest.Captu
         ["--n", "-3"],
         ["--n", "1", "--size", "8"],
         ["--n", "1", "--pixel-spacing", "0"],
+        ["--n", "1", "--size", "16"],  # --help once promised 16; the phantom needs 64
+        ["--n", "1", "--pixel-spacing", "1e-9"],  # once accepted: the range shared with quantify and separate
         ["--n", "1", "--joint-type", "knee"],
         ["--n", "1", "--seed", "-1"],
     ],

@@ -84,3 +84,18 @@ def test_only_complete_jsnsynth_datasets_are_published(tmp_path: Path, dataset_d
     assert "not a jsnsynth dataset" in _one_line_error(capsys, ["publish", str(tmp_path / "random"), "--repo-id", "a/b"])
     assert "no such" in _one_line_error(capsys, ["publish", str(tmp_path / "absent"), "--repo-id", "a/b"])
     assert "OWNER/NAME" in _one_line_error(capsys, ["publish", str(dataset_dir), "--repo-id", "no-slash"])
+
+
+@pytest.mark.parametrize("record", ['"x"', '["a", "b"]'])
+def test_a_run_record_that_is_not_an_object_is_named(tmp_path: Path, dataset_dir: Path, monkeypatch, capsys,
+                                                      record: str) -> None:
+    """Such a record gave "AttributeError: 'str' object has no attribute 'get'"."""
+    import shutil
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.setattr(publish, "_hub_api", lambda token: pytest.fail("no upload of an invalid folder"))
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset_dir, copy)
+    (copy / ".jsnsynth_state.json").write_text(record)
+    err = _one_line_error(capsys, ["publish", str(copy), "--repo-id", "a/b"])
+    assert ".jsnsynth_state.json: not a jsnsynth run record" in err

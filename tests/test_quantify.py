@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 
 import cv2
 import numpy as np
@@ -487,7 +488,8 @@ def test_cli_quantify_prints_json_and_writes_figure(tmp_path, capsys):
 
 @pytest.mark.parametrize("problem", ["missing", "unreadable", "empty_mask", "wrong_size", "disjoint", "tiny_mask",
                                      "constant", "blank_followup", "centre_outside", "axis_nan", "json_is_folder",
-                                     "figure_suffix"])
+                                     "figure_suffix", "masks_along_border", "masks_in_corners", "json_over_input",
+                                     "figure_over_mask", "figure_is_json", "json_write_fails", "spacing_absurd"])
 def test_cli_quantify_rejects_bad_input(tmp_path, capsys, problem):
     pair = toy_pair(0.5)
     paths = _write_pair(tmp_path, pair)
@@ -525,12 +527,48 @@ def test_cli_quantify_rejects_bad_input(tmp_path, capsys, problem):
         extra = ["--json", str(tmp_path / "folder"), "--residual-figure", str(tmp_path / "fig.png")]
     elif problem == "figure_suffix":
         extra = ["--residual-figure", str(tmp_path / "fig.gif")]
+    elif problem in ("masks_along_border", "masks_in_corners"):  # once "ValueError: cannot convert float NaN"
+        upper, lower = np.zeros((96, 96), np.uint8), np.zeros((96, 96), np.uint8)
+        if problem == "masks_along_border":
+            upper[:12], lower[-12:] = 255, 255
+        else:
+            upper[:12, :12], lower[-12:, -12:] = 255, 255
+        paths["upper_mask"].write_bytes(encode_png(upper))
+        paths["lower_mask"].write_bytes(encode_png(lower))
+    elif problem == "json_over_input":  # once overwrote the baseline with the JSON, exit 0
+        extra = ["--json", str(paths["baseline"])]
+    elif problem == "figure_over_mask":
+        extra = ["--residual-figure", str(paths["upper_mask"])]
+    elif problem == "figure_is_json":
+        extra = ["--residual-figure", str(tmp_path / "fig.png"), "--json", str(tmp_path / "fig.png")]
+    elif problem == "json_write_fails":  # once left the figure behind without its record
+        if not os.path.exists("/dev/full"):
+            pytest.skip("needs /dev/full")
+        extra = ["--residual-figure", str(tmp_path / "fig.png"), "--json", "/dev/full"]
+    elif problem == "spacing_absurd":  # the same range as separate and phantom (0.02-1 mm)
+        extra = ["--pixel-spacing", "5"]
+    inputs_before = {name: path.read_bytes() for name, path in paths.items() if path.exists()}
     rc = main(["quantify", str(paths["baseline"]), str(paths["followup"]), "--upper-mask", str(paths["upper_mask"]),
                "--lower-mask", str(paths["lower_mask"]), *extra])
     err = capsys.readouterr().err.strip()
+    if problem == "spacing_absurd":
+        assert rc == 2 and "0.02<=x<=1.0" in err  # a usage error, with the range --help states
+        return
     assert rc == 1
     assert err.startswith("jsnsynth: error:") and len(err.splitlines()) == 1
     assert not (tmp_path / "fig.png").exists() and not (tmp_path / "fig.gif").exists()
+    assert {name: path.read_bytes() for name, path in paths.items() if path.exists()} == inputs_before
+    if problem.startswith("masks_"):
+        assert "too few usable pixels away from the picture's border" in err
+
+
+def test_quantify_files_checks_the_spacing_it_uses(tmp_path):
+    from jsnsynth.quantify.quantifier import quantify_files
+
+    paths = _write_pair(tmp_path, toy_pair(0.5))
+    with pytest.raises(InputError, match="pixel spacing 5.0 mm is not a radiograph's"):
+        quantify_files(paths["baseline"], paths["followup"], paths["upper_mask"], paths["lower_mask"],
+                       pixel_spacing_mm=5.0)
 
 
 def _phantom_pair_result(seed: int, index: int, baseline_imaging: dict, followup_imaging: dict):

@@ -8,13 +8,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from jsnsynth.cli import main
-from jsnsynth.errors import InputError
+from jsnsynth.errors import InputError, OutputError
 from jsnsynth.quantify.quantifier import jsn_from_transforms
 from jsnsynth.quantify.real import drop_outlier_trials, transitivity_common_centre, transitivity_summary, validate_real
 from jsnsynth.quantify.reference import ecc_quantify
@@ -344,3 +345,136 @@ def test_transitivity_summary_leaves_out_triplets_with_a_refused_pair():
     # a measured triplet that fell back to its own centres (a method without transforms)
     assert transitivity_summary(triplets + [triplet(0.02, False, False, 0.02)])["transitivity_common_centre"] is False
     assert transitivity_summary([])["transitivity_rms_mm"] is None
+
+
+def _variant(dataset: Path, folder: Path, column: str | None = None, values=None, state: object = None) -> Path:
+    """A copy of ``dataset`` in ``folder`` with ``column`` replaced by ``values`` (one per row), and
+    a run record ``state`` when given."""
+    table = pq.read_table(dataset / "data" / "test-00000-of-00001.parquet")
+    if column is not None:
+        table = table.set_column(table.schema.get_field_index(column), column, pa.array(values))
+    (folder / "data").mkdir(parents=True)
+    (folder / "README.md").write_text("toy dataset\n")
+    pq.write_table(table, folder / "data" / "test-00000-of-00001.parquet")
+    if state is not None:
+        (folder / ".jsnsynth_state.json").write_text(json.dumps(state))
+    return folder
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jsnsynth: error:") and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_validate_refuses_an_unfinished_dataset_run(dataset, tmp_path, capsys):
+    """An interrupted 'jsnsynth dataset' run was scored on the shards it had written, exit 0."""
+    unfinished = _variant(dataset, tmp_path / "unfinished", state={"generator": "jsnsynth", "complete": False})
+    assert main(["validate", str(unfinished)]) == 1
+    assert "unfinished" in _one_error(capsys)
+    no_card = _variant(dataset, tmp_path / "no_card", state={"generator": "jsnsynth", "complete": True})
+    (no_card / "README.md").unlink()
+    assert main(["validate", str(no_card)]) == 1
+    assert "README.md" in _one_error(capsys)
+    listed = _variant(dataset, tmp_path / "listed", state=["not", "a", "record"])
+    assert main(["validate", str(listed)]) == 1
+    assert "not a jsnsynth run record" in _one_error(capsys)
+
+
+@pytest.mark.parametrize(("column", "values", "message"), [
+    ("jsn_px", ["x", "y", "z"], "column 'jsn_px' holds string, not numbers"),
+    ("jsn_px", [float("nan"), 1.0, 2.0], "column 'jsn_px' holds nan, not a finite number (pair pair-0000000)"),
+    ("jsn_px", pa.array([None, 1.0, 2.0], pa.float64()), "column 'jsn_px' is null (pair pair-0000000)"),
+    ("joint_center_x", [float("nan")] * 3, "column 'joint_center_x' holds nan"),
+    ("joint_center_x", [1e6] * 3, "'joint_center_x', 'joint_center_y' (1e+06,"),
+    ("pixel_spacing_mm", [0.0] * 3, "column 'pixel_spacing_mm' holds 0.0, not a positive number"),
+    ("baseline_clean", [_png16(np.zeros((64, 64)))] * 3, "column 'baseline_clean' is 64x64, column 'baseline' is 96x96"),
+    ("followup_clean", [{"bytes": cv2.imencode(".png", np.zeros((96, 96, 3), np.uint16))[1].tobytes(), "path": None}] * 3,
+     "column 'followup_clean' is not a greyscale image"),
+])
+def test_a_dataset_with_unusable_truth_or_images_is_refused_naming_the_column(dataset, tmp_path, capsys, column,
+                                                                              values, message):
+    """Such datasets were scored (a NaN truth as the method's failure, exit 0) or ended with a
+    generic 'ValueError'/'IndexError' line."""
+    bad = _variant(dataset, tmp_path / "bad", column, values)
+    assert main(["validate", str(bad), "--limit", "1"]) == 1
+    err = _one_error(capsys)
+    assert message in err and "test-00000-of-00001.parquet" in err
+
+
+def _plugin(tmp_path, monkeypatch, body: str) -> str:
+    """A module ``jsn_fail_plugin`` with ``method`` of body ``body``; returns its method spec."""
+    sys.modules.pop("jsn_fail_plugin", None)
+    (tmp_path / "jsn_fail_plugin.py").write_text(textwrap.dedent(f'''
+        import sys
+        def method(baseline, followup, upper_mask, lower_mask, **kwargs):
+            {body}
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "jsn_fail_plugin:method"
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ('raise RuntimeError("boom")', "RuntimeError: boom"),
+    ("return None", "method returned NoneType"),
+    ('return float("nan")', "returned a JSN that is not a finite number (nan)"),
+    ("sys.exit(0)", "SystemExit: 0"),
+])
+def test_validate_fails_when_the_method_estimates_no_pair(dataset, tmp_path, monkeypatch, capsys, body, reason):
+    """Such a run printed an empty summary and exited 0, as if the method had been validated."""
+    spec = _plugin(tmp_path, monkeypatch, body)
+    out = tmp_path / "report"
+    assert main(["validate", str(dataset), "--method", spec, "--out", str(out), "--limit", "2"]) == 1
+    assert _one_error(capsys).startswith(f"jsnsynth: error: method {spec} failed on all 2 pairs; first: {reason}")
+    assert not out.exists()  # no report, no resume log, no folder of its own left behind
+
+
+def test_validate_output_is_strict_json(dataset, tmp_path, monkeypatch, capsys):
+    """An estimate of 1e308 made the RMSE infinite: stdout and summary.json held 'Infinity'/'NaN'."""
+    spec = _plugin(tmp_path, monkeypatch, "return 1e308")
+    assert main(["validate", str(dataset), "--method", spec, "--out", str(tmp_path / "v"), "--limit", "2"]) == 0
+    printed = capsys.readouterr().out
+
+    def refuse(token):
+        raise AssertionError(f"non-JSON token {token}")
+
+    overall = json.loads(printed[: printed.rindex("}") + 1], parse_constant=refuse)["overall"]
+    assert overall["rmse_px"] is None and overall["rmse_ci95_px"] == [None, None]
+    summary = json.loads((tmp_path / "v" / "summary.json").read_text(), parse_constant=refuse)
+    assert summary["overall"]["rmse_px"] is None
+
+
+def test_validate_real_takes_a_method_failure_per_trial(tmp_path):
+    """A method that raised anything but InputError ended validate-real ('RuntimeError: boom'); one
+    that failed on every trial then reported an empty summary with exit 0."""
+    folder = _visit_series(tmp_path, 3)
+
+    def sometimes(baseline, followup, *args, **kwargs):
+        i, j = _visits(baseline, followup)
+        if (i, j) == (0, 2):
+            raise RuntimeError("boom")
+        return float(j - i)
+
+    summary = validate_real(folder, sometimes, n_shifts=0)
+    assert summary["n_pairs_refused"] == 1 and summary["n_trials"] == 2
+
+    def always(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    with pytest.raises(InputError, match="failed on all 3 trials; first: RuntimeError: boom"):
+        validate_real(folder, always, n_shifts=0, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_validate_real_checks_its_output_folder_before_the_work(tmp_path):
+    folder = _visit_series(tmp_path, 2)
+    (tmp_path / "taken").write_text("a file")
+    calls = []
+
+    def method(*args, **kwargs):
+        calls.append(1)
+        return 0.0
+
+    with pytest.raises(OutputError, match="exists and is not a folder"):
+        validate_real(folder, method, n_shifts=0, out_dir=tmp_path / "taken")
+    assert not calls

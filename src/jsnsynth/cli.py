@@ -18,9 +18,16 @@ from pathlib import Path
 import click
 
 from jsnsynth import __version__
-from jsnsynth.errors import JsnSynthError
+from jsnsynth.errors import JsnSynthError, exception_line, one_line
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+# The ranges the options state in --help are the library's checks, repeated here because the
+# command line imports no numerics at start-up (tests/test_cli.py holds them equal):
+#: jsnsynth.synth.phantom.MIN_SIZE_PX
+PHANTOM_MIN_SIZE_PX = 64
+#: jsnsynth.synth.layers.PIXEL_SPACING_RANGE_MM
+PIXEL_SPACING = click.FloatRange(0.02, 1.0)
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -49,9 +56,10 @@ def cli() -> None:
               help="Output folder (new, empty, or an interrupted run of the same command to resume).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Base seed; phantom i uses SeedSequence([seed, i]).")
-@click.option("--size", "size_px", type=click.IntRange(min=16), default=256, show_default=True, help="Crop size in pixels.")
-@click.option("--pixel-spacing", "pixel_spacing_mm", type=click.FloatRange(min=0, min_open=True),
-              default=0.175, show_default=True, help="Pixel size in mm.")
+@click.option("--size", "size_px", type=click.IntRange(min=PHANTOM_MIN_SIZE_PX), default=256, show_default=True,
+              help="Crop size in pixels.")
+@click.option("--pixel-spacing", "pixel_spacing_mm", type=PIXEL_SPACING, default=0.175, show_default=True,
+              help="Pixel size in mm.")
 @click.option("--joint-type", type=click.Choice(["mcp", "pip", "dip", "random"]), default="random",
               show_default=True, help="Joint proportions.")
 @click.option("--noise/--no-noise", default=True, show_default=True, help="Quantum and electronic noise in radiograph.png.")
@@ -72,7 +80,14 @@ def phantom_command(n: int, out_dir: Path, seed: int, size_px: int, pixel_spacin
 
 
 def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overlap_px: int):
-    """``phantom`` / ``fingerjoints:DIR`` from synth; ``lsn:DIR`` from the LSN (lazy import)."""
+    """``phantom`` / ``fingerjoints:DIR`` from synth; ``lsn:DIR`` from the LSN (lazy import).
+
+    Raises:
+        JsnSynthError: an unknown or unusable source, or ``--size`` for a source of real crops
+            (their size is the images'; ignoring the option would hide a mistake).
+    """
+    if size_px is not None and spec != "phantom":
+        raise JsnSynthError(f"--size applies to --source phantom only; the crops of '{spec}' keep their own size")
     if spec.startswith("lsn:"):
         try:
             from jsnsynth.lsn.source import LsnSource
@@ -106,7 +121,8 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
 @click.option("--soft-tissue-blend-mm", type=float, default=2.0, show_default=True,
               help="The soft tissue moves with the bone that carries it, blended across this half-width about the joint line.")
 @click.option("--no-noise", is_flag=True, help="Noise-free baseline/follow-up images.")
-@click.option("--size", "size_px", type=int, default=None, help="Phantom image size in pixels (default: the phantom's).")
+@click.option("--size", "size_px", type=click.IntRange(min=PHANTOM_MIN_SIZE_PX), default=None,
+              help="Phantom image size in pixels (--source phantom only; default: the phantom's, 256).")
 @click.option("--max-mask-overlap", type=click.IntRange(min=0), default=200, show_default=True,
               help="fingerjoints: leave out images whose bone masks overlap by more pixels (layers would be wrong).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -152,7 +168,7 @@ def publish_command(folder: Path, repo_id: str, private: bool) -> None:
 @click.option("--lower-mask", required=True, type=click.Path(path_type=Path), help="Baseline lower-bone mask.")
 @click.option("--followup-upper-mask", type=click.Path(path_type=Path), help="Follow-up upper-bone mask (optional).")
 @click.option("--followup-lower-mask", type=click.Path(path_type=Path), help="Follow-up lower-bone mask (optional).")
-@click.option("--pixel-spacing", type=float, help="mm/px; default: DICOM header, else 0.175 nominal.")
+@click.option("--pixel-spacing", type=PIXEL_SPACING, help="mm/px; default: DICOM header, else 0.175 nominal.")
 @click.option("--residual-figure", type=click.Path(path_type=Path), help="Write the residual maps (PNG).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the JSON record here.")
 @click.option("--joint-center", type=float, nargs=2, metavar="X Y", default=None,
@@ -163,19 +179,20 @@ def quantify_command(baseline, followup, upper_mask, lower_mask, followup_upper_
                      pixel_spacing, residual_figure, json_out, joint_center, joint_axis_deg) -> None:
     """Measure JSN progression between BASELINE and FOLLOWUP (JSON on stdout; + = narrowing).
 
+    Images of at least 32x32 px, the same size; strict JSON (a number that is not finite is null).
+
     JSN is read at the joint centre along the joint axis; both default to the frame computed from
     the baseline masks (jsnsynth.synth.layers.joint_frame_from_masks), the frame in which jsnsynth
     datasets state their truth. With bones that flex independently, JSN depends on that point.
     """
-    import json
-
     from jsnsynth.quantify.quantifier import keep_freed_heap, quantify_files
+    from jsnsynth.synth.io import json_text
 
     keep_freed_heap()
     record = quantify_files(baseline, followup, upper_mask, lower_mask, followup_upper_mask, followup_lower_mask,
                             pixel_spacing, residual_figure, json_out, joint_center_xy=joint_center,
                             joint_axis_deg=joint_axis_deg)
-    click.echo(json.dumps(record, indent=2))
+    click.echo(json_text(record))
 
 
 @cli.command("validate")
@@ -187,14 +204,13 @@ def quantify_command(baseline, followup, upper_mask, lower_mask, followup_upper_
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many pairs.")
 def validate_command(dataset, method, out_dir, split, limit) -> None:
     """Accuracy of a JSN method on a labelled pair DATASET (RMSE, bias, SD, LoA, CRLB, ...)."""
-    import json
-
     from jsnsynth.quantify.quantifier import keep_freed_heap
     from jsnsynth.quantify.validate import validate_dataset
+    from jsnsynth.synth.io import json_text
 
     keep_freed_heap()
     summary = validate_dataset(dataset, method, out_dir, split, limit)
-    click.echo(json.dumps({"method": summary["method"], "overall": summary["overall"]}, indent=2))
+    click.echo(json_text({"method": summary["method"], "overall": summary["overall"]}))
     if out_dir is not None:
         click.echo(f"report written to {out_dir}")
 
@@ -206,14 +222,13 @@ def validate_command(dataset, method, out_dir, split, limit) -> None:
 @click.option("--limit-series", type=click.IntRange(min=1), help="Only the first N multi-visit series.")
 def validate_real_command(folder, method, out_dir, limit_series) -> None:
     """Real-series protocol on a finger-joint FOLDER: shifted-trial SD, mismatching rate, transitivity."""
-    import json
-
     from jsnsynth.quantify.quantifier import keep_freed_heap
     from jsnsynth.quantify.real import validate_real
+    from jsnsynth.synth.io import json_text
 
     keep_freed_heap()
     summary = validate_real(folder, method, out_dir, limit_series)
-    click.echo(json.dumps(summary, indent=2))
+    click.echo(json_text(summary))
 
 
 # --- lsn commands ---------------------------------------------------------------------------
@@ -223,10 +238,10 @@ def validate_real_command(folder, method, out_dir, limit_series) -> None:
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="LSN weights file (default: bundled).")
-@click.option("--pixel-spacing", "pixel_spacing_mm", type=float, default=None,
+@click.option("--pixel-spacing", "pixel_spacing_mm", type=PIXEL_SPACING, default=None,
               help="Pixel size of the crops in mm (default: DICOM header, else 0.175 mm/px).")
 def separate_command(images: tuple[Path, ...], out_dir: Path, weights: Path | None, pixel_spacing_mm: float | None) -> None:
-    """Split joint crops into soft-tissue, upper- and lower-bone layers with the LSN.
+    """Split joint crops (at least 32x32 px) into soft-tissue, upper- and lower-bone layers with the LSN.
 
     Writes per crop STEM: STEM_{soft,upper,lower}.tif (float32 attenuation), STEM_{upper,lower}_mask.png,
     STEM_recomposed.png (16-bit) and STEM_panel.png.
@@ -341,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except JsnSynthError as exc:
-        click.echo(f"jsnsynth: error: {exc}", err=True)
+        # our messages quote file names and values, which may hold a newline or control bytes
+        click.echo(f"jsnsynth: error: {one_line(str(exc), limit=None, whole=True)}", err=True)
         return 1
     except KeyboardInterrupt:
         click.echo("jsnsynth: interrupted; rerun the same command to resume", err=True)
@@ -349,11 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug or an unforeseen input: still one line unless asked
         if os.environ.get("JSNSYNTH_DEBUG"):
             raise
-        message = str(exc).splitlines()[0] if str(exc) else ""
-        click.echo(
-            f"jsnsynth: error: {exc.__class__.__name__}: {message} (set JSNSYNTH_DEBUG=1 for a traceback)",
-            err=True,
-        )
+        click.echo(f"jsnsynth: error: {exception_line(exc)} (set JSNSYNTH_DEBUG=1 for a traceback)", err=True)
         return 1
     return 0
 

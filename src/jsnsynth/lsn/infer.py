@@ -40,8 +40,17 @@ from jsnsynth.lsn.model import (
     compose_fractions,
     normalise_intensity,
 )
-from jsnsynth.synth.io import encode_float_tiff, encode_png, read_radiograph, write_bytes_atomic
+from jsnsynth.synth.io import (
+    check_output_folder,
+    check_outputs_apart,
+    check_writable,
+    encode_float_tiff,
+    encode_png,
+    read_radiograph,
+    write_files_atomic,
+)
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, joint_frame_from_masks
+from jsnsynth.synth.layers import check_pixel_spacing as _check_spacing_range
 from jsnsynth.synth.xray import attenuation_to_intensity, intensity_to_attenuation, quantize
 
 #: The bundled weights, inside the package.
@@ -50,8 +59,6 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "lsn_default.pt"
 TRAINING_PIXEL_SPACING_MM = DEFAULT_PIXEL_SPACING_MM
 #: Smallest crop side accepted, pixels.
 MIN_SIZE_PX = 32
-#: Pixel sizes (mm) accepted for a crop: from high-resolution detectors to coarse scans.
-PIXEL_SPACING_RANGE_MM = (0.02, 1.0)
 #: Least share of the crop a bone mask must cover for a separation to count as finding it.
 MIN_BONE_SHARE = 0.002
 #: Share of the crop beyond which the bone masks are implausible (real crops: at most 0.74).
@@ -252,13 +259,10 @@ def check_pixel_spacing(pixel_spacing_mm: float | None, name: str = "image") -> 
     """Refuse a pixel size that no hand radiograph has (it would resample the crop absurdly).
 
     Raises:
-        InputError: not a number in :data:`PIXEL_SPACING_RANGE_MM`, naming the crop.
+        InputError: not a number in :data:`jsnsynth.synth.layers.PIXEL_SPACING_RANGE_MM`, naming the crop.
     """
-    if pixel_spacing_mm is None:
-        return
-    low, high = PIXEL_SPACING_RANGE_MM
-    if not (np.isfinite(pixel_spacing_mm) and low <= pixel_spacing_mm <= high):
-        raise InputError(f"{name}: pixel spacing {pixel_spacing_mm} mm is not a radiograph's ({low}-{high} mm)")
+    if pixel_spacing_mm is not None:
+        _check_spacing_range(pixel_spacing_mm, name)  # the one range every command shares
 
 
 def check_separation(upper_mask: np.ndarray, lower_mask: np.ndarray, name: str = "image") -> None:
@@ -330,7 +334,8 @@ def separate_files(
     ``STEM_upper_mask.png``, ``STEM_lower_mask.png`` (8-bit 0/255), ``STEM_recomposed.png``
     (16-bit) and ``STEM_panel.png``.
 
-    Every input is read and checked before anything is written; each file is written atomically.
+    Every input is read and checked, and every output path checked, before anything is written;
+    the files of all crops appear together at the end, or none of them.
 
     Args:
         paths: radiograph crops (PNG, JPEG, TIFF, BMP, DICOM; 8 or 16 bit).
@@ -345,22 +350,28 @@ def separate_files(
     Raises:
         InputError: an unreadable, colour, too small or NaN-holding input, an implausible pixel
             spacing, a crop in which no bone is found, or two inputs with the same file stem.
-        OutputError: ``out_dir`` exists and is not a folder.
+        OutputError: ``out_dir`` exists and is not a folder, or an output that cannot be written
+            or would overwrite an input or another output.
     """
     if not paths:
         raise InputError("no input images given")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"{out_dir}: exists and is not a folder")
-    inputs = []
+    check_output_folder(out_dir)
     stems: set[str] = set()
     for path in paths:
-        radiograph = read_radiograph(path)
-        intensity = check_crop(radiograph.intensity, str(path))
         stem = Path(path).stem
         if stem in stems:
             raise InputError(f"{path}: another input has the same name '{stem}'; outputs would collide")
         stems.add(stem)
+    outputs = [out_dir / name for path in paths for name in output_names(Path(path).stem)]
+    check_outputs_apart(outputs, paths)
+    for output in outputs:
+        check_writable(output)
+    inputs = []
+    for path in paths:
+        radiograph = read_radiograph(path)
+        intensity = check_crop(radiograph.intensity, str(path))
+        stem = Path(path).stem
         spacing = pixel_spacing_mm if pixel_spacing_mm is not None else radiograph.pixel_spacing_mm
         check_pixel_spacing(spacing, str(path))
         inputs.append((stem, intensity, spacing, str(path)))
@@ -372,17 +383,25 @@ def separate_files(
         check_separation(separation.layers.upper_mask, separation.layers.lower_mask, label)
         separations.append((stem, intensity, separation))
     panels = []
+    files: dict[Path, bytes] = {}
     for stem, intensity, separation in separations:
         layers = separation.layers
         for layer_name in ("soft", "upper", "lower"):
-            write_bytes_atomic(out_dir / f"{stem}_{layer_name}.tif", encode_float_tiff(getattr(layers, layer_name)))
-        write_bytes_atomic(out_dir / f"{stem}_upper_mask.png", encode_png(layers.upper_mask.astype(np.uint8) * 255))
-        write_bytes_atomic(out_dir / f"{stem}_lower_mask.png", encode_png(layers.lower_mask.astype(np.uint8) * 255))
-        write_bytes_atomic(out_dir / f"{stem}_recomposed.png", encode_png(quantize(separation.recomposed, 16)))
+            files[out_dir / f"{stem}_{layer_name}.tif"] = encode_float_tiff(getattr(layers, layer_name))
+        files[out_dir / f"{stem}_upper_mask.png"] = encode_png(layers.upper_mask.astype(np.uint8) * 255)
+        files[out_dir / f"{stem}_lower_mask.png"] = encode_png(layers.lower_mask.astype(np.uint8) * 255)
+        files[out_dir / f"{stem}_recomposed.png"] = encode_png(quantize(separation.recomposed, 16))
         ok, buffer = cv2.imencode(".png", cv2.cvtColor(panel_image(intensity, separation), cv2.COLOR_RGB2BGR))
         if not ok:
             raise OutputError(f"{stem}: panel encoding failed")
         panel = out_dir / f"{stem}_panel.png"
-        write_bytes_atomic(panel, buffer.tobytes())
+        files[panel] = buffer.tobytes()
         panels.append(panel)
+    write_files_atomic(files)  # all or nothing: a crop's layers without their masks are no use
     return panels
+
+
+def output_names(stem: str) -> list[str]:
+    """The file names :func:`separate_files` writes for the crop ``stem``."""
+    return [f"{stem}_{suffix}" for suffix in ("soft.tif", "upper.tif", "lower.tif", "upper_mask.png",
+                                              "lower_mask.png", "recomposed.png", "panel.png")]

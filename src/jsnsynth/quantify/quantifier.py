@@ -453,6 +453,21 @@ def quantify_pair(
     )
 
 
+def check_coarse_alignment(global_params: np.ndarray) -> None:
+    """Refuse masks that left the coarse alignment nothing to correlate (it returns NaN).
+
+    The coarse stage weighs the joint region by a window that falls to zero at the picture's
+    border; masks that lie along the border or in a corner, or are a line a pixel thick, leave
+    no pixel of weight, and the NaN would otherwise surface later as an unrelated error.
+
+    Raises:
+        InputError: naming the problem.
+    """
+    if not np.all(np.isfinite(global_params)):
+        raise InputError("the bone masks leave too few usable pixels away from the picture's border (masks along "
+                         "the edge, in a corner, or a line one pixel thick): nothing to register")
+
+
 def _register_bones(base, follow, upper, lower, center, follow_masks, settings, content):
     """Coarse global + per-bone coarse + multi-scale fine fit, inside the picture's ``content``
     box; returns the fits, diagnostics, and the variance of a function of both bones'
@@ -478,6 +493,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
         pyr_b[coarse_level], pyr_f[coarse_level], union, c_coarse, settings.coarse_angles_deg, extra,
         scales=settings.coarse_scales,
     )
+    check_coarse_alignment(global_params)
     global_params = reg.scale_params(global_params, factor)
 
     # one intensity mapping for the whole image (exposure, window, gamma), fitted on flat pixels
@@ -661,23 +677,30 @@ def quantify_files(
     0.175 mm/px; ``pixel_spacing_source`` in the record says which. The joint frame defaults to
     the baseline masks' (see :func:`quantify_pair`).
 
+    The figure and the JSON record are written together, at the end, or not at all.
+
     Returns:
         The JSON record (:meth:`JsnResult.to_dict`) plus ``inputs`` and ``outputs``.
 
     Raises:
-        InputError: unreadable images or masks, size mismatch, empty/overlapping masks.
+        InputError: unreadable images or masks, size mismatch, empty/overlapping masks, a pixel
+            spacing outside :data:`~jsnsynth.synth.layers.PIXEL_SPACING_RANGE_MM`.
+        OutputError: an output that cannot be written, or that would overwrite an input or the
+            other output (checked before the work).
     """
-    import json as _json
+    from jsnsynth.quantify.reliability import figure_format, residual_figure_bytes
+    from jsnsynth.synth.io import check_outputs_apart, check_writable, json_text, write_files_atomic
+    from jsnsynth.synth.io import read_mask, read_radiograph
+    from jsnsynth.synth.layers import check_pixel_spacing
 
-    from jsnsynth.quantify.reliability import save_residual_figure
-    from jsnsynth.synth.io import read_mask, read_radiograph, write_bytes_atomic
-
-    from jsnsynth.quantify.reliability import figure_format
-    from jsnsynth.synth.io import check_writable
-
-    for out_path in (residual_figure, json_out):
-        if out_path:
-            check_writable(out_path)
+    # every output checked before the work: writable, and overwriting neither an input nor the
+    # other output
+    inputs = [p for p in (baseline_path, followup_path, upper_mask_path, lower_mask_path,
+                          followup_upper_mask_path, followup_lower_mask_path) if p is not None]
+    outputs = [p for p in (residual_figure, json_out) if p]
+    check_outputs_apart(outputs, inputs)
+    for out_path in outputs:
+        check_writable(out_path)
     if residual_figure:
         figure_format(residual_figure)
     base = read_radiograph(baseline_path)
@@ -692,9 +715,10 @@ def quantify_files(
     if followup_upper_mask_path is not None:
         follow_masks = [read_mask(followup_upper_mask_path, shape), read_mask(followup_lower_mask_path, shape)]
     if pixel_spacing_mm is not None:
-        spacing, source = float(pixel_spacing_mm), "option"
+        spacing, source = check_pixel_spacing(pixel_spacing_mm, "--pixel-spacing"), "option"
     elif base.pixel_spacing_mm is not None:
-        spacing, source = float(base.pixel_spacing_mm), "dicom"
+        label = f"{baseline_path} (DICOM header; give --pixel-spacing to override)"
+        spacing, source = check_pixel_spacing(base.pixel_spacing_mm, label), "dicom"
     else:
         spacing, source = DEFAULT_PIXEL_SPACING_MM, "nominal (0.175 mm/px; the image has no spacing)"
     result = quantify_pair(
@@ -707,9 +731,13 @@ def quantify_files(
     record["inputs"] = {"baseline": str(baseline_path), "followup": str(followup_path),
                         "baseline_bit_depth": base.bit_depth, "followup_bit_depth": follow.bit_depth}
     record["outputs"] = {}
+    files: dict[str, bytes] = {}
     if residual_figure:
-        record["outputs"]["residual_figure"] = str(save_residual_figure(result, base.intensity, residual_figure))
+        record["outputs"]["residual_figure"] = str(residual_figure)
+        files[str(residual_figure)] = residual_figure_bytes(result, base.intensity, figure_format(residual_figure))
     if json_out:
         record["outputs"]["json"] = str(json_out)
-        write_bytes_atomic(json_out, (_json.dumps(record, indent=2) + "\n").encode())
+        files[str(json_out)] = (json_text(record) + "\n").encode()
+    # both or neither: a figure without its record (or the reverse) would pass for a finished run
+    write_files_atomic(files)
     return record

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import time
@@ -30,13 +29,25 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from jsnsynth.errors import InputError
+from jsnsynth.errors import InputError, exception_line
 from jsnsynth.quantify.quantifier import jsn_from_transforms, mean_similarity
-from jsnsynth.quantify.validate import load_method, read_estimate
+from jsnsynth.quantify.validate import check_some_estimate, load_method, read_estimate
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.fingerjoints import FingerJointRecord, read_manifest
-from jsnsynth.synth.io import make_output_folder, read_mask, read_radiograph, write_bytes_atomic
+from jsnsynth.synth.io import (
+    check_output_folder,
+    check_writable,
+    json_text,
+    make_output_folder,
+    read_mask,
+    read_radiograph,
+    write_files_atomic,
+)
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM
+
+
+#: The files of :func:`validate_real`'s report, by their key in its ``outputs``.
+REPORT_NAMES = {"pairs": "real_pairs.csv", "figure": "real_series.png", "summary": "real_summary.json"}
 
 
 def shift_image(image: np.ndarray, shift_xy: tuple[int, int], replicate: bool = True) -> np.ndarray:
@@ -91,12 +102,15 @@ def measure_pair(
                 followup_lower_mask=shift_image(follow["lower"], sf, False),
             )
             jsn_px, flagged, se_px = read_estimate(result)
-        except InputError:
-            result, jsn_px, flagged, se_px = None, float("nan"), True, float("nan")
+            error = ""
+        except InputError as exc:  # the method refused this trial: counted apart
+            result, jsn_px, flagged, se_px, error = None, float("nan"), True, float("nan"), str(exc)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001  (as in validate: one trial's failure, not the run's)
+            result, jsn_px, flagged, se_px, error = None, float("nan"), True, float("nan"), exception_line(exc)
         elapsed = time.perf_counter() - start
         trials.append({"trial": trial, "shift_baseline": sb, "shift_followup": sf, "jsn_px": jsn_px,
                        "jsn_mm": jsn_px * spacing_mm, "jsn_se_mm": se_px * spacing_mm, "flagged": flagged, "time_s": elapsed,
-                       "geometry": _geometry_of(result) if trial == 0 else None})
+                       "geometry": _geometry_of(result) if trial == 0 else None, "method_error": error})
     return trials
 
 
@@ -169,9 +183,15 @@ def validate_real(
         ``transitivity_rms_mm`` and counts.
 
     Raises:
-        InputError: missing folder/manifest, unreadable images or masks (naming the file).
+        InputError: missing folder/manifest, unreadable images or masks (naming the file), or a
+            method that measured no trial at all.
+        OutputError: ``out_dir`` or a report file in it cannot be written (checked before the work).
     """
     method_name, function = load_method(method)
+    if out_dir is not None:
+        check_output_folder(out_dir)
+        for name in REPORT_NAMES.values():
+            check_writable(os.path.join(out_dir, name))
     records = read_manifest(folder)
     series: dict[str, list[FingerJointRecord]] = {}
     for record in records:
@@ -183,6 +203,7 @@ def validate_real(
         raise InputError(f"{folder}: no series with two or more visits")
     pair_rows: list[dict] = []
     transitivity: list[dict] = []
+    all_trials: list[dict] = []
     pair_number = 0
     for name, visits in chosen:
         loaded = [_load_visit(v) for v in visits]
@@ -192,6 +213,7 @@ def validate_real(
                 rng = np.random.default_rng(np.random.SeedSequence([seed, pair_number]))
                 pair_number += 1
                 trials = measure_pair(loaded[i], loaded[j], function, rng, n_shifts, max_shift_px, pixel_spacing_mm)
+                all_trials.extend({"estimate_px": t["jsn_px"], "method_error": t["method_error"]} for t in trials)
                 values = np.array([t["jsn_mm"] for t in trials])
                 finite = values[np.isfinite(values)]
                 kept, dropped = drop_outlier_trials(finite, mismatch_sd_mm)
@@ -229,6 +251,7 @@ def validate_real(
                                          "residual_se_mm": math.sqrt(se[(i, j)] ** 2 + se[(i, k)] ** 2 + se[(k, j)] ** 2),
                                          "flagged": flagged[(i, k)] or flagged[(k, j)] or flagged[(i, j)],
                                          "residual_own_centres_mm": own_residual})
+    check_some_estimate(all_trials, method_name, "trials")
     sds = np.array([r["sd_trials_mm"] for r in pair_rows], dtype=np.float64)
     # trials the method refused (bad input such as overlapping masks) are reported apart
     n_refused = sum(r["n_refused"] for r in pair_rows)
@@ -254,15 +277,19 @@ def validate_real(
     }
     if out_dir is not None:
         out = make_output_folder(out_dir)
+        paths = {key: out / name for key, name in REPORT_NAMES.items()}
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(pair_rows[0]))
         writer.writeheader()
         writer.writerows(pair_rows)
-        write_bytes_atomic(out / "real_pairs.csv", buffer.getvalue().encode())
-        write_bytes_atomic(out / "real_series.png", _real_figure(pair_rows, transitivity, summary))
-        summary["outputs"] = {"pairs": str(out / "real_pairs.csv"), "figure": str(out / "real_series.png"),
-                              "summary": str(out / "real_summary.json")}
-        write_bytes_atomic(out / "real_summary.json", (json.dumps({**summary, "transitivity": transitivity}, indent=2) + "\n").encode())
+        figure = _real_figure(pair_rows, transitivity, summary)
+        summary["outputs"] = {key: str(path) for key, path in paths.items()}
+        # all three or none; strict JSON (a number that is not finite is null)
+        write_files_atomic({
+            paths["pairs"]: buffer.getvalue().encode(),
+            paths["figure"]: figure,
+            paths["summary"]: (json_text({**summary, "transitivity": transitivity}) + "\n").encode(),
+        })
     return summary
 
 

@@ -241,14 +241,27 @@ def save_residual_figure(result: Any, baseline: np.ndarray, path: str | Path) ->
         OutputError: a suffix that is not a figure format.
         ValueError: a result without residual maps (``keep_residuals=False``).
     """
+    from jsnsynth.synth.io import write_bytes_atomic
+
+    data = residual_figure_bytes(result, baseline, figure_format(path))
+    path = Path(path)
+    write_bytes_atomic(path, data)
+    return path
+
+
+def residual_figure_bytes(result: Any, baseline: np.ndarray, fmt: str = "png") -> bytes:
+    """The figure of :func:`save_residual_figure` as the bytes of a ``fmt`` file (a format of
+    :data:`FIGURE_FORMATS`), for a caller that writes it together with other outputs.
+
+    Raises:
+        ValueError: a result without residual maps (``keep_residuals=False``).
+    """
     import io as _io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from jsnsynth.synth.io import write_bytes_atomic
 
     if not result.residuals:
         raise ValueError("the result holds no residual maps: quantify the pair with keep_residuals=True")
@@ -289,8 +302,6 @@ def save_residual_figure(result: Any, baseline: np.ndarray, path: str | Path) ->
         fontsize=10,
     )
     buffer = _io.BytesIO()
-    fig.savefig(buffer, format=figure_format(path), dpi=110)
+    fig.savefig(buffer, format=fmt, dpi=110)
     plt.close(fig)
-    path = Path(path)
-    write_bytes_atomic(path, buffer.getvalue())
-    return path
+    return buffer.getvalue()

@@ -17,6 +17,7 @@ Cramér-Rao lower bound of the JSN under the recorded noise model (:mod:`jsnsynt
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import importlib
@@ -30,10 +31,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from jsnsynth.errors import InputError
+from jsnsynth.errors import InputError, exception_line
 from jsnsynth.quantify.crlb import display_noise_std_from_clean, jsn_crlb_px
 from jsnsynth.synth.geometry import Similarity
-from jsnsynth.synth.io import decode_png, make_output_folder, write_bytes_atomic
+from jsnsynth.synth.io import check_writable, decode_png, json_text, make_output_folder, write_files_atomic
 from jsnsynth.synth.xray import ImagingParams
 
 #: Columns of the ``pairs`` config this harness needs (contract 3).
@@ -47,6 +48,14 @@ REQUIRED_COLUMNS = (
 )
 IMAGE_COLUMNS = ("baseline", "followup", "baseline_clean", "followup_clean")
 MASK_COLUMNS = ("baseline_upper_mask", "baseline_lower_mask", "followup_upper_mask", "followup_lower_mask")
+#: Columns that must hold a finite number in every row: the truth and the frame it is stated in
+#: (a NaN truth would be scored as the method's failure, a string would end the run midway).
+FINITE_COLUMNS = (
+    ("pixel_spacing_mm", "jsn_px", "joint_center_x", "joint_center_y", "joint_axis_deg")
+    + tuple(f"{bone}_{name}" for bone in ("upper", "lower") for name in ("scale", "angle_deg", "dx", "dy"))
+)
+#: Numeric columns that may be null (no quantum noise, no electronic noise, ...).
+NULLABLE_NUMBER_COLUMNS = tuple(f"{role}_{name}" for role in ("baseline", "followup") for name in IMAGING_FIELDS)
 #: |error| above which a pair counts as a mismatch (px).
 MISMATCH_PX = 0.5
 #: Edges of the |d| bins of the breakdown (px).
@@ -67,16 +76,24 @@ BUILTIN_METHODS = {
 def dataset_shards(folder: str | os.PathLike, split: str | None = None) -> list[Path]:
     """The ``data/<split>-*.parquet`` shards of a pair dataset, checked against contract 3.
 
+    A folder written by ``jsnsynth dataset`` must be a finished run (its run record says
+    complete); any dataset must have its card. Every shard's columns are checked by name and
+    type, and the truth columns (:data:`FINITE_COLUMNS`) by value, before a pair is scored.
+
     Raises:
-        InputError: not a folder, no shards, the split is absent, or a shard lacks a column.
+        InputError: not a folder, an unfinished run, no card, no shards, the split is absent, or
+            a shard that lacks a column or holds a truth that is not a finite number.
     """
     import pyarrow.parquet as pq
+
+    from jsnsynth.synth.dataset import check_finished_run  # the same check as publish's
 
     folder = Path(folder)
     if folder.is_file():
         raise InputError(f"{folder}: is a file, not a dataset folder")
     if not folder.is_dir():
         raise InputError(f"{folder}: no such dataset folder")
+    check_finished_run(folder, record_required=False)
     shards = sorted((folder / "data").glob("*.parquet"))
     if not shards:
         raise InputError(f"{folder}: not a pair dataset (no data/*.parquet shards)")
@@ -87,13 +104,58 @@ def dataset_shards(folder: str | os.PathLike, split: str | None = None) -> list[
             raise InputError(f"{folder}: no '{split}' split (available: {', '.join(available)})")
     for shard in shards:
         try:
-            names = set(pq.read_schema(shard).names)
+            schema = pq.read_schema(shard)
         except Exception as exc:
             raise InputError(f"{shard}: unreadable parquet shard ({exc.__class__.__name__})") from None
-        missing = [c for c in REQUIRED_COLUMNS if c not in names]
+        missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
         if missing:
             raise InputError(f"{shard}: wrong dataset schema, missing column(s) {', '.join(missing[:6])}")
+        check_number_columns(shard, schema)
+        check_truth_values(shard)
     return shards
+
+
+def check_number_columns(shard: Path, schema: Any) -> None:
+    """Refuse a shard whose truth, frame or imaging columns are not numbers (a string ``jsn_px``).
+
+    Raises:
+        InputError: wrong dataset schema, naming the shard and the column.
+    """
+    import pyarrow as pa
+
+    for name in FINITE_COLUMNS + NULLABLE_NUMBER_COLUMNS:
+        kind = schema.field(name).type
+        numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind)
+        if not (numeric or (name in NULLABLE_NUMBER_COLUMNS and pa.types.is_null(kind))):
+            raise InputError(f"{shard}: wrong dataset schema, column '{name}' holds {kind}, not numbers")
+
+
+def check_truth_values(shard: Path) -> None:
+    """Refuse a shard with a null or non-finite value in a :data:`FINITE_COLUMNS` column, or a
+    pixel spacing that is not positive (reads only those columns: cheap).
+
+    Raises:
+        InputError: wrong dataset schema, naming the shard, the column and the first pair.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(shard, columns=["pair_id", *FINITE_COLUMNS])
+    except Exception as exc:
+        raise InputError(f"{shard}: unreadable parquet shard ({exc.__class__.__name__})") from None
+    pair_ids = table.column("pair_id").to_pylist()
+    for name in FINITE_COLUMNS:
+        column = table.column(name)
+        if column.null_count:
+            first = column.to_pylist().index(None)
+            raise InputError(f"{shard}: wrong dataset schema, column '{name}' is null (pair {pair_ids[first]})")
+        values = column.to_numpy().astype(np.float64)
+        bad = ~np.isfinite(values) | ((values <= 0) if name == "pixel_spacing_mm" else False)
+        if bad.any():
+            first = int(np.argmax(bad))
+            what = "a positive number" if name == "pixel_spacing_mm" else "a finite number"
+            raise InputError(f"{shard}: wrong dataset schema, column '{name}' holds {values[first]}, not {what} "
+                             f"(pair {pair_ids[first]})")
 
 
 def _decode(value: Any, name: str, pair_id: str) -> np.ndarray:
@@ -106,8 +168,38 @@ def _decode(value: Any, name: str, pair_id: str) -> np.ndarray:
         raise InputError(f"pair {pair_id}: column '{name}' is not a readable PNG") from None
 
 
+def check_pair_images(row: dict, where: str) -> None:
+    """Refuse a decoded pair whose images or masks are not greyscale or not all of one size, or
+    whose joint centre is not a point of them (the truth would be stated off the picture).
+
+    Args:
+        row: a pair as :func:`read_pairs` decodes it.
+        where: the shard and pair, for the message.
+
+    Raises:
+        InputError: naming the column.
+    """
+    height, width = np.shape(row["baseline"])[:2]
+    for name in IMAGE_COLUMNS + MASK_COLUMNS:
+        pixels = row[name]
+        if pixels.ndim != 2:
+            raise InputError(f"{where}: column '{name}' is not a greyscale image (array of shape {pixels.shape})")
+        if pixels.shape != (height, width):
+            raise InputError(f"{where}: column '{name}' is {pixels.shape[1]}x{pixels.shape[0]}, "
+                             f"column 'baseline' is {width}x{height}")
+    x, y = float(row["joint_center_x"]), float(row["joint_center_y"])
+    if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
+        raise InputError(f"{where}: columns 'joint_center_x', 'joint_center_y' ({x:g}, {y:g}) are not inside "
+                         f"the {width}x{height} images")
+
+
 def read_pairs(folder: str | os.PathLike, split: str | None = None, limit: int | None = None) -> Iterator[dict]:
-    """Yield the pairs of a dataset as dicts: images as stored arrays, masks as bool arrays."""
+    """Yield the pairs of a dataset as dicts: images as stored arrays, masks as bool arrays.
+
+    Raises:
+        InputError: see :func:`dataset_shards`; a pair with an unreadable image, or images of
+            different sizes (:func:`check_pair_images`).
+    """
     import pyarrow.parquet as pq
 
     count = 0
@@ -121,6 +213,7 @@ def read_pairs(folder: str | os.PathLike, split: str | None = None, limit: int |
                 row[name] = _decode(row[name], name, pair_id)
             for name in MASK_COLUMNS:
                 row[name] = _decode(row[name], name, pair_id) > 0
+            check_pair_images(row, f"{shard}: pair {pair_id}")
             count += 1
             yield row
 
@@ -263,9 +356,9 @@ def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dic
         estimate, flagged, _ = read_estimate(output)
     except InputError as exc:  # the method refused this pair: count it, keep going
         estimate, flagged, error_message = float("nan"), True, str(exc)
-    except Exception as exc:  # noqa: BLE001  (a plug-in's or our own failure on one pair must not end a run)
-        estimate, flagged = float("nan"), True
-        error_message = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+    except (Exception, SystemExit) as exc:  # noqa: BLE001  (a plug-in's or our own failure on one pair,
+        # even a sys.exit() in a plug-in, must not end the run, let alone with exit code 0)
+        estimate, flagged, error_message = float("nan"), True, exception_line(exc)
     elapsed = time.perf_counter() - start
     cpu_elapsed = time.process_time() - cpu_start  # this process's CPU time (all its threads)
     spacing = float(record["pixel_spacing_mm"])
@@ -396,6 +489,25 @@ def validate_records(
     return rows
 
 
+def failure_reason(row: dict) -> str:
+    """Why a row has no estimate: the method's error, or what it returned instead of a number."""
+    if row.get("method_error"):
+        return str(row["method_error"])
+    return f"returned a JSN that is not a finite number ({row.get('estimate_px')})"
+
+
+def check_some_estimate(rows: list[dict], method_name: str, what: str = "pairs") -> None:
+    """Refuse a run in which the method estimated nothing: its statistics would be empty, and
+    exit code 0 would tell a script that the method was validated.
+
+    Raises:
+        InputError: with the number of failures and the first one's reason.
+    """
+    failed = [r for r in rows if not math.isfinite(r.get("estimate_px", math.nan))]
+    if rows and len(failed) == len(rows):
+        raise InputError(f"method {method_name} failed on all {len(rows)} {what}; first: {failure_reason(failed[0])}")
+
+
 def _run_key(folder: Path, method_name: str, split: str | None, limit: int | None) -> str:
     text = json.dumps([str(folder.resolve()), method_name, split, limit])
     return hashlib.sha1(text.encode()).hexdigest()[:12]
@@ -425,16 +537,20 @@ def validate_dataset(
         The summary: ``overall`` statistics, the ``breakdown`` and the output paths.
 
     Raises:
-        InputError: a missing folder, a dataset of the wrong schema, an unknown split or method.
-        OutputError: ``out_dir`` exists and is not a folder.
+        InputError: a missing folder, an unfinished dataset, a dataset of the wrong schema, an
+            unknown split or method, or a method that estimated no pair at all.
+        OutputError: ``out_dir`` exists and is not a folder, or a report file cannot be written.
     """
     folder = Path(folder)
     method_name, function = load_method(method)
     dataset_shards(folder, split)  # fail fast on a wrong schema
     done: dict[str, dict] = {}
     log_path = None
+    created = out_dir is not None and not Path(out_dir).exists()
     if out_dir is not None:
         out = make_output_folder(out_dir)
+        for path in report_paths(out).values():  # before the long work, not after it
+            check_writable(path)
         log_path = out / f".validate-{_run_key(folder, method_name, split, limit)}.jsonl"
         if log_path.exists():
             for line in log_path.read_text().splitlines():
@@ -452,6 +568,17 @@ def validate_dataset(
     rows = validate_records(read_pairs(folder, split, limit), function, with_crlb, done, log)
     if not rows:
         raise InputError(f"{folder}: no pairs to validate")
+    try:
+        check_some_estimate(rows, method_name)
+    except InputError:
+        # a finished run with nothing to report: nothing to resume either (a fixed plug-in must
+        # start afresh), and no folder left behind that this run made
+        if log_path is not None:
+            log_path.unlink(missing_ok=True)
+            if created:
+                with contextlib.suppress(OSError):
+                    log_path.parent.rmdir()
+        raise
     summary = {
         "dataset": str(folder),
         "method": method_name,
@@ -468,33 +595,35 @@ def validate_dataset(
     return summary
 
 
-def write_report(rows: list[dict], summary: dict, out: Path, prefix: str = "") -> dict:
-    """Write ``summary.json``, ``pairs.csv`` and the two plots into ``out`` (atomically)."""
-    paths = {
+def report_paths(out: Path, prefix: str = "") -> dict[str, Path]:
+    """The files :func:`write_report` writes into ``out``."""
+    return {
         "summary": out / f"{prefix}summary.json",
         "pairs": out / f"{prefix}pairs.csv",
         "bland_altman": out / f"{prefix}bland_altman.png",
         "error_vs_truth": out / f"{prefix}error_vs_truth.png",
     }
+
+
+def write_report(rows: list[dict], summary: dict, out: Path, prefix: str = "") -> dict:
+    """Write ``summary.json`` (strict JSON: a number that is not finite is null), ``pairs.csv``
+    and the two plots into ``out``, all of them or none."""
+    paths = report_paths(out, prefix)
     buffer = io.StringIO()
     # union of the keys in order: rows resumed from an older run may lack newer columns
     writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
     writer.writeheader()
     writer.writerows(rows)
-    write_bytes_atomic(paths["pairs"], buffer.getvalue().encode())
     title = f"{summary.get('method', '')} on {Path(str(summary.get('dataset', ''))).name}"
-    write_bytes_atomic(paths["bland_altman"], bland_altman_png(rows, title))
-    write_bytes_atomic(paths["error_vs_truth"], error_vs_truth_png(rows, title))
     record = dict(summary)
     record["outputs"] = {k: str(v) for k, v in paths.items()}
-    write_bytes_atomic(paths["summary"], (json.dumps(record, indent=2, default=_json_default) + "\n").encode())
+    write_files_atomic({
+        paths["pairs"]: buffer.getvalue().encode(),
+        paths["bland_altman"]: bland_altman_png(rows, title),
+        paths["error_vs_truth"]: error_vs_truth_png(rows, title),
+        paths["summary"]: (json_text(record) + "\n").encode(),
+    })
     return record["outputs"]
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(type(value).__name__)
 
 
 def _figure_bytes(fig) -> bytes:

@@ -521,9 +521,12 @@ def _read_state(out_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise OutputError(f"{path}: unreadable run record; remove the folder or choose another") from None
+    if not isinstance(state, dict):  # valid JSON, but not a record this code wrote
+        raise OutputError(f"{path}: not a jsnsynth run record (a JSON {type(state).__name__}, not an object)")
+    return state
 
 
 def _write_state(out_dir: Path, record: dict, completed: list[str], complete: bool) -> None:
@@ -557,6 +560,29 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
         return []
     finished = [name for name in state.get("completed_shards", []) if (out_dir / PAIRS_DIR / name).is_file()]
     return finished
+
+
+@contextlib.contextmanager
+def _removed_if_nothing_written(out_dir: Path, existed: bool, completed: list[str], plan: Plan) -> Iterator[None]:
+    """Undo the output folder's set-up when the run fails before its first shard.
+
+    Such a run (an unreadable image of the source, an interrupt) has nothing to resume, and a
+    folder holding only its run record would look like a dataset to the next command. The run
+    record, a layers shard written just before its pairs shard failed, and the empty shard
+    folders go, and ``out_dir`` itself when this run created it and it is empty; a folder that
+    existed, and anything else in it, stays.
+    """
+    try:
+        yield
+    except BaseException:
+        if not completed:
+            (out_dir / STATE_NAME).unlink(missing_ok=True)
+            for shard in plan.shards:
+                (out_dir / LAYERS_DIR / shard.file_name).unlink(missing_ok=True)
+            for folder in (out_dir / PAIRS_DIR, out_dir / LAYERS_DIR, *(() if existed else (out_dir,))):
+                with contextlib.suppress(OSError):  # not empty, or already gone: leave it
+                    folder.rmdir()
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -655,12 +681,14 @@ def build_dataset(
     out_dir = Path(out_dir)
     plan = plan_dataset(list(source.joint_ids()), config)
     record = _state_record(source, config, plan)
+    existed = out_dir.exists()
     finished = _prepare_output(out_dir, record)
     _write_state(out_dir, record, finished, complete=False)
     pending = [s for s in plan.shards if s.file_name not in finished]
     indices = [i for shard in pending for i in shard.indices]
     completed = list(finished)
-    with tqdm(total=config.n_pairs, initial=config.n_pairs - len(indices), disable=quiet, unit="pair", desc="pairs") as bar:
+    with _removed_if_nothing_written(out_dir, existed, completed, plan), \
+            tqdm(total=config.n_pairs, initial=config.n_pairs - len(indices), disable=quiet, unit="pair", desc="pairs") as bar:
         rows = _iter_rows(source, plan, config, indices, num_proc)
         try:
             for shard in pending:
@@ -817,13 +845,7 @@ def check_dataset_folder(folder: str | os.PathLike) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such dataset folder")
-    state = _read_state(folder)
-    if state is None or state.get("generator") != "jsnsynth":
-        raise InputError(f"{folder}: not a jsnsynth dataset (no {STATE_NAME})")
-    if not state.get("complete"):
-        raise InputError(f"{folder}: the dataset run is unfinished; rerun the same 'jsnsynth dataset' command to resume")
-    if not (folder / CARD_NAME).is_file():
-        raise InputError(f"{folder}: no {CARD_NAME} dataset card")
+    state = check_finished_run(folder)
     shards = sorted((folder / PAIRS_DIR).glob("*.parquet"))
     if not shards:
         raise InputError(f"{folder}: no {PAIRS_DIR}/*.parquet shards")
@@ -836,6 +858,30 @@ def check_dataset_folder(folder: str | os.PathLike) -> dict:
         if not expected <= names:
             missing = sorted(expected - names)
             raise InputError(f"{shard}: wrong dataset schema, missing column(s) {', '.join(missing[:5])}")
+    return state
+
+
+def check_finished_run(folder: str | os.PathLike, record_required: bool = True) -> dict | None:
+    """Verify that ``folder`` holds a finished dataset: its run record (when there is one, or
+    always with ``record_required``) says complete, and it has its card; return the record.
+
+    A run that was interrupted, or failed, holds only the shards it finished: scoring or
+    publishing it would pass a part for the whole. A folder without a run record is a dataset
+    made by another tool in the same layout (``record_required=False`` accepts it).
+
+    Raises:
+        InputError: no run record (when required) or not jsnsynth's, an unfinished run, or no card.
+    """
+    folder = Path(folder)
+    state = _read_state(folder)
+    if state is None and not record_required:
+        pass
+    elif state is None or state.get("generator") != "jsnsynth":
+        raise InputError(f"{folder}: not a jsnsynth dataset (no {STATE_NAME})")
+    elif not state.get("complete"):
+        raise InputError(f"{folder}: the dataset run is unfinished; rerun the same 'jsnsynth dataset' command to resume")
+    if not (folder / CARD_NAME).is_file():
+        raise InputError(f"{folder}: no {CARD_NAME} dataset card (an unfinished or incomplete dataset)")
     return state
 
 

@@ -53,7 +53,8 @@ def read_manifest(root: str | os.PathLike) -> list[FingerJointRecord]:
     """Read ``root/manifest.csv`` into records, in file order.
 
     Raises:
-        InputError: missing folder or manifest, missing columns, or an empty manifest.
+        InputError: missing folder or manifest, a manifest that is not UTF-8 CSV text, missing
+            columns, a row with missing cells, or an empty manifest.
     """
     root = Path(root)
     if not root.is_dir():
@@ -61,27 +62,39 @@ def read_manifest(root: str | os.PathLike) -> list[FingerJointRecord]:
     manifest = root / MANIFEST_NAME
     if not manifest.is_file():
         raise InputError(f"{root}: no {MANIFEST_NAME} (expected the finger-joint folder format)")
-    with open(manifest, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"{manifest}: missing column(s) {', '.join(missing)}")
-        records = [
-            FingerJointRecord(
-                series=row["series"],
-                series_id=row["series_id"],
-                side=row["side"],
-                joint_code=row["joint_code"],
-                image=root / row["image"],
-                mask_upper=root / row["mask_upper"] if row["mask_upper"] else root / "<missing upper mask>",
-                mask_lower=root / row["mask_lower"] if row["mask_lower"] else root / "<missing lower mask>",
-                soft_tissue=root / row["soft_tissue"] if row["soft_tissue"] else root / "<missing soft-tissue image>",
-            )
-            for row in reader
-        ]
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise InputError(f"{manifest}: missing column(s) {', '.join(missing)}")
+            records = [_record_of(row, root, manifest, reader.line_num) for row in reader]
+    except (UnicodeDecodeError, csv.Error) as exc:  # a binary file, NUL bytes, an unclosed quote
+        raise InputError(f"{manifest}: not a readable CSV text file ({exc.__class__.__name__})") from None
     if not records:
         raise InputError(f"{manifest}: lists no images")
     return records
+
+
+def _record_of(row: dict, root: Path, manifest: Path, line: int) -> FingerJointRecord:
+    """One manifest row as a record; an empty mask or soft-tissue cell becomes a placeholder path
+    that the sources report as missing.
+
+    Raises:
+        InputError: a row with fewer cells than the header (naming the line).
+    """
+    if any(row.get(name) is None for name in MANIFEST_COLUMNS):
+        raise InputError(f"{manifest}: line {line} has fewer cells than the header")
+    return FingerJointRecord(
+        series=row["series"],
+        series_id=row["series_id"],
+        side=row["side"],
+        joint_code=row["joint_code"],
+        image=root / row["image"],
+        mask_upper=root / row["mask_upper"] if row["mask_upper"] else root / "<missing upper mask>",
+        mask_lower=root / row["mask_lower"] if row["mask_lower"] else root / "<missing lower mask>",
+        soft_tissue=root / row["soft_tissue"] if row["soft_tissue"] else root / "<missing soft-tissue image>",
+    )
 
 
 #: Within this distance of a drawn mask every bone pixel of ``a(image) - a(soft)`` is bone.

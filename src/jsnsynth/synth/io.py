@@ -9,17 +9,20 @@ bright. Every failure is an :class:`~jsnsynth.errors.InputError` that names the 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import cv2
 import numpy as np
 
-from jsnsynth.errors import InputError, OutputError
+from jsnsynth.errors import InputError, OutputError, exception_line
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -65,24 +68,51 @@ def _read_dicom(path: Path) -> Radiograph:
     import pydicom  # imported lazily: only DICOM input needs it
 
     try:
-        ds = pydicom.dcmread(str(path))
-        pixels = ds.pixel_array
+        # pydicom warns about every header it repairs while reading a corrupt file, quoting its
+        # raw bytes; the user gets the one line below instead
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(str(path))
+            pixels = ds.pixel_array
+            bits = int(getattr(ds, "BitsStored", 16 if pixels.dtype.itemsize > 1 else 8))
+            photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     except Exception as exc:  # pydicom raises many types for corrupt files
-        raise InputError(f"{path}: unreadable DICOM ({exc.__class__.__name__}: {exc})") from None
+        raise InputError(f"{path}: unreadable DICOM ({exception_line(exc)})") from None
     if pixels.ndim != 2:
         raise InputError(f"{path}: expected a single-frame greyscale DICOM, got pixel array {pixels.shape}")
-    bits = int(getattr(ds, "BitsStored", 16 if pixels.dtype.itemsize > 1 else 8))
     full_scale = float((1 << bits) - 1)
     intensity = np.clip(pixels.astype(np.float64) / full_scale, 0.0, 1.0)
-    if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+    if photometric == "MONOCHROME1":
         intensity = 1.0 - intensity
-    spacing = None
+    return Radiograph(intensity, bits, _dicom_pixel_spacing(ds, path), path)
+
+
+def _dicom_pixel_spacing(ds: Any, path: Path) -> float | None:
+    """Row spacing (mm) from ImagerPixelSpacing, else PixelSpacing; None when neither is there.
+
+    Only that it is a number is checked here: whether it is a plausible radiograph's is checked
+    where it is used (:func:`jsnsynth.synth.layers.check_pixel_spacing`), so that a spacing
+    given on the command line can still replace a wrong one.
+
+    Raises:
+        InputError: a spacing element that is not a number, naming the file and the element.
+    """
     for tag in ("ImagerPixelSpacing", "PixelSpacing"):
-        value = getattr(ds, tag, None)
-        if value is not None and len(value) >= 1:
-            spacing = float(value[0])
-            break
-    return Radiograph(intensity, bits, spacing, path)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                value = getattr(ds, tag, None)
+                if not isinstance(value, (str, bytes, int, float)) and value is not None:
+                    value = value[0] if len(value) else None  # a multi-value element: rows first
+                if value is None or value in ("", b""):  # absent or empty: no spacing stated
+                    continue
+                spacing = float(value)
+        except Exception:  # a malformed element: pydicom raises on access or float() on its text
+            raise InputError(f"{path}: DICOM {tag} is not a number of mm") from None
+        if not math.isfinite(spacing):
+            raise InputError(f"{path}: DICOM {tag} is not a number of mm")
+        return spacing
+    return None
 
 
 def read_radiograph(path: str | os.PathLike) -> Radiograph:
@@ -144,12 +174,16 @@ def _to_greyscale(pixels: np.ndarray, path: Path) -> np.ndarray:
 def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a binary mask image (any non-zero pixel is inside) as a bool array.
 
+    Any non-zero pixel is inside, whatever the other values: a label image (0 outside, 1 and 2
+    for two parts) is read as its union, as a user who drew it expects, not as its brightest
+    label. Save masks losslessly (PNG): a JPEG's ringing would be read as inside.
+
     Args:
         path: PNG (or any format :func:`read_radiograph` reads) holding the mask.
         shape: expected ``(H, W)``; a mismatch raises.
 
     Raises:
-        InputError: missing or unreadable file, wrong size, or an empty mask.
+        InputError: missing or unreadable file, NaN values, wrong size, or an empty mask.
     """
     path = _existing_file(path)
     pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -157,7 +191,9 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
         raise InputError(f"{path}: not a readable mask image")
     if pixels.ndim == 3:
         pixels = pixels[..., :3].max(axis=2)
-    mask = pixels > (pixels.max() / 2 if pixels.max() > 1 else 0)
+    if np.issubdtype(pixels.dtype, np.floating) and not np.all(np.isfinite(pixels)):
+        raise InputError(f"{path}: mask contains NaN or infinite values")
+    mask = pixels != 0
     if shape is not None and mask.shape != tuple(shape):
         raise InputError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, image is {shape[1]}x{shape[0]}")
     if not mask.any():
@@ -231,32 +267,144 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     Raises:
         OutputError: the path is a folder, or its folder cannot be made or written, naming it.
     """
-    path = Path(os.path.realpath(path))
-    if path.is_dir():
-        raise OutputError(f"cannot write {path}: it is a folder")
-    if path.exists() and not path.is_file():
-        try:
-            with open(path, "wb") as handle:
-                handle.write(data)
-        except OSError as exc:
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-        return
+    write_files_atomic({path: data})
+
+
+def write_files_atomic(files: Mapping[str | os.PathLike, bytes]) -> None:
+    """Write several files so that either all of them appear or none does.
+
+    Every regular file is first written under a temporary name beside it (as
+    :func:`write_bytes_atomic` does for one), then the paths that are not regular files
+    (``/dev/null``, a FIFO) are written directly, and only when all of that succeeded are the
+    temporaries renamed into place. A failure on the way removes the temporaries: no output of a
+    command is left behind without the others (a figure without its JSON record).
+
+    Args:
+        files: output path -> bytes, written in this order.
+
+    Raises:
+        OutputError: a path is a folder, or a folder cannot be made or written, naming it.
+    """
+    staged: list[tuple[str, Path]] = []  # (temporary, final path)
+    direct: list[tuple[Path, bytes]] = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    except OSError as exc:
-        raise OutputError(_cannot(f"cannot write {path}", exc, path.parent)) from None
+        for name, data in files.items():
+            path = Path(os.path.realpath(name))
+            if path.is_dir():
+                raise OutputError(f"cannot write {path}: it is a folder")
+            if path.exists() and not path.is_file():
+                direct.append((path, data))
+                continue
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+            except OSError as exc:
+                raise OutputError(_cannot(f"cannot write {path}", exc, path.parent)) from None
+            staged.append((tmp, path))
+            _write_and_close(fd, data, path)
+            os.chmod(tmp, 0o666 & ~_umask())
+        for path, data in direct:
+            try:
+                with open(path, "wb") as handle:
+                    handle.write(data)
+            except OSError as exc:
+                raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        for tmp, path in staged:
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+
+
+def _write_and_close(fd: int, data: bytes, path: Path) -> None:
+    """Write ``data`` to the open temporary ``fd`` of ``path`` and close it."""
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def check_outputs_apart(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse, before any work, outputs that would overwrite an input or one another.
+
+    Paths are compared after resolving links (and, for existing files, by device and inode, so a
+    hard link counts as the same file). Paths that exist and are not regular files
+    (``/dev/null``) may take several outputs.
+
+    Raises:
+        OutputError: naming the output and the input (or other output) it would replace.
+    """
+    seen_inputs = {}
+    for path in inputs:
+        seen_inputs.setdefault(_file_identity(path), Path(path))
+    seen_outputs: dict[tuple, Path] = {}
+    for path in outputs:
+        key = _file_identity(path)
+        if key in seen_inputs:
+            raise OutputError(f"{path}: the output would overwrite the input {seen_inputs[key]}; choose another name")
+        special = Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir()
+        if key in seen_outputs and not special:
+            raise OutputError(f"{path}: two outputs would be written to the same file ({seen_outputs[key]})")
+        seen_outputs[key] = Path(path)
+
+
+def _file_identity(path: str | os.PathLike) -> tuple:
+    """What makes two paths the same file: device and inode when it exists, else its real path."""
+    real = os.path.realpath(path)
+    try:
+        status = os.stat(real)
+    except OSError:
+        return ("path", real)
+    return ("inode", status.st_dev, status.st_ino)
+
+
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """Strict JSON of ``value``: NaN and infinite floats (numpy's too) written as ``null``.
+
+    Python's ``json`` writes ``NaN`` and ``Infinity``, which are not JSON: ``jq``, JavaScript and
+    most other readers refuse the whole document. Numpy scalars become plain numbers.
+
+    Raises:
+        ValueError: a value that JSON cannot hold (a bug, not an input problem).
+    """
+    return json.dumps(_strict_json_value(value), indent=indent, allow_nan=False)
+
+
+def _strict_json_value(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None, recursively."""
+    if isinstance(value, dict):
+        return {k: _strict_json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json_value(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def check_output_folder(path: str | os.PathLike) -> None:
+    """Fail early, before any work and without creating anything, where
+    :func:`make_output_folder` would fail at the end.
+
+    Raises:
+        OutputError: ``path`` is a file, an ancestor is a file, or a folder on the way is not
+            writable.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: exists and is not a folder")
+    reason = _why_not_a_folder(path)
+    if reason is not None:
+        raise OutputError(f"cannot make the folder {path}: {reason}")
 
 
 def make_output_folder(path: str | os.PathLike) -> Path:

@@ -18,6 +18,30 @@ from jsnsynth.synth.geometry import axis_vector
 
 #: Nominal pixel spacing of the finger-joint crops (the registration paper's 0.175 mm/px).
 DEFAULT_PIXEL_SPACING_MM = 0.175
+#: Pixel sizes (mm) accepted wherever a spacing is given or read (an option, a DICOM header):
+#: from high-resolution detectors to coarse scans. One range for every command, so a spacing
+#: that one command takes is never refused by the next.
+PIXEL_SPACING_RANGE_MM = (0.02, 1.0)
+
+
+def check_pixel_spacing(pixel_spacing_mm: float, name: str = "image") -> float:
+    """Refuse a pixel size that no hand radiograph has; return it as a float.
+
+    Args:
+        pixel_spacing_mm: the spacing, mm/px.
+        name: what it belongs to (a file, an option), for the message.
+
+    Raises:
+        InputError: not a number in :data:`PIXEL_SPACING_RANGE_MM`, naming ``name``.
+    """
+    low, high = PIXEL_SPACING_RANGE_MM
+    try:
+        value = float(pixel_spacing_mm)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: pixel spacing {pixel_spacing_mm!r} is not a number") from None
+    if not (math.isfinite(value) and low <= value <= high):
+        raise InputError(f"{name}: pixel spacing {pixel_spacing_mm} mm is not a radiograph's ({low}-{high} mm)")
+    return value
 
 
 @dataclass

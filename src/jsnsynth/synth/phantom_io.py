@@ -39,7 +39,7 @@ from jsnsynth.synth.io import (
     remove_partial_outputs,
     write_bytes_atomic,
 )
-from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers
+from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, check_pixel_spacing
 from jsnsynth.synth.phantom import JOINT_TYPES, MIN_SIZE_PX, PhantomParams, render_phantom, sample_phantom_params
 from jsnsynth.synth.xray import ImagingParams, quantize, render_radiograph, sample_imaging_params
 
@@ -76,8 +76,7 @@ class PhantomSettings:
             raise InputError(f"joint type must be one of {', '.join(JOINT_TYPES)} or random, got {self.joint_type!r}")
         if self.size_px < MIN_SIZE_PX:
             raise InputError(f"phantom size must be at least {MIN_SIZE_PX} pixels, got {self.size_px}")
-        if not (np.isfinite(self.pixel_spacing_mm) and self.pixel_spacing_mm > 0):
-            raise InputError(f"pixel spacing must be a positive number of mm, got {self.pixel_spacing_mm}")
+        check_pixel_spacing(self.pixel_spacing_mm, "phantom")  # the range every command shares
         if self.seed < 0:
             raise InputError(f"seed must be >= 0, got {self.seed}")
 

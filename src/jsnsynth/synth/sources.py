@@ -75,6 +75,9 @@ class PhantomSource:
         image_size: optional ``(H, W)`` or int passed to the phantom sampler as ``image_size``
             when given (the phantom's own default otherwise).
         overrides: further keyword overrides for ``sample_phantom_params``.
+
+    Raises:
+        InputError: no joints, or overrides the phantom sampler refuses (checked here, up front).
     """
 
     name = "phantom"
@@ -86,6 +89,9 @@ class PhantomSource:
             raise InputError(f"a phantom source needs at least one joint, got {n_joints}")
         self.n_joints = int(n_joints)
         self.overrides = {k: v for k, v in overrides.items() if v is not None}
+        # one throw-away draw checks the overrides (names, size, spacing) now, not when the
+        # first pair is made after the output folder has been set up
+        phantom.sample_phantom_params(np.random.default_rng(0), **self.overrides)
 
     def joint_ids(self) -> list[str]:
         """``phantom-000000``, ``phantom-000001``, ..."""
