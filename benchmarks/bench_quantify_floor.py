@@ -6,8 +6,9 @@ without flexion, or with the follow-up mapped onto the baseline's display throug
 chains (an oracle a method cannot use); with ``--fingerjoints``, real-layer pairs the same way
 (a second pair of columns). Real-layer pairs with flexion up to 6 deg per bone
 are also measured with the soft tissue carried by the bones (the default) and held static (as
-before that model). Writes both tables into docs/quantify.md (between the
-``bench_quantify_floor`` markers).
+before that model), and real-layer pairs with one nuisance at a time and the same imaging for
+both visits (what moving a raster layer can add to the error). Writes the tables into
+docs/quantify.md (between the ``bench_quantify_floor`` markers).
 
     .venv/bin/python benchmarks/bench_quantify_floor.py --fingerjoints ../shared/data/fingerjoints
 """
@@ -101,6 +102,30 @@ def measure(source, joint_ids, n: int, seed: int, config: PairConfig, edit, orac
     return np.asarray(errors)
 
 
+def alone(keep: tuple[str, ...] = (), **changes):
+    """Edit of drawn parameters: same imaging, nothing else differing but the drawn values named
+    in ``keep`` (e.g. the flexion angles) and the fixed values in ``changes``."""
+    still_params = {"upper_flexion_deg": 0.0, "lower_flexion_deg": 0.0, "global_angle_deg": 0.0, "global_scale": 1.0,
+                    "global_dx": 0.0, "global_dy": 0.0, "jsn_px": 0.0, "jsn_mm": 0.0}
+
+    def edit(params: PairParams) -> PairParams:
+        kept = {name: getattr(params, name) for name in keep}
+        return dataclasses.replace(same_imaging(params), **{**still_params, **kept, **changes})
+
+    return edit
+
+
+#: Rows of the one-nuisance-at-a-time table of real-layer pairs (same imaging for both visits).
+NUISANCE_ROWS = [
+    ("the JSN change only (within +-3 px)", alone(keep=("jsn_px", "jsn_mm"))),
+    ("a translation of the whole joint by 0.5 px", alone(global_dy=0.5)),
+    ("a magnification of 1.03", alone(global_scale=1.03)),
+    ("a rotation of 3 deg", alone(global_angle_deg=3.0)),
+    ("each bone's flexion (up to 2 deg)", alone(keep=("upper_flexion_deg", "lower_flexion_deg"))),
+    ("flexion, repositioning and the JSN change", same_imaging),
+]
+
+
 def rmse(errors: np.ndarray) -> float:
     return float(np.sqrt(np.mean(errors**2)))
 
@@ -120,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fingerjoints", type=Path, help="real finger-joint folder (soft-tissue table)")
     parser.add_argument("--pairs", type=int, default=24)
     parser.add_argument("--seed", type=int, default=9)
+    parser.add_argument("--bias-pairs", type=int, default=32, help="pairs per row of the one-nuisance-at-a-time table")
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
     keep_freed_heap()  # as the jsnsynth commands do
@@ -155,6 +181,14 @@ def main(argv: list[str] | None = None) -> int:
             print(soft_lines[-1], file=sys.stderr)
         block += ("\n\nThe soft-tissue model of the pairs (JSN RMSE of the quantifier, noise-free, "
                   f"{args.pairs} pairs per cell):\n\n" + "\n".join(soft_lines))
+        nuisance_lines = ["| real-layer pairs, same imaging for both visits; the follow-up differs by | JSN RMSE px | bias px |",
+                          "|---|---|---|"]
+        for label, edit in NUISANCE_ROWS:
+            errors = measure(real, real.joint_ids(), args.bias_pairs, args.seed, config, edit, False)
+            nuisance_lines.append(f"| {label} | {rmse(errors):.4f} | {errors.mean():+.4f} |")
+            print(nuisance_lines[-1], file=sys.stderr)
+        block += (f"\n\nOne nuisance at a time ({args.bias_pairs} noise-free real-layer pairs per row, same seed; "
+                  "the bias is what the synthesis of a moved raster layer can add):\n\n" + "\n".join(nuisance_lines))
     write_doc_block(args.docs / "quantify.md", "bench_quantify_floor", block, title="Quantifier")
     return 0
 
