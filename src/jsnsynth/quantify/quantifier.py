@@ -38,6 +38,7 @@ from jsnsynth.quantify.warp import (
     spline_gradients,
 )
 from jsnsynth.synth.geometry import Similarity, axis_vector
+from jsnsynth.synth.io import strict_json_value
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, joint_axis_from_masks, joint_center_from_masks
 
 #: Version of the JSON record written by :meth:`JsnResult.to_dict` (bump on a key change).
@@ -138,9 +139,9 @@ class JsnResult:
         return {
             "version": RESULT_VERSION,
             "method": self.method,
-            "jsn_px": _finite_or_none(self.jsn_px),
-            "jsn_mm": _finite_or_none(self.jsn_mm),
-            "jsn_se_px": _finite_or_none(self.jsn_se_px),
+            "jsn_px": strict_json_value(self.jsn_px),
+            "jsn_mm": strict_json_value(self.jsn_mm),
+            "jsn_se_px": strict_json_value(self.jsn_se_px),
             "pixel_spacing_mm": self.pixel_spacing_mm,
             "pixel_spacing_source": self.pixel_spacing_source,
             "sign_convention": "positive = narrowing (upper bone moved toward the lower bone)",
@@ -151,27 +152,9 @@ class JsnResult:
             "reliability": float(self.reliability),
             "mismatch": bool(self.mismatch),
             "flags": list(self.flags),
-            "bones": _jsonable(self.bones),
+            "bones": strict_json_value(self.bones),
             "timings_s": {k: float(v) for k, v in self.timings_s.items()},
         }
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return _finite_or_none(float(value))
-    return value
 
 
 def as_intensity(image: np.ndarray, name: str) -> np.ndarray:

@@ -38,7 +38,14 @@ import pyarrow.parquet as pq
 
 from jsnsynth import __version__
 from jsnsynth.errors import InputError, OutputError
-from jsnsynth.synth.io import decode_png, encode_png, make_output_folder, remove_partial_outputs, write_bytes_atomic
+from jsnsynth.synth.io import (
+    decode_png,
+    encode_png,
+    make_output_folder,
+    remove_partial_outputs,
+    strict_json_value,
+    write_bytes_atomic,
+)
 from jsnsynth.synth.pairs import Pair, PairConfig, make_pair, sample_pair_params
 from jsnsynth.synth.sources import JointSource
 from jsnsynth.synth.xray import ImagingParams, quantize
@@ -97,21 +104,8 @@ class DatasetConfig:
             "split_fractions": list(self.split_fractions),
             "shard_size": self.shard_size,
             "layers_every": self.layers_every,
-            "pair": _jsonable(self.pair.to_dict()),
+            "pair": strict_json_value(self.pair.to_dict()),
         }
-
-
-def _jsonable(value: Any) -> Any:
-    """Tuples to lists and infinities to None, so records compare equal after a JSON round trip."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and math.isinf(value):
-        return None
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,7 +342,7 @@ def pair_row(pair: Pair, pair_id: str, index: int, source_name: str, joint_id: s
     )
     row.update(_imaging_columns(p.baseline_imaging, "baseline_"))
     row.update(_imaging_columns(p.followup_imaging, "followup_"))
-    row["source_metadata"] = json.dumps(_jsonable(base.metadata), sort_keys=True)
+    row["source_metadata"] = json.dumps(strict_json_value(base.metadata), sort_keys=True)
     return row
 
 
@@ -504,7 +498,7 @@ def _state_record(source: JointSource, config: DatasetConfig, plan: Plan) -> dic
         "generator_version": __version__,
         "schema_version": SCHEMA_VERSION,
         "source": source.name,
-        "source_description": _jsonable(describe() if callable(describe) else {"source": source.name}),
+        "source_description": strict_json_value(describe() if callable(describe) else {"source": source.name}),
         "citation": source.citation,
         "config": config.to_dict(),
         "plan_digest": _plan_digest(plan),

@@ -373,15 +373,16 @@ def json_text(value: Any, indent: int | None = 2) -> str:
     Raises:
         ValueError: a value that JSON cannot hold (a bug, not an input problem).
     """
-    return json.dumps(_strict_json_value(value), indent=indent, allow_nan=False)
+    return json.dumps(strict_json_value(value), indent=indent, allow_nan=False)
 
 
-def _strict_json_value(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None, recursively."""
+def strict_json_value(value: Any) -> Any:
+    """``value`` as plain JSON data, recursively: every non-finite float None, numpy scalars
+    Python numbers, tuples lists, keys strings (so a record compares equal after a round trip)."""
     if isinstance(value, dict):
-        return {k: _strict_json_value(v) for k, v in value.items()}
+        return {str(k): strict_json_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_strict_json_value(v) for v in value]
+        return [strict_json_value(v) for v in value]
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -415,8 +416,7 @@ def make_output_folder(path: str | os.PathLike) -> Path:
             writable.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"{path}: exists and is not a folder")
+    check_output_folder(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
