@@ -7,7 +7,8 @@ chains (an oracle a method cannot use); with ``--fingerjoints``, real-layer pair
 (a second pair of columns). Real-layer pairs with flexion up to 6 deg per bone
 are also measured with the soft tissue carried by the bones (the default) and held static (as
 before that model), and real-layer pairs with one nuisance at a time and the same imaging for
-both visits (what moving a raster layer can add to the error). Writes the tables into
+both visits (what moving a raster layer can add to the error), and the same real-layer pairs
+under independent noise draws (whether the bias grows with the noise). Writes the tables into
 docs/quantify.md (between the ``bench_quantify_floor`` markers).
 
     .venv/bin/python benchmarks/bench_quantify_floor.py --fingerjoints ../shared/data/fingerjoints
@@ -27,7 +28,7 @@ import numpy as np
 import jsnsynth.synth.soft_tissue as soft_tissue
 from jsnsynth.quantify.quantifier import keep_freed_heap, quantify_pair
 from jsnsynth.synth.layers import joint_frame_from_masks
-from jsnsynth.synth.pairs import PairConfig, PairParams, make_pair, sample_pair_params
+from jsnsynth.synth.pairs import PairConfig, PairParams, make_pair, sample_pair_params, with_noise_draw
 from jsnsynth.synth.sources import open_source
 from jsnsynth.synth.xray import ImagingParams, ImagingRanges
 
@@ -102,6 +103,26 @@ def measure(source, joint_ids, n: int, seed: int, config: PairConfig, edit, orac
     return np.asarray(errors)
 
 
+def measure_noisy(source, joint_ids, n: int, seed: int, config: PairConfig, photons: float, draws: int) -> np.ndarray:
+    """JSN errors (px) of the pairs of :func:`measure` (default nuisances) imaged at ``photons`` per
+    pixel, ``draws`` noise realisations each. Every pair and draw gets its own noise: a draw index
+    shared by all pairs would give every joint the same noise field, whose one-off pull then looks
+    like a bias of the method (the draws of ``with_noise_draw`` are seeds, not joint-specific)."""
+    renderer = source.render_with_poses if source.exact_pose_rendering else None
+    errors = []
+    for k in range(n):
+        rng = np.random.default_rng([seed, k])
+        layers = source.load(joint_ids[(k * 37) % len(joint_ids)], rng)
+        params = sample_pair_params(rng, layers.pixel_spacing_mm, config)
+        centre, axis_deg = joint_frame_from_masks(layers.upper_mask, layers.lower_mask)
+        for draw in range(draws):
+            pair = make_pair(layers, with_noise_draw(params, photons, k * draws + draw), renderer)
+            result = quantify_pair(pair.baseline, pair.followup, layers.upper_mask, layers.lower_mask,
+                                   joint_center_xy=centre, joint_axis_deg=axis_deg)
+            errors.append(result.jsn_px - pair.jsn_px)
+    return np.asarray(errors)
+
+
 def alone(keep: tuple[str, ...] = (), **changes):
     """Edit of drawn parameters: same imaging, nothing else differing but the drawn values named
     in ``keep`` (e.g. the flexion angles) and the fixed values in ``changes``."""
@@ -146,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=24)
     parser.add_argument("--seed", type=int, default=9)
     parser.add_argument("--bias-pairs", type=int, default=32, help="pairs per row of the one-nuisance-at-a-time table")
+    parser.add_argument("--noise-draws", type=int, default=8, help="noise draws per pair in the noise-bias table")
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
     keep_freed_heap()  # as the jsnsynth commands do
@@ -189,6 +211,19 @@ def main(argv: list[str] | None = None) -> int:
             print(nuisance_lines[-1], file=sys.stderr)
         block += (f"\n\nOne nuisance at a time ({args.bias_pairs} noise-free real-layer pairs per row, same seed; "
                   "the bias is what the synthesis of a moved raster layer can add):\n\n" + "\n".join(nuisance_lines))
+        noise_lines = ["| real-layer pairs, default nuisances | quantifications | bias px (standard error) | RMSE px |",
+                       "|---|---|---|---|"]
+        for photons in (None, 1e4, 2.5e3):
+            if photons is None:
+                errors, label = measure(real, real.joint_ids(), args.bias_pairs, args.seed, config, lambda p: p, False), "noise-free"
+            else:
+                errors = measure_noisy(real, real.joint_ids(), args.bias_pairs, args.seed, config, photons, args.noise_draws)
+                label = f"{photons:,.0f} photons per pixel"
+            se = errors.std(ddof=1) / np.sqrt(errors.size)
+            noise_lines.append(f"| {label} | {errors.size} | {errors.mean():+.4f} ({se:.4f}) | {rmse(errors):.4f} |")
+            print(noise_lines[-1], file=sys.stderr)
+        block += (f"\n\nDoes the bias grow with the noise? The same {args.bias_pairs} real-layer pairs, noise-free and "
+                  f"under {args.noise_draws} independent noise draws each:\n\n" + "\n".join(noise_lines))
     write_doc_block(args.docs / "quantify.md", "bench_quantify_floor", block, title="Quantifier")
     return 0
 

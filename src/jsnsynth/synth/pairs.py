@@ -237,6 +237,10 @@ def with_noise_draw(params: PairParams, photons_per_px: float, draw: int, electr
     the same pair under independent noise draws (the baseline's and the follow-up's differ), for
     Monte-Carlo checks of an estimator's spread (``benchmarks/bench_quantify_se.py``).
 
+    ``draw`` is the seed itself: pairs of one size given the same ``draw`` get the same noise
+    field. Pooling pairs, give each its own draws (e.g. ``pair_index * draws + k``), or the one
+    field's pull on every joint reads as a bias of the estimator.
+
     Raises:
         InputError: ``draw`` outside 0-3999 (the visits' seeds are ``1000 + draw`` and ``5000 + draw``).
     """
