@@ -108,6 +108,8 @@ def measure_noisy(source, joint_ids, n: int, seed: int, config: PairConfig, phot
     pixel, ``draws`` noise realisations each. Every pair and draw gets its own noise: a draw index
     shared by all pairs would give every joint the same noise field, whose one-off pull then looks
     like a bias of the method (the draws of ``with_noise_draw`` are seeds, not joint-specific)."""
+    if n * draws > 4000:
+        raise SystemExit(f"{n} pairs x {draws} draws: with_noise_draw has 4000 seeds")
     renderer = source.render_with_poses if source.exact_pose_rendering else None
     errors = []
     for k in range(n):

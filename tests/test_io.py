@@ -224,6 +224,10 @@ def test_several_files_are_written_all_or_none(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="it is a folder"):
         io.write_files_atomic({tmp_path / "a.tif": b"a", tmp_path / "panel.png": b"p"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["panel.png"]
+    # the folders a failed call made go too
+    with pytest.raises(OutputError, match="it is a folder"):
+        io.write_files_atomic({tmp_path / "new" / "deep" / "a.tif": b"a", tmp_path / "panel.png": b"p"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["panel.png"]
     io.write_files_atomic({tmp_path / "a.tif": b"a", tmp_path / "sub" / "b.png": b"b"})
     assert (tmp_path / "a.tif").read_bytes() == b"a" and (tmp_path / "sub" / "b.png").read_bytes() == b"b"
 
@@ -246,6 +250,7 @@ def test_outputs_may_not_overwrite_inputs_or_each_other(tmp_path: Path) -> None:
 def test_json_output_is_strict() -> None:
     import json
 
-    text = io.json_text({"rmse": float("inf"), "ci": [np.float64("nan"), 1.5], "n": np.int64(3), "ok": np.bool_(True)})
+    text = io.json_text({"rmse": float("inf"), "ci": [np.float64("nan"), 1.5], "n": np.int64(3), "ok": np.bool_(True),
+                         "xy": np.array([1.0, np.inf])})
     assert json.loads(text, parse_constant=lambda name: pytest.fail(f"non-JSON token {name}")) == {
-        "rmse": None, "ci": [None, 1.5], "n": 3, "ok": True}
+        "rmse": None, "ci": [None, 1.5], "n": 3, "ok": True, "xy": [1.0, None]}

@@ -146,9 +146,9 @@ def test_rotation_then_translation_is_realised() -> None:
     assert np.allclose(measured, (0.83, -1.41), atol=TOLERANCE_PX)
 
 
-def _blobs(scale: float = 1.0, angle_deg: float = 0.0, centre=(70.0, 60.0)) -> np.ndarray:
+def _blobs(scale: float = 1.0, angle_deg: float = 0.0, centre=(70.0, 60.0), shape=(128, 160)) -> np.ndarray:
     """Gaussian blobs (nearly band-limited) moved by a similarity about ``centre``, analytically."""
-    y, x = np.mgrid[:128, :160].astype(np.float64)
+    y, x = np.mgrid[:shape[0], :shape[1]].astype(np.float64)
     a = np.radians(angle_deg)
     dx, dy = x - centre[0], y - centre[1]
     u = centre[0] + (np.cos(a) * dx + np.sin(a) * dy) / scale
@@ -157,10 +157,21 @@ def _blobs(scale: float = 1.0, angle_deg: float = 0.0, centre=(70.0, 60.0)) -> n
     return sum(np.exp(-((u - bx) ** 2 + (v - by) ** 2) / (2 * s * s)) for bx, by, s in blobs)
 
 
-@pytest.mark.parametrize("scale, angle_deg", [(1.0, 2.0), (1.03, 2.5), (0.97, 0.0), (0.9, -8.0)])
+@pytest.mark.parametrize("scale, angle_deg", [(1.0, 2.0), (1.03, 2.5), (0.97, 0.0), (0.9, -8.0), (0.6, 30.0), (1.8, 45.0)])
 def test_rotation_and_magnification_match_the_analytic_warp(scale: float, angle_deg: float) -> None:
+    """Up to the option limits (45 deg, 0.5-2): a shrunk picture is rotated before it is shrunk."""
     out = fourier_rotate_scale(_blobs(), Similarity(scale, angle_deg, 0.0, 0.0, 70.0, 60.0))
     assert np.abs(out - _blobs(scale, angle_deg))[10:-10, 10:-10].max() < 2e-3
+
+
+def test_rotation_about_a_centre_off_the_picture_keeps_its_margin() -> None:
+    """The padding follows the picture's distance from the centre, not only its size: the result
+    is the one an ample margin gives (a margin from the size alone was off by 1.3 here)."""
+    y, x = np.mgrid[:96, :128].astype(np.float64)
+    picture = np.sin(x / 9.0) + np.cos(y / 7.0) + 0.01 * x  # content up to the picture's edges
+    transform = Similarity(1.0, 10.0, 0.0, 0.0, -1000.0, 60.0)
+    ample = fourier_rotate_scale(picture, transform, margin_px=1200)
+    assert np.abs(fourier_rotate_scale(picture, transform) - ample)[10:-10, 10:-10].max() < 1e-4
 
 
 @pytest.mark.parametrize("scale, angle_deg", [(1.0, 2.0), (1.03, -1.0)])
@@ -181,6 +192,10 @@ def test_periodic_sinc_weights_interpolate_the_samples_and_a_band_limited_signal
         positions = np.array([0.25, 7.5, 19.9, length - 1.3])
         expected = np.cos(2 * np.pi * 3 * positions / length + 0.4)
         assert np.allclose(periodic_sinc_weights(positions, length) @ signal, expected, atol=1e-12)
+        # a hair from a sample the weights are still exact: the row is that sample's, and sums to 1
+        near = periodic_sinc_weights(np.array([5.0 + 1e-8, 9.0 - 3e-7]), length)
+        assert np.allclose(near.sum(axis=1), 1.0, atol=1e-12)
+        assert abs(near[0, 5] - 1.0) < 1e-12 and abs(near[1, 9] - 1.0) < 1e-11
 
 
 def test_each_bone_transform_maps_its_baseline_mask_onto_the_followup_mask() -> None:

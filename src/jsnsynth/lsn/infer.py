@@ -50,7 +50,7 @@ from jsnsynth.synth.io import (
     write_files_atomic,
 )
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, joint_frame_from_masks
-from jsnsynth.synth.layers import check_pixel_spacing as _check_spacing_range
+from jsnsynth.synth.layers import check_pixel_spacing
 from jsnsynth.synth.xray import attenuation_to_intensity, intensity_to_attenuation, quantize
 
 #: The bundled weights, inside the package.
@@ -215,7 +215,8 @@ def separate_intensity(
         InputError: a crop that is not 2-D, smaller than 32 px, non-finite or outside ``[0, 1]``.
     """
     intensity = check_crop(intensity, name)
-    check_pixel_spacing(pixel_spacing_mm, name)
+    if pixel_spacing_mm is not None:
+        check_pixel_spacing(pixel_spacing_mm, name)
     model = model if model is not None else load_model()
     spacing = TRAINING_PIXEL_SPACING_MM if pixel_spacing_mm is None else float(pixel_spacing_mm)
     height, width = intensity.shape
@@ -253,16 +254,6 @@ def separate_intensity(
     )
     recomposed = attenuation_to_intensity(layers.attenuation().astype(np.float64))
     return Separation(layers, probabilities[0].astype(np.float32), probabilities[1].astype(np.float32), recomposed)
-
-
-def check_pixel_spacing(pixel_spacing_mm: float | None, name: str = "image") -> None:
-    """Refuse a pixel size that no hand radiograph has (it would resample the crop absurdly).
-
-    Raises:
-        InputError: not a number in :data:`jsnsynth.synth.layers.PIXEL_SPACING_RANGE_MM`, naming the crop.
-    """
-    if pixel_spacing_mm is not None:
-        _check_spacing_range(pixel_spacing_mm, name)  # the one range every command shares
 
 
 def check_separation(upper_mask: np.ndarray, lower_mask: np.ndarray, name: str = "image") -> None:
@@ -373,7 +364,8 @@ def separate_files(
         intensity = check_crop(radiograph.intensity, str(path))
         stem = Path(path).stem
         spacing = pixel_spacing_mm if pixel_spacing_mm is not None else radiograph.pixel_spacing_mm
-        check_pixel_spacing(spacing, str(path))
+        if spacing is not None:  # before the model loads: every crop is checked first
+            check_pixel_spacing(spacing, str(path))
         inputs.append((stem, intensity, spacing, str(path)))
     model = load_model(weights)
     # every crop separated (and its separation checked) before the first file is written

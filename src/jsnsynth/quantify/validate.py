@@ -200,10 +200,15 @@ def read_pairs(folder: str | os.PathLike, split: str | None = None, limit: int |
         InputError: see :func:`dataset_shards`; a pair with an unreadable image, or images of
             different sizes (:func:`check_pair_images`).
     """
+    return read_shards(dataset_shards(folder, split), limit)
+
+
+def read_shards(shards: list[Path], limit: int | None = None) -> Iterator[dict]:
+    """:func:`read_pairs` of shards already checked by :func:`dataset_shards`."""
     import pyarrow.parquet as pq
 
     count = 0
-    for shard in dataset_shards(folder, split):
+    for shard in shards:
         table = pq.read_table(shard, columns=list(REQUIRED_COLUMNS))
         for row in table.to_pylist():
             if limit is not None and count >= limit:
@@ -543,7 +548,7 @@ def validate_dataset(
     """
     folder = Path(folder)
     method_name, function = load_method(method)
-    dataset_shards(folder, split)  # fail fast on a wrong schema
+    shards = dataset_shards(folder, split)  # fail fast on a wrong schema
     done: dict[str, dict] = {}
     log_path = None
     created = out_dir is not None and not Path(out_dir).exists()
@@ -565,7 +570,7 @@ def validate_dataset(
             with open(log_path, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
 
-    rows = validate_records(read_pairs(folder, split, limit), function, with_crlb, done, log)
+    rows = validate_records(read_shards(shards, limit), function, with_crlb, done, log)
     if not rows:
         raise InputError(f"{folder}: no pairs to validate")
     try:

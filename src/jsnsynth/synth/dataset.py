@@ -510,16 +510,24 @@ def _plan_digest(plan: Plan) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _read_state(out_dir: Path) -> dict | None:
-    path = out_dir / STATE_NAME
+def _read_state(folder: Path, as_input: bool = False) -> dict | None:
+    """The run record of ``folder`` (None when it has none).
+
+    Raises:
+        OutputError: an unreadable record in an output folder (remove it or choose another);
+            ``InputError`` instead when the folder is a dataset being read (``as_input``).
+    """
+    path = folder / STATE_NAME
     if not path.is_file():
         return None
+    error = InputError if as_input else OutputError
+    advice = "" if as_input else "; remove the folder or choose another"
     try:
         state = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise OutputError(f"{path}: unreadable run record; remove the folder or choose another") from None
+        raise error(f"{path}: unreadable run record{advice}") from None
     if not isinstance(state, dict):  # valid JSON, but not a record this code wrote
-        raise OutputError(f"{path}: not a jsnsynth run record (a JSON {type(state).__name__}, not an object)")
+        raise error(f"{path}: not a jsnsynth run record (a JSON {type(state).__name__}, not an object){advice}")
     return state
 
 
@@ -867,11 +875,12 @@ def check_finished_run(folder: str | os.PathLike, record_required: bool = True) 
         InputError: no run record (when required) or not jsnsynth's, an unfinished run, or no card.
     """
     folder = Path(folder)
-    state = _read_state(folder)
-    if state is None and not record_required:
-        pass
-    elif state is None or state.get("generator") != "jsnsynth":
-        raise InputError(f"{folder}: not a jsnsynth dataset (no {STATE_NAME})")
+    state = _read_state(folder, as_input=True)
+    if state is None:
+        if record_required:
+            raise InputError(f"{folder}: not a jsnsynth dataset (no {STATE_NAME})")
+    elif state.get("generator") != "jsnsynth":
+        raise InputError(f"{folder}: {STATE_NAME} was not written by jsnsynth")
     elif not state.get("complete"):
         raise InputError(f"{folder}: the dataset run is unfinished; rerun the same 'jsnsynth dataset' command to resume")
     if not (folder / CARD_NAME).is_file():

@@ -271,13 +271,15 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_files_atomic(files: Mapping[str | os.PathLike, bytes]) -> None:
-    """Write several files so that either all of them appear or none does.
+    """Write several files so that none of them appears unless all could be written.
 
     Every regular file is first written under a temporary name beside it (as
     :func:`write_bytes_atomic` does for one), then the paths that are not regular files
     (``/dev/null``, a FIFO) are written directly, and only when all of that succeeded are the
-    temporaries renamed into place. A failure on the way removes the temporaries: no output of a
-    command is left behind without the others (a figure without its JSON record).
+    temporaries renamed into place, each rename atomic. A failure before the renames removes the
+    temporaries and the folders this call made: no output of a command is left behind without
+    the others (a figure without its JSON record). A rename that fails after others succeeded
+    (the folders were checked writable a moment before) would leave those in place.
 
     Args:
         files: output path -> bytes, written in this order.
@@ -287,6 +289,7 @@ def write_files_atomic(files: Mapping[str | os.PathLike, bytes]) -> None:
     """
     staged: list[tuple[str, Path]] = []  # (temporary, final path)
     direct: list[tuple[Path, bytes]] = []
+    made: list[Path] = []  # folders this call created, outermost first
     try:
         for name, data in files.items():
             path = Path(os.path.realpath(name))
@@ -296,13 +299,14 @@ def write_files_atomic(files: Mapping[str | os.PathLike, bytes]) -> None:
                 direct.append((path, data))
                 continue
             try:
+                made.extend(reversed([p for p in (path.parent, *path.parent.parents) if not p.exists()]))
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+                staged.append((tmp, path))
+                _write_and_close(fd, data, path)
+                os.chmod(tmp, 0o666 & ~_umask())
             except OSError as exc:
                 raise OutputError(_cannot(f"cannot write {path}", exc, path.parent)) from None
-            staged.append((tmp, path))
-            _write_and_close(fd, data, path)
-            os.chmod(tmp, 0o666 & ~_umask())
         for path, data in direct:
             try:
                 with open(path, "wb") as handle:
@@ -318,6 +322,9 @@ def write_files_atomic(files: Mapping[str | os.PathLike, bytes]) -> None:
         for tmp, _ in staged:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        for folder in reversed(made):  # innermost first; only if nothing else was put there
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
 
 
@@ -381,6 +388,8 @@ def strict_json_value(value: Any) -> Any:
     Python numbers, tuples lists, keys strings (so a record compares equal after a round trip)."""
     if isinstance(value, dict):
         return {str(k): strict_json_value(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if isinstance(value, (list, tuple)):
         return [strict_json_value(v) for v in value]
     if isinstance(value, (bool, np.bool_)):

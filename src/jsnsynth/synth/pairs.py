@@ -290,7 +290,7 @@ def make_pair(
     # raster layers are band-limited samples, moved as such: exp(-a) of their interpolant is taken
     # at twice the resolution, or its aliasing would differ between the visits' sub-pixel positions
     # (xray.supersampled_transmission); the analytic phantom is sampled exactly at both poses
-    supersample = 1 if render_with_poses is not None else 2
+    supersampled = render_with_poses is None
     images = {}
     for role, lay, imaging in (
         ("baseline", layers, params.baseline_imaging),
@@ -298,7 +298,7 @@ def make_pair(
     ):
         # float32 imaging: the images are stored as 16-bit PNG, far coarser than float32 rounding
         images[role], images[f"{role}_clean"] = render_radiograph_and_clean(
-            lay.attenuation(), imaging, np.float32, supersample
+            lay.attenuation(), imaging, np.float32, supersampled
         )
     return Pair(layers, followup_layers, params, poses, **images)
 

@@ -189,8 +189,16 @@ def periodic_sinc_weights(positions: np.ndarray, length: int) -> np.ndarray:
     sin_difference = np.multiply.outer(np.sin(alpha), np.cos(beta)) - np.multiply.outer(np.cos(alpha), np.sin(beta))
     if length % 2 == 0:  # 1 / tan = cos / sin
         numerator *= np.multiply.outer(np.cos(alpha), np.cos(beta)) + np.multiply.outer(np.sin(alpha), np.sin(beta))
-    on_sample = np.abs(np.subtract.outer(positions, samples)) < 1e-9
-    return np.where(on_sample, 1.0, numerator / np.where(on_sample, 1.0, length * sin_difference))
+    weights = numerator / np.where(sin_difference == 0.0, 1.0, length * sin_difference)
+    # next to a sample the products above cancel to a few 1e-16 and the quotient loses digits:
+    # there (at most two entries a row) the kernel is evaluated from the difference itself
+    rows, columns = np.nonzero(np.abs(np.subtract.outer(positions, samples)) < 1e-3)
+    t = positions[rows] - samples[columns]
+    turn_near = np.tan if length % 2 == 0 else np.sin
+    with np.errstate(invalid="ignore", divide="ignore"):
+        near = np.sin(np.pi * t) / (length * turn_near(np.pi * t / length))
+    weights[rows, columns] = np.where(t == 0.0, 1.0, near)
+    return weights
 
 
 def _scale_lines(image: np.ndarray, axis: int, scale: float, centre: float) -> np.ndarray:
@@ -215,20 +223,26 @@ def _magnification_weights(n_out: int, length: int, centre: float, before: int, 
 def rotate_scale_margin(shape: tuple[int, int], transform: Similarity) -> int:
     """Edge padding (px) that :func:`fourier_rotate_scale` needs around an image of ``shape``: the
     farthest its shears and magnification reach outside the picture, plus a few pixels."""
+    h, w = shape
+    # the farthest a pixel of the picture lies from the centre along either axis
+    extent = max(abs(transform.cx), abs(w - 1 - transform.cx), abs(transform.cy), abs(h - 1 - transform.cy))
     theta = math.radians(transform.angle_deg)
-    reach = 2.0 * abs(math.tan(theta / 2.0)) + abs(math.sin(theta)) + abs(1.0 / transform.scale - 1.0)
-    return int(math.ceil(reach * max(shape))) + MARGIN_PX
+    shears = 2.0 * abs(math.tan(theta / 2.0)) + abs(math.sin(theta))
+    reach = abs(1.0 / transform.scale - 1.0) + shears / min(transform.scale, 1.0)
+    return int(math.ceil(reach * extent)) + MARGIN_PX
 
 
 def fourier_rotate_scale(image: np.ndarray, transform: Similarity, margin_px: int | None = None) -> np.ndarray:
-    """Rotate and magnify ``image`` about ``transform``'s centre, exactly for band-limited content.
+    """Rotate and magnify ``image`` about ``transform``'s centre, exactly for band-limited content
+    (shrinking, ``scale < 1``: for content band-limited to ``scale`` times the Nyquist frequency;
+    finer content aliases, as it would on a detector).
 
     ``out(T(p)) = in(p)`` for the rotation/magnification part of ``T`` (its translation is ignored;
     :func:`warp_layer_stack` applies it with :func:`fourier_translate`). The image is read as the
     band-limited interpolant of its samples, the model under which the Fourier translation is
     exact, so a rotated or magnified layer and a translated one follow the same model: the
-    magnification is a separable resampling with the periodic sinc, the rotation three shears
-    (x, y, x), each a Fourier phase ramp per line. A cubic B-spline instead smooths content near
+    rotation is three shears (x, y, x), each a Fourier phase ramp per line, the magnification
+    then a separable resampling with the periodic sinc. A cubic B-spline instead smooths content near
     the Nyquist frequency by an amount that depends on each pixel's sub-pixel position; on
     real-layer pairs that made the bones look closer by 0.001 px on average (flexion or rotation
     alone; see docs/dataset.md). Lines are edge-extended, as everywhere in this module.
@@ -248,9 +262,8 @@ def fourier_rotate_scale(image: np.ndarray, transform: Similarity, margin_px: in
     margin = max(margin_px or 0, rotate_scale_margin((h, w), transform))
     out = np.pad(image.astype(dtype, copy=False), margin, mode="edge")
     cx, cy = transform.cx + margin, transform.cy + margin
-    if transform.scale != 1.0:
-        out = _scale_lines(out, 1, transform.scale, cx)
-        out = _scale_lines(out, 0, transform.scale, cy)
+    # rotation first: the two commute about one centre, and a shrunk picture holds content that
+    # is no longer band-limited on its grid, which the shears would then smear
     if theta != 0.0:
         rows = np.arange(out.shape[0]) - cy
         columns = np.arange(out.shape[1]) - cx
@@ -258,6 +271,9 @@ def fourier_rotate_scale(image: np.ndarray, transform: Similarity, margin_px: in
         out = _shift_lines(out, 1, -a * rows)
         out = _shift_lines(out, 0, -b * columns)
         out = _shift_lines(out, 1, -a * rows)
+    if transform.scale != 1.0:
+        out = _scale_lines(out, 1, transform.scale, cx)
+        out = _scale_lines(out, 0, transform.scale, cy)
     return np.ascontiguousarray(out[margin:margin + h, margin:margin + w], dtype=dtype)
 
 

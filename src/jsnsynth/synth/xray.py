@@ -254,29 +254,18 @@ def display_mapping(intensity: np.ndarray, params: ImagingParams) -> np.ndarray:
     return scaled**params.gamma
 
 
-def _transmission(attenuation: np.ndarray, params: ImagingParams, dtype: type, supersample: int = 1) -> np.ndarray:
+def _transmission(attenuation: np.ndarray, params: ImagingParams, dtype: type, supersampled: bool = False) -> np.ndarray:
     """Blurred transmission ``blur(exp(-a))`` in ``dtype``; rejects NaN and infinities.
 
-    ``supersample=2`` evaluates ``exp`` on the band-limited interpolant of ``a`` at twice the
-    resolution (:func:`supersampled_transmission`); 1 on the pixels themselves.
+    ``supersampled`` takes ``exp`` on the band-limited interpolant of ``a`` at twice the
+    resolution (:func:`supersampled_transmission`), else on the pixels themselves.
     """
     attenuation = np.asarray(attenuation, dtype=dtype)
     if not np.isfinite(attenuation).all():
         raise InputError("attenuation contains NaN or infinite values")
-    if supersample == 2:
+    if supersampled:
         return supersampled_transmission(attenuation, params.blur_sigma_px)
-    if supersample != 1:
-        raise ValueError(f"supersample must be 1 or 2, got {supersample}")
     return detector_blur(np.exp(-attenuation), params.blur_sigma_px, dtype)
-
-
-def _rfft_gaussian_transfer(shape: tuple[int, int], sigma_px: float, dtype: type) -> np.ndarray:
-    """Gaussian transfer on the ``rfft2`` layout of a real image of ``shape`` (separable: an outer
-    product of the two axes' transfers)."""
-    factor = -2.0 * (math.pi * sigma_px) ** 2
-    along_rows = np.exp(factor * np.fft.fftfreq(shape[0]) ** 2).astype(dtype)
-    along_columns = np.exp(factor * np.fft.rfftfreq(shape[1]) ** 2).astype(dtype)
-    return np.multiply.outer(along_rows, along_columns)
 
 
 def supersampled_transmission(attenuation: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -288,10 +277,9 @@ def supersampled_transmission(attenuation: np.ndarray, sigma_px: float) -> np.nd
     amount that depends on where the content sits between pixels: a follow-up whose bones were
     moved by a sub-pixel amount was then not the moved image of the baseline, and on real-layer
     pairs the bones looked closer by 0.001 px on average. Here ``a`` is interpolated to the
-    half-pixel grid (zero-padded spectrum), ``exp`` taken there, blurred there by the exact
-    Gaussian transfer, and the result sampled back at the pixels (the spectrum folded onto the
-    pixel grid's, which is what sampling every other point does). Reflected borders, as
-    :func:`detector_blur`.
+    half-pixel grid (its spectrum zero-padded), ``exp`` taken there, blurred there by the exact
+    Gaussian (:func:`detector_blur`, reflected borders) and sampled back at the pixels. Without
+    blur that is ``exp(-a)`` on the pixels exactly.
 
     Args:
         attenuation: ``(H, W)`` float32 or float64 attenuation.
@@ -300,36 +288,30 @@ def supersampled_transmission(attenuation: np.ndarray, sigma_px: float) -> np.nd
     Returns:
         ``(H, W)`` transmission of the input's precision.
     """
-    import scipy.fft  # here: phantom workers never need it, and it costs ~0.5 s at their start
-
     attenuation = np.asarray(attenuation)
     dtype = np.float32 if attenuation.dtype == np.float32 else np.float64
+    if sigma_px <= 0:  # the finer grid's even samples are the pixels themselves
+        return np.exp(-attenuation.astype(dtype, copy=False))
+    import scipy.fft  # here: phantom workers never need it, and it costs ~0.5 s at their start
+
     h, w = attenuation.shape
-    pad = BLUR_PAD_PX + int(math.ceil(4.0 * sigma_px))
-    rows, cols = (2 * (cv2.getOptimalDFTSize((n + 2 * pad + 1) // 2)) for n in (h, w))  # even, fast halves
+    pad = BLUR_PAD_PX
+    rows, cols = (2 * cv2.getOptimalDFTSize((n + 2 * pad + 1) // 2) for n in (h, w))  # even, fast halves
     padded = cv2.copyMakeBorder(attenuation.astype(dtype, copy=False), pad, rows - h - pad, pad, cols - w - pad, cv2.BORDER_REFLECT)
     spectrum = scipy.fft.rfft2(padded, workers=1)
     half_rows, half_cols = rows // 2, cols // 2
-    fine = np.zeros((2 * rows, cols + 1), dtype=spectrum.dtype)
-    # every frequency of the pixel grid keeps its place; the Nyquist row and column, shared by
-    # +f and -f on the pixel grid, are split evenly between them on the finer grid
-    fine[:half_rows, :half_cols] = spectrum[:half_rows, :half_cols]
-    fine[-half_rows + 1:, :half_cols] = spectrum[-half_rows + 1:, :half_cols]
-    fine[half_rows, :half_cols] = fine[-half_rows, :half_cols] = 0.5 * spectrum[half_rows, :half_cols]
-    fine[:half_rows, half_cols] = 0.5 * spectrum[:half_rows, half_cols]
-    fine[-half_rows + 1:, half_cols] = 0.5 * spectrum[-half_rows + 1:, half_cols]
-    fine[half_rows, half_cols] = fine[-half_rows, half_cols] = 0.25 * spectrum[half_rows, half_cols]
+    # rows of the finer grid's spectrum (irfft2 zero-pads the columns itself): every frequency of
+    # the pixel grid keeps its place; the Nyquist row and column, shared by +f and -f on the
+    # pixel grid, are split evenly between them
+    fine = np.zeros((2 * rows, half_cols + 1), dtype=spectrum.dtype)
+    fine[:half_rows] = spectrum[:half_rows]
+    fine[-half_rows + 1:] = spectrum[-half_rows + 1:]
+    fine[half_rows] = fine[-half_rows] = 0.5 * spectrum[half_rows]
+    fine[:, half_cols] *= 0.5
     fine *= 4.0
     transmission = np.exp(-scipy.fft.irfft2(fine, s=(2 * rows, 2 * cols), workers=1))
-    blurred = scipy.fft.rfft2(transmission, workers=1)
-    blurred *= _rfft_gaussian_transfer((2 * rows, 2 * cols), 2.0 * sigma_px, dtype)
-    # sampling every other row and column folds the spectrum: Y[k, l] = (X[k, l] + X[k + rows, l]
-    # + X[k, l + cols] + X[k + rows, l + cols]) / 4, the last two by Hermitian symmetry
-    rows_folded = blurred[:rows] + blurred[rows:]
-    mirrored = np.conj(rows_folded[(-np.arange(rows)) % rows][:, cols - np.arange(half_cols + 1)])
-    coarse = 0.25 * (rows_folded[:, : half_cols + 1] + mirrored)
-    out = scipy.fft.irfft2(coarse, s=(rows, cols), workers=1)
-    return np.ascontiguousarray(out[pad:pad + h, pad:pad + w], dtype=dtype)
+    blurred = detector_blur(transmission, 2.0 * sigma_px, dtype)
+    return np.ascontiguousarray(blurred[2 * pad:2 * (pad + h):2, 2 * pad:2 * (pad + w):2])
 
 
 def _noisy_transmission(transmission: np.ndarray, params: ImagingParams) -> np.ndarray:
@@ -366,19 +348,19 @@ def render_radiograph(attenuation: np.ndarray, params: ImagingParams, dtype: typ
 
 
 def render_radiograph_and_clean(
-    attenuation: np.ndarray, params: ImagingParams, dtype: type = np.float32, supersample: int = 1
+    attenuation: np.ndarray, params: ImagingParams, dtype: type = np.float32, supersampled: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """The radiograph of :func:`render_radiograph` and its noise-free twin, sharing the blur.
 
-    ``supersample=2`` takes ``exp(-a)`` at twice the resolution (:func:`supersampled_transmission`),
-    as raster layers moved by a sub-pixel amount need; 1 on the pixels.
+    ``supersampled`` takes ``exp(-a)`` at twice the resolution (:func:`supersampled_transmission`),
+    as raster layers moved by a sub-pixel amount need; otherwise on the pixels, as
+    :func:`render_radiograph` does.
 
     Returns:
-        ``(image, clean)``: ``clean`` is exactly ``render_radiograph(attenuation,
-        params.without_noise(), dtype)`` (with the same ``supersample``); for a noise-free chain
+        ``(image, clean)``: ``clean`` is the same chain without noise; for a noise-free chain
         both are the same array.
     """
-    transmission = _transmission(attenuation, params, dtype, supersample)
+    transmission = _transmission(attenuation, params, dtype, supersampled)
     if params.noise_free:
         clean = display_mapping(np.subtract(dtype(1.0), transmission, out=transmission), params)
         return clean, clean
