@@ -37,15 +37,8 @@ from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.io import check_writable, decode_png, json_text, make_output_folder, write_files_atomic
 from jsnsynth.synth.xray import ImagingParams
 
-#: Columns of the ``pairs`` config this harness needs (contract 3).
+#: Columns of the ``pairs`` config this harness needs (contract 3), by kind.
 IMAGING_FIELDS = ("blur_sigma_px", "photons_per_px", "electronic_noise", "window_low", "window_high", "gamma", "noise_seed")
-REQUIRED_COLUMNS = (
-    ("pair_id", "source", "joint_id", "split", "baseline", "followup", "baseline_clean", "followup_clean",
-     "baseline_upper_mask", "baseline_lower_mask", "followup_upper_mask", "followup_lower_mask",
-     "pixel_spacing_mm", "jsn_px", "jsn_mm", "joint_center_x", "joint_center_y", "joint_axis_deg")
-    + tuple(f"{bone}_{name}" for bone in ("upper", "lower") for name in ("scale", "angle_deg", "dx", "dy"))
-    + tuple(f"{role}_{name}" for role in ("baseline", "followup") for name in IMAGING_FIELDS)
-)
 IMAGE_COLUMNS = ("baseline", "followup", "baseline_clean", "followup_clean")
 MASK_COLUMNS = ("baseline_upper_mask", "baseline_lower_mask", "followup_upper_mask", "followup_lower_mask")
 #: Columns that must hold a finite number in every row: the truth and the frame it is stated in
@@ -56,6 +49,10 @@ FINITE_COLUMNS = (
 )
 #: Numeric columns that may be null (no quantum noise, no electronic noise, ...).
 NULLABLE_NUMBER_COLUMNS = tuple(f"{role}_{name}" for role in ("baseline", "followup") for name in IMAGING_FIELDS)
+REQUIRED_COLUMNS = (
+    ("pair_id", "source", "joint_id", "split") + IMAGE_COLUMNS + MASK_COLUMNS + FINITE_COLUMNS + ("jsn_mm",)
+    + NULLABLE_NUMBER_COLUMNS
+)
 #: |error| above which a pair counts as a mismatch (px).
 MISMATCH_PX = 0.5
 #: Edges of the |d| bins of the breakdown (px).
