@@ -436,21 +436,6 @@ def quantify_pair(
     )
 
 
-def check_coarse_alignment(global_params: np.ndarray) -> None:
-    """Refuse masks that left the coarse alignment nothing to correlate (it returns NaN).
-
-    The coarse stage weighs the joint region by a window that falls to zero at the picture's
-    border; masks that lie along the border or in a corner, or are a line a pixel thick, leave
-    no pixel of weight, and the NaN would otherwise surface later as an unrelated error.
-
-    Raises:
-        InputError: naming the problem.
-    """
-    if not np.all(np.isfinite(global_params)):
-        raise InputError("the bone masks leave too few usable pixels away from the picture's border (masks along "
-                         "the edge, in a corner, or a line one pixel thick): nothing to register")
-
-
 def _register_bones(base, follow, upper, lower, center, follow_masks, settings, content):
     """Coarse global + per-bone coarse + multi-scale fine fit, inside the picture's ``content``
     box; returns the fits, diagnostics, and the variance of a function of both bones'
@@ -476,7 +461,6 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
         pyr_b[coarse_level], pyr_f[coarse_level], union, c_coarse, settings.coarse_angles_deg, extra,
         scales=settings.coarse_scales,
     )
-    check_coarse_alignment(global_params)
     global_params = reg.scale_params(global_params, factor)
 
     # one intensity mapping for the whole image (exposure, window, gamma), fitted on flat pixels

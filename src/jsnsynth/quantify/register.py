@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from jsnsynth.errors import InputError
 from jsnsynth.quantify.warp import sample_spline, sample_spline_values, spline_coefficients, warp_offsets, warp_positions
 from jsnsynth.synth.xray import BlurSpectrum
 
@@ -963,9 +964,18 @@ def phase_correlation_shift(
 
     Returns:
         ``(d_xy, response)``; the response (peak energy) is high for a confident match.
+
+    Raises:
+        InputError: a window with no pixel of half weight (the region lies along the picture's
+            border, where the Hann window vanishes, or is a line a pixel thick): nothing to
+            correlate, and the mean below would be NaN.
     """
-    ref = (reference - float(np.mean(reference[window > 0.5]))) * window
-    mov = (moving - float(np.mean(moving[window > 0.5]))) * window
+    inside = window > 0.5
+    if not inside.any():
+        raise InputError("the bone masks leave too few usable pixels away from the picture's border (masks along "
+                         "the edge, in a corner, or a line one pixel thick): nothing to register")
+    ref = (reference - float(np.mean(reference[inside]))) * window
+    mov = (moving - float(np.mean(moving[inside]))) * window
     shift, response = cv2.phaseCorrelate(ref.astype(np.float32), mov.astype(np.float32))
     return np.array(shift), float(response)
 
