@@ -565,8 +565,8 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
 
 
 @contextlib.contextmanager
-def _removed_if_nothing_written(out_dir: Path, existed: bool, completed: list[str], plan: Plan) -> Iterator[None]:
-    """Undo the output folder's set-up when the run fails before its first shard.
+def _removed_if_nothing_written(out_dir: Path, existed: bool, plan: Plan) -> Iterator[None]:
+    """Undo the output folder's set-up when the run fails before its first pairs shard is on disk.
 
     Such a run (an unreadable image of the source, an interrupt) has nothing to resume, and a
     folder holding only its run record would look like a dataset to the next command. The run
@@ -577,7 +577,7 @@ def _removed_if_nothing_written(out_dir: Path, existed: bool, completed: list[st
     try:
         yield
     except BaseException:
-        if not completed:
+        if not any((out_dir / PAIRS_DIR).glob("*.parquet")):
             (out_dir / STATE_NAME).unlink(missing_ok=True)
             for shard in plan.shards:
                 (out_dir / LAYERS_DIR / shard.file_name).unlink(missing_ok=True)
@@ -689,7 +689,7 @@ def build_dataset(
     pending = [s for s in plan.shards if s.file_name not in finished]
     indices = [i for shard in pending for i in shard.indices]
     completed = list(finished)
-    with _removed_if_nothing_written(out_dir, existed, completed, plan), \
+    with _removed_if_nothing_written(out_dir, existed, plan), \
             tqdm(total=config.n_pairs, initial=config.n_pairs - len(indices), disable=quiet, unit="pair", desc="pairs") as bar:
         rows = _iter_rows(source, plan, config, indices, num_proc)
         try:
