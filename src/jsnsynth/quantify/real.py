@@ -29,9 +29,9 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from jsnsynth.errors import InputError, exception_line
+from jsnsynth.errors import InputError
 from jsnsynth.quantify.quantifier import jsn_from_transforms, mean_similarity
-from jsnsynth.quantify.validate import check_some_estimate, load_method, read_estimate
+from jsnsynth.quantify.validate import check_some_estimate, load_method, method_failure, read_estimate
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.fingerjoints import FingerJointRecord, read_manifest
 from jsnsynth.synth.io import (
@@ -103,10 +103,8 @@ def measure_pair(
             )
             jsn_px, flagged, se_px = read_estimate(result)
             error = ""
-        except InputError as exc:  # the method refused this trial: counted apart
-            result, jsn_px, flagged, se_px, error = None, float("nan"), True, float("nan"), str(exc)
         except (Exception, SystemExit) as exc:  # noqa: BLE001  (as in validate: one trial's failure, not the run's)
-            result, jsn_px, flagged, se_px, error = None, float("nan"), True, float("nan"), exception_line(exc)
+            result, jsn_px, flagged, se_px, error = None, float("nan"), True, float("nan"), method_failure(exc)
         elapsed = time.perf_counter() - start
         trials.append({"trial": trial, "shift_baseline": sb, "shift_followup": sf, "jsn_px": jsn_px,
                        "jsn_mm": jsn_px * spacing_mm, "jsn_se_mm": se_px * spacing_mm, "flagged": flagged, "time_s": elapsed,

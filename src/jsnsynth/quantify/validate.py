@@ -356,11 +356,9 @@ def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dic
         args, kwargs = method_arguments(record)
         output = method(*args, **kwargs)
         estimate, flagged, _ = read_estimate(output)
-    except InputError as exc:  # the method refused this pair: count it, keep going
-        estimate, flagged, error_message = float("nan"), True, str(exc)
     except (Exception, SystemExit) as exc:  # noqa: BLE001  (a plug-in's or our own failure on one pair,
         # even a sys.exit() in a plug-in, must not end the run, let alone with exit code 0)
-        estimate, flagged, error_message = float("nan"), True, exception_line(exc)
+        estimate, flagged, error_message = float("nan"), True, method_failure(exc)
     elapsed = time.perf_counter() - start
     cpu_elapsed = time.process_time() - cpu_start  # this process's CPU time (all its threads)
     spacing = float(record["pixel_spacing_mm"])
@@ -489,6 +487,12 @@ def validate_records(
         if on_row is not None:
             on_row(row)
     return rows
+
+
+def method_failure(exc: BaseException) -> str:
+    """One line for a method's failure on one pair or trial: a refusal (``InputError``, bad
+    input such as overlapping masks) in its own words, anything else with its type."""
+    return str(exc) if isinstance(exc, InputError) else exception_line(exc)
 
 
 def failure_reason(row: dict) -> str:

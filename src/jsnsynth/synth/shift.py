@@ -99,11 +99,8 @@ def fourier_translate(images: np.ndarray, shifts_xy: np.ndarray) -> np.ndarray:
         return images.copy()
     h, w = stack.shape[1:]
     edge_px = int(math.ceil(np.abs(shifts).max())) + MARGIN_PX
-    pad_y = _pad_for(h, edge_px)
-    pad_x = _pad_for(w, edge_px)
-    padded = np.pad(stack, ((0, 0), pad_y, pad_x), mode="edge")
-    padded = _taper_axis(padded, 1, min(TAPER_PX, pad_y[0]))
-    padded = _taper_axis(padded, 2, min(TAPER_PX, pad_x[0]))
+    padded, top = _pad_axis(stack, 1, edge_px)
+    padded, left = _pad_axis(padded, 2, edge_px)
     hp, wp = padded.shape[1:]
     spectrum = scipy.fft.rfft2(padded, axes=(1, 2))
     ky = scipy.fft.fftfreq(hp)[None, :, None]
@@ -112,7 +109,7 @@ def fourier_translate(images: np.ndarray, shifts_xy: np.ndarray) -> np.ndarray:
     spectrum *= np.exp(-2j * np.pi * ky * shifts[:, 1, None, None]).astype(complex_type)
     spectrum *= np.exp(-2j * np.pi * kx * shifts[:, 0, None, None]).astype(complex_type)
     moved = scipy.fft.irfft2(spectrum, s=(hp, wp), axes=(1, 2))
-    out = moved[:, pad_y[0] : pad_y[0] + h, pad_x[0] : pad_x[0] + w]
+    out = moved[:, top : top + h, left : left + w]
     return out[0] if single else out
 
 
