@@ -3,7 +3,7 @@
 Noise-free phantom pairs (``make_pair`` from drawn ``PairParams``) are measured with every default
 nuisance, then with parts of the two visits' imaging chains made equal, with a linear display,
 without flexion, or with the follow-up mapped onto the baseline's display through the *true*
-chains (an oracle a method cannot use); with ``--fingerjoints``, real-layer pairs the same way
+chains or both visits' true gammas undone (oracles a method cannot use); with ``--fingerjoints``, real-layer pairs the same way
 (a second pair of columns). Real-layer pairs with flexion up to 6 deg per bone
 are also measured with the soft tissue carried by the bones (the default) and held static (as
 before that model), and real-layer pairs with one nuisance at a time and the same imaging for
@@ -63,6 +63,11 @@ def same_gamma(params: PairParams) -> PairParams:
     return dataclasses.replace(params, followup_imaging=dataclasses.replace(params.followup_imaging, gamma=gamma))
 
 
+def gamma_undone(display: np.ndarray, imaging: ImagingParams) -> np.ndarray:
+    """A display with its true gamma undone: affine in the detected intensity (the window's part)."""
+    return (np.clip(display, 0, 1) ** (1.0 / imaging.gamma)).astype(np.float32)
+
+
 def to_baseline_display(followup: np.ndarray, baseline: ImagingParams, follow: ImagingParams) -> np.ndarray:
     """The follow-up's display intensities through the true chains onto the baseline's display."""
     intensity = follow.window_low + (follow.window_high - follow.window_low) * np.clip(followup, 0, 1) ** (1.0 / follow.gamma)
@@ -70,22 +75,26 @@ def to_baseline_display(followup: np.ndarray, baseline: ImagingParams, follow: I
     return (scaled**baseline.gamma).astype(np.float32)
 
 
-#: Rows of the phantom table: (label, edit of the drawn parameters, true-chain oracle mapping).
+#: Rows of the phantom table: (label, edit of the drawn parameters, oracle: None, "baseline
+#: display" (the follow-up mapped through the true chains onto the baseline's display) or
+#: "gammas undone" (both images with their true gammas undone)).
 ROWS = [
-    ("nothing of the imaging (same blur, window, gamma)", same_imaging, False),
-    ("the repositioning and the JSN change only (same imaging, no flexion)", unflexed, False),
-    ("nothing at all (same imaging, no flexion, no repositioning)", still, False),
-    ("blur and window, with a linear display (gamma 1 for both)", linear_display, False),
-    ("window and gamma (same blur)", same_blur, False),
-    ("window and gamma (same blur), follow-up mapped through the true chains (oracle)", same_blur, True),
-    ("blur and window (same gamma)", same_gamma, False),
-    ("blur, window and gamma (the default)", lambda p: p, False),
-    ("blur, window and gamma, follow-up mapped through the true chains (oracle)", lambda p: p, True),
+    ("nothing of the imaging (same blur, window, gamma)", same_imaging, None),
+    ("the repositioning and the JSN change only (same imaging, no flexion)", unflexed, None),
+    ("nothing at all (same imaging, no flexion, no repositioning)", still, None),
+    ("blur and window, with a linear display (gamma 1 for both)", linear_display, None),
+    ("window and gamma (same blur)", same_blur, None),
+    ("window and gamma (same blur), follow-up mapped through the true chains (oracle)", same_blur, "baseline display"),
+    ("blur and window (same gamma)", same_gamma, None),
+    ("blur, window and gamma (the default)", lambda p: p, None),
+    ("blur, window and gamma, follow-up mapped through the true chains (oracle)", lambda p: p, "baseline display"),
+    ("blur, window and gamma, both visits' true gammas undone (oracle)", lambda p: p, "gammas undone"),
 ]
 
 
-def measure(source, joint_ids, n: int, seed: int, config: PairConfig, edit, oracle: bool) -> np.ndarray:
-    """JSN errors (px) of ``n`` noise-free pairs drawn with ``config`` and edited by ``edit``."""
+def measure(source, joint_ids, n: int, seed: int, config: PairConfig, edit, oracle: str | None) -> np.ndarray:
+    """JSN errors (px) of ``n`` noise-free pairs drawn with ``config`` and edited by ``edit``
+    (``oracle``: see :data:`ROWS`)."""
     renderer = source.render_with_poses if source.exact_pose_rendering else None
     errors = []
     for k in range(n):
@@ -93,11 +102,14 @@ def measure(source, joint_ids, n: int, seed: int, config: PairConfig, edit, orac
         layers = source.load(joint_ids[(k * 37) % len(joint_ids)], rng)
         params = edit(sample_pair_params(rng, layers.pixel_spacing_mm, config))
         pair = make_pair(layers, params, renderer)
-        follow = pair.followup_clean
-        if oracle:
+        base, follow = pair.baseline_clean, pair.followup_clean
+        if oracle == "baseline display":
             follow = to_baseline_display(follow, params.baseline_imaging, params.followup_imaging)
+        elif oracle == "gammas undone":
+            base = gamma_undone(base, params.baseline_imaging)
+            follow = gamma_undone(follow, params.followup_imaging)
         centre, axis_deg = joint_frame_from_masks(layers.upper_mask, layers.lower_mask)
-        result = quantify_pair(pair.baseline_clean, follow, layers.upper_mask, layers.lower_mask,
+        result = quantify_pair(base, follow, layers.upper_mask, layers.lower_mask,
                                joint_center_xy=centre, joint_axis_deg=axis_deg)
         errors.append(result.jsn_px - pair.jsn_px)
     return np.asarray(errors)
@@ -199,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             row = []
             for model in (CARRIED, static_soft_tissue):
                 soft_tissue.soft_tissue_sources = model
-                row.append(rmse(measure(real, real.joint_ids(), args.pairs, args.seed, flexed, lambda p: p, False)))
+                row.append(rmse(measure(real, real.joint_ids(), args.pairs, args.seed, flexed, lambda p: p, None)))
             soft_tissue.soft_tissue_sources = CARRIED
             soft_lines.append(f"| {flexion:g} deg per bone | {row[0]:.4f} | {row[1]:.4f} |")
             print(soft_lines[-1], file=sys.stderr)
@@ -208,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         nuisance_lines = ["| real-layer pairs, same imaging for both visits; the follow-up differs by | JSN RMSE px | bias px |",
                           "|---|---|---|"]
         for label, edit in NUISANCE_ROWS:
-            errors = measure(real, real.joint_ids(), args.bias_pairs, args.seed, config, edit, False)
+            errors = measure(real, real.joint_ids(), args.bias_pairs, args.seed, config, edit, None)
             nuisance_lines.append(f"| {label} | {rmse(errors):.4f} | {errors.mean():+.4f} |")
             print(nuisance_lines[-1], file=sys.stderr)
         block += (f"\n\nOne nuisance at a time ({args.bias_pairs} noise-free real-layer pairs per row, same seed; "
@@ -217,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                        "|---|---|---|---|"]
         for photons in (None, 1e4, 2.5e3):
             if photons is None:
-                errors, label = measure(real, real.joint_ids(), args.bias_pairs, args.seed, config, lambda p: p, False), "noise-free"
+                errors, label = measure(real, real.joint_ids(), args.bias_pairs, args.seed, config, lambda p: p, None), "noise-free"
             else:
                 errors = measure_noisy(real, real.joint_ids(), args.bias_pairs, args.seed, config, photons, args.noise_draws)
                 label = f"{photons:,.0f} photons per pixel"

@@ -2,7 +2,10 @@
 
     .venv/bin/python benchmarks/bench_quantify_real.py --fingerjoints ../shared/data/fingerjoints --limit-series 20
 
-Writes docs/figures/quantify_real_series.png and the numbers into docs/quantify.md (between markers).
+Besides the protocol of ``jsnsynth validate-real``, each visit pair is measured both ways, and
+``JSN(i->j) + JSN(j->i)`` (each about its own baseline's joint frame) says how far a method's
+answer depends on which visit it calls the baseline. Writes docs/figures/quantify_real_series.png
+and the numbers into docs/quantify.md (between markers).
 """
 
 from __future__ import annotations
@@ -15,13 +18,46 @@ import tempfile
 from pathlib import Path
 from docblock import write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
+import numpy as np
+
 from jsnsynth.quantify.quantifier import keep_freed_heap
-from jsnsynth.quantify.real import validate_real
+from jsnsynth.quantify.real import load_visit, measure_pair, validate_real
+from jsnsynth.quantify.validate import load_method
+from jsnsynth.synth.fingerjoints import read_manifest
+from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM
 
 
 def _rounded(value: float | None, digits: int) -> str:
     """A summary figure for the table: rounded, or "-" where the method gives none."""
     return "-" if value is None else str(round(value, digits))
+
+
+def round_trip(folder: Path, method: str, limit_series: int) -> dict:
+    """``JSN(i->j) + JSN(j->i)`` (mm) over the visit pairs of the first ``limit_series`` series
+    with two or more visits (the series ``validate_real`` takes): mean and RMS, over all pairs
+    both directions of which were measured and over those neither of which was flagged."""
+    _, function = load_method(method)
+    series: dict[str, list] = {}
+    for record in read_manifest(folder):
+        series.setdefault(record.series, []).append(record)
+    chosen = [visits for visits in series.values() if len(visits) >= 2][:limit_series]
+    sums, unflagged = [], []
+    rng = np.random.default_rng(0)  # unused: no shifted trials
+    for visits in chosen:
+        loaded = [load_visit(v) for v in visits]
+        for i in range(len(loaded)):
+            for j in range(i + 1, len(loaded)):
+                forward, backward = (measure_pair(a, b, function, rng, 0, 0, DEFAULT_PIXEL_SPACING_MM)[0]
+                                     for a, b in ((loaded[i], loaded[j]), (loaded[j], loaded[i])))
+                total = forward["jsn_mm"] + backward["jsn_mm"]
+                if np.isfinite(total):
+                    sums.append(total)
+                    if not (forward["flagged"] or backward["flagged"]):
+                        unflagged.append(total)
+    sums, unflagged = np.asarray(sums), np.asarray(unflagged)
+    return {"n": sums.size, "mean_mm": float(sums.mean()), "rms_mm": float(np.sqrt(np.mean(sums**2))),
+            "n_unflagged": unflagged.size,
+            "rms_unflagged_mm": float(np.sqrt(np.mean(unflagged**2))) if unflagged.size else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,19 +76,21 @@ def main(argv: list[str] | None = None) -> int:
             if method == "register":
                 (args.docs / "figures").mkdir(parents=True, exist_ok=True)
                 shutil.copy(Path(tmp) / "real_series.png", args.docs / "figures" / "quantify_real_series.png")
+        trip = round_trip(args.fingerjoints, method, args.limit_series)
         rows.append(f"| {method} | {s['n_series']} | {s['n_pairs']} | {s['sd_trials_mm_mean']:.4f} | "
                     f"{s['sd_trials_mm_median']:.4f} | {100 * s['mismatching_rate']:.2f} % | {100 * s['flag_rate']:.0f} % | "
                     f"{_rounded(s['transitivity_rms_mm'], 4)} | {_rounded(s['transitivity_rms_own_centres_mm'], 4)} | "
                     f"{s['n_triplets']} | {_rounded(s['transitivity_rms_unflagged_mm'], 4)} ({s['n_triplets_unflagged']}) | "
-                    f"{_rounded(s['transitivity_z_rms'], 2)} | {s['time_per_trial_s']:.3f} |")
+                    f"{_rounded(s['transitivity_z_rms'], 2)} | {trip['mean_mm']:+.4f} / {trip['rms_mm']:.4f} ({trip['n']}) | "
+                    f"{_rounded(trip['rms_unflagged_mm'], 4)} ({trip['n_unflagged']}) | {s['time_per_trial_s']:.3f} |")
         print(rows[-1], file=sys.stderr)
     table = "\n".join([
-        "| method | series | visit pairs | mean SD of trials (mm) | median SD (mm) | mismatching | flagged | transitivity RMS, common centre (mm) | transitivity RMS, own centres (mm) | triplets | transitivity RMS, no pair flagged (mm) (triplets) | transitivity residual / reported SE, RMS | s/trial |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows])
+        "| method | series | visit pairs | mean SD of trials (mm) | median SD (mm) | mismatching | flagged | transitivity RMS, common centre (mm) | transitivity RMS, own centres (mm) | triplets | transitivity RMS, no pair flagged (mm) (triplets) | transitivity residual / reported SE, RMS | round trip JSN(i->j) + JSN(j->i), mean / RMS (mm) (pairs) | round trip RMS, neither way flagged (mm) (pairs) | s/trial |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows])
     load = f"load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     block = (f"Generated by `.venv/bin/python benchmarks/bench_quantify_real.py "
              f"--fingerjoints {args.fingerjoints} --limit-series {args.limit_series}` (0.175 mm/px nominal; the first "
-             f"{args.limit_series} multi-visit series; shared 2-core machine, {load}; transitivity: all three JSNs of a triplet evaluated at visit i's joint centre and axis, and, for comparison, each pair about its own baseline's centre; residual / SE: each residual over the root sum of squares of its three measurements' reported `jsn_se_px`, for methods that report one).\n\n{table}")
+             f"{args.limit_series} multi-visit series; shared 2-core machine, {load}; transitivity: all three JSNs of a triplet evaluated at visit i's joint centre and axis, and, for comparison, each pair about its own baseline's centre; residual / SE: each residual over the root sum of squares of its three measurements' reported `jsn_se_px`, for methods that report one; round trip: each visit pair measured both ways on the original images, each direction about its own baseline's joint frame, so a flexion between the visits leaves a little even for a perfect method).\n\n{table}")
     doc = args.docs / "quantify.md"
     write_doc_block(doc, "bench_quantify_real", block, title="Quantifier")
     return 0

@@ -479,7 +479,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             (center[0] / f_map, center[1] / f_map),
         )
         mapping = reg.fit_intensity_mapping(
-            joint_window, settings.intensity_mapping_order, settings.mapping_denoise_sigma_px / f_map
+            reg.flat_samples(joint_window, settings.mapping_denoise_sigma_px / f_map), settings.intensity_mapping_order
         )
         # the coarse stage is done: only the levels still to come are rebuilt
         pyr_f = reg.build_pyramid(reg.apply_polynomial(follow, mapping), min(max(settings.levels, 1), n_levels),
@@ -526,26 +526,38 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             # blur or contrast difference left in the images can only be absorbed by the fit as
             # a change of each bone's scale, which the lever arm to the joint centre amplifies.
             windows = reg.aligned_windows(base, follow, regions, params, center, follow_coef=follow_coef)
+            # clipped pixels (a display window's saturation) are left out of the intensity fits
+            unclipped = reg.unclipped_regions(windows, reg.clipping_levels(base), reg.clipping_levels(follow),
+                                              CLIPPED_MARGIN_PX)
             matcher = reg.BlurMatcher(windows)
-            blur_x = matcher.variance_difference([f for _, f, _ in windows])
+            blur_x = matcher.variance_difference([fw for _, fw, _ in windows])
+            # the intensity fits read the windows' unclipped flat pixels with the blurs matched
+            # (blurs commute with the nearly rigid warps)
+            fit_windows = [(bw, fw, r) for (bw, fw, _), r in zip(windows, unclipped)]
+            if settings.equalise_display_gamma:
+                # both visits onto one display gamma: blurs are then matched, and intensities
+                # mapped, between images whose displays bend alike (docs/quantify.md, method step 3)
+                ratio = reg.display_gamma_ratio(reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x))
+                if ratio != 1.0:
+                    exponent_b, exponent_f = ratio**-0.5, ratio**0.5
+                    base, follow = reg.raise_to(base, exponent_b), reg.raise_to(follow, exponent_f)
+                    windows = [(reg.raise_to(bw, exponent_b), reg.raise_to(fw, exponent_f), r) for bw, fw, r in windows]
+                    fit_windows = [(bw, fw, r) for (bw, fw, _), r in zip(windows, unclipped)]
+                    matcher = reg.BlurMatcher(windows)
+                    if settings.intensity_mapping_order == 0:  # else the search after the mapping
+                        blur_x = matcher.variance_difference([fw for _, fw, _ in windows], rounds=1, initial=blur_x)
             mapping = None
             if settings.intensity_mapping_order > 0:
-                # the mapping is fitted on the blur-matched windows (blurs commute with the
-                # nearly rigid warps), and the blurs are matched again on the mapped windows
-                # (the display mapping acts after the blur). That second search maps before it
-                # blurs; estimating it in the final image's order (blur, then map) made no
-                # difference (within 1e-4 px RMSE), so it keeps the cheaper order.
-                sigma_b, sigma_f = math.sqrt(max(blur_x, 0.0)), math.sqrt(max(-blur_x, 0.0))
-                # clipped pixels (a display window's saturation) are left out of the fit
-                unclipped = reg.unclipped_regions(windows, reg.clipping_levels(base), reg.clipping_levels(follow),
-                                                  CLIPPED_MARGIN_PX)
-                matched = [(reg.gaussian_blur(b, sigma_b), reg.gaussian_blur(f, sigma_f), r)
-                           for (b, f, _), r in zip(windows, unclipped)]
-                mapping = reg.fit_intensity_mapping(matched, settings.intensity_mapping_order, settings.mapping_denoise_sigma_px)
+                # the blurs are matched again on the mapped windows (the display mapping acts
+                # after the blur). That second search maps before it blurs; estimating it in the
+                # final image's order (blur, then map) made no difference (within 1e-4 px
+                # RMSE), so it keeps the cheaper order.
+                mapping = reg.fit_intensity_mapping(
+                    reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x), settings.intensity_mapping_order)
                 # one linearised step from the first estimate: more secant rounds here, or a
                 # fourth in the first search, moved the benchmark's RMSEs by 1e-4 px at most
                 blur_x = matcher.variance_difference(
-                    [reg.apply_polynomial(f, mapping) for _, f, _ in windows], rounds=1, initial=blur_x
+                    [reg.apply_polynomial(fw, mapping) for _, fw, _ in windows], rounds=1, initial=blur_x
                 )
             extra_blur_px = (math.sqrt(max(blur_x, 0.0)), math.sqrt(max(-blur_x, 0.0)))
             base0 = reg.gaussian_blur(base, extra_blur_px[0])

@@ -69,7 +69,8 @@ def drop_outlier_trials(values_mm: np.ndarray, max_sd_mm: float) -> tuple[np.nda
     return kept, dropped
 
 
-def _load_visit(record: FingerJointRecord) -> dict:
+def load_visit(record: FingerJointRecord) -> dict:
+    """One visit's image (integer pixels at its bit depth) and bone masks, as the methods take them."""
     image = read_radiograph(record.image)
     shape = image.intensity.shape
     pixels = np.rint(image.intensity * ((1 << image.bit_depth) - 1)).astype(np.uint16 if image.bit_depth > 8 else np.uint8)
@@ -204,7 +205,7 @@ def validate_real(
     all_trials: list[dict] = []
     pair_number = 0
     for name, visits in chosen:
-        loaded = [_load_visit(v) for v in visits]
+        loaded = [load_visit(v) for v in visits]
         jsn, se, geometry, flagged = {}, {}, {}, {}
         for i in range(len(loaded)):
             for j in range(i + 1, len(loaded)):
