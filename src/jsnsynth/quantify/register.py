@@ -10,8 +10,9 @@ Two stages per pair (docs/quantify.md explains the design):
 2. **Fine, reaching the noise limit.** Gauss-Newton on each bone's similarity
    ``(a, b, tx, ty)`` plus an intensity bias at the pyramid levels above full resolution, over
    the baseline bone mask dilated by a few pixels so the cortical edges are inside, with the
-   neighbouring bone excluded; then the two visits' detector blur (:class:`BlurMatcher`) and
-   intensities (:func:`fit_intensity_mapping`) are matched, and
+   neighbouring bone excluded; then the two visits' detector blur (:class:`BlurMatcher`),
+   display gammas (:func:`display_gamma_ratio`) and intensities (:func:`fit_intensity_mapping`)
+   are matched, and
    :func:`shared_scale_gauss_newton` fits both bones at full resolution with one common
    magnification and a smooth intensity shading per bone.
 
