@@ -555,7 +555,10 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
                 mapping = reg.fit_intensity_mapping(
                     reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x), settings.intensity_mapping_order)
                 # one linearised step from the first estimate: more secant rounds here, or a
-                # fourth in the first search, moved the benchmark's RMSEs by 1e-4 px at most
+                # fourth in the first search, moved the benchmark's RMSEs by 1e-4 px at most.
+                # After the gammas changed the images the step can overshoot (the first estimate
+                # is another domain's); converging it there helped the toy joint and cost
+                # phantoms 0.0005-0.0009 px (docs/quantify.md, tried and dropped)
                 blur_x = matcher.variance_difference(
                     [reg.apply_polynomial(fw, mapping) for _, fw, _ in windows], rounds=1, initial=blur_x
                 )
