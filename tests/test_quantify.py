@@ -691,6 +691,24 @@ def test_follow_up_shown_with_another_gamma(index, equalise):
     assert abs(result.jsn_px - params.jsn_px) < DISPLAY_GAMMA_PAIR_TOL_PX
 
 
+@pytest.mark.parametrize("kind", ["uniform", "grey"])
+def test_follow_up_of_noise_is_a_mismatch(kind):
+    """A follow-up that holds nothing of the baseline: its own noise estimate grows with it, so
+    the residual ratio stays near 1 (one such pair read -0.33 px, unflagged, with reliability
+    1.0); the share of it that the baseline explains (0.00; legitimate pairs 0.60 and more)
+    flags it."""
+    source = PhantomSource(n_joints=2)
+    layers = source.load(source.joint_ids()[1], np.random.default_rng(7))
+    baseline = quantize(render_radiograph_and_clean(layers.attenuation(), ImagingParams(
+        blur_sigma_px=0.8, photons_per_px=math.inf, electronic_noise=0.0))[1])
+    rng = np.random.default_rng(1)
+    noise = rng.random(baseline.shape) if kind == "uniform" else np.clip(rng.normal(0.5, 0.05, baseline.shape), 0, 1)
+    result = quantify_pair(baseline, quantize(noise), layers.upper_mask, layers.lower_mask)
+    assert result.mismatch
+    assert result.reliability == 0.0
+    assert any("does not resemble the baseline" in flag for flag in result.flags)
+
+
 def test_clipping_levels_need_many_pixels_at_the_extreme():
     rng = np.random.default_rng(2)
     image = rng.random((64, 64))
