@@ -641,6 +641,17 @@ def test_clipped_follow_up_is_mapped_from_its_unclipped_pixels(index):
     result, params = _phantom_pair_result(2026, index, {"blur_sigma_px": 0.8},
                                           {"blur_sigma_px": 0.8, "window_high": 0.75})
     assert abs(result.jsn_px - params.jsn_px) < CLIPPED_PAIR_TOL_PX
+    assert not result.mismatch  # 2-5 % of the bone regions clipped
+
+
+@pytest.mark.parametrize("index", [0, 2])
+def test_follow_up_clipped_over_its_bones_is_a_mismatch(index):
+    """A window that clips 14-32 % of the bone regions (window_high 0.6) leaves no edge profile
+    to align there: these pairs read +0.57 / +0.27 px wide of the truth, 10 x their standard
+    error, with nothing flagged."""
+    result, _ = _phantom_pair_result(400, index, {"blur_sigma_px": 0.8}, {"blur_sigma_px": 0.8, "window_high": 0.6})
+    assert result.mismatch
+    assert any("clipped by a display window" in flag for flag in result.flags)
 
 
 # The ratio of two displays' gammas, read from their intensities. The powers it gives both

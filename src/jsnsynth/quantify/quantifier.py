@@ -397,7 +397,8 @@ def quantify_pair(
     regions = {"upper": bones_info["upper"]["region"], "lower": bones_info["lower"]["region"]}
     # residuals judged after removing a per-bone quadratic intensity mapping (exposure/gamma)
     maps, raw_stats = residual_maps(base, follow, regions, {"upper": pu, "lower": pl}, center,
-                                    photometric_order=2, keep_maps=keep_residuals, follow_coef=follow_coef)
+                                    photometric_order=2, keep_maps=keep_residuals, follow_coef=follow_coef,
+                                    clipping=(reg.clipping_levels(base), reg.clipping_levels(follow)))
     variance = jsn_variance_of(jsn_gradient(pu, pl, joint_axis_deg))
     report: ReliabilityReport = assess_reliability(base, follow, regions, fits, coarse, raw_stats, center)
     t_rel = time.perf_counter() - t0

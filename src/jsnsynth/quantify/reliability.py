@@ -13,14 +13,16 @@ turns them into numbers:
 - ``explained``: the share of the aligned follow-up's variance in a bone region that a quadratic
   of the baseline's intensities explains. The residual ratio cannot tell a follow-up that holds
   nothing of the baseline (noise, another image): its own noise estimate then grows with it.
+- ``clipped``: the share of a bone region where a display window clipped either image.
 - convergence of Gauss-Newton, condition of the geometric Hessian, plausibility of the scale,
   and the disagreement between the coarse and the fine transform.
 
 score = exp(-max(0, worst ratio - 1.5) / 2) x 0.5 if a bone did not converge; a pair is flagged
 as a mismatch when a ratio exceeds ``MISMATCH_RATIO``, a bone did not converge, the Hessian is
 singular, the scale is implausible, coarse and fine disagree by more than ``MISMATCH_JUMP_PX``,
-or the baseline explains less than ``MIN_EXPLAINED`` of a bone region's follow-up (score 0 for
-the last three).
+a display window clipped more than ``MAX_CLIPPED_FRACTION`` of a bone region, or the baseline
+explains less than ``MIN_EXPLAINED`` of a bone region's follow-up (score 0 for ill-posed fits and
+for the last).
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ MAX_CONDITION = 1e7
 MAX_LAST_STEP_PX = 0.05
 #: Plausible per-bone scale between visits.
 SCALE_RANGE = (0.75, 1.33)
+#: Share of a bone region that a display window may clip, in either image, before the pair is a
+#: mismatch: a clipped bone has no edge profile left to align, and follow-ups whose window clipped
+#: 13-32 % of the bone regions read 0.07-0.57 px wide of the truth, unflagged, 10 x their
+#: standard error. The benchmark's real-layer images: at most 3 %.
+MAX_CLIPPED_FRACTION = 0.1
 #: Share of a bone region's aligned follow-up variance that the baseline must explain (see the
 #: module docstring). Legitimate pairs: at least 0.92 on synthetic pairs at 2-3 thousand photons
 #: per pixel and 0.60 on the real visit pairs of 15 series (median 0.88); a follow-up of noise: 0.00.
@@ -113,6 +120,7 @@ def residual_maps(
     photometric_order: int = 2,
     keep_maps: bool = True,
     follow_coef: np.ndarray | None = None,
+    clipping: tuple[tuple[float, float], tuple[float, float]] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
     """Per-bone residuals of the raw images before (identity) and after (fitted) alignment.
 
@@ -124,11 +132,15 @@ def residual_maps(
         photometric_order: intensity polynomial removed before taking residuals.
         keep_maps: return full-frame maps (NaN outside the region); else an empty dict.
         follow_coef: the follow-up's spline coefficients, when already computed.
+        clipping: the baseline's and the follow-up's display clipping levels
+            (:func:`~jsnsynth.quantify.register.clipping_levels`), for the ``clipped`` statistic.
 
     Returns:
         ``(maps, stats)``: maps ``"<bone>_before"``/``"<bone>_after"``; stats per bone with
-        ``rms_before``, ``rms_after`` and ``explained`` (the share of the aligned follow-up's
-        variance that the intensity polynomial of the baseline explains).
+        ``rms_before``, ``rms_after``, ``explained`` (the share of the aligned follow-up's
+        variance that the intensity polynomial of the baseline explains) and ``clipped`` (the
+        share of the region where either image sits at a clipping level; 0 without
+        ``clipping``).
     """
     coef = spline_coefficients(follow) if follow_coef is None else follow_coef
     cx, cy = center_xy
@@ -147,9 +159,16 @@ def residual_maps(
         before = _photometric_residual(base_values, follow.ravel().take(index).astype(np.float64), photo, counted)
         after = _photometric_residual(base_values, value, photo, counted)
         mean_square_after = float(np.mean(after[counted] ** 2))
+        clipped = 0.0
+        if clipping is not None:
+            (base_low, base_high), (follow_low, follow_high) = clipping
+            b, f = base_values[counted], value[counted]
+            # the follow-up's values are interpolated: at its level within 1e-4 (as unclipped_regions)
+            clipped = float(np.mean((b <= base_low) | (b >= base_high) | (f <= follow_low + 1e-4) | (f >= follow_high - 1e-4)))
         stats[name] = {"rms_before": float(np.sqrt(np.mean(before[counted] ** 2))),
                        "rms_after": math.sqrt(mean_square_after),
-                       "explained": 1.0 - mean_square_after / max(float(np.var(value[counted])), 1e-20)}
+                       "explained": 1.0 - mean_square_after / max(float(np.var(value[counted])), 1e-20),
+                       "clipped": clipped}
         if keep_maps:
             for key, values in (("before", before), ("after", after)):
                 frame = np.full(base.shape, np.nan, dtype=np.float32)
@@ -212,6 +231,8 @@ def assess_reliability(
             flags.append(f"{name}: fine fit moved {jump:.1f} px from the coarse one")
         if not SCALE_RANGE[0] < scale < SCALE_RANGE[1]:
             flags.append(f"{name}: implausible scale {scale:.3f}")
+        if stats[name].get("clipped", 0.0) > MAX_CLIPPED_FRACTION:
+            flags.append(f"{name}: {stats[name]['clipped']:.0%} of the region clipped by a display window")
         if not stats[name]["explained"] >= MIN_EXPLAINED:
             flags.append(f"{name}: the follow-up does not resemble the baseline there "
                          f"(the baseline explains {max(stats[name]['explained'], 0.0):.0%} of it)")
