@@ -70,7 +70,7 @@ def gamma_undone(display: np.ndarray, imaging: ImagingParams) -> np.ndarray:
 
 def to_baseline_display(followup: np.ndarray, baseline: ImagingParams, follow: ImagingParams) -> np.ndarray:
     """The follow-up's display intensities through the true chains onto the baseline's display."""
-    intensity = follow.window_low + (follow.window_high - follow.window_low) * np.clip(followup, 0, 1) ** (1.0 / follow.gamma)
+    intensity = follow.window_low + (follow.window_high - follow.window_low) * gamma_undone(followup, follow).astype(np.float64)
     scaled = np.clip((intensity - baseline.window_low) / (baseline.window_high - baseline.window_low), 0, 1)
     return (scaled**baseline.gamma).astype(np.float32)
 

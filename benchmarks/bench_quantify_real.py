@@ -15,15 +15,15 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from docblock import write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 import numpy as np
 
 from jsnsynth.quantify.quantifier import keep_freed_heap
-from jsnsynth.quantify.real import load_visit, measure_pair, validate_real
+from jsnsynth.quantify.real import load_visit, measure_pair, multi_visit_series, validate_real
 from jsnsynth.quantify.validate import load_method
-from jsnsynth.synth.fingerjoints import read_manifest
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM
 
 
@@ -32,18 +32,14 @@ def _rounded(value: float | None, digits: int) -> str:
     return "-" if value is None else str(round(value, digits))
 
 
-def round_trip(folder: Path, method: str, limit_series: int) -> dict:
+def round_trip(folder: Path, method: str | Callable, limit_series: int) -> dict:
     """``JSN(i->j) + JSN(j->i)`` (mm) over the visit pairs of the first ``limit_series`` series
     with two or more visits (the series ``validate_real`` takes): mean and RMS, over all pairs
     both directions of which were measured and over those neither of which was flagged."""
     _, function = load_method(method)
-    series: dict[str, list] = {}
-    for record in read_manifest(folder):
-        series.setdefault(record.series, []).append(record)
-    chosen = [visits for visits in series.values() if len(visits) >= 2][:limit_series]
     sums, unflagged = [], []
     rng = np.random.default_rng(0)  # unused: no shifted trials
-    for visits in chosen:
+    for _, visits in multi_visit_series(folder, limit_series):
         loaded = [load_visit(v) for v in visits]
         for i in range(len(loaded)):
             for j in range(i + 1, len(loaded)):

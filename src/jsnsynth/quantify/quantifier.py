@@ -383,9 +383,10 @@ def quantify_pair(
                              f"{right - left}x{bottom - top}, at least {MIN_SIDE_PX}x{MIN_SIDE_PX} needed")
         notes.append(f"padding recognised: picture rows {top}-{bottom - 1}, columns {left}-{right - 1}")
     base, follow = reg.replicate_picture_edge(base, content), reg.replicate_picture_edge(follow, content)
+    clipping = (reg.clipping_levels(base), reg.clipping_levels(follow))
     try:
         fits, coarse, bones_info, jsn_variance_of, t_coarse, t_fine, follow_coef = _register_bones(
-            base, follow, upper, lower, center, follow_masks, settings, content)
+            base, follow, upper, lower, center, follow_masks, settings, content, clipping)
     except np.linalg.LinAlgError:  # a degenerate least-squares problem: nothing to register
         raise InputError("registration failed: the images hold too little structure in the bone regions") from None
     pu, pl = fits["upper"].params, fits["lower"].params
@@ -398,7 +399,7 @@ def quantify_pair(
     # residuals judged after removing a per-bone quadratic intensity mapping (exposure/gamma)
     maps, raw_stats = residual_maps(base, follow, regions, {"upper": pu, "lower": pl}, center,
                                     photometric_order=2, keep_maps=keep_residuals, follow_coef=follow_coef,
-                                    clipping=(reg.clipping_levels(base), reg.clipping_levels(follow)))
+                                    clipping=clipping)
     variance = jsn_variance_of(jsn_gradient(pu, pl, joint_axis_deg))
     report: ReliabilityReport = assess_reliability(base, follow, regions, fits, coarse, raw_stats, center)
     t_rel = time.perf_counter() - t0
@@ -412,6 +413,8 @@ def quantify_pair(
             "n_pixels": fit.n_pixels,
             "rms_before": raw_stats[name]["rms_before"],
             "rms_after": raw_stats[name]["rms_after"],
+            "explained": raw_stats[name]["explained"],
+            "clipped_fraction": raw_stats[name]["clipped"],
             "noise_std": report.noise_std,
             "residual_ratio": report.residual_ratio[name],
             "hessian_condition": report.condition[name],
@@ -437,9 +440,10 @@ def quantify_pair(
     )
 
 
-def _register_bones(base, follow, upper, lower, center, follow_masks, settings, content):
+def _register_bones(base, follow, upper, lower, center, follow_masks, settings, content, clipping):
     """Coarse global + per-bone coarse + multi-scale fine fit, inside the picture's ``content``
-    box; returns the fits, diagnostics, and the variance of a function of both bones'
+    box (``clipping``: both images' :func:`~jsnsynth.quantify.register.clipping_levels`);
+    returns the fits, diagnostics, and the variance of a function of both bones'
     `(a, b, tx, ty)` from its gradient."""
     t0 = time.perf_counter()
     coarse_level = reg.coarse_level_for(base.shape)
@@ -528,22 +532,23 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             # a change of each bone's scale, which the lever arm to the joint centre amplifies.
             windows = reg.aligned_windows(base, follow, regions, params, center, follow_coef=follow_coef)
             # clipped pixels (a display window's saturation) are left out of the intensity fits
-            unclipped = reg.unclipped_regions(windows, reg.clipping_levels(base), reg.clipping_levels(follow),
-                                              CLIPPED_MARGIN_PX)
+            unclipped = reg.unclipped_regions(windows, *clipping, CLIPPED_MARGIN_PX)
             matcher = reg.BlurMatcher(windows)
             blur_x = matcher.variance_difference([fw for _, fw, _ in windows])
             # the intensity fits read the windows' unclipped flat pixels with the blurs matched
             # (blurs commute with the nearly rigid warps)
             fit_windows = [(bw, fw, r) for (bw, fw, _), r in zip(windows, unclipped)]
+            samples = reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x)
             if settings.equalise_display_gamma:
                 # both visits onto one display gamma: blurs are then matched, and intensities
                 # mapped, between images whose displays bend alike (docs/quantify.md, method step 3)
-                ratio = reg.display_gamma_ratio(reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x))
+                ratio = reg.display_gamma_ratio(samples)
                 if ratio != 1.0:
                     exponent_b, exponent_f = ratio**-0.5, ratio**0.5
                     base, follow = reg.raise_to(base, exponent_b), reg.raise_to(follow, exponent_f)
                     windows = [(reg.raise_to(bw, exponent_b), reg.raise_to(fw, exponent_f), r) for bw, fw, r in windows]
                     fit_windows = [(bw, fw, r) for (bw, fw, _), r in zip(windows, unclipped)]
+                    samples = reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x)
                     matcher = reg.BlurMatcher(windows)
                     if settings.intensity_mapping_order == 0:  # else the search after the mapping
                         blur_x = matcher.variance_difference([fw for _, fw, _ in windows], rounds=1, initial=blur_x)
@@ -553,8 +558,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
                 # after the blur). That second search maps before it blurs; estimating it in the
                 # final image's order (blur, then map) made no difference (within 1e-4 px
                 # RMSE), so it keeps the cheaper order.
-                mapping = reg.fit_intensity_mapping(
-                    reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x), settings.intensity_mapping_order)
+                mapping = reg.fit_intensity_mapping(samples, settings.intensity_mapping_order)
                 # one linearised step from the first estimate: more secant rounds here, or a
                 # fourth in the first search, moved the benchmark's RMSEs by 1e-4 px at most.
                 # After the gammas changed the images the step can overshoot (the first estimate

@@ -69,6 +69,16 @@ def drop_outlier_trials(values_mm: np.ndarray, max_sd_mm: float) -> tuple[np.nda
     return kept, dropped
 
 
+def multi_visit_series(folder: str | os.PathLike, limit_series: int | None = None) -> list[tuple[str, list[FingerJointRecord]]]:
+    """The series of a finger-joint folder with two or more visits, in manifest order, as
+    ``(series name, visits)``; only the first ``limit_series`` when given."""
+    series: dict[str, list[FingerJointRecord]] = {}
+    for record in read_manifest(folder):
+        series.setdefault(record.series, []).append(record)
+    chosen = [(name, visits) for name, visits in series.items() if len(visits) >= 2]
+    return chosen if limit_series is None else chosen[:limit_series]
+
+
 def load_visit(record: FingerJointRecord) -> dict:
     """One visit's image (integer pixels at its bit depth) and bone masks, as the methods take them."""
     image = read_radiograph(record.image)
@@ -191,13 +201,7 @@ def validate_real(
         check_output_folder(out_dir)
         for name in REPORT_NAMES.values():
             check_writable(os.path.join(out_dir, name))
-    records = read_manifest(folder)
-    series: dict[str, list[FingerJointRecord]] = {}
-    for record in records:
-        series.setdefault(record.series, []).append(record)
-    chosen = [(name, visits) for name, visits in series.items() if len(visits) >= 2]
-    if limit_series is not None:
-        chosen = chosen[:limit_series]
+    chosen = multi_visit_series(folder, limit_series)
     if not chosen:
         raise InputError(f"{folder}: no series with two or more visits")
     pair_rows: list[dict] = []

@@ -624,15 +624,23 @@ def unclipped_regions(
 
     A clipped pixel only says that the intensity lies beyond the window: where one visit's
     window clips and the other's does not, the two intensities are not related by any smooth
-    mapping, and a polynomial fitted through that kink bends elsewhere. The follow-up's values
-    are interpolated, so they count as clipped within 1e-4 of its level.
+    mapping, and a polynomial fitted through that kink bends elsewhere (:func:`clipped_pixels`).
     """
     regions = []
     for base, follow, region in windows:
-        clipped = ((base <= base_levels[0]) | (base >= base_levels[1])
-                   | (follow <= follow_levels[0] + 1e-4) | (follow >= follow_levels[1] - 1e-4))
+        clipped = clipped_pixels(base, follow, base_levels, follow_levels)
         regions.append(region & ~dilate(clipped, margin_px) if clipped.any() else region)
     return regions
+
+
+def clipped_pixels(
+    base: np.ndarray, follow: np.ndarray, base_levels: tuple[float, float], follow_levels: tuple[float, float]
+) -> np.ndarray:
+    """Where either of two aligned images sits at a level a display window clipped it to
+    (:func:`clipping_levels`); the follow-up's values are interpolated, so they count as clipped
+    within 1e-4 of its level."""
+    return ((base <= base_levels[0]) | (base >= base_levels[1])
+            | (follow <= follow_levels[0] + 1e-4) | (follow >= follow_levels[1] - 1e-4))
 
 
 @dataclass
@@ -760,8 +768,8 @@ def display_gamma_ratio(samples: FlatSamples, max_log_ratio: float = MAX_LOG_GAM
     the ratio at which ``B^(r^-1/2)`` and ``F^(r^1/2)`` are most nearly affine, the largest
     weighted correlation over the samples (edges, where a residual misalignment lives, count
     little). Those powers are the true ones times a common ``sqrt(gamma_b gamma_f)``, under which
-    the two sides stay affine only if the windows' black levels agree; the ratio is then off by
-    a little (phantom displays with black levels 0.03 and 0, gammas 0.85 and 1.2: under 1 %;
+    the two sides stay affine only if the windows' black levels agree or that product is 1;
+    otherwise the ratio is off by a little (phantom displays with black levels 0.03 and 0, gammas 0.85 and 1.2: under 1 %;
     1.3 and 1.5: 2 %). Swapping the visits gives ``1 / r`` up to the weights (the baseline's
     gradient) and the search's tolerance.
 
@@ -774,7 +782,9 @@ def display_gamma_ratio(samples: FlatSamples, max_log_ratio: float = MAX_LOG_GAM
 
     Returns:
         ``r``; 1.0 when the samples are too few or too flat to tell, or when the best ratio is
-        at the end of the search (no power law relates the visits' intensities).
+        at the end of the search: no power law within it relates the visits' intensities
+        (displays whose gammas differ more, or a relation of another kind), and the images are
+        better left as they are than bent by the search's largest power.
     """
     if samples.base.size < 50 or np.ptp(samples.base) < 1e-3 or np.ptp(samples.follow) < 1e-3:
         return 1.0

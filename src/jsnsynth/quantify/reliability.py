@@ -37,6 +37,7 @@ import numpy as np
 
 from jsnsynth.errors import OutputError
 from jsnsynth.quantify.register import (
+    clipped_pixels,
     every_other_pixel,
     mask_centroid,
     photometric_basis,
@@ -161,10 +162,7 @@ def residual_maps(
         mean_square_after = float(np.mean(after[counted] ** 2))
         clipped = 0.0
         if clipping is not None:
-            (base_low, base_high), (follow_low, follow_high) = clipping
-            b, f = base_values[counted], value[counted]
-            # the follow-up's values are interpolated: at its level within 1e-4 (as unclipped_regions)
-            clipped = float(np.mean((b <= base_low) | (b >= base_high) | (f <= follow_low + 1e-4) | (f >= follow_high - 1e-4)))
+            clipped = float(np.mean(clipped_pixels(base_values[counted], value[counted], *clipping)))
         stats[name] = {"rms_before": float(np.sqrt(np.mean(before[counted] ** 2))),
                        "rms_after": math.sqrt(mean_square_after),
                        "explained": 1.0 - mean_square_after / max(float(np.var(value[counted])), 1e-20),
@@ -210,6 +208,7 @@ def assess_reliability(
     expected = math.hypot(noise, RESIDUAL_FLOOR_FRACTION * float(np.std(base[union])))
     flags: list[str] = []
     report = ReliabilityReport(score=1.0, mismatch=False, noise_std=noise)
+    meaningless = False  # a fit whose numbers mean nothing: reliability 0
     for name, fit in fits.items():
         ratio = stats[name]["rms_after"] / expected
         report.residual_ratio[name] = ratio
@@ -227,22 +226,24 @@ def assess_reliability(
             flags.append(f"{name}: residual {ratio:.1f}x the noise")
         if not condition < MAX_CONDITION:
             flags.append(f"{name}: ill-conditioned fit")
+            meaningless = True
         if jump > MISMATCH_JUMP_PX:
             flags.append(f"{name}: fine fit moved {jump:.1f} px from the coarse one")
         if not SCALE_RANGE[0] < scale < SCALE_RANGE[1]:
             flags.append(f"{name}: implausible scale {scale:.3f}")
-        if stats[name].get("clipped", 0.0) > MAX_CLIPPED_FRACTION:
+            meaningless = True
+        if stats[name]["clipped"] > MAX_CLIPPED_FRACTION:
             flags.append(f"{name}: {stats[name]['clipped']:.0%} of the region clipped by a display window")
         if not stats[name]["explained"] >= MIN_EXPLAINED:
             flags.append(f"{name}: the follow-up does not resemble the baseline there "
                          f"(the baseline explains {max(stats[name]['explained'], 0.0):.0%} of it)")
+            meaningless = True
     worst = max(report.residual_ratio.values())
     score = math.exp(-max(0.0, worst - 1.5) / 2.0)
     if any(not fit.converged and not fit.last_step_px < MAX_LAST_STEP_PX for fit in fits.values()):
         score *= 0.5
     report.mismatch = bool(flags)
-    nonsense = ("ill-conditioned", "implausible", "does not resemble")
-    report.score = 0.0 if report.mismatch and any(word in f for f in flags for word in nonsense) else score
+    report.score = 0.0 if meaningless else score
     report.flags = flags
     return report
 
