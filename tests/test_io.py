@@ -105,6 +105,27 @@ def test_bad_radiograph_files_are_named(tmp_path: Path, content: bytes | None, m
     assert "bad.png" in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tiff"])
+def test_image_cut_short_is_rejected_in_one_line(tmp_path: Path, capfd, suffix: str) -> None:
+    # libjpeg decodes a JPEG cut short, fills the rows it lacks with grey and only warns on
+    # stderr: such a file used to be measured as if it were whole. The codecs' own complaints
+    # ("libpng error: Read Error", "Premature end of JPEG file") stay off stderr.
+    pixels = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8), (0, 0), 2)
+    ok, encoded = cv2.imencode(suffix, pixels)
+    assert ok
+    whole = tmp_path / f"whole{suffix}"
+    whole.write_bytes(encoded.tobytes())
+    assert np.array_equal(io.read_radiograph(whole).intensity, cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED) / 255.0)
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(encoded.tobytes()[: int(0.8 * encoded.size)])
+    capfd.readouterr()
+    for read in (io.read_radiograph, io.read_mask):
+        with pytest.raises(InputError) as info:
+            read(cut)
+        assert f"cut{suffix}" in str(info.value) and "\n" not in str(info.value)
+    assert capfd.readouterr().err == ""
+
+
 def test_nan_float_tiff_is_rejected(tmp_path: Path) -> None:
     values = np.zeros((8, 8), np.float32)
     values[2, 3] = np.nan

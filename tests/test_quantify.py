@@ -139,6 +139,52 @@ def test_padded_crop_is_measured_like_the_picture(fill):
     assert f"padding recognised: picture rows {cut}-{255 - cut}, columns 0-255" in result.flags
 
 
+def test_padding_does_not_move_the_default_joint_frame():
+    # the axis leaves out bone cross-sections cut by the picture's edge; 40 rows of padding under
+    # this joint put that edge inside the array, and the frame of the whole array turned by
+    # 10.8 deg (its centre moved by 1.4 px). The frame of the picture stays put.
+    layers, pair = _phantom_pair(5, 1, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
+    assert layers.lower_mask[-1].any()  # a bone the crop cuts at the bottom: what padding hides
+
+    def padded(image):
+        return np.pad(image, ((0, 40), (0, 0)))
+
+    plain = quantify_pair(quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask)
+    result = quantify_pair(padded(quantize(pair.baseline)), padded(quantize(pair.followup)),
+                           padded(layers.upper_mask), padded(layers.lower_mask))
+    assert result.joint_center_xy == plain.joint_center_xy
+    assert result.joint_axis_deg == plain.joint_axis_deg
+    assert (plain.joint_center_xy, plain.joint_axis_deg) == joint_frame_from_masks(layers.upper_mask, layers.lower_mask)
+    assert abs(result.jsn_px - pair.jsn_px) < PADDED_PAIR_TOL_PX
+    assert not result.mismatch
+
+
+def test_coarse_fine_disagreement_allowed_grows_with_the_picture():
+    # displacements are in pixels: the same joint at twice the resolution moves twice as many,
+    # and a fixed 3 px flagged 7 of 10 real visit pairs upsampled to 512 px (2 of 10 at 256 px)
+    from types import SimpleNamespace
+
+    from jsnsynth.quantify.reliability import MISMATCH_JUMP_PX, assess_reliability
+
+    rng = np.random.default_rng(0)
+    image = ndimage.gaussian_filter(rng.random((96, 96)), 3.0)
+    regions = {"upper": np.zeros((96, 96), bool), "lower": np.zeros((96, 96), bool)}
+    regions["upper"][10:40, 20:70] = True
+    regions["lower"][55:85, 20:70] = True
+    coarse = {name: np.array([1.0, 0.0, 0.0, 0.0]) for name in regions}
+    moved = 1.3 * MISMATCH_JUMP_PX
+    fits = {name: SimpleNamespace(params=np.array([1.0, 0.0, moved if name == "lower" else 0.0, 0.0]),
+                                  hessian=np.eye(4), converged=True, last_step_px=0.0) for name in regions}
+    stats = {name: {"rms_after": 0.0, "explained": 1.0, "clipped": 0.0} for name in regions}
+
+    def flags(side_px):
+        return assess_reliability(image, image, regions, fits, coarse, stats, (48.0, 48.0), picture_side_px=side_px).flags
+
+    assert flags(256) == [f"lower: fine fit moved {moved:.1f} px from the coarse one"]
+    assert flags(512) == []
+    assert flags(128) == flags(256)  # never stricter than on the crops it was set on
+
+
 def test_magnified_follow_up_is_reached_by_the_coarse_scales():
     # magnified by 10-12 %, turned by up to 12 deg, moved by up to 24 px and flexed by up to
     # 6 deg: from rotation candidates alone the fits did not reach this pair's magnification

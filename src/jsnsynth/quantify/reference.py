@@ -51,10 +51,10 @@ def _prepare(baseline, followup, upper_mask, lower_mask, joint_center_xy, joint_
         raise InputError(f"follow-up is {follow.shape}, baseline is {base.shape}")
     upper = as_mask(upper_mask, "upper-bone", base.shape)
     lower = as_mask(lower_mask, "lower-bone", base.shape)
-    center, joint_axis_deg = resolve_joint_frame(upper, lower, joint_center_xy, joint_axis_deg)
-    check_mask_pair(upper, lower, joint_axis_deg, "baseline")
     # a crop padded to size: refilled and kept clear of, as the bundled quantifier does
     content = content_box(base, follow)
+    center, joint_axis_deg = resolve_joint_frame(upper, lower, joint_center_xy, joint_axis_deg, content)
+    check_mask_pair(upper, lower, joint_axis_deg, "baseline")
     base, follow = replicate_picture_edge(base, content), replicate_picture_edge(follow, content)
     return base, follow, upper, lower, center, joint_axis_deg, content
 
@@ -97,7 +97,7 @@ def poc_quantify(
     )
     shifts = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
-        window = tapered_window(bone_region(mask, other, dilate_px, 1, content=content), 3.0)
+        window = tapered_window(bone_region(mask, other, dilate_px, 1, content=content), 3.0, content)
         ref = (base - float(base[window > 0.5].mean())) * window
         mov = (follow - float(follow[window > 0.5].mean())) * window
         shift, _ = cv2.phaseCorrelate(ref.astype(np.float64), mov.astype(np.float64))

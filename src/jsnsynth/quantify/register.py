@@ -1092,10 +1092,26 @@ def phase_correlation_shift(
     return np.array(shift), float(response)
 
 
-def tapered_window(region: np.ndarray, taper_px: float) -> np.ndarray:
-    """A soft window: the region blurred, times a Hann window of the image."""
+def tapered_window(
+    region: np.ndarray, taper_px: float, content: tuple[int, int, int, int] | None = None, step: int = 1
+) -> np.ndarray:
+    """A soft window: the region blurred, times a Hann window of the picture.
+
+    The picture is the ``content`` box (:func:`content_box`, in full-resolution pixels; default
+    the whole array) and ``region`` samples every ``step``-th pixel, as :func:`bone_region`'s
+    do. A Hann window of the whole array would weigh the bones by where the padding of a padded
+    crop put them: 100 columns of it moved a real pair's JSN by 0.09 px.
+    """
     soft = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(taper_px, 0.5))
-    hann = cv2.createHanningWindow(region.shape[::-1], cv2.CV_32F)
+    height, width = region.shape
+    top, bottom, left, right = content or (0, height * step, 0, width * step)
+    # the samples inside the box: full-resolution pixel step * i with top <= step * i < bottom
+    rows = slice(-(-top // step), min(-(-bottom // step), height))
+    cols = slice(-(-left // step), min(-(-right // step), width))
+    hann = np.zeros(region.shape, dtype=np.float32)
+    box = hann[rows, cols]
+    if box.shape[0] > 1 and box.shape[1] > 1:
+        hann[rows, cols] = cv2.createHanningWindow(box.shape[::-1], cv2.CV_32F)
     return soft * hann
 
 
@@ -1120,8 +1136,13 @@ def coarse_global(
     extra_candidates: list[np.ndarray] | None = None,
     refine_best: int = 2,
     scales: tuple[float, ...] = (),
+    content: tuple[int, int, int, int] | None = None,
+    step: int = 1,
 ) -> tuple[np.ndarray, float]:
     """Best rough similarity of the whole joint at one (coarse) pyramid level.
+
+    ``content`` is the picture (:func:`content_box`, full-resolution pixels) and ``step`` the
+    level's pixel step, for the phase correlation's window (:func:`tapered_window`).
 
     Every candidate rotation (at scale 1) and scale (at no rotation) is followed by windowed
     phase correlation for the translation;
@@ -1132,7 +1153,7 @@ def coarse_global(
         ``(params, ncc)`` about ``center_xy`` at this level.
     """
     cx, cy = center_xy
-    window = tapered_window(region, 2.0)
+    window = tapered_window(region, 2.0, content, step)
     candidates = list(extra_candidates or [])
     for angle, scale in [(angle, 1.0) for angle in angles_deg] + [(0.0, scale) for scale in scales]:
         rad = math.radians(angle)

@@ -56,6 +56,56 @@ def _existing_file(path: str | os.PathLike) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _codec_messages_silenced() -> Iterator[None]:
+    """Silence what the image codecs print on the process's stderr while a file is decoded.
+
+    libpng, libjpeg, libtiff and OpenCV's own log write their complaints about a damaged file
+    ("libpng error: Read Error", "Premature end of JPEG file") straight to file descriptor 2;
+    the decoder's result says what went wrong, and the error raised here names the file in one
+    line. Without a descriptor (an embedded interpreter), nothing is redirected.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    sink = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(sink, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(sink)
+
+
+def _is_truncated_jpeg(data: bytes) -> bool:
+    """True for a JPEG cut short: no end-of-image marker after its last scan's start.
+
+    libjpeg decodes such a file, fills the missing rows with grey and only warns on stderr: the
+    image would be measured as if it were whole. Inside a scan a 0xFF byte is always followed by
+    0x00 (byte stuffing), so the markers cannot occur there; a thumbnail's own markers sit in a
+    header segment before the image's scans.
+    """
+    if not data.startswith(b"\xff\xd8\xff"):
+        return False
+    return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+
+
+def _decode(path: Path) -> np.ndarray | None:
+    """The file's pixels as stored (OpenCV ``IMREAD_UNCHANGED``), None where it cannot be decoded.
+
+    Raises:
+        InputError: a truncated JPEG.
+    """
+    data = path.read_bytes()
+    if _is_truncated_jpeg(data):
+        raise InputError(f"{path}: truncated JPEG (the file ends inside the image data)")
+    with _codec_messages_silenced():
+        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+
+
 def _is_dicom(path: Path) -> bool:
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
@@ -126,9 +176,9 @@ def read_radiograph(path: str | os.PathLike) -> Radiograph:
     path = _existing_file(path)
     if _is_dicom(path):
         return _read_dicom(path)
-    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    pixels = _decode(path)
     if pixels is None:
-        raise InputError(f"{path}: not a readable image (PNG, JPEG, TIFF, BMP or DICOM expected)")
+        raise InputError(f"{path}: not a readable image (damaged, cut short, or not PNG, JPEG, TIFF, BMP or DICOM)")
     pixels = _to_greyscale(pixels, path)
     if pixels.dtype == np.uint8:
         bits = 8
@@ -186,9 +236,9 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
         InputError: missing or unreadable file, NaN values, wrong size, or an empty mask.
     """
     path = _existing_file(path)
-    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    pixels = _decode(path)
     if pixels is None:
-        raise InputError(f"{path}: not a readable mask image")
+        raise InputError(f"{path}: not a readable mask image (damaged, cut short, or not an image)")
     if pixels.ndim == 3:
         pixels = pixels[..., :3].max(axis=2)
     if np.issubdtype(pixels.dtype, np.floating) and not np.all(np.isfinite(pixels)):
@@ -250,7 +300,7 @@ def encode_float_tiff(values: np.ndarray) -> bytes:
 def read_float_tiff(path: str | os.PathLike) -> np.ndarray:
     """Read a 32-bit float TIFF written by :func:`encode_float_tiff`."""
     path = _existing_file(path)
-    values = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    values = _decode(path)
     if values is None or values.dtype != np.float32 or values.ndim != 2:
         raise InputError(f"{path}: not a single-channel 32-bit float TIFF")
     return values
