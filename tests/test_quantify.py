@@ -178,7 +178,8 @@ def test_coarse_fine_disagreement_allowed_grows_with_the_picture():
     stats = {name: {"rms_after": 0.0, "explained": 1.0, "clipped": 0.0} for name in regions}
 
     def flags(side_px):
-        return assess_reliability(image, image, regions, fits, coarse, stats, (48.0, 48.0), picture_side_px=side_px).flags
+        scale = reg.picture_scale((0, side_px, 0, side_px // 2))
+        return assess_reliability(image, image, regions, fits, coarse, stats, (48.0, 48.0), picture_scale=scale).flags
 
     assert flags(256) == [f"lower: fine fit moved {moved:.1f} px from the coarse one"]
     assert flags(512) == []

@@ -53,6 +53,11 @@ MIN_BONE_PX = 100
 CLIPPED_MARGIN_PX = 4
 #: Intensity standard deviation below which an image has no structure to register.
 MIN_CONTRAST = 1e-4
+#: Largest per-bone phase-correlation shift (px, on top of the global alignment) taken as the
+#: bone's own on a 256 px picture, in proportion on larger ones (``register.picture_scale``):
+#: repositioning, flexion and JSN change move a bone by a few pixels; a larger peak is another
+#: structure's.
+BONE_PEAK_MAX_PX = 8.0
 #: Convergence threshold (px of that level) of the pyramid levels above full resolution: they
 #: only start the next level, which needs nothing finer than a few hundredths of a pixel.
 COARSE_LEVEL_TOLERANCE_PX = 0.01
@@ -419,7 +424,7 @@ def quantify_pair(
                                     clipping=clipping)
     variance = jsn_variance_of(jsn_gradient(pu, pl, joint_axis_deg))
     report: ReliabilityReport = assess_reliability(base, follow, regions, fits, coarse, raw_stats, center,
-                                                   picture_side_px=max(content[1] - content[0], content[3] - content[2]))
+                                                   picture_scale=reg.picture_scale(content))
     t_rel = time.perf_counter() - t0
 
     bones = {}
@@ -523,7 +528,9 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
         shift, _ = reg.phase_correlation_shift(pyr_b[pc_level], warped, window)
         shift = shift * f_pc
         params = global_params.copy()
-        if np.hypot(*shift) < 8.0:  # beyond that the peak is not this bone's
+        # a finer crop of the same joint moves by more pixels: at 512 px with the 256 px limit,
+        # real bones' own moves were cut off and the fine fits moved 4-5 px from the coarse ones
+        if np.hypot(*shift) < BONE_PEAK_MAX_PX * reg.picture_scale(content):
             a, b = params[0], params[1]
             params[2] += a * shift[0] - b * shift[1]
             params[3] += b * shift[0] + a * shift[1]

@@ -226,6 +226,20 @@ def content_box(*images: np.ndarray) -> tuple[int, int, int, int]:
     return top, height - bottom, left, width - right
 
 
+#: Larger side (px) of the pictures the quantifier's limits in pixels were set on: the 256 x 256
+#: joint crops of the field. The same joint cropped at a finer resolution moves by more pixels,
+#: so those limits grow in proportion on larger pictures (:func:`picture_scale`).
+REFERENCE_PICTURE_PX = 256
+
+
+def picture_scale(content: tuple[int, int, int, int]) -> float:
+    """How many times a picture (the ``content`` box, padding left out) exceeds
+    :data:`REFERENCE_PICTURE_PX` on its larger side; 1 for smaller pictures, where the limits
+    stay as set."""
+    top, bottom, left, right = content
+    return max(1.0, max(bottom - top, right - left) / REFERENCE_PICTURE_PX)
+
+
 def replicate_picture_edge(image: np.ndarray, content: tuple[int, int, int, int]) -> np.ndarray:
     """``image`` with everything outside the ``content`` box replaced by the picture's edge
     rows and columns replicated: a fill's jump (zero padding against bright bone) would

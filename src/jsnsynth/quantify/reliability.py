@@ -19,8 +19,8 @@ turns them into numbers:
 
 score = exp(-max(0, worst ratio - 1.5) / 2) x 0.5 if a bone did not converge; a pair is flagged
 as a mismatch when a ratio exceeds ``MISMATCH_RATIO``, a bone did not converge, the Hessian is
-singular, the scale is implausible, coarse and fine disagree by more than ``MISMATCH_JUMP_PX`` (per
-``MISMATCH_JUMP_REFERENCE_PX`` of picture, for larger pictures),
+singular, the scale is implausible, coarse and fine disagree by more than ``MISMATCH_JUMP_PX`` (in
+proportion on pictures larger than 256 px),
 a display window clipped more than ``MAX_CLIPPED_FRACTION`` of a bone region, or the baseline
 explains less than ``MIN_EXPLAINED`` of a bone region's follow-up (score 0 for ill-posed fits and
 for the last).
@@ -57,13 +57,9 @@ RESIDUAL_FLOOR_FRACTION = 0.087
 #: Residual ratio above which a pair is a mismatch.
 MISMATCH_RATIO = 6.0
 #: Coarse/fine disagreement of a bone's displacement at its region's centroid (px) above which a
-#: pair is a mismatch, on pictures up to ``MISMATCH_JUMP_REFERENCE_PX`` on their larger side; in
-#: proportion beyond. Displacements are in pixels: the same joint cropped at twice the
-#: resolution moves twice as many, and a fixed 3 px flagged 7 of 10 real visit pairs upsampled
-#: to 512 px against 2 of the 10 at 256 px.
+#: pair is a mismatch, on pictures up to 256 px; in proportion on larger ones
+#: (:func:`~jsnsynth.quantify.register.picture_scale`).
 MISMATCH_JUMP_PX = 3.0
-#: The picture side (px) ``MISMATCH_JUMP_PX`` was set on: the 256 x 256 crops of the field.
-MISMATCH_JUMP_REFERENCE_PX = 256
 #: Condition number of the normalised geometric Hessian above which the fit is ill-posed.
 MAX_CONDITION = 1e7
 #: A fit that stopped at the iteration cap still counts as converged if its last step was below this (px).
@@ -202,12 +198,12 @@ def assess_reliability(
     coarse: dict[str, np.ndarray],
     stats: dict[str, dict[str, Any]],
     center_xy: tuple[float, float],
-    picture_side_px: int = MISMATCH_JUMP_REFERENCE_PX,
+    picture_scale: float = 1.0,
 ) -> ReliabilityReport:
     """Score a registration and decide whether it is a mismatch (see the module docstring).
 
-    ``picture_side_px``: the larger side of the picture (padding left out), which scales the
-    coarse/fine disagreement allowed (``MISMATCH_JUMP_PX``).
+    ``picture_scale``: :func:`~jsnsynth.quantify.register.picture_scale` of the images, which
+    scales the coarse/fine disagreement allowed (``MISMATCH_JUMP_PX``).
 
     ``fits`` are the bones' final fits (``params``, ``hessian``: the geometric Gauss-Newton
     Hessian per lever length with the photometric terms profiled out, ``converged``,
@@ -219,7 +215,7 @@ def assess_reliability(
     flags: list[str] = []
     report = ReliabilityReport(score=1.0, mismatch=False, noise_std=noise)
     meaningless = False  # a fit whose numbers mean nothing: reliability 0
-    max_jump_px = MISMATCH_JUMP_PX * max(1.0, picture_side_px / MISMATCH_JUMP_REFERENCE_PX)
+    max_jump_px = MISMATCH_JUMP_PX * picture_scale
     for name, fit in fits.items():
         ratio = stats[name]["rms_after"] / expected
         report.residual_ratio[name] = ratio
