@@ -108,8 +108,8 @@ def test_bad_radiograph_files_are_named(tmp_path: Path, content: bytes | None, m
 @pytest.mark.parametrize("suffix", [".jpg", ".png", ".tiff"])
 def test_image_cut_short_is_rejected_in_one_line(tmp_path: Path, capfd, suffix: str) -> None:
     # libjpeg decodes a JPEG cut short, fills the rows it lacks with grey and only warns on
-    # stderr: such a file used to be measured as if it were whole. The codecs' own complaints
-    # ("libpng error: Read Error", "Premature end of JPEG file") stay off stderr.
+    # stderr: such a file used to be measured as if it were whole. The codecs' own lines stay
+    # off stderr, which is the process's again afterwards.
     pixels = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8), (0, 0), 2)
     ok, encoded = cv2.imencode(suffix, pixels)
     assert ok
@@ -123,7 +123,63 @@ def test_image_cut_short_is_rejected_in_one_line(tmp_path: Path, capfd, suffix: 
         with pytest.raises(InputError) as info:
             read(cut)
         assert f"cut{suffix}" in str(info.value) and "\n" not in str(info.value)
-    assert capfd.readouterr().err == ""
+    os.write(2, b"still there\n")
+    assert capfd.readouterr().err == "still there\n"
+
+
+def test_reading_in_threads_leaves_stderr_in_place(tmp_path: Path, capfd) -> None:
+    # stderr is the process's: while a file is decoded it points to a capture file, and threads
+    # that saved and restored it in turn left it on the capture for good (one decode at a time)
+    from concurrent.futures import ThreadPoolExecutor
+
+    ok, encoded = cv2.imencode(".png", np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+    whole, cut = tmp_path / "whole.png", tmp_path / "cut.png"
+    whole.write_bytes(encoded.tobytes())
+    cut.write_bytes(encoded.tobytes()[: encoded.size // 2])
+
+    def read(k: int) -> bool:
+        try:
+            io.read_radiograph(whole if k % 2 else cut)
+            return True
+        except InputError:
+            return False
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sum(pool.map(read, range(200))) == 100
+    capfd.readouterr()
+    os.write(2, b"still there\n")
+    assert capfd.readouterr().err == "still there\n"
+
+
+def test_jpeg_with_data_after_its_end_is_whole(tmp_path: Path) -> None:
+    # phones append data after a JPEG's end-of-image marker; only a file that ends before that
+    # marker is cut short, whatever bytes follow it (a scan marker among them)
+    rng = np.random.default_rng(1)
+    pixels = cv2.GaussianBlur(rng.integers(0, 256, (48, 40), dtype=np.uint8), (0, 0), 2)
+    ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_RST_INTERVAL, 2])
+    assert ok
+    path = tmp_path / "trailer.jpg"
+    path.write_bytes(encoded.tobytes() + b"\xff\xda" + rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    assert np.array_equal(io.read_radiograph(path).intensity, cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED) / 255.0)
+    scans = [i for i in range(encoded.size - 1) if encoded[i] == 0xFF and encoded[i + 1] == 0xDA]
+    assert len(scans) > 1  # progressive: cut between two scans, the file decodes, incomplete
+    path.write_bytes(encoded.tobytes()[: scans[-1]])
+    with pytest.raises(InputError, match="cut short"):
+        io.read_radiograph(path)
+
+
+def test_damaged_jpeg_is_read_with_a_warning_naming_it(tmp_path: Path) -> None:
+    # damage inside the image data still decodes; what libjpeg says about it, which used to be
+    # a stray line on stderr, becomes a warning that names the file
+    pixels = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8), (0, 0), 2)
+    ok, encoded = cv2.imencode(".jpg", pixels)
+    data = bytearray(encoded.tobytes())
+    middle = len(data) // 2
+    data[middle:middle + 40] = np.random.default_rng(0).integers(0, 255, 40, dtype=np.uint8).tobytes()
+    path = tmp_path / "damaged.jpg"
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="damaged.jpg: the image decoder reported: Corrupt JPEG data"):
+        assert io.read_radiograph(path).intensity.shape == (64, 64)
 
 
 def test_nan_float_tiff_is_rejected(tmp_path: Path) -> None:

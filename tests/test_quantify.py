@@ -139,20 +139,27 @@ def test_padded_crop_is_measured_like_the_picture(fill):
     assert f"padding recognised: picture rows {cut}-{255 - cut}, columns 0-255" in result.flags
 
 
-def test_padding_does_not_move_the_default_joint_frame():
+@pytest.mark.parametrize("widths", [((0, 40), (0, 0)), ((12, 40), (30, 5))])
+@pytest.mark.parametrize("strays", [False, True])
+def test_padding_does_not_move_the_default_joint_frame(widths, strays):
     # the axis leaves out bone cross-sections cut by the picture's edge; 40 rows of padding under
     # this joint put that edge inside the array, and the frame of the whole array turned by
-    # 10.8 deg (its centre moved by 1.4 px). The frame of the picture stays put.
+    # 10.8 deg (its centre moved by 1.4 px). The frame of the picture stays put, moved by the
+    # padding above and to the left, and a few mask pixels drawn into the padding do not matter.
     layers, pair = _phantom_pair(5, 1, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
     assert layers.lower_mask[-1].any()  # a bone the crop cuts at the bottom: what padding hides
 
     def padded(image):
-        return np.pad(image, ((0, 40), (0, 0)))
+        return np.pad(image, widths)
 
+    lower = padded(layers.lower_mask)
+    if strays:
+        lower[256 + widths[0][0], np.flatnonzero(lower[255 + widths[0][0]])[:3]] = True
     plain = quantify_pair(quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask)
     result = quantify_pair(padded(quantize(pair.baseline)), padded(quantize(pair.followup)),
-                           padded(layers.upper_mask), padded(layers.lower_mask))
-    assert result.joint_center_xy == plain.joint_center_xy
+                           padded(layers.upper_mask), lower)
+    (top, _), (left, _) = widths
+    assert result.joint_center_xy == (plain.joint_center_xy[0] + left, plain.joint_center_xy[1] + top)
     assert result.joint_axis_deg == plain.joint_axis_deg
     assert (plain.joint_center_xy, plain.joint_axis_deg) == joint_frame_from_masks(layers.upper_mask, layers.lower_mask)
     assert abs(result.jsn_px - pair.jsn_px) < PADDED_PAIR_TOL_PX

@@ -53,6 +53,10 @@ MIN_BONE_PX = 100
 CLIPPED_MARGIN_PX = 4
 #: Intensity standard deviation below which an image has no structure to register.
 MIN_CONTRAST = 1e-4
+#: Share of each bone mask that must lie in the picture of a padded crop for the default joint
+#: frame to be the picture's (``resolve_joint_frame``): a few pixels drawn into the padding are
+#: strays; a mask mostly there says the box is not the picture.
+MIN_MASK_IN_PICTURE = 0.9
 #: Largest per-bone phase-correlation shift (px, on top of the global alignment) taken as the
 #: bone's own on a 256 px picture, in proportion on larger ones (``register.picture_scale``):
 #: repositioning, flexion and JSN change move a bone by a few pixels; a larger peak is another
@@ -299,17 +303,19 @@ def resolve_joint_frame(
     the picture: computed on the masks cut to that box and moved back, so that padding does not
     move it. The axis leaves out bone cross-sections cut by the picture's edge, which padding
     moves inside the array: 40 rows of it under real joints turned their axes by up to 6 degrees
-    and moved their JSN by up to 0.4 px. Masks that reach into the padding keep the array's frame.
+    and moved their JSN by up to 0.4 px. Mask pixels drawn into the padding are left out; masks
+    that lie mostly there (a box that is not the picture's) keep the array's frame.
     """
     top, left = 0, 0
     if content is not None and content != (0, upper.shape[0], 0, upper.shape[1]):
         top, bottom, left, right = content
-        picture = np.zeros(upper.shape, dtype=bool)
-        picture[top:bottom, left:right] = True
-        if (upper & ~picture).any() or (lower & ~picture).any():
-            top, left = 0, 0
+        cut_upper, cut_lower = upper[top:bottom, left:right], lower[top:bottom, left:right]
+        kept = min(np.count_nonzero(cut_upper) / max(np.count_nonzero(upper), 1),
+                   np.count_nonzero(cut_lower) / max(np.count_nonzero(lower), 1))
+        if kept >= MIN_MASK_IN_PICTURE:
+            upper, lower = cut_upper, cut_lower
         else:
-            upper, lower = upper[top:bottom, left:right], lower[top:bottom, left:right]
+            top, left = 0, 0
     if joint_axis_deg is None:
         joint_axis_deg = joint_axis_from_masks(upper, lower)
     if joint_center_xy is None:
@@ -371,13 +377,18 @@ def quantify_pair(
     upper = as_mask(upper_mask, "upper-bone", base.shape)
     lower = as_mask(lower_mask, "lower-bone", base.shape)
     check_joint_frame(joint_center_xy, joint_axis_deg, base.shape)
+    check_contrast(base, "baseline", upper | lower)
+    check_contrast(follow, "follow-up")  # its bones are not where the baseline masks say
     # a crop padded to size: the picture's edge stays put while the joint moves under it, and a
     # fill's jump would spread through the smoothing into the bone regions
     content = reg.content_box(base, follow)
+    if content != (0, base.shape[0], 0, base.shape[1]):
+        top, bottom, left, right = content
+        if min(bottom - top, right - left) < MIN_SIDE_PX:
+            raise InputError(f"the images' rows or columns repeat exactly (read as padding): the picture left is "
+                             f"{right - left}x{bottom - top}, at least {MIN_SIDE_PX}x{MIN_SIDE_PX} needed")
     center, joint_axis_deg = resolve_joint_frame(upper, lower, joint_center_xy, joint_axis_deg, content)
     check_mask_pair(upper, lower, joint_axis_deg, "baseline")
-    check_contrast(base, "baseline", upper | lower)
-    check_contrast(follow, "follow-up")  # its bones are not where the baseline masks say
     follow_masks = None
     if (followup_upper_mask is None) != (followup_lower_mask is None):
         raise InputError("give both follow-up masks or neither")
@@ -400,9 +411,6 @@ def quantify_pair(
         raise InputError(f"pixel spacing must be a positive number, got {pixel_spacing_mm}")
     if content != (0, base.shape[0], 0, base.shape[1]):
         top, bottom, left, right = content
-        if min(bottom - top, right - left) < MIN_SIDE_PX:
-            raise InputError(f"the images' rows or columns repeat exactly (read as padding): the picture left is "
-                             f"{right - left}x{bottom - top}, at least {MIN_SIDE_PX}x{MIN_SIDE_PX} needed")
         notes.append(f"padding recognised: picture rows {top}-{bottom - 1}, columns {left}-{right - 1}")
     base, follow = reg.replicate_picture_edge(base, content), reg.replicate_picture_edge(follow, content)
     clipping = (reg.clipping_levels(base), reg.clipping_levels(follow))
@@ -524,7 +532,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     coarse = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
         region = reg.bone_region(mask, other, settings.dilate_px + 2, settings.exclude_px, step=f_pc, content=content)
-        window = reg.tapered_window(region, 2.0, content, f_pc)
+        window = reg.tapered_window(region, 2.0, content=content, step=f_pc)
         shift, _ = reg.phase_correlation_shift(pyr_b[pc_level], warped, window)
         shift = shift * f_pc
         params = global_params.copy()

@@ -97,7 +97,7 @@ def poc_quantify(
     )
     shifts = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
-        window = tapered_window(bone_region(mask, other, dilate_px, 1, content=content), 3.0, content)
+        window = tapered_window(bone_region(mask, other, dilate_px, 1, content=content), 3.0, content=content)
         ref = (base - float(base[window > 0.5].mean())) * window
         mov = (follow - float(follow[window > 0.5].mean())) * window
         shift, _ = cv2.phaseCorrelate(ref.astype(np.float64), mov.astype(np.float64))

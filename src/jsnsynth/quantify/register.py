@@ -235,7 +235,10 @@ REFERENCE_PICTURE_PX = 256
 def picture_scale(content: tuple[int, int, int, int]) -> float:
     """How many times a picture (the ``content`` box, padding left out) exceeds
     :data:`REFERENCE_PICTURE_PX` on its larger side; 1 for smaller pictures, where the limits
-    stay as set."""
+    stay as set.
+
+    The picture's size stands for its resolution, as joint crops frame one joint: a crop that
+    frames more (a whole finger) at the same resolution gets looser limits than it needs."""
     top, bottom, left, right = content
     return max(1.0, max(bottom - top, right - left) / REFERENCE_PICTURE_PX)
 
@@ -1107,7 +1110,7 @@ def phase_correlation_shift(
 
 
 def tapered_window(
-    region: np.ndarray, taper_px: float, content: tuple[int, int, int, int] | None = None, step: int = 1
+    region: np.ndarray, taper_px: float, *, content: tuple[int, int, int, int] | None = None, step: int = 1
 ) -> np.ndarray:
     """A soft window: the region blurred, times a Hann window of the picture.
 
@@ -1167,7 +1170,7 @@ def coarse_global(
         ``(params, ncc)`` about ``center_xy`` at this level.
     """
     cx, cy = center_xy
-    window = tapered_window(region, 2.0, content, step)
+    window = tapered_window(region, 2.0, content=content, step=step)
     candidates = list(extra_candidates or [])
     for angle, scale in [(angle, 1.0) for angle in angles_deg] + [(0.0, scale) for scale in scales]:
         rad = math.radians(angle)

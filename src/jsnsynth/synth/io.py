@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,54 +57,93 @@ def _existing_file(path: str | os.PathLike) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _codec_messages_silenced() -> Iterator[None]:
-    """Silence what the image codecs print on the process's stderr while a file is decoded.
+#: One file decoded at a time: while it is, file descriptor 2 (the process's stderr) points to a
+#: capture file, which is the process's, not the thread's.
+_DECODE_LOCK = threading.Lock()
 
-    libpng, libjpeg, libtiff and OpenCV's own log write their complaints about a damaged file
-    ("libpng error: Read Error", "Premature end of JPEG file") straight to file descriptor 2;
-    the decoder's result says what went wrong, and the error raised here names the file in one
-    line. Without a descriptor (an embedded interpreter), nothing is redirected.
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    """True when a JPEG's markers lead to its end-of-image marker before the file ends.
+
+    libjpeg decodes a JPEG cut short, fills the missing rows with grey and only warns: the image
+    would be measured as if it were whole. The walk skips each header segment by its stated
+    length (a thumbnail's markers sit inside one) and each scan's entropy-coded data to the next
+    marker that is neither a stuffed ``FF 00`` nor a restart marker; whatever follows the
+    end-of-image marker (a phone's appended data, a second image) is not read.
     """
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    sink = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(sink, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(sink)
-
-
-def _is_truncated_jpeg(data: bytes) -> bool:
-    """True for a JPEG cut short: no end-of-image marker after its last scan's start.
-
-    libjpeg decodes such a file, fills the missing rows with grey and only warns on stderr: the
-    image would be measured as if it were whole. Inside a scan a 0xFF byte is always followed by
-    0x00 (byte stuffing), so the markers cannot occur there; a thumbnail's own markers sit in a
-    header segment before the image's scans.
-    """
-    if not data.startswith(b"\xff\xd8\xff"):
-        return False
-    return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+    size, at = len(data), 2  # past the start-of-image marker
+    while True:
+        at = data.find(b"\xff", at)
+        while 0 <= at < size - 1 and data[at + 1] == 0xFF:  # fill bytes before a marker
+            at += 1
+        if at < 0 or at >= size - 1:
+            return False
+        marker, at = data[at + 1], at + 2
+        if marker == 0xD9:  # end of image
+            return True
+        if 0xD0 <= marker <= 0xD7 or marker in (0x00, 0x01):  # no length: restart, stuffing, TEM
+            continue
+        if at + 2 > size:
+            return False
+        at += (data[at] << 8) | data[at + 1]
+        if at > size:
+            return False
+        if marker == 0xDA:  # start of scan: its entropy-coded data runs to the next real marker
+            while True:
+                at = data.find(b"\xff", at)
+                if at < 0 or at >= size - 1:
+                    return False
+                following = data[at + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7:
+                    at += 2
+                elif following == 0xFF:
+                    at += 1
+                else:
+                    break
 
 
 def _decode(path: Path) -> np.ndarray | None:
     """The file's pixels as stored (OpenCV ``IMREAD_UNCHANGED``), None where it cannot be decoded.
 
+    The codecs (libpng, libjpeg, libtiff) write their complaints straight to file descriptor 2:
+    those are captured while the file is decoded. A file that cannot be decoded gets the caller's
+    one-line error, naming it, instead; one that can is read, and what its decoder reported
+    (a JPEG whose data is damaged in the middle, for one) becomes a warning naming the file.
+
     Raises:
-        InputError: a truncated JPEG.
+        InputError: a file that cannot be read, or a JPEG cut short.
     """
-    data = path.read_bytes()
-    if _is_truncated_jpeg(data):
-        raise InputError(f"{path}: truncated JPEG (the file ends inside the image data)")
-    with _codec_messages_silenced():
-        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if data.startswith(b"\xff\xd8\xff") and not _jpeg_is_complete(data):
+        raise InputError(f"{path}: JPEG cut short (the file ends before its end-of-image marker)")
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    with _DECODE_LOCK, tempfile.TemporaryFile() as capture:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr to redirect (an embedded interpreter)
+            saved = None
+        try:
+            if saved is not None:
+                os.dup2(capture.fileno(), 2)
+            pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+        except cv2.error as exc:
+            pixels, failure = None, exc
+        else:
+            failure = None
+        finally:
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+        capture.seek(0)
+        reported = " ".join(capture.read().decode("utf-8", errors="replace").split())
+    if failure is not None:
+        raise InputError(f"{path}: not a readable image ({exception_line(failure)})")
+    if pixels is not None and reported:
+        warnings.warn(f"{path}: the image decoder reported: {reported}", stacklevel=3)
+    return pixels
 
 
 def _is_dicom(path: Path) -> bool:
