@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +176,28 @@ def test_interrupted_then_resumed_equals_uninterrupted(raster_source: FingerJoin
     # running the finished command again changes nothing
     build_dataset(raster_source, tmp_path / "resumed", 10, seed=3, shard_size=2, quiet=True)
     assert _digest(tmp_path / "whole") == _digest(tmp_path / "resumed")
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs process groups (POSIX)")
+def test_ctrl_c_stops_a_multiprocess_run_in_one_line(tmp_path: Path) -> None:
+    # Ctrl-C reaches the whole process group: the workers took it too, printed their tracebacks
+    # (up to 76 lines) and once left the parent waiting for good on a pool whose workers had died
+    out = tmp_path / "ds"
+    command = [sys.executable, "-m", "jsnsynth.cli", "dataset", "--source", "phantom", "--pairs", "20000", "--size", "64",
+               "--layers-every", "0", "--num-proc", "2", "--out", str(out), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "data").glob("*.parquet")) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the pool is at work once a shard is written
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130
+    assert err.decode().strip().splitlines() == ["jsnsynth: interrupted; rerun the same command to resume"]
 
 
 def test_output_folder_with_other_content_or_other_run(raster_source: FingerJointsSource, tmp_path: Path, capsys) -> None:

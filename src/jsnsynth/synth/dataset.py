@@ -28,6 +28,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -397,10 +398,14 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(source: JointSource, plan: Plan, config: DatasetConfig, single_threaded: bool = True) -> None:
-    if single_threaded:  # one worker process per core: no nested threading inside it
+    if single_threaded:  # a pool's worker process, one per core: no nested threading inside it
         import cv2
 
         cv2.setNumThreads(1)
+        # Ctrl-C reaches the whole process group: the parent stops the pool and says how to
+        # resume; workers that took it as well printed their tracebacks, and once left the parent
+        # waiting on a pool whose workers had died
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.update(source=source, plan=plan, config=config, layer_pairs=layer_pairs(plan, config.layers_every))
 
 
