@@ -168,14 +168,19 @@ def test_jpeg_with_data_after_its_end_is_whole(tmp_path: Path) -> None:
         io.read_radiograph(path)
 
 
-def test_damaged_jpeg_is_read_with_a_warning_naming_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["bytes", "marker"])
+def test_damaged_jpeg_is_read_with_a_warning_naming_it(tmp_path: Path, damage: str) -> None:
     # damage inside the image data still decodes; what libjpeg says about it, which used to be
-    # a stray line on stderr, becomes a warning that names the file
+    # a stray line on stderr, becomes a warning that names the file (damage that reads as a
+    # reserved marker is not a file cut short)
     pixels = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8), (0, 0), 2)
     ok, encoded = cv2.imencode(".jpg", pixels)
     data = bytearray(encoded.tobytes())
     middle = len(data) // 2
-    data[middle:middle + 40] = np.random.default_rng(0).integers(0, 255, 40, dtype=np.uint8).tobytes()
+    if damage == "bytes":
+        data[middle:middle + 40] = np.random.default_rng(0).integers(0, 255, 40, dtype=np.uint8).tobytes()
+    else:
+        data[middle:middle + 2] = b"\xff\x97"
     path = tmp_path / "damaged.jpg"
     path.write_bytes(bytes(data))
     with pytest.warns(UserWarning, match="damaged.jpg: the image decoder reported: Corrupt JPEG data"):

@@ -468,6 +468,27 @@ def test_lsn_source_follows_the_source_protocol(tmp_path, tiny_weights):
         LsnSource(tmp_path / "empty")
 
 
+def test_lsn_source_names_a_crop_whose_bones_make_no_joint(tmp_path, monkeypatch):
+    # a crop the network reads as two bones side by side: the pairs cannot place a joint, and the
+    # error used to name no crop ("the lower-bone mask is not below the upper-bone mask")
+    import jsnsynth.lsn.source as source_module
+    from jsnsynth.lsn.source import LsnSource
+
+    cv2.imwrite(str(tmp_path / "odd.png"), synthetic_joint(64)[0])
+    separate = source_module.separate_intensity
+
+    def side_by_side(*args, **kwargs):
+        separation = separate(*args, **kwargs)
+        left, right = np.zeros((64, 64), bool), np.zeros((64, 64), bool)
+        left[20:40, 5:25], right[20:40, 40:60] = True, True
+        separation.layers = separation.layers.replace(upper_mask=left, lower_mask=right)
+        return separation
+
+    monkeypatch.setattr(source_module, "separate_intensity", side_by_side)
+    with pytest.raises(InputError, match=r"odd\.png: the LSN's bones do not make a joint \(the lower-bone mask is not below"):
+        LsnSource(tmp_path).load("odd", np.random.default_rng(0))
+
+
 def test_clean_mask_keeps_the_largest_piece_and_fills_holes():
     from jsnsynth.lsn.infer import clean_mask
 

@@ -66,6 +66,9 @@ MIN_BONE_SHARE = 0.002
 MAX_BONE_SHARE = 0.95
 #: Relative spacing difference below which no resampling is done.
 SPACING_TOLERANCE = 0.02
+#: Revision of what :func:`separate_intensity` does besides the network (recorded by the ``lsn:``
+#: dataset source): 2 separates a padded crop's picture alone and puts the bones back in order.
+SEPARATION_REVISION = 2
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -224,10 +227,14 @@ def separate_intensity(
     # Only the picture is separated; the padding is soft tissue of its own attenuation.
     content = content_box(intensity)
     top, bottom, left, right = content
-    if content != (0, intensity.shape[0], 0, intensity.shape[1]) and min(bottom - top, right - left) >= MIN_SIZE_PX:
-        picture = _separate_picture(intensity[top:bottom, left:right], model, pixel_spacing_mm, name)
-        return _embedded(picture, intensity, content)
-    return _separate_picture(intensity, model, pixel_spacing_mm, name)
+    if content == (0, intensity.shape[0], 0, intensity.shape[1]) or bottom <= top or right <= left:
+        # no padding, or nothing but (a constant crop: the network will find no bone in it)
+        return _separate_picture(intensity, model, pixel_spacing_mm, name)
+    if min(bottom - top, right - left) < MIN_SIZE_PX:
+        raise InputError(f"{name}: the crop's rows or columns repeat exactly (read as padding): the picture left is "
+                         f"{right - left}x{bottom - top} px, at least {MIN_SIZE_PX}x{MIN_SIZE_PX} needed")
+    picture = _separate_picture(intensity[top:bottom, left:right], model, pixel_spacing_mm, name)
+    return _embedded(picture, intensity, content)
 
 
 def _embedded(picture: Separation, intensity: np.ndarray, content: tuple[int, int, int, int]) -> Separation:
@@ -247,14 +254,12 @@ def _embedded(picture: Separation, intensity: np.ndarray, content: tuple[int, in
         full = np.zeros(intensity.shape, dtype=np.float32)
         full[box] = inner
         probabilities.append(full)
-    try:
-        centre, axis_deg = joint_frame_from_masks(bones["upper_mask"], bones["lower_mask"])
-        located = True
-    except InputError:
-        centre, axis_deg, located = ((intensity.shape[1] - 1) / 2.0, (intensity.shape[0] - 1) / 2.0), 0.0, False
-    metadata = dict(picture.layers.metadata, joint_center_from_masks=located, picture_box=list(content))
+    # the picture's frame, as the quantifier reads a padded crop's (quantifier.resolve_joint_frame)
+    x, y = picture.layers.joint_center_xy
+    metadata = dict(picture.layers.metadata, picture_box=list(content))
     layers = JointLayers(soft=soft, **bones, pixel_spacing_mm=picture.layers.pixel_spacing_mm,
-                         joint_center_xy=centre, joint_axis_deg=axis_deg, metadata=metadata)
+                         joint_center_xy=(x + left, y + top), joint_axis_deg=picture.layers.joint_axis_deg,
+                         metadata=metadata)
     recomposed = attenuation_to_intensity(layers.attenuation().astype(np.float64))
     return Separation(layers, probabilities[0], probabilities[1], recomposed)
 

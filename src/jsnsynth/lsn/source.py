@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from jsnsynth.errors import InputError
-from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, load_model, separate_intensity
+from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, SEPARATION_REVISION, load_model, separate_intensity
 from jsnsynth.synth.io import DICOM_SUFFIXES, RASTER_SUFFIXES, read_radiograph
-from jsnsynth.synth.layers import JointLayers
+from jsnsynth.synth.layers import JointLayers, check_joint_masks
 
 #: Provenance written into dataset cards built from this source.
 LSN_CITATION = (
@@ -82,6 +82,10 @@ class LsnSource:
         layers = separation.layers
         if not (layers.upper_mask.any() and layers.lower_mask.any()):
             raise InputError(f"{path}: the LSN found no {'upper' if not layers.upper_mask.any() else 'lower'} bone")
+        try:  # the pairs need a joint: said here, where the crop can be named
+            check_joint_masks(layers.upper_mask, layers.lower_mask)
+        except InputError as exc:
+            raise InputError(f"{path}: the LSN's bones do not make a joint ({exc})") from None
         metadata = dict(layers.metadata)
         metadata.update(joint_id=joint_id, image=path.name, bit_depth=radiograph.bit_depth, weights=self.weights.name)
         return layers.replace(metadata=metadata)
@@ -94,4 +98,6 @@ class LsnSource:
             "n_joints": len(self._files),
             "pixel_spacing_mm": self.pixel_spacing_mm,
             "weights": self.weights.name,
+            # a run resumed across a change of the separation would mix two kinds of layers
+            "separation_revision": SEPARATION_REVISION,
         }

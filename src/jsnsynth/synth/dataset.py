@@ -28,7 +28,9 @@ import json
 import math
 import multiprocessing
 import os
+import pickle
 import signal
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -397,15 +399,16 @@ def simulate_pair(source: JointSource, joint_id: str, index: int, seed: int, con
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(source: JointSource, plan: Plan, config: DatasetConfig, single_threaded: bool = True) -> None:
+def _init_worker(
+    source: JointSource, plan: Plan, config: DatasetConfig, single_threaded: bool = True,
+    show_warning: Callable | None = None,
+) -> None:
     if single_threaded:  # a pool's worker process, one per core: no nested threading inside it
         import cv2
 
         cv2.setNumThreads(1)
-        # Ctrl-C reaches the whole process group: the parent stops the pool and says how to
-        # resume; workers that took it as well printed their tracebacks, and once left the parent
-        # waiting on a pool whose workers had died
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if show_warning is not None:  # a worker shows warnings as its parent does (the CLI: one line)
+        warnings.showwarning = show_warning
     _WORKER.update(source=source, plan=plan, config=config, layer_pairs=layer_pairs(plan, config.layers_every))
 
 
@@ -627,6 +630,15 @@ def _single_threaded_children() -> Iterator[None]:
                 os.environ[name] = value
 
 
+def _picklable(function: Callable) -> Callable | None:
+    """``function`` if a spawned worker can receive it (a module-level function), else None."""
+    try:
+        pickle.dumps(function)
+    except Exception:  # noqa: BLE001  (a lambda, a closure, a bound method of something unpicklable)
+        return None
+    return function
+
+
 def _iter_rows(
     source: JointSource, plan: Plan, config: DatasetConfig, indices: list[int], num_proc: int
 ) -> Iterator[tuple[dict, list[dict]]]:
@@ -637,8 +649,21 @@ def _iter_rows(
             yield _rows_for(index)
         return
     context = multiprocessing.get_context("spawn")
-    with _single_threaded_children():
-        pool = context.Pool(num_proc, initializer=_init_worker, initargs=(source, plan, config))
+    # Ctrl-C reaches the whole process group: the parent stops the pool and says how to resume.
+    # Workers that took it as well printed their tracebacks (from their start-up on), and once
+    # left the parent waiting on a pool whose workers had died; ignored when they are started,
+    # the signal stays ignored in them (Python keeps an inherited SIG_IGN)
+    try:
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread, which alone gets Ctrl-C
+        interrupt = None
+    try:
+        with _single_threaded_children():
+            pool = context.Pool(num_proc, initializer=_init_worker,
+                                initargs=(source, plan, config, True, _picklable(warnings.showwarning)))
+    finally:
+        if interrupt is not None:
+            signal.signal(signal.SIGINT, interrupt)
     with pool:
         yield from pool.imap(_rows_for, indices, chunksize=4)
 

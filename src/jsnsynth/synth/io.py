@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -58,8 +59,18 @@ def _existing_file(path: str | os.PathLike) -> Path:
 
 
 #: One file decoded at a time: while it is, file descriptor 2 (the process's stderr) points to a
-#: capture file, which is the process's, not the thread's.
+#: capture file, which is the process's, not the thread's. What another thread writes to stderr
+#: meanwhile is captured with the decoder's lines (nothing in jsnsynth does; its workers are
+#: processes).
 _DECODE_LOCK = threading.Lock()
+
+#: Decoder lines about a file's ancillary data that leave its pixels as they are (libpng's notes
+#: on colour profiles, text and time chunks): not worth a warning.
+_HARMLESS_DECODER_LINE = re.compile(r"libpng warning: (iCCP|sRGB|gAMA|cHRM|tEXt|zTXt|iTXt|tIME|pHYs|bKGD)\b")
+
+
+#: Most of a decoder's report that a warning quotes.
+MAX_DECODER_REPORT_BYTES = 600
 
 
 def _jpeg_is_complete(data: bytes) -> bool:
@@ -81,7 +92,8 @@ def _jpeg_is_complete(data: bytes) -> bool:
         marker, at = data[at + 1], at + 2
         if marker == 0xD9:  # end of image
             return True
-        if 0xD0 <= marker <= 0xD7 or marker in (0x00, 0x01):  # no length: restart, stuffing, TEM
+        if marker < 0xC0 or 0xD0 <= marker <= 0xD7:  # no length: restart, TEM, stuffing, reserved
+            # (damaged scan data read as a marker: libjpeg decodes such files and says so)
             continue
         if at + 2 > size:
             return False
@@ -120,25 +132,28 @@ def _decode(path: Path) -> np.ndarray | None:
     if data.startswith(b"\xff\xd8\xff") and not _jpeg_is_complete(data):
         raise InputError(f"{path}: JPEG cut short (the file ends before its end-of-image marker)")
     buffer = np.frombuffer(data, dtype=np.uint8)
-    with _DECODE_LOCK, tempfile.TemporaryFile() as capture:
+    failure, reported = None, ""
+    with _DECODE_LOCK, contextlib.ExitStack() as stack:
         try:
+            capture = stack.enter_context(tempfile.TemporaryFile())
             saved = os.dup(2)
-        except OSError:  # no stderr to redirect (an embedded interpreter)
-            saved = None
+        except OSError:  # no temporary file or no stderr to redirect: decoded as it is
+            capture = saved = None
         try:
             if saved is not None:
                 os.dup2(capture.fileno(), 2)
             pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
         except cv2.error as exc:
             pixels, failure = None, exc
-        else:
-            failure = None
         finally:
             if saved is not None:
                 os.dup2(saved, 2)
                 os.close(saved)
-        capture.seek(0)
-        reported = " ".join(capture.read().decode("utf-8", errors="replace").split())
+        if saved is not None:
+            capture.seek(0)
+            lines = capture.read(MAX_DECODER_REPORT_BYTES).decode("utf-8", errors="replace").splitlines()
+            reported = " ".join(" ".join(line.split()) for line in lines
+                                if line.strip() and not _HARMLESS_DECODER_LINE.match(line.strip()))
     if failure is not None:
         raise InputError(f"{path}: not a readable image ({exception_line(failure)})")
     if pixels is not None and reported:
