@@ -382,11 +382,11 @@ def quantify_pair(
     # a crop padded to size: the picture's edge stays put while the joint moves under it, and a
     # fill's jump would spread through the smoothing into the bone regions
     content = reg.content_box(base, follow)
-    if content != (0, base.shape[0], 0, base.shape[1]):
-        top, bottom, left, right = content
-        if min(bottom - top, right - left) < MIN_SIDE_PX:
-            raise InputError(f"the images' rows or columns repeat exactly (read as padding): the picture left is "
-                             f"{right - left}x{bottom - top}, at least {MIN_SIDE_PX}x{MIN_SIDE_PX} needed")
+    top, bottom, left, right = content
+    padded = content != (0, base.shape[0], 0, base.shape[1])
+    if padded and min(bottom - top, right - left) < MIN_SIDE_PX:
+        raise InputError(f"the images' rows or columns repeat exactly (read as padding): the picture left is "
+                         f"{right - left}x{bottom - top}, at least {MIN_SIDE_PX}x{MIN_SIDE_PX} needed")
     center, joint_axis_deg = resolve_joint_frame(upper, lower, joint_center_xy, joint_axis_deg, content)
     check_mask_pair(upper, lower, joint_axis_deg, "baseline")
     follow_masks = None
@@ -409,8 +409,7 @@ def quantify_pair(
         source = pixel_spacing_source or "option"
     if not (math.isfinite(pixel_spacing_mm) and pixel_spacing_mm > 0):
         raise InputError(f"pixel spacing must be a positive number, got {pixel_spacing_mm}")
-    if content != (0, base.shape[0], 0, base.shape[1]):
-        top, bottom, left, right = content
+    if padded:
         notes.append(f"padding recognised: picture rows {top}-{bottom - 1}, columns {left}-{right - 1}")
     base, follow = reg.replicate_picture_edge(base, content), reg.replicate_picture_edge(follow, content)
     clipping = (reg.clipping_levels(base), reg.clipping_levels(follow))
