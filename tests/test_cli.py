@@ -6,7 +6,7 @@ import click
 import pytest
 
 from jsnsynth import __version__
-from jsnsynth.cli import cli, main
+from jsnsynth.cli import _interrupted, cli, main
 
 
 def _all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -71,3 +71,12 @@ def test_error_line_is_one_printable_line(tmp_path, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert err.startswith("jsnsynth: error:") and len(err.splitlines()) == 1 and err.rstrip("\n").isprintable()
     assert err.rstrip().endswith("a?b?[31m: no such dataset folder")  # the reason is kept
+
+
+def test_ctrl_c_says_how_to_go_on_where_a_command_can_resume():
+    resume = "jsnsynth: interrupted; rerun the same command to resume"
+    for args in (["dataset", "--out", "ds"], ["phantom", "--n", "3"], ["validate", "ds", "--out", "rep"],
+                 ["lsn", "train", "--config", "c.json"], ["--version", "demo"]):
+        assert _interrupted(args) == resume, args
+    for args in (["validate", "ds"], ["validate-real", "folder"], ["quantify", "b.png", "f.png"], ["separate", "a.png"]):
+        assert _interrupted(args) == "jsnsynth: interrupted", args

@@ -67,6 +67,9 @@ def test_folder_without_manifest_or_missing(tmp_path: Path) -> None:
         read_manifest(tmp_path)
     with pytest.raises(InputError, match="no such folder"):
         read_manifest(tmp_path / "absent")
+    (tmp_path / "a_file.txt").write_text("x")
+    with pytest.raises(InputError, match="a_file.txt: not a folder"):
+        read_manifest(tmp_path / "a_file.txt")
     (tmp_path / "manifest.csv").write_text("series,image\n")
     with pytest.raises(InputError, match="missing column"):
         read_manifest(tmp_path)

@@ -187,6 +187,17 @@ def test_damaged_jpeg_is_read_with_a_warning_naming_it(tmp_path: Path, damage: s
         assert io.read_radiograph(path).intensity.shape == (64, 64)
 
 
+def test_atomic_directory_has_the_usual_mode(tmp_path: Path) -> None:
+    # mkdtemp makes a private folder (0700); renamed into place it kept that mode
+    mask = os.umask(0o022)
+    try:
+        with io.atomic_directory(tmp_path / "made") as folder:
+            (folder / "a.txt").write_text("x")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "made").stat().st_mode & 0o777 == 0o755
+
+
 def test_nan_float_tiff_is_rejected(tmp_path: Path) -> None:
     values = np.zeros((8, 8), np.float32)
     values[2, 3] = np.nan

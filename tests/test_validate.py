@@ -23,6 +23,7 @@ from jsnsynth.quantify.toy import toy_pair
 from jsnsynth.quantify.validate import (
     IMAGING_FIELDS,
     load_method,
+    read_estimate,
     read_pairs,
     rmse_interval,
     summarize,
@@ -93,20 +94,35 @@ def test_validate_bundled_method_reports_accuracy_and_crlb(dataset, tmp_path):
 
 
 def test_plugin_method_loaded_by_module_function(dataset, tmp_path, monkeypatch, capsys):
+    # stdout is the JSON alone: what the plug-in prints, and the line naming the report, go to stderr
     plugin = tmp_path / "my_jsn_plugin.py"
     plugin.write_text(textwrap.dedent('''
         def always_half(baseline, followup, upper_mask, lower_mask, **kwargs):
+            print("measuring")
             return {"jsn_px": 0.5}
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     rc = main(["validate", str(dataset), "--method", "my_jsn_plugin:always_half", "--out", str(tmp_path / "v")])
     assert rc == 0
-    printed = capsys.readouterr().out
-    overall = json.loads(printed[: printed.rindex("}") + 1])["overall"]
+    captured = capsys.readouterr()
+    overall = json.loads(captured.out)["overall"]
+    assert captured.err.count("measuring") == 3 and "report written to" in captured.err
     errors = np.array([0.5 - 0.5, 0.5 + 1.0, 0.5 - 1.2])
     assert overall["rmse_px"] == pytest.approx(float(np.sqrt(np.mean(errors**2))))
     assert overall["mismatch_rate"] == pytest.approx(2 / 3)
     sys.modules.pop("my_jsn_plugin", None)
+
+
+def test_a_method_must_return_a_number():
+    # text and booleans are a plug-in's mistake: "0.1" used to count as 0.1 px and True as 1 px
+    assert read_estimate(np.float32(0.25))[0] == 0.25 and read_estimate(np.array(-1.5))[0] == -1.5
+    assert read_estimate({"jsn_px": 2, "jsn_se_px": np.float64(0.1)})[:1] == (2.0,)
+    for output in ("0.1", True, np.bool_(False), [0.1], None):
+        with pytest.raises(InputError, match="expected"):
+            read_estimate(output)
+    for output in ({"jsn_px": "0.1"}, {"jsn_px": 0.1, "jsn_se_px": "small"}):
+        with pytest.raises(InputError, match="expected a number"):
+            read_estimate(output)
 
 
 def test_a_method_failing_on_one_pair_does_not_end_the_run(dataset):

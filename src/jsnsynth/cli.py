@@ -210,10 +210,11 @@ def validate_command(dataset, method, out_dir, split, limit) -> None:
     from jsnsynth.synth.io import json_text
 
     keep_freed_heap()
-    summary = validate_dataset(dataset, method, out_dir, split, limit)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout holds the JSON alone, whatever a plug-in prints
+        summary = validate_dataset(dataset, method, out_dir, split, limit)
     click.echo(json_text({"method": summary["method"], "overall": summary["overall"]}))
     if out_dir is not None:
-        click.echo(f"report written to {out_dir}")
+        click.echo(f"report written to {out_dir}", err=True)
 
 
 @cli.command("validate-real")
@@ -228,7 +229,8 @@ def validate_real_command(folder, method, out_dir, limit_series) -> None:
     from jsnsynth.synth.io import json_text
 
     keep_freed_heap()
-    summary = validate_real(folder, method, out_dir, limit_series)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout holds the JSON alone, whatever a plug-in prints
+        summary = validate_real(folder, method, out_dir, limit_series)
     click.echo(json_text(summary))
 
 
@@ -339,17 +341,27 @@ def _silence_opencv_log() -> None:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
+def _interrupted(args: list[str]) -> str:
+    """The line for a run stopped by Ctrl-C: how to go on where the command can resume."""
+    words = [arg for arg in args if not arg.startswith("-")]
+    command = words[0] if words else ""
+    if command in ("dataset", "phantom", "demo", "lsn") or (command == "validate" and "--out" in args):
+        return "jsnsynth: interrupted; rerun the same command to resume"
+    return "jsnsynth: interrupted"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and return its exit code (the console-script entry point)."""
+    args = list(sys.argv[1:] if argv is None else argv)
     warnings.showwarning = _one_line_warning
     # numpy's floating-point warnings and OpenCV's log lines are for developers; the user gets
     # one line from jsnsynth, which checks the inputs those would be about
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     _silence_opencv_log()
     try:
-        cli.main(args=argv, prog_name="jsnsynth", standalone_mode=False)
+        cli.main(args=args, prog_name="jsnsynth", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("jsnsynth: interrupted; rerun the same command to resume", err=True)
+        click.echo(_interrupted(args), err=True)
         return 130
     except click.ClickException as exc:
         exc.show()
@@ -361,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"jsnsynth: error: {one_line(str(exc), limit=None, whole=True)}", err=True)
         return 1
     except KeyboardInterrupt:
-        click.echo("jsnsynth: interrupted; rerun the same command to resume", err=True)
+        click.echo(_interrupted(args), err=True)
         return 130
     except Exception as exc:  # a bug or an unforeseen input: still one line unless asked
         if os.environ.get("JSNSYNTH_DEBUG"):

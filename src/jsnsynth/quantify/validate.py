@@ -247,21 +247,35 @@ def load_method(spec: str | Callable) -> tuple[str, Callable]:
     return spec, function
 
 
+def _number(value: Any, what: str) -> float:
+    """A method's number as a float (a Python, numpy or torch scalar); text and booleans are a
+    method's mistake, not a JSN of 0.1 or 1 px, and so is anything ``float`` refuses."""
+    if not isinstance(value, (str, bytes, bool, np.bool_)):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise InputError(f"method returned {what} of type {type(value).__name__}; expected a number")
+
+
 def read_estimate(output: Any) -> tuple[float, bool, float]:
     """``(jsn_px, flagged, jsn_se_px)`` from whatever a method returned; the standard error is
     NaN when the method reports none."""
     if hasattr(output, "jsn_px"):
         se_px = getattr(output, "jsn_se_px", None)
-        return float(output.jsn_px), bool(getattr(output, "mismatch", False)), float("nan") if se_px is None else float(se_px)
+        return (_number(output.jsn_px, "jsn_px"), bool(getattr(output, "mismatch", False)),
+                float("nan") if se_px is None else _number(se_px, "jsn_se_px"))
     if isinstance(output, dict):
         if "jsn_px" not in output:
             raise InputError("method returned a mapping without 'jsn_px'")
         se_px = output.get("jsn_se_px")
-        return float(output["jsn_px"]), bool(output.get("mismatch", False)), float("nan") if se_px is None else float(se_px)
+        return (_number(output["jsn_px"], "jsn_px"), bool(output.get("mismatch", False)),
+                float("nan") if se_px is None else _number(se_px, "jsn_se_px"))
     try:
-        return float(output), False, float("nan")
-    except (TypeError, ValueError):
-        raise InputError(f"method returned {type(output).__name__}; expected JsnResult, a mapping with jsn_px, or a float") from None
+        return _number(output, "a value"), False, float("nan")
+    except InputError:
+        raise InputError(f"method returned {type(output).__name__}; expected JsnResult, a mapping with jsn_px, "
+                         "or a number") from None
 
 
 # ---------------------------------------------------------------------------------------------

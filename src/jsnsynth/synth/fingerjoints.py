@@ -58,7 +58,7 @@ def read_manifest(root: str | os.PathLike) -> list[FingerJointRecord]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise InputError(f"{root}: no such folder")
+        raise InputError(f"{root}: {'not a folder' if root.exists() else 'no such folder'}")
     manifest = root / MANIFEST_NAME
     if not manifest.is_file():
         raise InputError(f"{root}: no {MANIFEST_NAME} (expected the finger-joint folder format)")
