@@ -113,6 +113,21 @@ def test_plugin_method_loaded_by_module_function(dataset, tmp_path, monkeypatch,
     sys.modules.pop("my_jsn_plugin", None)
 
 
+def test_a_run_stopped_before_any_pair_leaves_no_folder(dataset, tmp_path, monkeypatch, capsys):
+    # Ctrl-C on the first pair: nothing to resume, and the --out folder this run made was left empty
+    plugin = tmp_path / "stopping_plugin.py"
+    plugin.write_text(textwrap.dedent('''
+        def stop(baseline, followup, upper_mask, lower_mask, **kwargs):
+            raise KeyboardInterrupt
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "report"
+    assert main(["validate", str(dataset), "--method", "stopping_plugin:stop", "--out", str(out)]) == 130
+    assert not out.exists()
+    assert capsys.readouterr().err.strip().endswith("jsnsynth: interrupted; rerun the same command to resume")
+    sys.modules.pop("stopping_plugin", None)
+
+
 def test_a_method_must_return_a_number():
     # text and booleans are a plug-in's mistake: "0.1" used to count as 0.1 px and True as 1 px
     assert read_estimate(np.float32(0.25))[0] == 0.25 and read_estimate(np.array(-1.5))[0] == -1.5

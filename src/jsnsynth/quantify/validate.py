@@ -585,19 +585,29 @@ def validate_dataset(
             with open(log_path, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
 
-    rows = validate_records(read_shards(shards, limit), function, with_crlb, done, log)
-    if not rows:
-        raise InputError(f"{folder}: no pairs to validate")
-    try:
-        check_some_estimate(rows, method_name)
-    except InputError:
-        # a finished run with nothing to report: nothing to resume either (a fixed plug-in must
-        # start afresh), and no folder left behind that this run made
+    def discard_log() -> None:
+        """No log, and no folder that this run made, left behind by a run with nothing to resume."""
         if log_path is not None:
             log_path.unlink(missing_ok=True)
             if created:
                 with contextlib.suppress(OSError):
                     log_path.parent.rmdir()
+
+    try:
+        rows = validate_records(read_shards(shards, limit), function, with_crlb, done, log)
+    except BaseException:  # stopped (Ctrl-C, an unreadable pair): resumable if some pair is logged
+        if log_path is not None and not (log_path.exists() and log_path.stat().st_size):
+            discard_log()
+        raise
+    if not rows:
+        discard_log()
+        raise InputError(f"{folder}: no pairs to validate")
+    try:
+        check_some_estimate(rows, method_name)
+    except InputError:
+        # a finished run with nothing to report: nothing to resume either (a fixed plug-in must
+        # start afresh)
+        discard_log()
         raise
     summary = {
         "dataset": str(folder),
