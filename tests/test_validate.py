@@ -132,7 +132,7 @@ def test_a_method_must_return_a_number():
     # text and booleans are a plug-in's mistake: "0.1" used to count as 0.1 px and True as 1 px
     assert read_estimate(np.float32(0.25))[0] == 0.25 and read_estimate(np.array(-1.5))[0] == -1.5
     assert read_estimate({"jsn_px": 2, "jsn_se_px": np.float64(0.1)})[:1] == (2.0,)
-    for output in ("0.1", True, np.bool_(False), [0.1], None):
+    for output in ("0.1", True, np.bool_(False), np.array(True), np.complex128(1 + 2j), bytearray(b"0.1"), [0.1], None):
         with pytest.raises(InputError, match="expected"):
             read_estimate(output)
     for output in ({"jsn_px": "0.1"}, {"jsn_px": 0.1, "jsn_se_px": "small"}):

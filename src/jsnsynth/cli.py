@@ -345,7 +345,8 @@ def _interrupted(args: list[str]) -> str:
     """The line for a run stopped by Ctrl-C: how to go on where the command can resume."""
     words = [arg for arg in args if not arg.startswith("-")]
     command = words[0] if words else ""
-    if command in ("dataset", "phantom", "demo", "lsn") or (command == "validate" and "--out" in args):
+    with_out = any(arg == "--out" or arg.startswith("--out=") for arg in args)
+    if command in ("dataset", "phantom", "demo", "lsn") or (command == "validate" and with_out):
         return "jsnsynth: interrupted; rerun the same command to resume"
     return "jsnsynth: interrupted"
 
@@ -359,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     _silence_opencv_log()
     try:
-        cli.main(args=args, prog_name="jsnsynth", standalone_mode=False)
+        # argv as given: click expands wildcards itself on Windows only when it reads sys.argv
+        cli.main(args=argv, prog_name="jsnsynth", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo(_interrupted(args), err=True)
         return 130

@@ -250,10 +250,13 @@ def load_method(spec: str | Callable) -> tuple[str, Callable]:
 def _number(value: Any, what: str) -> float:
     """A method's number as a float (a Python, numpy or torch scalar); text and booleans are a
     method's mistake, not a JSN of 0.1 or 1 px, and so is anything ``float`` refuses."""
-    if not isinstance(value, (str, bytes, bool, np.bool_)):
+    # booleans, text and complex numbers, also as numpy or torch scalars (named by their dtype)
+    dtype = str(getattr(value, "dtype", ""))
+    if not isinstance(value, (str, bytes, bytearray, bool, complex)) and not any(
+            word in dtype for word in ("bool", "complex", "str", "<U", "|S")):
         try:
             return float(value)
-        except (TypeError, ValueError):
+        except Exception:  # noqa: BLE001  (whatever a third-party scalar raises when it is not one)
             pass
     raise InputError(f"method returned {what} of type {type(value).__name__}; expected a number")
 

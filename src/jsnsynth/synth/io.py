@@ -586,7 +586,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # the usual mode for a new folder, not mkdtemp's private one
+        with contextlib.suppress(OSError):  # a filesystem that fixes the modes (vfat, some network mounts)
+            os.chmod(tmp, 0o777 & ~_umask())  # the usual mode for a new folder, not mkdtemp's private one
         yield tmp
         if path.exists():
             shutil.rmtree(path)
