@@ -166,6 +166,29 @@ def test_padding_does_not_move_the_default_joint_frame(widths, strays):
     assert not result.mismatch
 
 
+@pytest.mark.parametrize("step", [1, 2, 4])
+def test_phase_correlation_window_spans_the_picture(step):
+    # a Hann window of the whole array weighed the bones by where a crop's padding put them
+    # (100 columns moved a real pair by 0.09 px); over the picture it moves with the picture
+    picture = np.zeros((97, 131), bool)
+    picture[30:70, 40:100] = True
+    padded_region = np.pad(picture, ((13, 6), (25, 3)))
+    content = (13, 13 + 97, 25, 25 + 131)
+    window = reg.tapered_window(padded_region[::step, ::step], 2.0, content=content, step=step)
+    alone = reg.tapered_window(picture[::step, ::step], 2.0, step=step)
+    rows, cols = slice(-(-13 // step), -(-13 // step) + alone.shape[0]), slice(-(-25 // step), -(-25 // step) + alone.shape[1])
+    if 13 % step == 0 and 25 % step == 0:  # the picture's samples are the padded crop's own
+        np.testing.assert_allclose(window[rows, cols], alone, atol=1e-6)
+    outside = np.ones(window.shape, bool)
+    outside[rows, cols] = False
+    assert not window[outside].any()
+    # the whole array as the box: the window as it always was
+    full = padded_region[::step, ::step]
+    hann = cv2.createHanningWindow(full.shape[::-1], cv2.CV_32F)
+    expected = cv2.GaussianBlur(full.astype(np.float32), (0, 0), 2.0) * hann
+    assert np.array_equal(reg.tapered_window(full, 2.0, step=step), expected)
+
+
 def test_coarse_fine_disagreement_allowed_grows_with_the_picture():
     # displacements are in pixels: the same joint at twice the resolution moves twice as many,
     # and a fixed 3 px flagged 7 of 10 real visit pairs upsampled to 512 px (2 of 10 at 256 px)
