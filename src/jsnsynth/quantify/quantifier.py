@@ -288,6 +288,20 @@ def jsn_gradient(pu: np.ndarray, pl: np.ndarray, axis_deg: float) -> np.ndarray:
     return grad
 
 
+def picture_of(
+    upper: np.ndarray, lower: np.ndarray, content: tuple[int, int, int, int] | None
+) -> tuple[int, int, int, int] | None:
+    """The picture of a crop padded to size: ``content`` (the images'
+    :func:`~jsnsynth.quantify.register.content_box`) when it is smaller than the array and each
+    bone mask lies in it (:data:`MIN_MASK_IN_PICTURE`; a few pixels drawn into the padding are
+    strays), else None: no padding, or a box that is not the picture."""
+    if content is None or content == (0, upper.shape[0], 0, upper.shape[1]):
+        return None
+    top, bottom, left, right = content
+    kept = min(np.count_nonzero(mask[top:bottom, left:right]) / max(np.count_nonzero(mask), 1) for mask in (upper, lower))
+    return content if kept >= MIN_MASK_IN_PICTURE else None
+
+
 def resolve_joint_frame(
     upper: np.ndarray,
     lower: np.ndarray,
@@ -301,21 +315,15 @@ def resolve_joint_frame(
     jsnsynth datasets state their truth. Of a crop padded to size (``content``, the images'
     :func:`~jsnsynth.quantify.register.content_box`, smaller than the array), it is the frame of
     the picture: computed on the masks cut to that box and moved back, so that padding does not
-    move it. The axis leaves out bone cross-sections cut by the picture's edge, which padding
-    moves inside the array: 40 rows of it under real joints turned their axes by up to 6 degrees
-    and moved their JSN by up to 0.4 px. Mask pixels drawn into the padding are left out; masks
-    that lie mostly there (a box that is not the picture's) keep the array's frame.
+    move it (:func:`picture_of`). The axis leaves out bone cross-sections cut by the picture's
+    edge, which padding moves inside the array: 40 rows of it under real joints turned their axes
+    by up to 6 degrees and moved their JSN by up to 0.4 px.
     """
     top, left = 0, 0
-    if content is not None and content != (0, upper.shape[0], 0, upper.shape[1]):
-        top, bottom, left, right = content
-        cut_upper, cut_lower = upper[top:bottom, left:right], lower[top:bottom, left:right]
-        kept = min(np.count_nonzero(cut_upper) / max(np.count_nonzero(upper), 1),
-                   np.count_nonzero(cut_lower) / max(np.count_nonzero(lower), 1))
-        if kept >= MIN_MASK_IN_PICTURE:
-            upper, lower = cut_upper, cut_lower
-        else:
-            top, left = 0, 0
+    picture = picture_of(upper, lower, content)
+    if picture is not None:
+        top, bottom, left, right = picture
+        upper, lower = upper[top:bottom, left:right], lower[top:bottom, left:right]
     if joint_axis_deg is None:
         joint_axis_deg = joint_axis_from_masks(upper, lower)
     if joint_center_xy is None:
@@ -383,10 +391,10 @@ def quantify_pair(
     # fill's jump would spread through the smoothing into the bone regions
     content = reg.content_box(base, follow)
     top, bottom, left, right = content
-    padded = content != (0, base.shape[0], 0, base.shape[1])
-    if padded and min(bottom - top, right - left) < MIN_SIDE_PX:
+    if content != (0, base.shape[0], 0, base.shape[1]) and min(bottom - top, right - left) < MIN_SIDE_PX:
         raise InputError(f"the images' rows or columns repeat exactly (read as padding): the picture left is "
                          f"{right - left}x{bottom - top}, at least {MIN_SIDE_PX}x{MIN_SIDE_PX} needed")
+    picture = picture_of(upper, lower, content)
     center, joint_axis_deg = resolve_joint_frame(upper, lower, joint_center_xy, joint_axis_deg, content)
     check_mask_pair(upper, lower, joint_axis_deg, "baseline")
     follow_masks = None
@@ -409,13 +417,24 @@ def quantify_pair(
         source = pixel_spacing_source or "option"
     if not (math.isfinite(pixel_spacing_mm) and pixel_spacing_mm > 0):
         raise InputError(f"pixel spacing must be a positive number, got {pixel_spacing_mm}")
-    if padded:
+    shape = base.shape
+    local_center = center  # in the pixels of the picture that is registered
+    if picture is not None:
+        # a padded crop is registered as its picture alone: what it holds beyond (the padding, or
+        # the padding's edge), where its array ends and how its pyramid levels sample it must not
+        # enter the fit. With them, padding by 7-101 px moved real visit pairs by up to 0.16 px
         notes.append(f"padding recognised: picture rows {top}-{bottom - 1}, columns {left}-{right - 1}")
-    base, follow = reg.replicate_picture_edge(base, content), reg.replicate_picture_edge(follow, content)
+        cut = (slice(top, bottom), slice(left, right))
+        base, follow, upper, lower = base[cut], follow[cut], upper[cut], lower[cut]
+        if follow_masks is not None:
+            follow_masks = (follow_masks[0][cut], follow_masks[1][cut])
+            if not (follow_masks[0].any() and follow_masks[1].any()):
+                follow_masks = None
+        local_center = (center[0] - left, center[1] - top)
     clipping = (reg.clipping_levels(base), reg.clipping_levels(follow))
     try:
         fits, coarse, bones_info, jsn_variance_of, t_coarse, t_fine, follow_coef = _register_bones(
-            base, follow, upper, lower, center, follow_masks, settings, content, clipping)
+            base, follow, upper, lower, local_center, follow_masks, settings, clipping)
     except np.linalg.LinAlgError:  # a degenerate least-squares problem: nothing to register
         raise InputError("registration failed: the images hold too little structure in the bone regions") from None
     pu, pl = fits["upper"].params, fits["lower"].params
@@ -426,12 +445,16 @@ def quantify_pair(
     t0 = time.perf_counter()
     regions = {"upper": bones_info["upper"]["region"], "lower": bones_info["lower"]["region"]}
     # residuals judged after removing a per-bone quadratic intensity mapping (exposure/gamma)
-    maps, raw_stats = residual_maps(base, follow, regions, {"upper": pu, "lower": pl}, center,
+    maps, raw_stats = residual_maps(base, follow, regions, {"upper": pu, "lower": pl}, local_center,
                                     photometric_order=2, keep_maps=keep_residuals, follow_coef=follow_coef,
                                     clipping=clipping)
+    if picture is not None:  # full-frame maps, as the figure draws them over the crop
+        for key, picture_map in maps.items():
+            maps[key] = np.full(shape, np.nan, dtype=picture_map.dtype)
+            maps[key][cut] = picture_map
     variance = jsn_variance_of(jsn_gradient(pu, pl, joint_axis_deg))
-    report: ReliabilityReport = assess_reliability(base, follow, regions, fits, coarse, raw_stats, center,
-                                                   picture_scale=reg.picture_scale(content))
+    report: ReliabilityReport = assess_reliability(base, follow, regions, fits, coarse, raw_stats, local_center,
+                                                   picture_scale=reg.picture_scale(base.shape))
     t_rel = time.perf_counter() - t0
 
     bones = {}
@@ -470,9 +493,9 @@ def quantify_pair(
     )
 
 
-def _register_bones(base, follow, upper, lower, center, follow_masks, settings, content, clipping):
-    """Coarse global + per-bone coarse + multi-scale fine fit, inside the picture's ``content``
-    box (``clipping``: both images' :func:`~jsnsynth.quantify.register.clipping_levels`);
+def _register_bones(base, follow, upper, lower, center, follow_masks, settings, clipping):
+    """Coarse global + per-bone coarse + multi-scale fine fit of two pictures (a padded crop cut
+    to its picture; ``clipping``: both images' :func:`~jsnsynth.quantify.register.clipping_levels`);
     returns the fits, diagnostics, and the variance of a function of both bones'
     `(a, b, tx, ty)` from its gradient."""
     t0 = time.perf_counter()
@@ -483,8 +506,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     follow_coef = spline_coefficients(follow)  # the raw follow-up's interpolant, shared by every stage below
     factor = 2**coarse_level
     # the coarse stage's region, at its level
-    union = (reg.dilate(upper | lower, settings.global_dilate_px, step=factor)
-             & reg.within_content(base.shape, content, 0, step=factor))
+    union = reg.dilate(upper | lower, settings.global_dilate_px, step=factor)
     if np.count_nonzero(union) < MIN_BONE_PX // factor**2:
         raise InputError("the bone masks lie (nearly) all in the images' padding: nothing left to register")
     extra = []
@@ -494,7 +516,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     c_coarse = (center[0] / factor, center[1] / factor)
     global_params, _ = reg.coarse_global(
         pyr_b[coarse_level], pyr_f[coarse_level], union, c_coarse, settings.coarse_angles_deg, extra,
-        scales=settings.coarse_scales, content=content, step=factor,
+        scales=settings.coarse_scales,
     )
     global_params = reg.scale_params(global_params, factor)
 
@@ -530,14 +552,14 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     warped = reg.warp_into_baseline(pyr_f[pc_level], reg.scale_params(global_params, 1.0 / f_pc), c_pc)
     coarse = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
-        region = reg.bone_region(mask, other, settings.dilate_px + 2, settings.exclude_px, step=f_pc, content=content)
-        window = reg.tapered_window(region, 2.0, content=content, step=f_pc)
+        region = reg.bone_region(mask, other, settings.dilate_px + 2, settings.exclude_px, step=f_pc)
+        window = reg.tapered_window(region, 2.0)
         shift, _ = reg.phase_correlation_shift(pyr_b[pc_level], warped, window)
         shift = shift * f_pc
         params = global_params.copy()
         # a finer crop of the same joint moves by more pixels: at 512 px with the 256 px limit,
         # real bones' own moves were cut off and the fine fits moved 4-5 px from the coarse ones
-        if np.hypot(*shift) < BONE_PEAK_MAX_PX * reg.picture_scale(content):
+        if np.hypot(*shift) < BONE_PEAK_MAX_PX * reg.picture_scale(base.shape):
             a, b = params[0], params[1]
             params[2] += a * shift[0] - b * shift[1]
             params[3] += b * shift[0] + a * shift[1]
@@ -550,7 +572,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     t1 = time.perf_counter()
     regions = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
-        regions[name] = reg.bone_region(mask, other, settings.dilate_px, exclude_px, content=content)
+        regions[name] = reg.bone_region(mask, other, settings.dilate_px, exclude_px)
         if np.count_nonzero(regions[name]) < MIN_BONE_PX:
             raise InputError(f"the {name}-bone mask leaves fewer than {MIN_BONE_PX} pixels to register")
     params = dict(coarse)

@@ -232,15 +232,13 @@ def content_box(*images: np.ndarray) -> tuple[int, int, int, int]:
 REFERENCE_PICTURE_PX = 256
 
 
-def picture_scale(content: tuple[int, int, int, int]) -> float:
-    """How many times a picture (the ``content`` box, padding left out) exceeds
-    :data:`REFERENCE_PICTURE_PX` on its larger side; 1 for smaller pictures, where the limits
-    stay as set.
+def picture_scale(shape: tuple[int, int]) -> float:
+    """How many times a picture of ``shape`` exceeds :data:`REFERENCE_PICTURE_PX` on its larger
+    side; 1 for smaller pictures, where the limits stay as set.
 
     The picture's size stands for its resolution, as joint crops frame one joint: a crop that
     frames more (a whole finger) at the same resolution gets looser limits than it needs."""
-    top, bottom, left, right = content
-    return max(1.0, max(bottom - top, right - left) / REFERENCE_PICTURE_PX)
+    return max(1.0, max(shape) / REFERENCE_PICTURE_PX)
 
 
 def replicate_picture_edge(image: np.ndarray, content: tuple[int, int, int, int]) -> np.ndarray:
@@ -1109,26 +1107,15 @@ def phase_correlation_shift(
     return np.array(shift), float(response)
 
 
-def tapered_window(
-    region: np.ndarray, taper_px: float, *, content: tuple[int, int, int, int] | None = None, step: int = 1
-) -> np.ndarray:
-    """A soft window: the region blurred, times a Hann window of the picture.
-
-    The picture is the ``content`` box (:func:`content_box`, in full-resolution pixels; default
-    the whole array) and ``region`` samples every ``step``-th pixel, as :func:`bone_region`'s
-    do. A Hann window of the whole array would weigh the bones by where the padding of a padded
-    crop put them: 100 columns of it moved a real pair's JSN by 0.09 px.
-    """
+def tapered_window(region: np.ndarray, taper_px: float, *, content: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """A soft window: the region blurred, times a Hann window of the picture (the ``content``
+    box, :func:`content_box`; default the whole image): over a padded crop's whole array it
+    would weigh the bones by where the padding put them."""
     soft = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(taper_px, 0.5))
-    height, width = region.shape
-    top, bottom, left, right = content or (0, height * step, 0, width * step)
-    # the samples inside the box: full-resolution pixel step * i with top <= step * i < bottom
-    rows = slice(-(-top // step), min(-(-bottom // step), height))
-    cols = slice(-(-left // step), min(-(-right // step), width))
+    top, bottom, left, right = content or (0, region.shape[0], 0, region.shape[1])
     hann = np.zeros(region.shape, dtype=np.float32)
-    box = hann[rows, cols]
-    if box.shape[0] > 1 and box.shape[1] > 1:
-        hann[rows, cols] = cv2.createHanningWindow(box.shape[::-1], cv2.CV_32F)
+    if bottom - top > 1 and right - left > 1:
+        hann[top:bottom, left:right] = cv2.createHanningWindow((right - left, bottom - top), cv2.CV_32F)
     return soft * hann
 
 
@@ -1153,13 +1140,8 @@ def coarse_global(
     extra_candidates: list[np.ndarray] | None = None,
     refine_best: int = 2,
     scales: tuple[float, ...] = (),
-    content: tuple[int, int, int, int] | None = None,
-    step: int = 1,
 ) -> tuple[np.ndarray, float]:
     """Best rough similarity of the whole joint at one (coarse) pyramid level.
-
-    ``content`` is the picture (:func:`content_box`, full-resolution pixels) and ``step`` the
-    level's pixel step, for the phase correlation's window (:func:`tapered_window`).
 
     Every candidate rotation (at scale 1) and scale (at no rotation) is followed by windowed
     phase correlation for the translation;
@@ -1170,7 +1152,7 @@ def coarse_global(
         ``(params, ncc)`` about ``center_xy`` at this level.
     """
     cx, cy = center_xy
-    window = tapered_window(region, 2.0, content=content, step=step)
+    window = tapered_window(region, 2.0)
     candidates = list(extra_candidates or [])
     for angle, scale in [(angle, 1.0) for angle in angles_deg] + [(0.0, scale) for scale in scales]:
         rad = math.radians(angle)
