@@ -1,0 +1,209 @@
+"""The same pair stored differently: how far the bundled JSN quantifier's answer moves.
+
+Real visit pairs (the first two visits of the first ``--series`` multi-visit series of the
+finger-joint folder, follow-up masks given) are measured as they are and after each change of how
+they are stored, applied alike to both images and all masks: 16-bit instead of 8-bit, padded on
+one side, mirrored, turned (the joint frame given, turned with them), masks eroded or dilated,
+upsampled. Real visits differ in 3-D pose, so the table gives the largest change of JSN, for the
+pairs the method does not flag and, apart, for those it does. Synthetic noise-free pairs (the
+dataset builder, phantom and real layers) show the same changes against exact truth. Writes the
+tables to docs/quantify.md (between the ``bench_quantify_inputs`` markers).
+
+    .venv/bin/python benchmarks/bench_quantify_inputs.py --fingerjoints ../shared/data/fingerjoints
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from docblock import write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+from jsnsynth.quantify.quantifier import keep_freed_heap, quantify_pair
+from jsnsynth.quantify.real import load_visit, multi_visit_series
+from jsnsynth.quantify.validate import read_pairs, summarize, validate_records
+from jsnsynth.synth.dataset import build_dataset
+from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM
+from jsnsynth.synth.pairs import PairConfig
+from jsnsynth.synth.sources import open_source
+from jsnsynth.synth.xray import ImagingRanges
+
+#: A pair: ``(baseline, follow-up, upper, lower, follow-up upper, follow-up lower)``.
+Pair = tuple[np.ndarray, ...]
+#: Paddings tried: every side, these widths, a constant (zero) fill and the edge replicated.
+PAD_WIDTHS_PX = (7, 40, 101)
+MASK_CHANGE_PX = 2
+
+
+def padded(pair: Pair, side: str, width: int, mode: str) -> Pair:
+    """Every array of ``pair`` padded by ``width`` px on ``side`` (masks with background)."""
+    widths = {"top": ((width, 0), (0, 0)), "bottom": ((0, width), (0, 0)),
+              "left": ((0, 0), (width, 0)), "right": ((0, 0), (0, width))}[side]
+    return tuple(np.pad(a, widths) if a.dtype == bool or mode == "constant" else np.pad(a, widths, mode="edge")
+                 for a in pair)
+
+
+def masks_changed(pair: Pair, grow: bool) -> Pair:
+    """The masks eroded or dilated by :data:`MASK_CHANGE_PX` (a square element); dilated lower
+    masks keep out of the upper ones."""
+    kernel = np.ones((2 * MASK_CHANGE_PX + 1,) * 2, np.uint8)
+    change = cv2.dilate if grow else cv2.erode
+    base, follow, *masks = pair
+    upper, lower, f_upper, f_lower = (change(m.astype(np.uint8), kernel) > 0 for m in masks)
+    return base, follow, upper, lower & ~upper, f_upper, f_lower & ~f_upper
+
+
+def turned(pair: Pair, quarter_turns: int, frame: tuple) -> tuple[Pair, tuple]:
+    """``pair`` turned by ``quarter_turns`` x 90 deg counter-clockwise (``np.rot90``), and the
+    joint frame ``((x, y), axis_deg)`` turned with it."""
+    (x, y), axis_deg = frame
+    height, width = pair[0].shape
+    for turn in range(quarter_turns):  # (x, y) -> (y, W - 1 - x), W the width before this turn
+        x, y = y, (width if turn % 2 == 0 else height) - 1 - x
+    return tuple(np.ascontiguousarray(np.rot90(a, quarter_turns)) for a in pair), ((x, y), axis_deg - 90.0 * quarter_turns)
+
+
+def mirrored(pair: Pair) -> Pair:
+    """``pair`` mirrored left-right."""
+    return tuple(np.ascontiguousarray(a[:, ::-1]) for a in pair)
+
+
+def upsampled(pair: Pair) -> Pair:
+    """``pair`` at twice the resolution (images cubic, masks nearest)."""
+    def up(a: np.ndarray) -> np.ndarray:
+        size = (2 * a.shape[1], 2 * a.shape[0])
+        if a.dtype == bool:
+            return cv2.resize(a.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        return cv2.resize(a, size, interpolation=cv2.INTER_CUBIC)
+    return tuple(up(a) for a in pair)
+
+
+def measure(pair: Pair, spacing_mm: float = DEFAULT_PIXEL_SPACING_MM, frame: tuple | None = None):
+    """``quantify_pair`` of a pair (its default joint frame unless ``frame`` is given)."""
+    base, follow, upper, lower, f_upper, f_lower = pair
+    center, axis = frame if frame is not None else (None, None)
+    return quantify_pair(base, follow, upper, lower, spacing_mm, f_upper, f_lower, joint_center_xy=center,
+                         joint_axis_deg=axis)
+
+
+def real_rows(folder: Path, n_series: int) -> list[str]:
+    """Rows of the real-pair table."""
+    # label -> (change, change in the reference's standard errors, reference flagged, flagged)
+    variants: dict[str, list[tuple[float, float, bool, bool]]] = {}
+
+    def record(label: str, change: float, reference, result) -> None:
+        se = reference.jsn_se_px * (reference.pixel_spacing_mm if "mm" in label else 1.0)
+        variants.setdefault(label, []).append((abs(change), abs(change) / se, reference.mismatch, result.mismatch))
+
+    for name, visits in multi_visit_series(folder, n_series):
+        b, f = load_visit(visits[0]), load_visit(visits[1])
+        pair = (b["image"], f["image"], b["upper"], b["lower"], f["upper"], f["lower"])
+        reference = measure(pair)
+        frame = (reference.joint_center_xy, reference.joint_axis_deg)
+        if pair[0].dtype == np.uint8:
+            wide = tuple(a.astype(np.uint16) * 257 if a.dtype == np.uint8 else a for a in pair)
+            result = measure(wide)
+            record("8-bit stored as 16-bit (x 257)", result.jsn_px - reference.jsn_px, reference, result)
+        for side in ("top", "bottom", "left", "right"):
+            for width in PAD_WIDTHS_PX:
+                for mode in ("constant", "edge"):
+                    result = measure(padded(pair, side, width, mode))
+                    record(f"padded by {'/'.join(map(str, PAD_WIDTHS_PX))} px on any side, zero or edge fill "
+                           "(default frame)", result.jsn_px - reference.jsn_px, reference, result)
+        result = measure(mirrored(pair))
+        record("mirrored left-right (default frame)", result.jsn_px - reference.jsn_px, reference, result)
+        for quarter_turns in (1, 2, 3):
+            turned_pair, turned_frame = turned(pair, quarter_turns, frame)
+            result = measure(turned_pair, frame=turned_frame)
+            record("turned by 90, 180 or 270 deg, the frame given", result.jsn_px - reference.jsn_px, reference, result)
+        for grow, word in ((False, "eroded"), (True, "dilated")):
+            result = measure(masks_changed(pair, grow))
+            record(f"masks {word} by {MASK_CHANGE_PX} px", result.jsn_px - reference.jsn_px, reference, result)
+        result = measure(upsampled(pair), DEFAULT_PIXEL_SPACING_MM / 2)
+        record("upsampled x 2 (cubic), spacing halved: change in mm", result.jsn_mm - reference.jsn_mm, reference, result)
+        print(f"{name}: reference {reference.jsn_px:+.4f} px{' (flagged)' if reference.mismatch else ''}", file=sys.stderr)
+    lines = []
+    for label, changes in variants.items():
+        kept = [(c, z) for c, z, ref_flag, _ in changes if not ref_flag]
+        flagged = [c for c, _, ref_flag, _ in changes if ref_flag]
+        newly = sum(1 for *_, ref_flag, flag in changes if flag and not ref_flag)
+        lines.append(f"| {label} | {len(changes)} | {max((c for c, _ in kept), default=float('nan')):.4f} | "
+                     f"{max((z for _, z in kept), default=float('nan')):.2f} | "
+                     f"{max(flagged, default=float('nan')):.4f} | {newly} |")
+        print(lines[-1], file=sys.stderr)
+    return lines
+
+
+def synthetic_rows(spec: str, n_pairs: int, seed: int, tmp: Path) -> list[str]:
+    """Rows of the synthetic table for one source: noise-free default pairs, as stored and changed."""
+    folder = tmp / spec.split(":")[0]
+    config = PairConfig(imaging=ImagingRanges(), noise=False, jsn_px=(-3.0, 3.0))
+    build_dataset(open_source(spec), folder, n_pairs=n_pairs, seed=seed, layers_every=0,
+                  split_fractions=(0.0, 0.0, 1.0), pair_config=config, quiet=True)
+    records = list(read_pairs(folder))
+
+    def changed(change: Callable[[Pair, tuple], tuple[Pair, tuple]]) -> Callable:
+        def method(baseline, followup, upper_mask, lower_mask, pixel_spacing_mm=None, followup_upper_mask=None,
+                   followup_lower_mask=None, joint_center_xy=None, joint_axis_deg=None):
+            pair = (baseline, followup, upper_mask, lower_mask, followup_upper_mask, followup_lower_mask)
+            pair, frame = change(pair, (joint_center_xy, joint_axis_deg))
+            return measure(pair, pixel_spacing_mm, frame)
+        return method
+
+    def mirror(pair: Pair, frame: tuple) -> tuple[Pair, tuple]:
+        (x, y), axis = frame
+        return mirrored(pair), ((pair[0].shape[1] - 1 - x, y), -axis)
+
+    methods = {
+        "as stored": quantify_pair,
+        "mirrored left-right (the frame mirrored)": changed(mirror),
+        f"masks eroded by {MASK_CHANGE_PX} px": changed(lambda pair, frame: (masks_changed(pair, False), frame)),
+        f"masks dilated by {MASK_CHANGE_PX} px": changed(lambda pair, frame: (masks_changed(pair, True), frame)),
+    }
+    lines, plain = [], None
+    for label, method in methods.items():
+        rows = validate_records(records, method, with_crlb=False)
+        errors = np.array([row["error_px"] for row in rows])
+        plain = errors if plain is None else plain
+        stats = summarize(rows)
+        lines.append(f"| {spec.split(':')[0]} | {label} | {stats['rmse_px']:.4f} | {np.max(np.abs(errors - plain)):.4f} | "
+                     f"{100 * stats['flag_rate']:.0f} % |")
+        print(lines[-1], file=sys.stderr)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fingerjoints", type=Path, required=True, help="real finger-joint folder")
+    parser.add_argument("--series", type=int, default=10, help="real visit pairs (one per series)")
+    parser.add_argument("--pairs", type=int, default=16, help="synthetic pairs per source")
+    parser.add_argument("--docs", type=Path, default=Path("docs"))
+    parser.add_argument("--seed", type=int, default=3)
+    args = parser.parse_args(argv)
+    keep_freed_heap()  # as the jsnsynth commands do
+    real = ["| input, both images and all masks | variants | largest change of JSN, pairs not flagged (px) | "
+            "the same, in the pair's reported standard errors | largest change, pairs flagged as they are (px) | "
+            "variants flagged only once changed |",
+            "|---|---|---|---|---|---|", *real_rows(args.fingerjoints, args.series)]
+    synthetic = ["| source | input | JSN RMSE px | largest change of the error px | flagged |", "|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in ("phantom", f"fingerjoints:{args.fingerjoints}"):
+            synthetic += synthetic_rows(spec, args.pairs, args.seed, Path(tmp))
+    command = f"`.venv/bin/python benchmarks/bench_quantify_inputs.py --fingerjoints {args.fingerjoints}`"
+    block = (f"Generated by {command} (real visit pairs: visits 0 and 1 of the first {args.series} multi-visit series, "
+             "follow-up masks given, default joint frame unless the row says; a row's changes are all its variants over "
+             "all pairs. Synthetic pairs: noise-free, default ranges, JSN change within +-3 px, "
+             f"{args.pairs} per source, seed {args.seed}, the dataset's joint frame).\n\n"
+             + "\n".join(real) + "\n\n" + "\n".join(synthetic))
+    write_doc_block(args.docs / "quantify.md", "bench_quantify_inputs", block, title="Quantifier")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
