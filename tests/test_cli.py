@@ -43,6 +43,28 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     assert "No such command" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, names", [
+    (["phantom"], ["Missing option '--n'", "jsnsynth phantom --help"]),
+    (["phantom", "--n", "1", "--out", "x", "--seed", "x"], ["'--seed'", "jsnsynth phantom --help"]),
+    (["dataset", "--bogus"], ["No such option '--bogus'", "jsnsynth dataset --help"]),
+    (["quantify", "a.png"], ["Missing argument 'FOLLOWUP'", "jsnsynth quantify --help"]),
+    (["no-such-command"], ["No such command 'no-such-command'", "jsnsynth --help"]),
+])
+def test_usage_errors_are_one_line(args: list[str], names: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # click's own form is a four-line block; every other error of the command line is one line
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jsnsynth: error: ") and not captured.out
+    assert all(name in lines[0] for name in names)
+
+
+def test_bare_command_shows_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    main([])
+    captured = capsys.readouterr()
+    assert "Commands:" in captured.out + captured.err
+
+
 def _option(command: click.Command, name: str) -> click.Parameter:
     return next(p for p in command.params if p.name == name)
 

@@ -2,7 +2,7 @@
 
 Every command parses its options, calls one library function and prints where its outputs went.
 Errors caused by input are reported as a single ``jsnsynth: error: ...`` line with exit code 1;
-usage errors exit with 2 (click's convention); an interrupt exits with 130 and leaves only
+usage errors are such a line too and exit with 2 (click's convention); an interrupt exits with 130 and leaves only
 complete files behind.
 """
 
@@ -351,6 +351,15 @@ def _interrupted(args: list[str]) -> str:
     return "jsnsynth: interrupted"
 
 
+def _usage_error_line(exc: click.UsageError) -> str:
+    """A usage error (an option missing or out of range, an unknown command) as our one line,
+    with where to read the command's options, instead of click's four-line block."""
+    line = f"jsnsynth: error: {one_line(exc.format_message(), limit=None, whole=True)}"
+    if exc.ctx is not None:
+        line += f" (see '{exc.ctx.command_path} --help')"
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and return its exit code (the console-script entry point)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -365,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo(_interrupted(args), err=True)
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare `jsnsynth`: the help is the answer
+        exc.show()
+        return exc.exit_code
+    except click.UsageError as exc:
+        click.echo(_usage_error_line(exc), err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
