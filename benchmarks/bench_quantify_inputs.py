@@ -15,6 +15,7 @@ tables to docs/quantify.md (between the ``bench_quantify_inputs`` markers).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from collections.abc import Callable
@@ -160,11 +161,20 @@ def synthetic_rows(spec: str, n_pairs: int, seed: int, tmp: Path) -> list[str]:
         (x, y), axis = frame
         return mirrored(pair), ((pair[0].shape[1] - 1 - x, y), -axis)
 
+    def upsampled_result(*args, joint_center_xy=None, joint_axis_deg=None, pixel_spacing_mm=None, **masks):
+        # cv2.resize maps pixel centre x to 2 x + 0.5; the JSN is read back in the stored pixels
+        base, follow, upper, lower = args
+        pair = upsampled((base, follow, upper, lower, masks["followup_upper_mask"], masks["followup_lower_mask"]))
+        x, y = joint_center_xy
+        result = measure(pair, pixel_spacing_mm / 2, ((2 * x + 0.5, 2 * y + 0.5), joint_axis_deg))
+        return dataclasses.replace(result, jsn_px=result.jsn_px / 2)
+
     methods = {
         "as stored": quantify_pair,
         "mirrored left-right (the frame mirrored)": changed(mirror),
         f"masks eroded by {MASK_CHANGE_PX} px": changed(lambda pair, frame: (masks_changed(pair, False), frame)),
         f"masks dilated by {MASK_CHANGE_PX} px": changed(lambda pair, frame: (masks_changed(pair, True), frame)),
+        "upsampled x 2 (cubic; JSN read in the stored pixels)": upsampled_result,
     }
     lines, plain = [], None
     for label, method in methods.items():

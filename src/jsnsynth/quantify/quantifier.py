@@ -48,9 +48,6 @@ MIN_SIDE_PX = 32
 #: Fewest pixels of a bone mask, and of the region registered for it: below this a fit has
 #: nothing to hold on to (a bone crossed by a few tens of pixels gave 0.4 px errors, unflagged).
 MIN_BONE_PX = 100
-#: Margin (px) kept from clipped pixels when the intensity mapping is fitted: the mapping's 2 px
-#: smoothing and the blur matching spread the clipping's kink about that far.
-CLIPPED_MARGIN_PX = 4
 #: Intensity standard deviation below which an image has no structure to register.
 MIN_CONTRAST = 1e-4
 #: Share of each bone mask that must lie in the picture of a padded crop for the default joint
@@ -365,7 +362,8 @@ def quantify_pair(
             (:func:`resolve_joint_frame`).
         joint_axis_deg: baseline joint axis (0 = upper bone on top, axis straight down);
             default :func:`~jsnsynth.synth.layers.joint_axis_from_masks` of the baseline masks.
-        settings: registration tuning.
+        settings: registration tuning, for 256 px crops; a larger picture is registered with
+            :meth:`~jsnsynth.quantify.register.RegistrationSettings.for_picture` of them.
         pixel_spacing_source: label recorded with the spacing (default "option", or "nominal").
         keep_residuals: keep the residual maps on the result, for
             :func:`~jsnsynth.quantify.reliability.save_residual_figure` (four full-frame maps; off
@@ -431,6 +429,8 @@ def quantify_pair(
             if not (follow_masks[0].any() and follow_masks[1].any()):
                 follow_masks = None
         local_center = (center[0] - left, center[1] - top)
+    # lengths set on 256 px crops, for the picture registered
+    settings = settings.for_picture(base.shape)
     clipping = (reg.clipping_levels(base), reg.clipping_levels(follow))
     try:
         fits, coarse, bones_info, jsn_variance_of, t_coarse, t_fine, follow_coef = _register_bones(
@@ -545,14 +545,15 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     first_fine = 1 if settings.match_blur and settings.levels > 0 else 0
     stacks_f = [None] * first_fine + [spline_coefficients(level) for level in pyr_f[first_fine:settings.levels + 1]]
 
-    # per-bone windowed phase correlation on top of the global alignment (half resolution)
-    pc_level = min(1, n_levels)
+    # per-bone windowed phase correlation on top of the global alignment (half resolution, of a
+    # 256 px crop)
+    pc_level = min(1 + reg.picture_octaves(base.shape), n_levels)
     f_pc = 2**pc_level
     c_pc = (center[0] / f_pc, center[1] / f_pc)
     warped = reg.warp_into_baseline(pyr_f[pc_level], reg.scale_params(global_params, 1.0 / f_pc), c_pc)
     coarse = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
-        region = reg.bone_region(mask, other, settings.dilate_px + 2, settings.exclude_px, step=f_pc)
+        region = reg.bone_region(mask, other, settings.dilate_px + 2, settings.exclude_px, settings.border_px, f_pc)
         window = reg.tapered_window(region, 2.0)
         shift, _ = reg.phase_correlation_shift(pyr_b[pc_level], warped, window)
         shift = shift * f_pc
@@ -572,7 +573,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     t1 = time.perf_counter()
     regions = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
-        regions[name] = reg.bone_region(mask, other, settings.dilate_px, exclude_px)
+        regions[name] = reg.bone_region(mask, other, settings.dilate_px, exclude_px, settings.border_px)
         if np.count_nonzero(regions[name]) < MIN_BONE_PX:
             raise InputError(f"the {name}-bone mask leaves fewer than {MIN_BONE_PX} pixels to register")
     params = dict(coarse)
@@ -584,10 +585,11 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             # refit the intensity mapping with each bone at its own (nearly final) position. A
             # blur or contrast difference left in the images can only be absorbed by the fit as
             # a change of each bone's scale, which the lever arm to the joint centre amplifies.
-            windows = reg.aligned_windows(base, follow, regions, params, center, follow_coef=follow_coef)
+            windows = reg.aligned_windows(base, follow, regions, params, center, settings.window_margin_px,
+                                          follow_coef=follow_coef)
             # clipped pixels (a display window's saturation) are left out of the intensity fits
-            unclipped = reg.unclipped_regions(windows, *clipping, CLIPPED_MARGIN_PX)
-            matcher = reg.BlurMatcher(windows)
+            unclipped = reg.unclipped_regions(windows, *clipping, settings.clipped_margin_px)
+            matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2, settings.max_blur_difference_px2)
             blur_x = matcher.variance_difference([fw for _, fw, _ in windows])
             # the intensity fits read the windows' unclipped flat pixels with the blurs matched
             # (blurs commute with the nearly rigid warps)
@@ -603,7 +605,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
                     windows = [(reg.raise_to(bw, exponent_b), reg.raise_to(fw, exponent_f), r) for bw, fw, r in windows]
                     fit_windows = [(bw, fw, r) for (bw, fw, _), r in zip(windows, unclipped)]
                     samples = reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x)
-                    matcher = reg.BlurMatcher(windows)
+                    matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2, settings.max_blur_difference_px2)
                     if settings.intensity_mapping_order == 0:  # else the search after the mapping
                         blur_x = matcher.variance_difference([fw for _, fw, _ in windows], rounds=1, initial=blur_x)
             mapping = None
@@ -670,7 +672,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             # translated would have its interpolated noise pull the fit toward half-pixel moves
             xs, ys = reg.dithered_positions(xs, ys)
             # the baseline's gradient only sizes the steps: the nearest pixel centre's will do
-            # (the regions keep reg.BORDER_PX from the picture's edge, so that pixel is inside)
+            # (the regions keep settings.border_px from the picture's edge, so that pixel is inside)
             nearest = (np.rint(ys) * base_coef.shape[1] + np.rint(xs)).astype(np.intp)
             components.append((sample_spline_values(base_coef, xs, ys), xs, ys, params[name]))
             base_gradients.append((base_gx.ravel().take(nearest), base_gy.ravel().take(nearest)))
@@ -686,7 +688,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             fits[name].iterations += joint.iterations
             fits[name].last_step_px = joint.last_step_px
             fits[name].n_pixels = int(np.count_nonzero(regions[name]))
-        variance_of = joint.variance
+        variance_of = functools.partial(joint.variance, max_lag_px=settings.residual_lag_px)
     else:  # the bones' own full-resolution fits, independent of each other: white residual noise
         covariance = np.zeros((8, 8))
         for k, name in enumerate(("upper", "lower")):

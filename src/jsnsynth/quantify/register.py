@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -43,6 +43,17 @@ BORDER_PX = 12
 #: (:func:`autocovariance_energy`): twice the reach of the smoothing and blur-matching kernels
 #: that correlate the images' noise between neighbouring pixels (under 4 px).
 RESIDUAL_LAG_PX = 8
+#: Blur variance (px^2) added to both images while their blur difference is searched. The
+#: search blurs one image by a trial variance and regresses on a centre-less Laplacian of it; a
+#: blurred image's noise is correlated with its neighbours', so the image that was blurred, and
+#: only that one, put a noise term into its regression. Blurring both (and more than the
+#: correlation of a resampled follow-up) makes the terms alike in the two directions, where the
+#: half-difference cancels them. At 2-3 thousand photons per pixel the one-sided blur made the
+#: estimate 0.15 px^2 too low (SD 0.19) and the JSN error 2.6 x the CRLB; with 0.5 px^2, 0.01
+#: (SD 0.08) and 1.2 x (48 phantom pairs).
+COMMON_BLUR_VARIANCE_PX2 = 0.5
+#: Largest blur difference (px^2 of variance) the blur search goes to, either way.
+MAX_BLUR_DIFFERENCE_PX2 = 4.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,18 @@ class RegistrationSettings:
             the intensities are related by a power law that the quadratic mapping only
             approximates (JSN RMSE of the benchmark's 48 noise-free pairs: real layers 0.0066 ->
             0.0037 px, phantoms 0.0086 -> 0.0072 px).
+        border_px: band along the picture's edge left out of the bone regions (:data:`BORDER_PX`).
+        clipped_margin_px: band around clipped pixels (a display window's saturation) left out
+            of the intensity fits: the mapping's 2 px smoothing and the blur matching spread the
+            clipping's kink about that far.
+        window_margin_px: how far the bone windows of the blur and intensity fits reach beyond
+            the regions (:func:`aligned_windows`).
+        common_blur_variance_px2: :data:`COMMON_BLUR_VARIANCE_PX2`.
+        max_blur_difference_px2: :data:`MAX_BLUR_DIFFERENCE_PX2`.
+        residual_lag_px: :data:`RESIDUAL_LAG_PX`.
+
+    Every length is set for the 256 x 256 joint crops of the field; :meth:`for_picture` gives
+    the settings for another picture.
     """
 
     smooth_sigma_px: float = 0.5
@@ -121,6 +144,46 @@ class RegistrationSettings:
     fine_robust_k: float = 3.0
     robust_smoothing_px: float = 2.0
     equalise_display_gamma: bool = True
+    border_px: int = BORDER_PX
+    clipped_margin_px: int = 4
+    window_margin_px: int = 12
+    common_blur_variance_px2: float = COMMON_BLUR_VARIANCE_PX2
+    max_blur_difference_px2: float = MAX_BLUR_DIFFERENCE_PX2
+    residual_lag_px: int = RESIDUAL_LAG_PX
+
+    def for_picture(self, shape: tuple[int, int]) -> RegistrationSettings:
+        """These settings for a picture of ``shape``: every length (px) times its
+        :func:`picture_scale`, every blur variance (px^2) times its square, and one more pyramid
+        level per octave (:func:`picture_octaves`); the settings themselves for pictures up to
+        256 px.
+
+        A finer crop of the same joint spreads the same anatomy, blur and repositioning over
+        more pixels. With the lengths kept at their 256 px values, 24 real visit pairs upsampled
+        x 2 read JSN 0.015 mm lower on average (up to 2.6 standard errors apart, docs/quantify.md
+        method step 2); scaled, within 0.64 standard errors."""
+        scale = picture_scale(shape)
+        if scale == 1.0:
+            return self
+
+        def length(value_px: int) -> int:
+            return int(round(value_px * scale))
+
+        return replace(
+            self,
+            levels=self.levels + picture_octaves(shape) if self.levels > 0 else 0,
+            smooth_sigma_px=self.smooth_sigma_px * scale,
+            dilate_px=length(self.dilate_px),
+            global_dilate_px=length(self.global_dilate_px),
+            exclude_px=length(self.exclude_px),
+            mapping_denoise_sigma_px=self.mapping_denoise_sigma_px * scale,
+            robust_smoothing_px=self.robust_smoothing_px * scale,
+            border_px=length(self.border_px),
+            clipped_margin_px=length(self.clipped_margin_px),
+            window_margin_px=length(self.window_margin_px),
+            common_blur_variance_px2=self.common_blur_variance_px2 * scale**2,
+            max_blur_difference_px2=self.max_blur_difference_px2 * scale**2,
+            residual_lag_px=length(self.residual_lag_px),
+        )
 
 
 def disk(radius_px: int) -> np.ndarray:
@@ -239,6 +302,12 @@ def picture_scale(shape: tuple[int, int]) -> float:
     The picture's size stands for its resolution, as joint crops frame one joint: a crop that
     frames more (a whole finger) at the same resolution gets looser limits than it needs."""
     return max(1.0, max(shape) / REFERENCE_PICTURE_PX)
+
+
+def picture_octaves(shape: tuple[int, int]) -> int:
+    """How many pyramid levels (octaves) a picture of ``shape`` lies above the 256 px crops the
+    settings were set on: :func:`picture_scale` rounded to a power of two."""
+    return int(round(math.log2(picture_scale(shape))))
 
 
 def replicate_picture_edge(image: np.ndarray, content: tuple[int, int, int, int]) -> np.ndarray:
@@ -963,16 +1032,6 @@ def gaussian_blur(image: np.ndarray, sigma_px: float, pad_px: int = 16) -> np.nd
     return BlurSpectrum(image, pad_px).blurred(sigma_px)
 
 
-#: Blur variance (px^2) added to both images while their blur difference is searched. The
-#: search blurs one image by a trial variance and regresses on a centre-less Laplacian of it; a
-#: blurred image's noise is correlated with its neighbours', so the image that was blurred, and
-#: only that one, put a noise term into its regression. Blurring both (and more than the
-#: correlation of a resampled follow-up) makes the terms alike in the two directions, where the
-#: half-difference cancels them. At 2-3 thousand photons per pixel the one-sided blur made the
-#: estimate 0.15 px^2 too low (SD 0.19) and the JSN error 2.6 x the CRLB; with 0.5 px^2, 0.01
-#: (SD 0.08) and 1.2 x (48 phantom pairs).
-COMMON_BLUR_VARIANCE_PX2 = 0.5
-
 
 #: Smallest blur (px) :func:`sampled_gaussian_blur` is used for: the search blurs by at least
 #: the common variance (sigma 0.71 px), where a sampled kernel's variance is 0.001 px^2 short of
@@ -1019,12 +1078,15 @@ class BlurMatcher:
         common_variance_px2: blur variance added to *both* images while the difference is
             searched (see :data:`COMMON_BLUR_VARIANCE_PX2`); the images themselves are only
             ever blurred by the difference.
+        max_difference_px2: the search stays within this difference either way.
     """
 
     def __init__(
-        self, windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], common_variance_px2: float = COMMON_BLUR_VARIANCE_PX2
+        self, windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+        common_variance_px2: float = COMMON_BLUR_VARIANCE_PX2, max_difference_px2: float = MAX_BLUR_DIFFERENCE_PX2,
     ) -> None:
         self.common_variance_px2 = common_variance_px2
+        self.max_difference_px2 = max_difference_px2
         self.base = [np.asarray(b, dtype=np.float32) for b, _, _ in windows]
         self.regions = [r for _, _, r in windows]
         self.points = [_every_other_index(r) for r in self.regions]
@@ -1073,14 +1135,14 @@ class BlurMatcher:
         # regressor is a smoothed Laplacian), but its zero is where the two blurs match
         x_prev = initial
         r_prev = remaining(x_prev)
-        x = float(np.clip(x_prev + r_prev, -4.0, 4.0))
+        x = float(np.clip(x_prev + r_prev, -self.max_difference_px2, self.max_difference_px2))
         for _ in range(rounds - 1):
             if abs(x - x_prev) < 1e-3:
                 break
             r = remaining(x)
             slope = (r - r_prev) / (x - x_prev)
             x_next = x - r / slope if slope < -1e-3 else x + r
-            x_prev, r_prev, x = x, r, float(np.clip(x_next, -4.0, 4.0))
+            x_prev, r_prev, x = x, r, float(np.clip(x_next, -self.max_difference_px2, self.max_difference_px2))
         return x
 
 
