@@ -259,7 +259,7 @@ def test_wrong_schema_is_rejected(phantom_dataset: Path, tmp_path: Path) -> None
 
 def test_a_run_that_failed_before_its_first_shard_does_not_block_the_corrected_one(tmp_path) -> None:
     out = tmp_path / "ds"
-    with pytest.raises(InputError, match="at least 64 pixels"):
+    with pytest.raises(InputError, match="64 to 4096 pixels"):
         build_dataset(PhantomSource(n_joints=2, size_px=8), out, 2, seed=1, quiet=True)
     result = build_dataset(PhantomSource(n_joints=2, size_px=64), out, 2, seed=1, quiet=True, layers_every=0)
     assert result.n_pairs == 2 and (out / "README.md").is_file()
@@ -304,8 +304,8 @@ def test_dataset_size_is_checked_before_the_output_folder_is_made(tmp_path: Path
     --size with a source of real crops was silently ignored."""
     out = tmp_path / "ds"
     assert main(["dataset", "--source", "phantom", "--pairs", "2", "--out", str(out), "--size", "32", "--quiet"]) == 2
-    assert "32 is not in the range x>=64" in capsys.readouterr().err and not out.exists()
-    with pytest.raises(InputError, match="at least 64 pixels"):
+    assert "32 is not in the range 64<=x<=4096" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(InputError, match="64 to 4096 pixels"):
         PhantomSource(n_joints=2, size_px=32)  # the library checks it as early
     folder = make_fingerjoint_folder(tmp_path / "fj", n_series=2, visits=1)
     rc = main(["dataset", "--source", f"fingerjoints:{folder}", "--pairs", "2", "--out", str(out), "--size", "128"])

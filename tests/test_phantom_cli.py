@@ -143,6 +143,7 @@ def test_samples_of_another_run_are_refused(tmp_path: Path, capsys: pytest.Captu
         ["--n", "1", "--size", "8"],
         ["--n", "1", "--pixel-spacing", "0"],
         ["--n", "1", "--size", "16"],  # --help once promised 16; the phantom needs 64
+        ["--n", "1", "--size", "5000"],  # once taken: 7 s and 2 GB for an empty field
         ["--n", "1", "--pixel-spacing", "1e-9"],  # once accepted: the range shared with quantify and separate
         ["--n", "1", "--joint-type", "knee"],
         ["--n", "1", "--seed", "-1"],
@@ -160,3 +161,12 @@ def test_library_rejects_n_below_one(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match=">= 1"):
         write_phantom_samples(tmp_path / "p", 0)
+
+
+@pytest.mark.parametrize("size_px", [63, 4097, 100.5])
+def test_library_rejects_sizes_out_of_range(size_px: float, tmp_path: Path) -> None:
+    from jsnsynth.errors import InputError
+
+    with pytest.raises(InputError, match="64 to 4096 pixels"):
+        write_phantom_samples(tmp_path / "p", 1, size_px=size_px)
+    assert not (tmp_path / "p").exists()

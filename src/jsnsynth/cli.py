@@ -24,8 +24,8 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 # The ranges the options state in --help are the library's checks, repeated here because the
 # command line imports no numerics at start-up (tests/test_cli.py holds them equal):
-#: jsnsynth.synth.phantom.MIN_SIZE_PX
-PHANTOM_MIN_SIZE_PX = 64
+#: jsnsynth.synth.phantom.MIN_SIZE_PX and MAX_SIZE_PX
+PHANTOM_SIZE_PX = click.IntRange(64, 4096)
 #: jsnsynth.synth.layers.PIXEL_SPACING_RANGE_MM
 PIXEL_SPACING = click.FloatRange(0.02, 1.0)
 
@@ -56,7 +56,7 @@ def cli() -> None:
               help="Output folder (new, empty, or an interrupted run of the same command to resume).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Base seed; phantom i uses SeedSequence([seed, i]).")
-@click.option("--size", "size_px", type=click.IntRange(min=PHANTOM_MIN_SIZE_PX), default=256, show_default=True,
+@click.option("--size", "size_px", type=PHANTOM_SIZE_PX, default=256, show_default=True,
               help="Crop size in pixels.")
 @click.option("--pixel-spacing", "pixel_spacing_mm", type=PIXEL_SPACING, default=0.175, show_default=True,
               help="Pixel size in mm.")
@@ -121,7 +121,7 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
 @click.option("--soft-tissue-blend-mm", type=float, default=2.0, show_default=True,
               help="The soft tissue moves with the bone that carries it, blended across this half-width about the joint line.")
 @click.option("--no-noise", is_flag=True, help="Noise-free baseline/follow-up images.")
-@click.option("--size", "size_px", type=click.IntRange(min=PHANTOM_MIN_SIZE_PX), default=None,
+@click.option("--size", "size_px", type=PHANTOM_SIZE_PX, default=None,
               help="Phantom image size in pixels (--source phantom only; default: the phantom's, 256).")
 @click.option("--max-mask-overlap", type=click.IntRange(min=0), default=200, show_default=True,
               help="fingerjoints: leave out images whose bone masks overlap by more pixels (layers would be wrong).")

@@ -81,6 +81,10 @@ _LINE_SHARE = 0.7
 #: Smallest phantom crop (px): smaller bones are too few pixels for a JSN measurement to mean anything
 #: (a registration needs a few hundred pixels of each bone).
 MIN_SIZE_PX = 64
+#: Largest phantom crop (px): at the finest pixel spacing (0.02 mm) 82 mm, a whole finger and
+#: more; memory grows with the area (a 2048 px dataset pair takes 0.9 GB, a 5000 px phantom 2 GB),
+#: so a mistyped size is refused rather than left to run out of memory.
+MAX_SIZE_PX = 4096
 
 
 @dataclass(frozen=True)
@@ -204,14 +208,20 @@ class PhantomParams:
         return (float(self.center_x_px), float(self.center_y_px))
 
 
+def check_phantom_size(size_px: float) -> None:
+    """Raise :class:`InputError` unless ``size_px`` is a whole number of pixels from
+    :data:`MIN_SIZE_PX` to :data:`MAX_SIZE_PX`."""
+    if int(size_px) != size_px or not MIN_SIZE_PX <= size_px <= MAX_SIZE_PX:
+        raise InputError(f"phantom size must be a whole number of {MIN_SIZE_PX} to {MAX_SIZE_PX} pixels, got {size_px}")
+
+
 def check_phantom_params(params: PhantomParams) -> None:
     """Raise :class:`InputError` naming the first inconsistent parameter of ``params``."""
     if params.head_bone not in ("upper", "lower"):
         raise InputError(f"head_bone must be 'upper' or 'lower', got {params.head_bone!r}")
     if params.joint_type not in JOINT_TYPES:
         raise InputError(f"joint_type must be one of {', '.join(JOINT_TYPES)}, got {params.joint_type!r}")
-    if int(params.size_px) != params.size_px or params.size_px < MIN_SIZE_PX:
-        raise InputError(f"phantom size must be an integer of at least {MIN_SIZE_PX} pixels, got {params.size_px}")
+    check_phantom_size(params.size_px)
     for f in fields(params):
         value = getattr(params, f.name)
         if isinstance(value, float) and not math.isfinite(value):

@@ -40,7 +40,7 @@ from jsnsynth.synth.io import (
     write_bytes_atomic,
 )
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, check_pixel_spacing
-from jsnsynth.synth.phantom import JOINT_TYPES, MIN_SIZE_PX, PhantomParams, render_phantom, sample_phantom_params
+from jsnsynth.synth.phantom import JOINT_TYPES, PhantomParams, check_phantom_size, render_phantom, sample_phantom_params
 from jsnsynth.synth.xray import ImagingParams, quantize, render_radiograph, sample_imaging_params
 
 SAMPLE_PREFIX = "phantom_"
@@ -74,8 +74,7 @@ class PhantomSettings:
     def __post_init__(self) -> None:
         if self.joint_type not in (*JOINT_TYPES, "random"):
             raise InputError(f"joint type must be one of {', '.join(JOINT_TYPES)} or random, got {self.joint_type!r}")
-        if self.size_px < MIN_SIZE_PX:
-            raise InputError(f"phantom size must be at least {MIN_SIZE_PX} pixels, got {self.size_px}")
+        check_phantom_size(self.size_px)
         check_pixel_spacing(self.pixel_spacing_mm, "phantom")  # the range every command shares
         if self.seed < 0:
             raise InputError(f"seed must be >= 0, got {self.seed}")
