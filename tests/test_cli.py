@@ -49,6 +49,8 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     (["dataset", "--bogus"], ["No such option '--bogus'", "jsnsynth dataset --help"]),
     (["quantify", "a.png"], ["Missing argument 'FOLLOWUP'", "jsnsynth quantify --help"]),
     (["no-such-command"], ["No such command 'no-such-command'", "jsnsynth --help"]),
+    (["phantom", "--n"], ["'--n' requires an argument", "jsnsynth phantom --help"]),  # no context yet
+    (["lsn", "train", "--config"], ["'--config' requires an argument", "jsnsynth lsn train --help"]),
 ])
 def test_usage_errors_are_one_line(args: list[str], names: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     # click's own form is a four-line block; every other error of the command line is one line
@@ -59,10 +61,13 @@ def test_usage_errors_are_one_line(args: list[str], names: list[str], capsys: py
     assert all(name in lines[0] for name in names)
 
 
-def test_bare_command_shows_the_help(capsys: pytest.CaptureFixture[str]) -> None:
-    main([])
+@pytest.mark.parametrize("args", [[], ["lsn"]])
+def test_bare_command_shows_the_help(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 2
     captured = capsys.readouterr()
-    assert "Commands:" in captured.out + captured.err
+    shown = captured.out + captured.err
+    assert shown.startswith("Usage: jsnsynth") and "Commands:" in shown and len(shown.splitlines()) > 5
+    assert "jsnsynth: error" not in shown
 
 
 def _option(command: click.Command, name: str) -> click.Parameter:

@@ -351,13 +351,20 @@ def _interrupted(args: list[str]) -> str:
     return "jsnsynth: interrupted"
 
 
-def _usage_error_line(exc: click.UsageError) -> str:
+def _usage_error_line(exc: click.UsageError, args: list[str]) -> str:
     """A usage error (an option missing or out of range, an unknown command) as our one line,
     with where to read the command's options, instead of click's four-line block."""
-    line = f"jsnsynth: error: {one_line(exc.format_message(), limit=None, whole=True)}"
     if exc.ctx is not None:
-        line += f" (see '{exc.ctx.command_path} --help')"
-    return line
+        command_path = exc.ctx.command_path
+    else:  # an option given without its value fails before click makes the command's context
+        words, command = ["jsnsynth"], cli
+        for arg in args:
+            if not isinstance(command, click.Group) or arg not in command.commands:
+                break
+            words.append(arg)
+            command = command.commands[arg]
+        command_path = " ".join(words)
+    return f"jsnsynth: error: {one_line(exc.format_message(), limit=None, whole=True)} (see '{command_path} --help')"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         return exc.exit_code
     except click.UsageError as exc:
-        click.echo(_usage_error_line(exc), err=True)
+        click.echo(_usage_error_line(exc, args), err=True)
         return exc.exit_code
     except click.ClickException as exc:
         exc.show()
