@@ -4,7 +4,7 @@ Real visit pairs (the first two visits of the first ``--series`` multi-visit ser
 finger-joint folder, follow-up masks given) are measured as they are and after each change of how
 they are stored, applied alike to both images and all masks: 16-bit instead of 8-bit, padded on
 one side, mirrored, turned (the joint frame given, turned with them), masks eroded or dilated,
-upsampled. Real visits differ in 3-D pose, so the table gives the largest change of JSN, for the
+up- or downsampled. Real visits differ in 3-D pose, so the table gives the largest change of JSN, for the
 pairs the method does not flag and, apart, for those it does. Synthetic noise-free pairs (the
 dataset builder, phantom and real layers) show the same changes against exact truth. Writes the
 tables to docs/quantify.md (between the ``bench_quantify_inputs`` markers).
@@ -40,6 +40,8 @@ Pair = tuple[np.ndarray, ...]
 #: Paddings tried: every side, these widths, a constant (zero) fill and the edge replicated.
 PAD_WIDTHS_PX = (7, 40, 101)
 MASK_CHANGE_PX = 2
+#: Resolutions tried: factor -> label.
+RESAMPLINGS = {2.0: "upsampled x 2 (cubic)", 0.5: "downsampled x 0.5 (pixel area)"}
 
 
 def padded(pair: Pair, side: str, width: int, mode: str) -> Pair:
@@ -75,14 +77,18 @@ def mirrored(pair: Pair) -> Pair:
     return tuple(np.ascontiguousarray(a[:, ::-1]) for a in pair)
 
 
-def upsampled(pair: Pair) -> Pair:
-    """``pair`` at twice the resolution (images cubic, masks nearest)."""
-    def up(a: np.ndarray) -> np.ndarray:
-        size = (2 * a.shape[1], 2 * a.shape[0])
+def resampled(pair: Pair, factor: float) -> Pair:
+    """``pair`` at ``factor`` times the resolution: up, images cubic and masks nearest; down,
+    images by pixel area and masks by majority. ``cv2.resize`` puts pixel centre ``x`` at
+    ``factor (x + 0.5) - 0.5``."""
+    def one(a: np.ndarray) -> np.ndarray:
+        size = (int(round(factor * a.shape[1])), int(round(factor * a.shape[0])))
         if a.dtype == bool:
-            return cv2.resize(a.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
-        return cv2.resize(a, size, interpolation=cv2.INTER_CUBIC)
-    return tuple(up(a) for a in pair)
+            if factor > 1:
+                return cv2.resize(a.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+            return cv2.resize(a.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+        return cv2.resize(a, size, interpolation=cv2.INTER_CUBIC if factor > 1 else cv2.INTER_AREA)
+    return tuple(one(a) for a in pair)
 
 
 def measure(pair: Pair, spacing_mm: float = DEFAULT_PIXEL_SPACING_MM, frame: tuple | None = None):
@@ -126,8 +132,9 @@ def real_rows(folder: Path, n_series: int) -> list[str]:
         for grow, word in ((False, "eroded"), (True, "dilated")):
             result = measure(masks_changed(pair, grow))
             record(f"masks {word} by {MASK_CHANGE_PX} px", result.jsn_px - reference.jsn_px, reference, result)
-        result = measure(upsampled(pair), DEFAULT_PIXEL_SPACING_MM / 2)
-        record("upsampled x 2 (cubic), spacing halved: change in mm", result.jsn_mm - reference.jsn_mm, reference, result)
+        for factor, label in RESAMPLINGS.items():
+            result = measure(resampled(pair, factor), DEFAULT_PIXEL_SPACING_MM / factor)
+            record(f"{label}, spacing to match: change in mm", result.jsn_mm - reference.jsn_mm, reference, result)
         print(f"{name}: reference {reference.jsn_px:+.4f} px{' (flagged)' if reference.mismatch else ''}", file=sys.stderr)
     lines = []
     for label, changes in variants.items():
@@ -161,20 +168,22 @@ def synthetic_rows(spec: str, n_pairs: int, seed: int, tmp: Path) -> list[str]:
         (x, y), axis = frame
         return mirrored(pair), ((pair[0].shape[1] - 1 - x, y), -axis)
 
-    def upsampled_result(*args, joint_center_xy=None, joint_axis_deg=None, pixel_spacing_mm=None, **masks):
-        # cv2.resize maps pixel centre x to 2 x + 0.5; the JSN is read back in the stored pixels
-        base, follow, upper, lower = args
-        pair = upsampled((base, follow, upper, lower, masks["followup_upper_mask"], masks["followup_lower_mask"]))
-        x, y = joint_center_xy
-        result = measure(pair, pixel_spacing_mm / 2, ((2 * x + 0.5, 2 * y + 0.5), joint_axis_deg))
-        return dataclasses.replace(result, jsn_px=result.jsn_px / 2)
+    def resampled_method(factor: float) -> Callable:
+        def method(*args, joint_center_xy=None, joint_axis_deg=None, pixel_spacing_mm=None, **masks):
+            # the JSN is read back in the stored pixels
+            pair = resampled((*args, masks["followup_upper_mask"], masks["followup_lower_mask"]), factor)
+            x, y = joint_center_xy
+            center = (factor * (x + 0.5) - 0.5, factor * (y + 0.5) - 0.5)
+            result = measure(pair, pixel_spacing_mm / factor, (center, joint_axis_deg))
+            return dataclasses.replace(result, jsn_px=result.jsn_px / factor)
+        return method
 
     methods = {
         "as stored": quantify_pair,
         "mirrored left-right (the frame mirrored)": changed(mirror),
         f"masks eroded by {MASK_CHANGE_PX} px": changed(lambda pair, frame: (masks_changed(pair, False), frame)),
         f"masks dilated by {MASK_CHANGE_PX} px": changed(lambda pair, frame: (masks_changed(pair, True), frame)),
-        "upsampled x 2 (cubic; JSN read in the stored pixels)": upsampled_result,
+        **{f"{label} (JSN read in the stored pixels)": resampled_method(factor) for factor, label in RESAMPLINGS.items()},
     }
     lines, plain = [], None
     for label, method in methods.items():

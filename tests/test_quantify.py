@@ -217,18 +217,19 @@ def test_coarse_fine_disagreement_allowed_grows_with_the_picture():
     stats = {name: {"rms_after": 0.0, "explained": 1.0, "clipped": 0.0} for name in regions}
 
     def flags(side_px):
-        scale = reg.picture_scale((side_px, side_px // 2))
-        return assess_reliability(image, image, regions, fits, coarse, stats, (48.0, 48.0), picture_scale=scale).flags
+        scale = reg.limit_scale(reg.resolution_scale((side_px, side_px // 2)))
+        return assess_reliability(image, image, regions, fits, coarse, stats, (48.0, 48.0),
+                                  pixel_limit_scale=scale).flags
 
     assert flags(256) == [f"lower: fine fit moved {moved:.1f} px from the coarse one"]
     assert flags(512) == []
     assert flags(128) == flags(256)  # never stricter than on the crops it was set on
 
 
-def test_settings_for_a_larger_picture_scale_every_length():
+def test_settings_for_another_picture_size_scale_the_lengths():
     settings = RegistrationSettings()
-    assert settings.for_picture((256, 200)) is settings and settings.for_picture((100, 128)) is settings
-    wide = settings.for_picture((300, 512))
+    assert reg.resolution_scale((256, 200)) == 1.0 and settings.for_resolution(1.0) is settings
+    wide = settings.for_resolution(reg.resolution_scale((300, 512)))
     assert wide.levels == settings.levels + 1
     for name in ("dilate_px", "global_dilate_px", "exclude_px", "border_px", "clipped_margin_px", "window_margin_px",
                  "residual_lag_px", "smooth_sigma_px", "mapping_denoise_sigma_px", "robust_smoothing_px"):
@@ -236,35 +237,57 @@ def test_settings_for_a_larger_picture_scale_every_length():
     for name in ("common_blur_variance_px2", "max_blur_difference_px2"):
         assert getattr(wide, name) == 4 * getattr(settings, name), name
     assert wide.tolerance_px == settings.tolerance_px and wide.coarse_angles_deg == settings.coarse_angles_deg
-    assert settings.for_picture((384, 384)).dilate_px == 6 and settings.for_picture((384, 384)).levels == 2
+    assert settings.for_resolution(1.5).dilate_px == 6 and settings.for_resolution(1.5).levels == 2
+    # smaller: the anatomy's lengths shrink (to 1 px at least); the blur search and the pyramid stay
+    half = settings.for_resolution(reg.resolution_scale((128, 100)))
+    assert (half.dilate_px, half.exclude_px, half.border_px, half.smooth_sigma_px) == (2, 4, 6, 0.25)
+    assert settings.for_resolution(0.125).dilate_px == 1
+    for name in ("levels", "window_margin_px", "residual_lag_px", "common_blur_variance_px2", "max_blur_difference_px2"):
+        assert getattr(half, name) == getattr(settings, name), name
+    assert RegistrationSettings(levels=0).for_resolution(4.0).levels == 0
 
 
-def _twice_as_fine(image: np.ndarray) -> np.ndarray:
-    size = (2 * image.shape[1], 2 * image.shape[0])
+def test_a_larger_picture_without_pyramid_levels_is_registered():
+    # the per-bone phase correlations run a level up per octave; with levels=0 the follow-up's
+    # pyramid was rebuilt too short for them (IndexError from 363 px on)
+    layers, pair = _phantom_pair(3, 3, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
+    images = (quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask)
+    result = quantify_pair(*(_resampled(image, 2.0) for image in images), settings=RegistrationSettings(levels=0))
+    assert math.isfinite(result.jsn_px)
+
+
+def _resampled(image: np.ndarray, factor: float) -> np.ndarray:
+    """``image`` resampled by ``factor`` (2: cubic; 1/2: pixel area), masks by majority."""
+    size = (int(round(factor * image.shape[1])), int(round(factor * image.shape[0])))
     if image.dtype == bool:
-        return cv2.resize(image.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
-    return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+        if factor > 1:
+            return cv2.resize(image.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        return cv2.resize(image.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+    return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC if factor > 1 else cv2.INTER_AREA)
 
 
+@pytest.mark.parametrize("factor", [2.0, 0.5])
 @pytest.mark.parametrize("seed", [3, 7])
-def test_a_finer_crop_of_the_same_pair_measures_the_same(seed):
-    # with the bands and the pyramid set in pixels of 256 px crops, the same phantom pairs at
-    # twice the resolution read 0.009 and 0.011 px away from their 256 px readings, over regions
-    # 4.07-4.08 times as large; ten real visit pairs lower by 0.015 mm on average, by up to 2.6
-    # standard errors. Now the regions hold the same anatomy and the readings agree.
+def test_the_same_pair_at_another_resolution_measures_the_same(seed, factor):
+    # with the bands, smoothing lengths and pyramid set in pixels of 256 px crops, these phantom
+    # pairs read 0.009 and 0.011 px (x 2; 0.009 and 0.006 px x 1/2, in 256 px pixels) away from
+    # their 256 px readings, over regions 4.07-4.08 (0.22-0.23) times as large; real visit pairs,
+    # up to 2.6 (4) of their standard errors. Now the regions hold the same anatomy. At 128 px
+    # these noise-free pairs read within 0.0063 px either way.
     config = PairConfig(noise=False, jsn_px=(-3.0, 3.0), magnification=(1.06, 1.10), rotation_deg=10.0,
                         translation_px=20.0, flexion_deg=5.0)
     layers, pair = _phantom_pair(seed, seed % 4, config)
     images = (quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask)
     (x, y), axis_deg = pair.baseline_layers.joint_center_xy, pair.baseline_layers.joint_axis_deg
     stored = quantify_pair(*images, joint_center_xy=(x, y), joint_axis_deg=axis_deg)
-    # cv2.resize puts pixel centre x at 2 x + 0.5
-    finer = quantify_pair(*map(_twice_as_fine, images), pixel_spacing_mm=stored.pixel_spacing_mm / 2,
-                          joint_center_xy=(2 * x + 0.5, 2 * y + 0.5), joint_axis_deg=axis_deg)
-    assert abs(finer.jsn_mm - stored.jsn_mm) < 0.005 * stored.pixel_spacing_mm
-    assert abs(stored.jsn_px - pair.jsn_px) < 0.01 and not stored.mismatch and not finer.mismatch
+    # cv2.resize puts pixel centre x at factor (x + 0.5) - 0.5
+    center = (factor * (x + 0.5) - 0.5, factor * (y + 0.5) - 0.5)
+    other = quantify_pair(*(_resampled(image, factor) for image in images),
+                          pixel_spacing_mm=stored.pixel_spacing_mm / factor, joint_center_xy=center, joint_axis_deg=axis_deg)
+    assert abs(other.jsn_mm - stored.jsn_mm) < (0.005 if factor > 1 else 0.01) * stored.pixel_spacing_mm
+    assert abs(stored.jsn_px - pair.jsn_px) < 0.01 and not stored.mismatch and not other.mismatch
     for name in ("upper", "lower"):
-        assert finer.bones[name]["n_pixels"] / stored.bones[name]["n_pixels"] == pytest.approx(4.0, rel=0.015)
+        assert other.bones[name]["n_pixels"] / stored.bones[name]["n_pixels"] == pytest.approx(factor**2, rel=0.02)
 
 
 def test_magnified_follow_up_is_reached_by_the_coarse_scales():

@@ -55,7 +55,7 @@ MIN_CONTRAST = 1e-4
 #: strays; a mask mostly there says the box is not the picture.
 MIN_MASK_IN_PICTURE = 0.9
 #: Largest per-bone phase-correlation shift (px, on top of the global alignment) taken as the
-#: bone's own on a 256 px picture, in proportion on larger ones (``register.picture_scale``):
+#: bone's own on the reference crops, in proportion on finer ones (``register.limit_scale``):
 #: repositioning, flexion and JSN change move a bone by a few pixels; a larger peak is another
 #: structure's.
 BONE_PEAK_MAX_PX = 8.0
@@ -362,8 +362,10 @@ def quantify_pair(
             (:func:`resolve_joint_frame`).
         joint_axis_deg: baseline joint axis (0 = upper bone on top, axis straight down);
             default :func:`~jsnsynth.synth.layers.joint_axis_from_masks` of the baseline masks.
-        settings: registration tuning, for 256 px crops; a larger picture is registered with
-            :meth:`~jsnsynth.quantify.register.RegistrationSettings.for_picture` of them.
+        settings: registration tuning, for 256 px crops; a larger or smaller picture is
+            registered with their
+            :meth:`~jsnsynth.quantify.register.RegistrationSettings.for_resolution` at its
+            :func:`~jsnsynth.quantify.register.resolution_scale`.
         pixel_spacing_source: label recorded with the spacing (default "option", or "nominal").
         keep_residuals: keep the residual maps on the result, for
             :func:`~jsnsynth.quantify.reliability.save_residual_figure` (four full-frame maps; off
@@ -430,11 +432,12 @@ def quantify_pair(
                 follow_masks = None
         local_center = (center[0] - left, center[1] - top)
     # lengths set on 256 px crops, for the picture registered
-    settings = settings.for_picture(base.shape)
+    scale = reg.resolution_scale(base.shape)
+    settings = settings.for_resolution(scale)
     clipping = (reg.clipping_levels(base), reg.clipping_levels(follow))
     try:
         fits, coarse, bones_info, jsn_variance_of, t_coarse, t_fine, follow_coef = _register_bones(
-            base, follow, upper, lower, local_center, follow_masks, settings, clipping)
+            base, follow, upper, lower, local_center, follow_masks, settings, clipping, scale)
     except np.linalg.LinAlgError:  # a degenerate least-squares problem: nothing to register
         raise InputError("registration failed: the images hold too little structure in the bone regions") from None
     pu, pl = fits["upper"].params, fits["lower"].params
@@ -454,7 +457,7 @@ def quantify_pair(
             maps[key][cut] = picture_map
     variance = jsn_variance_of(jsn_gradient(pu, pl, joint_axis_deg))
     report: ReliabilityReport = assess_reliability(base, follow, regions, fits, coarse, raw_stats, local_center,
-                                                   picture_scale=reg.picture_scale(base.shape))
+                                                   pixel_limit_scale=reg.limit_scale(scale))
     t_rel = time.perf_counter() - t0
 
     bones = {}
@@ -493,14 +496,17 @@ def quantify_pair(
     )
 
 
-def _register_bones(base, follow, upper, lower, center, follow_masks, settings, clipping):
+def _register_bones(base, follow, upper, lower, center, follow_masks, settings, clipping, scale):
     """Coarse global + per-bone coarse + multi-scale fine fit of two pictures (a padded crop cut
-    to its picture; ``clipping``: both images' :func:`~jsnsynth.quantify.register.clipping_levels`);
+    to its picture; ``clipping``: both images' :func:`~jsnsynth.quantify.register.clipping_levels`;
+    ``settings`` for their :func:`~jsnsynth.quantify.register.resolution_scale` ``scale``);
     returns the fits, diagnostics, and the variance of a function of both bones'
     `(a, b, tx, ty)` from its gradient."""
     t0 = time.perf_counter()
     coarse_level = reg.coarse_level_for(base.shape)
     n_levels = max(settings.levels, coarse_level)
+    # the per-bone phase correlations' level: half resolution of a reference crop
+    pc_level = min(1 + reg.extra_octaves(scale), n_levels)
     pyr_b = reg.build_pyramid(base, n_levels, settings.smooth_sigma_px)
     pyr_f = reg.build_pyramid(follow, n_levels, settings.smooth_sigma_px)
     follow_coef = spline_coefficients(follow)  # the raw follow-up's interpolant, shared by every stage below
@@ -539,28 +545,27 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             reg.flat_samples(joint_window, settings.mapping_denoise_sigma_px / f_map), settings.intensity_mapping_order
         )
         # the coarse stage is done: only the levels still to come are rebuilt
-        pyr_f = reg.build_pyramid(reg.apply_polynomial(follow, mapping), min(max(settings.levels, 1), n_levels),
+        pyr_f = reg.build_pyramid(reg.apply_polynomial(follow, mapping), min(max(settings.levels, pc_level), n_levels),
                                   settings.smooth_sigma_px)
     # full resolution is prepared separately below when the blurs are matched
     first_fine = 1 if settings.match_blur and settings.levels > 0 else 0
     stacks_f = [None] * first_fine + [spline_coefficients(level) for level in pyr_f[first_fine:settings.levels + 1]]
 
-    # per-bone windowed phase correlation on top of the global alignment (half resolution, of a
-    # 256 px crop)
-    pc_level = min(1 + reg.picture_octaves(base.shape), n_levels)
+    # per-bone windowed phase correlation on top of the global alignment
     f_pc = 2**pc_level
     c_pc = (center[0] / f_pc, center[1] / f_pc)
     warped = reg.warp_into_baseline(pyr_f[pc_level], reg.scale_params(global_params, 1.0 / f_pc), c_pc)
     coarse = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
-        region = reg.bone_region(mask, other, settings.dilate_px + 2, settings.exclude_px, settings.border_px, f_pc)
+        region = reg.bone_region(mask, other, settings.dilate_px + max(1, round(2 * scale)), settings.exclude_px,
+                                 settings.border_px, f_pc)
         window = reg.tapered_window(region, 2.0)
         shift, _ = reg.phase_correlation_shift(pyr_b[pc_level], warped, window)
         shift = shift * f_pc
         params = global_params.copy()
         # a finer crop of the same joint moves by more pixels: at 512 px with the 256 px limit,
         # real bones' own moves were cut off and the fine fits moved 4-5 px from the coarse ones
-        if np.hypot(*shift) < BONE_PEAK_MAX_PX * reg.picture_scale(base.shape):
+        if np.hypot(*shift) < BONE_PEAK_MAX_PX * reg.limit_scale(scale):
             a, b = params[0], params[1]
             params[2] += a * shift[0] - b * shift[1]
             params[3] += b * shift[0] + a * shift[1]

@@ -121,8 +121,8 @@ class RegistrationSettings:
         max_blur_difference_px2: :data:`MAX_BLUR_DIFFERENCE_PX2`.
         residual_lag_px: :data:`RESIDUAL_LAG_PX`.
 
-    Every length is set for the 256 x 256 joint crops of the field; :meth:`for_picture` gives
-    the settings for another picture.
+    Every length is set for the 256 x 256 joint crops of the field; :meth:`for_resolution`
+    gives the settings for a larger or smaller picture.
     """
 
     smooth_sigma_px: float = 0.5
@@ -151,38 +151,46 @@ class RegistrationSettings:
     max_blur_difference_px2: float = MAX_BLUR_DIFFERENCE_PX2
     residual_lag_px: int = RESIDUAL_LAG_PX
 
-    def for_picture(self, shape: tuple[int, int]) -> RegistrationSettings:
-        """These settings for a picture of ``shape``: every length (px) times its
-        :func:`picture_scale`, every blur variance (px^2) times its square, and one more pyramid
-        level per octave (:func:`picture_octaves`); the settings themselves for pictures up to
-        256 px.
+    def for_resolution(self, scale: float) -> RegistrationSettings:
+        """These settings for a picture ``scale`` times finer than the reference crops
+        (:func:`resolution_scale`); the settings themselves at 1.
+
+        The lengths of the anatomy (the regions' bands, the edge border, the margin around
+        clipped pixels, the smoothing lengths) are times ``scale``, at least 1 px. What the blur
+        search needs (its variances, times ``scale^2``; the fit windows' margin and the
+        residual lag, which must reach as far as its kernels) and the pyramid (one more level
+        per octave, :func:`extra_octaves`) grow on finer pictures only: a sampled Gaussian
+        narrower than the common blur is no Gaussian, and with no level above full resolution
+        the blurs are not matched at all.
 
         A finer crop of the same joint spreads the same anatomy, blur and repositioning over
         more pixels. With the lengths kept at their 256 px values, 24 real visit pairs upsampled
-        x 2 read JSN 0.015 mm lower on average (up to 2.6 standard errors apart, docs/quantify.md
-        method step 2); scaled, within 0.64 standard errors."""
-        scale = picture_scale(shape)
+        x 2 read JSN 0.015 mm lower on average (up to 2.6 standard errors apart), and halved to
+        128 px 0.030 mm lower (up to 4.0); scaled, within 0.62 and 1.4 standard errors
+        (docs/quantify.md, method step 2). ``quantify_pair`` applies this to the settings it is
+        given, which are therefore those of 256 px crops."""
         if scale == 1.0:
             return self
+        up = limit_scale(scale)
 
-        def length(value_px: int) -> int:
-            return int(round(value_px * scale))
+        def length(value_px: int, factor: float) -> int:
+            return max(1, int(round(value_px * factor))) if value_px > 0 else 0
 
         return replace(
             self,
-            levels=self.levels + picture_octaves(shape) if self.levels > 0 else 0,
+            levels=self.levels + extra_octaves(scale) if self.levels > 0 else 0,
             smooth_sigma_px=self.smooth_sigma_px * scale,
-            dilate_px=length(self.dilate_px),
-            global_dilate_px=length(self.global_dilate_px),
-            exclude_px=length(self.exclude_px),
+            dilate_px=length(self.dilate_px, scale),
+            global_dilate_px=length(self.global_dilate_px, scale),
+            exclude_px=length(self.exclude_px, scale),
             mapping_denoise_sigma_px=self.mapping_denoise_sigma_px * scale,
             robust_smoothing_px=self.robust_smoothing_px * scale,
-            border_px=length(self.border_px),
-            clipped_margin_px=length(self.clipped_margin_px),
-            window_margin_px=length(self.window_margin_px),
-            common_blur_variance_px2=self.common_blur_variance_px2 * scale**2,
-            max_blur_difference_px2=self.max_blur_difference_px2 * scale**2,
-            residual_lag_px=length(self.residual_lag_px),
+            border_px=length(self.border_px, scale),
+            clipped_margin_px=length(self.clipped_margin_px, scale),
+            window_margin_px=length(self.window_margin_px, up),
+            common_blur_variance_px2=self.common_blur_variance_px2 * up**2,
+            max_blur_difference_px2=self.max_blur_difference_px2 * up**2,
+            residual_lag_px=length(self.residual_lag_px, up),
         )
 
 
@@ -289,25 +297,34 @@ def content_box(*images: np.ndarray) -> tuple[int, int, int, int]:
     return top, height - bottom, left, width - right
 
 
-#: Larger side (px) of the pictures the quantifier's limits in pixels were set on: the 256 x 256
-#: joint crops of the field. The same joint cropped at a finer resolution moves by more pixels,
-#: so those limits grow in proportion on larger pictures (:func:`picture_scale`).
+#: Larger side (px) of the crops the quantifier's lengths and limits in pixels were set on: the
+#: 256 x 256 joint crops of the field (:func:`resolution_scale`).
 REFERENCE_PICTURE_PX = 256
 
 
-def picture_scale(shape: tuple[int, int]) -> float:
-    """How many times a picture of ``shape`` exceeds :data:`REFERENCE_PICTURE_PX` on its larger
-    side; 1 for smaller pictures, where the limits stay as set.
+def resolution_scale(shape: tuple[int, int]) -> float:
+    """How many times finer than the reference crops a picture of ``shape`` samples its joint,
+    taken as its larger side over :data:`REFERENCE_PICTURE_PX`: joint crops frame one joint.
 
-    The picture's size stands for its resolution, as joint crops frame one joint: a crop that
-    frames more (a whole finger) at the same resolution gets looser limits than it needs."""
-    return max(1.0, max(shape) / REFERENCE_PICTURE_PX)
+    Not the pixel spacing: it would say the resolution only where it is known and the images'
+    blur scales with it, which it does not in jsnsynth's own phantoms (blur set in pixels; at
+    0.1 and 0.25 mm/px they measured as well or better with the 256 px settings). A crop that
+    frames more than the joint is taken for a finer one: phantoms of 512 and 768 px at
+    0.175 mm/px measured as well so (docs/quantify.md, method step 2)."""
+    return max(shape) / REFERENCE_PICTURE_PX
 
 
-def picture_octaves(shape: tuple[int, int]) -> int:
-    """How many pyramid levels (octaves) a picture of ``shape`` lies above the 256 px crops the
-    settings were set on: :func:`picture_scale` rounded to a power of two."""
-    return int(round(math.log2(picture_scale(shape))))
+def limit_scale(scale: float) -> float:
+    """Factor for the limits in pixels (a bone's phase-correlation reach, the coarse/fine
+    disagreement allowed) at :func:`resolution_scale` ``scale``: they grow on finer pictures
+    and are never stricter than on the reference crops."""
+    return max(1.0, scale)
+
+
+def extra_octaves(scale: float) -> int:
+    """Pyramid levels a picture at :func:`resolution_scale` ``scale`` adds above the reference
+    crops' (``scale`` rounded to a power of two; none for coarser pictures)."""
+    return max(0, int(round(math.log2(scale))))
 
 
 def replicate_picture_edge(image: np.ndarray, content: tuple[int, int, int, int]) -> np.ndarray:

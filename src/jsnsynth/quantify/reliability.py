@@ -57,8 +57,8 @@ RESIDUAL_FLOOR_FRACTION = 0.087
 #: Residual ratio above which a pair is a mismatch.
 MISMATCH_RATIO = 6.0
 #: Coarse/fine disagreement of a bone's displacement at its region's centroid (px) above which a
-#: pair is a mismatch, on pictures up to 256 px; in proportion on larger ones
-#: (:func:`~jsnsynth.quantify.register.picture_scale`).
+#: pair is a mismatch, on the reference crops and coarser ones; in proportion on finer ones
+#: (:func:`~jsnsynth.quantify.register.limit_scale`).
 MISMATCH_JUMP_PX = 3.0
 #: Condition number of the normalised geometric Hessian above which the fit is ill-posed.
 MAX_CONDITION = 1e7
@@ -198,12 +198,12 @@ def assess_reliability(
     coarse: dict[str, np.ndarray],
     stats: dict[str, dict[str, Any]],
     center_xy: tuple[float, float],
-    picture_scale: float = 1.0,
+    pixel_limit_scale: float = 1.0,
 ) -> ReliabilityReport:
     """Score a registration and decide whether it is a mismatch (see the module docstring).
 
-    ``picture_scale``: :func:`~jsnsynth.quantify.register.picture_scale` of the images, which
-    scales the coarse/fine disagreement allowed (``MISMATCH_JUMP_PX``).
+    ``pixel_limit_scale``: :func:`~jsnsynth.quantify.register.limit_scale` of the images'
+    resolution, which scales the coarse/fine disagreement allowed (``MISMATCH_JUMP_PX``).
 
     ``fits`` are the bones' final fits (``params``, ``hessian``: the geometric Gauss-Newton
     Hessian per lever length with the photometric terms profiled out, ``converged``,
@@ -215,7 +215,7 @@ def assess_reliability(
     flags: list[str] = []
     report = ReliabilityReport(score=1.0, mismatch=False, noise_std=noise)
     meaningless = False  # a fit whose numbers mean nothing: reliability 0
-    max_jump_px = MISMATCH_JUMP_PX * picture_scale
+    max_jump_px = MISMATCH_JUMP_PX * pixel_limit_scale
     for name, fit in fits.items():
         ratio = stats[name]["rms_after"] / expected
         report.residual_ratio[name] = ratio
