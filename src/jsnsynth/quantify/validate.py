@@ -33,6 +33,7 @@ import numpy as np
 
 from jsnsynth.errors import InputError, exception_line
 from jsnsynth.quantify.crlb import display_noise_std_from_clean, jsn_crlb_px
+from jsnsynth.quantify.register import RegistrationSettings, resolution_scale
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.io import check_writable, decode_png, json_text, make_output_folder, write_files_atomic
 from jsnsynth.synth.xray import ImagingParams
@@ -327,6 +328,8 @@ def pair_crlb_px(record: dict) -> float:
     base_clean = _as_display(record["baseline_clean"])
     follow_clean = _as_display(record["followup_clean"])
     bits = 16 if np.asarray(record["baseline"]).dtype == np.uint16 else 8
+    # the regions of the quantifier, whose bands follow the picture's size
+    settings = RegistrationSettings().for_resolution(resolution_scale(follow_clean.shape))
     return jsn_crlb_px(
         follow_clean,
         record["baseline_upper_mask"],
@@ -338,6 +341,8 @@ def pair_crlb_px(record: dict) -> float:
         display_noise_std_from_clean(base_clean, imaging_of(record, "baseline")),
         display_noise_std_from_clean(follow_clean, imaging_of(record, "followup")),
         bit_depth=bits,
+        dilate_px=settings.dilate_px,
+        border_px=settings.border_px,
     )
 
 
