@@ -87,8 +87,9 @@ def test_help_ranges_are_the_library_checks() -> None:
                           ("separate", "pixel_spacing_mm")):
         kind = _option(cli.commands[command], name).type
         assert (kind.min, kind.max) == PIXEL_SPACING_RANGE_MM, command
-    from jsnsynth.quantify.quantifier import MIN_SIDE_PX
+    from jsnsynth.quantify.quantifier import MIN_LONG_SIDE_PX, MIN_SIDE_PX
 
+    assert f"{MIN_LONG_SIDE_PX} px on the longer side" in cli.commands["quantify"].help
     assert f"at least {MIN_SIDE_PX}x{MIN_SIDE_PX} px" in cli.commands["quantify"].help
     assert f"at least {MIN_SIDE_PX}x{MIN_SIDE_PX} px" in cli.commands["separate"].help
 

@@ -163,7 +163,7 @@ def test_library_rejects_n_below_one(tmp_path: Path) -> None:
         write_phantom_samples(tmp_path / "p", 0)
 
 
-@pytest.mark.parametrize("size_px", [63, 4097, 100.5])
+@pytest.mark.parametrize("size_px", [63, 4097, 100.5, float("nan"), float("inf")])
 def test_library_rejects_sizes_out_of_range(size_px: float, tmp_path: Path) -> None:
     from jsnsynth.errors import InputError
 

@@ -273,7 +273,8 @@ def test_the_same_pair_at_another_resolution_measures_the_same(seed, factor):
     # pairs read 0.009 and 0.011 px (x 2; 0.009 and 0.006 px x 1/2, in 256 px pixels) away from
     # their 256 px readings, over regions 4.07-4.08 (0.22-0.23) times as large; real visit pairs,
     # up to 2.6 (4) of their standard errors. Now the regions hold the same anatomy. At 128 px
-    # these noise-free pairs read within 0.0063 px either way.
+    # these noise-free pairs read within 0.0063 px either way: there the JSN check only guards
+    # against breakage, and the regions' size tells the scaling.
     config = PairConfig(noise=False, jsn_px=(-3.0, 3.0), magnification=(1.06, 1.10), rotation_deg=10.0,
                         translation_px=20.0, flexion_deg=5.0)
     layers, pair = _phantom_pair(seed, seed % 4, config)
@@ -549,6 +550,25 @@ def test_bad_arrays_are_rejected():
     other[:, 60:] = True
     with pytest.raises(InputError):
         quantify_pair(pair["baseline"], pair["followup"], side_by_side, other)
+
+
+@pytest.mark.parametrize("size, padded", [((40, 40), False), ((48, 56), False), ((48, 48), True)])
+def test_pictures_too_small_to_measure_are_rejected(size, padded):
+    # with the bands shrunk to 1 px, pictures of 32-48 px were measured 4-8.5 standard errors
+    # wide of the truth, unflagged
+    layers, pair = _phantom_pair(3, 3, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
+    images = [cv2.resize(quantize(image), size, interpolation=cv2.INTER_AREA) for image in (pair.baseline, pair.followup)]
+    masks = [cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+             for mask in (layers.upper_mask, layers.lower_mask)]
+    if padded:  # the array is large enough, its picture is not
+        images = [np.pad(image, 20, mode="edge") for image in images]
+        masks = [np.pad(mask, 20) for mask in masks]
+    with pytest.raises(InputError, match="64 px on the longer side"):
+        quantify_pair(*images, *masks)
+    wider = [cv2.resize(quantize(image), (64, 48), interpolation=cv2.INTER_AREA) for image in (pair.baseline, pair.followup)]
+    masks = [cv2.resize(mask.astype(np.float32), (64, 48), interpolation=cv2.INTER_AREA) > 0.5
+             for mask in (layers.upper_mask, layers.lower_mask)]
+    assert math.isfinite(quantify_pair(*wider, *masks).jsn_px)
 
 
 def _columns_alike(image: np.ndarray, ramp_per_px: float) -> np.ndarray:

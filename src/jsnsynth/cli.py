@@ -179,7 +179,8 @@ def quantify_command(baseline, followup, upper_mask, lower_mask, followup_upper_
                      pixel_spacing, residual_figure, json_out, joint_center, joint_axis_deg) -> None:
     """Measure JSN progression between BASELINE and FOLLOWUP (JSON on stdout; + = narrowing).
 
-    Images of at least 32x32 px, the same size; strict JSON (a number that is not finite is null).
+    Images of at least 32x32 px and 64 px on the longer side, the same size; strict JSON (a number
+    that is not finite is null).
 
     JSN is read at the joint centre along the joint axis; both default to the frame computed from
     the baseline masks (jsnsynth.synth.layers.joint_frame_from_masks), the frame in which jsnsynth

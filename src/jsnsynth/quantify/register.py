@@ -156,7 +156,7 @@ class RegistrationSettings:
         (:func:`resolution_scale`); the settings themselves at 1.
 
         The lengths of the anatomy (the regions' bands, the edge border, the margin around
-        clipped pixels, the smoothing lengths) are times ``scale``, at least 1 px. What the blur
+        clipped pixels: whole pixels, at least 1; the smoothing lengths) are times ``scale``. What the blur
         search needs (its variances, times ``scale^2``; the fit windows' margin and the
         residual lag, which must reach as far as its kernels) and the pyramid (one more level
         per octave, :func:`extra_octaves`) grow on finer pictures only: a sampled Gaussian

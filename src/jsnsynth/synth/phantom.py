@@ -211,7 +211,7 @@ class PhantomParams:
 def check_phantom_size(size_px: float) -> None:
     """Raise :class:`InputError` unless ``size_px`` is a whole number of pixels from
     :data:`MIN_SIZE_PX` to :data:`MAX_SIZE_PX`."""
-    if int(size_px) != size_px or not MIN_SIZE_PX <= size_px <= MAX_SIZE_PX:
+    if not MIN_SIZE_PX <= size_px <= MAX_SIZE_PX or int(size_px) != size_px:  # NaN fails the range first
         raise InputError(f"phantom size must be a whole number of {MIN_SIZE_PX} to {MAX_SIZE_PX} pixels, got {size_px}")
 
 
