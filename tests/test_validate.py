@@ -124,7 +124,7 @@ def test_a_run_stopped_before_any_pair_leaves_no_folder(dataset, tmp_path, monke
     out = tmp_path / "report"
     assert main(["validate", str(dataset), "--method", "stopping_plugin:stop", "--out", str(out)]) == 130
     assert not out.exists()
-    assert capsys.readouterr().err.strip().endswith("jsnsynth: interrupted; rerun the same command to resume")
+    assert capsys.readouterr().err.splitlines() == ["jsnsynth: interrupted; rerun the same command to resume"]
     sys.modules.pop("stopping_plugin", None)
 
 

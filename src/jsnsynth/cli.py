@@ -30,7 +30,21 @@ PHANTOM_SIZE_PX = click.IntRange(64, 4096)
 PIXEL_SPACING = click.FloatRange(0.02, 1.0)
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+class _Interrupted(Exception):
+    """Ctrl-C inside a command, carried past click, which would print a blank line first."""
+
+
+class _Group(click.Group):
+    """The command group: a Ctrl-C in any command reaches :func:`main` as :class:`_Interrupted`."""
+
+    def invoke(self, ctx: click.Context):  # noqa: D102  (click's)
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _Interrupted from None
+
+
+@click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "--version", "-V", prog_name="jsnsynth")
 def cli() -> None:
     """Finger-joint radiographs with exactly known joint space narrowing (JSN).
@@ -379,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # argv as given: click expands wildcards itself on Windows only when it reads sys.argv
         cli.main(args=argv, prog_name="jsnsynth", standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, _Interrupted):
         click.echo(_interrupted(args), err=True)
         return 130
     except click.exceptions.NoArgsIsHelpError as exc:  # a bare `jsnsynth`: the help is the answer
