@@ -619,7 +619,8 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
                     windows = [(reg.raise_to(bw, exponent_b), reg.raise_to(fw, exponent_f), r) for bw, fw, r in windows]
                     fit_windows = [(bw, fw, r) for (bw, fw, _), r in zip(windows, unclipped)]
                     samples = reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x)
-                    matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2, settings.max_blur_difference_px2)
+                    matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2,
+                                              settings.max_blur_difference_px2)
                     if settings.intensity_mapping_order == 0:  # else the search after the mapping
                         blur_x = matcher.variance_difference([fw for _, fw, _ in windows], rounds=1, initial=blur_x)
             mapping = None

@@ -155,11 +155,11 @@ class RegistrationSettings:
         """These settings for a picture ``scale`` times finer than the reference crops
         (:func:`resolution_scale`); the settings themselves at 1.
 
-        The lengths of the anatomy (the regions' bands, the edge border, the margin around
-        clipped pixels: whole pixels, at least 1; the smoothing lengths) are times ``scale``. What the blur
-        search needs (its variances, times ``scale^2``; the fit windows' margin and the
-        residual lag, which must reach as far as its kernels) and the pyramid (one more level
-        per octave, :func:`extra_octaves`) grow on finer pictures only: a sampled Gaussian
+        The lengths of the anatomy are times ``scale``: the regions' bands, the edge border and
+        the margin around clipped pixels (whole pixels, at least 1), and the smoothing lengths.
+        What the blur search needs (its variances, times ``scale^2``; the fit windows' margin
+        and the residual lag, which must reach as far as its kernels) and the pyramid (one more
+        level per octave, :func:`extra_octaves`) grow on finer pictures only: a sampled Gaussian
         narrower than the common blur is no Gaussian, and with no level above full resolution
         the blurs are not matched at all.
 
@@ -310,7 +310,8 @@ def resolution_scale(shape: tuple[int, int]) -> float:
     blur scales with it, which it does not in jsnsynth's own phantoms (blur set in pixels; at
     0.1 and 0.25 mm/px they measured as well or better with the 256 px settings). A crop that
     frames more than the joint is taken for a finer one: phantoms of 512 and 768 px at
-    0.175 mm/px measured as well so (docs/quantify.md, method step 2)."""
+    0.175 mm/px measured as well so as with the 256 px settings (docs/quantify.md, method
+    step 2)."""
     return max(shape) / REFERENCE_PICTURE_PX
 
 
@@ -1047,7 +1048,6 @@ def gaussian_blur(image: np.ndarray, sigma_px: float, pad_px: int = 16) -> np.nd
     if sigma_px < MIN_BLUR_SIGMA_PX:
         return image
     return BlurSpectrum(image, pad_px).blurred(sigma_px)
-
 
 
 #: Smallest blur (px) :func:`sampled_gaussian_blur` is used for: the search blurs by at least
