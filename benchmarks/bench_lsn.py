@@ -41,6 +41,7 @@ from jsnsynth.lsn.data import (  # noqa: E402
     reference_attenuations,
     smooth_reference_attenuations,
 )
+from jsnsynth.lsn import infer as lsn_infer  # noqa: E402
 from jsnsynth.lsn import model as lsn_model  # noqa: E402
 from jsnsynth.lsn.evaluate import separation_metrics  # noqa: E402
 from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, load_model, separate_intensity  # noqa: E402
@@ -303,6 +304,15 @@ def evaluate_jsn(cache, indices, model, count: int, pixel_spacing_mm: float = 0.
             f"max |error| {np.abs(errors).max() * 1000:.1f} µm over {errors.size} pairs; {failed} failed.")
 
 
+def mirror_averaged(predict):
+    """``predict`` (``infer.predict_logits``) averaged over the crop and its left-right mirror."""
+    def averaged(model, intensity):
+        shares, masks = predict(model, intensity)
+        mirrored_shares, mirrored_masks = predict(model, np.ascontiguousarray(intensity[:, ::-1]))
+        return 0.5 * (shares + mirrored_shares[:, :, ::-1]), 0.5 * (masks + mirrored_masks[:, :, ::-1])
+    return averaged
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fingerjoints", type=Path, default=REPO.parent / "shared" / "data" / "fingerjoints")
@@ -315,9 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-doc", action="store_true", help="print the table only")
     parser.add_argument("--mask-only-gate", action="store_true",
                         help="ablation: gate the bone layers by the masks alone (no band; the round-1 model)")
+    parser.add_argument("--mirror-tta", action="store_true",
+                        help="trial: average the network's logits over each crop and its left-right mirror")
     args = parser.parse_args(argv)
     if args.mask_only_gate:  # a zero-width band: band_gate returns the mask itself
         lsn_model.BAND_FULL_PX, lsn_model.BAND_END_PX = 0, 1
+    if args.mirror_tta:
+        lsn_infer.predict_logits = mirror_averaged(lsn_infer.predict_logits)
 
     torch.set_num_threads(1)
     model = load_model(args.weights)

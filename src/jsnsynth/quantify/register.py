@@ -167,7 +167,7 @@ class RegistrationSettings:
         more pixels. With the lengths kept at their 256 px values, 24 real visit pairs upsampled
         x 2 read JSN 0.015 mm lower on average (up to 2.6 standard errors apart), and halved to
         128 px 0.030 mm lower (up to 4.0); scaled, within 0.62 and 1.4 standard errors
-        (docs/quantify.md, method step 2). ``quantify_pair`` applies this to the settings it is
+        (``benchmarks/bench_quantify_resolution.py``). ``quantify_pair`` applies this to the settings it is
         given, which are therefore those of 256 px crops."""
         if scale == 1.0:
             return self
@@ -310,8 +310,8 @@ def resolution_scale(shape: tuple[int, int]) -> float:
     blur scales with it, which it does not in jsnsynth's own phantoms (blur set in pixels; at
     0.1 and 0.25 mm/px they measured as well or better with the 256 px settings). A crop that
     frames more than the joint is taken for a finer one: phantoms of 512 and 768 px at
-    0.175 mm/px measured as well so as with the 256 px settings (docs/quantify.md, method
-    step 2)."""
+    0.175 mm/px measured as well so as with the 256 px settings
+    (``benchmarks/bench_quantify_resolution.py``)."""
     return max(shape) / REFERENCE_PICTURE_PX
 
 
