@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mirror-tta", action="store_true",
                         help="trial: average the network's logits over each crop and its left-right mirror")
     args = parser.parse_args(argv)
+    if args.mask_only_gate or args.mirror_tta:  # a trial, not the bundled model: its table stays out of the docs
+        args.no_doc = True
     if args.mask_only_gate:  # a zero-width band: band_gate returns the mask itself
         lsn_model.BAND_FULL_PX, lsn_model.BAND_END_PX = 0, 1
     if args.mirror_tta:

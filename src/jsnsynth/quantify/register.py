@@ -165,7 +165,7 @@ class RegistrationSettings:
 
         A finer crop of the same joint spreads the same anatomy, blur and repositioning over
         more pixels. With the lengths kept at their 256 px values, 24 real visit pairs upsampled
-        x 2 read JSN 0.015 mm lower on average (up to 2.6 standard errors apart), and halved to
+        x 2 read JSN 0.0125 mm lower on average (up to 2.6 standard errors apart), and halved to
         128 px 0.030 mm lower (up to 4.0); scaled, within 0.62 and 1.4 standard errors
         (``benchmarks/bench_quantify_resolution.py``). ``quantify_pair`` applies this to the settings it is
         given, which are therefore those of 256 px crops."""
@@ -310,7 +310,7 @@ def resolution_scale(shape: tuple[int, int]) -> float:
     blur scales with it, which it does not in jsnsynth's own phantoms (blur set in pixels; at
     0.1 and 0.25 mm/px they measured as well or better with the 256 px settings). A crop that
     frames more than the joint is taken for a finer one: phantoms of 512 and 768 px at
-    0.175 mm/px measured as well so as with the 256 px settings
+    0.175 mm/px measured as well so as with the settings of 256 px crops
     (``benchmarks/bench_quantify_resolution.py``)."""
     return max(shape) / REFERENCE_PICTURE_PX
 
