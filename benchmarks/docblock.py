@@ -3,6 +3,7 @@ figures that may or may not be committed."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -32,3 +33,15 @@ def write_doc_block(doc: Path, name: str, block: str, title: str = "Benchmarks")
         text = f"{text.rstrip()}\n\n{start}\n{block}\n{end}\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
+
+
+def command_line(script: str, options: Sequence[tuple[str, object, object]]) -> str:
+    """The command that reproduces a benchmark run, in backticks: ``benchmarks/<script>`` with
+    each ``(option, value, default)`` whose value is not its default (a list: its items)."""
+    words = [".venv/bin/python", f"benchmarks/{script}"]
+    for name, value, default in options:
+        if value is None or value == default:
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        words += [f"--{name}", *(f"{item:g}" if isinstance(item, float) else str(item) for item in items)]
+    return "`" + " ".join(words) + "`"
