@@ -14,7 +14,11 @@ the quantifier runs and with the scale taken from the spacing (0.175 mm/px over 
 jsnsynth's phantoms set their blur in pixels, so a finer spacing is not a finer detector there,
 and a larger size at 0.175 mm/px frames more around the same joint.
 
-Writes both tables between the ``bench_quantify_resolution`` markers of docs/quantify.md.
+A third table shows why pictures under ``quantifier.MIN_LONG_SIDE_PX`` are refused: default-noise
+phantom pairs (``--small-pairs``) reduced by pixel area to smaller pictures, measured with that
+limit lifted, against their truth.
+
+Writes the tables between the ``bench_quantify_resolution`` markers of docs/quantify.md.
 
     .venv/bin/python benchmarks/bench_quantify_resolution.py --fingerjoints ../shared/data/fingerjoints
 """
@@ -32,7 +36,8 @@ import numpy as np
 from bench_quantify_inputs import resampled  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from docblock import command_line, write_doc_block  # noqa: E402
 
-from jsnsynth.quantify import register
+from jsnsynth.errors import InputError
+from jsnsynth.quantify import quantifier, register
 from jsnsynth.quantify.quantifier import keep_freed_heap, quantify_pair
 from jsnsynth.quantify.real import load_visit, multi_visit_series
 from jsnsynth.quantify.validate import method_arguments, read_pairs
@@ -42,6 +47,8 @@ from jsnsynth.synth.pairs import PairConfig
 from jsnsynth.synth.sources import open_source
 
 FACTORS = (0.5, 0.75, 1.5, 2.0, 3.0, 4.0)
+#: Picture sizes of the third table (px, larger side).
+SMALL_SIZES_PX = (256, 96, 64, 48, 32)
 #: Phantom datasets of the second table: (size px, pixel spacing mm).
 PHANTOM_SETS = ((256, 0.1), (256, 0.25), (512, DEFAULT_PIXEL_SPACING_MM), (768, DEFAULT_PIXEL_SPACING_MM))
 
@@ -56,6 +63,51 @@ def fixed_scale(scale: float) -> Iterator[None]:
         yield
     finally:
         register.resolution_scale = by_size
+
+
+@contextlib.contextmanager
+def no_size_limit() -> Iterator[None]:
+    """Within: pictures of any size are measured (``quantifier.MIN_LONG_SIDE_PX`` lifted)."""
+    limit = quantifier.MIN_LONG_SIDE_PX
+    quantifier.MIN_LONG_SIDE_PX = 0
+    try:
+        yield
+    finally:
+        quantifier.MIN_LONG_SIDE_PX = limit
+
+
+def small_picture_rows(n_pairs: int, seed: int, tmp: Path) -> list[str]:
+    """Rows of the third table: JSN errors of default-noise phantom pairs reduced to smaller pictures."""
+    folder = tmp / "phantom_small"
+    build_dataset(open_source("phantom"), folder, n_pairs=n_pairs, seed=seed, layers_every=0,
+                  split_fractions=(0.0, 0.0, 1.0), pair_config=PairConfig(jsn_px=(-3.0, 3.0)), quiet=True)
+    records = list(read_pairs(folder))
+    names = ("baseline", "followup", "baseline_upper_mask", "baseline_lower_mask", "followup_upper_mask",
+             "followup_lower_mask")
+    lines = []
+    for size_px in SMALL_SIZES_PX:
+        errors, in_se, refused = [], [], 0
+        for record in records:
+            factor = size_px / max(np.asarray(record["baseline"]).shape)
+            pair = resampled(tuple(np.asarray(record[name]) for name in names), factor)
+            center = (factor * (float(record["joint_center_x"]) + 0.5) - 0.5,
+                      factor * (float(record["joint_center_y"]) + 0.5) - 0.5)
+            try:
+                with no_size_limit():
+                    result = quantify_pair(*pair[:4], float(record["pixel_spacing_mm"]) / factor, *pair[4:],
+                                           joint_center_xy=center, joint_axis_deg=float(record["joint_axis_deg"]))
+            except InputError:  # too few pixels left in a bone's region
+                refused += 1
+                continue
+            error = result.jsn_px - factor * float(record["jsn_px"])
+            errors.append(error / factor)  # in pixels of the 256 px grid
+            in_se.append(error / result.jsn_se_px)
+        errors_px, in_se = np.array(errors), np.abs(np.array(in_se))
+        lines.append(f"| {size_px} | {len(errors)} ({refused} refused) | {np.sqrt(np.mean(errors_px**2)):.4f} | "
+                     f"{np.sqrt(np.mean(errors_px**2)) * DEFAULT_PIXEL_SPACING_MM:.4f} | {np.median(in_se):.2f} | "
+                     f"{int(np.sum(in_se > 3))} |")
+        print(lines[-1], file=sys.stderr)
+    return lines
 
 
 def phantom_rows(n_pairs: int, seed: int, tmp: Path) -> list[str]:
@@ -99,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--series", type=int, default=30, help="real visit pairs (one per series)")
     parser.add_argument("--factors", type=float, nargs="+", default=list(FACTORS))
     parser.add_argument("--phantom-pairs", type=int, default=16, help="pairs per phantom dataset")
+    parser.add_argument("--small-pairs", type=int, default=30, help="pairs of the small-picture table")
     parser.add_argument("--seed", type=int, default=5, help="seed of the phantom datasets")
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
@@ -132,16 +185,20 @@ def main(argv: list[str] | None = None) -> int:
         print(lines[-1], file=sys.stderr)
     phantoms = ["| phantom size px | pixel spacing mm | pairs | JSN RMSE px, scale from the size (as the quantifier runs) "
                 "| JSN RMSE px, scale from the spacing |", "|---|---|---|---|---|"]
+    small = ["| picture px (larger side) | pairs | JSN RMSE, px of the 256 px grid | the same, mm | median "
+             "\\|error\\| / reported SE | pairs over 3 SE |", "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         phantoms += phantom_rows(args.phantom_pairs, args.seed, Path(tmp))
+        small += small_picture_rows(args.small_pairs, args.seed, Path(tmp))
     command = command_line("bench_quantify_resolution.py", [
         ("fingerjoints", args.fingerjoints, None), ("series", args.series, 30), ("factors", args.factors, list(FACTORS)),
-        ("phantom-pairs", args.phantom_pairs, 16), ("seed", args.seed, 5)])
+        ("phantom-pairs", args.phantom_pairs, 16), ("small-pairs", args.small_pairs, 30), ("seed", args.seed, 5)])
     block = (f"Generated by {command} (visits 0 and 1 of the first {args.series} multi-visit series, follow-up masks "
              f"given, default joint frame; {n_flagged} pairs flagged at 256 px left out; change against the 256 px "
              "reading, 0.175 mm/px nominal, the spacing divided by the factor. Phantom datasets: noise-free, default "
-             f"ranges, JSN change within +-3 px, seed {args.seed}, the dataset's joint frame).\n\n" + "\n".join(lines)
-             + "\n\n" + "\n".join(phantoms))
+             f"ranges, JSN change within +-3 px, seed {args.seed}, the dataset's joint frame; the small-picture "
+             f"table: default noise, reduced by pixel area, {quantifier.MIN_LONG_SIDE_PX} px limit lifted).\n\n"
+             + "\n".join(lines) + "\n\n" + "\n".join(phantoms) + "\n\n" + "\n".join(small))
     write_doc_block(args.docs / "quantify.md", "bench_quantify_resolution", block, title="Quantifier")
     return 0
 

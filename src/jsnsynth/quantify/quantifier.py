@@ -47,8 +47,8 @@ RESULT_VERSION = "1.0"
 MIN_SIDE_PX = 32
 #: Smallest longer side of the picture registered: a quarter of the 256 px crops the lengths were
 #: set on, where the bands are 1-3 px. Below it the error grows fast: 30 default-noise phantom
-#: pairs reduced by pixel area measured JSN RMSE 0.0069 px at 256 px, 0.073 at 64, 0.23 at 48 and
-#: 0.85 at 32 (in pixels of the 256 px grid; 0.15 mm at 32 px).
+#: pairs reduced by pixel area measured JSN RMSE 0.0094 px at 256 px, 0.068 at 64, 0.18 at 48 and
+#: 0.89 at 32 (in pixels of the 256 px grid; 0.16 mm at 32 px; bench_quantify_resolution.py).
 MIN_LONG_SIDE_PX = 64
 #: Fewest pixels of a bone mask, and of the region registered for it: below this a fit has
 #: nothing to hold on to (a bone crossed by a few tens of pixels gave 0.4 px errors, unflagged).
