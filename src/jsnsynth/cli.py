@@ -2,8 +2,8 @@
 
 Every command parses its options, calls one library function and prints where its outputs went.
 Errors caused by input are reported as a single ``jsnsynth: error: ...`` line with exit code 1;
-usage errors are such a line too and exit with 2 (click's convention); an interrupt exits with 130 and leaves only
-complete files behind.
+usage errors are such a line too and exit with 2 (click's convention); an interrupt exits with
+130 and leaves only complete files behind.
 """
 
 from __future__ import annotations
@@ -356,10 +356,25 @@ def _silence_opencv_log() -> None:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
+def _command_path(args: list[str]) -> list[str]:
+    """The words of the command ``args`` call, from the top: ``["jsnsynth", "lsn", "train"]``."""
+    words, command = ["jsnsynth"], cli
+    for arg in args:
+        if not isinstance(command, click.Group):
+            break
+        if arg.startswith("-"):  # the group's own options (--version, --help)
+            continue
+        if arg not in command.commands:
+            break
+        words.append(arg)
+        command = command.commands[arg]
+    return words
+
+
 def _interrupted(args: list[str]) -> str:
     """The line for a run stopped by Ctrl-C: how to go on where the command can resume."""
-    words = [arg for arg in args if not arg.startswith("-")]
-    command = words[0] if words else ""
+    path = _command_path(args)
+    command = path[1] if len(path) > 1 else ""
     with_out = any(arg == "--out" or arg.startswith("--out=") for arg in args)
     if command in ("dataset", "phantom", "demo", "lsn") or (command == "validate" and with_out):
         return "jsnsynth: interrupted; rerun the same command to resume"
@@ -369,16 +384,8 @@ def _interrupted(args: list[str]) -> str:
 def _usage_error_line(exc: click.UsageError, args: list[str]) -> str:
     """A usage error (an option missing or out of range, an unknown command) as our one line,
     with where to read the command's options, instead of click's four-line block."""
-    if exc.ctx is not None:
-        command_path = exc.ctx.command_path
-    else:  # an option given without its value fails before click makes the command's context
-        words, command = ["jsnsynth"], cli
-        for arg in args:
-            if not isinstance(command, click.Group) or arg not in command.commands:
-                break
-            words.append(arg)
-            command = command.commands[arg]
-        command_path = " ".join(words)
+    # an option given without its value fails before click makes the command's context
+    command_path = exc.ctx.command_path if exc.ctx is not None else " ".join(_command_path(args))
     return f"jsnsynth: error: {one_line(exc.format_message(), limit=None, whole=True)} (see '{command_path} --help')"
 
 
@@ -411,9 +418,6 @@ def main(argv: list[str] | None = None) -> int:
         # our messages quote file names and values, which may hold a newline or control bytes
         click.echo(f"jsnsynth: error: {one_line(str(exc), limit=None, whole=True)}", err=True)
         return 1
-    except KeyboardInterrupt:
-        click.echo(_interrupted(args), err=True)
-        return 130
     except Exception as exc:  # a bug or an unforeseen input: still one line unless asked
         if os.environ.get("JSNSYNTH_DEBUG"):
             raise

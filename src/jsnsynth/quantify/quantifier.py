@@ -387,9 +387,6 @@ def quantify_pair(
     follow = as_intensity(followup, "follow-up")
     if follow.shape != base.shape:
         raise InputError(f"follow-up is {follow.shape[1]}x{follow.shape[0]}, baseline is {base.shape[1]}x{base.shape[0]}")
-    if max(base.shape) < MIN_LONG_SIDE_PX:
-        raise InputError(f"the images are {base.shape[1]}x{base.shape[0]}, at least {MIN_LONG_SIDE_PX} px on the "
-                         "longer side needed")
     upper = as_mask(upper_mask, "upper-bone", base.shape)
     lower = as_mask(lower_mask, "lower-bone", base.shape)
     check_joint_frame(joint_center_xy, joint_axis_deg, base.shape)
@@ -399,10 +396,13 @@ def quantify_pair(
     # fill's jump would spread through the smoothing into the bone regions
     content = reg.content_box(base, follow)
     top, bottom, left, right = content
-    if content != (0, base.shape[0], 0, base.shape[1]) and (
-            min(bottom - top, right - left) < MIN_SIDE_PX or max(bottom - top, right - left) < MIN_LONG_SIDE_PX):
-        raise InputError(f"the images' rows or columns repeat exactly (read as padding): the picture left is "
-                         f"{right - left}x{bottom - top}, at least {MIN_SIDE_PX}x{MIN_SIDE_PX} and "
+    padded = content != (0, base.shape[0], 0, base.shape[1])
+    # the picture registered: the whole images, or a padded crop's picture (its sides were checked
+    # against MIN_SIDE_PX with the images)
+    if max(bottom - top, right - left) < MIN_LONG_SIDE_PX or (padded and min(bottom - top, right - left) < MIN_SIDE_PX):
+        what = ("the images' rows or columns repeat exactly (read as padding): the picture left is" if padded
+                else "the images are")
+        raise InputError(f"{what} {right - left}x{bottom - top}, at least {MIN_SIDE_PX}x{MIN_SIDE_PX} and "
                          f"{MIN_LONG_SIDE_PX} px on the longer side needed")
     picture = picture_of(upper, lower, content)
     center, joint_axis_deg = resolve_joint_frame(upper, lower, joint_center_xy, joint_axis_deg, content)
@@ -569,7 +569,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     warped = reg.warp_into_baseline(pyr_f[pc_level], reg.scale_params(global_params, 1.0 / f_pc), c_pc)
     coarse = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
-        region = reg.bone_region(mask, other, settings.dilate_px + max(1, round(2 * scale)), settings.exclude_px,
+        region = reg.bone_region(mask, other, settings.dilate_px + reg.scaled_length(2, scale), settings.exclude_px,
                                  settings.border_px, f_pc)
         window = reg.tapered_window(region, 2.0)
         shift, _ = reg.phase_correlation_shift(pyr_b[pc_level], warped, window)

@@ -172,25 +172,21 @@ class RegistrationSettings:
         if scale == 1.0:
             return self
         up = limit_scale(scale)
-
-        def length(value_px: int, factor: float) -> int:
-            return max(1, int(round(value_px * factor))) if value_px > 0 else 0
-
         return replace(
             self,
             levels=self.levels + extra_octaves(scale) if self.levels > 0 else 0,
             smooth_sigma_px=self.smooth_sigma_px * scale,
-            dilate_px=length(self.dilate_px, scale),
-            global_dilate_px=length(self.global_dilate_px, scale),
-            exclude_px=length(self.exclude_px, scale),
+            dilate_px=scaled_length(self.dilate_px, scale),
+            global_dilate_px=scaled_length(self.global_dilate_px, scale),
+            exclude_px=scaled_length(self.exclude_px, scale),
             mapping_denoise_sigma_px=self.mapping_denoise_sigma_px * scale,
             robust_smoothing_px=self.robust_smoothing_px * scale,
-            border_px=length(self.border_px, scale),
-            clipped_margin_px=length(self.clipped_margin_px, scale),
-            window_margin_px=length(self.window_margin_px, up),
+            border_px=scaled_length(self.border_px, scale),
+            clipped_margin_px=scaled_length(self.clipped_margin_px, scale),
+            window_margin_px=scaled_length(self.window_margin_px, up),
             common_blur_variance_px2=self.common_blur_variance_px2 * up**2,
             max_blur_difference_px2=self.max_blur_difference_px2 * up**2,
-            residual_lag_px=length(self.residual_lag_px, up),
+            residual_lag_px=scaled_length(self.residual_lag_px, up),
         )
 
 
@@ -320,6 +316,12 @@ def limit_scale(scale: float) -> float:
     disagreement allowed) at :func:`resolution_scale` ``scale``: they grow on finer pictures
     and are never stricter than on the reference crops."""
     return max(1.0, scale)
+
+
+def scaled_length(length_px: int, scale: float) -> int:
+    """A length in whole pixels of the reference crops at :func:`resolution_scale` ``scale``:
+    rounded, and at least 1 px unless it is 0."""
+    return max(1, int(round(length_px * scale))) if length_px > 0 else 0
 
 
 def extra_octaves(scale: float) -> int:
