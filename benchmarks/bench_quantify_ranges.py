@@ -40,7 +40,7 @@ RANGES = {
         "jsn_px": (-5.0, 5.0), "rotation_deg": 10.0, "translation_px": 20.0, "magnification": (0.9, 1.1),
         "flexion_deg": 5.0},
     # narrower: every pixel of a bone lands at the same fraction between the follow-up's pixels,
-    # where interpolated noise once pulled the fit (docs/quantify.md, method step 4)
+    # where interpolated noise once pulled the fit (docs/quantify-method.md, step 4)
     "no repositioning and no flexion": {
         "rotation_deg": 0.0, "translation_px": 0.0, "magnification": (1.0, 1.0), "flexion_deg": 0.0},
     "no repositioning and no flexion, 2,500 photons per pixel": {

@@ -614,7 +614,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             samples = reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x)
             if settings.equalise_display_gamma:
                 # both visits onto one display gamma: blurs are then matched, and intensities
-                # mapped, between images whose displays bend alike (docs/quantify.md, method step 3)
+                # mapped, between images whose displays bend alike (docs/quantify-method.md, step 3)
                 ratio = reg.display_gamma_ratio(samples)
                 if ratio != 1.0:
                     exponent_b, exponent_f = ratio**-0.5, ratio**0.5
@@ -646,7 +646,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             # a sharper follow-up is blurred *before* it is mapped, as the mapping was fitted: on
             # blurred windows. The mapping stands for the two displays, which act after the
             # detector blur; blurring the mapped image instead blurs through a display
-            # nonlinearity the baseline never went through (docs/quantify.md, method step 3)
+            # nonlinearity the baseline never went through (docs/quantify-method.md, step 3)
             mapped = reg.gaussian_blur(follow, extra_blur_px[1])
             if mapping is not None:
                 mapped = reg.apply_polynomial(mapped, mapping)

@@ -1,6 +1,6 @@
 """Per-bone sub-pixel similarity registration: the numerical core of the JSN quantifier.
 
-Two stages per pair (docs/quantify.md explains the design):
+Two stages per pair (docs/quantify.md summarises the design, docs/quantify-method.md details it):
 
 1. **Coarse, cannot be fooled by large moves.** The whole joint (both bone masks, generously
    dilated) is aligned first: at the coarsest pyramid level a small set of rotations is tried,
