@@ -113,6 +113,79 @@ def test_plugin_method_loaded_by_module_function(dataset, tmp_path, monkeypatch,
     sys.modules.pop("my_jsn_plugin", None)
 
 
+def _interrupted_then_resumed(run, stop_at: int) -> tuple[list[int], list[int]]:
+    """Run ``run(method)`` with a method that stops (Ctrl-C) at its ``stop_at``-th call, then
+    again with one that does not; the calls each run made (by its first argument's mean)."""
+    calls: list[list[int]] = [[], []]
+
+    def measure(baseline, followup, *args, **kwargs):  # one name for both runs: one resume log
+        calls[resumed].append(int(round(float(np.mean(followup)))))
+        if not resumed and len(calls[0]) == stop_at:
+            raise KeyboardInterrupt
+        return {"jsn_px": float(np.mean(followup) - np.mean(baseline)) / 100.0}
+
+    resumed = 0
+    with pytest.raises(KeyboardInterrupt):
+        run(measure)
+    resumed = 1
+    run(measure)
+    return calls[0], calls[1]
+
+
+def test_validate_resumes_a_run_and_only_on_the_same_dataset(dataset, tmp_path):
+    """The resume log was keyed by the dataset's path alone: a dataset written anew at that path
+    was scored with the old rows' truth."""
+    folder = _variant(dataset, tmp_path / "ds")
+    whole = validate_dataset(folder, lambda b, f, *a, **k: {"jsn_px": float(np.mean(f) - np.mean(b)) / 100.0},
+                             tmp_path / "whole", with_crlb=False)
+    first, second = _interrupted_then_resumed(lambda m: validate_dataset(folder, m, tmp_path / "out", with_crlb=False), 2)
+    assert len(first) == 2 and len(second) == 2  # the pair logged before the stop is not measured again
+    resumed = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert resumed["overall"]["rmse_px"] == pytest.approx(whole["overall"]["rmse_px"], abs=0, rel=0)
+    assert not list((tmp_path / "out").glob(".validate-*"))  # the log goes once the report is written
+    # interrupted again, then the dataset is rebuilt at the same path with other truths
+    import shutil
+
+    with pytest.raises(KeyboardInterrupt):
+        validate_dataset(folder, _stop_on_second_call(), tmp_path / "again", with_crlb=False)
+    shutil.rmtree(folder)
+    _write_dataset(folder, jsn_values=(2.0, -2.5, 0.25))
+    validate_dataset(folder, _stop_on_second_call(stop=False), tmp_path / "again", with_crlb=False)
+    truths = [line.split(",") for line in (tmp_path / "again" / "pairs.csv").read_text().splitlines()]
+    column = truths[0].index("truth_px")
+    assert [float(row[column]) for row in truths[1:]] == [2.0, -2.5, 0.25]
+
+
+def _stop_on_second_call(stop: bool = True):
+    calls = []
+
+    def measure(baseline, followup, *args, **kwargs):
+        calls.append(1)
+        if stop and len(calls) == 2:
+            raise KeyboardInterrupt
+        return 0.0
+
+    return measure
+
+
+def test_a_plugin_that_exits_on_import_is_an_error(dataset, tmp_path, monkeypatch, capsys):
+    """``sys.exit(0)`` in a plug-in module ended 'validate' silently with exit code 0."""
+    (tmp_path / "exiting_plugin.py").write_text("import sys\nsys.exit(0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["validate", str(dataset), "--method", "exiting_plugin:f"]) == 1
+    assert "cannot import module 'exiting_plugin' (SystemExit: 0)" in _one_error(capsys)
+
+
+def test_a_plugin_in_the_current_folder_is_found(dataset, tmp_path, monkeypatch, capsys):
+    """The console script does not put the current folder on sys.path, as ``python -m`` does."""
+    (tmp_path / "local_jsn_plugin.py").write_text("def half(*args, **kwargs):\n    return 0.5\n")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", str(dataset), "--method", "local_jsn_plugin:half", "--limit", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["overall"]["n"] == 1
+    sys.modules.pop("local_jsn_plugin", None)
+
+
 def test_a_run_stopped_before_any_pair_leaves_no_folder(dataset, tmp_path, monkeypatch, capsys):
     # Ctrl-C on the first pair: nothing to resume, and the --out folder this run made was left empty
     plugin = tmp_path / "stopping_plugin.py"
@@ -197,6 +270,29 @@ def test_summarize_and_trial_dropping():
     assert stats["efficiency"] == pytest.approx(stats["rmse_px"] / 0.1)
     kept, dropped = drop_outlier_trials(np.array([0.0, 0.01, -0.01, 0.02, 2.0]), 0.3)
     assert dropped == 1 and kept.size == 4
+    # two trials that disagree: one of them is a mismatch (the dropping stopped at two)
+    kept, dropped = drop_outlier_trials(np.array([0.0, 1.0]), 0.3)
+    assert dropped == 1 and kept.size == 1
+
+
+def test_efficiency_compares_the_rmse_and_the_bound_over_the_same_pairs():
+    """A failed pair's bound entered the mean CRLB, not the RMSE: efficiency 0.014 (better than the
+    bound) for a method exactly at it; a pair without a bound, the other way round."""
+    good = {"error_px": 0.01, "pixel_spacing_mm": 0.2, "crlb_px": 0.01, "time_s": 0.5, "flagged": False}
+    failed = {**good, "error_px": float("nan"), "crlb_px": 1.0}
+    unbounded = {**good, "error_px": 5.0, "crlb_px": float("nan")}
+    assert summarize([good, failed])["efficiency"] == pytest.approx(1.0)
+    assert summarize([good, unbounded])["efficiency"] == pytest.approx(1.0)
+    assert summarize([good, failed])["crlb_rms_px"] == pytest.approx(np.sqrt((0.01**2 + 1.0) / 2))
+
+
+def test_a_mismatch_flag_must_be_a_boolean():
+    """``bool("false")`` counted a plug-in's 'not flagged' as flagged."""
+    assert read_estimate({"jsn_px": 0.1, "mismatch": np.bool_(True)})[1] is True
+    assert read_estimate({"jsn_px": 0.1, "mismatch": 0})[1] is False
+    assert read_estimate({"jsn_px": 0.1, "mismatch": None})[1] is False
+    with pytest.raises(InputError, match="method returned mismatch 'false' of type str; expected a boolean"):
+        read_estimate({"jsn_px": 0.1, "mismatch": "false"})
 
 
 def test_rmse_interval_covers_the_true_rmse_about_95_percent_of_the_time():
@@ -419,6 +515,9 @@ def test_validate_refuses_an_unfinished_dataset_run(dataset, tmp_path, capsys):
     ("joint_center_x", [float("nan")] * 3, "column 'joint_center_x' holds nan"),
     ("joint_center_x", [1e6] * 3, "'joint_center_x', 'joint_center_y' (1e+06,"),
     ("pixel_spacing_mm", [0.0] * 3, "column 'pixel_spacing_mm' holds 0.0, not a positive number"),
+    # the display chain gives the bound: a null gamma ended the run with a TypeError naming nothing
+    ("baseline_gamma", pa.array([None, 1.0, 1.0], pa.float64()), "column 'baseline_gamma' is null (pair pair-0000000)"),
+    ("followup_window_high", [float("inf")] * 3, "column 'followup_window_high' holds inf, not a finite number"),
     ("baseline_clean", [_png16(np.zeros((64, 64)))] * 3, "column 'baseline_clean' is 64x64, column 'baseline' is 96x96"),
     ("followup_clean", [{"bytes": cv2.imencode(".png", np.zeros((96, 96, 3), np.uint16))[1].tobytes(), "path": None}] * 3,
      "column 'followup_clean' is not a greyscale image"),
@@ -495,6 +594,42 @@ def test_validate_real_takes_a_method_failure_per_trial(tmp_path):
     with pytest.raises(InputError, match="failed on all 3 trials; first: RuntimeError: boom"):
         validate_real(folder, always, n_shifts=0, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_validate_real_counts_flags_among_the_trials_it_measured(tmp_path):
+    """Refused trials were counted as flagged but not as trials: a flag rate of 1.5."""
+    folder = _visit_series(tmp_path, 3)
+
+    def method(baseline, followup, *args, **kwargs):
+        i, j = _visits(baseline, followup)
+        if (i, j) == (0, 2):
+            raise RuntimeError("boom")
+        return {"jsn_px": float(j - i), "mismatch": True}
+
+    summary = validate_real(folder, method, n_shifts=0)
+    assert summary["n_trials"] == 2 and summary["n_trials_refused"] == 1 and summary["flag_rate"] == 1.0
+
+
+def test_validate_real_resumes_an_interrupted_run(tmp_path):
+    """Like 'validate', a long validate-real run goes on where Ctrl-C stopped it: the pairs it
+    had measured are not measured again, and the report is the uninterrupted run's."""
+    folder = _visit_series(tmp_path, 4)
+
+    def uninterrupted(baseline, followup, *args, **kwargs):
+        return {"jsn_px": float(np.mean(followup) - np.mean(baseline)) / 100.0}
+
+    ignored = ("time_per_trial_s", "outputs", "method")  # the clock, the folder, the function's name
+    whole = validate_real(folder, uninterrupted, n_shifts=2, out_dir=tmp_path / "whole")
+    first, second = _interrupted_then_resumed(
+        lambda m: validate_real(folder, m, n_shifts=2, out_dir=tmp_path / "out"), stop_at=7)
+    assert len(first) == 7 and len(second) == 6 * 3 - 6  # two pairs of 3 trials logged, the third redone
+    resumed = json.loads((tmp_path / "out" / "real_summary.json").read_text())
+    expected = json.loads((tmp_path / "whole" / "real_summary.json").read_text())
+    for summary in (resumed, expected):
+        for key in ignored:
+            summary.pop(key)
+    assert resumed == expected
+    assert not list((tmp_path / "out").glob(".validate-real-*"))
 
 
 def test_validate_real_checks_its_output_folder_before_the_work(tmp_path):

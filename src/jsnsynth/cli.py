@@ -215,7 +215,7 @@ def quantify_command(baseline, followup, upper_mask, lower_mask, followup_upper_
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("--method", default="register", show_default=True,
               help="register, poc, ecc, or module:function with quantify_pair's signature.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Write summary.json, pairs.csv and plots here.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Write summary.json, pairs.csv and plots here (an interrupted run resumes).")
 @click.option("--split", help="Only this split (default: all).")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many pairs.")
 def validate_command(dataset, method, out_dir, split, limit) -> None:
@@ -235,7 +235,7 @@ def validate_command(dataset, method, out_dir, split, limit) -> None:
 @cli.command("validate-real")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--method", default="register", show_default=True, help="register, poc, ecc or module:function.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Write real_summary.json, real_pairs.csv, real_series.png.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Write real_summary.json, real_pairs.csv, real_series.png (an interrupted run resumes).")
 @click.option("--limit-series", type=click.IntRange(min=1), help="Only the first N multi-visit series.")
 def validate_real_command(folder, method, out_dir, limit_series) -> None:
     """Real-series protocol on a finger-joint FOLDER: shifted-trial SD, mismatching rate, transitivity."""
@@ -376,7 +376,7 @@ def _interrupted(args: list[str]) -> str:
     path = _command_path(args)
     command = path[1] if len(path) > 1 else ""
     with_out = any(arg == "--out" or arg.startswith("--out=") for arg in args)
-    if command in ("dataset", "phantom", "demo", "lsn") or (command == "validate" and with_out):
+    if command in ("dataset", "phantom", "demo", "lsn") or (command in ("validate", "validate-real") and with_out):
         return "jsnsynth: interrupted; rerun the same command to resume"
     return "jsnsynth: interrupted"
 

@@ -20,10 +20,12 @@ Millimetres use the nominal 0.175 mm/px (the crops publish no spacing).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import cv2
@@ -31,7 +33,14 @@ import numpy as np
 
 from jsnsynth.errors import InputError
 from jsnsynth.quantify.quantifier import jsn_from_transforms, mean_similarity
-from jsnsynth.quantify.validate import check_some_estimate, load_method, method_failure, read_estimate
+from jsnsynth.quantify.validate import (
+    ResumeLog,
+    check_some_estimate,
+    file_stamps,
+    load_method,
+    method_failure,
+    read_estimate,
+)
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.fingerjoints import FingerJointRecord, read_manifest
 from jsnsynth.synth.io import (
@@ -60,10 +69,13 @@ def shift_image(image: np.ndarray, shift_xy: tuple[int, int], replicate: bool = 
 
 
 def drop_outlier_trials(values_mm: np.ndarray, max_sd_mm: float) -> tuple[np.ndarray, int]:
-    """Drop the trial farthest from the mean until the SD is below ``max_sd_mm``; return (kept, dropped)."""
+    """Drop the trial farthest from the mean until the SD is below ``max_sd_mm``; return (kept, dropped).
+
+    Two trials that still disagree lose one of them (a single trial has no spread left).
+    """
     kept = np.asarray(values_mm, dtype=np.float64)
     dropped = 0
-    while kept.size > 2 and kept.std(ddof=1) >= max_sd_mm:
+    while kept.size > 1 and kept.std(ddof=1) >= max_sd_mm:
         kept = np.delete(kept, int(np.argmax(np.abs(kept - kept.mean()))))
         dropped += 1
     return kept, dropped
@@ -133,6 +145,23 @@ def _geometry_of(result: Any) -> dict | None:
     return {name: getattr(result, name) for name in needed}
 
 
+def _loggable(trial: dict) -> dict:
+    """A trial as a line of the resume log (its transforms as numbers)."""
+    geometry = trial["geometry"]
+    if geometry is not None:
+        geometry = {**geometry, "upper": dataclasses.asdict(geometry["upper"]), "lower": dataclasses.asdict(geometry["lower"])}
+    return {**trial, "geometry": geometry}
+
+
+def _from_log(trial: dict) -> dict:
+    """:func:`_loggable` undone."""
+    geometry = trial["geometry"]
+    if geometry is not None:
+        geometry = {**geometry, "upper": Similarity(**geometry["upper"]), "lower": Similarity(**geometry["lower"]),
+                    "joint_center_xy": tuple(geometry["joint_center_xy"])}
+    return {**trial, "geometry": geometry}
+
+
 def jsn_about_reference(geometry: dict, reference_xy: np.ndarray, axis_deg: float) -> float:
     """JSN (px of the pair's baseline) of a measured pair re-evaluated about another centre and axis.
 
@@ -179,7 +208,8 @@ def validate_real(
     Args:
         folder: finger-joint folder with ``manifest.csv``.
         method: builtin name, ``module:function`` or a callable (as for validation).
-        out_dir: where to write ``real_summary.json``, ``real_pairs.csv`` and ``real_series.png``.
+        out_dir: where to write ``real_summary.json``, ``real_pairs.csv`` and ``real_series.png``;
+            None writes nothing. An interrupted run resumes from the per-pair log it keeps there.
         limit_series: only the first N series with at least two visits.
         n_shifts: shifted trials per pair besides the original.
         max_shift_px: largest integer shift per axis.
@@ -204,18 +234,79 @@ def validate_real(
     chosen = multi_visit_series(folder, limit_series)
     if not chosen:
         raise InputError(f"{folder}: no series with two or more visits")
+    log, logged = None, {}
+    if out_dir is not None:
+        inputs = [Path(folder) / "manifest.csv"] + [Path(path) for _, visits in chosen for visit in visits
+                                                     for path in (visit.image, visit.mask_upper, visit.mask_lower)]
+        log = ResumeLog(out_dir, "validate-real", [str(Path(folder).resolve()), method_name, limit_series, n_shifts,
+                                                   max_shift_px, mismatch_sd_mm, pixel_spacing_mm, seed, file_stamps(inputs)])
+        logged = log.logged("pair")
+    try:
+        pair_rows, transitivity, trials = _measure_series(
+            chosen, function, n_shifts, max_shift_px, mismatch_sd_mm, pixel_spacing_mm, seed, logged,
+            log.append if log else None)
+    except BaseException:  # stopped (Ctrl-C, an unreadable image): resumable if some pair is logged
+        if log is not None:
+            log.keep_if_resumable()
+        raise
+    try:
+        check_some_estimate(trials, method_name, "trials")
+    except InputError:  # a finished run with nothing to report: nothing to resume either
+        if log is not None:
+            log.discard()
+        raise
+    summary = {"folder": str(folder), "method": method_name, **real_summary(pair_rows, transitivity, len(chosen), pixel_spacing_mm)}
+    if out_dir is not None:
+        out = make_output_folder(out_dir)
+        paths = {key: out / name for key, name in REPORT_NAMES.items()}
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(pair_rows[0]))
+        writer.writeheader()
+        writer.writerows(pair_rows)
+        figure = _real_figure(pair_rows, transitivity, summary)
+        summary["outputs"] = {key: str(path) for key, path in paths.items()}
+        # all three or none; strict JSON (a number that is not finite is null)
+        write_files_atomic({
+            paths["pairs"]: buffer.getvalue().encode(),
+            paths["figure"]: figure,
+            paths["summary"]: (json_text({**summary, "transitivity": transitivity}) + "\n").encode(),
+        })
+        log.path.unlink(missing_ok=True)
+    return summary
+
+
+def _measure_series(
+    chosen: list[tuple[str, list[FingerJointRecord]]],
+    function: Callable,
+    n_shifts: int,
+    max_shift_px: int,
+    mismatch_sd_mm: float,
+    pixel_spacing_mm: float,
+    seed: int,
+    logged: dict[int, dict],
+    on_pair: Callable[[dict], None] | None,
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """:func:`validate_real`'s measurements: the per-pair rows, the per-triplet records and every
+    trial's estimate. Pairs in ``logged`` (by their number in the run) are taken from there;
+    each pair measured is passed to ``on_pair``."""
     pair_rows: list[dict] = []
     transitivity: list[dict] = []
     all_trials: list[dict] = []
     pair_number = 0
     for name, visits in chosen:
-        loaded = [load_visit(v) for v in visits]
+        loaded = None  # read only when a pair of the series is still to measure
         jsn, se, geometry, flagged = {}, {}, {}, {}
-        for i in range(len(loaded)):
-            for j in range(i + 1, len(loaded)):
-                rng = np.random.default_rng(np.random.SeedSequence([seed, pair_number]))
+        for i in range(len(visits)):
+            for j in range(i + 1, len(visits)):
+                if pair_number in logged:
+                    trials = [_from_log(trial) for trial in logged[pair_number]["trials"]]
+                else:
+                    loaded = loaded or [load_visit(v) for v in visits]
+                    rng = np.random.default_rng(np.random.SeedSequence([seed, pair_number]))
+                    trials = measure_pair(loaded[i], loaded[j], function, rng, n_shifts, max_shift_px, pixel_spacing_mm)
+                    if on_pair is not None:
+                        on_pair({"pair": pair_number, "trials": [_loggable(trial) for trial in trials]})
                 pair_number += 1
-                trials = measure_pair(loaded[i], loaded[j], function, rng, n_shifts, max_shift_px, pixel_spacing_mm)
                 all_trials.extend({"estimate_px": t["jsn_px"], "method_error": t["method_error"]} for t in trials)
                 values = np.array([t["jsn_mm"] for t in trials])
                 finite = values[np.isfinite(values)]
@@ -232,12 +323,13 @@ def validate_real(
                     "sd_kept_mm": float(kept.std(ddof=1)) if kept.size > 1 else float("nan"),
                     "n_trials": int(values.size), "n_dropped": dropped,
                     "n_refused": int(values.size - finite.size),
-                    "n_flagged": int(sum(t["flagged"] for t in trials)),
+                    # of the trials measured: a refused trial is counted apart (n_refused)
+                    "n_flagged": int(sum(t["flagged"] for t in trials if math.isfinite(t["jsn_px"]))),
                     "time_per_trial_s": float(np.nanmean([t["time_s"] for t in trials])),
                 })
-        for i in range(len(loaded)):
-            for k in range(i + 1, len(loaded)):
-                for j in range(k + 1, len(loaded)):
+        for i in range(len(visits)):
+            for k in range(i + 1, len(visits)):
+                for j in range(k + 1, len(visits)):
                     # each pair about its own baseline's centre (the registration paper's protocol)
                     own_residual = jsn[(i, j)] - (jsn[(i, k)] + jsn[(k, j)])
                     # all three about visit i's centre: isolates the method's own error
@@ -254,18 +346,20 @@ def validate_real(
                                          "residual_se_mm": math.sqrt(se[(i, j)] ** 2 + se[(i, k)] ** 2 + se[(k, j)] ** 2),
                                          "flagged": flagged[(i, k)] or flagged[(k, j)] or flagged[(i, j)],
                                          "residual_own_centres_mm": own_residual})
-    check_some_estimate(all_trials, method_name, "trials")
+    return pair_rows, transitivity, all_trials
+
+
+def real_summary(pair_rows: list[dict], transitivity: list[dict], n_series: int, pixel_spacing_mm: float) -> dict[str, Any]:
+    """The figures of :func:`validate_real`'s summary from its per-pair and per-triplet records."""
     sds = np.array([r["sd_trials_mm"] for r in pair_rows], dtype=np.float64)
     # trials the method refused (bad input such as overlapping masks) are reported apart
     n_refused = sum(r["n_refused"] for r in pair_rows)
     n_trials = sum(r["n_trials"] for r in pair_rows) - n_refused
     n_dropped = sum(r["n_dropped"] for r in pair_rows)
     summary: dict[str, Any] = {
-        "folder": str(folder),
-        "method": method_name,
         "pixel_spacing_mm": pixel_spacing_mm,
         "pixel_spacing_source": "nominal",
-        "n_series": len(chosen),
+        "n_series": n_series,
         "n_pairs": len(pair_rows),
         "n_trials": n_trials,
         "n_trials_refused": n_refused,
@@ -278,21 +372,6 @@ def validate_real(
         "time_per_trial_s": float(np.nanmean([r["time_per_trial_s"] for r in pair_rows])),
         "n_pairs_refused": int(sum(not math.isfinite(r["jsn_mm_original"]) for r in pair_rows)),
     }
-    if out_dir is not None:
-        out = make_output_folder(out_dir)
-        paths = {key: out / name for key, name in REPORT_NAMES.items()}
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(pair_rows[0]))
-        writer.writeheader()
-        writer.writerows(pair_rows)
-        figure = _real_figure(pair_rows, transitivity, summary)
-        summary["outputs"] = {key: str(path) for key, path in paths.items()}
-        # all three or none; strict JSON (a number that is not finite is null)
-        write_files_atomic({
-            paths["pairs"]: buffer.getvalue().encode(),
-            paths["figure"]: figure,
-            paths["summary"]: (json_text({**summary, "transitivity": transitivity}) + "\n").encode(),
-        })
     return summary
 
 

@@ -25,6 +25,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -48,11 +49,17 @@ FINITE_COLUMNS = (
     ("pixel_spacing_mm", "jsn_px", "joint_center_x", "joint_center_y", "joint_axis_deg")
     + tuple(f"{bone}_{name}" for bone in ("upper", "lower") for name in ("scale", "angle_deg", "dx", "dy"))
 )
-#: Numeric columns that may be null (no quantum noise, no electronic noise, ...).
-NULLABLE_NUMBER_COLUMNS = tuple(f"{role}_{name}" for role in ("baseline", "followup") for name in IMAGING_FIELDS)
+#: Imaging columns that may be null: no quantum noise, no electronic noise, no noise draw to replay.
+NULLABLE_IMAGING_FIELDS = ("photons_per_px", "electronic_noise", "noise_seed")
+#: Imaging columns of both images, and those of them that may be null.
+IMAGING_COLUMNS = tuple(f"{role}_{name}" for role in ("baseline", "followup") for name in IMAGING_FIELDS)
+NULLABLE_NUMBER_COLUMNS = tuple(f"{role}_{name}" for role in ("baseline", "followup") for name in NULLABLE_IMAGING_FIELDS)
+#: Columns that must hold a finite number in every row, the display chain's among them (the
+#: Cramér-Rao bound is computed from it).
+FINITE_VALUE_COLUMNS = FINITE_COLUMNS + tuple(c for c in IMAGING_COLUMNS if c not in NULLABLE_NUMBER_COLUMNS)
 REQUIRED_COLUMNS = (
     ("pair_id", "source", "joint_id", "split") + IMAGE_COLUMNS + MASK_COLUMNS + FINITE_COLUMNS + ("jsn_mm",)
-    + NULLABLE_NUMBER_COLUMNS
+    + IMAGING_COLUMNS
 )
 #: |error| above which a pair counts as a mismatch (px).
 MISMATCH_PX = 0.5
@@ -121,7 +128,7 @@ def check_number_columns(shard: Path, schema: Any) -> None:
     """
     import pyarrow as pa
 
-    for name in FINITE_COLUMNS + NULLABLE_NUMBER_COLUMNS:
+    for name in FINITE_COLUMNS + IMAGING_COLUMNS:
         kind = schema.field(name).type
         numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind)
         if not (numeric or (name in NULLABLE_NUMBER_COLUMNS and pa.types.is_null(kind))):
@@ -129,8 +136,9 @@ def check_number_columns(shard: Path, schema: Any) -> None:
 
 
 def check_truth_values(shard: Path) -> None:
-    """Refuse a shard with a null or non-finite value in a :data:`FINITE_COLUMNS` column, or a
-    pixel spacing that is not positive (reads only those columns: cheap).
+    """Refuse a shard with a null or non-finite value in a :data:`FINITE_VALUE_COLUMNS` column
+    (the truth, its frame, the display chain), or a pixel spacing that is not positive (reads
+    only those columns: cheap).
 
     Raises:
         InputError: wrong dataset schema, naming the shard, the column and the first pair.
@@ -138,11 +146,11 @@ def check_truth_values(shard: Path) -> None:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(shard, columns=["pair_id", *FINITE_COLUMNS])
+        table = pq.read_table(shard, columns=["pair_id", *FINITE_VALUE_COLUMNS])
     except Exception as exc:
         raise InputError(f"{shard}: unreadable parquet shard ({exc.__class__.__name__})") from None
     pair_ids = table.column("pair_id").to_pylist()
-    for name in FINITE_COLUMNS:
+    for name in FINITE_VALUE_COLUMNS:
         column = table.column(name)
         if column.null_count:
             first = column.to_pylist().index(None)
@@ -226,7 +234,8 @@ def read_shards(shards: list[Path], limit: int | None = None) -> Iterator[dict]:
 
 
 def load_method(spec: str | Callable) -> tuple[str, Callable]:
-    """Resolve a method: a callable, a builtin name (register, poc, ecc) or ``module:function``.
+    """Resolve a method: a callable, a builtin name (register, poc, ecc) or ``module:function``
+    (imported from ``sys.path``, with the current folder appended to it).
 
     Raises:
         InputError: unknown name, unimportable module or missing/non-callable attribute.
@@ -238,9 +247,12 @@ def load_method(spec: str | Callable) -> tuple[str, Callable]:
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise InputError(f"method '{spec}' must be register, poc, ecc or module:function")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        # as `python -m` would: a plug-in module in the current folder is found
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module that calls sys.exit() on import is no method
         raise InputError(f"method '{spec}': cannot import module '{module_name}' ({exc.__class__.__name__}: {exc})") from None
     function = getattr(module, attr, None)
     if not callable(function):
@@ -262,18 +274,34 @@ def _number(value: Any, what: str) -> float:
     raise InputError(f"method returned {what} of type {type(value).__name__}; expected a number")
 
 
+def _flag(value: Any) -> bool:
+    """A method's mismatch flag as a bool: a boolean, or 0 / 1 (Python, numpy or torch scalars);
+    None is no flag. Text is a method's mistake: ``bool("false")`` would count the pair as flagged."""
+    if value is None:
+        return False
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    dtype = str(getattr(value, "dtype", ""))
+    if not isinstance(value, (str, bytes, bytearray)) and ("bool" in dtype or "int" in dtype or isinstance(value, int)):
+        with contextlib.suppress(Exception):  # noqa: BLE001  (a third-party scalar that is no scalar)
+            number = float(value)
+            if number in (0.0, 1.0):
+                return bool(number)
+    raise InputError(f"method returned mismatch {value!r} of type {type(value).__name__}; expected a boolean")
+
+
 def read_estimate(output: Any) -> tuple[float, bool, float]:
     """``(jsn_px, flagged, jsn_se_px)`` from whatever a method returned; the standard error is
     NaN when the method reports none."""
     if hasattr(output, "jsn_px"):
         se_px = getattr(output, "jsn_se_px", None)
-        return (_number(output.jsn_px, "jsn_px"), bool(getattr(output, "mismatch", False)),
+        return (_number(output.jsn_px, "jsn_px"), _flag(getattr(output, "mismatch", False)),
                 float("nan") if se_px is None else _number(se_px, "jsn_se_px"))
     if isinstance(output, dict):
         if "jsn_px" not in output:
             raise InputError("method returned a mapping without 'jsn_px'")
         se_px = output.get("jsn_se_px")
-        return (_number(output["jsn_px"], "jsn_px"), bool(output.get("mismatch", False)),
+        return (_number(output["jsn_px"], "jsn_px"), _flag(output.get("mismatch", False)),
                 float("nan") if se_px is None else _number(se_px, "jsn_se_px"))
     try:
         return _number(output, "a value"), False, float("nan")
@@ -287,8 +315,20 @@ def read_estimate(output: Any) -> tuple[float, bool, float]:
 
 
 def imaging_of(record: dict, role: str) -> ImagingParams:
-    """The recorded :class:`ImagingParams` of the ``baseline`` or ``followup`` image."""
-    return ImagingParams.from_dict({name: record[f"{role}_{name}"] for name in IMAGING_FIELDS})
+    """The recorded :class:`ImagingParams` of the ``baseline`` or ``followup`` image (a null
+    electronic noise is none, a null noise seed 0; a null photon count is no quantum noise).
+
+    Raises:
+        InputError: a display chain that is no chain (a window whose white is not above its
+            black, a gamma that is not positive), naming the pair.
+    """
+    values = {name: record[f"{role}_{name}"] for name in IMAGING_FIELDS}
+    values["electronic_noise"] = values["electronic_noise"] or 0.0
+    values["noise_seed"] = values["noise_seed"] or 0
+    try:
+        return ImagingParams.from_dict(values)
+    except InputError as exc:
+        raise InputError(f"pair {record['pair_id']}: wrong {role} imaging record ({exc})") from None
 
 
 def noise_level_of(record: dict) -> str:
@@ -350,9 +390,10 @@ def _crlb_or_nan(record: dict) -> float:
     """:func:`pair_crlb_px`, or NaN where the bound does not exist (a singular Fisher matrix:
     bones too small or featureless to be registered at all)."""
     try:
-        return pair_crlb_px(record)
+        bound = pair_crlb_px(record)
     except np.linalg.LinAlgError:
         return float("nan")
+    return bound if math.isfinite(bound) else float("nan")
 
 
 def method_arguments(record: dict) -> tuple[tuple, dict]:
@@ -415,7 +456,8 @@ def summarize(rows: list[dict]) -> dict:
     Keys: n, rmse_px, rmse_ci95_px (:func:`rmse_interval`), bias_px, sd_px, loa_px (95 % limits
     of agreement, bias +- 1.96 SD), the same in mm, max_abs_error_px, mismatch_rate (|error| > 0.5 px or no estimate),
     flag_rate, time_per_pair_s, pairs_per_s, crlb_rms_px (sqrt of the mean CRLB variance) and
-    efficiency (RMSE / crlb_rms_px).
+    efficiency (RMSE / sqrt of the mean CRLB variance, both over the pairs with an estimate and
+    a bound).
     """
     if not rows:
         return {"n": 0}
@@ -442,9 +484,12 @@ def summarize(rows: list[dict]) -> dict:
     out["time_per_pair_s"] = float(times.mean())
     out["pairs_per_s"] = float(1.0 / times.mean()) if times.mean() > 0 else None
     if np.isfinite(crlb).any():
-        crlb_rms = float(np.sqrt(np.nanmean(crlb**2)))
-        out["crlb_rms_px"] = crlb_rms
-        out["efficiency"] = float(out["rmse_px"] / crlb_rms) if crlb_rms > 0 and "rmse_px" in out else None
+        out["crlb_rms_px"] = float(np.sqrt(np.nanmean(crlb**2)))
+        # the RMSE and the bound over the same pairs: those with an estimate and a bound (a failed
+        # pair has no error to count, a pair without a bound nothing to compare it with)
+        both = finite & np.isfinite(crlb)
+        crlb_both = float(np.sqrt(np.mean(crlb[both] ** 2))) if both.any() else 0.0
+        out["efficiency"] = (float(np.sqrt(np.mean(errors[both] ** 2)) / crlb_both) if crlb_both > 0 else None)
     return out
 
 
@@ -536,9 +581,56 @@ def check_some_estimate(rows: list[dict], method_name: str, what: str = "pairs")
         raise InputError(f"method {method_name} failed on all {len(rows)} {what}; first: {failure_reason(failed[0])}")
 
 
-def _run_key(folder: Path, method_name: str, split: str | None, limit: int | None) -> str:
-    text = json.dumps([str(folder.resolve()), method_name, split, limit])
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+def file_stamps(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
+    """Name, size and modification time of each file: what tells a run's inputs from the same
+    inputs written anew (a dataset rebuilt at the same path)."""
+    return [(os.path.realpath(path), os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in paths]
+
+
+class ResumeLog:
+    """The log that lets an interrupted run go on where it stopped.
+
+    One JSON line per finished item in ``out_dir/.<name>-<key>.jsonl``, the key a hash of
+    everything the items depend on (the options and :func:`file_stamps` of the inputs), so a
+    run with other options or rebuilt inputs starts a log of its own. A line cut short by an
+    interruption is skipped. The log is removed once the report is written, and also when a
+    run stops before any item is logged (with the output folder, if this run made it).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, name: str, key_parts: list) -> None:
+        self.created = not Path(out_dir).exists()
+        out = make_output_folder(out_dir)
+        key = hashlib.sha1(json.dumps(key_parts, default=str).encode()).hexdigest()[:12]
+        self.path = out / f".{name}-{key}.jsonl"
+
+    def logged(self, id_field: str) -> dict[Any, dict]:
+        """The items logged by earlier runs, by their ``id_field``."""
+        items: dict[Any, dict] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by an interruption
+                items[item[id_field]] = item
+        return items
+
+    def append(self, item: dict) -> None:
+        """Log one finished item."""
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(item) + "\n")
+
+    def discard(self) -> None:
+        """Remove the log, and the output folder if this run made it and it is empty."""
+        self.path.unlink(missing_ok=True)
+        if self.created:
+            with contextlib.suppress(OSError):
+                self.path.parent.rmdir()
+
+    def keep_if_resumable(self) -> None:
+        """After an interruption: keep the log only if it holds an item."""
+        if not (self.path.exists() and self.path.stat().st_size):
+            self.discard()
 
 
 def validate_dataset(
@@ -572,50 +664,29 @@ def validate_dataset(
     folder = Path(folder)
     method_name, function = load_method(method)
     shards = dataset_shards(folder, split)  # fail fast on a wrong schema
-    done: dict[str, dict] = {}
-    log_path = None
-    created = out_dir is not None and not Path(out_dir).exists()
+    log = None
     if out_dir is not None:
-        out = make_output_folder(out_dir)
-        for path in report_paths(out).values():  # before the long work, not after it
+        log = ResumeLog(out_dir, "validate", [str(folder.resolve()), method_name, split, limit, file_stamps(shards)])
+        for path in report_paths(log.path.parent).values():  # before the long work, not after it
             check_writable(path)
-        log_path = out / f".validate-{_run_key(folder, method_name, split, limit)}.jsonl"
-        if log_path.exists():
-            for line in log_path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by an interruption
-                done[row["pair_id"]] = row
-
-    def log(row: dict) -> None:
-        if log_path is not None:
-            with open(log_path, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-
-    def discard_log() -> None:
-        """No log, and no folder that this run made, left behind by a run with nothing to resume."""
-        if log_path is not None:
-            log_path.unlink(missing_ok=True)
-            if created:
-                with contextlib.suppress(OSError):
-                    log_path.parent.rmdir()
-
     try:
-        rows = validate_records(read_shards(shards, limit), function, with_crlb, done, log)
+        rows = validate_records(read_shards(shards, limit), function, with_crlb,
+                                log.logged("pair_id") if log else None, log.append if log else None)
     except BaseException:  # stopped (Ctrl-C, an unreadable pair): resumable if some pair is logged
-        if log_path is not None and not (log_path.exists() and log_path.stat().st_size):
-            discard_log()
+        if log is not None:
+            log.keep_if_resumable()
         raise
     if not rows:
-        discard_log()
+        if log is not None:
+            log.discard()
         raise InputError(f"{folder}: no pairs to validate")
     try:
         check_some_estimate(rows, method_name)
     except InputError:
         # a finished run with nothing to report: nothing to resume either (a fixed plug-in must
         # start afresh)
-        discard_log()
+        if log is not None:
+            log.discard()
         raise
     summary = {
         "dataset": str(folder),
@@ -628,8 +699,7 @@ def validate_dataset(
     if out_dir is not None:
         out = Path(out_dir)
         summary["outputs"] = write_report(rows, summary, out)
-        if log_path is not None:
-            log_path.unlink(missing_ok=True)
+        log.path.unlink(missing_ok=True)
     return summary
 
 
