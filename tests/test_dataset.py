@@ -149,6 +149,25 @@ def test_same_bytes_for_one_and_two_processes(raster_source: FingerJointsSource,
     assert _digest(tmp_path / "one") != _digest(other)
 
 
+def test_same_bytes_whatever_threads_the_calling_process_allows(raster_source: FingerJointsSource, tmp_path: Path) -> None:
+    """Made in-process with OpenCV and BLAS free to use several threads (a user's shell, unlike
+    these tests' OMP_NUM_THREADS=1), pairs differed from the workers' by one grey level in
+    hundreds of pixels: multi-threaded kernels sum in another order."""
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    build_dataset(raster_source, tmp_path / "one", 6, seed=7, num_proc=1, shard_size=3, quiet=True)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(4)
+    try:
+        with threadpool_limits(limits=4):
+            build_dataset(raster_source, tmp_path / "threads", 6, seed=7, num_proc=1, shard_size=3, quiet=True)
+        assert cv2.getNumThreads() == 4  # the caller's setting is given back
+    finally:
+        cv2.setNumThreads(before)
+    assert _digest(tmp_path / "one") == _digest(tmp_path / "threads")
+
+
 def test_interrupted_then_resumed_equals_uninterrupted(raster_source: FingerJointsSource, tmp_path: Path) -> None:
     build_dataset(raster_source, tmp_path / "whole", 10, seed=3, shard_size=2, quiet=True)
 

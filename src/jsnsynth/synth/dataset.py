@@ -52,6 +52,7 @@ from jsnsynth.synth.io import (
 from jsnsynth.synth.pairs import Pair, PairConfig, make_pair, sample_pair_params
 from jsnsynth.synth.sources import JointSource
 from jsnsynth.synth.xray import ImagingParams, quantize
+from jsnsynth.threads import single_threaded
 
 STATE_NAME = ".jsnsynth_state.json"
 CARD_NAME = "README.md"
@@ -400,10 +401,10 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(
-    source: JointSource, plan: Plan, config: DatasetConfig, single_threaded: bool = True,
+    source: JointSource, plan: Plan, config: DatasetConfig, in_worker: bool = True,
     show_warning: Callable | None = None,
 ) -> None:
-    if single_threaded:  # a pool's worker process, one per core: no nested threading inside it
+    if in_worker:  # a pool's worker process, one per core: one thread in it (see jsnsynth.threads)
         import cv2
 
         cv2.setNumThreads(1)
@@ -644,9 +645,11 @@ def _iter_rows(
 ) -> Iterator[tuple[dict, list[dict]]]:
     """Rows of ``indices`` in order, computed in-process or by ``num_proc`` workers."""
     if num_proc <= 1:
-        _init_worker(source, plan, config, single_threaded=False)
-        for index in indices:
-            yield _rows_for(index)
+        _init_worker(source, plan, config, in_worker=False)
+        # as the workers compute: one thread per library, so that the bytes are the same
+        with single_threaded():
+            for index in indices:
+                yield _rows_for(index)
         return
     context = multiprocessing.get_context("spawn")
     # Ctrl-C reaches the whole process group: the parent stops the pool and says how to resume.

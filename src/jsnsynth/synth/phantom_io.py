@@ -42,6 +42,7 @@ from jsnsynth.synth.io import (
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, check_pixel_spacing
 from jsnsynth.synth.phantom import JOINT_TYPES, PhantomParams, check_phantom_size, render_phantom, sample_phantom_params
 from jsnsynth.synth.xray import ImagingParams, quantize, render_radiograph, sample_imaging_params
+from jsnsynth.threads import single_threaded
 
 SAMPLE_PREFIX = "phantom_"
 SAMPLE_PATTERN = re.compile(r"^phantom_\d{5,}$")
@@ -229,15 +230,16 @@ def write_phantom_samples(
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_partial_outputs(out_dir)
     written = skipped = 0
-    for index in range(n):
-        folder = out_dir / sample_folder_name(index)
-        if folder.is_dir() and _is_complete(folder, settings, index):
-            skipped += 1
-        else:
-            write_phantom_sample(folder, settings, index)
-            written += 1
-        if progress is not None:
-            progress(index + 1, n)
+    with single_threaded():  # the same bytes on any machine (jsnsynth.threads)
+        for index in range(n):
+            folder = out_dir / sample_folder_name(index)
+            if folder.is_dir() and _is_complete(folder, settings, index):
+                skipped += 1
+            else:
+                write_phantom_sample(folder, settings, index)
+                written += 1
+            if progress is not None:
+                progress(index + 1, n)
     return out_dir, written, skipped
 
 
