@@ -61,6 +61,18 @@ def test_usage_errors_are_one_line(args: list[str], names: list[str], capsys: py
     assert all(name in lines[0] for name in names)
 
 
+@pytest.mark.parametrize("option", [["--pairs", "0"], ["--seed", "-1"], ["--num-proc", "0"], ["--shard-size", "0"],
+                                    ["--layers-every", "-1"], ["--flexion-deg", "31"], ["--magnification", "0.4", "1"],
+                                    ["--soft-tissue-blend-mm", "0"], ["--split", "1.2", "0", "0"]])
+def test_dataset_options_out_of_range_are_usage_errors(option: list[str], tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """They were checked by the library only: exit 1, where every other option's range gives 2."""
+    args = ["dataset", "--source", "phantom", "--pairs", "2", "--out", str(tmp_path / "ds"), *option]
+    assert main(args) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and f"'{option[0]}'" in lines[0] and "jsnsynth dataset --help" in lines[0]
+    assert not (tmp_path / "ds").exists()
+
+
 @pytest.mark.parametrize("args", [[], ["lsn"]])
 def test_bare_command_shows_the_help(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(args) == 2
@@ -87,6 +99,11 @@ def test_help_ranges_are_the_library_checks() -> None:
                           ("separate", "pixel_spacing_mm")):
         kind = _option(cli.commands[command], name).type
         assert (kind.min, kind.max) == PIXEL_SPACING_RANGE_MM, command
+    from jsnsynth.synth.pairs import PAIR_OPTION_LIMITS
+
+    for name, limits in PAIR_OPTION_LIMITS.items():
+        kind = _option(cli.commands["dataset"], name).type
+        assert (kind.min, kind.max) == limits, name
     from jsnsynth.quantify.quantifier import MIN_LONG_SIDE_PX, MIN_SIDE_PX
 
     assert f"{MIN_LONG_SIDE_PX} px on the longer side" in cli.commands["quantify"].help

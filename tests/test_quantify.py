@@ -505,6 +505,8 @@ def test_result_json_has_stable_keys():
                 "reliability", "mismatch", "flags", "timings_s"):
         assert key in record
     assert set(record["upper"]) == {"scale", "angle_deg", "dx", "dy"}
+    # the full-resolution fit's quadratic shading, as documented (it held the half-resolution bias)
+    assert all(len(record["bones"][bone]["photometric"]) == 6 for bone in ("upper", "lower"))
     json.dumps(record)
 
 

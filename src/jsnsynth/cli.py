@@ -93,6 +93,15 @@ def phantom_command(n: int, out_dir: Path, seed: int, size_px: int, pixel_spacin
     click.echo(f"wrote {written} phantom(s) to {folder}{resumed}")
 
 
+def _pair_limit(name: str) -> click.FloatRange:
+    """The range ``jsnsynth.synth.pairs.PAIR_OPTION_LIMITS`` allows a pair option, as the option's
+    type: out of it is a usage error (exit 2), as for every other option's range."""
+    from jsnsynth.synth.pairs import PAIR_OPTION_LIMITS
+
+    low, high = PAIR_OPTION_LIMITS[name]
+    return click.FloatRange(low, high)
+
+
 def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overlap_px: int):
     """``phantom`` / ``fingerjoints:DIR`` from synth; ``lsn:DIR`` from the LSN (lazy import).
 
@@ -119,20 +128,20 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
 
 @cli.command("dataset")
 @click.option("--source", "source_spec", required=True, help="phantom | fingerjoints:DIR | lsn:DIR")
-@click.option("--pairs", "n_pairs", required=True, type=int, help="Number of baseline/follow-up pairs.")
+@click.option("--pairs", "n_pairs", required=True, type=click.IntRange(min=1), help="Number of baseline/follow-up pairs.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder (new, empty, or an interrupted run to resume).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Base seed; pair i uses SeedSequence([seed, i]).")
-@click.option("--num-proc", type=int, default=1, show_default=True, help="Worker processes (output bytes do not depend on it).")
-@click.option("--shard-size", type=int, default=100, show_default=True, help="Pairs per parquet shard.")
-@click.option("--layers-every", type=int, default=10, show_default=True, help="Write the 'layers' config for every k-th pair (1: all, 0: none).")
-@click.option("--split", "split_fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), show_default=True, help="Train/validation/test fractions of source joints.")
-@click.option("--jsn-mm", type=float, nargs=2, default=(-0.5, 0.5), show_default=True, help="Range of the JSN change in mm (+ = narrowing).")
-@click.option("--jsn-px", type=float, nargs=2, default=None, help="Range of the JSN change in pixels (replaces --jsn-mm).")
-@click.option("--flexion-deg", type=float, default=2.0, show_default=True, help="Largest rotation of each bone about the joint centre.")
-@click.option("--rotation-deg", type=float, default=3.0, show_default=True, help="Largest global rotation.")
-@click.option("--magnification", type=float, nargs=2, default=(0.97, 1.03), show_default=True, help="Range of the global magnification.")
-@click.option("--translation-px", type=float, default=5.0, show_default=True, help="Largest global translation along x and y.")
-@click.option("--soft-tissue-blend-mm", type=float, default=2.0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Base seed; pair i uses SeedSequence([seed, i]).")
+@click.option("--num-proc", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes (output bytes do not depend on it).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=100, show_default=True, help="Pairs per parquet shard.")
+@click.option("--layers-every", type=click.IntRange(min=0), default=10, show_default=True, help="Write the 'layers' config for every k-th pair (1: all, 0: none).")
+@click.option("--split", "split_fractions", type=click.FloatRange(0.0, 1.0), nargs=3, default=(0.8, 0.1, 0.1), show_default=True, help="Train/validation/test fractions of source joints (summing to 1).")
+@click.option("--jsn-mm", type=_pair_limit("jsn_mm"), nargs=2, default=(-0.5, 0.5), show_default=True, help="Range of the JSN change in mm (+ = narrowing).")
+@click.option("--jsn-px", type=_pair_limit("jsn_px"), nargs=2, default=None, help="Range of the JSN change in pixels (replaces --jsn-mm).")
+@click.option("--flexion-deg", type=_pair_limit("flexion_deg"), default=2.0, show_default=True, help="Largest rotation of each bone about the joint centre.")
+@click.option("--rotation-deg", type=_pair_limit("rotation_deg"), default=3.0, show_default=True, help="Largest global rotation.")
+@click.option("--magnification", type=_pair_limit("magnification"), nargs=2, default=(0.97, 1.03), show_default=True, help="Range of the global magnification.")
+@click.option("--translation-px", type=_pair_limit("translation_px"), default=5.0, show_default=True, help="Largest global translation along x and y.")
+@click.option("--soft-tissue-blend-mm", type=click.FloatRange(min=0.0, min_open=True), default=2.0, show_default=True,
               help="The soft tissue moves with the bone that carries it, blended across this half-width about the joint line.")
 @click.option("--no-noise", is_flag=True, help="Noise-free baseline/follow-up images.")
 @click.option("--size", "size_px", type=PHANTOM_SIZE_PX, default=None,

@@ -706,6 +706,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             fits[name].iterations += joint.iterations
             fits[name].last_step_px = joint.last_step_px
             fits[name].n_pixels = int(np.count_nonzero(regions[name]))
+            fits[name].photometric = joint.shading[k]
         variance_of = functools.partial(joint.variance, max_lag_px=settings.residual_lag_px)
     else:  # the bones' own full-resolution fits, independent of each other: white residual noise
         covariance = np.zeros((8, 8))

@@ -1308,6 +1308,9 @@ class SharedScaleFit:
     unknowns: list[np.ndarray] = field(repr=False)  # each part's columns of the joint system
     residuals: list[np.ndarray] = field(repr=False)  # r per part, last iteration; NaN where not sampled
     pixels: list[tuple[np.ndarray, np.ndarray]] = field(repr=False)  # integer (x, y) of each part's pixels
+    #: per part, the coefficients of its intensity shading (:func:`shading_basis` about the
+    #: centre, per lever length): what the follow-up's intensity exceeds the baseline's by
+    shading: list[np.ndarray] = field(default_factory=list)
 
     def geometric_hessian(self, part: int) -> np.ndarray:
         """``J_fᵀ J_f`` of one part's scale, rotation and translation columns (per lever length,
@@ -1641,6 +1644,7 @@ def shared_scale_gauss_newton(
         params_from_unknowns=params_from_unknowns(state, n, per, lever_px),
         jacobians=[jac.copy() for jac in jacobians], unknowns=unknowns,
         residuals=residuals, pixels=pixels,
+        shading=[state[4 + per * k: 1 + per * (k + 1)].copy() for k in range(n)],
     )
 
 
