@@ -245,6 +245,19 @@ def test_cli_builds_a_small_phantom_dataset(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "ds" / "layers").exists()
 
 
+def test_cli_sets_the_photon_counts(tmp_path: Path, capsys) -> None:
+    """The noise level of a dataset could only be set from Python (the benchmark's ImagingRanges)."""
+    rc = main(["dataset", "--source", "phantom", "--pairs", "3", "--out", str(tmp_path / "ds"), "--size", "64",
+               "--layers-every", "0", "--photons-per-px", "2000", "3000", "--quiet"])
+    assert rc == 0
+    photons = [row[f"{role}_photons_per_px"] for row in iter_pairs(tmp_path / "ds") for role in ("baseline", "followup")]
+    assert len(photons) == 6 and all(2000 <= p <= 3000 for p in photons)
+    capsys.readouterr()
+    assert main(["dataset", "--source", "phantom", "--pairs", "3", "--out", str(tmp_path / "ds2"),
+                 "--photons-per-px", "2000", "3000", "--no-noise"]) == 1
+    assert "--no-noise" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, message, code", [(["--pairs", "0"], "pairs", 2), (["--num-proc", "0"], "num-proc", 2),
                                                   (["--split", "0.5", "0.5", "0.5"], "split", 1)])
 def test_bad_options_are_one_line_errors(tmp_path: Path, capsys, args: list[str], message: str, code: int) -> None:

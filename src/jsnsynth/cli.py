@@ -144,6 +144,9 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
 @click.option("--soft-tissue-blend-mm", type=click.FloatRange(min=0.0, min_open=True), default=2.0, show_default=True,
               help="The soft tissue moves with the bone that carries it, blended across this half-width about the joint line.")
 @click.option("--no-noise", is_flag=True, help="Noise-free baseline/follow-up images.")
+@click.option("--photons-per-px", type=click.FloatRange(min=1.0), nargs=2, default=None,
+              help="Range of the incident quanta per pixel, drawn log-uniformly for each image "
+                   "(default 5e4 1e6, little noise; the quantifier's benchmark: 4e4 5e4 low, 8e3 1.2e4 medium, 2e3 3e3 high).")
 @click.option("--size", "size_px", type=PHANTOM_SIZE_PX, default=None,
               help="Phantom image size in pixels (--source phantom only; default: the phantom's, 256).")
 @click.option("--max-mask-overlap", type=click.IntRange(min=0), default=200, show_default=True,
@@ -153,14 +156,21 @@ def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, nu
                     layers_every: int, split_fractions: tuple[float, float, float], jsn_mm: tuple[float, float],
                     jsn_px: tuple[float, float] | None, flexion_deg: float, rotation_deg: float,
                     magnification: tuple[float, float], translation_px: float, soft_tissue_blend_mm: float,
-                    no_noise: bool, size_px: int | None, max_mask_overlap: int, quiet: bool) -> None:
+                    no_noise: bool, photons_per_px: tuple[float, float] | None, size_px: int | None,
+                    max_mask_overlap: int, quiet: bool) -> None:
     """Write labelled baseline/follow-up pairs with exact JSN as a Hugging Face dataset (Hub layout)."""
     from jsnsynth.synth.dataset import build_dataset
     from jsnsynth.synth.pairs import PairConfig
+    from jsnsynth.synth.xray import ImagingRanges
 
+    if photons_per_px is not None and no_noise:
+        raise JsnSynthError("--photons-per-px sets the noise that --no-noise leaves out: give one of them")
+    if photons_per_px is not None and not photons_per_px[0] <= photons_per_px[1]:
+        raise JsnSynthError(f"--photons-per-px must be a (low, high) range, got {photons_per_px[0]:g} {photons_per_px[1]:g}")
+    imaging = ImagingRanges() if photons_per_px is None else ImagingRanges(photons_per_px=tuple(photons_per_px))
     pair_config = PairConfig(jsn_mm=jsn_mm, jsn_px=jsn_px, flexion_deg=flexion_deg, rotation_deg=rotation_deg,
                              magnification=magnification, translation_px=translation_px,
-                             soft_tissue_blend_mm=soft_tissue_blend_mm, noise=not no_noise)
+                             soft_tissue_blend_mm=soft_tissue_blend_mm, noise=not no_noise, imaging=imaging)
     source = _dataset_source(source_spec, n_pairs, size_px, max_mask_overlap)
     result = build_dataset(source, out_dir, n_pairs, seed=seed, num_proc=num_proc, shard_size=shard_size,
                            split_fractions=split_fractions, layers_every=layers_every, pair_config=pair_config,
