@@ -63,7 +63,8 @@ def test_usage_errors_are_one_line(args: list[str], names: list[str], capsys: py
 
 @pytest.mark.parametrize("option", [["--pairs", "0"], ["--seed", "-1"], ["--num-proc", "0"], ["--shard-size", "0"],
                                     ["--layers-every", "-1"], ["--flexion-deg", "31"], ["--magnification", "0.4", "1"],
-                                    ["--soft-tissue-blend-mm", "0"], ["--split", "1.2", "0", "0"]])
+                                    ["--soft-tissue-blend-mm", "0"], ["--split", "1.2", "0", "0"],
+                                    ["--flexion-deg", "nan"], ["--photons-per-px", "inf", "inf"], ["--split", "nan", "0", "1"]])
 def test_dataset_options_out_of_range_are_usage_errors(option: list[str], tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     """They were checked by the library only: exit 1, where every other option's range gives 2."""
     args = ["dataset", "--source", "phantom", "--pairs", "2", "--out", str(tmp_path / "ds"), *option]
@@ -101,6 +102,9 @@ def test_help_ranges_are_the_library_checks() -> None:
         assert (kind.min, kind.max) == PIXEL_SPACING_RANGE_MM, command
     from jsnsynth.synth.pairs import PAIR_OPTION_LIMITS
 
+    from jsnsynth import cli as cli_module
+
+    assert cli_module.PAIR_OPTION_LIMITS == PAIR_OPTION_LIMITS
     for name, limits in PAIR_OPTION_LIMITS.items():
         kind = _option(cli.commands["dataset"], name).type
         assert (kind.min, kind.max) == limits, name

@@ -727,6 +727,9 @@ def test_cli_quantify_rejects_bad_input(tmp_path, capsys, problem):
     if problem == "spacing_absurd":
         assert rc == 2 and "0.02<=x<=1.0" in err  # a usage error, with the range --help states
         return
+    if problem == "axis_nan":  # a usage error too, as every option's value that is no number
+        assert rc == 2 and "'nan' is not a finite number" in err and len(err.splitlines()) == 1
+        return
     assert rc == 1
     assert err.startswith("jsnsynth: error:") and len(err.splitlines()) == 1
     assert not (tmp_path / "fig.png").exists() and not (tmp_path / "fig.gif").exists()

@@ -22,6 +22,7 @@ from jsnsynth.quantify.reference import ecc_quantify
 from jsnsynth.quantify.toy import toy_pair
 from jsnsynth.quantify.validate import (
     IMAGING_FIELDS,
+    ResumeLog,
     load_method,
     read_estimate,
     read_pairs,
@@ -630,6 +631,87 @@ def test_validate_real_resumes_an_interrupted_run(tmp_path):
             summary.pop(key)
     assert resumed == expected
     assert not list((tmp_path / "out").glob(".validate-real-*"))
+
+
+def test_validate_real_logs_transforms_given_as_numpy_values(tmp_path):
+    """With --out, a plug-in whose transforms held numpy scalars or arrays ended the run: the
+    resume log could not write them."""
+    folder = _visit_series(tmp_path, 3)
+
+    class Result:
+        def __init__(self, i, j):
+            self.jsn_px = np.float64(j - i)
+            self.upper = Similarity(np.float32(1.0), np.float32(0.0), np.float32(j - i), np.float32(0.0), 16.0, 16.0)
+            self.lower = Similarity(1.0, 0.0, 0.0, 0.0, 16.0, 16.0)
+            self.joint_center_xy = np.array([16.0, 16.0])
+            self.joint_axis_deg = np.float64(0.0)
+
+    def method(baseline, followup, *args, **kwargs):
+        return Result(*_visits(baseline, followup))
+
+    summary = validate_real(folder, method, n_shifts=0, out_dir=tmp_path / "out")
+    assert summary["n_pairs"] == 3 and summary["transitivity_common_centre"]
+
+
+def _two_series(tmp_path: Path) -> Path:
+    """Two one-pair series, A and B, of the flat images of :func:`_visit_series`."""
+    folder = tmp_path / "joints"
+    rows = ["series,series_id,side,joint_code,image,mask_upper,mask_lower,soft_tissue"]
+    upper = np.zeros((32, 32), np.uint8)
+    upper[:12] = 255
+    lower = np.zeros((32, 32), np.uint8)
+    lower[20:] = 255
+    for name in ("0000A_L_2", "0000B_L_2"):
+        (folder / name).mkdir(parents=True)
+        for visit in range(2):
+            (folder / name / f"v{visit}.png").write_bytes(encode_png(np.full((32, 32), 40 * (visit + 1), np.uint8)))
+            for part, m in (("upper", upper), ("lower", lower)):
+                (folder / name / f"v{visit}_mask_{part}.png").write_bytes(encode_png(m))
+            rows.append(f"{name},{name[:5]},L,2,{name}/v{visit}.png,{name}/v{visit}_mask_upper.png,"
+                        f"{name}/v{visit}_mask_lower.png,{name}/v{visit}.png")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_validate_real_resumes_past_a_repaired_file(tmp_path):
+    """A run stopped by a damaged mask kept a log keyed by every input's stamp: once the mask was
+    mended, nothing matched, series measured before were measured again, and the old log stayed."""
+    folder = _two_series(tmp_path)
+    mask = folder / "0000B_L_2" / "v1_mask_lower.png"
+    good = mask.read_bytes()
+    mask.write_bytes(b"not a png")
+    calls = []
+
+    def method(baseline, followup, *args, **kwargs):
+        calls.append(1)
+        return {"jsn_px": 0.0}
+
+    with pytest.raises(InputError, match="v1_mask_lower.png"):
+        validate_real(folder, method, n_shifts=0, out_dir=tmp_path / "out")
+    assert len(calls) == 1  # series A
+    mask.write_bytes(good)
+    summary = validate_real(folder, method, n_shifts=0, out_dir=tmp_path / "out")
+    assert len(calls) == 2 and summary["n_pairs"] == 2  # only series B measured again
+    assert not list((tmp_path / "out").glob(".validate-real-*"))
+
+
+def test_a_missing_visit_file_is_named_with_out_too(tmp_path):
+    """With --out the stamps of the inputs were taken first: a missing file was a bare
+    FileNotFoundError instead of the line that names it."""
+    folder = _two_series(tmp_path)
+    (folder / "0000B_L_2" / "v1.png").unlink()
+    with pytest.raises(InputError, match="v1.png"):
+        validate_real(folder, lambda *a, **k: 0.0, n_shifts=0, out_dir=tmp_path / "out")
+
+
+def test_a_log_line_cut_by_a_kill_does_not_swallow_the_next(tmp_path):
+    log = ResumeLog(tmp_path / "out", "validate", ["key"])
+    log.append({"pair_id": "a"})
+    with open(log.path, "a") as handle:
+        handle.write('{"pair_id": "b", "est')  # killed mid-write
+    resumed = ResumeLog(tmp_path / "out", "validate", ["key"])
+    resumed.append({"pair_id": "c"})
+    assert set(resumed.logged("pair_id")) == {"a", "c"}
 
 
 def test_validate_real_checks_its_output_folder_before_the_work(tmp_path):

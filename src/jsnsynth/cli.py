@@ -9,6 +9,7 @@ usage errors are such a line too and exit with 2 (click's convention); an interr
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import sys
@@ -22,12 +23,33 @@ from jsnsynth.errors import JsnSynthError, exception_line, one_line
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
+
+class FiniteFloatRange(click.FloatRange):
+    """A float option's range that refuses NaN and infinities, as usage errors like any value out
+    of range (NaN passes every comparison with the bounds; it was left to the library, exit 1)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 # The ranges the options state in --help are the library's checks, repeated here because the
 # command line imports no numerics at start-up (tests/test_cli.py holds them equal):
 #: jsnsynth.synth.phantom.MIN_SIZE_PX and MAX_SIZE_PX
 PHANTOM_SIZE_PX = click.IntRange(64, 4096)
 #: jsnsynth.synth.layers.PIXEL_SPACING_RANGE_MM
-PIXEL_SPACING = click.FloatRange(0.02, 1.0)
+PIXEL_SPACING = FiniteFloatRange(0.02, 1.0)
+#: jsnsynth.synth.pairs.PAIR_OPTION_LIMITS
+PAIR_OPTION_LIMITS = {
+    "jsn_mm": (-5.0, 5.0),
+    "jsn_px": (-32.0, 32.0),
+    "flexion_deg": (0.0, 30.0),
+    "rotation_deg": (0.0, 45.0),
+    "magnification": (0.5, 2.0),
+    "translation_px": (0.0, 64.0),
+}
 
 
 class _Interrupted(Exception):
@@ -93,13 +115,10 @@ def phantom_command(n: int, out_dir: Path, seed: int, size_px: int, pixel_spacin
     click.echo(f"wrote {written} phantom(s) to {folder}{resumed}")
 
 
-def _pair_limit(name: str) -> click.FloatRange:
-    """The range ``jsnsynth.synth.pairs.PAIR_OPTION_LIMITS`` allows a pair option, as the option's
+def _pair_limit(name: str) -> FiniteFloatRange:
+    """The range the library allows a pair option (:data:`PAIR_OPTION_LIMITS`), as the option's
     type: out of it is a usage error (exit 2), as for every other option's range."""
-    from jsnsynth.synth.pairs import PAIR_OPTION_LIMITS
-
-    low, high = PAIR_OPTION_LIMITS[name]
-    return click.FloatRange(low, high)
+    return FiniteFloatRange(*PAIR_OPTION_LIMITS[name])
 
 
 def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overlap_px: int):
@@ -134,17 +153,17 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
 @click.option("--num-proc", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes (output bytes do not depend on it).")
 @click.option("--shard-size", type=click.IntRange(min=1), default=100, show_default=True, help="Pairs per parquet shard.")
 @click.option("--layers-every", type=click.IntRange(min=0), default=10, show_default=True, help="Write the 'layers' config for every k-th pair (1: all, 0: none).")
-@click.option("--split", "split_fractions", type=click.FloatRange(0.0, 1.0), nargs=3, default=(0.8, 0.1, 0.1), show_default=True, help="Train/validation/test fractions of source joints (summing to 1).")
+@click.option("--split", "split_fractions", type=FiniteFloatRange(0.0, 1.0), nargs=3, default=(0.8, 0.1, 0.1), show_default=True, help="Train/validation/test fractions of source joints (summing to 1).")
 @click.option("--jsn-mm", type=_pair_limit("jsn_mm"), nargs=2, default=(-0.5, 0.5), show_default=True, help="Range of the JSN change in mm (+ = narrowing).")
 @click.option("--jsn-px", type=_pair_limit("jsn_px"), nargs=2, default=None, help="Range of the JSN change in pixels (replaces --jsn-mm).")
 @click.option("--flexion-deg", type=_pair_limit("flexion_deg"), default=2.0, show_default=True, help="Largest rotation of each bone about the joint centre.")
 @click.option("--rotation-deg", type=_pair_limit("rotation_deg"), default=3.0, show_default=True, help="Largest global rotation.")
 @click.option("--magnification", type=_pair_limit("magnification"), nargs=2, default=(0.97, 1.03), show_default=True, help="Range of the global magnification.")
 @click.option("--translation-px", type=_pair_limit("translation_px"), default=5.0, show_default=True, help="Largest global translation along x and y.")
-@click.option("--soft-tissue-blend-mm", type=click.FloatRange(min=0.0, min_open=True), default=2.0, show_default=True,
+@click.option("--soft-tissue-blend-mm", type=FiniteFloatRange(min=0.0, min_open=True), default=2.0, show_default=True,
               help="The soft tissue moves with the bone that carries it, blended across this half-width about the joint line.")
 @click.option("--no-noise", is_flag=True, help="Noise-free baseline/follow-up images.")
-@click.option("--photons-per-px", type=click.FloatRange(min=1.0), nargs=2, default=None,
+@click.option("--photons-per-px", type=FiniteFloatRange(min=1.0), nargs=2, default=None,
               help="Range of the incident quanta per pixel, drawn log-uniformly for each image "
                    "(default 5e4 1e6, little noise; the quantifier's benchmark: 4e4 5e4 low, 8e3 1.2e4 medium, 2e3 3e3 high).")
 @click.option("--size", "size_px", type=PHANTOM_SIZE_PX, default=None,
@@ -204,9 +223,9 @@ def publish_command(folder: Path, repo_id: str, private: bool) -> None:
 @click.option("--pixel-spacing", type=PIXEL_SPACING, help="mm/px; default: DICOM header, else 0.175 nominal.")
 @click.option("--residual-figure", type=click.Path(path_type=Path), help="Write the residual maps (PNG).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the JSON record here.")
-@click.option("--joint-center", type=float, nargs=2, metavar="X Y", default=None,
+@click.option("--joint-center", type=FiniteFloatRange(), nargs=2, metavar="X Y", default=None,
               help="Joint centre (px) where JSN is read; default: from the baseline masks, as in jsnsynth datasets.")
-@click.option("--joint-axis-deg", type=float, default=None,
+@click.option("--joint-axis-deg", type=FiniteFloatRange(), default=None,
               help="Joint axis angle from +y (upper -> lower bone), degrees; default: from the baseline masks.")
 def quantify_command(baseline, followup, upper_mask, lower_mask, followup_upper_mask, followup_lower_mask,
                      pixel_spacing, residual_figure, json_out, joint_center, joint_axis_deg) -> None:

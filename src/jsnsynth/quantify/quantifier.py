@@ -42,7 +42,7 @@ from jsnsynth.synth.io import strict_json_value
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, joint_axis_from_masks, joint_center_from_masks
 
 #: Version of the JSON record written by :meth:`JsnResult.to_dict` (bump on a key change).
-RESULT_VERSION = "1.0"
+RESULT_VERSION = "1.1"
 #: Smallest image side the quantifier accepts.
 MIN_SIDE_PX = 32
 #: Smallest longer side of the picture registered: a quarter of the 256 px crops the lengths were
@@ -637,7 +637,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
                 # fourth in the first search, moved the benchmark's RMSEs by 1e-4 px at most.
                 # After the gammas changed the images the step can overshoot (the first estimate
                 # is another domain's); converging it there helped the toy joint and cost
-                # phantoms 0.0005-0.0009 px (docs/quantify.md, tried and dropped)
+                # phantoms 0.0005-0.0009 px (docs/quantify-history.md, tried and dropped)
                 blur_x = matcher.variance_difference(
                     [reg.apply_polynomial(fw, mapping) for _, fw, _ in windows], rounds=1, initial=blur_x
                 )

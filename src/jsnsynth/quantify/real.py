@@ -146,10 +146,16 @@ def _geometry_of(result: Any) -> dict | None:
 
 
 def _loggable(trial: dict) -> dict:
-    """A trial as a line of the resume log (its transforms as numbers)."""
+    """A trial as a line of the resume log: its transforms as plain numbers (a method may give
+    numpy scalars or arrays, which JSON does not take)."""
     geometry = trial["geometry"]
     if geometry is not None:
-        geometry = {**geometry, "upper": dataclasses.asdict(geometry["upper"]), "lower": dataclasses.asdict(geometry["lower"])}
+        geometry = {
+            "upper": {k: float(v) for k, v in dataclasses.asdict(geometry["upper"]).items()},
+            "lower": {k: float(v) for k, v in dataclasses.asdict(geometry["lower"]).items()},
+            "joint_center_xy": [float(v) for v in geometry["joint_center_xy"]],
+            "joint_axis_deg": float(geometry["joint_axis_deg"]),
+        }
     return {**trial, "geometry": geometry}
 
 
@@ -236,10 +242,10 @@ def validate_real(
         raise InputError(f"{folder}: no series with two or more visits")
     log, logged = None, {}
     if out_dir is not None:
-        inputs = [Path(folder) / "manifest.csv"] + [Path(path) for _, visits in chosen for visit in visits
-                                                     for path in (visit.image, visit.mask_upper, visit.mask_lower)]
+        # each pair's line holds the stamps of its two visits' files: a file repaired after a run
+        # stopped on it costs only the pairs that read it
         log = ResumeLog(out_dir, "validate-real", [str(Path(folder).resolve()), method_name, limit_series, n_shifts,
-                                                   max_shift_px, mismatch_sd_mm, pixel_spacing_mm, seed, file_stamps(inputs)])
+                                                   max_shift_px, mismatch_sd_mm, pixel_spacing_mm, seed])
         logged = log.logged("pair")
     try:
         pair_rows, transitivity, trials = _measure_series(
@@ -271,7 +277,7 @@ def validate_real(
             paths["figure"]: figure,
             paths["summary"]: (json_text({**summary, "transitivity": transitivity}) + "\n").encode(),
         })
-        log.path.unlink(missing_ok=True)
+        log.finish()
     return summary
 
 
@@ -298,14 +304,17 @@ def _measure_series(
         jsn, se, geometry, flagged = {}, {}, {}, {}
         for i in range(len(visits)):
             for j in range(i + 1, len(visits)):
-                if pair_number in logged:
-                    trials = [_from_log(trial) for trial in logged[pair_number]["trials"]]
+                inputs = file_stamps(path for visit in (visits[i], visits[j])
+                                     for path in (visit.image, visit.mask_upper, visit.mask_lower))
+                previous = logged.get(pair_number)
+                if previous is not None and previous["inputs"] == inputs:
+                    trials = [_from_log(trial) for trial in previous["trials"]]
                 else:
                     loaded = loaded or [load_visit(v) for v in visits]
                     rng = np.random.default_rng(np.random.SeedSequence([seed, pair_number]))
                     trials = measure_pair(loaded[i], loaded[j], function, rng, n_shifts, max_shift_px, pixel_spacing_mm)
                     if on_pair is not None:
-                        on_pair({"pair": pair_number, "trials": [_loggable(trial) for trial in trials]})
+                        on_pair({"pair": pair_number, "inputs": inputs, "trials": [_loggable(trial) for trial in trials]})
                 pair_number += 1
                 all_trials.extend({"estimate_px": t["jsn_px"], "method_error": t["method_error"]} for t in trials)
                 values = np.array([t["jsn_mm"] for t in trials])

@@ -581,27 +581,44 @@ def check_some_estimate(rows: list[dict], method_name: str, what: str = "pairs")
         raise InputError(f"method {method_name} failed on all {len(rows)} {what}; first: {failure_reason(failed[0])}")
 
 
-def file_stamps(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
-    """Name, size and modification time of each file: what tells a run's inputs from the same
-    inputs written anew (a dataset rebuilt at the same path)."""
-    return [(os.path.realpath(path), os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in paths]
+def file_stamps(paths: Iterable[str | os.PathLike]) -> list[list]:
+    """Name, size and modification time of each file (None for a file that is not there, which
+    the run then reports): what tells a run's inputs from the same inputs written anew."""
+    stamps = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            stamps.append([os.path.realpath(path), stat.st_size, stat.st_mtime_ns])
+        except OSError:
+            stamps.append([os.path.realpath(path), None, None])
+    return stamps
 
 
 class ResumeLog:
     """The log that lets an interrupted run go on where it stopped.
 
-    One JSON line per finished item in ``out_dir/.<name>-<key>.jsonl``, the key a hash of
-    everything the items depend on (the options and :func:`file_stamps` of the inputs), so a
-    run with other options or rebuilt inputs starts a log of its own. A line cut short by an
-    interruption is skipped. The log is removed once the report is written, and also when a
-    run stops before any item is logged (with the output folder, if this run made it).
+    One JSON line per finished item in ``out_dir/.<name>-<key>.jsonl``, the key a hash of what
+    the items depend on (the options, and what the caller adds: :func:`file_stamps` of the
+    inputs, or nothing when each item records the stamps of its own inputs), so a run with other
+    options or rebuilt inputs starts a log of its own. A line cut short by an interruption is
+    skipped. Once the report is written, the folder's logs of this name go (:meth:`finish`: a
+    folder holds one report); a run that stops before any item is logged leaves none, nor the
+    output folder if it made it.
     """
 
     def __init__(self, out_dir: str | os.PathLike, name: str, key_parts: list) -> None:
         self.created = not Path(out_dir).exists()
         out = make_output_folder(out_dir)
         key = hashlib.sha1(json.dumps(key_parts, default=str).encode()).hexdigest()[:12]
+        self.name = name
         self.path = out / f".{name}-{key}.jsonl"
+        if self.path.exists() and self.path.stat().st_size:
+            with open(self.path, "rb") as handle:
+                handle.seek(-1, os.SEEK_END)
+                cut = handle.read(1) != b"\n"
+            if cut:  # a line cut by a kill: end it, so that the next item starts a line of its own
+                with open(self.path, "a") as handle:
+                    handle.write("\n")
 
     def logged(self, id_field: str) -> dict[Any, dict]:
         """The items logged by earlier runs, by their ``id_field``."""
@@ -631,6 +648,12 @@ class ResumeLog:
         """After an interruption: keep the log only if it holds an item."""
         if not (self.path.exists() and self.path.stat().st_size):
             self.discard()
+
+    def finish(self) -> None:
+        """After the report is written: remove this log and any other of this name in the folder
+        (runs with other options or inputs, whose report this one replaced)."""
+        for path in self.path.parent.glob(f".{self.name}-*.jsonl"):
+            path.unlink(missing_ok=True)
 
 
 def validate_dataset(
@@ -666,7 +689,8 @@ def validate_dataset(
     shards = dataset_shards(folder, split)  # fail fast on a wrong schema
     log = None
     if out_dir is not None:
-        log = ResumeLog(out_dir, "validate", [str(folder.resolve()), method_name, split, limit, file_stamps(shards)])
+        log = ResumeLog(out_dir, "validate", [str(folder.resolve()), method_name, split, limit, with_crlb,
+                                              file_stamps(shards)])
         for path in report_paths(log.path.parent).values():  # before the long work, not after it
             check_writable(path)
     try:
@@ -699,7 +723,7 @@ def validate_dataset(
     if out_dir is not None:
         out = Path(out_dir)
         summary["outputs"] = write_report(rows, summary, out)
-        log.path.unlink(missing_ok=True)
+        log.finish()
     return summary
 
 

@@ -611,26 +611,6 @@ class BuildResult:
     resumed_shards: int
 
 
-#: Thread-count variables read by BLAS/OpenMP when a worker process imports numpy.
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-@contextlib.contextmanager
-def _single_threaded_children() -> Iterator[None]:
-    """Spawned workers start with one BLAS/OpenMP thread each (one worker per core already:
-    nested threads only contend), then the parent's environment is restored."""
-    saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
-    os.environ.update(dict.fromkeys(_THREAD_VARIABLES, "1"))
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _picklable(function: Callable) -> Callable | None:
     """``function`` if a spawned worker can receive it (a module-level function), else None."""
     try:
@@ -661,7 +641,9 @@ def _iter_rows(
     except ValueError:  # not the main thread, which alone gets Ctrl-C
         interrupt = None
     try:
-        with _single_threaded_children():
+        # spawned with the thread-count variables at 1, the workers load BLAS/OpenMP single-threaded
+        # (one worker per core already: nested threads only contend; the same bytes either way)
+        with single_threaded():
             pool = context.Pool(num_proc, initializer=_init_worker,
                                 initargs=(source, plan, config, True, _picklable(warnings.showwarning)))
     finally:
