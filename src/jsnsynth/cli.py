@@ -20,6 +20,7 @@ import click
 
 from jsnsynth import __version__
 from jsnsynth.errors import JsnSynthError, exception_line, one_line
+from jsnsynth.synth.limits import PAIR_OPTION_LIMITS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -41,15 +42,6 @@ class FiniteFloatRange(click.FloatRange):
 PHANTOM_SIZE_PX = click.IntRange(64, 4096)
 #: jsnsynth.synth.layers.PIXEL_SPACING_RANGE_MM
 PIXEL_SPACING = FiniteFloatRange(0.02, 1.0)
-#: jsnsynth.synth.pairs.PAIR_OPTION_LIMITS
-PAIR_OPTION_LIMITS = {
-    "jsn_mm": (-5.0, 5.0),
-    "jsn_px": (-32.0, 32.0),
-    "flexion_deg": (0.0, 30.0),
-    "rotation_deg": (0.0, 45.0),
-    "magnification": (0.5, 2.0),
-    "translation_px": (0.0, 64.0),
-}
 
 
 class _Interrupted(Exception):

@@ -40,22 +40,13 @@ import numpy as np
 from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity, axis_vector
 from jsnsynth.synth.layers import JointLayers, joint_frame_from_masks
+from jsnsynth.synth.limits import PAIR_OPTION_LIMITS
 from jsnsynth.synth.soft_tissue import SOFT_TISSUE_BLEND_MM, warp_soft_tissue
 from jsnsynth.synth.xray import ImagingParams, ImagingRanges, render_radiograph_and_clean, sample_imaging_params
 
 #: ``render_with_poses(layers, upper_pose, lower_pose, soft_pose) -> JointLayers``
 PoseRenderer = Callable[[JointLayers, Similarity, Similarity, Similarity], JointLayers]
 
-
-#: Allowed values of the ranges of :class:`PairConfig` (inclusive).
-PAIR_OPTION_LIMITS = {
-    "jsn_mm": (-5.0, 5.0),
-    "jsn_px": (-32.0, 32.0),
-    "flexion_deg": (0.0, 30.0),
-    "rotation_deg": (0.0, 45.0),
-    "magnification": (0.5, 2.0),
-    "translation_px": (0.0, 64.0),
-}
 
 
 @dataclass(frozen=True)
