@@ -660,7 +660,7 @@ def test_cli_quantify_prints_json_and_writes_figure(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("problem", ["missing", "unreadable", "empty_mask", "wrong_size", "disjoint", "tiny_mask",
-                                     "constant", "blank_followup", "centre_outside", "axis_nan", "json_is_folder",
+                                     "constant", "blank_followup", "centre_outside", "axis_nan", "json_is_folder", "json_into_new_folder",
                                      "figure_suffix", "masks_along_border", "masks_in_corners", "json_over_input",
                                      "figure_over_mask", "figure_is_json", "json_write_fails", "spacing_absurd"])
 def test_cli_quantify_rejects_bad_input(tmp_path, capsys, problem):
@@ -695,6 +695,8 @@ def test_cli_quantify_rejects_bad_input(tmp_path, capsys, problem):
         extra = ["--joint-center", "-50", "-50"]
     elif problem == "axis_nan":
         extra = ["--joint-axis-deg", "nan"]
+    elif problem == "json_into_new_folder":
+        extra = ["--json", str(tmp_path / "new") + os.sep]
     elif problem == "json_is_folder":  # refused before any work: no figure left behind either
         (tmp_path / "folder").mkdir()
         extra = ["--json", str(tmp_path / "folder"), "--residual-figure", str(tmp_path / "fig.png")]
@@ -726,6 +728,10 @@ def test_cli_quantify_rejects_bad_input(tmp_path, capsys, problem):
     err = capsys.readouterr().err.strip()
     if problem == "spacing_absurd":
         assert rc == 2 and "0.02<=x<=1.0" in err  # a usage error, with the range --help states
+        return
+    if problem == "json_into_new_folder":  # wrote a file named after the folder
+        assert rc == 2 and "names a folder" in err and len(err.splitlines()) == 1
+        assert not (tmp_path / "new").exists()
         return
     if problem == "axis_nan":  # a usage error too, as every option's value that is no number
         assert rc == 2 and "'nan' is not a finite number" in err and len(err.splitlines()) == 1

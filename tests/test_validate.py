@@ -24,6 +24,7 @@ from jsnsynth.quantify.validate import (
     IMAGING_FIELDS,
     ResumeLog,
     load_method,
+    noise_level_of,
     read_estimate,
     read_pairs,
     rmse_interval,
@@ -285,6 +286,18 @@ def test_efficiency_compares_the_rmse_and_the_bound_over_the_same_pairs():
     assert summarize([good, failed])["efficiency"] == pytest.approx(1.0)
     assert summarize([good, unbounded])["efficiency"] == pytest.approx(1.0)
     assert summarize([good, failed])["crlb_rms_px"] == pytest.approx(np.sqrt((0.01**2 + 1.0) / 2))
+
+
+def test_noise_level_counts_electronic_noise_by_its_size():
+    """Electronic noise alone was labelled 'low' whatever its size."""
+    def record(photons, electronic):
+        return {f"{role}_{name}": value for role in ("baseline", "followup")
+                for name, value in (("photons_per_px", photons), ("electronic_noise", electronic))}
+
+    assert noise_level_of(record(None, 0.0)) == "none"
+    assert noise_level_of(record(None, 1e-3)) == "low"  # as 1e6 photons
+    assert noise_level_of(record(None, 0.02)) == "high"  # as 2 500 photons
+    assert noise_level_of(record(1e4, 2e-4)) == "medium"  # the benchmark's medium level
 
 
 def test_a_mismatch_flag_must_be_a_boolean():

@@ -107,6 +107,16 @@ def phantom_command(n: int, out_dir: Path, seed: int, size_px: int, pixel_spacin
     click.echo(f"wrote {written} phantom(s) to {folder}{resumed}")
 
 
+def _file_to_write(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    """An option's file to write, as a path; a name that ends in a separator names a folder (a
+    ``Path`` would drop the separator and write a file of the folder's name)."""
+    if value is None:
+        return None
+    if value.endswith(("/", os.sep)):
+        raise click.BadParameter(f"'{value}' names a folder; give a file name, such as '{value}result.json'", ctx, param)
+    return Path(value)
+
+
 def _pair_limit(name: str) -> FiniteFloatRange:
     """The range the library allows a pair option (:data:`PAIR_OPTION_LIMITS`), as the option's
     type: out of it is a usage error (exit 2), as for every other option's range."""
@@ -213,8 +223,8 @@ def publish_command(folder: Path, repo_id: str, private: bool) -> None:
 @click.option("--followup-upper-mask", type=click.Path(path_type=Path), help="Follow-up upper-bone mask (optional).")
 @click.option("--followup-lower-mask", type=click.Path(path_type=Path), help="Follow-up lower-bone mask (optional).")
 @click.option("--pixel-spacing", type=PIXEL_SPACING, help="mm/px; default: DICOM header, else 0.175 nominal.")
-@click.option("--residual-figure", type=click.Path(path_type=Path), help="Write the residual maps (PNG).")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the JSON record here.")
+@click.option("--residual-figure", type=click.Path(), callback=_file_to_write, help="Write the residual maps (PNG).")
+@click.option("--json", "json_out", type=click.Path(), callback=_file_to_write, help="Also write the JSON record here.")
 @click.option("--joint-center", type=FiniteFloatRange(), nargs=2, metavar="X Y", default=None,
               help="Joint centre (px) where JSN is read; default: from the baseline masks, as in jsnsynth datasets.")
 @click.option("--joint-axis-deg", type=FiniteFloatRange(), default=None,

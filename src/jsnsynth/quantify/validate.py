@@ -332,13 +332,22 @@ def imaging_of(record: dict, role: str) -> ImagingParams:
 
 
 def noise_level_of(record: dict) -> str:
-    """A coarse noise label from the recorded photon counts: none, low, medium or high."""
-    photons = [record.get(f"{role}_photons_per_px") for role in ("baseline", "followup")]
-    electronic = [record.get(f"{role}_electronic_noise") or 0.0 for role in ("baseline", "followup")]
-    if all(p is None or (isinstance(p, float) and math.isinf(p)) for p in photons) and max(electronic) == 0:
+    """A coarse noise label from the recorded noise: none, low, medium or high.
+
+    Each image's noise is taken as an equivalent photon count at full transmission,
+    ``1 / (1 / photons + electronic^2)`` (the two variances add), so that electronic noise alone
+    is labelled by its size, not always "low"; the noisier image decides.
+    """
+    equivalent = []
+    for role in ("baseline", "followup"):
+        photons = record.get(f"{role}_photons_per_px")
+        electronic = float(record.get(f"{role}_electronic_noise") or 0.0)
+        quantum = 0.0 if photons is None or math.isinf(float(photons)) else 1.0 / float(photons)
+        variance = quantum + electronic**2
+        equivalent.append(1.0 / variance if variance > 0 else math.inf)
+    lowest = min(equivalent)
+    if math.isinf(lowest):
         return "none"
-    finite = [float(p) for p in photons if p is not None and math.isfinite(float(p))]
-    lowest = min(finite) if finite else math.inf
     if lowest >= 2.0e4:
         return "low"
     if lowest >= 5.0e3:
