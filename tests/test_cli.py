@@ -112,6 +112,12 @@ def test_help_ranges_are_the_library_checks() -> None:
     assert f"at least {MIN_SIDE_PX}x{MIN_SIDE_PX} px" in cli.commands["separate"].help
 
 
+def test_help_states_no_range_where_there_is_none(capsys: pytest.CaptureFixture[str]) -> None:
+    """--joint-center and --joint-axis-deg (finite, unbounded) showed '[x<=None]'."""
+    assert main(["quantify", "--help"]) == 0
+    assert "None" not in capsys.readouterr().out
+
+
 def test_error_line_is_one_printable_line(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     """A file name with a newline or control bytes must not break the one-line error."""
     assert main(["validate", str(tmp_path / "a\nb\x1b[31m")]) == 1

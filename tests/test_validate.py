@@ -298,6 +298,7 @@ def test_noise_level_counts_electronic_noise_by_its_size():
     assert noise_level_of(record(None, 1e-3)) == "low"  # as 1e6 photons
     assert noise_level_of(record(None, 0.02)) == "high"  # as 2 500 photons
     assert noise_level_of(record(1e4, 2e-4)) == "medium"  # the benchmark's medium level
+    assert noise_level_of(record(0.0, 0.0)) == "high"  # no count: labelled, and refused by the bound by name
 
 
 def test_a_mismatch_flag_must_be_a_boolean():
@@ -725,6 +726,17 @@ def test_a_log_line_cut_by_a_kill_does_not_swallow_the_next(tmp_path):
     resumed = ResumeLog(tmp_path / "out", "validate", ["key"])
     resumed.append({"pair_id": "c"})
     assert set(resumed.logged("pair_id")) == {"a", "c"}
+
+
+def test_a_finished_report_leaves_the_other_commands_logs(tmp_path):
+    """'validate' finishing in a folder removed an interrupted 'validate-real' run's log there too
+    (its name starts with '.validate-')."""
+    real = ResumeLog(tmp_path / "out", "validate-real", ["real"])
+    real.append({"pair": 0})
+    stale = ResumeLog(tmp_path / "out", "validate", ["other options"])
+    stale.append({"pair_id": "a"})
+    ResumeLog(tmp_path / "out", "validate", ["these options"]).finish()
+    assert real.path.exists() and not stale.path.exists()
 
 
 def test_validate_real_checks_its_output_folder_before_the_work(tmp_path):

@@ -35,6 +35,10 @@ class FiniteFloatRange(click.FloatRange):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
 
+    def _describe_range(self) -> str:
+        # without bounds there is no range for --help to state (click would print 'x<=None')
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
 
 # The ranges the options state in --help are the library's checks, repeated here because the
 # command line imports no numerics at start-up (tests/test_cli.py holds them equal):

@@ -24,8 +24,8 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 def single_threaded() -> Iterator[None]:
     """Run the block with one thread in OpenCV, in every BLAS and OpenMP library loaded
     (``threadpoolctl``) and in torch when it is loaded; a library loaded inside the block starts
-    with one thread too (the thread-count variables are set meanwhile). The previous settings
-    come back after."""
+    with one thread too (the thread-count variables are set meanwhile) and keeps it. The settings
+    of the libraries loaded before, and the variables, come back after."""
     import cv2
     from threadpoolctl import threadpool_limits
 

@@ -244,7 +244,9 @@ def validate_real(
     if out_dir is not None:
         # each pair's line holds the stamps of its two visits' files: a file repaired after a run
         # stopped on it costs only the pairs that read it
-        log = ResumeLog(out_dir, "validate-real", [str(Path(folder).resolve()), method_name, limit_series, n_shifts,
+        # (not the series limit: pairs are numbered in manifest order, so a longer or shorter run
+        # shares the numbers of the series both take, and each line's stamps say whether it fits)
+        log = ResumeLog(out_dir, "validate-real", [str(Path(folder).resolve()), method_name, n_shifts,
                                                    max_shift_px, mismatch_sd_mm, pixel_spacing_mm, seed])
         logged = log.logged("pair")
     try:

@@ -342,7 +342,9 @@ def noise_level_of(record: dict) -> str:
     for role in ("baseline", "followup"):
         photons = record.get(f"{role}_photons_per_px")
         electronic = float(record.get(f"{role}_electronic_noise") or 0.0)
-        quantum = 0.0 if photons is None or math.isinf(float(photons)) else 1.0 / float(photons)
+        photons = math.inf if photons is None else float(photons)
+        # a count that is no count (0, negative, NaN) is 'high' here; the bound refuses it by name
+        quantum = 0.0 if photons == math.inf else (1.0 / photons if photons > 0 else math.inf)
         variance = quantum + electronic**2
         equivalent.append(1.0 / variance if variance > 0 else math.inf)
     lowest = min(equivalent)
@@ -661,7 +663,8 @@ class ResumeLog:
     def finish(self) -> None:
         """After the report is written: remove this log and any other of this name in the folder
         (runs with other options or inputs, whose report this one replaced)."""
-        for path in self.path.parent.glob(f".{self.name}-*.jsonl"):
+        # the key's twelve hex digits: 'validate' must not take 'validate-real's logs
+        for path in self.path.parent.glob(f".{self.name}-{'[0-9a-f]' * 12}.jsonl"):
             path.unlink(missing_ok=True)
 
 
