@@ -190,8 +190,6 @@ def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, nu
 
     if photons_per_px is not None and no_noise:
         raise JsnSynthError("--photons-per-px sets the noise that --no-noise leaves out: give one of them")
-    if photons_per_px is not None and not photons_per_px[0] <= photons_per_px[1]:
-        raise JsnSynthError(f"--photons-per-px must be a (low, high) range, got {photons_per_px[0]:g} {photons_per_px[1]:g}")
     imaging = ImagingRanges() if photons_per_px is None else ImagingRanges(photons_per_px=tuple(photons_per_px))
     pair_config = PairConfig(jsn_mm=jsn_mm, jsn_px=jsn_px, flexion_deg=flexion_deg, rotation_deg=rotation_deg,
                              magnification=magnification, translation_px=translation_px,

@@ -47,7 +47,6 @@ from jsnsynth.synth.io import (
     check_output_folder,
     check_writable,
     json_text,
-    make_output_folder,
     read_mask,
     read_radiograph,
     write_files_atomic,
@@ -264,8 +263,8 @@ def validate_real(
             log.discard()
         raise
     summary = {"folder": str(folder), "method": method_name, **real_summary(pair_rows, transitivity, len(chosen), pixel_spacing_mm)}
-    if out_dir is not None:
-        out = make_output_folder(out_dir)
+    if log is not None:
+        out = log.path.parent  # the log made the folder
         paths = {key: out / name for key, name in REPORT_NAMES.items()}
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(pair_rows[0]))
@@ -306,8 +305,10 @@ def _measure_series(
         jsn, se, geometry, flagged = {}, {}, {}, {}
         for i in range(len(visits)):
             for j in range(i + 1, len(visits)):
-                inputs = file_stamps(path for visit in (visits[i], visits[j])
-                                     for path in (visit.image, visit.mask_upper, visit.mask_lower))
+                # the stamps only matter to a log (a run with --out)
+                inputs = (file_stamps(path for visit in (visits[i], visits[j])
+                                      for path in (visit.image, visit.mask_upper, visit.mask_lower))
+                          if logged or on_pair is not None else None)
                 previous = logged.get(pair_number)
                 if previous is not None and previous["inputs"] == inputs:
                     trials = [_from_log(trial) for trial in previous["trials"]]

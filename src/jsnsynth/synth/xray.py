@@ -128,6 +128,14 @@ class ImagingRanges:
     window_high: tuple[float, float] = (0.92, 1.0)
     gamma: tuple[float, float] = (0.85, 1.2)
 
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            low, high = getattr(self, item.name)
+            if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+                raise InputError(f"imaging range {item.name} must be a finite (low, high) range, got {low:g} {high:g}")
+        if not self.photons_per_px[0] > 0:  # drawn log-uniformly
+            raise InputError(f"imaging range photons_per_px must be positive, got {self.photons_per_px[0]:g}")
+
 
 def sample_imaging_params(
     rng: np.random.Generator, ranges: ImagingRanges = ImagingRanges(), noise: bool = True
