@@ -21,6 +21,7 @@ from jsnsynth.cli import main
 from jsnsynth.errors import InputError, OutputError
 from jsnsynth.synth.dataset import (
     STATE_NAME,
+    UNFINISHED_DIR,
     DatasetConfig,
     build_dataset,
     check_dataset_folder,
@@ -169,6 +170,8 @@ def test_same_bytes_whatever_threads_the_calling_process_allows(raster_source: F
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(raster_source: FingerJointsSource, tmp_path: Path) -> None:
+    from datasets import load_dataset
+
     build_dataset(raster_source, tmp_path / "whole", 10, seed=3, shard_size=2, quiet=True)
 
     class Interrupt(Exception):
@@ -188,14 +191,46 @@ def test_interrupted_then_resumed_equals_uninterrupted(raster_source: FingerJoin
     assert not (tmp_path / "resumed" / "README.md").exists()
     with pytest.raises(InputError, match="unfinished"):
         check_dataset_folder(tmp_path / "resumed")
+    # nothing a loader could take for the dataset: the finished shards wait in a hidden folder,
+    # and HF's loader once loaded the two shards of the interrupted run as a dataset of 4 pairs
+    assert not (tmp_path / "resumed" / "data").exists() and not (tmp_path / "resumed" / "layers").exists()
+    with pytest.raises(Exception, match="doesn't contain any data files"):
+        load_dataset(str(tmp_path / "resumed"), cache_dir=str(tmp_path / "hf_cache"))
     # a half-written shard left by a kill is a *.part file: it must be cleaned up on resume
-    (tmp_path / "resumed" / "data" / ".train-00009-of-00009.parquet.abc.part").write_bytes(b"half")
+    (tmp_path / "resumed" / UNFINISHED_DIR / "data" / ".train-00009-of-00009.parquet.abc.part").write_bytes(b"half")
     result = build_dataset(raster_source, tmp_path / "resumed", 10, seed=3, shard_size=2, quiet=True)
     assert result.resumed_shards == 2
     assert _digest(tmp_path / "whole") == _digest(tmp_path / "resumed")
     # running the finished command again changes nothing
     build_dataset(raster_source, tmp_path / "resumed", 10, seed=3, shard_size=2, quiet=True)
     assert _digest(tmp_path / "whole") == _digest(tmp_path / "resumed")
+
+
+def test_run_stopped_while_moving_its_shards_into_place_resumes(raster_source: FingerJointsSource, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    build_dataset(raster_source, tmp_path / "whole", 8, seed=3, shard_size=2, quiet=True)
+    real_replace = os.replace
+
+    def replace_but_not_data(source, target) -> None:  # the layers folder goes in, then the run dies
+        if Path(target) == tmp_path / "stopped" / "data":
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_but_not_data)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(raster_source, tmp_path / "stopped", 8, seed=3, shard_size=2, quiet=True)
+    monkeypatch.undo()
+    assert (tmp_path / "stopped" / "layers").is_dir() and not (tmp_path / "stopped" / "data").exists()
+    with pytest.raises(InputError, match="unfinished"):
+        check_dataset_folder(tmp_path / "stopped")
+    # one shard already in place, the rest still waiting: the resumed run finishes the move
+    staged = sorted((tmp_path / "stopped" / UNFINISHED_DIR / "data").glob("*.parquet"))
+    (tmp_path / "stopped" / "data").mkdir()
+    os.replace(staged[0], tmp_path / "stopped" / "data" / staged[0].name)
+    result = build_dataset(raster_source, tmp_path / "stopped", 8, seed=3, shard_size=2, quiet=True)
+    assert result.resumed_shards == result.shards
+    assert not (tmp_path / "stopped" / UNFINISHED_DIR).exists()
+    assert _digest(tmp_path / "whole") == _digest(tmp_path / "stopped")
 
 
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs process groups (POSIX)")
@@ -208,7 +243,7 @@ def test_ctrl_c_stops_a_multiprocess_run_in_one_line(tmp_path: Path) -> None:
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not list((out / "data").glob("*.parquet")) and process.poll() is None and time.monotonic() < deadline:
+        while not list((out / UNFINISHED_DIR / "data").glob("*.parquet")) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)  # the pool is at work once a shard is written
         assert process.poll() is None, "the run ended before it could be interrupted"
         os.killpg(process.pid, signal.SIGINT)

@@ -286,6 +286,11 @@ def test_efficiency_compares_the_rmse_and_the_bound_over_the_same_pairs():
     assert summarize([good, failed])["efficiency"] == pytest.approx(1.0)
     assert summarize([good, unbounded])["efficiency"] == pytest.approx(1.0)
     assert summarize([good, failed])["crlb_rms_px"] == pytest.approx(np.sqrt((0.01**2 + 1.0) / 2))
+    # a noise-free pair's bound is the quantisation's (1e-5 px): no efficiency of thousands
+    noise_free = {**good, "crlb_px": 1e-5, "noise_level": "none"}
+    assert summarize([good, noise_free])["efficiency"] == pytest.approx(1.0)
+    assert summarize([noise_free])["efficiency"] is None
+    assert summarize([noise_free])["crlb_rms_px"] == pytest.approx(1e-5)
 
 
 def test_noise_level_counts_electronic_noise_by_its_size():

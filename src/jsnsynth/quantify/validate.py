@@ -467,8 +467,9 @@ def summarize(rows: list[dict]) -> dict:
     Keys: n, rmse_px, rmse_ci95_px (:func:`rmse_interval`), bias_px, sd_px, loa_px (95 % limits
     of agreement, bias +- 1.96 SD), the same in mm, max_abs_error_px, mismatch_rate (|error| > 0.5 px or no estimate),
     flag_rate, time_per_pair_s, pairs_per_s, crlb_rms_px (sqrt of the mean CRLB variance) and
-    efficiency (RMSE / sqrt of the mean CRLB variance, both over the pairs with an estimate and
-    a bound).
+    efficiency (RMSE / sqrt of the mean CRLB variance, both over the pairs with an estimate, a
+    bound and image noise; ``None`` without such pairs: a noise-free pair's bound is that of the
+    16-bit quantisation alone, about 1e-5 px, against which any method is thousands of times off).
     """
     if not rows:
         return {"n": 0}
@@ -497,8 +498,11 @@ def summarize(rows: list[dict]) -> dict:
     if np.isfinite(crlb).any():
         out["crlb_rms_px"] = float(np.sqrt(np.nanmean(crlb**2)))
         # the RMSE and the bound over the same pairs: those with an estimate and a bound (a failed
-        # pair has no error to count, a pair without a bound nothing to compare it with)
-        both = finite & np.isfinite(crlb)
+        # pair has no error to count, a pair without a bound nothing to compare it with), and
+        # with noise (a noise-free pair's error is the method's systematic floor, which no bound
+        # of the noise speaks to)
+        noisy = np.array([r.get("noise_level") != "none" for r in rows])
+        both = finite & np.isfinite(crlb) & noisy
         crlb_both = float(np.sqrt(np.mean(crlb[both] ** 2))) if both.any() else 0.0
         out["efficiency"] = (float(np.sqrt(np.mean(errors[both] ** 2)) / crlb_both) if crlb_both > 0 else None)
     return out

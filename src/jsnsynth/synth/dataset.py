@@ -6,6 +6,7 @@ Layout of an output folder (contract 3 of the design)::
     data/<split>-00000-of-0000n.parquet        config "pairs": one row per pair
     layers/<split>-00000-of-0000n.parquet      config "layers": one row per image, three layers
     .jsnsynth_state.json                       run record: parameters, completed shards
+    .jsnsynth_unfinished/{data,layers}/...     shards of a run not yet finished (hidden)
 
 Images are 16-bit PNG bytes encoded here (:func:`jsnsynth.synth.io.encode_png`) inside HF
 ``Image`` features (``{"bytes", "path": None}``), written without deflate compression because the
@@ -18,6 +19,12 @@ shards. Pair ``i`` draws everything from ``SeedSequence([seed, i])``, so its byt
 the number of worker processes; shards are written in a fixed order with fixed parquet settings
 (no timestamps). Each shard is written under a temporary name and renamed when complete; the state
 file lists finished shards, so an interrupted run resumes where it stopped.
+
+Nothing half-written. Until the last shard is done, the shards wait in a hidden folder, which
+``datasets.load_dataset`` does not look into (it skips hidden paths): an interrupted run's folder
+is not a dataset, where it would otherwise load as a smaller one without a word. The finished
+shards are then moved into ``data/`` and ``layers/`` (each folder by one rename), and the card is
+written last.
 """
 
 from __future__ import annotations
@@ -58,6 +65,8 @@ STATE_NAME = ".jsnsynth_state.json"
 CARD_NAME = "README.md"
 PAIRS_DIR = "data"
 LAYERS_DIR = "layers"
+#: Shards of a run not yet finished, hidden from ``datasets.load_dataset``.
+UNFINISHED_DIR = ".jsnsynth_unfinished"
 SPLITS = ("train", "validation", "test")
 IMAGING_FIELDS = tuple(ImagingParams.__dataclass_fields__)
 #: Bumped when the columns or their meaning change.
@@ -558,19 +567,52 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
     same = {k: v for k, v in state.items() if k not in ("completed_shards", "complete")}
     # an earlier run that failed before its first shard (a bad option, an unusable source) left
     # only its record: nothing to keep, so the corrected command may start afresh
-    nothing_written = not state.get("completed_shards") and not any((out_dir / PAIRS_DIR).glob("*.parquet"))
+    nothing_written = not state.get("completed_shards") and not _pairs_shards_on_disk(out_dir)
     if same != record and not nothing_written:
         raise OutputError(
             f"{out_dir}: holds a dataset made with other parameters (source, seed, pairs or options differ); "
             "choose a new folder"
         )
-    for sub in (PAIRS_DIR, LAYERS_DIR):
-        remove_partial_outputs(out_dir / sub)
+    for folder in (out_dir, out_dir / UNFINISHED_DIR):
+        for sub in (PAIRS_DIR, LAYERS_DIR):
+            remove_partial_outputs(folder / sub)
     remove_partial_outputs(out_dir)
     if same != record:
         return []
-    finished = [name for name in state.get("completed_shards", []) if (out_dir / PAIRS_DIR / name).is_file()]
-    return finished
+    # a shard waits in the hidden folder until the run ends; a run stopped while the shards were
+    # being moved into place (or one of a version that wrote them there at once) has some there
+    return [
+        name for name in state.get("completed_shards", [])
+        if (out_dir / UNFINISHED_DIR / PAIRS_DIR / name).is_file() or (out_dir / PAIRS_DIR / name).is_file()
+    ]
+
+
+def _pairs_shards_on_disk(out_dir: Path) -> bool:
+    return any(
+        any((folder / PAIRS_DIR).glob("*.parquet")) for folder in (out_dir / UNFINISHED_DIR, out_dir)
+    )
+
+
+def _move_shards_into_place(out_dir: Path) -> None:
+    """Move the finished run's shards from the hidden folder into ``layers/`` and ``data/``.
+
+    Layers first, so that ``data/`` (what makes the folder a dataset) comes last; each folder is
+    one rename when it does not exist yet, else its shards are moved one by one (a run stopped
+    while moving them, then resumed).
+    """
+    staging = out_dir / UNFINISHED_DIR
+    for sub in (LAYERS_DIR, PAIRS_DIR):
+        staged, final = staging / sub, out_dir / sub
+        if not staged.is_dir():
+            continue
+        if not final.exists():
+            os.replace(staged, final)
+            continue
+        for shard in sorted(staged.glob("*.parquet")):
+            os.replace(shard, final / shard.name)
+        staged.rmdir()
+    with contextlib.suppress(OSError):  # already gone
+        staging.rmdir()
 
 
 @contextlib.contextmanager
@@ -586,11 +628,13 @@ def _removed_if_nothing_written(out_dir: Path, existed: bool, plan: Plan) -> Ite
     try:
         yield
     except BaseException:
-        if not any((out_dir / PAIRS_DIR).glob("*.parquet")):
+        if not _pairs_shards_on_disk(out_dir):
             (out_dir / STATE_NAME).unlink(missing_ok=True)
+            staging = out_dir / UNFINISHED_DIR
             for shard in plan.shards:
-                (out_dir / LAYERS_DIR / shard.file_name).unlink(missing_ok=True)
-            for folder in (out_dir / PAIRS_DIR, out_dir / LAYERS_DIR, *(() if existed else (out_dir,))):
+                (staging / LAYERS_DIR / shard.file_name).unlink(missing_ok=True)
+            folders = (staging / PAIRS_DIR, staging / LAYERS_DIR, staging, *(() if existed else (out_dir,)))
+            for folder in folders:
                 with contextlib.suppress(OSError):  # not empty, or already gone: leave it
                     folder.rmdir()
         raise
@@ -704,6 +748,7 @@ def build_dataset(
     pending = [s for s in plan.shards if s.file_name not in finished]
     indices = [i for shard in pending for i in shard.indices]
     completed = list(finished)
+    staging = out_dir / UNFINISHED_DIR
     with _removed_if_nothing_written(out_dir, existed, plan), \
             tqdm(total=config.n_pairs, initial=config.n_pairs - len(indices), disable=quiet, unit="pair", desc="pairs") as bar:
         rows = _iter_rows(source, plan, config, indices, num_proc)
@@ -717,8 +762,8 @@ def build_dataset(
                     bar.update(1)
                 if config.layers_every:
                     # layers first: a shard counts as done only once its pairs file exists
-                    write_parquet_atomic(rows_to_table(image_rows, layer_columns()), out_dir / LAYERS_DIR / shard.file_name)
-                write_parquet_atomic(rows_to_table(pair_rows, pair_columns()), out_dir / PAIRS_DIR / shard.file_name)
+                    write_parquet_atomic(rows_to_table(image_rows, layer_columns()), staging / LAYERS_DIR / shard.file_name)
+                write_parquet_atomic(rows_to_table(pair_rows, pair_columns()), staging / PAIRS_DIR / shard.file_name)
                 completed.append(shard.file_name)
                 _write_state(out_dir, record, completed, complete=False)
                 if on_shard_written is not None:
@@ -727,6 +772,7 @@ def build_dataset(
             close = getattr(rows, "close", None)
             if close is not None:
                 close()
+    _move_shards_into_place(out_dir)
     split_sizes = {s: sum(len(sh.indices) for sh in plan.shards if sh.split == s) for s in SPLITS}
     write_bytes_atomic(out_dir / CARD_NAME, dataset_card(record, plan, split_sizes).encode())
     _write_state(out_dir, record, completed, complete=True)
