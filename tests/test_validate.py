@@ -158,6 +158,28 @@ def test_validate_resumes_a_run_and_only_on_the_same_dataset(dataset, tmp_path):
     assert [float(row[column]) for row in truths[1:]] == [2.0, -2.5, 0.25]
 
 
+def test_a_plugin_edited_between_runs_is_measured_anew(dataset, tmp_path, monkeypatch):
+    """The resume log was keyed by the method's name: a plug-in mended after a run stopped kept
+    the results its first version had logged."""
+    plugin = tmp_path / "edited_plugin.py"
+    version_1 = ("import os\ncalls = []\ndef measure(*args, **kwargs):\n    calls.append(1)\n"
+                 "    if len(calls) == 2 and os.environ.get('STOP_PLUGIN'):\n        raise KeyboardInterrupt\n    return 1.0\n")
+    plugin.write_text(version_1)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("STOP_PLUGIN", "1")
+    with pytest.raises(KeyboardInterrupt):
+        validate_dataset(dataset, "edited_plugin:measure", tmp_path / "out", with_crlb=False)
+    assert len(list((tmp_path / "out").glob(".validate-*.jsonl"))) == 1  # the first pair is logged
+    plugin.write_text(version_1.replace("return 1.0", "return 0.25  # mended"))
+    sys.modules.pop("edited_plugin", None)
+    monkeypatch.delenv("STOP_PLUGIN")
+    validate_dataset(dataset, "edited_plugin:measure", tmp_path / "out", with_crlb=False)
+    rows = (tmp_path / "out" / "pairs.csv").read_text().splitlines()
+    column = rows[0].split(",").index("estimate_px")
+    assert {float(row.split(",")[column]) for row in rows[1:]} == {0.25}
+    sys.modules.pop("edited_plugin", None)
+
+
 def _stop_on_second_call(stop: bool = True):
     calls = []
 

@@ -39,6 +39,7 @@ from jsnsynth.quantify.validate import (
     file_stamps,
     load_method,
     method_failure,
+    method_stamps,
     read_estimate,
 )
 from jsnsynth.synth.geometry import Similarity
@@ -245,8 +246,8 @@ def validate_real(
         # stopped on it costs only the pairs that read it
         # (not the series limit: pairs are numbered in manifest order, so a longer or shorter run
         # shares the numbers of the series both take, and each line's stamps say whether it fits)
-        log = ResumeLog(out_dir, "validate-real", [str(Path(folder).resolve()), method_name, n_shifts,
-                                                   max_shift_px, mismatch_sd_mm, pixel_spacing_mm, seed])
+        log = ResumeLog(out_dir, "validate-real", [str(Path(folder).resolve()), method_name, method_stamps(function),
+                                                   n_shifts, max_shift_px, mismatch_sd_mm, pixel_spacing_mm, seed])
         logged = log.logged("pair")
     try:
         pair_rows, transitivity, trials = _measure_series(

@@ -21,6 +21,7 @@ import contextlib
 import csv
 import hashlib
 import importlib
+import inspect
 import io
 import json
 import math
@@ -32,6 +33,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from jsnsynth import __version__
 from jsnsynth.errors import InputError, exception_line
 from jsnsynth.quantify.crlb import display_noise_std_from_clean, jsn_crlb_px
 from jsnsynth.quantify.register import RegistrationSettings, resolution_scale
@@ -609,6 +611,20 @@ def file_stamps(paths: Iterable[str | os.PathLike]) -> list[list]:
     return stamps
 
 
+def method_stamps(function: Callable) -> list:
+    """What tells one version of a method from another, for a resume log's key: jsnsynth's
+    version, and the :func:`file_stamps` of the file that defines ``function`` (a plug-in edited
+    between two runs under the same ``module:function`` name must not reuse the first one's
+    results). A callable without a source file (a builtin, a C extension) adds nothing."""
+    target = inspect.unwrap(function) if callable(function) else function
+    target = getattr(target, "func", target)  # functools.partial
+    try:
+        source = inspect.getsourcefile(target) or inspect.getsourcefile(type(target))
+    except TypeError:
+        source = None
+    return [__version__, file_stamps([source]) if source else None]
+
+
 class ResumeLog:
     """The log that lets an interrupted run go on where it stopped.
 
@@ -705,8 +721,8 @@ def validate_dataset(
     shards = dataset_shards(folder, split)  # fail fast on a wrong schema
     log = None
     if out_dir is not None:
-        log = ResumeLog(out_dir, "validate", [str(folder.resolve()), method_name, split, limit, with_crlb,
-                                              file_stamps(shards)])
+        log = ResumeLog(out_dir, "validate", [str(folder.resolve()), method_name, method_stamps(function), split,
+                                              limit, with_crlb, file_stamps(shards)])
         for path in report_paths(log.path.parent).values():  # before the long work, not after it
             check_writable(path)
     try:
