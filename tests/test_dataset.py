@@ -379,6 +379,11 @@ def test_dataset_size_is_checked_before_the_output_folder_is_made(tmp_path: Path
     rc = main(["dataset", "--source", f"fingerjoints:{folder}", "--pairs", "2", "--out", str(out), "--size", "128"])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and err.startswith("jsnsynth: error: --size applies to --source phantom only") and not out.exists()
+    # and --max-mask-overlap, for a source without drawn masks
+    rc = main(["dataset", "--source", "phantom", "--pairs", "2", "--out", str(out), "--max-mask-overlap", "3"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith("jsnsynth: error: --max-mask-overlap applies to --source fingerjoints:DIR only")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("state", ['"x"', "[1, 2]", "\xff\xfe"])

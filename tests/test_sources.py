@@ -11,7 +11,7 @@ import pytest
 from jsnsynth.cli import main
 from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity
-from jsnsynth.synth.io import encode_png, write_bytes_atomic
+from jsnsynth.synth.io import encode_png, read_mask, write_bytes_atomic
 from jsnsynth.synth.layers import JointLayers
 from jsnsynth.synth.sources import FingerJointsSource, JointSource, PhantomSource, open_source
 
@@ -151,3 +151,17 @@ def test_images_whose_masks_are_not_a_joint_are_left_out_and_listed(tmp_path: Pa
     assert "not below" in source.excluded["00001_L_3/visit0"]
     assert [r.name for r in source.visits("00001_L_3")] == ["00001_L_3/visit1"]
     assert source.describe()["excluded_images"] == source.excluded
+
+
+def test_a_mask_of_the_wrong_size_is_named(tmp_path: Path) -> None:
+    """The lower mask was checked against the upper one's size: a wrong-sized upper mask was
+    reported as the lower mask's fault, with the upper mask's size given as the image's."""
+    root = make_fingerjoint_folder(tmp_path / "fj", n_series=2, visits=2)
+    upper_path = root / "00001_L_3/visit0_mask_upper.png"
+    upper = read_mask(upper_path)
+    write_bytes_atomic(upper_path, encode_png(upper[: upper.shape[0] // 2, : upper.shape[1] // 2].astype(np.uint8) * 255))
+    with pytest.warns(UserWarning, match="1 image"):
+        source = FingerJointsSource(root)
+    height, width = upper.shape
+    assert source.excluded["00001_L_3/visit0"] == (
+        f"{upper_path}: mask is {width // 2}x{height // 2}, image is {width}x{height}")

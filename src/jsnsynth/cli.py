@@ -20,7 +20,7 @@ import click
 
 from jsnsynth import __version__
 from jsnsynth.errors import JsnSynthError, exception_line, one_line
-from jsnsynth.synth.limits import PAIR_OPTION_LIMITS
+from jsnsynth.synth.limits import DEFAULT_MAX_MASK_OVERLAP_PX, PAIR_OPTION_LIMITS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -127,15 +127,22 @@ def _pair_limit(name: str) -> FiniteFloatRange:
     return FiniteFloatRange(*PAIR_OPTION_LIMITS[name])
 
 
-def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overlap_px: int):
+def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overlap_px: int | None):
     """``phantom`` / ``fingerjoints:DIR`` from synth; ``lsn:DIR`` from the LSN (lazy import).
 
+    ``max_mask_overlap_px`` is None when the option was not given (the default applies).
+
     Raises:
-        JsnSynthError: an unknown or unusable source, or ``--size`` for a source of real crops
-            (their size is the images'; ignoring the option would hide a mistake).
+        JsnSynthError: an unknown or unusable source, or an option for another source: ``--size``
+            for a source of real crops (their size is the images'), ``--max-mask-overlap`` for one
+            without drawn masks (ignoring the option would hide a mistake).
     """
     if size_px is not None and spec != "phantom":
         raise JsnSynthError(f"--size applies to --source phantom only; the crops of '{spec}' keep their own size")
+    if max_mask_overlap_px is not None and not spec.startswith("fingerjoints:"):
+        raise JsnSynthError(f"--max-mask-overlap applies to --source fingerjoints:DIR only; '{spec}' has no drawn masks")
+    if max_mask_overlap_px is None:
+        max_mask_overlap_px = DEFAULT_MAX_MASK_OVERLAP_PX
     if spec.startswith("lsn:"):
         try:
             from jsnsynth.lsn.source import LsnSource
@@ -174,15 +181,15 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
                    "(default 5e4 1e6, little noise; the quantifier's benchmark: 4e4 5e4 low, 8e3 1.2e4 medium, 2e3 3e3 high).")
 @click.option("--size", "size_px", type=PHANTOM_SIZE_PX, default=None,
               help="Phantom image size in pixels (--source phantom only; default: the phantom's, 256).")
-@click.option("--max-mask-overlap", type=click.IntRange(min=0), default=200, show_default=True,
-              help="fingerjoints: leave out images whose bone masks overlap by more pixels (layers would be wrong).")
+@click.option("--max-mask-overlap", type=click.IntRange(min=0), default=None,
+              help=f"fingerjoints: leave out images whose bone masks overlap by more pixels (layers would be wrong)  [default: {DEFAULT_MAX_MASK_OVERLAP_PX}]")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, num_proc: int, shard_size: int,
                     layers_every: int, split_fractions: tuple[float, float, float], jsn_mm: tuple[float, float],
                     jsn_px: tuple[float, float] | None, flexion_deg: float, rotation_deg: float,
                     magnification: tuple[float, float], translation_px: float, soft_tissue_blend_mm: float,
                     no_noise: bool, photons_per_px: tuple[float, float] | None, size_px: int | None,
-                    max_mask_overlap: int, quiet: bool) -> None:
+                    max_mask_overlap: int | None, quiet: bool) -> None:
     """Write labelled baseline/follow-up pairs with exact JSN as a Hugging Face dataset (Hub layout)."""
     from jsnsynth.synth.dataset import build_dataset
     from jsnsynth.synth.pairs import PairConfig

@@ -10,3 +10,8 @@ PAIR_OPTION_LIMITS = {
     "magnification": (0.5, 2.0),
     "translation_px": (0.0, 64.0),
 }
+
+#: Images whose drawn masks overlap by more than this are left out by default: mask-based
+#: layering shares the overlapped bone evenly between the two layers, so half of it would move
+#: with the other bone (on the dev crops such pairs read 0.36 px RMSE against 0.06 px without).
+DEFAULT_MAX_MASK_OVERLAP_PX = 200
