@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import os
+import warnings
 
 import cv2
 import numpy as np
@@ -305,18 +306,22 @@ def test_magnified_follow_up_is_reached_by_the_coarse_scales():
 
 
 @pytest.mark.parametrize("bits", [12, 10])
-def test_reliability_does_not_depend_on_the_bits_used(bits):
+@pytest.mark.parametrize("reduced", ["both", "baseline", "followup"])
+def test_reliability_does_not_depend_on_the_bits_used(bits, reduced):
     # the same pictures with 12 or 10 significant bits in a 16-bit container (as DICOM stores
-    # them): the same JSN, residual ratios and flags. With an absolute model-error floor the
-    # ratios fell 10-40 fold and a follow-up of another joint went unflagged.
+    # them), both visits or one of them: the same JSN, residual ratios and flags. With an
+    # absolute model-error floor the ratios fell 10-40 fold and a follow-up of another joint went
+    # unflagged; with the baseline's noise and contrast taken in its own units, one visit stored
+    # with 12 bits scaled the ratios 16-fold (a sound pair flagged, the other joint passed).
     noisy = PairConfig(noise=True, jsn_px=(-2.0, 2.0))
     layers, pair = _phantom_pair(6, 0, noisy)
     _, other = _phantom_pair(6, 1, noisy)
     images = {"right": (quantize(pair.baseline), quantize(pair.followup)),
               "wrong": (quantize(pair.baseline), quantize(other.followup))}
+    shift = {"both": (16 - bits, 16 - bits), "baseline": (16 - bits, 0), "followup": (0, 16 - bits)}[reduced]
     for case, (baseline, followup) in images.items():
         results = [quantify_pair(b, f, layers.upper_mask, layers.lower_mask)
-                   for b, f in ((baseline, followup), (baseline >> (16 - bits), followup >> (16 - bits)))]
+                   for b, f in ((baseline, followup), (baseline >> shift[0], followup >> shift[1]))]
         full, fewer = ({name: bone["residual_ratio"] for name, bone in r.bones.items()} for r in results)
         for name in full:
             assert fewer[name] == pytest.approx(full[name], rel=0.1)
@@ -1191,3 +1196,22 @@ def test_autocovariance_energy_matches_the_variance_of_a_projection(correlation_
     assert 0.8 < ratio < 1.25, ratio
     if correlation_px:
         assert np.mean(white) / np.var(projections, ddof=1) < 0.5
+
+
+def test_pixel_spacing_of_a_pair_from_its_headers():
+    """A follow-up's DICOM spacing was ignored when the baseline had none (the nominal 0.175 mm
+    was used: a JSN in mm 1.75 times too large at 0.1 mm/px), and headers that disagree passed
+    without a word."""
+    from jsnsynth.quantify.quantifier import _pair_pixel_spacing
+
+    assert _pair_pixel_spacing(0.2, 0.1, 0.1, "b.dcm", "f.dcm") == (0.2, "option")
+    assert _pair_pixel_spacing(None, 0.1, None, "b.dcm", "f.png") == (0.1, "dicom")
+    assert _pair_pixel_spacing(None, None, 0.1, "b.png", "f.dcm") == (0.1, "dicom (the follow-up's; the baseline has none)")
+    assert _pair_pixel_spacing(None, None, None, "b.png", "f.png")[1].startswith("nominal (0.175 mm/px")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _pair_pixel_spacing(None, 0.1, 0.1005, "b.dcm", "f.dcm") == (0.1, "dicom")  # within 1 %
+    with pytest.warns(UserWarning, match=r"spacings differ \(b.dcm: 0.1 mm, f.dcm: 0.2 mm\)"):
+        assert _pair_pixel_spacing(None, 0.1, 0.2, "b.dcm", "f.dcm") == (0.1, "dicom")
+    with pytest.raises(InputError, match="f.dcm"):
+        _pair_pixel_spacing(None, None, 50.0, "b.png", "f.dcm")  # out of range, named by its file

@@ -18,6 +18,7 @@ import functools
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -720,6 +721,32 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     return fits, coarse, info, variance_of, t_coarse, t_fine, follow_coef
 
 
+#: Headers whose spacings differ by less than this (relative) state one spacing.
+SPACING_AGREEMENT = 0.01
+
+
+def _pair_pixel_spacing(option_mm: float | None, baseline_mm: float | None, followup_mm: float | None,
+                        baseline_path: str, followup_path: str) -> tuple[float, str]:
+    """The spacing of the baseline's pixels, in which the JSN is measured, and where it came from:
+    the option, else the baseline's DICOM header, else the follow-up's (the same crop size of the
+    same joint; better than the nominal one), else the nominal 0.175 mm/px. Headers that disagree
+    are a warning: the quantifier takes the difference for a magnification, and the millimetres
+    follow the baseline's."""
+    from jsnsynth.synth.layers import check_pixel_spacing
+
+    if option_mm is not None:
+        return check_pixel_spacing(option_mm, "--pixel-spacing"), "option"
+    if baseline_mm is not None and followup_mm is not None and \
+            abs(followup_mm - baseline_mm) > SPACING_AGREEMENT * baseline_mm:
+        warnings.warn(f"the visits' DICOM pixel spacings differ ({baseline_path}: {baseline_mm:g} mm, {followup_path}: "
+                      f"{followup_mm:g} mm); the JSN is in the baseline's pixels and millimetres", stacklevel=3)
+    for path, header_mm, label in ((baseline_path, baseline_mm, "dicom"),
+                                   (followup_path, followup_mm, "dicom (the follow-up's; the baseline has none)")):
+        if header_mm is not None:
+            return check_pixel_spacing(header_mm, f"{path} (DICOM header; give --pixel-spacing to override)"), label
+    return DEFAULT_PIXEL_SPACING_MM, "nominal (0.175 mm/px; the images have no spacing)"
+
+
 def quantify_files(
     baseline_path: str,
     followup_path: str,
@@ -735,8 +762,9 @@ def quantify_files(
 ) -> dict[str, Any]:
     """Read a pair from disk, quantify it, and write the optional figure and JSON record.
 
-    Pixel spacing: the option when given, else the baseline's DICOM header, else the nominal
-    0.175 mm/px; ``pixel_spacing_source`` in the record says which. The joint frame defaults to
+    Pixel spacing: the option when given, else the baseline's DICOM header, else the
+    follow-up's, else the nominal 0.175 mm/px; ``pixel_spacing_source`` in the record says which
+    (headers that disagree by more than 1 % are a warning). The joint frame defaults to
     the baseline masks' (see :func:`quantify_pair`).
 
     The figure and the JSON record are written together, at the end, or not at all.
@@ -753,7 +781,6 @@ def quantify_files(
     from jsnsynth.quantify.reliability import figure_format, residual_figure_bytes
     from jsnsynth.synth.io import check_outputs_apart, check_writable, json_text, write_files_atomic
     from jsnsynth.synth.io import read_mask, read_radiograph
-    from jsnsynth.synth.layers import check_pixel_spacing
 
     # every output checked before the work: writable, and overwriting neither an input nor the
     # other output
@@ -776,13 +803,8 @@ def quantify_files(
         raise InputError("give both --followup-upper-mask and --followup-lower-mask, or neither")
     if followup_upper_mask_path is not None:
         follow_masks = [read_mask(followup_upper_mask_path, shape), read_mask(followup_lower_mask_path, shape)]
-    if pixel_spacing_mm is not None:
-        spacing, source = check_pixel_spacing(pixel_spacing_mm, "--pixel-spacing"), "option"
-    elif base.pixel_spacing_mm is not None:
-        label = f"{baseline_path} (DICOM header; give --pixel-spacing to override)"
-        spacing, source = check_pixel_spacing(base.pixel_spacing_mm, label), "dicom"
-    else:
-        spacing, source = DEFAULT_PIXEL_SPACING_MM, "nominal (0.175 mm/px; the image has no spacing)"
+    spacing, source = _pair_pixel_spacing(pixel_spacing_mm, base.pixel_spacing_mm, follow.pixel_spacing_mm,
+                                          baseline_path, followup_path)
     result = quantify_pair(
         base.intensity.astype(np.float32), follow.intensity.astype(np.float32), masks[0], masks[1],
         pixel_spacing_mm=spacing, followup_upper_mask=follow_masks[0], followup_lower_mask=follow_masks[1],

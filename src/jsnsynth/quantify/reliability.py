@@ -9,7 +9,10 @@ turns them into numbers:
   two images, ``sqrt(sigma_b^2 + sigma_f^2 + floor^2)``, where the sigmas are estimated from
   each image (Immerkaer's Laplacian estimator) and ``floor`` allows for model error (soft
   tissue that does not move with the bone, display nonlinearity), in proportion to the
-  baseline's contrast in the bone regions (``RESIDUAL_FLOOR_FRACTION``). About 1 for a good fit.
+  baseline's contrast in the bone regions (``RESIDUAL_FLOOR_FRACTION``); all in the follow-up's
+  intensity units (the baseline's terms times the ratio of the two images' contrasts over the
+  bones), as the residual is, so that visits stored at different scales (12 and 16 significant
+  bits) are judged alike. About 1 for a good fit.
 - ``explained``: the share of the aligned follow-up's variance in a bone region that a quadratic
   of the baseline's intensities explains. The residual ratio cannot tell a follow-up that holds
   nothing of the baseline (noise, another image): its own noise estimate then grows with it.
@@ -210,8 +213,15 @@ def assess_reliability(
     ``last_step_px``); ``stats`` the :func:`residual_maps` statistics.
     """
     union = regions["upper"] | regions["lower"]
-    noise = math.hypot(noise_std_estimate(base, union), noise_std_estimate(follow, union))
-    expected = math.hypot(noise, RESIDUAL_FLOOR_FRACTION * float(np.std(base[union])))
+    # the residual is in the follow-up's intensity units, and so is what it is judged against:
+    # the baseline's noise and contrast are taken there by the ratio of the two images' contrasts
+    # over the bones (a visit stored with 12 significant bits beside one with 16 had its
+    # residual ratios scaled 16-fold: a sound pair flagged, or a follow-up of another joint
+    # passed with reliability 1)
+    base_contrast, follow_contrast = float(np.std(base[union])), float(np.std(follow[union]))
+    to_follow_units = follow_contrast / base_contrast if base_contrast > 0 else 1.0
+    noise = math.hypot(to_follow_units * noise_std_estimate(base, union), noise_std_estimate(follow, union))
+    expected = math.hypot(noise, RESIDUAL_FLOOR_FRACTION * to_follow_units * base_contrast)
     flags: list[str] = []
     report = ReliabilityReport(score=1.0, mismatch=False, noise_std=noise)
     meaningless = False  # a fit whose numbers mean nothing: reliability 0
