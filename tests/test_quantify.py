@@ -1215,3 +1215,17 @@ def test_pixel_spacing_of_a_pair_from_its_headers():
         assert _pair_pixel_spacing(None, 0.1, 0.2, "b.dcm", "f.dcm") == (0.1, "dicom")
     with pytest.raises(InputError, match="f.dcm"):
         _pair_pixel_spacing(None, None, 50.0, "b.png", "f.dcm")  # out of range, named by its file
+
+
+@pytest.mark.parametrize("axis_deg", [80.0, -80.0, 180.0, 90.0])
+def test_a_given_axis_across_the_joint_or_reversed_is_refused(axis_deg):
+    """An axis measured from +x (80 deg on an upright joint) read -0.81 px against +0.41 px,
+    unflagged; 90 deg failed with "the masks share no column"."""
+    layers, pair = _phantom_pair(5, 1, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
+    with pytest.raises(InputError, match=r"deg off the line from the upper bone to the lower one .* from \+y"):
+        quantify_pair(pair.baseline, pair.followup, layers.upper_mask, layers.lower_mask, joint_axis_deg=axis_deg)
+    # the same axis a turn later is the same axis
+    own = pair.baseline_layers.joint_axis_deg
+    results = [quantify_pair(pair.baseline, pair.followup, layers.upper_mask, layers.lower_mask, joint_axis_deg=own + turn)
+               for turn in (0.0, 360.0)]
+    assert results[0].jsn_px == pytest.approx(results[1].jsn_px, abs=1e-9)

@@ -170,6 +170,20 @@ def _facing_profiles(
 MAX_AXIS_TILT_DEG = 45.0
 
 
+def centroid_axis_deg(upper_mask: np.ndarray, lower_mask: np.ndarray) -> float:
+    """Angle (degrees, 0 = straight down, in (-180, 180]) of the line from the upper bone's
+    centroid to the lower bone's, in the convention of the joint axis.
+
+    Raises:
+        InputError: an empty mask, or masks of different sizes.
+    """
+    upper_mask, lower_mask = _check_masks(upper_mask, lower_mask)
+    rows_u, cols_u = np.nonzero(upper_mask)
+    rows_l, cols_l = np.nonzero(lower_mask)
+    dx, dy = cols_l.mean() - cols_u.mean(), rows_l.mean() - rows_u.mean()
+    return math.degrees(math.atan2(-dx, dy))
+
+
 def check_joint_masks(upper_mask: np.ndarray, lower_mask: np.ndarray) -> float:
     """Check that two masks can be a stored joint; return the angle of the line between centroids.
 
@@ -177,11 +191,7 @@ def check_joint_masks(upper_mask: np.ndarray, lower_mask: np.ndarray) -> float:
         InputError: an empty mask, or bones not one above the other (the line through their
             centroids tilts more than ``MAX_AXIS_TILT_DEG`` from vertical: swapped or side by side).
     """
-    upper_mask, lower_mask = _check_masks(upper_mask, lower_mask)
-    rows_u, cols_u = np.nonzero(upper_mask)
-    rows_l, cols_l = np.nonzero(lower_mask)
-    dx, dy = cols_l.mean() - cols_u.mean(), rows_l.mean() - rows_u.mean()
-    angle_deg = math.degrees(math.atan2(-dx, dy))
+    angle_deg = centroid_axis_deg(upper_mask, lower_mask)
     if abs(angle_deg) > MAX_AXIS_TILT_DEG:
         raise InputError(
             f"the lower-bone mask is not below the upper-bone mask (joint axis {angle_deg:.0f} deg from "
