@@ -398,3 +398,20 @@ def test_a_run_record_that_is_not_an_object_is_a_one_line_error(phantom_dataset:
         check_dataset_folder(copy)
     with pytest.raises(OutputError, match=STATE_NAME):
         build_dataset(PhantomSource(n_joints=8, size_px=64), copy, 8, seed=4, shard_size=3, quiet=True)
+
+
+def test_pixel_spacing_option_reaches_every_source(tmp_path: Path) -> None:
+    """'jsnsynth dataset' had no --pixel-spacing: crops of real joints at another resolution
+    (PNG, no header) could not be given theirs, and the LSN separated them as 0.175 mm/px."""
+    from jsnsynth.cli import _dataset_source
+
+    folder = make_fingerjoint_folder(tmp_path / "fj", n_series=2, visits=2)
+    out = tmp_path / "ds"
+    assert main(["dataset", "--source", f"fingerjoints:{folder}", "--pairs", "2", "--out", str(out),
+                 "--pixel-spacing", "0.1", "--quiet", "--layers-every", "0"]) == 0
+    rows = list(iter_pairs(out))
+    assert [row["pixel_spacing_mm"] for row in rows] == [0.1, 0.1]
+    assert all(row["jsn_mm"] == pytest.approx(0.1 * row["jsn_px"]) for row in rows)
+    assert _dataset_source("phantom", 2, None, None, 0.12).load("0", np.random.default_rng(0)).pixel_spacing_mm == 0.12
+    assert _dataset_source(f"lsn:{folder / '00000_L_2'}", 2, None, None, 0.12).pixel_spacing_mm == 0.12
+    assert _dataset_source(f"fingerjoints:{folder}", 2, None, None, None).pixel_spacing_mm == 0.175

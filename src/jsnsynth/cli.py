@@ -127,10 +127,13 @@ def _pair_limit(name: str) -> FiniteFloatRange:
     return FiniteFloatRange(*PAIR_OPTION_LIMITS[name])
 
 
-def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overlap_px: int | None):
+def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overlap_px: int | None,
+                    pixel_spacing_mm: float | None = None):
     """``phantom`` / ``fingerjoints:DIR`` from synth; ``lsn:DIR`` from the LSN (lazy import).
 
-    ``max_mask_overlap_px`` is None when the option was not given (the default applies).
+    ``max_mask_overlap_px`` and ``pixel_spacing_mm`` are None when the option was not given (the
+    source's default applies: the phantom's and the nominal 0.175 mm/px, a DICOM crop's header
+    for ``lsn``).
 
     Raises:
         JsnSynthError: an unknown or unusable source, or an option for another source: ``--size``
@@ -151,11 +154,13 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
         folder = spec.partition(":")[2]
         if not folder:
             raise JsnSynthError("source 'lsn' needs a folder: --source lsn:DIR")
-        return LsnSource(folder)
+        return LsnSource(folder, pixel_spacing_mm=pixel_spacing_mm)
     from jsnsynth.synth.sources import open_source
 
+    given = {name: value for name, value in (("size_px", size_px), ("pixel_spacing_mm", pixel_spacing_mm))
+             if value is not None}
     # one phantom joint per pair
-    return open_source(spec, n_joints=max(n_pairs, 1), max_mask_overlap_px=max_mask_overlap_px, size_px=size_px)
+    return open_source(spec, n_joints=max(n_pairs, 1), max_mask_overlap_px=max_mask_overlap_px, **given)
 
 
 @cli.command("dataset")
@@ -183,13 +188,16 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
               help="Phantom image size in pixels (--source phantom only; default: the phantom's, 256).")
 @click.option("--max-mask-overlap", type=click.IntRange(min=0), default=None,
               help=f"fingerjoints: leave out images whose bone masks overlap by more pixels (layers would be wrong)  [default: {DEFAULT_MAX_MASK_OVERLAP_PX}]")
+@click.option("--pixel-spacing", "pixel_spacing_mm", type=PIXEL_SPACING, default=None,
+              help="Pixel size in mm: of the phantom's crops, of the fingerjoints crops (which publish none), "
+                   "or of the lsn crops (resampled for the network); default 0.175, for lsn a DICOM header's.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, num_proc: int, shard_size: int,
                     layers_every: int, split_fractions: tuple[float, float, float], jsn_mm: tuple[float, float],
                     jsn_px: tuple[float, float] | None, flexion_deg: float, rotation_deg: float,
                     magnification: tuple[float, float], translation_px: float, soft_tissue_blend_mm: float,
                     no_noise: bool, photons_per_px: tuple[float, float] | None, size_px: int | None,
-                    max_mask_overlap: int | None, quiet: bool) -> None:
+                    max_mask_overlap: int | None, pixel_spacing_mm: float | None, quiet: bool) -> None:
     """Write labelled baseline/follow-up pairs with exact JSN as a Hugging Face dataset (Hub layout)."""
     from jsnsynth.synth.dataset import build_dataset
     from jsnsynth.synth.pairs import PairConfig
@@ -201,7 +209,7 @@ def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, nu
     pair_config = PairConfig(jsn_mm=jsn_mm, jsn_px=jsn_px, flexion_deg=flexion_deg, rotation_deg=rotation_deg,
                              magnification=magnification, translation_px=translation_px,
                              soft_tissue_blend_mm=soft_tissue_blend_mm, noise=not no_noise, imaging=imaging)
-    source = _dataset_source(source_spec, n_pairs, size_px, max_mask_overlap)
+    source = _dataset_source(source_spec, n_pairs, size_px, max_mask_overlap, pixel_spacing_mm)
     result = build_dataset(source, out_dir, n_pairs, seed=seed, num_proc=num_proc, shard_size=shard_size,
                            split_fractions=split_fractions, layers_every=layers_every, pair_config=pair_config,
                            quiet=quiet)

@@ -256,7 +256,8 @@ def open_source(
         spec: the source spelling.
         n_joints: number of phantom joints (ignored for real sources).
         max_mask_overlap_px: see :class:`FingerJointsSource`.
-        phantom_overrides: keyword overrides for the phantom sampler.
+        phantom_overrides: keyword overrides for the phantom sampler (of them, ``pixel_spacing_mm``
+            also sets the nominal spacing of ``fingerjoints``).
 
     Raises:
         InputError: an unknown source or an unusable folder.
@@ -267,5 +268,9 @@ def open_source(
     if kind == "fingerjoints":
         if not argument:
             raise InputError("source 'fingerjoints' needs a folder: --source fingerjoints:DIR")
-        return FingerJointsSource(argument, max_mask_overlap_px=max_mask_overlap_px)
+        spacing = phantom_overrides.pop("pixel_spacing_mm", None)
+        if phantom_overrides:
+            raise InputError(f"source 'fingerjoints' takes no {', '.join(sorted(phantom_overrides))}")
+        return FingerJointsSource(argument, max_mask_overlap_px=max_mask_overlap_px,
+                                  **({} if spacing is None else {"pixel_spacing_mm": float(spacing)}))
     raise InputError(f"unknown source '{spec}' (expected one of: {', '.join(SOURCE_KINDS)})")
