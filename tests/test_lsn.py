@@ -30,7 +30,7 @@ from jsnsynth.lsn.data import (
     shift_down_edge,
     smooth_reference_attenuations,
 )
-from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, TRAINING_PIXEL_SPACING_MM, load_model, separate_intensity
+from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, TRAINING_PIXEL_SPACING_MM, load_model, looks_inverted, separate_intensity
 from jsnsynth.lsn.model import (
     BAND_FULL_PX,
     BAND_MAX_EUCLIDEAN_PX,
@@ -520,3 +520,17 @@ def test_separate_refuses_crops_without_a_joint_and_absurd_spacings_before_writi
         check_separation(some, np.zeros_like(some), "crop")
     with pytest.warns(UserWarning, match="cover 100%"):
         check_separation(some, ~some, "crop")
+
+
+def test_a_crop_stored_with_bone_dark_is_named(tmp_path, capsys):
+    """An inverted crop was separated without a word into layers that are not bones."""
+    image, _, _, _ = synthetic_joint(96)
+    model = load_model()
+    intensity = image / 255.0
+    for crop, inverted in ((intensity, False), (1.0 - intensity, True)):
+        assert looks_inverted(crop, separate_intensity(crop, model), model) is inverted
+    write_bytes_atomic(tmp_path / "dark.png", encode_png(255 - image.astype(np.uint8)))
+    write_bytes_atomic(tmp_path / "bright.png", encode_png(image.astype(np.uint8)))
+    assert main(["separate", str(tmp_path / "dark.png"), str(tmp_path / "bright.png"), "--out", str(tmp_path / "out")]) == 0
+    warnings_printed = [line for line in capsys.readouterr().err.splitlines() if "looks inverted" in line]
+    assert len(warnings_printed) == 1 and "dark.png" in warnings_printed[0]
