@@ -221,6 +221,13 @@ def separate_intensity(
     intensity = check_crop(intensity, name)
     if pixel_spacing_mm is not None:
         check_pixel_spacing(pixel_spacing_mm, name)
+    elif max(intensity.shape) > LARGE_CROP_PX:
+        # at 0.175 mm/px such a crop would frame more than a whole hand: it is surely finer, and
+        # taken at the training spacing its bones are several times the size the network knows
+        # (a 2048 px crop: upper-mask Dice 0.26)
+        warnings.warn(f"{name}: a {intensity.shape[1]}x{intensity.shape[0]} px crop taken at "
+                      f"{TRAINING_PIXEL_SPACING_MM} mm/px would be {max(intensity.shape) * TRAINING_PIXEL_SPACING_MM:.0f} mm "
+                      "across; give its pixel spacing (--pixel-spacing)", stacklevel=2)
     model = model if model is not None else load_model()
     # a crop padded to size: the network never saw a fill around a joint, and with 20 px of a
     # constant one it called the lower bone upper and the upper lower on 10 of 12 real crops.
@@ -236,6 +243,10 @@ def separate_intensity(
     picture = _separate_picture(intensity[top:bottom, left:right], model, pixel_spacing_mm, name)
     return _embedded(picture, intensity, content)
 
+
+#: A crop larger than this (px, longer side) with no pixel spacing is warned about: at the
+#: training spacing it would be 179 mm across, where a joint crop frames about 45 mm.
+LARGE_CROP_PX = 1024
 
 #: A bone probability between these leaves a pixel undecided (:func:`undecided_fraction`).
 UNDECIDED_PROBABILITY = (0.2, 0.8)
