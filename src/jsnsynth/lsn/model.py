@@ -180,24 +180,54 @@ def band_gate(bone_masks: torch.Tensor, pixel_scale: float = 1.0) -> torch.Tenso
         pixel_scale: size of one pixel of ``bone_masks`` in training pixels (4 at 1/4 size;
             below 1 for a crop finer than the training spacing); the band is scaled to it.
     """
-    full = BAND_FULL_PX / pixel_scale
-    end = BAND_END_PX / pixel_scale
-    steps = max(1, int(math.ceil(end)))
+    weights = _band_weights(pixel_scale)
+    if not bone_masks.requires_grad and bone_masks.device.type == "cpu" and bool(((bone_masks == 0) | (bone_masks == 1)).all()):
+        return _hard_band_gate(bone_masks, weights)
     current = bone_masks.clamp(0.0, 1.0)
     gate = current
-    for k in range(1, steps + 1):
+    for k, weight in enumerate(weights, start=1):
         if k % 2:
             current = F.max_pool2d(current, 3, stride=1, padding=1)
         else:
             current = torch.maximum(
                 F.max_pool2d(current, (3, 1), stride=1, padding=(1, 0)), F.max_pool2d(current, (1, 3), stride=1, padding=(0, 1))
             )
+        gate = torch.maximum(gate, weight * current)
+    return gate
+
+
+def _band_weights(pixel_scale: float) -> list[float]:
+    """``w(k)`` of :func:`band_gate` for the dilation steps ``k = 1, 2, ...`` while it is above 0."""
+    full = BAND_FULL_PX / pixel_scale
+    end = BAND_END_PX / pixel_scale
+    weights = []
+    for k in range(1, max(1, int(math.ceil(end))) + 1):
         ramp = min(max((k - full) / max(end - full, 1e-6), 0.0), 1.0)
         weight = 0.5 * (1.0 + math.cos(math.pi * ramp))
         if weight <= 0.0:
             break
-        gate = torch.maximum(gate, weight * current)
-    return gate
+        weights.append(weight)
+    return weights
+
+
+def _hard_band_gate(bone_masks: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """:func:`band_gate` of 0/1 masks (the separation's hard masks), the same values: OpenCV's
+    dilations of 8-bit masks, where torch's float max-pooling at full resolution took 1.5 s of a
+    1024 px crop at 0.044 mm/px (tens of steps over a million pixels; 20 s at 2048 px)."""
+    import cv2
+    import numpy as np
+
+    square = np.ones((3, 3), np.uint8)
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    masks = bone_masks.numpy()
+    gates = masks.astype(np.float32)  # a copy: the masks stay as they are
+    for index in np.ndindex(masks.shape[:-2]):
+        current = masks[index].astype(np.uint8)
+        gate = gates[index]
+        for k, weight in enumerate(weights, start=1):
+            current = cv2.dilate(current, square if k % 2 else cross)  # outside the picture counts as 0
+            np.maximum(gate, np.float32(weight) * current, out=gate)
+    return torch.from_numpy(gates)
 
 
 def compose_fractions(share_logits: torch.Tensor, bone_masks: torch.Tensor, pixel_scale: float = 1.0) -> torch.Tensor:
