@@ -209,24 +209,30 @@ def test_interrupted_then_resumed_equals_uninterrupted(raster_source: FingerJoin
 def test_run_stopped_while_moving_its_shards_into_place_resumes(raster_source: FingerJointsSource, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     build_dataset(raster_source, tmp_path / "whole", 8, seed=3, shard_size=2, quiet=True)
+    from datasets import load_dataset
+
     real_replace = os.replace
 
-    def replace_but_not_data(source, target) -> None:  # the layers folder goes in, then the run dies
-        if Path(target) == tmp_path / "stopped" / "data":
+    def replace_but_not_layers(source, target) -> None:  # the pairs folder goes in, then the run dies
+        if Path(target) == tmp_path / "stopped" / "layers":
             raise KeyboardInterrupt
         real_replace(source, target)
 
-    monkeypatch.setattr(os, "replace", replace_but_not_data)
+    monkeypatch.setattr(os, "replace", replace_but_not_layers)
     with pytest.raises(KeyboardInterrupt):
         build_dataset(raster_source, tmp_path / "stopped", 8, seed=3, shard_size=2, quiet=True)
     monkeypatch.undo()
-    assert (tmp_path / "stopped" / "layers").is_dir() and not (tmp_path / "stopped" / "data").exists()
+    assert (tmp_path / "stopped" / "data").is_dir() and not (tmp_path / "stopped" / "layers").exists()
     with pytest.raises(InputError, match="unfinished"):
         check_dataset_folder(tmp_path / "stopped")
-    # one shard already in place, the rest still waiting: the resumed run finishes the move
-    staged = sorted((tmp_path / "stopped" / UNFINISHED_DIR / "data").glob("*.parquet"))
-    (tmp_path / "stopped" / "data").mkdir()
-    os.replace(staged[0], tmp_path / "stopped" / "data" / staged[0].name)
+    # what a loader finds meanwhile is every pair (with layers/ moved first, it took the layers
+    # rows for the dataset)
+    loaded = load_dataset(str(tmp_path / "stopped"), cache_dir=str(tmp_path / "hf_cache"))
+    assert sum(split.num_rows for split in loaded.values()) == 8 and "jsn_px" in loaded["train"].column_names
+    # one layers shard already in place, the rest still waiting: the resumed run finishes the move
+    staged = sorted((tmp_path / "stopped" / UNFINISHED_DIR / "layers").glob("*.parquet"))
+    (tmp_path / "stopped" / "layers").mkdir()
+    os.replace(staged[0], tmp_path / "stopped" / "layers" / staged[0].name)
     result = build_dataset(raster_source, tmp_path / "stopped", 8, seed=3, shard_size=2, quiet=True)
     assert result.resumed_shards == result.shards
     assert not (tmp_path / "stopped" / UNFINISHED_DIR).exists()

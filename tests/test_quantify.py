@@ -1229,3 +1229,15 @@ def test_a_given_axis_across_the_joint_or_reversed_is_refused(axis_deg):
     results = [quantify_pair(pair.baseline, pair.followup, layers.upper_mask, layers.lower_mask, joint_axis_deg=own + turn)
                for turn in (0.0, 360.0)]
     assert results[0].jsn_px == pytest.approx(results[1].jsn_px, abs=1e-9)
+
+
+@pytest.mark.parametrize("level", [0, 65535])
+def test_a_follow_up_flat_over_the_bones_is_a_mismatch_not_a_crash(level):
+    """With the residual ratio in the follow-up's units, a follow-up without contrast over the
+    bones divided by zero."""
+    layers, pair = _phantom_pair(6, 0, PairConfig(noise=True, jsn_px=(-2.0, 2.0)))
+    followup = quantize(pair.followup)
+    around = ndimage.binary_dilation(layers.upper_mask | layers.lower_mask, iterations=12)
+    followup[around] = level
+    result = quantify_pair(quantize(pair.baseline), followup, layers.upper_mask, layers.lower_mask)
+    assert result.mismatch and result.reliability == 0.0

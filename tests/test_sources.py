@@ -165,3 +165,19 @@ def test_a_mask_of_the_wrong_size_is_named(tmp_path: Path) -> None:
     height, width = upper.shape
     assert source.excluded["00001_L_3/visit0"] == (
         f"{upper_path}: mask is {width // 2}x{height // 2}, image is {width}x{height}")
+
+
+def test_a_damaged_radiograph_is_an_error_not_a_mask_problem(tmp_path: Path) -> None:
+    """Read with the masks' checks, a damaged image was left out as 'unusable bone masks'."""
+    root = make_fingerjoint_folder(tmp_path / "fj", n_series=2, visits=2)
+    image = root / "00001_L_3" / "visit0.png"
+    image.write_bytes(b"not a png")
+    with pytest.raises(InputError, match=str(image.name)):
+        FingerJointsSource(root)
+
+
+def test_a_phantom_too_small_to_frame_a_joint_is_refused_up_front() -> None:
+    # 64 px at 0.02 mm/px (1.3 mm): half the draws failed at their first pair, "upper-bone mask is empty"
+    with pytest.raises(InputError, match="frames 1.3 mm, too little of a joint"):
+        PhantomSource(n_joints=2, size_px=64, pixel_spacing_mm=0.02)
+    PhantomSource(n_joints=2, size_px=64, pixel_spacing_mm=0.05)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -24,6 +25,7 @@ from jsnsynth.quantify.validate import (
     IMAGING_FIELDS,
     ResumeLog,
     load_method,
+    method_stamps,
     noise_level_of,
     read_estimate,
     read_pairs,
@@ -178,6 +180,20 @@ def test_a_plugin_edited_between_runs_is_measured_anew(dataset, tmp_path, monkey
     column = rows[0].split(",").index("estimate_px")
     assert {float(row.split(",")[column]) for row in rows[1:]} == {0.25}
     sys.modules.pop("edited_plugin", None)
+
+
+def test_method_stamps_name_the_file_of_a_function_or_of_a_callable_object(tmp_path, monkeypatch):
+    (tmp_path / "stamped_plugin.py").write_text(
+        "class Measure:\n    def __call__(self, *args, **kwargs):\n        return 0.0\n\n"
+        "measure = Measure()\n\ndef function(*args, **kwargs):\n    return 0.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import stamped_plugin
+
+    for method in (stamped_plugin.function, stamped_plugin.measure):
+        stamps = method_stamps(method)[1]
+        assert stamps is not None and stamps[0][0] == os.path.realpath(tmp_path / "stamped_plugin.py")
+    assert method_stamps(len)[1] is None  # a builtin has no file
+    sys.modules.pop("stamped_plugin", None)
 
 
 def _stop_on_second_call(stop: bool = True):

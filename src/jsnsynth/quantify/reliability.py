@@ -170,7 +170,8 @@ def residual_maps(
             clipped = float(np.mean(clipped_pixels(base_values[counted], value[counted], *clipping)))
         stats[name] = {"rms_before": float(np.sqrt(np.mean(before[counted] ** 2))),
                        "rms_after": math.sqrt(mean_square_after),
-                       "explained": 1.0 - mean_square_after / max(float(np.var(value[counted])), 1e-20),
+                       # a follow-up flat over the region holds nothing of the baseline
+                       "explained": _explained_share(mean_square_after, float(np.var(value[counted]))),
                        "clipped": clipped}
         if keep_maps:
             for key, values in (("before", before), ("after", after)):
@@ -178,6 +179,14 @@ def residual_maps(
                 frame[region] = values
                 maps[f"{name}_{key}"] = frame
     return maps, stats
+
+
+def _explained_share(residual_mean_square: float, variance: float) -> float:
+    """Share of a follow-up region's variance that the intensity polynomial of the baseline
+    explains; 0 for a region without variance (flat: nothing of the baseline is in it)."""
+    if not variance > 1e-20:
+        return 0.0
+    return 1.0 - residual_mean_square / variance
 
 
 def _disagreement_px(p_a: np.ndarray, p_b: np.ndarray, region: np.ndarray, center_xy: tuple[float, float]) -> float:
@@ -218,8 +227,11 @@ def assess_reliability(
     # over the bones (a visit stored with 12 significant bits beside one with 16 had its
     # residual ratios scaled 16-fold: a sound pair flagged, or a follow-up of another joint
     # passed with reliability 1)
+    # (the follow-up's SD over the baseline's regions, unaligned: a contrast, which the moves
+    # of a second visit hardly change; a flat follow-up keeps the baseline's units, and the
+    # 'explained' test names it)
     base_contrast, follow_contrast = float(np.std(base[union])), float(np.std(follow[union]))
-    to_follow_units = follow_contrast / base_contrast if base_contrast > 0 else 1.0
+    to_follow_units = follow_contrast / base_contrast if base_contrast > 0 and follow_contrast > 0 else 1.0
     noise = math.hypot(to_follow_units * noise_std_estimate(base, union), noise_std_estimate(follow, union))
     expected = math.hypot(noise, RESIDUAL_FLOOR_FRACTION * to_follow_units * base_contrast)
     flags: list[str] = []
@@ -227,7 +239,7 @@ def assess_reliability(
     meaningless = False  # a fit whose numbers mean nothing: reliability 0
     max_jump_px = MISMATCH_JUMP_PX * pixel_limit_scale
     for name, fit in fits.items():
-        ratio = stats[name]["rms_after"] / expected
+        ratio = stats[name]["rms_after"] / expected if expected > 0 else math.inf
         report.residual_ratio[name] = ratio
         try:
             condition = float(np.linalg.cond(fit.hessian))

@@ -618,10 +618,14 @@ def method_stamps(function: Callable) -> list:
     results). A callable without a source file (a builtin, a C extension) adds nothing."""
     target = inspect.unwrap(function) if callable(function) else function
     target = getattr(target, "func", target)  # functools.partial
-    try:
-        source = inspect.getsourcefile(target) or inspect.getsourcefile(type(target))
-    except TypeError:
-        source = None
+    source = None
+    for candidate in (target, type(target)):  # a function, or an object with __call__ (its class)
+        try:
+            source = inspect.getsourcefile(candidate)
+        except TypeError:  # an instance, a builtin
+            continue
+        if source:
+            break
     return [__version__, file_stamps([source]) if source else None]
 
 

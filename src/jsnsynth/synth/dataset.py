@@ -23,8 +23,8 @@ file lists finished shards, so an interrupted run resumes where it stopped.
 Nothing half-written. Until the last shard is done, the shards wait in a hidden folder, which
 ``datasets.load_dataset`` does not look into (it skips hidden paths): an interrupted run's folder
 is not a dataset, where it would otherwise load as a smaller one without a word. The finished
-shards are then moved into ``data/`` and ``layers/`` (each folder by one rename), and the card is
-written last.
+shards are then moved into ``data/`` and ``layers/`` (each folder by one rename, pairs first), and
+the card is written last.
 """
 
 from __future__ import annotations
@@ -594,14 +594,15 @@ def _pairs_shards_on_disk(out_dir: Path) -> bool:
 
 
 def _move_shards_into_place(out_dir: Path) -> None:
-    """Move the finished run's shards from the hidden folder into ``layers/`` and ``data/``.
+    """Move the finished run's shards from the hidden folder into ``data/`` and ``layers/``.
 
-    Layers first, so that ``data/`` (what makes the folder a dataset) comes last; each folder is
-    one rename when it does not exist yet, else its shards are moved one by one (a run stopped
-    while moving them, then resumed).
+    Pairs first: a run stopped between the two moves leaves the whole ``pairs`` config in place
+    and ``layers/`` hidden (the other way round, ``datasets.load_dataset`` took ``layers/`` for
+    the dataset, without its card to say otherwise). Each folder is one rename when it does not
+    exist yet, else its shards are moved one by one (a run stopped while moving them, then resumed).
     """
     staging = out_dir / UNFINISHED_DIR
-    for sub in (LAYERS_DIR, PAIRS_DIR):
+    for sub in (PAIRS_DIR, LAYERS_DIR):
         staged, final = staging / sub, out_dir / sub
         if not staged.is_dir():
             continue

@@ -60,6 +60,10 @@ class JointSource(Protocol):
         ...
 
 
+#: Smallest field of view (mm) of a phantom crop: size x pixel spacing.
+MIN_PHANTOM_FIELD_MM = 3.0
+
+
 class PhantomSource:
     """Physics phantoms: every joint id is a fresh anatomy drawn from the ``rng`` given to ``load``.
 
@@ -88,7 +92,12 @@ class PhantomSource:
         self.overrides = {k: v for k, v in overrides.items() if v is not None}
         # one throw-away draw checks the overrides (names, size, spacing) now, not when the
         # first pair is made after the output folder has been set up
-        phantom.sample_phantom_params(np.random.default_rng(0), **self.overrides)
+        params = phantom.sample_phantom_params(np.random.default_rng(0), **self.overrides)
+        field_mm = params.size_px * params.pixel_spacing_mm
+        if field_mm < MIN_PHANTOM_FIELD_MM:
+            # 64 px at 0.02 mm/px: half the draws had no upper bone in the picture
+            raise InputError(f"a phantom of {params.size_px} px at {params.pixel_spacing_mm:g} mm/px frames {field_mm:.1f} mm, "
+                             f"too little of a joint to show both bones (at least {MIN_PHANTOM_FIELD_MM:g} mm)")
 
     def joint_ids(self) -> list[str]:
         """``phantom-000000``, ``phantom-000001``, ..."""
@@ -221,11 +230,16 @@ def _check_record_files(record: FingerJointRecord) -> None:
 
 
 def _unusable_masks(record: FingerJointRecord, max_overlap_px: int) -> str:
-    """Why a record's masks cannot place a joint or give faithful layers ('' when they can)."""
+    """Why a record's masks cannot place a joint or give faithful layers ('' when they can).
+
+    Raises:
+        InputError: the record's radiograph cannot be read.
+    """
+    # both masks against the image: checked against the upper mask, a wrong-sized upper mask
+    # was reported as the lower mask's fault. A damaged image is no mask problem: it stays an
+    # error (raised here, before anything is written)
+    shape = read_radiograph(record.image).intensity.shape
     try:
-        # both against the image: checked against the upper mask, a wrong-sized upper mask was
-        # reported as the lower mask's fault
-        shape = read_radiograph(record.image).intensity.shape
         upper = read_mask(record.mask_upper, shape)
         lower = read_mask(record.mask_lower, shape)
         overlap = int(np.count_nonzero(upper & lower))
