@@ -794,3 +794,39 @@ def test_validate_real_checks_its_output_folder_before_the_work(tmp_path):
     with pytest.raises(OutputError, match="exists and is not a folder"):
         validate_real(folder, method, n_shifts=0, out_dir=tmp_path / "taken")
     assert not calls
+
+
+def test_a_method_that_changes_its_inputs_changes_no_bound(dataset):
+    """The harness handed a method the record's own arrays and then computed the pair's bound
+    from them: a mask cleared in place took every bound (and the efficiency) with it."""
+    records = list(read_pairs(dataset))
+
+    def clears_its_masks(baseline, followup, upper, lower, **kwargs):
+        upper[:] = False
+        lower[:] = False
+        baseline[:] = 0
+        return 0.0
+
+    spoiled = validate_records(records, clears_its_masks)
+    clean = validate_records(list(read_pairs(dataset)), lambda *args, **kwargs: 0.0)
+    assert [row["crlb_px"] for row in spoiled] == [row["crlb_px"] for row in clean]
+    assert all(math.isfinite(row["crlb_px"]) for row in spoiled)
+
+
+def test_the_flag_rate_does_not_depend_on_how_a_method_fails(dataset):
+    """A method that raised on a pair had it counted as flagged; one that returned NaN, not."""
+    def raises(baseline, followup, *args, **kwargs):
+        if np.mean(followup) > np.mean(baseline):
+            raise ValueError("no estimate")
+        return {"jsn_px": 0.0, "mismatch": True}
+
+    def returns_nan(baseline, followup, *args, **kwargs):
+        if np.mean(followup) > np.mean(baseline):
+            return float("nan")
+        return {"jsn_px": 0.0, "mismatch": True}
+
+    summaries = [summarize(validate_records(list(read_pairs(dataset)), method, with_crlb=False))
+                 for method in (raises, returns_nan)]
+    assert summaries[0]["n_estimated"] == summaries[1]["n_estimated"] < summaries[0]["n"]
+    assert summaries[0]["flag_rate"] == summaries[1]["flag_rate"] == 1.0  # over the estimated pairs
+    assert summaries[0]["mismatch_rate"] == summaries[1]["mismatch_rate"]

@@ -411,12 +411,18 @@ def _crlb_or_nan(record: dict) -> float:
 
 def method_arguments(record: dict) -> tuple[tuple, dict]:
     """The arguments a method gets for one dataset record: ``quantify_pair``'s signature, images
-    as stored, the follow-up masks, and the frame in which the dataset states its truth."""
-    args = (record["baseline"], record["followup"], record["baseline_upper_mask"], record["baseline_lower_mask"])
+    as stored, the follow-up masks, and the frame in which the dataset states its truth.
+
+    The arrays are copies: a method that changes its inputs in place (a mask eroded with
+    ``out=``) changed the record the pair's bound was then computed from."""
+    def copy(name: str) -> np.ndarray:
+        return np.array(record[name], copy=True)
+
+    args = (copy("baseline"), copy("followup"), copy("baseline_upper_mask"), copy("baseline_lower_mask"))
     kwargs = {
         "pixel_spacing_mm": float(record["pixel_spacing_mm"]),
-        "followup_upper_mask": record["followup_upper_mask"],
-        "followup_lower_mask": record["followup_lower_mask"],
+        "followup_upper_mask": copy("followup_upper_mask"),
+        "followup_lower_mask": copy("followup_lower_mask"),
         "joint_center_xy": (float(record["joint_center_x"]), float(record["joint_center_y"])),
         "joint_axis_deg": float(record["joint_axis_deg"]),
     }
@@ -434,7 +440,9 @@ def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dic
         estimate, flagged, _ = read_estimate(output)
     except (Exception, SystemExit) as exc:  # noqa: BLE001  (a plug-in's or our own failure on one pair,
         # even a sys.exit() in a plug-in, must not end the run, let alone with exit code 0)
-        estimate, flagged, error_message = float("nan"), True, method_failure(exc)
+        # no estimate, and so no flag: the flag rate is over the pairs a method estimated
+        # (raising and returning NaN are the same failure), as validate-real's over its trials
+        estimate, flagged, error_message = float("nan"), False, method_failure(exc)
     elapsed = time.perf_counter() - start
     cpu_elapsed = time.process_time() - cpu_start  # this process's CPU time (all its threads)
     spacing = float(record["pixel_spacing_mm"])
@@ -468,7 +476,7 @@ def summarize(rows: list[dict]) -> dict:
 
     Keys: n, rmse_px, rmse_ci95_px (:func:`rmse_interval`), bias_px, sd_px, loa_px (95 % limits
     of agreement, bias +- 1.96 SD), the same in mm, max_abs_error_px, mismatch_rate (|error| > 0.5 px or no estimate),
-    flag_rate, time_per_pair_s, pairs_per_s, crlb_rms_px (sqrt of the mean CRLB variance) and
+    flag_rate (over the pairs with an estimate; None without any), time_per_pair_s, pairs_per_s, crlb_rms_px (sqrt of the mean CRLB variance) and
     efficiency (RMSE / sqrt of the mean CRLB variance, both over the pairs with an estimate, a
     bound and image noise; ``None`` without such pairs: a noise-free pair's bound is that of the
     16-bit quantisation alone, about 1e-5 px, against which any method is thousands of times off).
@@ -494,7 +502,8 @@ def summarize(rows: list[dict]) -> dict:
             max_abs_error_px=float(np.max(np.abs(e))),
         )
     out["mismatch_rate"] = float(np.mean(~finite | (np.abs(np.nan_to_num(errors, nan=np.inf)) > MISMATCH_PX)))
-    out["flag_rate"] = float(np.mean([bool(r["flagged"]) for r in rows]))
+    flags = [bool(r["flagged"]) for r, estimated in zip(rows, finite) if estimated]
+    out["flag_rate"] = float(np.mean(flags)) if flags else None
     out["time_per_pair_s"] = float(times.mean())
     out["pairs_per_s"] = float(1.0 / times.mean()) if times.mean() > 0 else None
     if np.isfinite(crlb).any():
