@@ -106,6 +106,30 @@ def test_layout_card_and_columns(phantom_dataset: Path) -> None:
     assert state["complete"] and state["config"]["n_pairs"] == 8
 
 
+def test_the_card_states_what_the_dataset_holds(raster_source: FingerJointsSource, tmp_path: Path) -> None:
+    """The card counted every source joint the plan gave a split (240 'joints' for 9 pairs),
+    named the source folder by its full local path, left out the phantom's size and spacing when
+    they were the defaults, and listed the mm range beside the --jsn-px range that replaced it."""
+    import re
+
+    build_dataset(raster_source, tmp_path / "real", 3, seed=2, shard_size=2, layers_every=0, quiet=True,
+                  pair_config=PairConfig(jsn_px=(-1.0, 1.0)))
+    card = (tmp_path / "real" / "README.md").read_text()
+    rows = list(iter_pairs(tmp_path / "real"))
+    for split in ("train", "validation", "test"):
+        joints = {row["joint_id"] for row in rows if row["split"] == split}
+        pairs = sum(row["split"] == split for row in rows)
+        assert f"| {split} | {pairs} | {len(joints)} |" in card
+    assert str(raster_source.root) not in card and f'"root": "{raster_source.root.name}"' in card
+    assert re.search(r'"jsn_mm": null', card) and re.search(r'"jsn_px": \[\s*-1.0,\s*1.0\s*\]', card)
+    assert "photon count log-uniformly" in card
+    # the local run record keeps the path (it tells one run's folder from another's)
+    assert json.loads((tmp_path / "real" / STATE_NAME).read_text())["source_description"]["root"] == str(raster_source.root)
+    build_dataset(PhantomSource(n_joints=2), tmp_path / "phantom", 2, seed=2, layers_every=0, quiet=True)
+    card = (tmp_path / "phantom" / "README.md").read_text()
+    assert '"size_px": 256' in card and '"pixel_spacing_mm": 0.175' in card
+
+
 def test_load_dataset_round_trip_keeps_16_bit_pixels(phantom_dataset: Path, monkeypatch, tmp_path: Path) -> None:
     from datasets import load_dataset
 

@@ -784,6 +784,15 @@ def build_dataset(
 # Dataset card
 
 
+def _card_record(record: dict) -> dict:
+    """The run record as the card states it: a source folder by its name alone (the card is
+    published; the local path, which may name a user or a machine, stays in the run record)."""
+    description = record.get("source_description")
+    if not isinstance(description, dict) or "root" not in description:
+        return record
+    return dict(record, source_description=dict(description, root=Path(str(description["root"])).name))
+
+
 def dataset_card(record: dict, plan: Plan, split_sizes: dict[str, int]) -> str:
     """The README.md of a dataset: YAML front matter (license, tags, configs, features) and text."""
     import yaml
@@ -817,9 +826,12 @@ def dataset_card(record: dict, plan: Plan, split_sizes: dict[str, int]) -> str:
         front["license_name"] = "source-data-terms"
         if record["source"] == "fingerjoints":
             front["license_link"] = "https://github.com/pokeblow/BLS-GAN"
-    n_joints = {s: sum(1 for j in plan.split_of_joint.values() if j == s) for s in SPLITS}
+    # the joints the split's pairs were drawn from (the plan assigns every source joint a split,
+    # and a dataset of fewer pairs than joints uses only some of them)
+    n_joints = {s: len({plan.joint_of_pair[i] for shard in plan.shards if shard.split == s for i in shard.indices})
+                for s in SPLITS}
     yaml_text = yaml.safe_dump(front, sort_keys=False, width=1000)
-    params_json = json.dumps(record, indent=2, sort_keys=True)
+    params_json = json.dumps(_card_record(record), indent=2, sort_keys=True)
     split_lines = "\n".join(f"| {s} | {split_sizes[s]} | {n_joints[s]} |" for s in SPLITS)
     license_text = (
         "The generated images derive from the source data below, which states no licence: use for research only "
@@ -881,6 +893,10 @@ the baseline and follow-up of every `layers_every`-th pair of each shard (starti
 {license_text}
 
 ## Every generation parameter
+
+Each pair draws its JSN change, flexions and repositioning uniformly from the ranges below, and
+each of its two images its blur, electronic noise, window and gamma uniformly and its photon count log-uniformly
+(`config.pair.imaging`); everything from `SeedSequence([seed, pair index])`.
 
 ```json
 {params_json}

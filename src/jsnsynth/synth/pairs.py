@@ -94,9 +94,11 @@ class PairConfig:
             raise InputError(f"soft-tissue blend must be a positive number of mm, got {self.soft_tissue_blend_mm}")
 
     def to_dict(self) -> dict:
-        """JSON-ready record of every range."""
+        """JSON-ready record of every range (``jsn_mm`` null where ``jsn_px`` replaces it)."""
         record = asdict(self)
         record["imaging"] = asdict(self.imaging)
+        if self.jsn_px is not None:
+            record["jsn_mm"] = None
         return record
 
 

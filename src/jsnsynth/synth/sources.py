@@ -93,6 +93,7 @@ class PhantomSource:
         # one throw-away draw checks the overrides (names, size, spacing) now, not when the
         # first pair is made after the output folder has been set up
         params = phantom.sample_phantom_params(np.random.default_rng(0), **self.overrides)
+        self.size_px, self.pixel_spacing_mm = int(params.size_px), float(params.pixel_spacing_mm)
         field_mm = params.size_px * params.pixel_spacing_mm
         if field_mm < MIN_PHANTOM_FIELD_MM:
             # 64 px at 0.02 mm/px: half the draws had no upper bone in the picture
@@ -126,7 +127,8 @@ class PhantomSource:
 
     def describe(self) -> dict:
         """Generation parameters of the source, for the dataset card."""
-        return {"source": self.name, "n_joints": self.n_joints, "phantom_overrides": dict(self.overrides)}
+        return {"source": self.name, "n_joints": self.n_joints, "phantom_overrides": dict(self.overrides),
+                "size_px": self.size_px, "pixel_spacing_mm": self.pixel_spacing_mm}
 
 
 class FingerJointsSource:
