@@ -133,3 +133,11 @@ def test_ctrl_c_says_how_to_go_on_where_a_command_can_resume():
         assert _interrupted(args) == resume, args
     for args in (["validate", "ds"], ["validate-real", "folder"], ["quantify", "b.png", "f.png"], ["separate", "a.png"]):
         assert _interrupted(args) == "jsnsynth: interrupted", args
+
+
+def test_demo_into_a_file_is_one_line_before_any_step(tmp_path, capsys):
+    target = tmp_path / "afile"
+    target.write_text("mine")
+    assert main(["demo", "--out", str(target)]) == 1
+    captured = capsys.readouterr()
+    assert "[1/4]" not in captured.out and captured.err.strip() == f"jsnsynth: error: {target}: exists and is not a folder"

@@ -830,3 +830,14 @@ def test_the_flag_rate_does_not_depend_on_how_a_method_fails(dataset):
     assert summaries[0]["n_estimated"] == summaries[1]["n_estimated"] < summaries[0]["n"]
     assert summaries[0]["flag_rate"] == summaries[1]["flag_rate"] == 1.0  # over the estimated pairs
     assert summaries[0]["mismatch_rate"] == summaries[1]["mismatch_rate"]
+
+
+def test_a_folder_that_is_no_dataset_and_an_empty_split_are_named(dataset, tmp_path, capsys):
+    """A folder of other files was called 'an unfinished or incomplete dataset'; --split ""
+    scored every split as 'all'."""
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    assert main(["validate", str(tmp_path / "notes")]) == 1
+    assert "not a dataset (no README.md card, no data/ shards)" in _one_error(capsys)
+    assert main(["validate", str(dataset), "--split", ""]) == 1
+    assert "the split to validate is empty" in _one_error(capsys)

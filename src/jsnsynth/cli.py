@@ -373,8 +373,10 @@ def demo_command(out_dir: Path, n_pairs: int, seed: int) -> None:
     from jsnsynth.quantify.validate import validate_dataset
     from jsnsynth.synth.dataset import build_dataset
     from jsnsynth.synth.phantom_io import write_phantom_panel, write_phantom_samples
+    from jsnsynth.synth.io import check_output_folder
     from jsnsynth.synth.sources import PhantomSource
 
+    check_output_folder(out_dir)  # a file there: one line now, not after the first step
     click.echo(f"[1/4] phantoms -> {out_dir / 'phantoms'}")
     phantoms, _, _ = write_phantom_samples(out_dir / "phantoms", 8, seed=seed)
     samples = sorted(p for p in phantoms.iterdir() if p.is_dir() and not p.name.startswith("."))

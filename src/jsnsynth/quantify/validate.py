@@ -93,18 +93,22 @@ def dataset_shards(folder: str | os.PathLike, split: str | None = None) -> list[
     """
     import pyarrow.parquet as pq
 
-    from jsnsynth.synth.dataset import check_finished_run  # the same check as publish's
+    from jsnsynth.synth.dataset import CARD_NAME, PAIRS_DIR, STATE_NAME, check_finished_run  # as publish's
 
     folder = Path(folder)
     if folder.is_file():
         raise InputError(f"{folder}: is a file, not a dataset folder")
     if not folder.is_dir():
         raise InputError(f"{folder}: no such dataset folder")
+    if split is not None and not split.strip():
+        raise InputError("the split to validate is empty: name one (train, validation, test) or leave it out for all")
+    if not any((folder / name).exists() for name in (CARD_NAME, PAIRS_DIR, STATE_NAME)):
+        raise InputError(f"{folder}: not a dataset (no {CARD_NAME} card, no {PAIRS_DIR}/ shards)")
     check_finished_run(folder, record_required=False)
-    shards = sorted((folder / "data").glob("*.parquet"))
+    shards = sorted((folder / PAIRS_DIR).glob("*.parquet"))
     if not shards:
-        raise InputError(f"{folder}: not a pair dataset (no data/*.parquet shards)")
-    if split:
+        raise InputError(f"{folder}: not a pair dataset (no {PAIRS_DIR}/*.parquet shards)")
+    if split is not None:
         available = sorted({s.name.split("-")[0] for s in shards})
         shards = [s for s in shards if s.name.split("-")[0] == split]
         if not shards:
