@@ -25,6 +25,7 @@ import argparse
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 from docblock import local_figures, write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
@@ -44,7 +45,7 @@ from jsnsynth.lsn.data import (  # noqa: E402
 from jsnsynth.lsn import infer as lsn_infer  # noqa: E402
 from jsnsynth.lsn import model as lsn_model  # noqa: E402
 from jsnsynth.lsn.evaluate import separation_metrics  # noqa: E402
-from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, load_model, separate_intensity  # noqa: E402
+from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, load_model, separate_intensity, undecided_fraction  # noqa: E402
 from jsnsynth.quantify.quantifier import quantify_pair  # noqa: E402
 from jsnsynth.synth.phantom import render_phantom, sample_phantom_params  # noqa: E402
 from jsnsynth.synth.shift import shift_upper  # noqa: E402
@@ -136,6 +137,24 @@ def evaluate_phantoms(count: int, model, imaged: bool) -> list[dict]:
         estimate = (layers.soft, layers.upper, layers.lower, layers.upper_mask, layers.lower_mask)
         rows.append(separation_metrics(intensity, estimate, reference))
     return rows
+
+
+def evaluate_polarity(images: list[np.ndarray], model) -> str:
+    """How :func:`jsnsynth.lsn.infer.looks_inverted` tells crops as stored from their negatives:
+    the ratio of the undecided pixels of a crop's negative to the crop's own (below 1: warned
+    about as inverted)."""
+    ratios = []
+    for image in images:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stored = undecided_fraction(separate_intensity(image, model))
+            negative = undecided_fraction(separate_intensity(1.0 - image, model))
+        ratios.append(negative / max(stored, 1e-9))
+    ratios = np.array(ratios)
+    return (f"Inverted crops (`infer.looks_inverted`: a crop is warned about when its negative leaves fewer pixels "
+            f"undecided than it does): over all {len(ratios)} real crops, the negatives left {ratios.min():.2f} to "
+            f"{ratios.max():.1f} times the crops' undecided pixels (median {np.median(ratios):.1f}); warned about: "
+            f"{int(np.sum(ratios < 1))} of the crops as stored, {int(np.sum(ratios > 1))} of their negatives.")
 
 
 def time_separation(model, repeats: int = 30) -> float:
@@ -370,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         text += "\n\n" + edge_text
     if cache is not None and args.jsn_crops > 0:
         text += "\n\n" + evaluate_jsn(cache, cache.indices(heldout=True), model, args.jsn_crops)
+    if cache is not None:
+        text += "\n\n" + evaluate_polarity([image / 255.0 for image in cache.image], model)
     print(text)
     if not args.no_doc:
         write_doc(args.doc, text)

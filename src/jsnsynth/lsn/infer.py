@@ -269,8 +269,8 @@ def looks_inverted(
     A crop with bone dark (a PNG exported from a MONOCHROME1 image without its inversion) is
     separated without complaint into layers that are not bones (mask Dice 0.4-0.8 against the
     drawn masks). The network leaves more pixels undecided on such a crop than on its negative:
-    on 40 development crops their negatives left 1.7-5 times more pixels undecided than the crops
-    as stored, never fewer. Costs a second separation.
+    over all 1,120 development crops their negatives left more pixels undecided than the crops as
+    stored (1.24 times at the least; ``benchmarks/bench_lsn.py``). Costs a second separation.
     """
     with warnings.catch_warnings():  # the negative's own complaints are not the crop's
         warnings.simplefilter("ignore")
