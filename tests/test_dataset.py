@@ -263,6 +263,35 @@ def test_run_stopped_while_moving_its_shards_into_place_resumes(raster_source: F
     assert _digest(tmp_path / "whole") == _digest(tmp_path / "stopped")
 
 
+def test_a_run_of_the_previous_record_format_resumes(tmp_path: Path) -> None:
+    """The run record gained the phantom's size and spacing, and a null jsn_mm where jsn_px
+    replaced it: an interrupted run whose record lacked them was refused as 'made with other
+    parameters'."""
+    config = PairConfig(jsn_px=(-1.0, 1.0))
+    build_dataset(PhantomSource(n_joints=4, size_px=64), tmp_path / "whole", 4, seed=1, shard_size=1, layers_every=0,
+                  quiet=True, pair_config=config)
+
+    def stop(name: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(PhantomSource(n_joints=4, size_px=64), tmp_path / "old", 4, seed=1, shard_size=1, layers_every=0,
+                      quiet=True, pair_config=config, on_shard_written=stop)
+    state_path = tmp_path / "old" / STATE_NAME
+    state = json.loads(state_path.read_text())
+    del state["source_description"]["size_px"], state["source_description"]["pixel_spacing_mm"]
+    state["config"]["pair"]["jsn_mm"] = [-0.5, 0.5]  # as the earlier records kept it
+    state_path.write_text(json.dumps(state))
+    result = build_dataset(PhantomSource(n_joints=4, size_px=64), tmp_path / "old", 4, seed=1, shard_size=1,
+                           layers_every=0, quiet=True, pair_config=config)
+    assert result.resumed_shards == 1
+    assert _digest(tmp_path / "whole") == _digest(tmp_path / "old")
+    # a real change of the options is still another dataset
+    with pytest.raises(OutputError, match="other parameters"):
+        build_dataset(PhantomSource(n_joints=4, size_px=64), tmp_path / "old", 4, seed=2, shard_size=1,
+                      layers_every=0, quiet=True, pair_config=config)
+
+
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs process groups (POSIX)")
 def test_ctrl_c_stops_a_multiprocess_run_in_one_line(tmp_path: Path) -> None:
     # Ctrl-C reaches the whole process group: the workers took it too, printed their tracebacks
@@ -445,3 +474,10 @@ def test_pixel_spacing_option_reaches_every_source(tmp_path: Path) -> None:
     assert _dataset_source("phantom", 2, None, None, 0.12).load("0", np.random.default_rng(0)).pixel_spacing_mm == 0.12
     assert _dataset_source(f"lsn:{folder / '00000_L_2'}", 2, None, None, 0.12).pixel_spacing_mm == 0.12
     assert _dataset_source(f"fingerjoints:{folder}", 2, None, None, None).pixel_spacing_mm == 0.175
+
+
+def test_the_card_names_a_source_folder_given_as_dot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = make_fingerjoint_folder(tmp_path / "fjdot", n_series=2, visits=2)
+    monkeypatch.chdir(folder)
+    build_dataset(FingerJointsSource("."), tmp_path / "ds", 2, seed=1, layers_every=0, quiet=True)
+    assert '"root": "fjdot"' in (tmp_path / "ds" / "README.md").read_text()

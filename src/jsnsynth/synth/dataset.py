@@ -564,11 +564,12 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
     state = _read_state(out_dir)
     if state is None:
         raise OutputError(f"{out_dir}: folder holds other files (not a jsnsynth dataset run); choose an empty or new folder")
-    same = {k: v for k, v in state.items() if k not in ("completed_shards", "complete")}
+    same = _run_identity({k: v for k, v in state.items() if k not in ("completed_shards", "complete")}) == \
+        _run_identity(record)
     # an earlier run that failed before its first shard (a bad option, an unusable source) left
     # only its record: nothing to keep, so the corrected command may start afresh
     nothing_written = not state.get("completed_shards") and not _pairs_shards_on_disk(out_dir)
-    if same != record and not nothing_written:
+    if not same and not nothing_written:
         raise OutputError(
             f"{out_dir}: holds a dataset made with other parameters (source, seed, pairs or options differ); "
             "choose a new folder"
@@ -577,7 +578,7 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
         for sub in (PAIRS_DIR, LAYERS_DIR):
             remove_partial_outputs(folder / sub)
     remove_partial_outputs(out_dir)
-    if same != record:
+    if not same:
         return []
     # a shard waits in the hidden folder until the run ends; a run stopped while the shards were
     # being moved into place (or one of a version that wrote them there at once) has some there
@@ -585,6 +586,24 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
         name for name in state.get("completed_shards", [])
         if (out_dir / UNFINISHED_DIR / PAIRS_DIR / name).is_file() or (out_dir / PAIRS_DIR / name).is_file()
     ]
+
+
+def _run_identity(record: dict) -> dict:
+    """What of a run record decides the dataset's bytes, to tell an earlier run of the same
+    command: the record less what only describes the run, as the records of earlier versions of
+    this release wrote it. The phantom's effective size and spacing (stated since 2026-11-24; a
+    choice of them is in its overrides) go, and a ``jsn_mm`` range that ``jsn_px`` replaced is
+    null (earlier records kept it): otherwise an interrupted run of an earlier version was
+    refused as 'made with other parameters'."""
+    record = json.loads(json.dumps(record))  # a deep copy
+    description = record.get("source_description")
+    if isinstance(description, dict) and record.get("source") == "phantom":
+        description.pop("size_px", None)
+        description.pop("pixel_spacing_mm", None)
+    pair = record.get("config", {}).get("pair") if isinstance(record.get("config"), dict) else None
+    if isinstance(pair, dict) and pair.get("jsn_px") is not None:
+        pair["jsn_mm"] = None
+    return record
 
 
 def _pairs_shards_on_disk(out_dir: Path) -> bool:
@@ -790,7 +809,8 @@ def _card_record(record: dict) -> dict:
     description = record.get("source_description")
     if not isinstance(description, dict) or "root" not in description:
         return record
-    return dict(record, source_description=dict(description, root=Path(str(description["root"])).name))
+    # resolved: a folder given as '.' or '..' has no name of its own
+    return dict(record, source_description=dict(description, root=Path(str(description["root"])).resolve().name))
 
 
 def dataset_card(record: dict, plan: Plan, split_sizes: dict[str, int]) -> str:
