@@ -141,3 +141,14 @@ def test_demo_into_a_file_is_one_line_before_any_step(tmp_path, capsys):
     assert main(["demo", "--out", str(target)]) == 1
     captured = capsys.readouterr()
     assert "[1/4]" not in captured.out and captured.err.strip() == f"jsnsynth: error: {target}: exists and is not a folder"
+
+
+def test_demo_into_a_dataset_folder_is_refused(tmp_path, capsys):
+    folder = tmp_path / "ds"
+    assert main(["dataset", "--source", "phantom", "--pairs", "2", "--size", "64", "--out", str(folder), "--quiet",
+                 "--layers-every", "0"]) == 0
+    before = sorted(p.name for p in folder.iterdir())
+    capsys.readouterr()
+    assert main(["demo", "--out", str(folder)]) == 1
+    assert capsys.readouterr().err.strip() == f"jsnsynth: error: {folder}: holds a jsnsynth dataset; give the demo a folder of its own"
+    assert sorted(p.name for p in folder.iterdir()) == before

@@ -377,6 +377,10 @@ def demo_command(out_dir: Path, n_pairs: int, seed: int) -> None:
     from jsnsynth.synth.sources import PhantomSource
 
     check_output_folder(out_dir)  # a file there: one line now, not after the first step
+    from jsnsynth.synth.dataset import STATE_NAME
+
+    if (out_dir / STATE_NAME).exists():  # the demo's folders would land inside someone's dataset
+        raise JsnSynthError(f"{out_dir}: holds a jsnsynth dataset; give the demo a folder of its own")
     click.echo(f"[1/4] phantoms -> {out_dir / 'phantoms'}")
     phantoms, _, _ = write_phantom_samples(out_dir / "phantoms", 8, seed=seed)
     samples = sorted(p for p in phantoms.iterdir() if p.is_dir() and not p.name.startswith("."))
