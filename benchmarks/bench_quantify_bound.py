@@ -34,11 +34,11 @@ from bench_quantify import NOISE_LEVELS, make_dataset  # noqa: E402  (benchmarks
 from docblock import command_line, write_doc_block  # noqa: E402
 from scipy import ndimage
 
-from jsnsynth.quantify.crlb import display_noise_std_from_clean, quantisation_variance
+from jsnsynth.quantify.crlb import bone_design, display_noise_std_from_clean, fisher_information, quantisation_variance
 from jsnsynth.quantify.quantifier import jsn_gradient, keep_freed_heap
 from jsnsynth.quantify.register import RegistrationSettings, bone_region, profile_out, resolution_scale
 from jsnsynth.quantify.validate import _as_display, imaging_of, pair_crlb_px, read_pairs, summarize, validate_records
-from jsnsynth.quantify.warp import params_from_similarity, sample_spline, spline_coefficients, warp_positions
+from jsnsynth.quantify.warp import params_from_similarity, sample_spline, spline_coefficients
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.xray import ImagingParams
 
@@ -77,30 +77,21 @@ def pair_bounds(record: dict) -> dict[str, float]:
     coefficients = spline_coefficients(follow_clean)
     laplacian = spline_coefficients(ndimage.laplace(follow_clean, mode="nearest"))
     masks = {bone: np.asarray(record[f"baseline_{bone}_mask"], bool) for bone in ("upper", "lower")}
-    height, width = follow_clean.shape
     # unknowns: upper (a, b, tx, ty, bias), lower (the same), then gain, gamma ratio, blur difference, common gamma
     fisher = np.zeros((14, 14))
-    params = {}
     for k, (bone, other) in enumerate((("upper", "lower"), ("lower", "upper"))):
         region = bone_region(masks[bone], masks[other], settings.dilate_px, 1, settings.border_px)
-        params[bone] = params_from_similarity(poses[bone], cx, cy)
-        ys, xs = np.nonzero(region)
-        x, y = xs.astype(np.float64), ys.astype(np.float64)
-        wx, wy = warp_positions(params[bone], cx, cy, x, y)
-        value, fx, fy = (v.astype(np.float64) for v in sample_spline(coefficients, wx, wy))
-        blur = 0.5 * sample_spline(laplacian, wx, wy)[0].astype(np.float64)
-        ux, uy = x - cx, y - cy
-        columns = np.zeros((x.size, 14))
-        columns[:, 5 * k: 5 * k + 5] = np.stack([fx * ux + fy * uy, fy * ux - fx * uy, fx, fy, -np.ones_like(fx)], axis=1)
+        # the rows validate's bound is made of (crlb.bone_design), with the nuisances' columns beside them
+        bone_columns, variance, samples = bone_design(coefficients, region, poses[bone], (cx, cy), base_var, follow_var)
+        value = samples["value"]
+        columns = np.zeros((value.size, 14))
+        columns[:, 5 * k: 5 * k + 5] = bone_columns
         columns[:, 10] = value
         columns[:, 11] = value * np.log(np.clip(value, 1e-6, None))
-        columns[:, 12] = blur
-        columns[:, 13] = common_gamma[ys, xs]
-        variance = base_var[ys, xs] + follow_var[np.clip(np.rint(wy), 0, height - 1).astype(int),
-                                                 np.clip(np.rint(wx), 0, width - 1).astype(int)]
-        inside = (wx >= 1) & (wx <= width - 2) & (wy >= 1) & (wy <= height - 2) & np.isfinite(variance) & (variance > 0)
-        weighted = columns[inside] / variance[inside, None]
-        fisher += weighted.T @ columns[inside]
+        columns[:, 12] = 0.5 * sample_spline(laplacian, samples["wx"], samples["wy"])[0].astype(np.float64)  # heat equation
+        columns[:, 13] = common_gamma[samples["ys"], samples["xs"]]
+        fisher += fisher_information(columns, variance)
+    params = {bone: params_from_similarity(poses[bone], cx, cy) for bone in ("upper", "lower")}
     gradient = jsn_gradient(params["upper"], params["lower"], float(record["joint_axis_deg"]))
     geometry = [0, 1, 2, 3, 5, 6, 7, 8]
     out = {}

@@ -372,14 +372,12 @@ def demo_command(out_dir: Path, n_pairs: int, seed: int) -> None:
     """
     from jsnsynth.lsn.infer import separate_files
     from jsnsynth.quantify.validate import validate_dataset
-    from jsnsynth.synth.dataset import build_dataset
-    from jsnsynth.synth.phantom_io import write_phantom_panel, write_phantom_samples
+    from jsnsynth.synth.dataset import STATE_NAME, build_dataset
     from jsnsynth.synth.io import check_output_folder
+    from jsnsynth.synth.phantom_io import write_phantom_panel, write_phantom_samples
     from jsnsynth.synth.sources import PhantomSource
 
     check_output_folder(out_dir)  # a file there: one line now, not after the first step
-    from jsnsynth.synth.dataset import STATE_NAME
-
     if (out_dir / STATE_NAME).exists():  # the demo's folders would land inside someone's dataset
         raise JsnSynthError(f"{out_dir}: holds a jsnsynth dataset; give the demo a folder of its own")
     click.echo(f"[1/4] phantoms -> {out_dir / 'phantoms'}")

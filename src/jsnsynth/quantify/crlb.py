@@ -61,6 +61,40 @@ def fisher_information(jacobian: np.ndarray, noise_variance: np.ndarray) -> np.n
     return weighted.T @ jacobian[ok]
 
 
+def bone_design(
+    follow_coef: np.ndarray,
+    region: np.ndarray,
+    transform: Similarity,
+    center_xy: tuple[float, float],
+    base_variance: np.ndarray,
+    follow_variance: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The rows of one bone's Fisher information: ``(J, variance, samples)``.
+
+    ``J`` holds, per pixel of ``region``, the follow-up's derivatives with respect to the bone's
+    ``(a, b, tx, ty)`` about ``center_xy`` and its intensity bias; ``variance`` the summed noise
+    variance of the two images there (infinite where the moved pixel leaves the follow-up);
+    ``samples`` the pixels (``ys``, ``xs``), where they land (``wx``, ``wy``) and the follow-up's
+    value there (``value``), for columns of other unknowns.
+    """
+    cx, cy = center_xy
+    params = params_from_similarity(transform, cx, cy)
+    ys, xs = np.nonzero(region)
+    xs64, ys64 = xs.astype(np.float64), ys.astype(np.float64)
+    wx, wy = warp_positions(params, cx, cy, xs64, ys64)
+    h, w = follow_coef.shape
+    inside = (wx >= 1) & (wx <= w - 2) & (wy >= 1) & (wy <= h - 2)
+    value, fx, fy = (v.astype(np.float64) for v in sample_spline(follow_coef, wx, wy))
+    ux, uy = xs64 - cx, ys64 - cy
+    jac = np.stack([fx * ux + fy * uy, fy * ux - fx * uy, fx, fy, -np.ones_like(fx)], axis=1)
+    fvar = np.asarray(follow_variance, dtype=np.float64)[
+        np.clip(np.rint(wy), 0, h - 1).astype(int), np.clip(np.rint(wx), 0, w - 1).astype(int)
+    ]
+    variance = np.asarray(base_variance, dtype=np.float64)[ys, xs] + fvar
+    variance = np.where(inside, variance, np.inf)
+    return jac, variance, {"ys": ys, "xs": xs, "wx": wx, "wy": wy, "value": value}
+
+
 def bone_fisher(
     follow_clean: np.ndarray,
     region: np.ndarray,
@@ -70,21 +104,8 @@ def bone_fisher(
     follow_variance: np.ndarray,
 ) -> np.ndarray:
     """4x4 Fisher information of one bone's ``(a, b, tx, ty)`` about ``center_xy`` (bias profiled out)."""
-    cx, cy = center_xy
-    params = params_from_similarity(transform, cx, cy)
-    ys, xs = np.nonzero(region)
-    xs64, ys64 = xs.astype(np.float64), ys.astype(np.float64)
-    wx, wy = warp_positions(params, cx, cy, xs64, ys64)
-    h, w = follow_clean.shape
-    inside = (wx >= 1) & (wx <= w - 2) & (wy >= 1) & (wy <= h - 2)
-    _, fx, fy = (v.astype(np.float64) for v in sample_spline(spline_coefficients(follow_clean), wx, wy))
-    ux, uy = xs64 - cx, ys64 - cy
-    jac = np.stack([fx * ux + fy * uy, fy * ux - fx * uy, fx, fy, -np.ones_like(fx)], axis=1)
-    fvar = np.asarray(follow_variance, dtype=np.float64)[
-        np.clip(np.rint(wy), 0, h - 1).astype(int), np.clip(np.rint(wx), 0, w - 1).astype(int)
-    ]
-    variance = np.asarray(base_variance, dtype=np.float64)[ys, xs] + fvar
-    variance = np.where(inside, variance, np.inf)
+    jac, variance, _ = bone_design(spline_coefficients(follow_clean), region, transform, center_xy,
+                                   base_variance, follow_variance)
     return profile_out(fisher_information(jac, variance), 4)
 
 

@@ -223,13 +223,11 @@ def assess_reliability(
     """
     union = regions["upper"] | regions["lower"]
     # the residual is in the follow-up's intensity units, and so is what it is judged against:
-    # the baseline's noise and contrast are taken there by the ratio of the two images' contrasts
-    # over the bones (a visit stored with 12 significant bits beside one with 16 had its
-    # residual ratios scaled 16-fold: a sound pair flagged, or a follow-up of another joint
-    # passed with reliability 1)
-    # (the follow-up's SD over the baseline's regions, unaligned: a contrast, which the moves
-    # of a second visit hardly change; a flat follow-up keeps the baseline's units, and the
-    # 'explained' test names it)
+    # the baseline's noise and contrast are taken there by the ratio of the two images' SDs over
+    # the baseline's bone regions (the follow-up's unaligned: a contrast, which a second visit's
+    # moves hardly change). A visit stored with 12 significant bits beside one with 16 had its
+    # ratios scaled 16-fold: a sound pair flagged, or a follow-up of another joint passed with
+    # reliability 1. A flat follow-up keeps the baseline's units; the 'explained' test names it.
     base_contrast, follow_contrast = float(np.std(base[union])), float(np.std(follow[union]))
     to_follow_units = follow_contrast / base_contrast if base_contrast > 0 and follow_contrast > 0 else 1.0
     noise = math.hypot(to_follow_units * noise_std_estimate(base, union), noise_std_estimate(follow, union))

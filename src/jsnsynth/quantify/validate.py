@@ -479,11 +479,12 @@ def summarize(rows: list[dict]) -> dict:
     """Accuracy statistics of a list of per-pair rows (px and mm).
 
     Keys: n, rmse_px, rmse_ci95_px (:func:`rmse_interval`), bias_px, sd_px, loa_px (95 % limits
-    of agreement, bias +- 1.96 SD), the same in mm, max_abs_error_px, mismatch_rate (|error| > 0.5 px or no estimate),
-    flag_rate (over the pairs with an estimate; None without any), time_per_pair_s, pairs_per_s, crlb_rms_px (sqrt of the mean CRLB variance) and
-    efficiency (RMSE / sqrt of the mean CRLB variance, both over the pairs with an estimate, a
-    bound and image noise; ``None`` without such pairs: a noise-free pair's bound is that of the
-    16-bit quantisation alone, about 1e-5 px, against which any method is thousands of times off).
+    of agreement, bias +- 1.96 SD), the same in mm, max_abs_error_px, mismatch_rate (|error| >
+    0.5 px or no estimate), flag_rate (over the pairs with an estimate; None without any),
+    time_per_pair_s, pairs_per_s, crlb_rms_px (sqrt of the mean CRLB variance) and efficiency
+    (RMSE / sqrt of the mean CRLB variance, both over the pairs with an estimate, a bound and
+    image noise; ``None`` without such pairs: a noise-free pair's bound is that of the 16-bit
+    quantisation alone, about 1e-5 px, against which any method is thousands of times off).
     """
     if not rows:
         return {"n": 0}
