@@ -153,6 +153,27 @@ def test_load_dataset_round_trip_keeps_16_bit_pixels(phantom_dataset: Path, monk
     assert sample["role"] in ("baseline", "followup")
 
 
+def test_load_dataset_gives_the_latest_run_written_under_a_folder_name(monkeypatch, tmp_path: Path) -> None:
+    """``load_dataset`` keys its cache of a local folder on the folder's name and the card: with
+    features alone on the card, a second run written under the same name (another seed, other
+    pairs) loaded as the first run's pairs and truth. The card now states the shards' sizes."""
+    from datasets import load_dataset
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    cache = str(tmp_path / "cache")
+    for seed, n_pairs in ((1, 6), (2, 6)):
+        out = tmp_path / f"run{seed}" / "ds"
+        build_dataset(PhantomSource(n_joints=4, size_px=64), out, n_pairs, seed=seed, shard_size=4, quiet=True)
+        stored = sorted((r["pair_id"], r["jsn_px"]) for r in iter_pairs(out))
+        loaded = load_dataset(str(out), cache_dir=cache)
+        assert sorted((r["pair_id"], r["jsn_px"]) for split in loaded.values() for r in split) == stored
+    front = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    for info in front["dataset_info"]:
+        assert info["download_size"] > 0 and info["dataset_size"] == sum(s["num_bytes"] for s in info["splits"])
+    pairs_info = next(i for i in front["dataset_info"] if i["config_name"] == "pairs")
+    assert sum(s["num_examples"] for s in pairs_info["splits"]) == 6
+
+
 def test_splits_group_joints(raster_source: FingerJointsSource, tmp_path: Path) -> None:
     build_dataset(raster_source, tmp_path / "ds", 24, seed=1, shard_size=5, split_fractions=(0.5, 0.25, 0.25), quiet=True)
     rows = list(iter_pairs(tmp_path / "ds"))

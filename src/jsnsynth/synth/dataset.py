@@ -794,7 +794,7 @@ def build_dataset(
                 close()
     _move_shards_into_place(out_dir)
     split_sizes = {s: sum(len(sh.indices) for sh in plan.shards if sh.split == s) for s in SPLITS}
-    write_bytes_atomic(out_dir / CARD_NAME, dataset_card(record, plan, split_sizes).encode())
+    write_bytes_atomic(out_dir / CARD_NAME, dataset_card(record, plan, split_sizes, shard_sizes(out_dir)).encode())
     _write_state(out_dir, record, completed, complete=True)
     return BuildResult(out_dir, config.n_pairs, split_sizes, len(plan.shards), len(finished))
 
@@ -813,8 +813,38 @@ def _card_record(record: dict) -> dict:
     return dict(record, source_description=dict(description, root=Path(str(description["root"])).resolve().name))
 
 
-def dataset_card(record: dict, plan: Plan, split_sizes: dict[str, int]) -> str:
-    """The README.md of a dataset: YAML front matter (license, tags, configs, features) and text."""
+def shard_sizes(out_dir: Path) -> dict[str, dict]:
+    """Per config (``pairs``, ``layers``) the sizes the card states of the finished shards in
+    ``out_dir``: ``splits`` (rows and uncompressed bytes per split, from the Parquet footers),
+    ``download_size`` (bytes of the files) and ``dataset_size``, as ``push_to_hub`` writes them.
+
+    They make the card differ between two runs written under one folder name: ``load_dataset``
+    keys its cache of a local folder on the folder's name and the card, not on the files, and
+    would otherwise hand back an earlier run's pairs. It also checks the rows against them.
+    """
+    import pyarrow.parquet as pq
+
+    sizes = {}
+    for config_name, folder in (("pairs", PAIRS_DIR), ("layers", LAYERS_DIR)):
+        splits, download_size = [], 0
+        for split in SPLITS:
+            rows = num_bytes = 0
+            for path in sorted((out_dir / folder).glob(f"{split}-*.parquet")):
+                metadata = pq.read_metadata(path)
+                rows += metadata.num_rows
+                num_bytes += sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+                download_size += path.stat().st_size
+            if rows:
+                splits.append({"name": split, "num_bytes": num_bytes, "num_examples": rows})
+        if splits:
+            sizes[config_name] = {"splits": splits, "download_size": download_size,
+                                  "dataset_size": sum(s["num_bytes"] for s in splits)}
+    return sizes
+
+
+def dataset_card(record: dict, plan: Plan, split_sizes: dict[str, int], sizes: dict[str, dict] | None = None) -> str:
+    """The README.md of a dataset: YAML front matter (license, tags, configs, features, and the
+    shards' :func:`shard_sizes` when given) and text."""
     import yaml
 
     splits = [s for s in SPLITS if split_sizes[s] > 0]
@@ -826,12 +856,13 @@ def dataset_card(record: dict, plan: Plan, split_sizes: dict[str, int]) -> str:
             "data_files": [{"split": s, "path": f"{PAIRS_DIR}/{s}-*.parquet"} for s in splits],
         }
     ]
-    infos = [{"config_name": "pairs", "features": features_yaml(pair_columns())}]
+    sizes = sizes or {}
+    infos = [{"config_name": "pairs", "features": features_yaml(pair_columns()), **sizes.get("pairs", {})}]
     if layers_every:
         configs.append(
             {"config_name": "layers", "data_files": [{"split": s, "path": f"{LAYERS_DIR}/{s}-*.parquet"} for s in splits]}
         )
-        infos.append({"config_name": "layers", "features": features_yaml(layer_columns())})
+        infos.append({"config_name": "layers", "features": features_yaml(layer_columns()), **sizes.get("layers", {})})
     real_source = record["source"] != "phantom"
     front = {
         "license": "other" if real_source else "cc-by-4.0",
