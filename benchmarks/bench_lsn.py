@@ -44,8 +44,8 @@ from jsnsynth.lsn.data import (  # noqa: E402
 )
 from jsnsynth.lsn import infer as lsn_infer  # noqa: E402
 from jsnsynth.lsn import model as lsn_model  # noqa: E402
-from jsnsynth.lsn.evaluate import separation_metrics  # noqa: E402
-from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, load_model, separate_intensity, undecided_fraction  # noqa: E402
+from jsnsynth.lsn.evaluate import dice as mask_dice, separation_metrics  # noqa: E402
+from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, UNSURE_FRACTION, load_model, separate_intensity, undecided_fraction  # noqa: E402
 from jsnsynth.quantify.quantifier import quantify_pair  # noqa: E402
 from jsnsynth.synth.phantom import render_phantom, sample_phantom_params  # noqa: E402
 from jsnsynth.synth.shift import shift_upper  # noqa: E402
@@ -139,22 +139,33 @@ def evaluate_phantoms(count: int, model, imaged: bool) -> list[dict]:
     return rows
 
 
-def evaluate_polarity(images: list[np.ndarray], model) -> str:
-    """How :func:`jsnsynth.lsn.infer.looks_inverted` tells crops as stored from their negatives:
-    the ratio of the undecided pixels of a crop's negative to the crop's own (below 1: warned
-    about as inverted)."""
-    ratios = []
-    for image in images:
+def evaluate_doubt(cache, model) -> str:
+    """How :func:`jsnsynth.lsn.infer.warn_if_doubtful` judges the real crops: the inverted-crop
+    check (the ratio of the undecided pixels of a crop's negative to the crop's own; below 1:
+    warned about as inverted) and the crops left with more than ``UNSURE_FRACTION`` undecided,
+    with their masks' Dice against the drawn ones."""
+    ratios, unsure, dice = [], [], []
+    for image, upper, lower in zip(cache.image, cache.upper_mask, cache.lower_mask):
+        image = image / 255.0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            stored = undecided_fraction(separate_intensity(image, model))
+            separation = separate_intensity(image, model)
+            stored = undecided_fraction(separation)
             negative = undecided_fraction(separate_intensity(1.0 - image, model))
         ratios.append(negative / max(stored, 1e-9))
-    ratios = np.array(ratios)
+        unsure.append(stored)
+        dice.append([mask_dice(upper > 0, separation.layers.upper_mask), mask_dice(lower > 0, separation.layers.lower_mask)])
+    ratios, unsure, dice = np.array(ratios), np.array(unsure), np.array(dice)
+    warned = unsure > UNSURE_FRACTION
     return (f"Inverted crops (`infer.looks_inverted`: a crop is warned about when its negative leaves fewer pixels "
             f"undecided than it does): over all {len(ratios)} real crops, the negatives left {ratios.min():.2f} to "
             f"{ratios.max():.1f} times the crops' undecided pixels (median {np.median(ratios):.1f}); warned about: "
-            f"{int(np.sum(ratios < 1))} of the crops as stored, {int(np.sum(ratios > 1))} of their negatives.")
+            f"{int(np.sum(ratios < 1))} of the crops as stored, {int(np.sum(ratios > 1))} of their negatives. "
+            f"Crops the network is unsure of (more than {UNSURE_FRACTION:.0%} of the pixels undecided; "
+            f"`infer.warn_if_doubtful`): {int(warned.sum())} of {len(unsure)} (undecided share: median "
+            f"{np.median(unsure):.3f}, largest {unsure.max():.3f}), their masks' mean Dice against the drawn ones "
+            f"{dice[warned, 0].mean():.3f} / {dice[warned, 1].mean():.3f} (upper / lower), the other crops' "
+            f"{dice[~warned, 0].mean():.3f} / {dice[~warned, 1].mean():.3f}.")
 
 
 def time_separation(model, repeats: int = 30) -> float:
@@ -390,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     if cache is not None and args.jsn_crops > 0:
         text += "\n\n" + evaluate_jsn(cache, cache.indices(heldout=True), model, args.jsn_crops)
     if cache is not None:
-        text += "\n\n" + evaluate_polarity([image / 255.0 for image in cache.image], model)
+        text += "\n\n" + evaluate_doubt(cache, model)
     print(text)
     if not args.no_doc:
         write_doc(args.doc, text)

@@ -547,6 +547,40 @@ def test_a_crop_stored_with_bone_dark_is_named(tmp_path, capsys):
     assert len(warnings_printed) == 1 and "dark.png" in warnings_printed[0]
 
 
+def _phantom_crop(seed: int = 0) -> np.ndarray:
+    """A 256 px phantom radiograph (intensities in [0, 1]) the network separates surely."""
+    from jsnsynth.synth.phantom import render_phantom, sample_phantom_params
+    from jsnsynth.synth.xray import ImagingRanges, render_radiograph, sample_imaging_params
+
+    rng = np.random.default_rng(seed)
+    layers = render_phantom(sample_phantom_params(rng))
+    return render_radiograph(layers.attenuation(), sample_imaging_params(rng, ImagingRanges(), noise=True))
+
+
+def test_twelve_bit_data_in_sixteen_bit_files_separate_as_at_full_range():
+    """12-bit data stored in 16-bit files (a sixteenth of the range) had been left partly
+    unstandardised by the normalisation's floor: lower-bone Dice down to 0.33 on real crops."""
+    model = load_model()
+    levels = np.rint(_phantom_crop() * 4095)
+    full = separate_intensity(levels / 4095, model).layers
+    twelve_bit = separate_intensity(levels / 65535, model).layers
+    for name in ("upper_mask", "lower_mask"):
+        a, b = getattr(full, name), getattr(twelve_bit, name)
+        assert a.any() and 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.999
+
+
+def test_a_crop_the_network_is_unsure_of_is_named(tmp_path, capsys):
+    """A crop turned by 15 deg with black corners (unlike the upright crops the network knows)
+    was separated without a word (real crops: mask Dice 0.63 / 0.78)."""
+    crop = _phantom_crop()
+    turned = cv2.warpAffine(crop, cv2.getRotationMatrix2D((127.5, 127.5), 15, 1), (256, 256))
+    write_bytes_atomic(tmp_path / "upright.png", encode_png(np.rint(crop * 65535).astype(np.uint16)))
+    write_bytes_atomic(tmp_path / "turned.png", encode_png(np.rint(turned * 65535).astype(np.uint16)))
+    assert main(["separate", str(tmp_path / "upright.png"), str(tmp_path / "turned.png"), "--out", str(tmp_path / "out")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "network is unsure" in line]
+    assert len(warned) == 1 and "turned.png" in warned[0]
+
+
 def test_a_large_crop_without_a_spacing_is_warned_about():
     """A 2048 px crop separated at 0.175 mm/px (358 mm across) gave an upper mask of Dice 0.26,
     without a word."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from jsnsynth.errors import InputError
-from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, SEPARATION_REVISION, load_model, separate_intensity, warn_if_inverted
+from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, SEPARATION_REVISION, load_model, separate_intensity, warn_if_doubtful
 from jsnsynth.synth.io import DICOM_SUFFIXES, RASTER_SUFFIXES, read_radiograph
 from jsnsynth.synth.layers import JointLayers, check_joint_masks
 
@@ -82,7 +82,7 @@ class LsnSource:
         separation = separate_intensity(radiograph.intensity, self._model, spacing, name=str(path))
         if joint_id not in self._polarity_checked:
             self._polarity_checked.add(joint_id)
-            warn_if_inverted(radiograph.intensity, separation, self._model, spacing, str(path))
+            warn_if_doubtful(radiograph.intensity, separation, self._model, spacing, str(path))
         layers = separation.layers
         if not (layers.upper_mask.any() and layers.lower_mask.any()):
             raise InputError(f"{path}: the LSN found no {'upper' if not layers.upper_mask.any() else 'lower'} bone")
