@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -175,6 +176,24 @@ def test_a_damaged_radiograph_is_an_error_not_a_mask_problem(tmp_path: Path) -> 
     with pytest.raises(InputError, match=str(image.name)):
         FingerJointsSource(root)
 
+
+
+def test_a_crop_too_small_or_a_soft_tissue_image_of_another_size_is_an_error_up_front(tmp_path: Path) -> None:
+    """A 10x10 crop (image, masks and soft tissue) made pairs labelled with JSNs of -1.7 to
+    +2.8 px that the quantifier refuses to measure; a soft-tissue image of another size was an
+    error only once shards had been written."""
+    root = make_fingerjoint_folder(tmp_path / "fj", n_series=2, visits=2)
+    stem = root / "00001_L_3" / "visit0"
+    for suffix in (".png", "_soft.png", "_mask_upper.png", "_mask_lower.png"):
+        path = stem.with_name(stem.name + suffix)
+        write_bytes_atomic(path, encode_png(cv2.resize(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), (10, 10), interpolation=cv2.INTER_NEAREST)))
+    with pytest.raises(InputError, match=r"visit0.png: crop is 10x10 px; the quantifier measures pairs of at least 32x32"):
+        FingerJointsSource(root)
+    root = make_fingerjoint_folder(tmp_path / "fj2", n_series=2, visits=2)
+    soft = root / "00001_L_3" / "visit1_soft.png"
+    write_bytes_atomic(soft, encode_png(np.zeros((48, 64), np.uint8)))
+    with pytest.raises(InputError, match=r"visit1_soft.png: soft-tissue image is 64x48 px, radiograph is 64x64"):
+        FingerJointsSource(root)
 
 def test_a_phantom_too_small_to_frame_a_joint_is_refused_up_front() -> None:
     # 64 px at 0.02 mm/px (1.3 mm): half the draws failed at their first pair, "upper-bone mask is empty"

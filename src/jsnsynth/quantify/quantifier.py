@@ -41,16 +41,10 @@ from jsnsynth.quantify.warp import (
 from jsnsynth.synth.geometry import Similarity, axis_vector
 from jsnsynth.synth.io import strict_json_value
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, centroid_axis_deg, joint_axis_from_masks, joint_center_from_masks
+from jsnsynth.synth.limits import MIN_LONG_SIDE_PX, MIN_SIDE_PX
 
 #: Version of the JSON record written by :meth:`JsnResult.to_dict` (bump on a key change).
 RESULT_VERSION = "1.1"
-#: Smallest image side the quantifier accepts.
-MIN_SIDE_PX = 32
-#: Smallest longer side of the picture registered: a quarter of the 256 px crops the lengths were
-#: set on, where the bands are 1-3 px. Below it the error grows fast: 30 default-noise phantom
-#: pairs reduced by pixel area measured JSN RMSE 0.0094 px at 256 px, 0.068 at 64, 0.18 at 48 and
-#: 0.89 at 32 (in pixels of the 256 px grid; 0.16 mm at 32 px; bench_quantify_resolution.py).
-MIN_LONG_SIDE_PX = 64
 #: Fewest pixels of a bone mask, and of the region registered for it: below this a fit has
 #: nothing to hold on to (a bone crossed by a few tens of pixels gave 0.4 px errors, unflagged).
 MIN_BONE_PX = 100
