@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -384,7 +385,7 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, capsys, args: list[str]
 
 
 def test_progress_bar_and_quiet(tmp_path: Path, capsys) -> None:
-    argv = ["dataset", "--source", "phantom", "--pairs", "2", "--size", "64", "--layers-every", "0"]
+    argv = ["dataset", "--source", "phantom", "--pairs", "2", "--size", "64", "--layers-every", "0", "--split", "1", "0", "0"]
     assert main(argv + ["--out", str(tmp_path / "loud")]) == 0
     assert "pair" in capsys.readouterr().err  # tqdm writes its bar to stderr
     assert main(argv + ["--out", str(tmp_path / "quiet"), "--quiet"]) == 0
@@ -502,3 +503,13 @@ def test_the_card_names_a_source_folder_given_as_dot(tmp_path: Path, monkeypatch
     monkeypatch.chdir(folder)
     build_dataset(FingerJointsSource("."), tmp_path / "ds", 2, seed=1, layers_every=0, quiet=True)
     assert '"root": "fjdot"' in (tmp_path / "ds" / "README.md").read_text()
+
+
+def test_a_split_asked_for_that_gets_no_pairs_is_warned_about(raster_source: FingerJointsSource, tmp_path: Path) -> None:
+    """Too few joints for the fractions left validation and test empty without a word."""
+    with pytest.warns(UserWarning, match=r"split 'validation' gets no pairs \(0.1 of 3 source joints rounds to none\)"):
+        build_dataset(PhantomSource(n_joints=3, size_px=64), tmp_path / "few", 3, seed=1, layers_every=0, quiet=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_dataset(PhantomSource(n_joints=3, size_px=64), tmp_path / "train_only", 3, seed=1, layers_every=0,
+                      split_fractions=(1.0, 0.0, 0.0), quiet=True)

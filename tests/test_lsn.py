@@ -592,3 +592,17 @@ def test_a_large_crop_without_a_spacing_is_warned_about():
         warnings.simplefilter("error")
         separate_intensity(wide, model, pixel_spacing_mm=0.05)
         separate_intensity(synthetic_joint(96)[0] / 255.0, model)
+
+
+def test_separate_takes_the_crops_of_a_folder(tmp_path, capsys):
+    """A folder given to `separate` was refused as 'not a file'."""
+    crops = tmp_path / "crops"
+    for seed in range(2):
+        write_bytes_atomic(crops / f"joint{seed}.png", encode_png(synthetic_joint(96, seed)[0]))
+    (crops / "notes.txt").write_text("not a crop")
+    assert main(["separate", str(crops), "--out", str(tmp_path / "out")]) == 0
+    assert "wrote 2 separation(s)" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "out").glob("*_panel.png")} == {"joint0_panel.png", "joint1_panel.png"}
+    (tmp_path / "empty").mkdir()
+    assert main(["separate", str(tmp_path / "empty"), "--out", str(tmp_path / "out2")]) == 1
+    assert "empty: holds no radiograph crops" in capsys.readouterr().err

@@ -555,7 +555,8 @@ def test_bad_arrays_are_rejected():
     side_by_side[:, :10] = True
     other = np.zeros_like(empty)
     other[:, 60:] = True
-    with pytest.raises(InputError):
+    # a joint stored turned is measured once its axis is given: the error says how
+    with pytest.raises(InputError, match=r"not below the upper-bone mask .* or give the joint axis \(--joint-axis-deg\)"):
         quantify_pair(pair["baseline"], pair["followup"], side_by_side, other)
 
 

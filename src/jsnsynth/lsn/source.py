@@ -15,7 +15,7 @@ import numpy as np
 
 from jsnsynth.errors import InputError
 from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, SEPARATION_REVISION, load_model, separate_intensity, warn_if_doubtful
-from jsnsynth.synth.io import DICOM_SUFFIXES, RASTER_SUFFIXES, read_radiograph
+from jsnsynth.synth.io import radiograph_files, read_radiograph
 from jsnsynth.synth.layers import JointLayers, check_joint_masks
 
 #: Provenance written into dataset cards built from this source.
@@ -52,14 +52,8 @@ class LsnSource:
         weights: str | os.PathLike | None = None,
     ) -> None:
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise InputError(f"{self.root}: no such folder of crops")
-        suffixes = RASTER_SUFFIXES | DICOM_SUFFIXES
-        files = sorted(p for p in self.root.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
-        if not files:
-            raise InputError(f"{self.root}: holds no radiograph crops ({', '.join(sorted(suffixes))})")
         self._files: dict[str, Path] = {}
-        for path in files:
+        for path in radiograph_files(self.root):
             if path.stem in self._files:
                 raise InputError(f"{path}: two crops share the joint id '{path.stem}'")
             self._files[path.stem] = path

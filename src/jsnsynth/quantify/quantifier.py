@@ -346,7 +346,10 @@ def resolve_joint_frame(
         top, bottom, left, right = picture
         upper, lower = upper[top:bottom, left:right], lower[top:bottom, left:right]
     if joint_axis_deg is None:
-        joint_axis_deg = joint_axis_from_masks(upper, lower)
+        try:
+            joint_axis_deg = joint_axis_from_masks(upper, lower)
+        except InputError as exc:  # a joint stored turned is measured once its axis is given
+            raise InputError(f"{exc}, or give the joint axis (--joint-axis-deg) of a joint stored turned") from None
     else:
         check_given_axis(upper, lower, joint_axis_deg)
     if joint_center_xy is None:

@@ -197,6 +197,19 @@ def plan_dataset(joint_ids: list[str], config: DatasetConfig) -> Plan:
     return Plan(joint_of_pair, split_of_joint, tuple(shards))
 
 
+def warn_empty_splits(plan: Plan, config: DatasetConfig) -> None:
+    """A one-line warning for each split asked for (a fraction above 0) that gets no pairs: too
+    few source joints for the fractions, or too few pairs to reach the split's joints."""
+    n_joints = len(plan.split_of_joint)
+    for split, fraction in zip(SPLITS, config.split_fractions):
+        if fraction > 0 and not any(shard.split == split for shard in plan.shards):
+            joints = sum(s == split for s in plan.split_of_joint.values())
+            reason = (f"{fraction:g} of {n_joints} source joints rounds to none" if not joints else
+                      f"none of the {config.n_pairs} pairs falls on its {joints} joint(s)")
+            warnings.warn(f"split '{split}' gets no pairs ({reason}); splits group source joints, never pairs",
+                          stacklevel=3)
+
+
 # ---------------------------------------------------------------------------------------------
 # Features (columns)
 
@@ -764,6 +777,7 @@ def build_dataset(
     record = _state_record(source, config, plan)
     existed = out_dir.exists()
     finished = _prepare_output(out_dir, record)
+    warn_empty_splits(plan, config)
     _write_state(out_dir, record, finished, complete=False)
     pending = [s for s in plan.shards if s.file_name not in finished]
     indices = [i for shard in pending for i in shard.indices]

@@ -30,6 +30,22 @@ DICOM_SUFFIXES = {".dcm", ".dicom"}
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 
+def radiograph_files(folder: str | os.PathLike) -> list[Path]:
+    """The radiographs of a folder (not its subfolders), by name: files with a raster or DICOM suffix.
+
+    Raises:
+        InputError: a missing folder, or one that holds none.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder of crops")
+    suffixes = RASTER_SUFFIXES | DICOM_SUFFIXES
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    if not files:
+        raise InputError(f"{folder}: holds no radiograph crops ({', '.join(sorted(suffixes))})")
+    return files
+
+
 @dataclass
 class Radiograph:
     """A radiograph read from disk.
