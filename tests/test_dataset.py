@@ -36,6 +36,7 @@ from jsnsynth.synth.dataset import (
     pair_features,
     plan_dataset,
 )
+from jsnsynth.synth.io import decode_png, encode_png, write_bytes_atomic
 from jsnsynth.synth.pairs import PairConfig
 from jsnsynth.synth.sources import FingerJointsSource, PhantomSource
 from test_sources import make_fingerjoint_folder
@@ -312,6 +313,38 @@ def test_a_run_of_the_previous_record_format_resumes(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="other parameters"):
         build_dataset(PhantomSource(n_joints=4, size_px=64), tmp_path / "old", 4, seed=2, shard_size=1,
                       layers_every=0, quiet=True, pair_config=config)
+
+
+def test_resuming_on_changed_source_files_is_refused(tmp_path: Path) -> None:
+    """An interrupted run resumed after the source folder's crops were replaced mixed the old
+    and the new layers in one dataset, without a word."""
+    root = make_fingerjoint_folder(tmp_path / "fj", n_series=4, visits=2)
+
+    def stop(name: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(FingerJointsSource(root), tmp_path / "run", 6, seed=1, shard_size=1, layers_every=0,
+                      quiet=True, on_shard_written=stop)
+    crop = root / "00002_L_4" / "visit1.png"
+    original = crop.read_bytes()
+    write_bytes_atomic(crop, encode_png(np.ascontiguousarray(decode_png(original)[:, ::-1])))
+    with pytest.raises(OutputError, match="begun on other source files"):
+        build_dataset(FingerJointsSource(root), tmp_path / "run", 6, seed=1, shard_size=1, layers_every=0, quiet=True)
+    crop.write_bytes(original)
+    result = build_dataset(FingerJointsSource(root), tmp_path / "run", 6, seed=1, shard_size=1, layers_every=0, quiet=True)
+    assert result.resumed_shards == 1
+    # a run recorded before the files were digested resumes on its parameters alone
+    build_dataset(FingerJointsSource(root), tmp_path / "whole", 6, seed=1, shard_size=1, layers_every=0, quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(FingerJointsSource(root), tmp_path / "old", 6, seed=1, shard_size=1, layers_every=0,
+                      quiet=True, on_shard_written=stop)
+    state_path = tmp_path / "old" / STATE_NAME
+    state = json.loads(state_path.read_text())
+    del state["source_digest"]
+    state_path.write_text(json.dumps(state))
+    build_dataset(FingerJointsSource(root), tmp_path / "old", 6, seed=1, shard_size=1, layers_every=0, quiet=True)
+    assert _digest(tmp_path / "whole") == _digest(tmp_path / "old")
 
 
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs process groups (POSIX)")

@@ -15,7 +15,7 @@ import numpy as np
 
 from jsnsynth.errors import InputError
 from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, SEPARATION_REVISION, load_model, separate_intensity, warn_if_doubtful
-from jsnsynth.synth.io import radiograph_files, read_radiograph
+from jsnsynth.synth.io import files_digest, radiograph_files, read_radiograph
 from jsnsynth.synth.layers import JointLayers, check_joint_masks
 
 #: Provenance written into dataset cards built from this source.
@@ -99,3 +99,7 @@ class LsnSource:
             # a run resumed across a change of the separation would mix two kinds of layers
             "separation_revision": SEPARATION_REVISION,
         }
+
+    def content_digest(self) -> str:
+        """:func:`~jsnsynth.synth.io.files_digest` of the crops and the weights."""
+        return files_digest([*self._files.values(), self.weights], self.root)

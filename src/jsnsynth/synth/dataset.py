@@ -524,6 +524,8 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
 
 def _state_record(source: JointSource, config: DatasetConfig, plan: Plan) -> dict:
     describe = getattr(source, "describe", None)
+    content_digest = getattr(source, "content_digest", None)
+    digest = {"source_digest": content_digest()} if callable(content_digest) else {}
     return {
         "generator": "jsnsynth",
         "generator_version": __version__,
@@ -533,6 +535,7 @@ def _state_record(source: JointSource, config: DatasetConfig, plan: Plan) -> dic
         "citation": source.citation,
         "config": config.to_dict(),
         "plan_digest": _plan_digest(plan),
+        **digest,
     }
 
 
@@ -577,12 +580,18 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
     state = _read_state(out_dir)
     if state is None:
         raise OutputError(f"{out_dir}: folder holds other files (not a jsnsynth dataset run); choose an empty or new folder")
-    same = _run_identity({k: v for k, v in state.items() if k not in ("completed_shards", "complete")}) == \
-        _run_identity(record)
+    earlier = {k: v for k, v in state.items() if k not in ("completed_shards", "complete")}
+    # runs recorded before the source's files were digested resume on the parameters alone
+    same = _run_identity(earlier, "source_digest" in earlier) == _run_identity(record, "source_digest" in earlier)
     # an earlier run that failed before its first shard (a bad option, an unusable source) left
     # only its record: nothing to keep, so the corrected command may start afresh
     nothing_written = not state.get("completed_shards") and not _pairs_shards_on_disk(out_dir)
     if not same and not nothing_written:
+        if _run_identity(earlier, False) == _run_identity(record, False):
+            raise OutputError(
+                f"{out_dir}: holds a run begun on other source files (the source folder's files changed since); "
+                "resume it on the files it began with, or choose a new folder"
+            )
         raise OutputError(
             f"{out_dir}: holds a dataset made with other parameters (source, seed, pairs or options differ); "
             "choose a new folder"
@@ -601,14 +610,17 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
     ]
 
 
-def _run_identity(record: dict) -> dict:
+def _run_identity(record: dict, with_source_digest: bool = True) -> dict:
     """What of a run record decides the dataset's bytes, to tell an earlier run of the same
     command: the record less what only describes the run, as the records of earlier versions of
     this release wrote it. The phantom's effective size and spacing (stated since 2026-11-24; a
     choice of them is in its overrides) go, and a ``jsn_mm`` range that ``jsn_px`` replaced is
     null (earlier records kept it): otherwise an interrupted run of an earlier version was
-    refused as 'made with other parameters'."""
+    refused as 'made with other parameters'. ``with_source_digest=False`` leaves out the digest
+    of the source's files (``source_digest``; records of earlier versions have none)."""
     record = json.loads(json.dumps(record))  # a deep copy
+    if not with_source_digest:
+        record.pop("source_digest", None)
     description = record.get("source_description")
     if isinstance(description, dict) and record.get("source") == "phantom":
         description.pop("size_px", None)

@@ -9,6 +9,7 @@ bright. Every failure is an :class:`~jsnsynth.errors.InputError` that names the 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -28,6 +29,18 @@ from jsnsynth.errors import InputError, OutputError, exception_line
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+
+def files_digest(paths: Iterable[Path], root: Path) -> str:
+    """SHA-256 of files' names (relative to ``root``) and contents, in name order: what a
+    dataset run read from a source folder, so that resuming it on other files is refused."""
+    digest = hashlib.sha256()
+    names = {Path(os.path.relpath(path, root)).as_posix(): Path(path) for path in paths}
+    for name in sorted(names):
+        data = names[name].read_bytes()
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
 
 
 def radiograph_files(folder: str | os.PathLike) -> list[Path]:

@@ -27,13 +27,14 @@ import numpy as np
 from jsnsynth.errors import InputError
 from jsnsynth.synth.fingerjoints import (
     FINGERJOINTS_CITATION,
+    MANIFEST_NAME,
     FingerJointRecord,
     load_fingerjoint,
     read_manifest,
 )
 from jsnsynth.synth import phantom
 from jsnsynth.synth.geometry import Similarity
-from jsnsynth.synth.io import read_mask, read_radiograph
+from jsnsynth.synth.io import files_digest, read_mask, read_radiograph
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, check_joint_masks
 from jsnsynth.synth.limits import DEFAULT_MAX_MASK_OVERLAP_PX, MIN_LONG_SIDE_PX, MIN_SIDE_PX
 
@@ -166,6 +167,7 @@ class FingerJointsSource:
         records = read_manifest(self.root)
         for record in records:
             _check_record_files(record)
+        self._records = records
         self.pixel_spacing_mm = float(pixel_spacing_mm)
         #: Images left out because their masks cannot be a joint (empty, swapped, side by side),
         #: with the reason; listed in the dataset card.
@@ -217,6 +219,12 @@ class FingerJointsSource:
             "max_mask_overlap_px": self.max_mask_overlap_px,
             "excluded_images": dict(self.excluded),
         }
+
+    def content_digest(self) -> str:
+        """:func:`~jsnsynth.synth.io.files_digest` of the manifest and every file it lists."""
+        files = [self.root / MANIFEST_NAME] + [
+            path for r in self._records for path in (r.image, r.soft_tissue, r.mask_upper, r.mask_lower)]
+        return files_digest(files, self.root)
 
 
 def _check_record_files(record: FingerJointRecord) -> None:
