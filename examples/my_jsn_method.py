@@ -5,8 +5,10 @@ Any callable with the quantifier's signature can be validated:
     jsnsynth validate DATASET --method my_jsn_method:centroid_jsn --out report/
 
 (run from this folder, or put the module on PYTHONPATH). It receives the baseline and follow-up
-as float arrays in [0, 1], the baseline masks and the pixel spacing, and returns the JSN
-progression in pixels (positive = narrowing), or a dict with "jsn_px".
+as stored (uint16 in jsnsynth datasets, the crops' own type in `validate-real`), the baseline
+masks as bool arrays and the pixel spacing (and whichever of the follow-up masks and the joint
+frame it takes as keywords), and returns the JSN progression in pixels (positive = narrowing),
+or a dict with "jsn_px".
 
 This toy method compares the intensity-weighted centroids of each bone's region, so it is fooled
 by repositioning and exposure changes: a baseline to beat.

@@ -841,3 +841,36 @@ def test_a_folder_that_is_no_dataset_and_an_empty_split_are_named(dataset, tmp_p
     assert "not a dataset (no README.md card, no data/ shards)" in _one_error(capsys)
     assert main(["validate", str(dataset), "--split", ""]) == 1
     assert "the split to validate is empty" in _one_error(capsys)
+
+
+def test_a_plugin_gets_only_the_keywords_it_takes(dataset, tmp_path, monkeypatch, capsys):
+    """A plug-in written as f(baseline, followup, upper_mask, lower_mask, pixel_spacing_mm=0.175)
+    failed on every pair: 'unexpected keyword argument followup_upper_mask'. A NaN it returns is
+    named in pairs.csv, and the failures are counted on stderr."""
+    (tmp_path / "plain_method.py").write_text(textwrap.dedent("""
+        import numpy as np
+        calls = []
+        def jsn(baseline, followup, upper_mask, lower_mask, pixel_spacing_mm=0.175):
+            calls.append(1)
+            return float("nan") if len(calls) == 2 else 0.25
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["validate", str(dataset), "--method", "plain_method:jsn", "--out", str(tmp_path / "report")]) == 0
+    err = capsys.readouterr().err
+    assert "method plain_method:jsn failed on 1 of 3 pairs (counted as mismatches); first: returned a JSN that is not a " \
+           "finite number (nan)" in err
+    rows = (tmp_path / "report" / "pairs.csv").read_text().splitlines()
+    assert sum("not a finite number" in row for row in rows) == 1
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["overall"]["n_estimated"] == 2
+
+
+def test_a_pair_in_two_shards_is_refused(dataset, tmp_path, capsys):
+    """A shard copied beside the run's own had every pair of it scored twice, without a word."""
+    import shutil
+
+    copy = tmp_path / "copied"
+    shutil.copytree(dataset, copy)
+    shard = sorted((copy / "data").glob("*.parquet"))[0]
+    shutil.copy(shard, shard.with_name(shard.name.replace("-00000-", "-00001-")))
+    assert main(["validate", str(copy), "--out", str(tmp_path / "report")]) == 1
+    assert "pair pair-0000000 is in test-00000-of-00001.parquet as well; a dataset holds each pair once" in _one_error(capsys)

@@ -35,7 +35,9 @@ from jsnsynth.errors import InputError
 from jsnsynth.quantify.quantifier import jsn_from_transforms, mean_similarity
 from jsnsynth.quantify.validate import (
     ResumeLog,
+    call_method,
     check_some_estimate,
+    failure_reason,
     file_stamps,
     load_method,
     method_failure,
@@ -117,15 +119,16 @@ def measure_pair(
             sf = tuple(int(v) for v in rng.integers(-max_shift_px, max_shift_px + 1, size=2))
         start = time.perf_counter()
         try:
-            result = method(
-                shift_image(base["image"], sb), shift_image(follow["image"], sf),
-                shift_image(base["upper"], sb, False), shift_image(base["lower"], sb, False),
-                pixel_spacing_mm=spacing_mm,
-                followup_upper_mask=shift_image(follow["upper"], sf, False),
-                followup_lower_mask=shift_image(follow["lower"], sf, False),
+            result = call_method(
+                method,
+                (shift_image(base["image"], sb), shift_image(follow["image"], sf),
+                 shift_image(base["upper"], sb, False), shift_image(base["lower"], sb, False)),
+                {"pixel_spacing_mm": spacing_mm,
+                 "followup_upper_mask": shift_image(follow["upper"], sf, False),
+                 "followup_lower_mask": shift_image(follow["lower"], sf, False)},
             )
             jsn_px, flagged, se_px = read_estimate(result)
-            error = ""
+            error = "" if math.isfinite(jsn_px) else failure_reason({"estimate_px": jsn_px})
         except (Exception, SystemExit) as exc:  # noqa: BLE001  (as in validate: one trial's failure, not the run's)
             result, jsn_px, flagged, se_px, error = None, float("nan"), True, float("nan"), method_failure(exc)
         elapsed = time.perf_counter() - start

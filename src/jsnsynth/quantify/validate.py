@@ -6,6 +6,7 @@ A *method* is any callable with the signature of
     method(baseline, followup, upper_mask, lower_mask, pixel_spacing_mm=..., followup_upper_mask=...,
            followup_lower_mask=..., joint_center_xy=..., joint_axis_deg=...) -> JsnResult | dict | float
 
+(the keywords a method does not take are not passed: the four arrays are all it needs),
 returning a :class:`~jsnsynth.quantify.quantifier.JsnResult`, a mapping with ``jsn_px`` (and
 optionally ``mismatch``), or the JSN in pixels as a float (+ = narrowing). Images are passed as
 stored (uint16 for jsnsynth datasets), masks as bool arrays. Name a method on the command line
@@ -28,6 +29,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -210,7 +212,7 @@ def read_pairs(folder: str | os.PathLike, split: str | None = None, limit: int |
 
     Raises:
         InputError: see :func:`dataset_shards`; a pair with an unreadable image, or images of
-            different sizes (:func:`check_pair_images`).
+            different sizes (:func:`check_pair_images`); a pair in two shards.
     """
     return read_shards(dataset_shards(folder, split), limit)
 
@@ -220,12 +222,17 @@ def read_shards(shards: list[Path], limit: int | None = None) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
     count = 0
+    seen: dict[str, Path] = {}
     for shard in shards:
         table = pq.read_table(shard, columns=list(REQUIRED_COLUMNS))
         for row in table.to_pylist():
             if limit is not None and count >= limit:
                 return
             pair_id = str(row["pair_id"])
+            if pair_id in seen:  # a shard copied or left beside the run's own: each pair counted twice
+                raise InputError(f"{shard}: pair {pair_id} is in {seen[pair_id].name} as well; a dataset holds each "
+                                 "pair once")
+            seen[pair_id] = shard
             for name in IMAGE_COLUMNS:
                 row[name] = _decode(row[name], name, pair_id)
             for name in MASK_COLUMNS:
@@ -433,6 +440,21 @@ def method_arguments(record: dict) -> tuple[tuple, dict]:
     return args, kwargs
 
 
+def call_method(method: Callable, args: tuple, kwargs: dict) -> Any:
+    """``method(*args, **kwargs)`` with only the keywords it takes: a plug-in written as
+    ``f(baseline, followup, upper_mask, lower_mask, pixel_spacing_mm=0.175)`` failed on every pair
+    for the follow-up masks and the joint frame it was not asked to take. One with ``**kwargs``
+    gets them all."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # a callable without a signature to read (some C functions)
+        return method(*args, **kwargs)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return method(*args, **kwargs)
+    names = {p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    return method(*args, **{name: value for name, value in kwargs.items() if name in names})
+
+
 def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dict:
     """Run ``method`` on one pair and return its row of results (truth, estimate, error, CRLB)."""
     start = time.perf_counter()
@@ -440,7 +462,7 @@ def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dic
     error_message = ""
     try:
         args, kwargs = method_arguments(record)
-        output = method(*args, **kwargs)
+        output = call_method(method, args, kwargs)
         estimate, flagged, _ = read_estimate(output)
     except (Exception, SystemExit) as exc:  # noqa: BLE001  (a plug-in's or our own failure on one pair,
         # even a sys.exit() in a plug-in, must not end the run, let alone with exit code 0)
@@ -468,6 +490,8 @@ def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dic
         "crlb_px": _crlb_or_nan(record) if with_crlb else float("nan"),
         "method_error": error_message,
     }
+    if not math.isfinite(estimate) and not error_message:
+        row["method_error"] = failure_reason(row)  # a NaN, said in pairs.csv as well
     return row
 
 
@@ -481,10 +505,11 @@ def summarize(rows: list[dict]) -> dict:
     Keys: n, rmse_px, rmse_ci95_px (:func:`rmse_interval`), bias_px, sd_px, loa_px (95 % limits
     of agreement, bias +- 1.96 SD), the same in mm, max_abs_error_px, mismatch_rate (|error| >
     0.5 px or no estimate), flag_rate (over the pairs with an estimate; None without any),
-    time_per_pair_s, pairs_per_s, crlb_rms_px (sqrt of the mean CRLB variance) and efficiency
-    (RMSE / sqrt of the mean CRLB variance, both over the pairs with an estimate, a bound and
-    image noise; ``None`` without such pairs: a noise-free pair's bound is that of the 16-bit
-    quantisation alone, about 1e-5 px, against which any method is thousands of times off).
+    time_per_pair_s, pairs_per_s, crlb_rms_px (sqrt of the mean CRLB variance over every pair
+    with a bound: the dataset's, the same for every method) and efficiency (RMSE / sqrt of the
+    mean CRLB variance, both over the pairs with an estimate, a bound and image noise; ``None``
+    without such pairs: a noise-free pair's bound is that of the 16-bit quantisation alone, about
+    1e-5 px, against which any method is thousands of times off).
     """
     if not rows:
         return {"n": 0}
@@ -602,7 +627,8 @@ def failure_reason(row: dict) -> str:
 
 def check_some_estimate(rows: list[dict], method_name: str, what: str = "pairs") -> None:
     """Refuse a run in which the method estimated nothing: its statistics would be empty, and
-    exit code 0 would tell a script that the method was validated.
+    exit code 0 would tell a script that the method was validated. A run in which it failed on
+    some gets a one-line warning (the report counts them; stderr says so).
 
     Raises:
         InputError: with the number of failures and the first one's reason.
@@ -610,6 +636,10 @@ def check_some_estimate(rows: list[dict], method_name: str, what: str = "pairs")
     failed = [r for r in rows if not math.isfinite(r.get("estimate_px", math.nan))]
     if rows and len(failed) == len(rows):
         raise InputError(f"method {method_name} failed on all {len(rows)} {what}; first: {failure_reason(failed[0])}")
+    if failed:
+        counted = "counted as mismatches" if what == "pairs" else "counted apart, as refused"
+        warnings.warn(f"method {method_name} failed on {len(failed)} of {len(rows)} {what} ({counted}); "
+                      f"first: {failure_reason(failed[0])}", stacklevel=2)
 
 
 def file_stamps(paths: Iterable[str | os.PathLike]) -> list[list]:
