@@ -305,6 +305,8 @@ def validate_real_command(folder, method, out_dir, limit_series) -> None:
     with contextlib.redirect_stdout(sys.stderr):  # stdout holds the JSON alone, whatever a plug-in prints
         summary = validate_real(folder, method, out_dir, limit_series)
     click.echo(json_text(summary))
+    if out_dir is not None:
+        click.echo(f"report written to {out_dir}", err=True)
 
 
 # --- lsn commands ---------------------------------------------------------------------------
