@@ -163,9 +163,11 @@ def evaluate_doubt(cache, model) -> str:
             f"{int(np.sum(ratios < 1))} of the crops as stored, {int(np.sum(ratios > 1))} of their negatives. "
             f"Crops the network is unsure of (more than {UNSURE_FRACTION:.0%} of the pixels undecided; "
             f"`infer.warn_if_doubtful`): {int(warned.sum())} of {len(unsure)} (undecided share: median "
-            f"{np.median(unsure):.3f}, largest {unsure.max():.3f}), their masks' mean Dice against the drawn ones "
-            f"{dice[warned, 0].mean():.3f} / {dice[warned, 1].mean():.3f} (upper / lower), the other crops' "
-            f"{dice[~warned, 0].mean():.3f} / {dice[~warned, 1].mean():.3f}.")
+            f"{np.median(unsure):.3f}, largest {unsure.max():.3f})"
+            + (f", their masks' mean Dice against the drawn ones {dice[warned, 0].mean():.3f} / "
+               f"{dice[warned, 1].mean():.3f} (upper / lower), the other crops' {dice[~warned, 0].mean():.3f} / "
+               f"{dice[~warned, 1].mean():.3f}" if warned.any() else "")
+            + ".")
 
 
 def time_separation(model, repeats: int = 30) -> float:

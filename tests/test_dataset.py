@@ -334,6 +334,10 @@ def test_resuming_on_changed_source_files_is_refused(tmp_path: Path) -> None:
     crop.write_bytes(original)
     result = build_dataset(FingerJointsSource(root), tmp_path / "run", 6, seed=1, shard_size=1, layers_every=0, quiet=True)
     assert result.resumed_shards == 1
+    write_bytes_atomic(crop, encode_png(np.ascontiguousarray(decode_png(original)[:, ::-1])))
+    with pytest.raises(OutputError, match="holds a dataset made from other source files"):  # finished: nothing to resume
+        build_dataset(FingerJointsSource(root), tmp_path / "run", 6, seed=1, shard_size=1, layers_every=0, quiet=True)
+    crop.write_bytes(original)
     # a run recorded before the files were digested resumes on its parameters alone
     build_dataset(FingerJointsSource(root), tmp_path / "whole", 6, seed=1, shard_size=1, layers_every=0, quiet=True)
     with pytest.raises(KeyboardInterrupt):
@@ -540,7 +544,7 @@ def test_the_card_names_a_source_folder_given_as_dot(tmp_path: Path, monkeypatch
 
 def test_a_split_asked_for_that_gets_no_pairs_is_warned_about(raster_source: FingerJointsSource, tmp_path: Path) -> None:
     """Too few joints for the fractions left validation and test empty without a word."""
-    with pytest.warns(UserWarning, match=r"split 'validation' gets no pairs \(0.1 of 3 source joints rounds to none\)"):
+    with pytest.warns(UserWarning, match=r"split 'validation' gets no pairs \(3 source joint\(s\) are too few for the split fractions\)"):
         build_dataset(PhantomSource(n_joints=3, size_px=64), tmp_path / "few", 3, seed=1, layers_every=0, quiet=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -477,6 +477,15 @@ def test_lsn_source_follows_the_source_protocol(tmp_path, tiny_weights):
         source.load("nope", np.random.default_rng(0))
     with pytest.raises(InputError):
         LsnSource(tmp_path / "empty")
+    # the run's record names the weights by what they are, not where they are installed
+    moved = tmp_path / "elsewhere" / "lsn.pt"
+    moved.parent.mkdir()
+    moved.write_bytes(DEFAULT_WEIGHTS.read_bytes())
+    assert LsnSource(tmp_path, weights=moved).content_digest() == LsnSource(tmp_path).content_digest()
+    # a crop the quantifier could not measure the pairs of (48 px on its longer side) is refused up front
+    cv2.imwrite(str(tmp_path / "small.png"), synthetic_joint(48, 0)[0])
+    with pytest.raises(InputError, match=r"small.png: crop is 48x48 px; the quantifier measures pairs of at least 32x32"):
+        LsnSource(tmp_path)
 
 
 def test_lsn_source_names_a_crop_whose_bones_make_no_joint(tmp_path, monkeypatch):
@@ -603,6 +612,11 @@ def test_separate_takes_the_crops_of_a_folder(tmp_path, capsys):
     assert main(["separate", str(crops), "--out", str(tmp_path / "out")]) == 0
     assert "wrote 2 separation(s)" in capsys.readouterr().out
     assert {p.name for p in (tmp_path / "out").glob("*_panel.png")} == {"joint0_panel.png", "joint1_panel.png"}
+    # run on a folder that holds its own outputs, it takes the crops alone
+    for path in (tmp_path / "out").iterdir():
+        path.rename(crops / path.name)
+    assert main(["separate", str(crops), "--out", str(tmp_path / "again")]) == 0
+    assert "wrote 2 separation(s)" in capsys.readouterr().out
     (tmp_path / "empty").mkdir()
     assert main(["separate", str(tmp_path / "empty"), "--out", str(tmp_path / "out2")]) == 1
     assert "empty: holds no radiograph crops" in capsys.readouterr().err

@@ -556,7 +556,7 @@ def test_bad_arrays_are_rejected():
     other = np.zeros_like(empty)
     other[:, 60:] = True
     # a joint stored turned is measured once its axis is given: the error says how
-    with pytest.raises(InputError, match=r"not below the upper-bone mask .* or give the joint axis \(--joint-axis-deg\)"):
+    with pytest.raises(InputError, match=r"not below the upper-bone mask .* or give the joint axis of a joint stored turned \(joint_axis_deg; "):
         quantify_pair(pair["baseline"], pair["followup"], side_by_side, other)
 
 

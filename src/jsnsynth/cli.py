@@ -321,14 +321,14 @@ def validate_real_command(folder, method, out_dir, limit_series) -> None:
 def separate_command(images: tuple[Path, ...], out_dir: Path, weights: Path | None, pixel_spacing_mm: float | None) -> None:
     """Split joint crops (at least 32x32 px) into soft-tissue, upper- and lower-bone layers with the LSN.
 
-    IMAGES are crop files, or folders whose crops (PNG, JPEG, TIFF, BMP, DICOM) are all taken.
+    IMAGES are crop files, or folders whose crops (PNG, JPEG, TIFF, BMP, DICOM) are all taken
+    (less the files separate writes).
     Writes per crop STEM: STEM_{soft,upper,lower}.tif (float32 attenuation), STEM_{upper,lower}_mask.png,
     STEM_recomposed.png (16-bit) and STEM_panel.png.
     """
-    from jsnsynth.lsn.infer import separate_files
-    from jsnsynth.synth.io import radiograph_files
+    from jsnsynth.lsn.infer import folder_crops, separate_files
 
-    files = [crop for path in images for crop in (radiograph_files(path) if path.is_dir() else [path])]
+    files = [crop for path in images for crop in (folder_crops(path) if path.is_dir() else [path])]
     panels = separate_files(files, out_dir, weights=weights, pixel_spacing_mm=pixel_spacing_mm)
     for panel in panels:
         click.echo(f"panel: {panel}")

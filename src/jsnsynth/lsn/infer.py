@@ -47,6 +47,7 @@ from jsnsynth.synth.io import (
     check_writable,
     encode_float_tiff,
     encode_png,
+    radiograph_files,
     read_radiograph,
     write_files_atomic,
 )
@@ -519,7 +520,17 @@ def separate_files(
     return panels
 
 
+#: What :func:`separate_files` appends to a crop's stem for each file it writes.
+OUTPUT_SUFFIXES = ("soft.tif", "upper.tif", "lower.tif", "upper_mask.png", "lower_mask.png", "recomposed.png", "panel.png")
+
+
 def output_names(stem: str) -> list[str]:
     """The file names :func:`separate_files` writes for the crop ``stem``."""
-    return [f"{stem}_{suffix}" for suffix in ("soft.tif", "upper.tif", "lower.tif", "upper_mask.png",
-                                              "lower_mask.png", "recomposed.png", "panel.png")]
+    return [f"{stem}_{suffix}" for suffix in OUTPUT_SUFFIXES]
+
+
+def folder_crops(folder: str | os.PathLike) -> list[Path]:
+    """The crops of a folder (:func:`~jsnsynth.synth.io.radiograph_files`) less what
+    :func:`separate_files` wrote there: run again on its own output folder, it took its layers
+    and masks for crops."""
+    return [path for path in radiograph_files(folder) if not path.name.endswith(tuple("_" + s for s in OUTPUT_SUFFIXES))]

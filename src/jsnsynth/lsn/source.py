@@ -16,6 +16,7 @@ import numpy as np
 from jsnsynth.errors import InputError
 from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, SEPARATION_REVISION, load_model, separate_intensity, warn_if_doubtful
 from jsnsynth.synth.io import files_digest, radiograph_files, read_radiograph
+from jsnsynth.synth.limits import MIN_LONG_SIDE_PX, MIN_SIDE_PX
 from jsnsynth.synth.layers import JointLayers, check_joint_masks
 
 #: Provenance written into dataset cards built from this source.
@@ -38,7 +39,8 @@ class LsnSource:
         weights: LSN weights file (default: the bundled weights).
 
     Raises:
-        InputError: a missing folder, a folder without images, or missing weights.
+        InputError: a missing folder, a folder without images, an unreadable crop or one smaller
+            than the quantifier measures (checked up front), or missing weights.
     """
 
     name = "lsn"
@@ -56,6 +58,11 @@ class LsnSource:
         for path in radiograph_files(self.root):
             if path.stem in self._files:
                 raise InputError(f"{path}: two crops share the joint id '{path.stem}'")
+            # every crop read up front: a damaged or too small one is an error before anything is written
+            shape = read_radiograph(path).intensity.shape
+            if min(shape) < MIN_SIDE_PX or max(shape) < MIN_LONG_SIDE_PX:
+                raise InputError(f"{path}: crop is {shape[1]}x{shape[0]} px; the quantifier measures pairs of at least "
+                                 f"{MIN_SIDE_PX}x{MIN_SIDE_PX} px with a longer side of {MIN_LONG_SIDE_PX}")
             self._files[path.stem] = path
         self.pixel_spacing_mm = pixel_spacing_mm
         self.weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
@@ -102,4 +109,4 @@ class LsnSource:
 
     def content_digest(self) -> str:
         """:func:`~jsnsynth.synth.io.files_digest` of the crops and the weights."""
-        return files_digest([*self._files.values(), self.weights], self.root)
+        return files_digest({**{f"crops/{path.name}": path for path in self._files.values()}, "weights": self.weights})

@@ -40,7 +40,13 @@ from jsnsynth.quantify.warp import (
 )
 from jsnsynth.synth.geometry import Similarity, axis_vector
 from jsnsynth.synth.io import strict_json_value
-from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, centroid_axis_deg, joint_axis_from_masks, joint_center_from_masks
+from jsnsynth.synth.layers import (
+    DEFAULT_PIXEL_SPACING_MM,
+    BonesNotStackedError,
+    centroid_axis_deg,
+    joint_axis_from_masks,
+    joint_center_from_masks,
+)
 from jsnsynth.synth.limits import MIN_LONG_SIDE_PX, MIN_SIDE_PX
 
 #: Version of the JSON record written by :meth:`JsnResult.to_dict` (bump on a key change).
@@ -348,8 +354,9 @@ def resolve_joint_frame(
     if joint_axis_deg is None:
         try:
             joint_axis_deg = joint_axis_from_masks(upper, lower)
-        except InputError as exc:  # a joint stored turned is measured once its axis is given
-            raise InputError(f"{exc}, or give the joint axis (--joint-axis-deg) of a joint stored turned") from None
+        except BonesNotStackedError as exc:  # a joint stored turned is measured once its axis is given
+            raise InputError(f"{exc}, or give the joint axis of a joint stored turned (joint_axis_deg; "
+                             "--joint-axis-deg on the command line)") from None
     else:
         check_given_axis(upper, lower, joint_axis_deg)
     if joint_center_xy is None:

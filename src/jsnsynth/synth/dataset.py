@@ -204,7 +204,7 @@ def warn_empty_splits(plan: Plan, config: DatasetConfig) -> None:
     for split, fraction in zip(SPLITS, config.split_fractions):
         if fraction > 0 and not any(shard.split == split for shard in plan.shards):
             joints = sum(s == split for s in plan.split_of_joint.values())
-            reason = (f"{fraction:g} of {n_joints} source joints rounds to none" if not joints else
+            reason = (f"{n_joints} source joint(s) are too few for the split fractions" if not joints else
                       f"none of the {config.n_pairs} pairs falls on its {joints} joint(s)")
             warnings.warn(f"split '{split}' gets no pairs ({reason}); splits group source joints, never pairs",
                           stacklevel=3)
@@ -588,8 +588,11 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
     nothing_written = not state.get("completed_shards") and not _pairs_shards_on_disk(out_dir)
     if not same and not nothing_written:
         if _run_identity(earlier, False) == _run_identity(record, False):
+            if state.get("complete"):
+                raise OutputError(f"{out_dir}: holds a dataset made from other source files (the source's files "
+                                  "changed since); choose a new folder")
             raise OutputError(
-                f"{out_dir}: holds a run begun on other source files (the source folder's files changed since); "
+                f"{out_dir}: holds a run begun on other source files (the source's files changed since); "
                 "resume it on the files it began with, or choose a new folder"
             )
         raise OutputError(
@@ -842,7 +845,8 @@ def _card_record(record: dict) -> dict:
 def shard_sizes(out_dir: Path) -> dict[str, dict]:
     """Per config (``pairs``, ``layers``) the sizes the card states of the finished shards in
     ``out_dir``: ``splits`` (rows and uncompressed bytes per split, from the Parquet footers),
-    ``download_size`` (bytes of the files) and ``dataset_size``, as ``push_to_hub`` writes them.
+    ``download_size`` (bytes of the files) and ``dataset_size``: the fields ``push_to_hub`` writes
+    (its ``num_bytes`` is the Arrow size; here it is the uncompressed Parquet size).
 
     They make the card differ between two runs written under one folder name: ``load_dataset``
     keys its cache of a local folder on the folder's name and the card, not on the files, and

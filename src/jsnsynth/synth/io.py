@@ -31,13 +31,13 @@ DICOM_SUFFIXES = {".dcm", ".dicom"}
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 
-def files_digest(paths: Iterable[Path], root: Path) -> str:
-    """SHA-256 of files' names (relative to ``root``) and contents, in name order: what a
-    dataset run read from a source folder, so that resuming it on other files is refused."""
+def files_digest(files: Mapping[str, Path]) -> str:
+    """SHA-256 of named files' names and contents, in name order: what a dataset run read from
+    its source, so that resuming it on other files is refused. Name each file by what it is to
+    the run (its place in the source folder, ``weights``), not by where it happens to be."""
     digest = hashlib.sha256()
-    names = {Path(os.path.relpath(path, root)).as_posix(): Path(path) for path in paths}
-    for name in sorted(names):
-        data = names[name].read_bytes()
+    for name in sorted(files):
+        data = Path(files[name]).read_bytes()
         digest.update(f"{name}\0{len(data)}\0".encode())
         digest.update(data)
     return digest.hexdigest()

@@ -184,16 +184,21 @@ def centroid_axis_deg(upper_mask: np.ndarray, lower_mask: np.ndarray) -> float:
     return math.degrees(math.atan2(-dx, dy))
 
 
+class BonesNotStackedError(InputError):
+    """Two bone masks that are not one above the other (:func:`check_joint_masks`)."""
+
+
 def check_joint_masks(upper_mask: np.ndarray, lower_mask: np.ndarray) -> float:
     """Check that two masks can be a stored joint; return the angle of the line between centroids.
 
     Raises:
-        InputError: an empty mask, or bones not one above the other (the line through their
-            centroids tilts more than ``MAX_AXIS_TILT_DEG`` from vertical: swapped or side by side).
+        InputError: an empty mask; :class:`BonesNotStackedError` for bones not one above the
+            other (the line through their centroids tilts more than ``MAX_AXIS_TILT_DEG`` from
+            vertical: swapped or side by side).
     """
     angle_deg = centroid_axis_deg(upper_mask, lower_mask)
     if abs(angle_deg) > MAX_AXIS_TILT_DEG:
-        raise InputError(
+        raise BonesNotStackedError(
             f"the lower-bone mask is not below the upper-bone mask (joint axis {angle_deg:.0f} deg from "
             f"vertical): store crops with the upper bone on top"
         )

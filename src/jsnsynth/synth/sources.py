@@ -18,6 +18,7 @@ A new source is one class with these members (see :class:`JointSource`). ``synth
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -224,7 +225,14 @@ class FingerJointsSource:
         """:func:`~jsnsynth.synth.io.files_digest` of the manifest and every file it lists."""
         files = [self.root / MANIFEST_NAME] + [
             path for r in self._records for path in (r.image, r.soft_tissue, r.mask_upper, r.mask_lower)]
-        return files_digest(files, self.root)
+
+        def name(path: Path) -> str:  # its place in the folder; a file listed from elsewhere by its path
+            try:
+                return Path(os.path.relpath(path, self.root)).as_posix()
+            except ValueError:  # another drive (Windows)
+                return str(path)
+
+        return files_digest({name(path): path for path in files})
 
 
 def _check_record_files(record: FingerJointRecord) -> None:
