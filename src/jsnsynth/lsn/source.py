@@ -15,8 +15,7 @@ import numpy as np
 
 from jsnsynth.errors import InputError
 from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, SEPARATION_REVISION, load_model, separate_intensity, warn_if_doubtful
-from jsnsynth.synth.io import files_digest, radiograph_files, read_radiograph
-from jsnsynth.synth.limits import MIN_LONG_SIDE_PX, MIN_SIDE_PX
+from jsnsynth.synth.io import check_measurable_size, files_digest, radiograph_files, read_radiograph
 from jsnsynth.synth.layers import JointLayers, check_joint_masks
 
 #: Provenance written into dataset cards built from this source.
@@ -59,10 +58,7 @@ class LsnSource:
             if path.stem in self._files:
                 raise InputError(f"{path}: two crops share the joint id '{path.stem}'")
             # every crop read up front: a damaged or too small one is an error before anything is written
-            shape = read_radiograph(path).intensity.shape
-            if min(shape) < MIN_SIDE_PX or max(shape) < MIN_LONG_SIDE_PX:
-                raise InputError(f"{path}: crop is {shape[1]}x{shape[0]} px; the quantifier measures pairs of at least "
-                                 f"{MIN_SIDE_PX}x{MIN_SIDE_PX} px with a longer side of {MIN_LONG_SIDE_PX}")
+            check_measurable_size(read_radiograph(path).intensity.shape, path)
             self._files[path.stem] = path
         self.pixel_spacing_mm = pixel_spacing_mm
         self.weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from jsnsynth.errors import InputError, OutputError, exception_line
+from jsnsynth.synth.limits import MIN_LONG_SIDE_PX, MIN_SIDE_PX
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -41,6 +42,19 @@ def files_digest(files: Mapping[str, Path]) -> str:
         digest.update(f"{name}\0{len(data)}\0".encode())
         digest.update(data)
     return digest.hexdigest()
+
+
+def check_measurable_size(shape: tuple[int, ...], path: str | os.PathLike) -> None:
+    """Refuse a source crop of which the quantifier could not measure a pair (smaller than
+    :data:`~jsnsynth.synth.limits.MIN_SIDE_PX` a side or :data:`~jsnsynth.synth.limits.MIN_LONG_SIDE_PX`
+    on the longer one): its pairs' labels would be exact, and unmeasurable.
+
+    Raises:
+        InputError: naming the file and its size.
+    """
+    if min(shape) < MIN_SIDE_PX or max(shape) < MIN_LONG_SIDE_PX:
+        raise InputError(f"{path}: crop is {shape[1]}x{shape[0]} px; the quantifier measures pairs of at least "
+                         f"{MIN_SIDE_PX}x{MIN_SIDE_PX} px with a longer side of {MIN_LONG_SIDE_PX}")
 
 
 def radiograph_files(folder: str | os.PathLike) -> list[Path]:
