@@ -551,6 +551,10 @@ def test_bad_arrays_are_rejected():
         quantify_pair(np.full((96, 96), np.nan), pair["followup"], pair["upper_mask"], pair["lower_mask"])
     with pytest.raises(InputError, match="overlap"):
         quantify_pair(pair["baseline"], pair["followup"], pair["upper_mask"], pair["upper_mask"])
+    # one bone drawn twice, a little apart (a real series' annotation): named as such, not as a
+    # joint stored turned ("not below the upper-bone mask ... give the joint axis")
+    with pytest.raises(InputError, match="baseline upper and lower masks overlap by 9[0-9]%: not two separate bones"):
+        quantify_pair(pair["baseline"], pair["followup"], pair["upper_mask"], np.roll(pair["upper_mask"], (-1, 2), (0, 1)))
     side_by_side = np.zeros_like(empty)
     side_by_side[:, :10] = True
     other = np.zeros_like(empty)

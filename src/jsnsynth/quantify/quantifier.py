@@ -226,11 +226,17 @@ def check_contrast(image: np.ndarray, name: str, where: np.ndarray | None = None
         raise InputError(f"{name} is constant{'' if where is None else ' inside the bone masks'}: nothing to register")
 
 
-def check_mask_pair(upper: np.ndarray, lower: np.ndarray, axis_deg: float, label: str) -> None:
-    """Reject masks that overlap mostly or whose upper bone is not above the lower one."""
+def check_masks_apart(upper: np.ndarray, lower: np.ndarray, label: str) -> None:
+    """Reject masks that overlap mostly: not two bones (two drawings of one, or one drawn twice)."""
     overlap = np.count_nonzero(upper & lower) / min(np.count_nonzero(upper), np.count_nonzero(lower))
     if overlap > 0.5:
         raise InputError(f"{label} upper and lower masks overlap by {overlap:.0%}: not two separate bones")
+
+
+def check_mask_pair(upper: np.ndarray, lower: np.ndarray, axis_deg: float, label: str) -> None:
+    """Reject masks that overlap mostly (:func:`check_masks_apart`) or whose upper bone is not
+    above the lower one."""
+    check_masks_apart(upper, lower, label)
     axis = axis_vector(axis_deg)
     if float((reg.mask_centroid(lower) - reg.mask_centroid(upper)) @ axis) <= 0:
         raise InputError(f"{label} upper-bone mask is not above the lower-bone mask along the joint axis (swapped?)")
@@ -436,6 +442,9 @@ def quantify_pair(
         raise InputError(f"{what} {right - left}x{bottom - top}, at least {MIN_SIDE_PX}x{MIN_SIDE_PX} and "
                          f"{MIN_LONG_SIDE_PX} px on the longer side needed")
     picture = picture_of(upper, lower, content)
+    # before the joint frame is taken from them: one bone drawn twice is no frame to read JSN in
+    # (it was refused as 'not below the upper-bone mask ... give the joint axis')
+    check_masks_apart(upper, lower, "baseline")
     center, joint_axis_deg = resolve_joint_frame(upper, lower, joint_center_xy, joint_axis_deg, content)
     check_mask_pair(upper, lower, joint_axis_deg, "baseline")
     follow_masks = None
