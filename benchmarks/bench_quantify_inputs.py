@@ -6,7 +6,8 @@ they are stored, applied alike to both images and all masks: 16-bit instead of 8
 one side, mirrored, turned (the joint frame given, turned with them), masks eroded or dilated,
 up- or downsampled. Real visits differ in 3-D pose, so the table gives the largest change of JSN, for the
 pairs the method does not flag and, apart, for those it does. Synthetic noise-free pairs (the
-dataset builder, phantom and real layers) show the same changes against exact truth. Writes the
+dataset builder, phantom and real layers) show the same changes against exact truth. Masks from
+the bundled LSN in place of the drawn ones are a row of both tables. Writes the
 tables to docs/quantify.md (between the ``bench_quantify_inputs`` markers).
 
     .venv/bin/python benchmarks/bench_quantify_inputs.py --fingerjoints ../shared/data/fingerjoints
@@ -26,6 +27,7 @@ import numpy as np
 
 from docblock import write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
+from jsnsynth.lsn.infer import load_model, separate_intensity
 from jsnsynth.quantify.quantifier import keep_freed_heap, quantify_pair
 from jsnsynth.quantify.real import load_visit, multi_visit_series
 from jsnsynth.quantify.validate import read_pairs, summarize, validate_records
@@ -99,6 +101,18 @@ def measure(pair: Pair, spacing_mm: float = DEFAULT_PIXEL_SPACING_MM, frame: tup
                          joint_axis_deg=axis)
 
 
+def lsn_masks(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bundled LSN's upper and lower masks of a stored crop (what ``jsnsynth separate`` writes)."""
+    intensity = image / float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else image
+    layers = separate_intensity(np.asarray(intensity, np.float64), load_model()).layers
+    return layers.upper_mask, layers.lower_mask
+
+
+def with_lsn_masks(pair: Pair) -> Pair:
+    """``pair`` with every mask replaced by the LSN's of its image."""
+    return (pair[0], pair[1], *lsn_masks(pair[0]), *lsn_masks(pair[1]))
+
+
 def real_rows(folder: Path, n_series: int) -> list[str]:
     """Rows of the real-pair table."""
     # label -> (change, change in the reference's standard errors, reference flagged, flagged)
@@ -135,6 +149,13 @@ def real_rows(folder: Path, n_series: int) -> list[str]:
         for factor, label in RESAMPLINGS.items():
             result = measure(resampled(pair, factor), DEFAULT_PIXEL_SPACING_MM / factor)
             record(f"{label}, spacing to match: change in mm", result.jsn_mm - reference.jsn_mm, reference, result)
+        lsn_pair = with_lsn_masks(pair)
+        result = measure(lsn_pair, frame=frame)
+        record("masks of both visits from the bundled LSN (`separate`), the drawn masks' frame given",
+               result.jsn_px - reference.jsn_px, reference, result)
+        result = measure(lsn_pair)
+        record("masks of both visits from the bundled LSN, and the frame from them (default frame)",
+               result.jsn_px - reference.jsn_px, reference, result)
         print(f"{name}: reference {reference.jsn_px:+.4f} px{' (flagged)' if reference.mismatch else ''}", file=sys.stderr)
     lines = []
     for label, changes in variants.items():
@@ -183,6 +204,7 @@ def synthetic_rows(spec: str, n_pairs: int, seed: int, tmp: Path) -> list[str]:
         "mirrored left-right (the frame mirrored)": changed(mirror),
         f"masks eroded by {MASK_CHANGE_PX} px": changed(lambda pair, frame: (masks_changed(pair, False), frame)),
         f"masks dilated by {MASK_CHANGE_PX} px": changed(lambda pair, frame: (masks_changed(pair, True), frame)),
+        "masks from the bundled LSN (`separate`)": changed(lambda pair, frame: (with_lsn_masks(pair), frame)),
         **{f"{label} (JSN read in the stored pixels)": resampled_method(factor) for factor, label in RESAMPLINGS.items()},
     }
     lines, plain = [], None
