@@ -45,7 +45,14 @@ from jsnsynth.lsn.data import (  # noqa: E402
 from jsnsynth.lsn import infer as lsn_infer  # noqa: E402
 from jsnsynth.lsn import model as lsn_model  # noqa: E402
 from jsnsynth.lsn.evaluate import dice as mask_dice, separation_metrics  # noqa: E402
-from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, UNSURE_FRACTION, load_model, separate_intensity, undecided_fraction  # noqa: E402
+from jsnsynth.lsn.infer import (  # noqa: E402
+    DEFAULT_WEIGHTS,
+    UNSURE_FRACTION,
+    load_model,
+    separate_intensity,
+    undecided_fraction,
+    warn_if_doubtful,
+)
 from jsnsynth.quantify.quantifier import quantify_pair  # noqa: E402
 from jsnsynth.synth.phantom import render_phantom, sample_phantom_params  # noqa: E402
 from jsnsynth.synth.shift import shift_upper  # noqa: E402
@@ -168,6 +175,41 @@ def evaluate_doubt(cache, model) -> str:
                f"{dice[warned, 1].mean():.3f} (upper / lower), the other crops' {dice[~warned, 0].mean():.3f} / "
                f"{dice[~warned, 1].mean():.3f}" if warned.any() else "")
             + ".")
+
+
+def _turned(array: np.ndarray, how: str) -> np.ndarray:
+    """A crop or mask turned as an outside group might have stored it (masks nearest-neighbour)."""
+    if how == "90 deg":
+        return np.ascontiguousarray(np.rot90(array))
+    matrix = cv2.getRotationMatrix2D(((array.shape[1] - 1) / 2, (array.shape[0] - 1) / 2), 15, 1)
+    border = cv2.BORDER_CONSTANT if how == "15 deg, black corners" else cv2.BORDER_REFLECT
+    if array.dtype == bool:
+        return cv2.warpAffine(array.astype(np.uint8), matrix, array.shape[::-1], flags=cv2.INTER_NEAREST,
+                              borderMode=border) > 0
+    return cv2.warpAffine(array, matrix, array.shape[::-1], borderMode=border)
+
+
+def evaluate_turned(cache, model, every: int = 20) -> str:
+    """Crops turned as an outside group might store them (every ``every``-th real crop): how
+    many :func:`jsnsynth.lsn.infer.warn_if_doubtful` names, and the masks' Dice against the drawn
+    masks turned alike (upper / lower)."""
+    parts = []
+    for how in ("90 deg", "15 deg, black corners", "15 deg, reflected corners"):
+        warned, dice = 0, []
+        for image, upper, lower in zip(cache.image[::every], cache.upper_mask[::every], cache.lower_mask[::every]):
+            crop = _turned(image / 255.0, how)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                separation = separate_intensity(crop, model)
+                warn_if_doubtful(crop, separation, model, None, "crop")
+            warned += any("crop:" in str(w.message) for w in caught)
+            dice.append([mask_dice(_turned(upper > 0, how), separation.layers.upper_mask),
+                         mask_dice(_turned(lower > 0, how), separation.layers.lower_mask)])
+        dice = np.array(dice)
+        parts.append(f"turned by {how}: {warned} of {len(dice)} warned about, Dice {dice[:, 0].mean():.2f} / "
+                     f"{dice[:, 1].mean():.2f}")
+    return (f"Turned crops (every {every}th real crop, turned with its drawn masks; warned about by "
+            f"`infer.warn_if_doubtful`, mask Dice upper / lower): " + "; ".join(parts) + ".")
 
 
 def time_separation(model, repeats: int = 30) -> float:
@@ -403,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     if cache is not None and args.jsn_crops > 0:
         text += "\n\n" + evaluate_jsn(cache, cache.indices(heldout=True), model, args.jsn_crops)
     if cache is not None:
-        text += "\n\n" + evaluate_doubt(cache, model)
+        text += "\n\n" + evaluate_doubt(cache, model) + " " + evaluate_turned(cache, model)
     print(text)
     if not args.no_doc:
         write_doc(args.doc, text)

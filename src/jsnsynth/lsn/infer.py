@@ -282,7 +282,7 @@ def looks_inverted(
 #: A crop of which the network leaves more than this share of pixels undecided is warned about:
 #: 7 of the 1,120 development crops (their masks' mean Dice against the drawn ones 0.91 / 0.82,
 #: the other crops' 0.978 / 0.964), and crops unlike the upright joints it knows: of 56 real
-#: crops, all 56 turned by 15 deg with black corners and 51 turned by 90 deg.
+#: crops, every one turned by 90 deg or by 15 deg with black corners (benchmarks/bench_lsn.py).
 UNSURE_FRACTION = 0.05
 
 
