@@ -19,6 +19,7 @@ from jsnsynth.errors import InputError
 from jsnsynth.quantify import register as reg
 from jsnsynth.quantify.crlb import fisher_information
 from jsnsynth.quantify.quantifier import jsn_from_transforms, quantify_pair
+from jsnsynth.quantify.reference import ecc_quantify, poc_quantify
 from jsnsynth.quantify.register import RegistrationSettings, profile_out
 from jsnsynth.quantify.reliability import save_residual_figure
 from jsnsynth.quantify.toy import toy_pair
@@ -553,8 +554,10 @@ def test_bad_arrays_are_rejected():
         quantify_pair(pair["baseline"], pair["followup"], pair["upper_mask"], pair["upper_mask"])
     # one bone drawn twice, a little apart (a real series' annotation): named as such, not as a
     # joint stored turned ("not below the upper-bone mask ... give the joint axis")
-    with pytest.raises(InputError, match="baseline upper and lower masks overlap by 9[0-9]%: not two separate bones"):
-        quantify_pair(pair["baseline"], pair["followup"], pair["upper_mask"], np.roll(pair["upper_mask"], (-1, 2), (0, 1)))
+    twice = (pair["upper_mask"], np.roll(pair["upper_mask"], (-1, 2), (0, 1)))
+    for method in (quantify_pair, poc_quantify, ecc_quantify):
+        with pytest.raises(InputError, match="baseline upper and lower masks overlap by 9[0-9]%: not two separate bones"):
+            method(pair["baseline"], pair["followup"], *twice)
     side_by_side = np.zeros_like(empty)
     side_by_side[:, :10] = True
     other = np.zeros_like(empty)

@@ -233,13 +233,18 @@ def check_masks_apart(upper: np.ndarray, lower: np.ndarray, label: str) -> None:
         raise InputError(f"{label} upper and lower masks overlap by {overlap:.0%}: not two separate bones")
 
 
-def check_mask_pair(upper: np.ndarray, lower: np.ndarray, axis_deg: float, label: str) -> None:
-    """Reject masks that overlap mostly (:func:`check_masks_apart`) or whose upper bone is not
-    above the lower one."""
-    check_masks_apart(upper, lower, label)
+def check_bone_order(upper: np.ndarray, lower: np.ndarray, axis_deg: float, label: str) -> None:
+    """Reject masks whose upper bone is not above the lower one along the joint axis."""
     axis = axis_vector(axis_deg)
     if float((reg.mask_centroid(lower) - reg.mask_centroid(upper)) @ axis) <= 0:
         raise InputError(f"{label} upper-bone mask is not above the lower-bone mask along the joint axis (swapped?)")
+
+
+def check_mask_pair(upper: np.ndarray, lower: np.ndarray, axis_deg: float, label: str) -> None:
+    """Reject masks that overlap mostly (:func:`check_masks_apart`) or whose upper bone is not
+    above the lower one (:func:`check_bone_order`)."""
+    check_masks_apart(upper, lower, label)
+    check_bone_order(upper, lower, axis_deg, label)
 
 
 def mean_similarity(upper: Similarity, lower: Similarity, cx: float, cy: float) -> Similarity:
@@ -351,7 +356,13 @@ def resolve_joint_frame(
     move it (:func:`picture_of`). The axis leaves out bone cross-sections cut by the picture's
     edge, which padding moves inside the array: 40 rows of it under real joints turned their axes
     by up to 6 degrees and moved their JSN by up to 0.4 px.
+
+    Raises:
+        InputError: masks that mostly overlap (:func:`check_masks_apart`, checked first: one bone
+            drawn twice is no frame, and was refused as a joint stored turned), bones not one
+            above the other, or a given axis across the joint (:func:`check_given_axis`).
     """
+    check_masks_apart(upper, lower, "baseline")
     top, left = 0, 0
     picture = picture_of(upper, lower, content)
     if picture is not None:
@@ -442,11 +453,8 @@ def quantify_pair(
         raise InputError(f"{what} {right - left}x{bottom - top}, at least {MIN_SIDE_PX}x{MIN_SIDE_PX} and "
                          f"{MIN_LONG_SIDE_PX} px on the longer side needed")
     picture = picture_of(upper, lower, content)
-    # before the joint frame is taken from them: one bone drawn twice is no frame to read JSN in
-    # (it was refused as 'not below the upper-bone mask ... give the joint axis')
-    check_masks_apart(upper, lower, "baseline")
     center, joint_axis_deg = resolve_joint_frame(upper, lower, joint_center_xy, joint_axis_deg, content)
-    check_mask_pair(upper, lower, joint_axis_deg, "baseline")
+    check_bone_order(upper, lower, joint_axis_deg, "baseline")
     follow_masks = None
     if (followup_upper_mask is None) != (followup_lower_mask is None):
         raise InputError("give both follow-up masks or neither")

@@ -26,7 +26,7 @@ from jsnsynth.quantify.quantifier import (
     JsnResult,
     as_intensity,
     as_mask,
-    check_mask_pair,
+    check_bone_order,
     jsn_from_transforms,
     resolve_joint_frame,
 )
@@ -54,7 +54,7 @@ def _prepare(baseline, followup, upper_mask, lower_mask, joint_center_xy, joint_
     # a crop padded to size: refilled and kept clear of, as the bundled quantifier does
     content = content_box(base, follow)
     center, joint_axis_deg = resolve_joint_frame(upper, lower, joint_center_xy, joint_axis_deg, content)
-    check_mask_pair(upper, lower, joint_axis_deg, "baseline")
+    check_bone_order(upper, lower, joint_axis_deg, "baseline")
     base, follow = replicate_picture_edge(base, content), replicate_picture_edge(follow, content)
     return base, follow, upper, lower, center, joint_axis_deg, content
 
