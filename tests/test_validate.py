@@ -874,3 +874,18 @@ def test_a_pair_in_two_shards_is_refused(dataset, tmp_path, capsys):
     shutil.copy(shard, shard.with_name(shard.name.replace("-00000-", "-00001-")))
     assert main(["validate", str(copy), "--out", str(tmp_path / "report")]) == 1
     assert "pair pair-0000000 is in test-00000-of-00001.parquet as well; a dataset holds each pair once" in _one_error(capsys)
+
+
+def test_a_report_folder_of_another_method_is_refused(dataset, tmp_path, monkeypatch, capsys):
+    """A second method's report written into the first's folder replaced it without a word."""
+    (tmp_path / "other_method.py").write_text("def jsn(baseline, followup, upper_mask, lower_mask):\n    return 0.1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = str(tmp_path / "report")
+    assert main(["validate", str(dataset), "--method", "poc", "--out", out]) == 0
+    capsys.readouterr()
+    before = (tmp_path / "report" / "summary.json").read_bytes()
+    assert main(["validate", str(dataset), "--method", "other_method:jsn", "--out", out]) == 1
+    assert "holds the report of another run (method poc, dataset" in _one_error(capsys)
+    assert (tmp_path / "report" / "summary.json").read_bytes() == before
+    # the same run again rewrites its own report
+    assert main(["validate", str(dataset) + "/", "--method", "poc", "--out", out]) == 0

@@ -36,6 +36,7 @@ from jsnsynth.quantify.quantifier import jsn_from_transforms, mean_similarity
 from jsnsynth.quantify.validate import (
     ResumeLog,
     call_method,
+    check_report_of_same_run,
     check_some_estimate,
     failure_reason,
     file_stamps,
@@ -238,6 +239,7 @@ def validate_real(
     method_name, function = load_method(method)
     if out_dir is not None:
         check_output_folder(out_dir)
+        check_report_of_same_run(os.path.join(out_dir, REPORT_NAMES["summary"]), {"method": method_name, "folder": str(folder)})
         for name in REPORT_NAMES.values():
             check_writable(os.path.join(out_dir, name))
     chosen = multi_visit_series(folder, limit_series)

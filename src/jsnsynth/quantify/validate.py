@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from jsnsynth import __version__
-from jsnsynth.errors import InputError, exception_line
+from jsnsynth.errors import InputError, OutputError, exception_line
 from jsnsynth.quantify.crlb import display_noise_std_from_clean, jsn_crlb_px
 from jsnsynth.quantify.register import RegistrationSettings, resolution_scale
 from jsnsynth.synth.geometry import Similarity
@@ -769,6 +769,8 @@ def validate_dataset(
     shards = dataset_shards(folder, split)  # fail fast on a wrong schema
     log = None
     if out_dir is not None:
+        check_report_of_same_run(report_paths(Path(out_dir))["summary"],
+                                 {"method": method_name, "dataset": str(folder), "split": split or "all"})
         log = ResumeLog(out_dir, "validate", [str(folder.resolve()), method_name, method_stamps(function), split,
                                               limit, with_crlb, file_stamps(shards)])
         for path in report_paths(log.path.parent).values():  # before the long work, not after it
@@ -805,6 +807,34 @@ def validate_dataset(
         summary["outputs"] = write_report(rows, summary, out)
         log.finish()
     return summary
+
+
+def check_report_of_same_run(summary_path: str | os.PathLike, identity: dict) -> None:
+    """Refuse an output folder whose finished report is another run's (another method, dataset
+    or split): a folder holds one report, and the second method's replaced the first's without a
+    word. The same run again (a plug-in mended, say) rewrites its report.
+
+    Raises:
+        OutputError: naming the report's run.
+    """
+    path = Path(summary_path)
+    if not path.is_file():
+        return
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # not a report this command can read: written over, as any file the folder holds
+    if not isinstance(earlier, dict):
+        return
+    def same(key: str, value: Any) -> bool:  # a dataset or folder given once as 'ds', once as './ds/'
+        if key in ("dataset", "folder"):
+            return os.path.realpath(str(earlier[key])) == os.path.realpath(str(value))
+        return str(earlier[key]) == str(value)
+
+    differ = [k for k, v in identity.items() if k in earlier and not same(k, v)]
+    if differ:
+        what = ", ".join(f"{k} {earlier[k]}" for k in identity if k in earlier)
+        raise OutputError(f"{path.parent}: holds the report of another run ({what}); choose another folder")
 
 
 def report_paths(out: Path, prefix: str = "") -> dict[str, Path]:
