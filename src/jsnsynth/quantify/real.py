@@ -239,7 +239,8 @@ def validate_real(
     method_name, function = load_method(method)
     if out_dir is not None:
         check_output_folder(out_dir)
-        check_report_of_same_run(os.path.join(out_dir, REPORT_NAMES["summary"]), {"method": method_name, "folder": str(folder)})
+        check_report_of_same_run(os.path.join(out_dir, REPORT_NAMES["summary"]),
+                                 {"method": method_name, "folder": str(folder)})
         for name in REPORT_NAMES.values():
             check_writable(os.path.join(out_dir, name))
     chosen = multi_visit_series(folder, limit_series)

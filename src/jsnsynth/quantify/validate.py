@@ -826,6 +826,7 @@ def check_report_of_same_run(summary_path: str | os.PathLike, identity: dict) ->
         return  # not a report this command can read: written over, as any file the folder holds
     if not isinstance(earlier, dict):
         return
+
     def same(key: str, value: Any) -> bool:  # a dataset or folder given once as 'ds', once as './ds/'
         if key in ("dataset", "folder"):
             return os.path.realpath(str(earlier[key])) == os.path.realpath(str(value))
