@@ -3,7 +3,9 @@
 Real visit pairs (the first two visits of the first ``--series`` multi-visit series of the
 finger-joint folder, follow-up masks given) are measured as they are and after each change of how
 they are stored, applied alike to both images and all masks: 16-bit instead of 8-bit, padded on
-one side, mirrored, turned (the joint frame given, turned with them), masks eroded or dilated,
+one side, mirrored, turned (the joint frame given, turned with them: by quarter turns, and by
+15 deg as a group that straightens its crops by their joint axis stores them, the corners left
+black or mirrored), masks eroded or dilated,
 up- or downsampled. Real visits differ in 3-D pose, so the table gives the largest change of JSN, for the
 pairs the method does not flag and, apart, for those it does. Synthetic noise-free pairs (the
 dataset builder, phantom and real layers) show the same changes against exact truth. Masks from
@@ -32,6 +34,7 @@ from jsnsynth.quantify.quantifier import keep_freed_heap, quantify_pair
 from jsnsynth.quantify.real import load_visit, multi_visit_series
 from jsnsynth.quantify.validate import read_pairs, summarize, validate_records
 from jsnsynth.synth.dataset import build_dataset
+from jsnsynth.synth.geometry import frame_under_affine
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM
 from jsnsynth.synth.pairs import PairConfig
 from jsnsynth.synth.sources import open_source
@@ -72,6 +75,29 @@ def turned(pair: Pair, quarter_turns: int, frame: tuple) -> tuple[Pair, tuple]:
     for turn in range(quarter_turns):  # (x, y) -> (y, W - 1 - x), W the width before this turn
         x, y = y, (width if turn % 2 == 0 else height) - 1 - x
     return tuple(np.ascontiguousarray(np.rot90(a, quarter_turns)) for a in pair), ((x, y), axis_deg - 90.0 * quarter_turns)
+
+
+#: Turn of a crop straightened by its joint axis (``turned_by``), degrees counter-clockwise.
+STRAIGHTENED_DEG = 15.0
+#: Corners ``turned_by`` leaves: label -> OpenCV border mode.
+CORNERS = {"black corners": cv2.BORDER_CONSTANT, "corners mirrored": cv2.BORDER_REFLECT}
+
+
+def turned_by(pair: Pair, frame: tuple, angle_deg: float, border: int) -> tuple[Pair, tuple]:
+    """``pair`` turned by ``angle_deg`` counter-clockwise about the array's centre, as a group
+    that straightens its crops by their joint axis stores them (``cv2.warpAffine``: images
+    bicubic, masks nearest, corners filled by ``border``), and the joint frame
+    ``((x, y), axis_deg)`` turned with it."""
+    height, width = pair[0].shape
+    matrix = cv2.getRotationMatrix2D(((width - 1) / 2.0, (height - 1) / 2.0), angle_deg, 1.0)
+
+    def one(a: np.ndarray) -> np.ndarray:
+        if a.dtype == bool:
+            return cv2.warpAffine(a.astype(np.uint8), matrix, (width, height), flags=cv2.INTER_NEAREST,
+                                  borderMode=border) > 0
+        return cv2.warpAffine(a, matrix, (width, height), flags=cv2.INTER_CUBIC, borderMode=border)
+
+    return tuple(one(a) for a in pair), frame_under_affine(matrix, *frame)
 
 
 def mirrored(pair: Pair) -> Pair:
@@ -143,6 +169,11 @@ def real_rows(folder: Path, n_series: int) -> list[str]:
             turned_pair, turned_frame = turned(pair, quarter_turns, frame)
             result = measure(turned_pair, frame=turned_frame)
             record("turned by 90, 180 or 270 deg, the frame given", result.jsn_px - reference.jsn_px, reference, result)
+        for corners, border in CORNERS.items():
+            straightened, straightened_frame = turned_by(pair, frame, STRAIGHTENED_DEG, border)
+            result = measure(straightened, frame=straightened_frame)
+            record(f"turned by {STRAIGHTENED_DEG:g} deg (bicubic), {corners}, the frame given", result.jsn_px - reference.jsn_px,
+                   reference, result)
         for grow, word in ((False, "eroded"), (True, "dilated")):
             result = measure(masks_changed(pair, grow))
             record(f"masks {word} by {MASK_CHANGE_PX} px", result.jsn_px - reference.jsn_px, reference, result)
@@ -205,6 +236,9 @@ def synthetic_rows(spec: str, n_pairs: int, seed: int, tmp: Path) -> list[str]:
         f"masks eroded by {MASK_CHANGE_PX} px": changed(lambda pair, frame: (masks_changed(pair, False), frame)),
         f"masks dilated by {MASK_CHANGE_PX} px": changed(lambda pair, frame: (masks_changed(pair, True), frame)),
         "masks from the bundled LSN (`separate`)": changed(lambda pair, frame: (with_lsn_masks(pair), frame)),
+        **{f"turned by {STRAIGHTENED_DEG:g} deg (bicubic), {corners} (the frame turned)": changed(
+            lambda pair, frame, border=border: turned_by(pair, frame, STRAIGHTENED_DEG, border))
+           for corners, border in CORNERS.items()},
         **{f"{label} (JSN read in the stored pixels)": resampled_method(factor) for factor, label in RESAMPLINGS.items()},
     }
     lines, plain = [], None

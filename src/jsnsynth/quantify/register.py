@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from jsnsynth.errors import InputError
 from jsnsynth.quantify.warp import sample_spline, sample_spline_values, spline_coefficients, warp_offsets, warp_positions
@@ -342,15 +343,78 @@ def replicate_picture_edge(image: np.ndarray, content: tuple[int, int, int, int]
     return cv2.copyMakeBorder(picture, top, height - bottom, left, width - right, cv2.BORDER_REPLICATE)
 
 
+#: A fill (:func:`constant_fill`) covers at least this share of the picture: a crop turned by
+#: 1 deg leaves 0.85 % in its corners, in wedges under 3 px wide that the band along the edge
+#: (:data:`BORDER_PX`) covers anyway. No real development crop (stored as JPEG) holds more than
+#: 0.3 % of one value connected to its edge.
+MIN_FILL_FRACTION = 0.01
+
+
+#: Reach (px) of the interpolation that turned a crop: bicubic blends the fill into the
+#: picture over 2 px (a line of dark pixels along the corners otherwise stays in the picture).
+FILL_BLEND_PX = 2
+
+
+def constant_fill(image: np.ndarray) -> np.ndarray:
+    """Pixels of ``image`` that are fill rather than picture: those connected to the array's edge
+    through pixels of exactly the image's lowest value, when they make up at least
+    :data:`MIN_FILL_FRACTION` of it, and :data:`FILL_BLEND_PX` around them; else none.
+
+    The black corners that ``cv2.warpAffine`` or ``scipy.ndimage.rotate`` leave around a crop
+    turned upright are such a fill, and so is air saturated by a display window beside the
+    finger. Either holds no structure but its edge, which is static (a fill stays where the array
+    is while the joint moves) or the skin's: neither says where a bone went. A white fill is not
+    recognised: it cannot be told from bone that a window saturated where it meets the crop's
+    edge, which must stay in (:data:`~jsnsynth.quantify.reliability.MAX_CLIPPED_FRACTION`).
+    Rectangular padding of any value is :func:`content_box`'s.
+    """
+    values = np.asarray(image)
+    least = int(math.ceil(MIN_FILL_FRACTION * values.size))
+    darkest = (values == values.min()).astype(np.uint8)
+    if np.count_nonzero(darkest) < least:
+        return np.zeros(values.shape, dtype=bool)
+    _, labels = cv2.connectedComponents(darkest, connectivity=4)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    fill = np.isin(labels, edge[edge > 0])
+    if np.count_nonzero(fill) < least:
+        return np.zeros(values.shape, dtype=bool)
+    # the pixels the turn's interpolation blended from fill and picture are neither
+    return dilate(fill, FILL_BLEND_PX)
+
+
+def fill_from_picture(image: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """``image`` with its ``fill`` pixels replaced by the picture mirrored about the nearest
+    picture pixel (that pixel itself where the mirror falls outside the picture): the fill's jump
+    against the picture would otherwise spread through smoothing and interpolation, and a
+    network sees a mirrored picture as picture (real crops turned by 15 deg separate well with
+    their corners mirrored, not with them black)."""
+    if not fill.any():
+        return image
+    _, (near_y, near_x) = ndimage.distance_transform_edt(fill, return_indices=True)
+    ys, xs = np.nonzero(fill)
+    qy, qx = near_y[ys, xs], near_x[ys, xs]
+    my, mx = 2 * qy - ys, 2 * qx - xs
+    height, width = fill.shape
+    inside = (my >= 0) & (my < height) & (mx >= 0) & (mx < width)
+    mirrored = inside.copy()
+    mirrored[inside] = ~fill[my[inside], mx[inside]]
+    source_y, source_x = np.where(mirrored, my, qy), np.where(mirrored, mx, qx)
+    filled = np.array(image, copy=True)
+    filled[ys, xs] = image[source_y, source_x]
+    return filled
+
+
 def bone_region(
     mask: np.ndarray, other_mask: np.ndarray, dilate_px: int, exclude_px: int, border_px: int = BORDER_PX,
-    step: int = 1, content: tuple[int, int, int, int] | None = None,
+    step: int = 1, content: tuple[int, int, int, int] | None = None, keep_out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pixels that belong to one bone for registration: its mask grown, the other bone kept out,
-    and ``border_px`` away from the edge of the picture (``content``, the :func:`content_box`;
-    default the whole array), sampled at every ``step``-th pixel:
-    ``bone_region(...)[::step, ::step]``."""
+    ``border_px`` away from the edge of the picture (``content``, the :func:`content_box`;
+    default the whole array) and outside ``keep_out`` (full resolution; a fill and its band),
+    sampled at every ``step``-th pixel: ``bone_region(...)[::step, ::step]``."""
     region = dilate(mask, dilate_px, step) & ~dilate(other_mask & ~mask, exclude_px, step)
+    if keep_out is not None:
+        region &= ~keep_out[::step, ::step]
     return region & within_content(mask.shape, content, border_px, step)
 
 

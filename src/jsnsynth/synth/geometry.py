@@ -107,3 +107,16 @@ def axis_vector(axis_angle_deg: float) -> np.ndarray:
     """
     a = math.radians(axis_angle_deg)
     return np.array([-math.sin(a), math.cos(a)])
+
+
+def frame_under_affine(
+    matrix: np.ndarray, center_xy: tuple[float, float], axis_angle_deg: float
+) -> tuple[tuple[float, float], float]:
+    """A joint frame (centre, axis angle as :func:`axis_vector` takes it) carried by the ``2x3``
+    pixel-coordinate affine ``matrix`` that moved its image (``cv2.warpAffine``'s, as
+    ``cv2.getRotationMatrix2D`` gives it): where a crop turned upright has its joint centre and
+    axis, so that JSN is read there as it was before the turn."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    center = matrix[:, :2] @ np.asarray(center_xy, dtype=np.float64) + matrix[:, 2]
+    axis = matrix[:, :2] @ axis_vector(axis_angle_deg)
+    return (float(center[0]), float(center[1])), math.degrees(math.atan2(-axis[0], axis[1]))
