@@ -351,6 +351,60 @@ def test_resuming_on_changed_source_files_is_refused(tmp_path: Path) -> None:
     assert _digest(tmp_path / "whole") == _digest(tmp_path / "old")
 
 
+class DoubtfulJointsSource(FingerJointsSource):
+    """Finger joints, each warned about the first time it loads in a process (as the ``lsn``
+    source warns about a crop that looks inverted)."""
+
+    def load(self, joint_id: str, rng: np.random.Generator):
+        warned = self.__dict__.setdefault("warned", set())
+        if joint_id not in warned:
+            warned.add(joint_id)
+            warnings.warn(f"{joint_id}: looks doubtful")
+        return super().load(joint_id, rng)
+
+
+def test_a_sources_warning_is_shown_once_whatever_the_workers(tmp_path: Path) -> None:
+    """With --num-proc N a source's warning about a joint came once per worker that loaded it,
+    printed by the workers themselves."""
+    root = make_fingerjoint_folder(tmp_path / "fj", n_series=3, visits=2)
+    for num_proc in (1, 2):
+        source = DoubtfulJointsSource(root)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            build_dataset(source, tmp_path / f"run{num_proc}", 12, seed=1, num_proc=num_proc, shard_size=2,
+                          layers_every=0, quiet=True)
+        doubtful = sorted(str(w.message) for w in caught if "looks doubtful" in str(w.message))
+        assert doubtful == sorted(f"{joint}: looks doubtful" for joint in source.joint_ids()), num_proc
+
+
+def test_a_run_resumes_with_its_source_folder_named_otherwise(tmp_path: Path, monkeypatch) -> None:
+    """A run begun on ``fj`` and resumed on its absolute path was refused as 'made with other
+    parameters': the record compared the folder as typed."""
+    make_fingerjoint_folder(tmp_path / "fj", n_series=4, visits=2)
+    monkeypatch.chdir(tmp_path)
+
+    def stop(name: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(FingerJointsSource(Path("fj")), tmp_path / "run", 6, seed=1, shard_size=1, layers_every=0,
+                      quiet=True, on_shard_written=stop)
+    result = build_dataset(FingerJointsSource(tmp_path / "fj"), tmp_path / "run", 6, seed=1, shard_size=1,
+                           layers_every=0, quiet=True)
+    assert result.resumed_shards == 1
+    whole = build_dataset(FingerJointsSource(Path("fj")), tmp_path / "whole", 6, seed=1, shard_size=1, layers_every=0,
+                          quiet=True)
+    assert whole.resumed_shards == 0
+    # the same pairs, byte for byte (the card names the folder as each command typed it)
+    shards = [{name: sha for name, sha in _digest(tmp_path / run).items() if name.endswith(".parquet")}
+              for run in ("whole", "run")]
+    assert shards[0] and shards[0] == shards[1]
+    # a folder of other crops is still another run
+    make_fingerjoint_folder(tmp_path / "fj2", n_series=5, visits=2)
+    with pytest.raises(OutputError, match="made with other parameters"):
+        build_dataset(FingerJointsSource(Path("fj2")), tmp_path / "run", 6, seed=1, shard_size=1, layers_every=0, quiet=True)
+
+
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs process groups (POSIX)")
 def test_ctrl_c_stops_a_multiprocess_run_in_one_line(tmp_path: Path) -> None:
     # Ctrl-C reaches the whole process group: the workers took it too, printed their tracebacks

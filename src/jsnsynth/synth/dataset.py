@@ -620,11 +620,16 @@ def _run_identity(record: dict, with_source_digest: bool = True) -> dict:
     choice of them is in its overrides) go, and a ``jsn_mm`` range that ``jsn_px`` replaced is
     null (earlier records kept it): otherwise an interrupted run of an earlier version was
     refused as 'made with other parameters'. ``with_source_digest=False`` leaves out the digest
-    of the source's files (``source_digest``; records of earlier versions have none)."""
+    of the source's files (``source_digest``; records of earlier versions have none); with it,
+    the source folder's path is left out, as the digest names the files."""
     record = json.loads(json.dumps(record))  # a deep copy
+    description = record.get("source_description")
     if not with_source_digest:
         record.pop("source_digest", None)
-    description = record.get("source_description")
+    elif isinstance(description, dict) and "source_digest" in record:
+        # the files' digest says which files these are; the folder as typed (relative or
+        # absolute, or a copy elsewhere) does not change a byte of the dataset
+        description.pop("root", None)
     if isinstance(description, dict) and record.get("source") == "phantom":
         description.pop("size_px", None)
         description.pop("pixel_spacing_mm", None)
@@ -741,8 +746,24 @@ def _iter_rows(
     finally:
         if interrupt is not None:
             signal.signal(signal.SIGINT, interrupt)
+    shown: set[tuple[str, type]] = set()
     with pool:
-        yield from pool.imap(_rows_for, indices, chunksize=4)
+        for rows, caught in pool.imap(_rows_and_warnings, indices, chunksize=4):
+            for message, category in caught:
+                if (message, category) not in shown:
+                    shown.add((message, category))
+                    warnings.warn(message, category, stacklevel=2)
+            yield rows
+
+
+def _rows_and_warnings(index: int) -> tuple[tuple[dict, list[dict]], list[tuple[str, type]]]:
+    """:func:`_rows_for` in a worker process, with the warnings it gave, for the parent to show
+    once each: every worker loads the joints it is given, so a source's warning about a joint
+    (an ``lsn`` crop that looks inverted) came once per worker."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = _rows_for(index)
+    return rows, [(str(w.message), w.category) for w in caught]
 
 
 def build_dataset(
