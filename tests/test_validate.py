@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -148,7 +149,6 @@ def test_validate_resumes_a_run_and_only_on_the_same_dataset(dataset, tmp_path):
     assert resumed["overall"]["rmse_px"] == pytest.approx(whole["overall"]["rmse_px"], abs=0, rel=0)
     assert not list((tmp_path / "out").glob(".validate-*"))  # the log goes once the report is written
     # interrupted again, then the dataset is rebuilt at the same path with other truths
-    import shutil
 
     with pytest.raises(KeyboardInterrupt):
         validate_dataset(folder, _stop_on_second_call(), tmp_path / "again", with_crlb=False)
@@ -866,7 +866,6 @@ def test_a_plugin_gets_only_the_keywords_it_takes(dataset, tmp_path, monkeypatch
 
 def test_a_pair_in_two_shards_is_refused(dataset, tmp_path, capsys):
     """A shard copied beside the run's own had every pair of it scored twice, without a word."""
-    import shutil
 
     copy = tmp_path / "copied"
     shutil.copytree(dataset, copy)
@@ -889,3 +888,15 @@ def test_a_report_folder_of_another_method_is_refused(dataset, tmp_path, monkeyp
     assert (tmp_path / "report" / "summary.json").read_bytes() == before
     # the same run again rewrites its own report
     assert main(["validate", str(dataset) + "/", "--method", "poc", "--out", out]) == 0
+
+
+def test_a_report_folder_inside_the_dataset_is_refused(dataset, tmp_path, capsys):
+    """A report written into the dataset's folder (even its data/) became part of the dataset,
+    which `publish` uploads whole."""
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    for inside in (copy / "report", copy / "data"):
+        assert main(["validate", str(copy), "--method", "poc", "--limit", "2", "--out", str(inside)]) == 1
+        assert "is inside the dataset" in _one_error(capsys)
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before

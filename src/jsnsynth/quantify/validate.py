@@ -769,6 +769,9 @@ def validate_dataset(
     shards = dataset_shards(folder, split)  # fail fast on a wrong schema
     log = None
     if out_dir is not None:
+        if Path(os.path.realpath(out_dir)).is_relative_to(os.path.realpath(folder)):
+            # the report would become part of the dataset: `publish` uploads the whole folder
+            raise OutputError(f"{out_dir}: is inside the dataset {folder}; write the report outside it")
         check_report_of_same_run(report_paths(Path(out_dir))["summary"],
                                  {"method": method_name, "dataset": str(folder), "split": split or "all"})
         log = ResumeLog(out_dir, "validate", [str(folder.resolve()), method_name, method_stamps(function), split,
