@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -377,32 +378,59 @@ def test_a_sources_warning_is_shown_once_whatever_the_workers(tmp_path: Path) ->
         assert doubtful == sorted(f"{joint}: looks doubtful" for joint in source.joint_ids()), num_proc
 
 
+class FailingJointSource(DoubtfulJointsSource):
+    """Doubtful joints, of which one then fails to load."""
+
+    def load(self, joint_id: str, rng: np.random.Generator):
+        layers = super().load(joint_id, rng)
+        if joint_id == self.joint_ids()[-1]:
+            raise InputError(f"{joint_id}: no bone found")
+        return layers
+
+
+def test_what_a_worker_said_about_a_pair_that_failed_is_shown(tmp_path: Path, capfd) -> None:
+    """With the workers' warnings handed to the parent with their rows, those of a pair that then
+    failed were lost: the line that explains the error."""
+    source = FailingJointSource(make_fingerjoint_folder(tmp_path / "fj", n_series=3, visits=2))
+    with pytest.raises(InputError, match="no bone found"):
+        build_dataset(source, tmp_path / "run", 12, seed=1, num_proc=2, shard_size=2, layers_every=0, quiet=True)
+    assert f"{source.joint_ids()[-1]}: looks doubtful" in capfd.readouterr().err
+
+
 def test_a_run_resumes_with_its_source_folder_named_otherwise(tmp_path: Path, monkeypatch) -> None:
     """A run begun on ``fj`` and resumed on its absolute path was refused as 'made with other
     parameters': the record compared the folder as typed."""
     make_fingerjoint_folder(tmp_path / "fj", n_series=4, visits=2)
+    shutil.copytree(tmp_path / "fj", tmp_path / "copy")
     monkeypatch.chdir(tmp_path)
 
     def stop(name: str) -> None:
         raise KeyboardInterrupt
 
+    def build(root: Path, run: str, **options):
+        return build_dataset(FingerJointsSource(root), tmp_path / run, 6, seed=1, shard_size=1, layers_every=0,
+                             quiet=True, **options)
+
+    whole = build(Path("fj"), "whole")
+    for run, resumed_on in (("absolute", tmp_path / "fj"), ("copied", tmp_path / "copy")):
+        with pytest.raises(KeyboardInterrupt):
+            build(Path("fj"), run, on_shard_written=stop)
+        assert build(resumed_on, run).resumed_shards == 1
+        # the same pairs, byte for byte (the card names the folder as each command typed it)
+        shards = [{name: sha for name, sha in _digest(tmp_path / folder).items() if name.endswith(".parquet")}
+                  for folder in ("whole", run)]
+        assert whole.resumed_shards == 0 and shards[0] and shards[0] == shards[1]
+    # typed otherwise and its files changed: told as such
     with pytest.raises(KeyboardInterrupt):
-        build_dataset(FingerJointsSource(Path("fj")), tmp_path / "run", 6, seed=1, shard_size=1, layers_every=0,
-                      quiet=True, on_shard_written=stop)
-    result = build_dataset(FingerJointsSource(tmp_path / "fj"), tmp_path / "run", 6, seed=1, shard_size=1,
-                           layers_every=0, quiet=True)
-    assert result.resumed_shards == 1
-    whole = build_dataset(FingerJointsSource(Path("fj")), tmp_path / "whole", 6, seed=1, shard_size=1, layers_every=0,
-                          quiet=True)
-    assert whole.resumed_shards == 0
-    # the same pairs, byte for byte (the card names the folder as each command typed it)
-    shards = [{name: sha for name, sha in _digest(tmp_path / run).items() if name.endswith(".parquet")}
-              for run in ("whole", "run")]
-    assert shards[0] and shards[0] == shards[1]
-    # a folder of other crops is still another run
+        build(Path("fj"), "changed", on_shard_written=stop)
+    crop = tmp_path / "copy" / "00002_L_4" / "visit1.png"
+    write_bytes_atomic(crop, encode_png(np.ascontiguousarray(decode_png(crop.read_bytes())[:, ::-1])))
+    with pytest.raises(OutputError, match="begun on other source files"):
+        build(tmp_path / "copy", "changed")
+    # a folder of other joints is another run
     make_fingerjoint_folder(tmp_path / "fj2", n_series=5, visits=2)
     with pytest.raises(OutputError, match="made with other parameters"):
-        build_dataset(FingerJointsSource(Path("fj2")), tmp_path / "run", 6, seed=1, shard_size=1, layers_every=0, quiet=True)
+        build(Path("fj2"), "absolute")
 
 
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs process groups (POSIX)")

@@ -582,12 +582,13 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
         raise OutputError(f"{out_dir}: folder holds other files (not a jsnsynth dataset run); choose an empty or new folder")
     earlier = {k: v for k, v in state.items() if k not in ("completed_shards", "complete")}
     # runs recorded before the source's files were digested resume on the parameters alone
-    same = _run_identity(earlier, "source_digest" in earlier) == _run_identity(record, "source_digest" in earlier)
+    files = "digest" if "source_digest" in earlier else "folder"
+    same = _run_identity(earlier, files) == _run_identity(record, files)
     # an earlier run that failed before its first shard (a bad option, an unusable source) left
     # only its record: nothing to keep, so the corrected command may start afresh
     nothing_written = not state.get("completed_shards") and not _pairs_shards_on_disk(out_dir)
     if not same and not nothing_written:
-        if _run_identity(earlier, False) == _run_identity(record, False):
+        if files == "digest" and _run_identity(earlier, None) == _run_identity(record, None):
             if state.get("complete"):
                 raise OutputError(f"{out_dir}: holds a dataset made from other source files (the source's files "
                                   "changed since); choose a new folder")
@@ -613,22 +614,23 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
     ]
 
 
-def _run_identity(record: dict, with_source_digest: bool = True) -> dict:
+def _run_identity(record: dict, files: str | None = "digest") -> dict:
     """What of a run record decides the dataset's bytes, to tell an earlier run of the same
     command: the record less what only describes the run, as the records of earlier versions of
     this release wrote it. The phantom's effective size and spacing (stated since 2026-11-24; a
     choice of them is in its overrides) go, and a ``jsn_mm`` range that ``jsn_px`` replaced is
     null (earlier records kept it): otherwise an interrupted run of an earlier version was
-    refused as 'made with other parameters'. ``with_source_digest=False`` leaves out the digest
-    of the source's files (``source_digest``; records of earlier versions have none); with it,
-    the source folder's path is left out, as the digest names the files."""
+    refused as 'made with other parameters'.
+
+    ``files`` says what stands for the source's files: ``"digest"`` their digest
+    (``source_digest``), not the folder as typed (relative or absolute, or a copy elsewhere: the
+    same bytes); ``"folder"`` the folder (records of earlier versions have no digest); None
+    neither, to tell a run whose files alone changed."""
     record = json.loads(json.dumps(record))  # a deep copy
     description = record.get("source_description")
-    if not with_source_digest:
+    if files != "digest":
         record.pop("source_digest", None)
-    elif isinstance(description, dict) and "source_digest" in record:
-        # the files' digest says which files these are; the folder as typed (relative or
-        # absolute, or a copy elsewhere) does not change a byte of the dataset
+    if files != "folder" and isinstance(description, dict):
         description.pop("root", None)
     if isinstance(description, dict) and record.get("source") == "phantom":
         description.pop("size_px", None)
@@ -760,9 +762,19 @@ def _rows_and_warnings(index: int) -> tuple[tuple[dict, list[dict]], list[tuple[
     """:func:`_rows_for` in a worker process, with the warnings it gave, for the parent to show
     once each: every worker loads the joints it is given, so a source's warning about a joint
     (an ``lsn`` crop that looks inverted) came once per worker."""
+    failure = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rows = _rows_for(index)
+        try:
+            rows = _rows_for(index)
+        except BaseException as exc:  # noqa: BLE001  (raised again below, once the warnings are out)
+            failure = exc
+    if failure is not None:
+        # the pair failed: what was said about it on the way (a crop that looks inverted, then
+        # no bone found) is shown here, as the parent gets only the error
+        for warning in caught:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+        raise failure
     return rows, [(str(w.message), w.category) for w in caught]
 
 
