@@ -79,23 +79,27 @@ def turned(pair: Pair, quarter_turns: int, frame: tuple) -> tuple[Pair, tuple]:
 
 #: Turn of a crop straightened by its joint axis (``turned_by``), degrees counter-clockwise.
 STRAIGHTENED_DEG = 15.0
-#: Corners ``turned_by`` leaves: label -> OpenCV border mode.
-CORNERS = {"black corners": cv2.BORDER_CONSTANT, "corners mirrored": cv2.BORDER_REFLECT}
+#: Corners ``turned_by`` leaves: label -> OpenCV border mode, and for a constant border whether
+#: it is the image type's highest value (white) rather than 0.
+CORNERS = {"black corners": (cv2.BORDER_CONSTANT, False), "white corners": (cv2.BORDER_CONSTANT, True),
+           "corners mirrored": (cv2.BORDER_REFLECT, False)}
 
 
-def turned_by(pair: Pair, frame: tuple, angle_deg: float, border: int) -> tuple[Pair, tuple]:
+def turned_by(pair: Pair, frame: tuple, angle_deg: float, corners: str) -> tuple[Pair, tuple]:
     """``pair`` turned by ``angle_deg`` counter-clockwise about the array's centre, as a group
     that straightens its crops by their joint axis stores them (``cv2.warpAffine``: images
-    bicubic, masks nearest, corners filled by ``border``), and the joint frame
-    ``((x, y), axis_deg)`` turned with it."""
+    bicubic with the :data:`CORNERS` named, masks nearest with empty corners), and the joint
+    frame ``((x, y), axis_deg)`` turned with it."""
     height, width = pair[0].shape
     matrix = cv2.getRotationMatrix2D(((width - 1) / 2.0, (height - 1) / 2.0), angle_deg, 1.0)
+    border, white = CORNERS[corners]
 
     def one(a: np.ndarray) -> np.ndarray:
         if a.dtype == bool:
-            return cv2.warpAffine(a.astype(np.uint8), matrix, (width, height), flags=cv2.INTER_NEAREST,
-                                  borderMode=border) > 0
-        return cv2.warpAffine(a, matrix, (width, height), flags=cv2.INTER_CUBIC, borderMode=border)
+            return cv2.warpAffine(a.astype(np.uint8), matrix, (width, height), flags=cv2.INTER_NEAREST) > 0
+        value = float(np.iinfo(a.dtype).max) if white else 0.0
+        return cv2.warpAffine(a, matrix, (width, height), flags=cv2.INTER_CUBIC, borderMode=border,
+                              borderValue=value)
 
     return tuple(one(a) for a in pair), frame_under_affine(matrix, *frame)
 
@@ -169,11 +173,14 @@ def real_rows(folder: Path, n_series: int) -> list[str]:
             turned_pair, turned_frame = turned(pair, quarter_turns, frame)
             result = measure(turned_pair, frame=turned_frame)
             record("turned by 90, 180 or 270 deg, the frame given", result.jsn_px - reference.jsn_px, reference, result)
-        for corners, border in CORNERS.items():
-            straightened, straightened_frame = turned_by(pair, frame, STRAIGHTENED_DEG, border)
+        for corners in CORNERS:
+            straightened, straightened_frame = turned_by(pair, frame, STRAIGHTENED_DEG, corners)
             result = measure(straightened, frame=straightened_frame)
             record(f"turned by {STRAIGHTENED_DEG:g} deg (bicubic), {corners}, the frame given", result.jsn_px - reference.jsn_px,
                    reference, result)
+        result = measure(turned_by(pair, frame, STRAIGHTENED_DEG, "black corners")[0])
+        record(f"turned by {STRAIGHTENED_DEG:g} deg (bicubic), black corners, default frame", result.jsn_px - reference.jsn_px,
+               reference, result)
         for grow, word in ((False, "eroded"), (True, "dilated")):
             result = measure(masks_changed(pair, grow))
             record(f"masks {word} by {MASK_CHANGE_PX} px", result.jsn_px - reference.jsn_px, reference, result)
@@ -237,8 +244,10 @@ def synthetic_rows(spec: str, n_pairs: int, seed: int, tmp: Path) -> list[str]:
         f"masks dilated by {MASK_CHANGE_PX} px": changed(lambda pair, frame: (masks_changed(pair, True), frame)),
         "masks from the bundled LSN (`separate`)": changed(lambda pair, frame: (with_lsn_masks(pair), frame)),
         **{f"turned by {STRAIGHTENED_DEG:g} deg (bicubic), {corners} (the frame turned)": changed(
-            lambda pair, frame, border=border: turned_by(pair, frame, STRAIGHTENED_DEG, border))
-           for corners, border in CORNERS.items()},
+            lambda pair, frame, corners=corners: turned_by(pair, frame, STRAIGHTENED_DEG, corners))
+           for corners in CORNERS},
+        f"turned by {STRAIGHTENED_DEG:g} deg (bicubic), black corners (default frame)": changed(
+            lambda pair, frame: (turned_by(pair, frame, STRAIGHTENED_DEG, "black corners")[0], (None, None))),
         **{f"{label} (JSN read in the stored pixels)": resampled_method(factor) for factor, label in RESAMPLINGS.items()},
     }
     lines, plain = [], None

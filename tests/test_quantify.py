@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from jsnsynth.cli import main
 from jsnsynth.errors import InputError
+from jsnsynth.picture import FILL_BLEND_PX, FILL_RINGING_PX, content_box, fill_from_picture, find_fill, grown
 from jsnsynth.quantify import register as reg
 from jsnsynth.quantify.crlb import fisher_information
 from jsnsynth.quantify.quantifier import jsn_from_transforms, quantify_pair
@@ -96,10 +97,10 @@ def test_content_box_finds_each_kind_of_padding(mode):
         padded = np.pad(picture, widths, mode="constant", constant_values=fill)
     else:
         padded = np.pad(picture, widths, mode=mode)
-    assert reg.content_box(padded) == (5, 45, 3, 53)
-    assert reg.content_box(picture) == (0, 40, 0, 50)
+    assert content_box(padded) == (5, 45, 3, 53)
+    assert content_box(picture) == (0, 40, 0, 50)
     # of two images, each side's larger padding
-    assert reg.content_box(padded, np.pad(picture, ((2, 6), (0, 10)), mode="edge")) == (5, 39, 3, 50)
+    assert content_box(padded, np.pad(picture, ((2, 6), (0, 10)), mode="edge")) == (5, 39, 3, 50)
 
 
 # Crops padded to size (rows cut at the top and bottom, filled back): the picture's edge stays
@@ -141,37 +142,58 @@ def test_padded_crop_is_measured_like_the_picture(fill):
     assert f"padding recognised: picture rows {cut}-{255 - cut}, columns 0-255" in result.flags
 
 
-def _turned_upright(image: np.ndarray, turn: np.ndarray) -> np.ndarray:
+def _turned_upright(image: np.ndarray, turn: np.ndarray, size: tuple[int, int] = (256, 256),
+                    corners: str = "black") -> np.ndarray:
     """``image`` turned as a crop straightened by its joint axis is stored: ``cv2.warpAffine``,
-    bicubic (masks nearest), the corners left black."""
-    size = image.shape[::-1]
+    bicubic (masks nearest, their corners empty), the corners black or white (the image's
+    type's highest value)."""
     if image.dtype == bool:
         return cv2.warpAffine(image.astype(np.uint8), turn, size, flags=cv2.INTER_NEAREST) > 0
-    return cv2.warpAffine(image, turn, size, flags=cv2.INTER_CUBIC)
+    value = 0 if corners == "black" else int(np.iinfo(image.dtype).max)
+    return cv2.warpAffine(image, turn, size, flags=cv2.INTER_CUBIC, borderValue=value)
 
 
-#: A noise-free phantom pair turned by 15 deg with black corners against the pair as stored:
-#: the bicubic turns of both visits change it by up to 0.004 px here (with mirrored corners, which
-#: are not recognised as fill, up to 0.009 px).
+#: A noise-free phantom pair turned by 15 deg against the pair as stored: the bicubic turns of
+#: both visits change it by up to 0.004 px here (with mirrored corners, which are not recognised
+#: as fill, up to 0.009 px).
 TURNED_PAIR_TOL_PX = 0.008
 
 
-@pytest.mark.parametrize("index", [1, 2, 3])
-def test_crop_turned_upright_with_black_corners_is_measured_as_the_joint(index):
-    """The black corners stay where the array is while the joint moves under them: these pairs
-    read 0.013-0.137 px from the pair as stored (benchmark: phantom RMSE 0.20 px against 0.006,
-    real layers 0.44 px against 0.002; real visit pairs moved by up to 6.4 px, 53 standard
-    errors, unflagged). The fill is now kept out of every region."""
+@pytest.mark.parametrize(("index", "corners"), [(1, "black"), (2, "black"), (3, "black"), (1, "white"), (3, "white")])
+def test_crop_turned_upright_is_measured_as_the_joint(index, corners):
+    """The corners stay where the array is while the joint moves under them: with black corners
+    these pairs read 0.013-0.137 px from the pair as stored (benchmark: phantom RMSE 0.20 px
+    against 0.006, real layers 0.44 px against 0.002; real visit pairs moved by up to 6.4 px, 53
+    standard errors, unflagged), with white ones up to 0.8 px (real pairs 3.3 px, unflagged). The
+    fill is now kept out of every region."""
     layers, pair = _phantom_pair(5, index, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
     frame = {"joint_center_xy": pair.baseline_layers.joint_center_xy, "joint_axis_deg": pair.baseline_layers.joint_axis_deg}
     stored = (quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask)
     plain = quantify_pair(*stored, **frame)
     turn = cv2.getRotationMatrix2D((127.5, 127.5), 15.0, 1.0)
     center, axis_deg = frame_under_affine(turn, frame["joint_center_xy"], frame["joint_axis_deg"])
-    result = quantify_pair(*(_turned_upright(a, turn) for a in stored), joint_center_xy=center, joint_axis_deg=axis_deg)
+    result = quantify_pair(*(_turned_upright(a, turn, corners=corners) for a in stored), joint_center_xy=center,
+                           joint_axis_deg=axis_deg)
     assert abs(result.jsn_px - plain.jsn_px) < TURNED_PAIR_TOL_PX
     assert not result.mismatch
     assert any(flag.startswith("fill recognised") for flag in result.flags)
+
+
+def test_default_frame_of_a_crop_turned_on_a_larger_canvas_turns_with_it():
+    """Bones cut by a fill's edge were taken for whole: on a canvas large enough to keep the
+    whole crop, the corners cut the bones where the crop's edge had, and the default axis of
+    real crops turned by 15 deg came out up to 19 deg off."""
+    layers, _ = _phantom_pair(5, 1, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
+    assert layers.upper_mask[0].any() and layers.lower_mask[-1].any()  # the crop cuts both bones
+    center, axis_deg = joint_frame_from_masks(layers.upper_mask, layers.lower_mask)
+    turn = cv2.getRotationMatrix2D((127.5, 127.5), 15.0, 1.0)
+    turn[:, 2] += 40.0  # onto a 336 px canvas
+    image = _turned_upright(quantize(_phantom_pair(5, 1, PairConfig(noise=False))[1].baseline), turn, (336, 336))
+    upper, lower = (_turned_upright(m, turn, (336, 336)) for m in (layers.upper_mask, layers.lower_mask))
+    expected_center, expected_axis = frame_under_affine(turn, center, axis_deg)
+    result = quantify_pair(image, image, upper, lower)
+    assert abs(result.joint_axis_deg - expected_axis) < 1.0
+    assert np.hypot(*np.subtract(result.joint_center_xy, expected_center)) < 1.5
 
 
 def test_frame_under_affine_turns_the_joint_frame_with_the_image():
@@ -184,36 +206,49 @@ def test_frame_under_affine_turns_the_joint_frame_with_the_image():
     assert np.argwhere(cv2.warpAffine(image, turn, (256, 256)) == 255).tolist() == [[155, 40]]
 
 
-def test_constant_fill_is_a_turned_crops_black_corners_not_its_bright_bone():
+def test_find_fill_is_a_turned_crops_corners_not_its_bright_bone():
     layers, pair = _phantom_pair(5, 0, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
     image = quantize(pair.baseline)
-    assert not reg.constant_fill(image).any()
+    masks = (layers.upper_mask, layers.lower_mask)
+    assert not find_fill(image, any_level=True, masks=masks).any()
     turn = cv2.getRotationMatrix2D((127.5, 127.5), 15.0, 1.0)
-    turned = _turned_upright(image, turn)
-    black = cv2.warpAffine(np.ones_like(image), turn, (256, 256), flags=cv2.INTER_NEAREST) == 0
-    fill = reg.constant_fill(turned)
-    assert fill[black].all()
-    # and the pixels the bicubic turn blended from fill and picture, no farther
-    assert not fill[~reg.dilate(black, reg.FILL_BLEND_PX + 1)].any()
+    corners = cv2.warpAffine(np.ones_like(image), turn, (256, 256), flags=cv2.INTER_NEAREST) == 0
+    # the corners, and the pixels the bicubic turn blended from fill and picture (of black ones,
+    # also the dark ones a lossy format's ringing could reach), no farther
+    for fill, reach in ((find_fill(_turned_upright(image, turn)), FILL_RINGING_PX + FILL_BLEND_PX),
+                        (find_fill(_turned_upright(image, turn, corners="white"), any_level=True, masks=masks),
+                         FILL_BLEND_PX + 1)):
+        assert fill[corners].all() and not fill[~grown(corners, reach)].any()
+    assert not find_fill(_turned_upright(image, turn, corners="white")).any()  # only with the masks to tell
+    # stored as JPEG: the ringing beside the black core is fill too, and the dark air JPEG sends
+    # to black with it, but not the bones
+    jpeg = cv2.imdecode(cv2.imencode(".jpg", (_turned_upright(image, turn) // 257).astype(np.uint8),
+                                     [cv2.IMWRITE_JPEG_QUALITY, 75])[1], cv2.IMREAD_GRAYSCALE)
+    fill = find_fill(jpeg)
+    assert fill[corners].all()
+    for mask in masks:
+        turned_mask = _turned_upright(mask, turn)
+        assert np.count_nonzero(fill & turned_mask) < 0.01 * np.count_nonzero(turned_mask)
     # bone that a display window saturated where it meets the crop's edge is not fill
     saturated = image.copy()
-    saturated[reg.dilate(layers.upper_mask, 2)] = saturated.max()
-    assert not reg.constant_fill(saturated).any()
+    saturated[saturated > np.percentile(saturated[layers.upper_mask], 70)] = saturated.max()
+    assert np.count_nonzero(saturated == saturated.max()) > 0.01 * image.size
+    assert not find_fill(saturated, any_level=True, masks=masks).any()
     # nor are a few black pixels at the edge (air a window clipped): under 1 % of the picture
     few = image.copy()
     few[:2, :30] = 0
-    assert not reg.constant_fill(few).any()
+    assert not find_fill(few).any()
 
 
 def test_fill_from_picture_mirrors_the_picture_about_its_edge():
     image = np.tile(np.arange(10.0), (6, 1))
     fill = np.zeros(image.shape, bool)
     fill[:, :3] = True
-    filled = reg.fill_from_picture(image, fill)
+    filled = fill_from_picture(image, fill)
     assert (filled[:, :3] == [6.0, 5.0, 4.0]).all() and (filled[:, 3:] == image[:, 3:]).all()
     # where the mirror falls outside the picture, its nearest pixel
     fill[:, :8] = True
-    assert (reg.fill_from_picture(image, fill)[:, :8] == [8.0] * 7 + [9.0]).all()
+    assert (fill_from_picture(image, fill)[:, :8] == [8.0] * 7 + [9.0]).all()
 
 
 @pytest.mark.parametrize("widths", [((0, 40), (0, 0)), ((12, 40), (30, 5))])

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from jsnsynth.errors import InputError
+from jsnsynth.picture import content_box, fill_from_picture, find_fill, grown
 from jsnsynth.quantify import register as reg
 from jsnsynth.quantify.reliability import (
     ReliabilityReport,
@@ -189,7 +190,9 @@ def as_intensity(image: np.ndarray, name: str) -> np.ndarray:
             raise InputError(f"{name} contains NaN or infinite values")
         if image.min() < -1e-6 or image.max() > 1 + 1e-6:
             raise InputError(f"{name}: float images must hold intensities in [0, 1]")
-        return image.astype(np.float32)
+        # the rounding overshoots allowed are taken as the range's ends (a black fill at -1e-7
+        # beside a picture at 0 was not the image's lowest value)
+        return np.clip(image, 0.0, 1.0).astype(np.float32)
     raise InputError(f"{name} has unsupported pixel type {image.dtype} (uint8, uint16 or float in [0, 1])")
 
 
@@ -306,7 +309,7 @@ def picture_of(
     upper: np.ndarray, lower: np.ndarray, content: tuple[int, int, int, int] | None
 ) -> tuple[int, int, int, int] | None:
     """The picture of a crop padded to size: ``content`` (the images'
-    :func:`~jsnsynth.quantify.register.content_box`) when it is smaller than the array and each
+    :func:`~jsnsynth.picture.content_box`) when it is smaller than the array and each
     bone mask lies in it (:data:`MIN_MASK_IN_PICTURE`; a few pixels drawn into the padding are
     strays), else None: no padding, or a box that is not the picture."""
     if content is None or content == (0, upper.shape[0], 0, upper.shape[1]):
@@ -314,21 +317,6 @@ def picture_of(
     top, bottom, left, right = content
     kept = min(np.count_nonzero(mask[top:bottom, left:right]) / max(np.count_nonzero(mask), 1) for mask in (upper, lower))
     return content if kept >= MIN_MASK_IN_PICTURE else None
-
-
-#: A fill (:func:`~jsnsynth.quantify.register.constant_fill`) may hold at most this share of
-#: either baseline bone mask; over more, the image is dark over the bones (a follow-up that is
-#: not of this joint, or not exposed there), which the reliability tests judge.
-MAX_FILL_IN_MASK = 0.1
-
-
-def fill_beside_bones(image: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
-    """``image``'s :func:`~jsnsynth.quantify.register.constant_fill` when it lies beside the
-    bones (:data:`MAX_FILL_IN_MASK`), else none."""
-    fill = reg.constant_fill(image)
-    if fill.any() and max(np.count_nonzero(fill & mask) / np.count_nonzero(mask) for mask in (upper, lower)) > MAX_FILL_IN_MASK:
-        return np.zeros(fill.shape, dtype=bool)
-    return fill
 
 
 #: A given joint axis may turn this far from the line between the bones' centroids.
@@ -361,16 +349,19 @@ def resolve_joint_frame(
     joint_center_xy: tuple[float, float] | None,
     joint_axis_deg: float | None,
     content: tuple[int, int, int, int] | None = None,
+    fill: np.ndarray | None = None,
 ) -> tuple[tuple[float, float], float]:
     """Fill in a missing joint axis and centre from the baseline masks.
 
     Missing both gives :func:`~jsnsynth.synth.layers.joint_frame_from_masks`, the frame in which
     jsnsynth datasets state their truth. Of a crop padded to size (``content``, the images'
-    :func:`~jsnsynth.quantify.register.content_box`, smaller than the array), it is the frame of
+    :func:`~jsnsynth.picture.content_box`, smaller than the array), it is the frame of
     the picture: computed on the masks cut to that box and moved back, so that padding does not
     move it (:func:`picture_of`). The axis leaves out bone cross-sections cut by the picture's
     edge, which padding moves inside the array: 40 rows of it under real joints turned their axes
-    by up to 6 degrees and moved their JSN by up to 0.4 px.
+    by up to 6 degrees and moved their JSN by up to 0.4 px. A ``fill`` (the baseline's
+    :func:`~jsnsynth.picture.find_fill`, over the array) cuts them as well: the masks of crops
+    turned upright on an enlarged canvas, cut by its corners, turned the axis by up to 19 degrees.
 
     Raises:
         InputError: masks that mostly overlap (:func:`check_masks_apart`, checked first: one bone
@@ -383,9 +374,10 @@ def resolve_joint_frame(
     if picture is not None:
         top, bottom, left, right = picture
         upper, lower = upper[top:bottom, left:right], lower[top:bottom, left:right]
+        fill = fill[top:bottom, left:right] if fill is not None else None
     if joint_axis_deg is None:
         try:
-            joint_axis_deg = joint_axis_from_masks(upper, lower)
+            joint_axis_deg = joint_axis_from_masks(upper, lower, picture=~fill if fill is not None and fill.any() else None)
         except BonesNotStackedError as exc:  # a joint stored turned is measured once its axis is given
             raise InputError(f"{exc}, or give the joint axis of a joint stored turned (joint_axis_deg; "
                              "--joint-axis-deg on the command line)") from None
@@ -457,7 +449,7 @@ def quantify_pair(
     check_contrast(follow, "follow-up")  # its bones are not where the baseline masks say
     # a crop padded to size: the picture's edge stays put while the joint moves under it, and a
     # fill's jump would spread through the smoothing into the bone regions
-    content = reg.content_box(base, follow)
+    content = content_box(base, follow)
     top, bottom, left, right = content
     padded = content != (0, base.shape[0], 0, base.shape[1])
     # the picture registered: the whole images, or a padded crop's picture (its sides were checked
@@ -468,7 +460,16 @@ def quantify_pair(
         raise InputError(f"{what} {right - left}x{bottom - top}, at least {MIN_SIDE_PX}x{MIN_SIDE_PX} and "
                          f"{MIN_LONG_SIDE_PX} px on the longer side needed")
     picture = picture_of(upper, lower, content)
-    center, joint_axis_deg = resolve_joint_frame(upper, lower, joint_center_xy, joint_axis_deg, content)
+    # the corners a crop turned upright keeps stay put while the joint moves under them: with
+    # them black, crops turned by 15 deg read up to 1.2 px off (phantom and real-layer pairs, where
+    # mirrored corners cost 0.01 px). Found in the picture registered; the baseline's cuts its
+    # bones for the joint frame as the array's edge does
+    cut = (slice(top, bottom), slice(left, right)) if picture is not None else (slice(None), slice(None))
+    fills = tuple(find_fill(image[cut], any_level=True, masks=(upper[cut], lower[cut])) for image in (base, follow))
+    baseline_fill = np.zeros(base.shape, dtype=bool)
+    baseline_fill[cut] = fills[0]
+    center, joint_axis_deg = resolve_joint_frame(upper, lower, joint_center_xy, joint_axis_deg, content,
+                                                 baseline_fill)
     check_bone_order(upper, lower, joint_axis_deg, "baseline")
     follow_masks = None
     if (followup_upper_mask is None) != (followup_lower_mask is None):
@@ -497,7 +498,6 @@ def quantify_pair(
         # the padding's edge), where its array ends and how its pyramid levels sample it must not
         # enter the fit. With them, padding by 7-101 px moved real visit pairs by up to 0.16 px
         notes.append(f"padding recognised: picture rows {top}-{bottom - 1}, columns {left}-{right - 1}")
-        cut = (slice(top, bottom), slice(left, right))
         base, follow, upper, lower = base[cut], follow[cut], upper[cut], lower[cut]
         if follow_masks is not None:
             follow_masks = (follow_masks[0][cut], follow_masks[1][cut])
@@ -509,17 +509,14 @@ def quantify_pair(
     scale = reg.resolution_scale(base.shape)
     settings = settings.for_resolution(scale)
     clipping = (reg.clipping_levels(base), reg.clipping_levels(follow))
-    # a crop turned upright keeps fill in its corners, which stays put while the joint moves
-    # under it: with black corners, crops turned by 15 deg read up to 1.2 px off (phantom and
-    # real-layer pairs, where mirrored corners cost 0.01 px). The fill is replaced by the picture
-    # mirrored and kept out of every region with the band kept from the picture's edge.
-    fills = (fill_beside_bones(base, upper, lower), fill_beside_bones(follow, upper, lower))
+    # a fill is replaced by the picture mirrored and kept out of every region with the band kept
+    # from the picture's edge
     keep_out = None
     if fills[0].any() or fills[1].any():
-        keep_out = reg.dilate(fills[0] | fills[1], settings.border_px)
+        keep_out = grown(fills[0] | fills[1], settings.border_px)
         notes.append(f"fill recognised: {np.count_nonzero(fills[0])} px of the baseline and "
                      f"{np.count_nonzero(fills[1])} of the follow-up, left out with a {settings.border_px} px band")
-        base, follow = reg.fill_from_picture(base, fills[0]), reg.fill_from_picture(follow, fills[1])
+        base, follow = fill_from_picture(base, fills[0]), fill_from_picture(follow, fills[1])
     try:
         fits, coarse, bones_info, jsn_variance_of, t_coarse, t_fine, follow_coef = _register_bones(
             base, follow, upper, lower, local_center, follow_masks, settings, clipping, scale, keep_out)
@@ -603,7 +600,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     if keep_out is not None:
         union &= ~keep_out[::factor, ::factor]
     if np.count_nonzero(union) < MIN_BONE_PX // factor**2:
-        raise InputError("the bone masks lie (nearly) all in the images' padding: nothing left to register")
+        raise InputError("the bone masks lie (nearly) all in the images' padding or fill: nothing left to register")
     extra = []
     if follow_masks is not None:
         shift = (reg.mask_centroid(follow_masks[0] | follow_masks[1]) - reg.mask_centroid(upper | lower)) / factor

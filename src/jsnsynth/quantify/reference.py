@@ -22,6 +22,7 @@ import time
 import cv2
 import numpy as np
 
+from jsnsynth.picture import content_box, replicate_picture_edge
 from jsnsynth.quantify.quantifier import (
     JsnResult,
     as_intensity,
@@ -30,14 +31,7 @@ from jsnsynth.quantify.quantifier import (
     jsn_from_transforms,
     resolve_joint_frame,
 )
-from jsnsynth.quantify.register import (
-    bone_region,
-    content_box,
-    dilate,
-    replicate_picture_edge,
-    tapered_window,
-    within_content,
-)
+from jsnsynth.quantify.register import bone_region, dilate, tapered_window, within_content
 from jsnsynth.synth.geometry import Similarity, axis_vector
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM
 

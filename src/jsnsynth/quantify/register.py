@@ -28,7 +28,6 @@ from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from jsnsynth.errors import InputError
 from jsnsynth.quantify.warp import sample_spline, sample_spline_values, spline_coefficients, warp_offsets, warp_positions
@@ -36,7 +35,7 @@ from jsnsynth.synth.xray import BlurSpectrum
 
 #: Length (px) that normalises the rotation/scale columns of the Jacobian, for conditioning.
 LEVER_PX = 64.0
-#: Band along the crop border (or the edge of a padded crop's picture, :func:`content_box`) left
+#: Band along the crop border (or the edge of a padded crop's picture, :func:`~jsnsynth.picture.content_box`) left
 #: out of the bone regions: a repositioned follow-up shows there what the baseline did not (or,
 #: in simulated pairs, edge padding), which no similarity explains.
 BORDER_PX = 12
@@ -249,51 +248,6 @@ def mask_centroid(mask: np.ndarray) -> np.ndarray:
     return np.array([int(columns @ np.arange(columns.size)) / count, int(rows @ np.arange(rows.size)) / count])
 
 
-def leading_padding(image: np.ndarray) -> int:
-    """How many rows at the top of ``image`` are padding rather than picture.
-
-    Recognised, by exact equality (what ``np.pad``, ``cv2.copyMakeBorder`` and lossless files
-    leave): a constant fill (every row equal and flat), the edge row replicated, and the picture
-    mirrored about its edge row (``reflect``) or beyond it (``symmetric``). At most half the rows.
-    """
-    rows = np.asarray(image)
-    limit = rows.shape[0] // 2
-    # the rows identical to the top one (its first pixel rules out nearly all rows cheaply)
-    twins = np.flatnonzero(rows[:, 0] == rows[0, 0])
-    if twins.size > 1:
-        twins = twins[(rows[twins] == rows[0]).all(axis=1)]
-    leading = twins == np.arange(twins.size)
-    run = twins.size if leading.all() else int(np.argmin(leading))
-    flat = bool((rows[0] == rows[0, 0]).all())
-    # a constant fill is all padding; of a replicated edge the last copy is the picture's own row
-    padding = run if flat else run - 1
-    # a mirror about row p puts row 0's twin at 2p (reflect) or 2p - 1 (symmetric)
-    for twin in twins[run:][::-1]:
-        p = (int(twin) + 1) // 2
-        if p <= padding or p > limit:
-            continue
-        start = p + 1 if twin % 2 == 0 else p
-        if np.array_equal(rows[:p], rows[start:start + p][::-1]):
-            padding = p
-            break
-    return min(padding, limit)
-
-
-def content_box(*images: np.ndarray) -> tuple[int, int, int, int]:
-    """``(top, bottom, left, right)``, half-open, of the part of every image that is picture:
-    rows and columns of padding along the array edges (:func:`leading_padding`) left out.
-
-    A crop padded to size has, inside the array, an edge that stays put while a repositioned
-    follow-up moves under it: registration must keep as far from it as from the array border.
-    """
-    top = max(leading_padding(image) for image in images)
-    bottom = max(leading_padding(image[::-1]) for image in images)
-    left = max(leading_padding(image.T) for image in images)
-    right = max(leading_padding(image.T[::-1]) for image in images)
-    height, width = images[0].shape
-    return top, height - bottom, left, width - right
-
-
 #: Larger side (px) of the crops the quantifier's lengths and limits in pixels were set on: the
 #: 256 x 256 joint crops of the field (:func:`resolution_scale`).
 REFERENCE_PICTURE_PX = 256
@@ -331,85 +285,12 @@ def extra_octaves(scale: float) -> int:
     return max(0, int(round(math.log2(scale))))
 
 
-def replicate_picture_edge(image: np.ndarray, content: tuple[int, int, int, int]) -> np.ndarray:
-    """``image`` with everything outside the ``content`` box replaced by the picture's edge
-    rows and columns replicated: a fill's jump (zero padding against bright bone) would
-    otherwise spread, through the pyramid and the spline prefilter, past any band kept from it."""
-    top, bottom, left, right = content
-    height, width = image.shape
-    if (top, bottom, left, right) == (0, height, 0, width):
-        return image
-    picture = np.ascontiguousarray(image[top:bottom, left:right])
-    return cv2.copyMakeBorder(picture, top, height - bottom, left, width - right, cv2.BORDER_REPLICATE)
-
-
-#: A fill (:func:`constant_fill`) covers at least this share of the picture: a crop turned by
-#: 1 deg leaves 0.85 % in its corners, in wedges under 3 px wide that the band along the edge
-#: (:data:`BORDER_PX`) covers anyway. No real development crop (stored as JPEG) holds more than
-#: 0.3 % of one value connected to its edge.
-MIN_FILL_FRACTION = 0.01
-
-
-#: Reach (px) of the interpolation that turned a crop: bicubic blends the fill into the
-#: picture over 2 px (a line of dark pixels along the corners otherwise stays in the picture).
-FILL_BLEND_PX = 2
-
-
-def constant_fill(image: np.ndarray) -> np.ndarray:
-    """Pixels of ``image`` that are fill rather than picture: those connected to the array's edge
-    through pixels of exactly the image's lowest value, when they make up at least
-    :data:`MIN_FILL_FRACTION` of it, and :data:`FILL_BLEND_PX` around them; else none.
-
-    The black corners that ``cv2.warpAffine`` or ``scipy.ndimage.rotate`` leave around a crop
-    turned upright are such a fill, and so is air saturated by a display window beside the
-    finger. Either holds no structure but its edge, which is static (a fill stays where the array
-    is while the joint moves) or the skin's: neither says where a bone went. A white fill is not
-    recognised: it cannot be told from bone that a window saturated where it meets the crop's
-    edge, which must stay in (:data:`~jsnsynth.quantify.reliability.MAX_CLIPPED_FRACTION`).
-    Rectangular padding of any value is :func:`content_box`'s.
-    """
-    values = np.asarray(image)
-    least = int(math.ceil(MIN_FILL_FRACTION * values.size))
-    darkest = (values == values.min()).astype(np.uint8)
-    if np.count_nonzero(darkest) < least:
-        return np.zeros(values.shape, dtype=bool)
-    _, labels = cv2.connectedComponents(darkest, connectivity=4)
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    fill = np.isin(labels, edge[edge > 0])
-    if np.count_nonzero(fill) < least:
-        return np.zeros(values.shape, dtype=bool)
-    # the pixels the turn's interpolation blended from fill and picture are neither
-    return dilate(fill, FILL_BLEND_PX)
-
-
-def fill_from_picture(image: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    """``image`` with its ``fill`` pixels replaced by the picture mirrored about the nearest
-    picture pixel (that pixel itself where the mirror falls outside the picture): the fill's jump
-    against the picture would otherwise spread through smoothing and interpolation, and a
-    network sees a mirrored picture as picture (real crops turned by 15 deg separate well with
-    their corners mirrored, not with them black)."""
-    if not fill.any():
-        return image
-    _, (near_y, near_x) = ndimage.distance_transform_edt(fill, return_indices=True)
-    ys, xs = np.nonzero(fill)
-    qy, qx = near_y[ys, xs], near_x[ys, xs]
-    my, mx = 2 * qy - ys, 2 * qx - xs
-    height, width = fill.shape
-    inside = (my >= 0) & (my < height) & (mx >= 0) & (mx < width)
-    mirrored = inside.copy()
-    mirrored[inside] = ~fill[my[inside], mx[inside]]
-    source_y, source_x = np.where(mirrored, my, qy), np.where(mirrored, mx, qx)
-    filled = np.array(image, copy=True)
-    filled[ys, xs] = image[source_y, source_x]
-    return filled
-
-
 def bone_region(
     mask: np.ndarray, other_mask: np.ndarray, dilate_px: int, exclude_px: int, border_px: int = BORDER_PX,
     step: int = 1, content: tuple[int, int, int, int] | None = None, keep_out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pixels that belong to one bone for registration: its mask grown, the other bone kept out,
-    ``border_px`` away from the edge of the picture (``content``, the :func:`content_box`;
+    ``border_px`` away from the edge of the picture (``content``, the :func:`~jsnsynth.picture.content_box`;
     default the whole array) and outside ``keep_out`` (full resolution; a fill and its band),
     sampled at every ``step``-th pixel: ``bone_region(...)[::step, ::step]``."""
     region = dilate(mask, dilate_px, step) & ~dilate(other_mask & ~mask, exclude_px, step)
@@ -1254,7 +1135,7 @@ def phase_correlation_shift(
 
 def tapered_window(region: np.ndarray, taper_px: float, *, content: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """A soft window: the region blurred, times a Hann window of the picture (the ``content``
-    box, :func:`content_box`; default the whole image): over a padded crop's whole array it
+    box, :func:`~jsnsynth.picture.content_box`; default the whole image): over a padded crop's whole array it
     would weigh the bones by where the padding put them."""
     soft = cv2.GaussianBlur(region.astype(np.float32), (0, 0), max(taper_px, 0.5))
     top, bottom, left, right = content or (0, region.shape[0], 0, region.shape[1])

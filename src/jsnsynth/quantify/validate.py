@@ -762,7 +762,8 @@ def validate_dataset(
     Raises:
         InputError: a missing folder, an unfinished dataset, a dataset of the wrong schema, an
             unknown split or method, or a method that estimated no pair at all.
-        OutputError: ``out_dir`` exists and is not a folder, or a report file cannot be written.
+        OutputError: ``out_dir`` exists and is not a folder, lies inside the dataset, holds another
+            run's report, or a report file cannot be written.
     """
     folder = Path(folder)
     method_name, function = load_method(method)

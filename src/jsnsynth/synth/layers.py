@@ -210,12 +210,14 @@ def check_joint_masks(upper_mask: np.ndarray, lower_mask: np.ndarray) -> float:
 MEDIAL_MIN_FRACTION = 0.25
 
 
-def _medial_points(mask: np.ndarray, axis_deg: float) -> tuple[np.ndarray, np.ndarray, int]:
+def _medial_points(
+    mask: np.ndarray, axis_deg: float, picture: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Mid-points of a bone's cross-sections across the axis, in a frame turned so the axis is vertical.
 
     Returns ``(t, s, rows)``: the row along the axis and the mid-point across it, and how many
-    rows the bone spans. Rows where the bone touches the image border (after turning) are left
-    out: there the crop, not the bone, ends it.
+    rows the bone spans. Rows where the bone touches the image border (after turning), or what
+    is not ``picture`` (a fill), are left out: there the crop, not the bone, ends it.
     """
     height, width = mask.shape
     axis = axis_vector(axis_deg)
@@ -226,8 +228,8 @@ def _medial_points(mask: np.ndarray, axis_deg: float) -> tuple[np.ndarray, np.nd
     )
     turned = cv2.warpAffine(mask.astype(np.uint8), to_frame, (width, height), flags=cv2.INTER_NEAREST,
                             borderValue=0) > 0
-    inside = cv2.warpAffine(np.ones_like(mask, np.uint8), to_frame, (width, height), flags=cv2.INTER_NEAREST,
-                            borderValue=0)
+    inside = cv2.warpAffine(np.ones_like(mask, np.uint8) if picture is None else picture.astype(np.uint8), to_frame,
+                            (width, height), flags=cv2.INTER_NEAREST, borderValue=0)
     outside = cv2.dilate((inside == 0).astype(np.uint8), np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
                          borderValue=1) > 0
     rows = np.flatnonzero(turned.any(axis=1) & ~(turned & outside).any(axis=1))
@@ -237,13 +239,17 @@ def _medial_points(mask: np.ndarray, axis_deg: float) -> tuple[np.ndarray, np.nd
     return rows[wide].astype(float), (first[wide] + last[wide]) / 2.0, int(np.count_nonzero(turned.any(axis=1)))
 
 
-def joint_axis_from_masks(upper_mask: np.ndarray, lower_mask: np.ndarray, iterations: int = 3) -> float:
+def joint_axis_from_masks(
+    upper_mask: np.ndarray, lower_mask: np.ndarray, iterations: int = 3, picture: np.ndarray | None = None
+) -> float:
     """Estimate the joint axis angle (degrees, 0 = straight down) from the two bone masks.
 
     Starts from the line through the two bones' centroids, then refines it as the straight line
     fitted to the mid-points of both bones' cross-sections (their medial line), measured across
     the current axis estimate. Cross-sections that touch the image border are left out: a crop
-    cuts bones along the image edges, not across the joint axis. Where that leaves less than
+    cuts bones along the image edges, not across the joint axis; so are those that touch what is
+    not ``picture`` (default: the whole array is), the fill of a crop turned upright, which cuts
+    them along its own edges (:func:`jsnsynth.picture.find_fill`). Where that leaves less than
     :data:`MEDIAL_MIN_FRACTION` of either bone's length (bones as wide as the crop: only their
     rounded ends remain, whose mid-points say little about the axis), the centroid line is kept.
 
@@ -254,7 +260,7 @@ def joint_axis_from_masks(upper_mask: np.ndarray, lower_mask: np.ndarray, iterat
     upper_mask = np.asarray(upper_mask, dtype=bool)
     lower_mask = np.asarray(lower_mask, dtype=bool)
     for _ in range(iterations):
-        points = [_medial_points(mask, axis_deg) for mask in (upper_mask, lower_mask)]
+        points = [_medial_points(mask, axis_deg, picture) for mask in (upper_mask, lower_mask)]
         if any(t.size < MEDIAL_MIN_FRACTION * rows for t, _, rows in points):
             break
         t_all = np.concatenate([p[0] for p in points])

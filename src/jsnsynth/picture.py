@@ -1,0 +1,183 @@
+"""What of a stored crop is picture: padding along its edges and a fill of other shape.
+
+Groups store joint crops padded to a size, or turned upright with the corners the turn leaves.
+Neither padding nor fill is anatomy, and both stay where the array is while a second visit's
+joint moves under them: the quantifier keeps its regions away from them, and the LSN, which
+never saw them around a joint, separates the picture alone (docs/quantify-method.md, step 2;
+docs/lsn.md, *Input and output contract*).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+
+def leading_padding(image: np.ndarray) -> int:
+    """How many rows at the top of ``image`` are padding rather than picture.
+
+    Recognised, by exact equality (what ``np.pad``, ``cv2.copyMakeBorder`` and lossless files
+    leave): a constant fill (every row equal and flat), the edge row replicated, and the picture
+    mirrored about its edge row (``reflect``) or beyond it (``symmetric``). At most half the rows.
+    """
+    rows = np.asarray(image)
+    limit = rows.shape[0] // 2
+    # the rows identical to the top one (its first pixel rules out nearly all rows cheaply)
+    twins = np.flatnonzero(rows[:, 0] == rows[0, 0])
+    if twins.size > 1:
+        twins = twins[(rows[twins] == rows[0]).all(axis=1)]
+    leading = twins == np.arange(twins.size)
+    run = twins.size if leading.all() else int(np.argmin(leading))
+    flat = bool((rows[0] == rows[0, 0]).all())
+    # a constant fill is all padding; of a replicated edge the last copy is the picture's own row
+    padding = run if flat else run - 1
+    # a mirror about row p puts row 0's twin at 2p (reflect) or 2p - 1 (symmetric)
+    for twin in twins[run:][::-1]:
+        p = (int(twin) + 1) // 2
+        if p <= padding or p > limit:
+            continue
+        start = p + 1 if twin % 2 == 0 else p
+        if np.array_equal(rows[:p], rows[start:start + p][::-1]):
+            padding = p
+            break
+    return min(padding, limit)
+
+
+def content_box(*images: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)``, half-open, of the part of every image that is picture:
+    rows and columns of padding along the array edges (:func:`leading_padding`) left out.
+
+    A crop padded to size has, inside the array, an edge that stays put while a repositioned
+    follow-up moves under it: registration must keep as far from it as from the array border.
+    """
+    top = max(leading_padding(image) for image in images)
+    bottom = max(leading_padding(image[::-1]) for image in images)
+    left = max(leading_padding(image.T) for image in images)
+    right = max(leading_padding(image.T[::-1]) for image in images)
+    height, width = images[0].shape
+    return top, height - bottom, left, width - right
+
+
+def replicate_picture_edge(image: np.ndarray, content: tuple[int, int, int, int]) -> np.ndarray:
+    """``image`` with everything outside the ``content`` box replaced by the picture's edge
+    rows and columns replicated: a fill's jump (zero padding against bright bone) would
+    otherwise spread, through the pyramid and the spline prefilter, past any band kept from it."""
+    top, bottom, left, right = content
+    height, width = image.shape
+    if (top, bottom, left, right) == (0, height, 0, width):
+        return image
+    picture = np.ascontiguousarray(image[top:bottom, left:right])
+    return cv2.copyMakeBorder(picture, top, height - bottom, left, width - right, cv2.BORDER_REPLICATE)
+
+
+#: A fill (:func:`find_fill`) covers at least this share of the picture: a crop turned by 1 deg
+#: leaves 0.85 % in its corners, in wedges under 3 px wide that the quantifier's band along the
+#: edge covers anyway. No real development crop (stored as JPEG) holds more than 0.28 % of its
+#: lowest value connected to its edge.
+MIN_FILL_FRACTION = 0.01
+#: Reach (px) of the interpolation that turned a crop: bicubic blends the fill into the picture
+#: over 2 px (a line of dark pixels along the corners otherwise stays in the picture).
+FILL_BLEND_PX = 2
+#: A fill stored lossily (JPEG) rings: beside its exactly black core, pixels up to this share of
+#: the image's range above its lowest value, connected to the core and within
+#: :data:`FILL_RINGING_PX` of it, are fill as well.
+FILL_TOLERANCE = 0.05
+#: How far from a fill's exactly black core a lossy format rings: JPEG's 8 px blocks. Farther,
+#: dark pixels are picture (a phantom's soft tissue, windowed dark, reached the bone masks).
+FILL_RINGING_PX = 8
+#: Of a fill of any level (``find_fill(..., any_level=True)``), a level taken by at least this
+#: share of the array's edge pixels is a candidate: the fill of a turned crop runs along it.
+MIN_FILL_EDGE_SHARE = 0.02
+
+
+def grown(mask: np.ndarray, radius_px: float) -> np.ndarray:
+    """``mask`` and every pixel within ``radius_px`` of it (Euclidean), at any radius for the
+    cost of one distance transform."""
+    if radius_px <= 0 or not mask.any():
+        return mask.copy()
+    distance = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return distance <= radius_px
+
+
+def _edge_connected(mask: np.ndarray) -> np.ndarray:
+    """The pixels of ``mask`` connected to the array's edge through ``mask``."""
+    _, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=4)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, edge[edge > 0])
+
+
+#: A fill, before the :data:`FILL_BLEND_PX` around it, may hold at most this share of a bone mask
+#: given to :func:`find_fill` (a turned crop's: none); a level that holds more is not fill: bone
+#: a display window saturated (its outline moves with the bone), or an image dark over the bones
+#: (a follow-up not of this joint, or not exposed there).
+MAX_FILL_IN_MASK = 0.02
+
+
+def find_fill(image: np.ndarray, any_level: bool = False, masks: tuple[np.ndarray, ...] = ()) -> np.ndarray:
+    """Pixels of ``image`` that are fill rather than picture; none when there is no fill.
+
+    A fill's core is the pixels of exactly one value connected to the array's edge through that
+    value, when they make up at least :data:`MIN_FILL_FRACTION` of the image: the image's lowest
+    value, or with ``any_level`` any value along :data:`MIN_FILL_EDGE_SHARE` of the edge. Of the
+    lowest, the pixels within :data:`FILL_TOLERANCE` of it connected to the core and within
+    :data:`FILL_RINGING_PX` of it (a lossy format's ringing) are fill too, and
+    :data:`FILL_BLEND_PX` around every core (what the turn's interpolation blended).
+
+    The corners that ``cv2.warpAffine`` or ``scipy.ndimage.rotate`` leave around a crop turned
+    upright are such a fill, so is padding of one value turned with the crop, and so is air
+    saturated by a display window beside the finger. None holds structure but its edge, which is
+    static (a fill stays where the array is while the joint moves) or the skin's: neither says
+    where a bone went. A bright level is also what a window makes of bone where it saturates it
+    at the crop's edge, whose outline moves with the bone: ``any_level`` is for a caller that can
+    tell the two by the bone ``masks`` (the quantifier: a level that holds more than
+    :data:`MAX_FILL_IN_MASK` of a mask is not fill); without them (the LSN) only the lowest level
+    is a fill. Rectangular padding of any value is :func:`content_box`'s.
+    """
+    values = np.asarray(image)
+    least = int(np.ceil(MIN_FILL_FRACTION * values.size))
+    lowest, highest = values.min(), values.max()
+    levels = [lowest]
+    if any_level:
+        edge = np.concatenate([values[0], values[-1], values[:, 0], values[:, -1]])
+        candidates, counts = np.unique(edge, return_counts=True)
+        levels += [level for level in candidates[counts >= MIN_FILL_EDGE_SHARE * edge.size] if level != lowest]
+    fill = np.zeros(values.shape, dtype=bool)
+    for level in levels:
+        at_level = values == level
+        if np.count_nonzero(at_level) < least:
+            continue
+        core = _edge_connected(at_level)
+        if np.count_nonzero(core) < least:
+            continue
+        if level == lowest:
+            near = (values <= lowest + FILL_TOLERANCE * (float(highest) - float(lowest))) & grown(core, FILL_RINGING_PX)
+            _, labels = cv2.connectedComponents(near.astype(np.uint8), connectivity=4)
+            touching = np.unique(labels[core])
+            core = np.isin(labels, touching[touching > 0])
+        if any(np.count_nonzero(core & mask) > MAX_FILL_IN_MASK * np.count_nonzero(mask) for mask in masks):
+            continue
+        fill |= core
+    return grown(fill, FILL_BLEND_PX) if fill.any() else fill
+
+
+def fill_from_picture(image: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """``image`` with its ``fill`` pixels replaced by the picture mirrored about the nearest
+    picture pixel (that pixel itself where the mirror falls outside the picture): the fill's jump
+    against the picture would otherwise spread through smoothing and interpolation, and a
+    network sees a mirrored picture as picture (real crops turned by 15 deg separate well with
+    their corners mirrored, not with them black)."""
+    if not fill.any():
+        return image
+    _, (near_y, near_x) = ndimage.distance_transform_edt(fill, return_indices=True)
+    ys, xs = np.nonzero(fill)
+    qy, qx = near_y[ys, xs], near_x[ys, xs]
+    my, mx = 2 * qy - ys, 2 * qx - xs
+    height, width = fill.shape
+    inside = (my >= 0) & (my < height) & (mx >= 0) & (mx < width)
+    mirrored = inside.copy()
+    mirrored[inside] = ~fill[my[inside], mx[inside]]
+    source_y, source_x = np.where(mirrored, my, qy), np.where(mirrored, mx, qx)
+    filled = np.array(image, copy=True)
+    filled[ys, xs] = image[source_y, source_x]
+    return filled
