@@ -22,6 +22,7 @@ are not committed: see ``docblock.local_figures``).
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import sys
 import time
@@ -177,16 +178,39 @@ def evaluate_doubt(cache, model) -> str:
             + ".")
 
 
+#: Crops turned as an outside group might store them: label -> (angle in degrees counter-clockwise,
+#: OpenCV border mode of the image, canvas enlarged to keep the whole crop, stored as JPEG
+#: quality 90). The masks are turned alike, nearest-neighbour (reflected with a reflected image).
+TURNS = {
+    "90 deg": (90.0, cv2.BORDER_CONSTANT, False, False),
+    "15 deg, black corners": (15.0, cv2.BORDER_CONSTANT, False, False),
+    "15 deg, reflected corners": (15.0, cv2.BORDER_REFLECT, False, False),
+    "15 deg, black corners, stored as JPEG (quality 90)": (15.0, cv2.BORDER_CONSTANT, False, True),
+    "30 deg, black corners": (30.0, cv2.BORDER_CONSTANT, False, False),
+    "45 deg, black corners, on a canvas that keeps the whole crop": (45.0, cv2.BORDER_CONSTANT, True, False),
+}
+
+
 def _turned(array: np.ndarray, how: str) -> np.ndarray:
-    """A crop or mask turned as an outside group might have stored it (masks nearest-neighbour)."""
-    if how == "90 deg":
+    """A crop (intensity in [0, 1]) or mask turned as :data:`TURNS` says."""
+    angle_deg, border, whole, jpeg = TURNS[how]
+    height, width = array.shape
+    if angle_deg == 90.0:
         return np.ascontiguousarray(np.rot90(array))
-    matrix = cv2.getRotationMatrix2D(((array.shape[1] - 1) / 2, (array.shape[0] - 1) / 2), 15, 1)
-    border = cv2.BORDER_CONSTANT if how == "15 deg, black corners" else cv2.BORDER_REFLECT
+    matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle_deg, 1)
+    size = (width, height)
+    if whole:
+        cos, sin = abs(math.cos(math.radians(angle_deg))), abs(math.sin(math.radians(angle_deg)))
+        size = (int(math.ceil(width * cos + height * sin)), int(math.ceil(width * sin + height * cos)))
+        matrix[:, 2] += ((size[0] - width) / 2, (size[1] - height) / 2)
     if array.dtype == bool:
-        return cv2.warpAffine(array.astype(np.uint8), matrix, array.shape[::-1], flags=cv2.INTER_NEAREST,
-                              borderMode=border) > 0
-    return cv2.warpAffine(array, matrix, array.shape[::-1], borderMode=border)
+        return cv2.warpAffine(array.astype(np.uint8), matrix, size, flags=cv2.INTER_NEAREST, borderMode=border) > 0
+    turned = cv2.warpAffine(array, matrix, size, borderMode=border)
+    if jpeg:
+        stored = cv2.imencode(".jpg", np.clip(np.rint(turned * 255), 0, 255).astype(np.uint8),
+                              [cv2.IMWRITE_JPEG_QUALITY, 90])[1]
+        turned = cv2.imdecode(stored, cv2.IMREAD_GRAYSCALE) / 255.0
+    return turned
 
 
 def evaluate_turned(cache, model, every: int = 20) -> str:
@@ -194,7 +218,7 @@ def evaluate_turned(cache, model, every: int = 20) -> str:
     many :func:`jsnsynth.lsn.infer.warn_if_doubtful` names, and the masks' Dice against the drawn
     masks turned alike (upper / lower)."""
     parts = []
-    for how in ("90 deg", "15 deg, black corners", "15 deg, reflected corners"):
+    for how in TURNS:
         warned, dice = 0, []
         for image, upper, lower in zip(cache.image[::every], cache.upper_mask[::every], cache.lower_mask[::every]):
             crop = _turned(image / 255.0, how)
