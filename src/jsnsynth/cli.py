@@ -257,7 +257,8 @@ def quantify_command(baseline, followup, upper_mask, lower_mask, followup_upper_
     JSN is read at the joint centre along the joint axis; both default to the frame computed from
     the baseline masks (jsnsynth.synth.layers.joint_frame_from_masks), the frame in which jsnsynth
     datasets state their truth; of a padded crop, computed within the picture, so padding does not
-    move it. With bones that flex independently, JSN depends on that point.
+    move it, and of a crop turned upright, leaving out what its corners' fill cuts of the bones.
+    With bones that flex independently, JSN depends on that point.
     """
     from jsnsynth.quantify.quantifier import keep_freed_heap, quantify_files
     from jsnsynth.synth.io import json_text

@@ -89,6 +89,12 @@ FILL_RINGING_PX = 8
 #: Of a fill of any level (``find_fill(..., any_level=True)``), a level taken by at least this
 #: share of the array's edge pixels is a candidate: the fill of a turned crop runs along it.
 MIN_FILL_EDGE_SHARE = 0.02
+#: A fill is a spike in the image's histogram: its value at least this many times as common as
+#: the nearest value below and above it present in the image. Smooth soft tissue stored with 8
+#: bits is made of bands of one value, each more than 1 % of the crop along its edge, but its
+#: neighbouring values are about as common (0.4-1.4 times, and 0.5-1.4 for the dark air of the
+#: real JPEG crops); the corners of a crop turned upright, white or grey, 116 times and more.
+MIN_FILL_SPIKE = 10.0
 
 
 def grown(mask: np.ndarray, radius_px: float) -> np.ndarray:
@@ -98,6 +104,14 @@ def grown(mask: np.ndarray, radius_px: float) -> np.ndarray:
         return mask.copy()
     distance = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     return distance <= radius_px
+
+
+def _is_spike(values: np.ndarray, level: float, count: int) -> bool:
+    """Whether ``count`` pixels of ``level`` are :data:`MIN_FILL_SPIKE` times as many as those of
+    the nearest value below and above it in ``values``."""
+    below, above = values[values < level], values[values > level]
+    nearest = ([below.max()] if below.size else []) + ([above.min()] if above.size else [])
+    return count >= MIN_FILL_SPIKE * max((np.count_nonzero(values == value) for value in nearest), default=0)
 
 
 def _edge_connected(mask: np.ndarray) -> np.ndarray:
@@ -118,8 +132,9 @@ def find_fill(image: np.ndarray, any_level: bool = False, masks: tuple[np.ndarra
     """Pixels of ``image`` that are fill rather than picture; none when there is no fill.
 
     A fill's core is the pixels of exactly one value connected to the array's edge through that
-    value, when they make up at least :data:`MIN_FILL_FRACTION` of the image: the image's lowest
-    value, or with ``any_level`` any value along :data:`MIN_FILL_EDGE_SHARE` of the edge. Of the
+    value, when they make up at least :data:`MIN_FILL_FRACTION` of the image and the value is a
+    spike in its histogram (:data:`MIN_FILL_SPIKE`): the image's lowest value, or with
+    ``any_level`` any value along :data:`MIN_FILL_EDGE_SHARE` of the edge. Of the
     lowest, the pixels within :data:`FILL_TOLERANCE` of it connected to the core and within
     :data:`FILL_RINGING_PX` of it (a lossy format's ringing) are fill too, and
     :data:`FILL_BLEND_PX` around every core (what the turn's interpolation blended).
@@ -145,7 +160,7 @@ def find_fill(image: np.ndarray, any_level: bool = False, masks: tuple[np.ndarra
     fill = np.zeros(values.shape, dtype=bool)
     for level in levels:
         at_level = values == level
-        if np.count_nonzero(at_level) < least:
+        if np.count_nonzero(at_level) < least or not _is_spike(values, level, np.count_nonzero(at_level)):
             continue
         core = _edge_connected(at_level)
         if np.count_nonzero(core) < least:

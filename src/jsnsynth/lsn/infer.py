@@ -376,7 +376,7 @@ def _separate_picture(
     soft, upper, lower = (fractions * attenuation[None]).astype(np.float32)
     upper_mask, lower_mask = hard[0] > 0, hard[1] > 0
     try:
-        centre, axis_deg = joint_frame_from_masks(upper_mask, lower_mask)
+        centre, axis_deg = joint_frame_from_masks(upper_mask, lower_mask, picture=~fill if fill.any() else None)
         located = True
     except InputError:
         centre, axis_deg, located = ((width - 1) / 2.0, (height - 1) / 2.0), 0.0, False

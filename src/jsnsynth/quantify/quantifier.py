@@ -190,8 +190,8 @@ def as_intensity(image: np.ndarray, name: str) -> np.ndarray:
             raise InputError(f"{name} contains NaN or infinite values")
         if image.min() < -1e-6 or image.max() > 1 + 1e-6:
             raise InputError(f"{name}: float images must hold intensities in [0, 1]")
-        # the rounding overshoots allowed are taken as the range's ends (a black fill at -1e-7
-        # beside a picture at 0 was not the image's lowest value)
+        # the rounding overshoots allowed are taken as the range's ends: a turn's bicubic
+        # undershoot to -1e-7 beside a black fill at 0 had made the fill no longer the lowest value
         return np.clip(image, 0.0, 1.0).astype(np.float32)
     raise InputError(f"{name} has unsupported pixel type {image.dtype} (uint8, uint16 or float in [0, 1])")
 
@@ -354,7 +354,7 @@ def resolve_joint_frame(
     """Fill in a missing joint axis and centre from the baseline masks.
 
     Missing both gives :func:`~jsnsynth.synth.layers.joint_frame_from_masks`, the frame in which
-    jsnsynth datasets state their truth. Of a crop padded to size (``content``, the images'
+    jsnsynth datasets state their truth (with the ``fill`` as what is not picture). Of a crop padded to size (``content``, the images'
     :func:`~jsnsynth.picture.content_box`, smaller than the array), it is the frame of
     the picture: computed on the masks cut to that box and moved back, so that padding does not
     move it (:func:`picture_of`). The axis leaves out bone cross-sections cut by the picture's

@@ -308,14 +308,18 @@ def joint_center_from_masks(
     return float(x), float(y)
 
 
-def joint_frame_from_masks(upper_mask: np.ndarray, lower_mask: np.ndarray) -> tuple[tuple[float, float], float]:
+def joint_frame_from_masks(
+    upper_mask: np.ndarray, lower_mask: np.ndarray, picture: np.ndarray | None = None
+) -> tuple[tuple[float, float], float]:
     """The joint frame of a crop from its two bone masks: ``((x, y) centre, axis angle in degrees)``.
 
     The axis comes from :func:`joint_axis_from_masks`, the centre from
     :func:`joint_center_from_masks` across that axis. This is the one definition of the joint
     frame that ground truth and measurement share: pairs record their JSN at this centre along
     this axis of the baseline masks, and the quantifier uses the same function when it is given
-    no centre, so anyone holding the baseline masks can recompute the frame exactly.
+    no centre, so anyone holding the baseline masks can recompute the frame exactly. ``picture``
+    (default: the whole array) is what of the crop is picture, for a crop with a fill
+    (:func:`joint_axis_from_masks`).
     """
-    axis_deg = joint_axis_from_masks(upper_mask, lower_mask)
+    axis_deg = joint_axis_from_masks(upper_mask, lower_mask, picture=picture)
     return joint_center_from_masks(upper_mask, lower_mask, axis_deg), axis_deg
