@@ -253,6 +253,8 @@ def test_fill_from_picture_mirrors_the_picture_about_its_edge():
     # where the mirror falls outside the picture, its nearest pixel
     fill[:, :8] = True
     assert (fill_from_picture(image, fill)[:, :8] == [8.0] * 7 + [9.0]).all()
+    # all fill: nothing to fill it from (a constant crop), left as it is
+    assert (fill_from_picture(image, np.ones_like(fill)) == image).all()
 
 
 @pytest.mark.parametrize("widths", [((0, 40), (0, 0)), ((12, 40), (30, 5))])
