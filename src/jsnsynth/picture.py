@@ -99,7 +99,9 @@ MIN_FILL_SPIKE = 10.0
 def grown(mask: np.ndarray, radius_px: float) -> np.ndarray:
     """``mask`` and every pixel within ``radius_px`` of it (Euclidean, to OpenCV's 5x5 chamfer:
     within 2 %), at any radius for the cost of one distance transform (a third of the exact
-    transform's)."""
+    transform's). For a fill and its band, whose edge need not be exact; the bone regions keep
+    :func:`jsnsynth.quantify.register.dilate`, an exact disk sampled at a pyramid level's step
+    (a 96 px disk on a 2048 px fill took 1.8 s where this takes 0.06 s)."""
     if radius_px <= 0 or not mask.any():
         return mask.copy()
     distance = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
