@@ -6,7 +6,8 @@ they are stored, applied alike to both images and all masks: 16-bit instead of 8
 one side, mirrored, turned (the joint frame given, turned with them: by quarter turns, and by
 15 deg as a group that straightens its crops by their joint axis stores them, the corners left
 black or mirrored), masks eroded or dilated,
-up- or downsampled. Real visits differ in 3-D pose, so the table gives the largest change of JSN, for the
+up- or downsampled, sharpened or equalised as sites process radiographs for display (both visits
+alike, or the follow-up alone). Real visits differ in 3-D pose, so the table gives the largest change of JSN, for the
 pairs the method does not flag and, apart, for those it does. Synthetic noise-free pairs (the
 dataset builder, phantom and real layers) show the same changes against exact truth. Masks from
 the bundled LSN in place of the drawn ones are a row of both tables. Writes the
@@ -109,6 +110,33 @@ def mirrored(pair: Pair) -> Pair:
     return tuple(np.ascontiguousarray(a[:, ::-1]) for a in pair)
 
 
+#: Display processing as sites apply it after acquisition: label -> (which images, function of
+#: an image in [0, 1]). Unsharp masking ``f + amount (f - G_sigma * f)``, clipped; CLAHE at 16 bits.
+PROCESSINGS = {
+    "both visits sharpened alike (unsharp mask, sigma 8 px, amount 0.6)": ((0, 1), ("unsharp", 8.0, 0.6)),
+    "the follow-up alone sharpened (unsharp mask, sigma 3 px, amount 0.5)": ((1,), ("unsharp", 3.0, 0.5)),
+    "the follow-up alone equalised (CLAHE, clip limit 2, 4 x 4 tiles)": ((1,), ("clahe", 2.0, 4)),
+}
+
+
+def processed(pair: Pair, label: str) -> Pair:
+    """``pair`` with the :data:`PROCESSINGS` entry ``label`` applied to its images, stored back in
+    their own type (rounded)."""
+    which, (kind, a, b) = PROCESSINGS[label]
+
+    def one(image: np.ndarray) -> np.ndarray:
+        top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
+        if kind == "clahe":
+            wide = np.rint(image / top * 65535.0).astype(np.uint16)
+            out = cv2.createCLAHE(clipLimit=a, tileGridSize=(b, b)).apply(wide) / 65535.0
+        else:
+            f = image.astype(np.float64) / top
+            out = np.clip(f + b * (f - cv2.GaussianBlur(f, (0, 0), a, borderType=cv2.BORDER_REFLECT)), 0.0, 1.0)
+        return np.rint(out * top).astype(image.dtype) if top != 1.0 else out.astype(image.dtype)
+
+    return tuple(one(a) if k in which else a for k, a in enumerate(pair))
+
+
 def resampled(pair: Pair, factor: float) -> Pair:
     """``pair`` at ``factor`` times the resolution: up, images cubic and masks nearest; down,
     images by pixel area and masks by majority. ``cv2.resize`` puts pixel centre ``x`` at
@@ -187,6 +215,9 @@ def real_rows(folder: Path, n_series: int) -> list[str]:
         for factor, label in RESAMPLINGS.items():
             result = measure(resampled(pair, factor), DEFAULT_PIXEL_SPACING_MM / factor)
             record(f"{label}, spacing to match: change in mm", result.jsn_mm - reference.jsn_mm, reference, result)
+        for label in PROCESSINGS:
+            result = measure(processed(pair, label))
+            record(label, result.jsn_px - reference.jsn_px, reference, result)
         lsn_pair = with_lsn_masks(pair)
         result = measure(lsn_pair, frame=frame)
         record("masks of both visits from the bundled LSN (`separate`), the drawn masks' frame given",
@@ -249,6 +280,7 @@ def synthetic_rows(spec: str, n_pairs: int, seed: int, tmp: Path) -> list[str]:
         f"turned by {STRAIGHTENED_DEG:g} deg (bicubic), black corners (default frame)": changed(
             lambda pair, frame: (turned_by(pair, frame, STRAIGHTENED_DEG, "black corners")[0], (None, None))),
         **{f"{label} (JSN read in the stored pixels)": resampled_method(factor) for factor, label in RESAMPLINGS.items()},
+        **{label: changed(lambda pair, frame, label=label: (processed(pair, label), frame)) for label in PROCESSINGS},
     }
     lines, plain = [], None
     for label, method in methods.items():
@@ -256,7 +288,8 @@ def synthetic_rows(spec: str, n_pairs: int, seed: int, tmp: Path) -> list[str]:
         errors = np.array([row["error_px"] for row in rows])
         plain = errors if plain is None else plain
         stats = summarize(rows)
-        lines.append(f"| {spec.split(':')[0]} | {label} | {stats['rmse_px']:.4f} | {np.max(np.abs(errors - plain)):.4f} | "
+        lines.append(f"| {spec.split(':')[0]} | {label} | {stats['rmse_px']:.4f} | {stats['bias_px']:+.4f} | "
+                     f"{np.max(np.abs(errors - plain)):.4f} | "
                      f"{100 * stats['flag_rate']:.0f} % |")
         print(lines[-1], file=sys.stderr)
     return lines
@@ -275,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             "the same, in the pair's reported standard errors | largest change, pairs flagged as they are (px) | "
             "variants flagged only once changed |",
             "|---|---|---|---|---|---|", *real_rows(args.fingerjoints, args.series)]
-    synthetic = ["| source | input | JSN RMSE px | largest change of the error px | flagged |", "|---|---|---|---|---|"]
+    synthetic = ["| source | input | JSN RMSE px | bias px | largest change of the error px | flagged |",
+                 "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         for spec in ("phantom", f"fingerjoints:{args.fingerjoints}"):
             synthetic += synthetic_rows(spec, args.pairs, args.seed, Path(tmp))
