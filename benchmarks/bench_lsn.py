@@ -236,6 +236,45 @@ def evaluate_turned(cache, model, every: int = 20) -> str:
             f"`infer.warn_if_doubtful`, mask Dice upper / lower): " + "; ".join(parts) + ".")
 
 
+#: Display processing a site may apply before it stores a crop: label -> function of an intensity
+#: crop in [0, 1] (unsharp masking ``f + amount (f - G_sigma * f)`` clipped; CLAHE on 8 bits).
+PROCESSINGS = {
+    "sharpened (unsharp mask, sigma 3 px, amount 1)": lambda f: _unsharp(f, 3.0, 1.0),
+    "sharpened (unsharp mask, sigma 8 px, amount 0.6)": lambda f: _unsharp(f, 8.0, 0.6),
+    "sharpened (unsharp mask, sigma 20 px, amount 1)": lambda f: _unsharp(f, 20.0, 1.0),
+    "equalised (CLAHE, clip limit 2, 4 x 4 tiles)": lambda f: cv2.createCLAHE(2.0, (4, 4)).apply(
+        np.clip(np.rint(f * 255), 0, 255).astype(np.uint8)) / 255.0,
+}
+
+
+def _unsharp(crop: np.ndarray, sigma_px: float, amount: float) -> np.ndarray:
+    """``crop`` sharpened by an unsharp mask, clipped to [0, 1]."""
+    return np.clip(crop + amount * (crop - cv2.GaussianBlur(crop, (0, 0), sigma_px)), 0.0, 1.0)
+
+
+def evaluate_processed(cache, model, every: int = 20) -> str:
+    """Crops processed for display as :data:`PROCESSINGS` says (every ``every``-th real crop): how
+    many :func:`jsnsynth.lsn.infer.warn_if_doubtful` names, and the masks' Dice against the drawn
+    masks (upper / lower)."""
+    parts = []
+    for how, process in PROCESSINGS.items():
+        warned, dice = 0, []
+        for image, upper, lower in zip(cache.image[::every], cache.upper_mask[::every], cache.lower_mask[::every]):
+            crop = process(image / 255.0)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                separation = separate_intensity(crop, model)
+                warn_if_doubtful(crop, separation, model, None, "crop")
+            warned += any("crop:" in str(w.message) for w in caught)
+            dice.append([mask_dice(upper > 0, separation.layers.upper_mask),
+                         mask_dice(lower > 0, separation.layers.lower_mask)])
+        dice = np.array(dice)
+        parts.append(f"{how}: {warned} of {len(dice)} warned about, Dice {dice[:, 0].mean():.2f} / "
+                     f"{dice[:, 1].mean():.2f} (worst {dice[:, 0].min():.2f} / {dice[:, 1].min():.2f})")
+    return (f"Crops processed for display as sites do (every {every}th real crop; warned about by "
+            f"`infer.warn_if_doubtful`, mask Dice upper / lower): " + "; ".join(parts) + ".")
+
+
 def time_separation(model, repeats: int = 30) -> float:
     """Median wall time of one 256x256 separation on one thread, ms (network + composition)."""
     torch.set_num_threads(1)
@@ -469,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     if cache is not None and args.jsn_crops > 0:
         text += "\n\n" + evaluate_jsn(cache, cache.indices(heldout=True), model, args.jsn_crops)
     if cache is not None:
-        text += "\n\n" + evaluate_doubt(cache, model) + " " + evaluate_turned(cache, model)
+        text += ("\n\n" + evaluate_doubt(cache, model) + " " + evaluate_turned(cache, model) + " "
+                 + evaluate_processed(cache, model))
     print(text)
     if not args.no_doc:
         write_doc(args.doc, text)
