@@ -103,6 +103,7 @@ def test_layout_card_and_columns(phantom_dataset: Path) -> None:
     assert {c["config_name"] for c in front["configs"]} == {"pairs", "layers"}
     assert {i["config_name"] for i in front["dataset_info"]} == {"pairs", "layers"}
     assert '"seed": 4' in card and "generator_version" in card and "Analytic physics phantoms" in card
+    assert 'load_dataset("path/or/repo", "layers")' in card
     assert list(pair_features())[: len(CONTRACT_COLUMNS)] != []  # features exist
     assert set(CONTRACT_COLUMNS) <= set(pair_features())
     state = check_dataset_folder(phantom_dataset)
@@ -131,6 +132,8 @@ def test_the_card_states_what_the_dataset_holds(raster_source: FingerJointsSourc
     build_dataset(PhantomSource(n_joints=2), tmp_path / "phantom", 2, seed=2, layers_every=0, quiet=True)
     card = (tmp_path / "phantom" / "README.md").read_text()
     assert '"size_px": 256' in card and '"pixel_spacing_mm": 0.175' in card
+    # written without layers, its card must not show how to load them (the config does not exist)
+    assert 'load_dataset("path/or/repo", "layers")' not in card and "no `layers` config" in card
 
 
 def test_load_dataset_round_trip_keeps_16_bit_pixels(phantom_dataset: Path, monkeypatch, tmp_path: Path) -> None:

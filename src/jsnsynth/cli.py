@@ -215,7 +215,8 @@ def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, nu
                            quiet=quiet)
     sizes = ", ".join(f"{k} {v}" for k, v in result.split_sizes.items())
     click.echo(f"wrote {result.n_pairs} pairs ({sizes}) to {result.out_dir}")
-    click.echo(f'load with: datasets.load_dataset("{result.out_dir}")  (layers: load_dataset("{result.out_dir}", "layers"))')
+    layers = f'  (layers: load_dataset("{result.out_dir}", "layers"))' if layers_every else ""
+    click.echo(f'load with: datasets.load_dataset("{result.out_dir}"){layers}')
 
 
 @cli.command("publish")

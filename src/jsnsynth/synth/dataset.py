@@ -953,6 +953,16 @@ def dataset_card(record: dict, plan: Plan, split_sizes: dict[str, int], sizes: d
         if real_source
         else "Generated entirely from analytic phantoms: CC BY 4.0."
     )
+    if layers_every:
+        layers_line = 'layers = load_dataset("path/or/repo", "layers") # single images with float32 layers\n'
+        layers_text = ("The `layers` config holds\nthe baseline and follow-up of every `layers_every`-th pair of each "
+                       "shard (starting with its first;\n`layers_every` is in the parameters below); its `soft`, "
+                       "`upper`, `lower` are float32 attenuation layers (line integrals); the image is\n"
+                       "`1 - exp(-(soft + upper + lower))` after blur, noise and the display window of its imaging "
+                       "columns.")
+    else:
+        layers_line = ""
+        layers_text = "This dataset has no `layers` config (written with `layers_every` 0)."
     return f"""---
 {yaml_text}---
 
@@ -988,16 +998,12 @@ Splits group **source joints** (`joint_id`), never pairs, so no joint appears in
 ```python
 from datasets import load_dataset
 pairs = load_dataset("path/or/repo")            # config "pairs"
-layers = load_dataset("path/or/repo", "layers") # single images with float32 layers
-import numpy as np
+{layers_line}import numpy as np
 img = np.array(pairs["train"][0]["baseline"])   # uint16: 16-bit PNG, decode to I = img / 65535
 ```
 
 Images (`baseline`, `followup`, `*_clean`) are 16-bit greyscale PNG (display intensity, bone bright);
-`*_clean` are the same images without noise. Masks are 8-bit PNG, 0/255. The `layers` config holds
-the baseline and follow-up of every `layers_every`-th pair of each shard (starting with its first;
-`layers_every` is in the parameters below); its `soft`, `upper`, `lower` are float32 attenuation layers (line integrals); the image is
-`1 - exp(-(soft + upper + lower))` after blur, noise and the display window of its imaging columns.
+`*_clean` are the same images without noise. Masks are 8-bit PNG, 0/255. {layers_text}
 `photons_per_px` null means no quantum noise. Full schema: jsnsynth docs/dataset.md.
 
 ## Source and provenance
