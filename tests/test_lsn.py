@@ -473,6 +473,7 @@ def test_separate_rejects_nan_array_and_bad_weights(tmp_path):
 
 
 def test_lsn_source_follows_the_source_protocol(tmp_path, tiny_weights):
+    from jsnsynth.lsn.infer import separate_files
     from jsnsynth.lsn.source import LsnSource
 
     for k in range(2):
@@ -492,6 +493,9 @@ def test_lsn_source_follows_the_source_protocol(tmp_path, tiny_weights):
     moved.parent.mkdir()
     moved.write_bytes(DEFAULT_WEIGHTS.read_bytes())
     assert LsnSource(tmp_path, weights=moved).content_digest() == LsnSource(tmp_path).content_digest()
+    # a folder `separate` wrote into: its layers (float TIFFs) and masks are no crops
+    separate_files([tmp_path / "joint0.png"], tmp_path)
+    assert LsnSource(tmp_path).joint_ids() == ["joint0", "joint1"]
     # a crop the quantifier could not measure the pairs of (48 px on its longer side) is refused up front
     cv2.imwrite(str(tmp_path / "small.png"), synthetic_joint(48, 0)[0])
     with pytest.raises(InputError, match=r"small.png: crop is 48x48 px; the quantifier measures pairs of at least 32x32"):

@@ -1,7 +1,7 @@
 """Any folder of radiograph crops as a source of joint layers (contract 2), via the LSN.
 
-``jsnsynth dataset --source lsn:DIR`` builds :class:`LsnSource` ``(DIR)``: every image file in the
-folder is one joint (joint id = file stem); ``load`` separates it with the bundled model (or
+``jsnsynth dataset --source lsn:DIR`` builds :class:`LsnSource` ``(DIR)``: every crop in the
+folder (less the files ``jsnsynth separate`` writes) is one joint (joint id = file stem); ``load`` separates it with the bundled model (or
 given weights) into soft-tissue, upper- and lower-bone layers, which the pair simulator then
 warps like any real source's raster layers.
 """
@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from jsnsynth.errors import InputError
-from jsnsynth.lsn.infer import DEFAULT_WEIGHTS, SEPARATION_REVISION, load_model, separate_intensity, warn_if_doubtful
-from jsnsynth.synth.io import check_measurable_size, files_digest, radiograph_files, read_radiograph
+from jsnsynth.lsn.infer import (DEFAULT_WEIGHTS, SEPARATION_REVISION, folder_crops, load_model, separate_intensity,
+                                warn_if_doubtful)
+from jsnsynth.synth.io import check_measurable_size, files_digest, read_radiograph
 from jsnsynth.synth.layers import JointLayers, check_joint_masks
 
 #: Provenance written into dataset cards built from this source.
@@ -54,7 +55,8 @@ class LsnSource:
     ) -> None:
         self.root = Path(root)
         self._files: dict[str, Path] = {}
-        for path in radiograph_files(self.root):
+        # the crops `separate` takes: run on a folder it wrote into, its layers are no crops
+        for path in folder_crops(self.root):
             if path.stem in self._files:
                 raise InputError(f"{path}: two crops share the joint id '{path.stem}'")
             # every crop read up front: a damaged or too small one is an error before anything is written
