@@ -579,6 +579,9 @@ def test_sign_convention_positive_is_narrowing():
     widening = _quantify(toy_pair(-1.5))
     assert narrowing.jsn_px > 1.4 and widening.jsn_px < -1.4
     assert narrowing.jsn_mm == pytest.approx(narrowing.jsn_px * 0.175)
+    # no spacing given is the nominal one, and recorded as such (it read "option", as if given)
+    assert narrowing.pixel_spacing_mm == 0.175 and narrowing.pixel_spacing_source == "nominal"
+    assert _quantify(toy_pair(1.5), pixel_spacing_mm=0.1).pixel_spacing_source == "option"
 
 
 def test_pure_global_move_gives_zero_jsn():

@@ -394,7 +394,7 @@ def quantify_pair(
     followup: np.ndarray,
     upper_mask: np.ndarray,
     lower_mask: np.ndarray,
-    pixel_spacing_mm: float | None = DEFAULT_PIXEL_SPACING_MM,
+    pixel_spacing_mm: float | None = None,
     followup_upper_mask: np.ndarray | None = None,
     followup_lower_mask: np.ndarray | None = None,
     joint_center_xy: tuple[float, float] | None = None,
@@ -426,7 +426,8 @@ def quantify_pair(
             registered with their
             :meth:`~jsnsynth.quantify.register.RegistrationSettings.for_resolution` at its
             :func:`~jsnsynth.quantify.register.resolution_scale`.
-        pixel_spacing_source: label recorded with the spacing (default "option", or "nominal").
+        pixel_spacing_source: label recorded with the spacing (default "option" for a spacing
+            given, "nominal" without one).
         keep_residuals: keep the residual maps on the result, for
             :func:`~jsnsynth.quantify.reliability.save_residual_figure` (four full-frame maps; off
             by default: a validation run has no use for them, and they cost 6 % of a pair's time).
