@@ -82,6 +82,11 @@ def test_rerun_resumes_and_skips_complete_samples(tmp_path: Path, capsys: pytest
     assert "1 already there" in capsys.readouterr().out
     assert (out / "phantom_00000" / "record.json").stat().st_mtime_ns == first
     assert len(list(out.iterdir())) == 3
+    # fewer than the folder holds: refused (it said "1 already there" and left all 3)
+    assert _run(["--n", "1", "--out", str(out), *SMALL]) == 1
+    err = _one_error_line(capsys)
+    assert "holds 3 phantom samples, more than the 1 asked for" in err
+    assert len(list(out.iterdir())) == 3
 
 
 def test_interrupted_run_leaves_no_partial_sample_and_resumes(tmp_path: Path, monkeypatch) -> None:

@@ -219,7 +219,8 @@ def write_phantom_samples(
 
     Raises:
         InputError: bad settings (``n < 1``, unknown joint type, ...).
-        OutputError: ``out_dir`` is a file, holds unrelated files, or holds samples of another run.
+        OutputError: ``out_dir`` is a file, holds unrelated files, samples of another run, or
+            samples beyond the ``n`` asked for (a larger ``n`` extends a run).
     """
     if n < 1:
         raise InputError(f"number of phantoms must be >= 1, got {n}")
@@ -227,6 +228,14 @@ def write_phantom_samples(
                                joint_type=joint_type, noise=noise)
     out_dir = Path(out_dir)
     _check_output_folder(out_dir)
+    # a run of n samples (or an interrupted one) holds none beyond them; a smaller n reported its
+    # samples as "already there" and left the folder holding more than asked for
+    beyond = [entry for entry in out_dir.glob(f"{SAMPLE_PREFIX}*")
+              if SAMPLE_PATTERN.match(entry.name) and int(entry.name[len(SAMPLE_PREFIX):]) >= n]
+    if beyond:
+        held = sum(1 for entry in out_dir.iterdir() if SAMPLE_PATTERN.match(entry.name))
+        raise OutputError(f"{out_dir}: holds {held} phantom samples, more than the {n} asked for; give that "
+                          "number or more to resume or extend the run, or use a new folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_partial_outputs(out_dir)
     written = skipped = 0
