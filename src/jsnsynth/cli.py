@@ -74,8 +74,9 @@ def cli() -> None:
       jsnsynth quantify base.png follow.png --upper-mask u.png --lower-mask l.png
       jsnsynth validate ds/                            accuracy of a JSN method against truth
 
-    Sign convention: JSN progression = dy_upper - dy_lower along the joint axis (upper -> lower
-    bone) at the joint centre; positive means narrowing.
+    Sign convention: JSN progression = dy_upper - dy_lower, the two bones' displacements along
+    the joint axis (upper -> lower bone) at the joint centre, their shared repositioning taken
+    out; positive means narrowing.
     """
 
 
