@@ -35,10 +35,14 @@ from jsnsynth.synth.dataset import (
     layer_pairs,
     pair_columns,
     pair_features,
+    pair_params_from_row,
     plan_dataset,
+    simulate_pair,
 )
 from jsnsynth.synth.io import decode_png, encode_png, write_bytes_atomic
-from jsnsynth.synth.pairs import PairConfig
+from jsnsynth.errors import InputError
+from jsnsynth.synth.pairs import PairConfig, make_pair
+from jsnsynth.synth.xray import quantize
 from jsnsynth.synth.sources import FingerJointsSource, PhantomSource
 from test_sources import make_fingerjoint_folder
 
@@ -134,6 +138,21 @@ def test_the_card_states_what_the_dataset_holds(raster_source: FingerJointsSourc
     assert '"size_px": 256' in card and '"pixel_spacing_mm": 0.175' in card
     # written without layers, its card must not show how to load them (the config does not exist)
     assert 'load_dataset("path/or/repo", "layers")' not in card and "no `layers` config" in card
+
+
+def test_a_pair_is_replayed_from_its_row(phantom_dataset: Path) -> None:
+    """dataset.md: every random quantity of a pair is a column, so a pair can be made again. The
+    row's parameters with the joint's layers make the same images, bit for bit."""
+    source = PhantomSource(n_joints=8, size_px=64)
+    for row in list(iter_pairs(phantom_dataset))[:2]:
+        replayed = simulate_pair(source, row["joint_id"], row["index"], 4, PairConfig())
+        params = pair_params_from_row(row)
+        assert params == replayed.params
+        pair = make_pair(replayed.baseline_layers, params, source.render_with_poses)
+        for name in ("baseline", "followup", "baseline_clean", "followup_clean"):
+            assert np.array_equal(quantize(getattr(pair, name), 16), row[name])
+    with pytest.raises(InputError, match="lacks jsn_px, jsn_mm, upper_flexion_deg, ...: not a jsnsynth pairs row"):
+        pair_params_from_row({"image": 1})
 
 
 def test_load_dataset_round_trip_keeps_16_bit_pixels(phantom_dataset: Path, monkeypatch, tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ import signal
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -56,7 +56,7 @@ from jsnsynth.synth.io import (
     strict_json_value,
     write_bytes_atomic,
 )
-from jsnsynth.synth.pairs import Pair, PairConfig, make_pair, sample_pair_params
+from jsnsynth.synth.pairs import Pair, PairConfig, PairParams, make_pair, sample_pair_params
 from jsnsynth.synth.sources import JointSource
 from jsnsynth.synth.xray import ImagingParams, quantize
 from jsnsynth.threads import single_threaded
@@ -69,6 +69,10 @@ LAYERS_DIR = "layers"
 UNFINISHED_DIR = ".jsnsynth_unfinished"
 SPLITS = ("train", "validation", "test")
 IMAGING_FIELDS = tuple(ImagingParams.__dataclass_fields__)
+#: The columns of a ``pairs`` row that :func:`pair_params_from_row` reads.
+IMAGING_COLUMNS = tuple(f"{role}_{name}" for role in ("baseline", "followup") for name in IMAGING_FIELDS)
+PAIR_PARAM_COLUMNS = ("jsn_px", "jsn_mm", "upper_flexion_deg", "lower_flexion_deg", "global_angle_deg", "global_scale",
+                      "global_dx", "global_dy", *IMAGING_COLUMNS)
 #: Bumped when the columns or their meaning change.
 SCHEMA_VERSION = 1
 
@@ -370,6 +374,24 @@ def pair_row(pair: Pair, pair_id: str, index: int, source_name: str, joint_id: s
     row.update(_imaging_columns(p.followup_imaging, "followup_"))
     row["source_metadata"] = json.dumps(strict_json_value(base.metadata), sort_keys=True)
     return row
+
+
+def pair_params_from_row(row: Mapping[str, Any]) -> PairParams:
+    """The :class:`~jsnsynth.synth.pairs.PairParams` a ``pairs`` row records (its JSN change,
+    flexions, repositioning and both imaging chains): with the joint's baseline layers,
+    :func:`~jsnsynth.synth.pairs.make_pair` makes the pair again.
+
+    Raises:
+        InputError: a row without those columns (of another schema).
+    """
+    missing = [name for name in PAIR_PARAM_COLUMNS if name not in row]
+    if missing:
+        raise InputError(f"the row lacks {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}: "
+                         "not a jsnsynth pairs row")
+    values = {name: row[name] for name in PAIR_PARAM_COLUMNS if name not in IMAGING_COLUMNS}
+    for role in ("baseline", "followup"):
+        values[f"{role}_imaging"] = ImagingParams.from_dict({name: row[f"{role}_{name}"] for name in IMAGING_FIELDS})
+    return PairParams(**values)
 
 
 def layer_rows(pair: Pair, pair_row_: dict) -> list[dict]:
