@@ -242,7 +242,7 @@ def publish_command(folder: Path, repo_id: str, private: bool) -> None:
 @click.option("--followup-upper-mask", type=click.Path(path_type=Path), help="Follow-up upper-bone mask (optional).")
 @click.option("--followup-lower-mask", type=click.Path(path_type=Path), help="Follow-up lower-bone mask (optional).")
 @click.option("--pixel-spacing", type=PIXEL_SPACING, help="mm/px; default: DICOM header, else 0.175 nominal.")
-@click.option("--residual-figure", type=click.Path(), callback=_file_to_write, help="Write the residual maps (PNG).")
+@click.option("--residual-figure", type=click.Path(), callback=_file_to_write, help="Write the residual maps: PNG, or PDF, SVG or JPEG by the name's suffix.")
 @click.option("--json", "json_out", type=click.Path(), callback=_file_to_write, help="Also write the JSON record here.")
 @click.option("--joint-center", type=FiniteFloatRange(), nargs=2, metavar="X Y", default=None,
               help="Joint centre (px) where JSN is read; default: from the baseline masks, as in jsnsynth datasets.")
@@ -376,7 +376,8 @@ def demo_command(out_dir: Path, n_pairs: int, seed: int) -> None:
     1. render 8 physics phantoms with exact layers and save a panel;
     2. build a small labelled pair dataset from phantoms;
     3. validate the bundled JSN quantifier on it against the exact truth;
-    4. separate the phantom radiographs into layers with the bundled LSN weights.
+    4. separate four of the phantom radiographs (copied to OUT/crops) into layers with the
+       bundled LSN weights.
     """
     from jsnsynth.lsn.infer import separate_files
     from jsnsynth.quantify.validate import validate_dataset
@@ -405,7 +406,8 @@ def demo_command(out_dir: Path, n_pairs: int, seed: int) -> None:
     click.echo("      " + ", ".join(f"{k}={overall[k]:.4g}" if isinstance(overall.get(k), float) else f"{k}={overall.get(k)}"
                                     for k in keys if k in overall))
 
-    click.echo(f"[4/4] separating the phantom radiographs with the bundled LSN -> {out_dir / 'separation'}")
+    click.echo(f"[4/4] separating 4 phantom radiographs (copied to {out_dir / 'crops'}) with the bundled LSN "
+               f"-> {out_dir / 'separation'}")
     crops = out_dir / "crops"
     crops.mkdir(parents=True, exist_ok=True)
     for sample in samples[:4]:  # one file name per crop, so the outputs do not collide
