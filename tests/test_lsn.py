@@ -680,6 +680,10 @@ def test_separate_takes_the_crops_of_a_folder(tmp_path, capsys):
         path.rename(crops / path.name)
     assert main(["separate", str(crops), "--out", str(tmp_path / "again")]) == 0
     assert "wrote 2 separation(s)" in capsys.readouterr().out
+    # a crop merely named like an output (no other output of its stem beside it) is a crop
+    write_bytes_atomic(crops / "joint2_panel.png", encode_png(synthetic_joint(96, 2)[0]))
+    assert main(["separate", str(crops), "--out", str(tmp_path / "third")]) == 0
+    assert "wrote 3 separation(s)" in capsys.readouterr().out
     (tmp_path / "empty").mkdir()
     assert main(["separate", str(tmp_path / "empty"), "--out", str(tmp_path / "out2")]) == 1
     assert "empty: holds no radiograph crops" in capsys.readouterr().err

@@ -546,5 +546,15 @@ def output_names(stem: str) -> list[str]:
 def folder_crops(folder: str | os.PathLike) -> list[Path]:
     """The crops of a folder (:func:`~jsnsynth.synth.io.radiograph_files`) less what
     :func:`separate_files` wrote there: run again on its own output folder, it took its layers
-    and masks for crops."""
-    return [path for path in radiograph_files(folder) if not path.name.endswith(tuple("_" + s for s in OUTPUT_SUFFIXES))]
+    and masks for crops. A file is taken for an output only with every other output of its stem
+    beside it: a crop that is merely named like one (``joint_panel.png``) is still a crop."""
+    files = radiograph_files(folder)
+    names = {path.name for path in files}
+    written: set[str] = set()
+    for path in files:
+        for suffix in OUTPUT_SUFFIXES:
+            if path.name.endswith("_" + suffix):
+                outputs = output_names(path.name[: -len(suffix) - 1])
+                if all(name in names for name in outputs):
+                    written.update(outputs)
+    return [path for path in files if path.name not in written]
