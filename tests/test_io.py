@@ -213,6 +213,14 @@ def test_nan_float_tiff_is_rejected(tmp_path: Path) -> None:
         io.read_radiograph(tmp_path / "nan.tiff")
 
 
+def test_float_tiffs_report_their_own_bit_depth(tmp_path: Path) -> None:
+    # a float64 TIFF was reported as 32 bits in quantify's JSON
+    for dtype, bits in ((np.float32, 32), (np.float64, 64)):
+        cv2.imwrite(str(tmp_path / f"{bits}.tiff"), np.full((8, 8), 0.25, dtype))
+        radiograph = io.read_radiograph(tmp_path / f"{bits}.tiff")
+        assert radiograph.bit_depth == bits and np.all(radiograph.intensity == 0.25)
+
+
 def test_float_tiff_round_trip_is_exact(tmp_path: Path) -> None:
     values = np.random.default_rng(2).uniform(0, 4, (17, 23)).astype(np.float32)
     io.write_bytes_atomic(tmp_path / "layer.tiff", io.encode_float_tiff(values))

@@ -79,7 +79,7 @@ class Radiograph:
 
     Attributes:
         intensity: ``(H, W)`` float64 display intensity in ``[0, 1]``, bone bright.
-        bit_depth: bits of the stored pixels (8 or 16; DICOM's BitsStored).
+        bit_depth: bits of the stored pixels (8 or 16; DICOM's BitsStored; 32 or 64 for a float TIFF).
         pixel_spacing_mm: pixel size from the file's header, or None when the format has none.
         path: where it was read from.
     """
@@ -296,7 +296,7 @@ def read_radiograph(path: str | os.PathLike) -> Radiograph:
             raise InputError(f"{path}: image contains NaN or infinite values")
         if pixels.min() < 0 or pixels.max() > 1:
             raise InputError(f"{path}: floating-point images must hold intensities in [0, 1]")
-        return Radiograph(pixels.astype(np.float64), 32, None, path)
+        return Radiograph(pixels.astype(np.float64), 8 * pixels.dtype.itemsize, None, path)
     else:
         raise InputError(f"{path}: unsupported pixel type {pixels.dtype}")
     if pixels.size == 0:
