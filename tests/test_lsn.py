@@ -502,6 +502,34 @@ def test_lsn_source_follows_the_source_protocol(tmp_path, tiny_weights):
         LsnSource(tmp_path)
 
 
+def test_twelve_bit_crops_in_sixteen_bit_files_make_pairs(tmp_path):
+    """12-bit data written unscaled into 16-bit PNGs spans a sixteenth of the range: read so, the
+    LSN's layers held a sixteenth of the attenuation and the dataset's display windows made
+    blank follow-ups (validate then counted them as the method's failures)."""
+    from jsnsynth.lsn.source import LsnSource
+    from jsnsynth.synth.dataset import build_dataset, iter_pairs
+    from jsnsynth.synth.io import read_radiograph
+
+    image = synthetic_joint(64, 0)[0]
+    (tmp_path / "crops").mkdir()
+    cv2.imwrite(str(tmp_path / "crops" / "c.png"), np.rint(image / 255.0 * 4095).astype(np.uint16))
+    radiograph = read_radiograph(tmp_path / "crops" / "c.png")
+    assert radiograph.bit_depth == 12
+    np.testing.assert_allclose(radiograph.intensity, image / 255.0, atol=1 / 4095)
+    build_dataset(LsnSource(tmp_path / "crops"), tmp_path / "ds", 3, seed=1, layers_every=0, quiet=True,
+                  split_fractions=(1.0, 0.0, 0.0))
+    for row in iter_pairs(tmp_path / "ds"):
+        for name in ("baseline", "followup"):
+            assert np.ptp(row[name]) > 20000
+    # a crop too faint for the display windows drawn: refused, naming it, not written blank
+    (tmp_path / "faint").mkdir()
+    cv2.imwrite(str(tmp_path / "faint" / "f.png"), np.rint(image / 255.0 * 12).astype(np.uint8))
+    with pytest.raises(InputError, match=r"joint f: pair 0's (baseline|followup) comes out blank through its display window"):
+        build_dataset(LsnSource(tmp_path / "faint"), tmp_path / "ds_faint", 1, seed=1, layers_every=0, quiet=True,
+                      split_fractions=(1.0, 0.0, 0.0))
+    assert not (tmp_path / "ds_faint" / "data").exists()
+
+
 def test_lsn_source_names_a_crop_whose_bones_make_no_joint(tmp_path, monkeypatch):
     # a crop the network reads as two bones side by side: the pairs cannot place a joint, and the
     # error used to name no crop ("the lower-bone mask is not below the upper-bone mask")

@@ -431,13 +431,33 @@ def pair_id_of(index: int) -> str:
     return f"pair-{index:07d}"
 
 
+#: Least spread of a pair's noise-free image, share of the display range: below it the image is
+#: blank (a joint too faint for the display windows drawn), and no method could measure the pair.
+MIN_IMAGE_RANGE = 0.01
+
+
 def simulate_pair(source: JointSource, joint_id: str, index: int, seed: int, config: PairConfig) -> Pair:
-    """Load joint ``joint_id`` and simulate pair ``index`` from ``SeedSequence([seed, index])``."""
+    """Load joint ``joint_id`` and simulate pair ``index`` from ``SeedSequence([seed, index])``.
+
+    Raises:
+        InputError: an image of the pair comes out blank (see :data:`MIN_IMAGE_RANGE`).
+    """
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     layers = source.load(joint_id, rng)
     params = sample_pair_params(rng, layers.pixel_spacing_mm, config)
     renderer = source.render_with_poses if getattr(source, "exact_pose_rendering", False) else None
-    return make_pair(layers, params, renderer, config.soft_tissue_blend_mm)
+    pair = make_pair(layers, params, renderer, config.soft_tissue_blend_mm)
+    for role in ("baseline", "followup"):
+        clean = getattr(pair, f"{role}_clean")
+        if float(clean.max() - clean.min()) < MIN_IMAGE_RANGE:
+            imaging = getattr(params, f"{role}_imaging")
+            brightest = float(1.0 - np.exp(-layers.attenuation().max()))
+            raise InputError(
+                f"joint {joint_id}: pair {index}'s {role} comes out blank through its display window "
+                f"{imaging.window_low:.3f}-{imaging.window_high:.3f} (the joint's intensity reaches {brightest:.3f}): "
+                "a crop too faint, or stored with fewer bits than its file holds"
+            )
+    return pair
 
 
 # worker-process state: set once per process by _init_worker
