@@ -584,6 +584,53 @@ def test_separate_refuses_crops_without_a_joint_and_absurd_spacings_before_writi
         check_separation(some, ~some, "crop")
 
 
+def test_separate_writes_crop_by_crop_and_resumes(tmp_path, capsys, monkeypatch):
+    """All crops' files were held in memory and written at the end (3.8 MB a crop), so a long
+    run that was interrupted, or stopped by one bad crop, left nothing and started over."""
+    import jsnsynth.lsn.infer as infer
+
+    crops = tmp_path / "crops"
+    for seed in range(3):
+        write_bytes_atomic(crops / f"joint{seed}.png", encode_png(synthetic_joint(64, seed)[0]))
+    write_bytes_atomic(crops / "zblank.png", encode_png(np.full((64, 64), 120, np.uint8)))  # no bone in it
+    assert main(["separate", str(crops), "--out", str(tmp_path / "out")]) == 1
+    assert "zblank.png: no" in capsys.readouterr().err
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == sorted([infer.SEPARATION_RECORD, *(n for k in range(3) for n in infer.output_names(f"joint{k}"))])
+    (crops / "zblank.png").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    assert main(["separate", str(crops), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 0 separation(s)" in out and "(3 already there)" in out
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == before
+    # a crop changed, or another spacing: separated again
+    write_bytes_atomic(crops / "joint1.png", encode_png(synthetic_joint(64, 7)[0]))
+    assert main(["separate", str(crops), "--out", str(tmp_path / "out")]) == 0
+    assert "wrote 1 separation(s)" in capsys.readouterr().out
+    assert main(["separate", str(crops), "--out", str(tmp_path / "out"), "--pixel-spacing", "0.17"]) == 0
+    assert "wrote 3 separation(s)" in capsys.readouterr().out
+    # interrupted inside the second crop: the first complete, nothing of the second; resumed, the
+    # same bytes as a run that was never interrupted
+    original, calls = infer.write_files_atomic, {"n": 0}
+
+    def interrupted(files):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        original(files)
+
+    monkeypatch.setattr(infer, "write_files_atomic", interrupted)
+    assert main(["separate", str(crops), "--out", str(tmp_path / "cut")]) == 130
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == sorted([infer.SEPARATION_RECORD,
+                                                                            *infer.output_names("joint0")])
+    monkeypatch.setattr(infer, "write_files_atomic", original)
+    assert main(["separate", str(crops), "--out", str(tmp_path / "cut")]) == 0
+    assert "wrote 2 separation(s) to" in capsys.readouterr().out
+    assert main(["separate", str(crops), "--out", str(tmp_path / "whole")]) == 0
+    for path in (tmp_path / "whole").iterdir():
+        assert (tmp_path / "cut" / path.name).read_bytes() == path.read_bytes(), path.name
+
+
 def test_a_crop_stored_with_bone_dark_is_named(tmp_path, capsys):
     """An inverted crop was separated without a word into layers that are not bones."""
     image, _, _, _ = synthetic_joint(96)

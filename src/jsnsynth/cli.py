@@ -327,15 +327,18 @@ def separate_command(images: tuple[Path, ...], out_dir: Path, weights: Path | No
     IMAGES are crop files, or folders whose crops (PNG, JPEG, TIFF, BMP, DICOM) are all taken
     (less the files separate writes).
     Writes per crop STEM: STEM_{soft,upper,lower}.tif (float32 attenuation), STEM_{upper,lower}_mask.png,
-    STEM_recomposed.png (16-bit) and STEM_panel.png.
+    STEM_recomposed.png (16-bit) and STEM_panel.png. Each crop's files are written together as it
+    is separated; run again, the command skips the crops already written from the same input,
+    spacing and weights (an interrupted run resumes).
     """
     from jsnsynth.lsn.infer import folder_crops, separate_files
 
     files = [crop for path in images for crop in (folder_crops(path) if path.is_dir() else [path])]
-    panels = separate_files(files, out_dir, weights=weights, pixel_spacing_mm=pixel_spacing_mm)
-    for panel in panels:
+    run = separate_files(files, out_dir, weights=weights, pixel_spacing_mm=pixel_spacing_mm)
+    for panel in run.panels:
         click.echo(f"panel: {panel}")
-    click.echo(f"wrote {len(panels)} separation(s) to {out_dir}")
+    resumed = f" ({run.resumed} already there)" if run.resumed else ""
+    click.echo(f"wrote {len(run.panels) - run.resumed} separation(s) to {out_dir}{resumed}")
 
 
 @cli.group("lsn")
@@ -412,8 +415,8 @@ def demo_command(out_dir: Path, n_pairs: int, seed: int) -> None:
     crops.mkdir(parents=True, exist_ok=True)
     for sample in samples[:4]:  # one file name per crop, so the outputs do not collide
         shutil.copyfile(sample / "radiograph.png", crops / f"{sample.name}.png")
-    written = separate_files(sorted(crops.glob("*.png")), out_dir / "separation")
-    click.echo(f"      {len(written)} crops separated; panels: {out_dir / 'separation'}/*panel.png")
+    run = separate_files(sorted(crops.glob("*.png")), out_dir / "separation")
+    click.echo(f"      {len(run.panels)} crops separated; panels: {out_dir / 'separation'}/*panel.png")
     click.echo(f"done: everything is in {out_dir}/")
 
 

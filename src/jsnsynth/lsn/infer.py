@@ -20,6 +20,8 @@ is ever downloaded.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ from jsnsynth.synth.io import (
     encode_png,
     radiograph_files,
     read_radiograph,
+    write_bytes_atomic,
     write_files_atomic,
 )
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, joint_frame_from_masks
@@ -453,20 +456,29 @@ def panel_image(intensity: np.ndarray, separation: Separation) -> np.ndarray:
     return np.concatenate(row, axis=1)
 
 
+#: The record :func:`separate_files` keeps in its output folder of what each crop's files were
+#: made from (input bytes, pixel spacing, weights, revision): a rerun skips the crops it shows done.
+SEPARATION_RECORD = ".jsnsynth-separate.json"
+
+
 def separate_files(
     paths: list[str | os.PathLike],
     out_dir: str | os.PathLike,
     weights: str | os.PathLike | None = None,
     pixel_spacing_mm: float | None = None,
-) -> list[Path]:
+) -> SeparationRun:
     """Separate image files and write, per crop ``STEM``, into ``out_dir``:
 
     ``STEM_soft.tif``, ``STEM_upper.tif``, ``STEM_lower.tif`` (float32 attenuation),
     ``STEM_upper_mask.png``, ``STEM_lower_mask.png`` (8-bit 0/255), ``STEM_recomposed.png``
     (16-bit) and ``STEM_panel.png``.
 
-    Every input is read and checked, and every output path checked, before anything is written;
-    the files of all crops appear together at the end, or none of them.
+    Every input is read and checked, and every output path checked, before anything is written.
+    The crops are then separated one at a time, each crop's files written together or not at
+    all, so that memory does not grow with the number of crops; an interrupted or failed run
+    leaves the crops before it complete, and the same command run again skips them (the
+    folder's :data:`SEPARATION_RECORD` says what each crop's files were made from: the same
+    input bytes, pixel spacing, weights and :data:`SEPARATION_REVISION`).
 
     Args:
         paths: radiograph crops (PNG, JPEG, TIFF, BMP, DICOM; 8 or 16 bit).
@@ -476,11 +488,13 @@ def separate_files(
             spacing when there is one, else the training spacing.
 
     Returns:
-        The panel paths, one per input.
+        A :class:`SeparationRun`: the panel paths, one per input, and how many crops were
+        already there.
 
     Raises:
         InputError: an unreadable, colour, too small or NaN-holding input, an implausible pixel
-            spacing, a crop in which no bone is found, or two inputs with the same file stem.
+            spacing, a crop in which no bone is found (the crops before it stay written), or two
+            inputs with the same file stem.
         OutputError: ``out_dir`` exists and is not a folder, or an output that cannot be written
             or would overwrite an input or another output.
     """
@@ -499,39 +513,70 @@ def separate_files(
     for output in outputs:
         check_writable(output)
     inputs = []
-    for path in paths:
+    for path in paths:  # checked up front, kept only by name: read again when separated
         radiograph = read_radiograph(path)
-        intensity = check_crop(radiograph.intensity, str(path))
-        stem = Path(path).stem
+        check_crop(radiograph.intensity, str(path))
         spacing = pixel_spacing_mm if pixel_spacing_mm is not None else radiograph.pixel_spacing_mm
         if spacing is not None:  # before the model loads: every crop is checked first
             check_pixel_spacing(spacing, str(path))
-        inputs.append((stem, intensity, spacing, str(path)))
+        inputs.append((Path(path).stem, Path(path), spacing))
     model = load_model(weights)
-    # every crop separated (and its separation checked) before the first file is written
-    separations = []
-    for stem, intensity, spacing, label in inputs:
-        separation = separate_intensity(intensity, model, spacing, name=label)
-        check_separation(separation.layers.upper_mask, separation.layers.lower_mask, label)
-        warn_if_doubtful(intensity, separation, model, spacing, label)
-        separations.append((stem, intensity, separation))
-    panels = []
-    files: dict[Path, bytes] = {}
-    for stem, intensity, separation in separations:
-        layers = separation.layers
-        for layer_name in ("soft", "upper", "lower"):
-            files[out_dir / f"{stem}_{layer_name}.tif"] = encode_float_tiff(getattr(layers, layer_name))
-        files[out_dir / f"{stem}_upper_mask.png"] = encode_png(layers.upper_mask.astype(np.uint8) * 255)
-        files[out_dir / f"{stem}_lower_mask.png"] = encode_png(layers.lower_mask.astype(np.uint8) * 255)
-        files[out_dir / f"{stem}_recomposed.png"] = encode_png(quantize(separation.recomposed, 16))
-        ok, buffer = cv2.imencode(".png", cv2.cvtColor(panel_image(intensity, separation), cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise OutputError(f"{stem}: panel encoding failed")
+    weights_digest = hashlib.sha256(Path(weights if weights is not None else DEFAULT_WEIGHTS).read_bytes()).hexdigest()
+    record_path = out_dir / SEPARATION_RECORD
+    record = _read_separation_record(record_path)
+    panels, resumed = [], 0
+    for stem, path, spacing in inputs:
+        made_from = {"input_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "pixel_spacing_mm": spacing,
+                     "weights_sha256": weights_digest, "revision": SEPARATION_REVISION}
         panel = out_dir / f"{stem}_panel.png"
-        files[panel] = buffer.tobytes()
         panels.append(panel)
-    write_files_atomic(files)  # all or nothing: a crop's layers without their masks are no use
-    return panels
+        if record.get(stem) == made_from and all((out_dir / name).is_file() for name in output_names(stem)):
+            resumed += 1
+            continue
+        intensity = check_crop(read_radiograph(path).intensity, str(path))
+        separation = separate_intensity(intensity, model, spacing, name=str(path))
+        check_separation(separation.layers.upper_mask, separation.layers.lower_mask, str(path))
+        warn_if_doubtful(intensity, separation, model, spacing, str(path))
+        # all of a crop's files or none: its layers without their masks are no use
+        write_files_atomic(_separation_files(out_dir, stem, intensity, separation))
+        record[stem] = made_from
+        write_bytes_atomic(record_path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    return SeparationRun(panels, resumed)
+
+
+@dataclass(frozen=True)
+class SeparationRun:
+    """What :func:`separate_files` did: ``panels``, one per input, in their order, and how many
+    crops were ``resumed`` (already written by an earlier run of the same command)."""
+
+    panels: list[Path]
+    resumed: int
+
+
+def _read_separation_record(path: Path) -> dict:
+    """The crops an earlier run recorded (stem -> what its files were made from); none when there
+    is no record or it cannot be read (everything is then separated again)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _separation_files(out_dir: Path, stem: str, intensity: np.ndarray, separation: Separation) -> dict[Path, bytes]:
+    """The seven files of one crop's separation, path -> bytes."""
+    layers = separation.layers
+    files: dict[Path, bytes] = {}
+    for layer_name in ("soft", "upper", "lower"):
+        files[out_dir / f"{stem}_{layer_name}.tif"] = encode_float_tiff(getattr(layers, layer_name))
+    files[out_dir / f"{stem}_upper_mask.png"] = encode_png(layers.upper_mask.astype(np.uint8) * 255)
+    files[out_dir / f"{stem}_lower_mask.png"] = encode_png(layers.lower_mask.astype(np.uint8) * 255)
+    files[out_dir / f"{stem}_recomposed.png"] = encode_png(quantize(separation.recomposed, 16))
+    ok, buffer = cv2.imencode(".png", cv2.cvtColor(panel_image(intensity, separation), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OutputError(f"{stem}: panel encoding failed")
+    files[out_dir / f"{stem}_panel.png"] = buffer.tobytes()
+    return files
 
 
 #: What :func:`separate_files` appends to a crop's stem for each file it writes.
