@@ -29,6 +29,7 @@ import time
 import warnings
 from pathlib import Path
 from docblock import local_figures, write_doc_block  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from bench_quantify_inputs import clahe_equalised, unsharp_masked  # noqa: E402
 
 import cv2
 import numpy as np
@@ -237,19 +238,13 @@ def evaluate_turned(cache, model, every: int = 20) -> str:
 
 
 #: Display processing a site may apply before it stores a crop: label -> function of an intensity
-#: crop in [0, 1] (unsharp masking ``f + amount (f - G_sigma * f)`` clipped; CLAHE on 8 bits).
+#: crop in [0, 1] (bench_quantify_inputs' unsharp mask and CLAHE, as its pairs are processed).
 PROCESSINGS = {
-    "sharpened (unsharp mask, sigma 3 px, amount 1)": lambda f: _unsharp(f, 3.0, 1.0),
-    "sharpened (unsharp mask, sigma 8 px, amount 0.6)": lambda f: _unsharp(f, 8.0, 0.6),
-    "sharpened (unsharp mask, sigma 20 px, amount 1)": lambda f: _unsharp(f, 20.0, 1.0),
-    "equalised (CLAHE, clip limit 2, 4 x 4 tiles)": lambda f: cv2.createCLAHE(2.0, (4, 4)).apply(
-        np.clip(np.rint(f * 255), 0, 255).astype(np.uint8)) / 255.0,
+    "sharpened (unsharp mask, sigma 3 px, amount 1)": lambda f: unsharp_masked(f, 3.0, 1.0),
+    "sharpened (unsharp mask, sigma 8 px, amount 0.6)": lambda f: unsharp_masked(f, 8.0, 0.6),
+    "sharpened (unsharp mask, sigma 20 px, amount 1)": lambda f: unsharp_masked(f, 20.0, 1.0),
+    "equalised (CLAHE, clip limit 2, 4 x 4 tiles)": lambda f: clahe_equalised(f, 2.0, 4),
 }
-
-
-def _unsharp(crop: np.ndarray, sigma_px: float, amount: float) -> np.ndarray:
-    """``crop`` sharpened by an unsharp mask, clipped to [0, 1]."""
-    return np.clip(crop + amount * (crop - cv2.GaussianBlur(crop, (0, 0), sigma_px)), 0.0, 1.0)
 
 
 def evaluate_processed(cache, model, every: int = 20) -> str:

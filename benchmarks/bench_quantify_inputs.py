@@ -119,6 +119,19 @@ PROCESSINGS = {
 }
 
 
+def unsharp_masked(intensity: np.ndarray, sigma_px: float, amount: float) -> np.ndarray:
+    """An intensity image in [0, 1] sharpened as a site's display processing does it:
+    ``f + amount (f - G_sigma * f)``, clipped to [0, 1] (float64)."""
+    f = np.asarray(intensity, dtype=np.float64)
+    return np.clip(f + amount * (f - cv2.GaussianBlur(f, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)), 0.0, 1.0)
+
+
+def clahe_equalised(intensity: np.ndarray, clip_limit: float, tiles: int) -> np.ndarray:
+    """An intensity image in [0, 1] equalised by OpenCV's CLAHE at 16 bits (float64 in [0, 1])."""
+    wide = np.rint(np.clip(intensity, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles)).apply(wide) / 65535.0
+
+
 def processed(pair: Pair, label: str) -> Pair:
     """``pair`` with the :data:`PROCESSINGS` entry ``label`` applied to its images, stored back in
     their own type (rounded)."""
@@ -126,12 +139,8 @@ def processed(pair: Pair, label: str) -> Pair:
 
     def one(image: np.ndarray) -> np.ndarray:
         top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
-        if kind == "clahe":
-            wide = np.rint(image / top * 65535.0).astype(np.uint16)
-            out = cv2.createCLAHE(clipLimit=a, tileGridSize=(b, b)).apply(wide) / 65535.0
-        else:
-            f = image.astype(np.float64) / top
-            out = np.clip(f + b * (f - cv2.GaussianBlur(f, (0, 0), a, borderType=cv2.BORDER_REFLECT)), 0.0, 1.0)
+        f = image.astype(np.float64) / top
+        out = clahe_equalised(f, a, b) if kind == "clahe" else unsharp_masked(f, a, b)
         return np.rint(out * top).astype(image.dtype) if top != 1.0 else out.astype(image.dtype)
 
     return tuple(one(a) if k in which else a for k, a in enumerate(pair))

@@ -155,6 +155,19 @@ def test_a_pair_is_replayed_from_its_row(phantom_dataset: Path) -> None:
         pair_params_from_row({"image": 1})
 
 
+def test_a_pair_that_comes_out_blank_is_refused_naming_its_joint(tmp_path: Path) -> None:
+    # display windows above every intensity of the joint: all black, a pair no method could
+    # measure, was written with its exact truth
+    from jsnsynth.synth.xray import ImagingRanges
+
+    config = PairConfig(imaging=ImagingRanges(window_low=(0.97, 0.97), window_high=(0.99, 0.99)), noise=False)
+    with pytest.raises(InputError, match=r"joint phantom-000000: pair 0's baseline comes out all black through its "
+                                         r"display window 0.970-0.990 \(the joint's intensities span"):
+        build_dataset(PhantomSource(n_joints=1, size_px=64), tmp_path / "ds", 1, seed=1, layers_every=0, quiet=True,
+                      split_fractions=(1.0, 0.0, 0.0), pair_config=config)
+    assert not (tmp_path / "ds" / "data").exists()
+
+
 def test_load_dataset_round_trip_keeps_16_bit_pixels(phantom_dataset: Path, monkeypatch, tmp_path: Path) -> None:
     from datasets import load_dataset
 

@@ -6,6 +6,8 @@ bundled weights, which use the shipped file on 64-96 px crops.
 
 from __future__ import annotations
 
+import hashlib
+
 import csv
 import socket
 import warnings
@@ -502,32 +504,19 @@ def test_lsn_source_follows_the_source_protocol(tmp_path, tiny_weights):
         LsnSource(tmp_path)
 
 
-def test_twelve_bit_crops_in_sixteen_bit_files_make_pairs(tmp_path):
-    """12-bit data written unscaled into 16-bit PNGs spans a sixteenth of the range: read so, the
-    LSN's layers held a sixteenth of the attenuation and the dataset's display windows made
-    blank follow-ups (validate then counted them as the method's failures)."""
+def test_lsn_source_refuses_crops_too_faint_for_the_pairs(tmp_path):
+    """12-bit data written unscaled into 16-bit PNGs peaks at a sixteenth of the range: the LSN's
+    layers held a sixteenth of the attenuation, the dataset's display windows made blank
+    follow-ups, and validate counted them as the method's failures."""
     from jsnsynth.lsn.source import LsnSource
-    from jsnsynth.synth.dataset import build_dataset, iter_pairs
-    from jsnsynth.synth.io import read_radiograph
 
     image = synthetic_joint(64, 0)[0]
     (tmp_path / "crops").mkdir()
-    cv2.imwrite(str(tmp_path / "crops" / "c.png"), np.rint(image / 255.0 * 4095).astype(np.uint16))
-    radiograph = read_radiograph(tmp_path / "crops" / "c.png")
-    assert radiograph.bit_depth == 12
-    np.testing.assert_allclose(radiograph.intensity, image / 255.0, atol=1 / 4095)
-    build_dataset(LsnSource(tmp_path / "crops"), tmp_path / "ds", 3, seed=1, layers_every=0, quiet=True,
-                  split_fractions=(1.0, 0.0, 0.0))
-    for row in iter_pairs(tmp_path / "ds"):
-        for name in ("baseline", "followup"):
-            assert np.ptp(row[name]) > 20000
-    # a crop too faint for the display windows drawn: refused, naming it, not written blank
-    (tmp_path / "faint").mkdir()
-    cv2.imwrite(str(tmp_path / "faint" / "f.png"), np.rint(image / 255.0 * 12).astype(np.uint8))
-    with pytest.raises(InputError, match=r"joint f: pair 0's (baseline|followup) comes out blank through its display window"):
-        build_dataset(LsnSource(tmp_path / "faint"), tmp_path / "ds_faint", 1, seed=1, layers_every=0, quiet=True,
-                      split_fractions=(1.0, 0.0, 0.0))
-    assert not (tmp_path / "ds_faint" / "data").exists()
+    cv2.imwrite(str(tmp_path / "crops" / "full.png"), image.astype(np.uint16) * 257)
+    assert LsnSource(tmp_path / "crops").joint_ids() == ["full"]
+    cv2.imwrite(str(tmp_path / "crops" / "c12.png"), np.rint(image / 255.0 * 4095).astype(np.uint16))
+    with pytest.raises(InputError, match=r"c12.png: its brightest pixel is 4\.6% of the file's range \(12- or 14-bit"):
+        LsnSource(tmp_path / "crops")
 
 
 def test_lsn_source_names_a_crop_whose_bones_make_no_joint(tmp_path, monkeypatch):
@@ -589,6 +578,11 @@ def test_separate_writes_crop_by_crop_and_resumes(tmp_path, capsys, monkeypatch)
     run that was interrupted, or stopped by one bad crop, left nothing and started over."""
     import jsnsynth.lsn.infer as infer
 
+    # the bundled network in a weights file of other bytes: other weights, as far as a record knows
+    payload = torch.load(DEFAULT_WEIGHTS, map_location="cpu", weights_only=True)
+    other_weights = str(tmp_path / "other.pt")
+    torch.save({**payload, "training": {"copied": True}}, other_weights)
+
     crops = tmp_path / "crops"
     for seed in range(3):
         write_bytes_atomic(crops / f"joint{seed}.png", encode_png(synthetic_joint(64, seed)[0]))
@@ -609,6 +603,44 @@ def test_separate_writes_crop_by_crop_and_resumes(tmp_path, capsys, monkeypatch)
     assert "wrote 1 separation(s)" in capsys.readouterr().out
     assert main(["separate", str(crops), "--out", str(tmp_path / "out"), "--pixel-spacing", "0.17"]) == 0
     assert "wrote 3 separation(s)" in capsys.readouterr().out
+    assert main(["separate", str(crops), "--out", str(tmp_path / "out"), "--pixel-spacing", "0.17",
+                 "--weights", other_weights]) == 0
+    assert "wrote 3 separation(s)" in capsys.readouterr().out
+    # an output deleted: that crop is made again, and the other outputs of its stem are still no
+    # crops (the record lists the stem)
+    (tmp_path / "out" / "joint2_panel.png").unlink()
+    assert infer.folder_crops(tmp_path / "out") == []
+    assert main(["separate", str(crops), "--out", str(tmp_path / "out"), "--pixel-spacing", "0.17",
+                 "--weights", other_weights]) == 0
+    assert "wrote 1 separation(s)" in capsys.readouterr().out and (tmp_path / "out" / "joint2_panel.png").is_file()
+    # a crop's files replaced by another input's, the run cut before it recorded them: the first
+    # input again is separated again, not skipped on its stale entry
+    first = (tmp_path / "out" / "joint0_upper.tif").read_bytes()
+    original_bytes = (crops / "joint0.png").read_bytes()
+    write_bytes_atomic(crops / "joint0.png", encode_png(synthetic_joint(64, 9)[0]))
+    new_digest = hashlib.sha256((crops / "joint0.png").read_bytes()).hexdigest()
+    write_record = infer._write_separation_record
+
+    def cut_before_recording(path, record):
+        if record.get("joint0", {}).get("input_sha256") == new_digest:  # the new files are written
+            raise KeyboardInterrupt
+        write_record(path, record)
+
+    monkeypatch.setattr(infer, "_write_separation_record", cut_before_recording)
+    assert main(["separate", str(crops / "joint0.png"), "--out", str(tmp_path / "out"), "--pixel-spacing", "0.17",
+                 "--weights", other_weights]) == 130
+    monkeypatch.setattr(infer, "_write_separation_record", write_record)
+    assert (tmp_path / "out" / "joint0_upper.tif").read_bytes() != first
+    write_bytes_atomic(crops / "joint0.png", original_bytes)
+    assert main(["separate", str(crops / "joint0.png"), "--out", str(tmp_path / "out"), "--pixel-spacing", "0.17",
+                 "--weights", other_weights]) == 0
+    assert "wrote 1 separation(s)" in capsys.readouterr().out
+    assert (tmp_path / "out" / "joint0_upper.tif").read_bytes() == first
+    # the record's path taken by a folder: refused before anything is written
+    (tmp_path / "taken" / infer.SEPARATION_RECORD).mkdir(parents=True)
+    assert main(["separate", str(crops), "--out", str(tmp_path / "taken")]) == 1
+    assert "it is a folder" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == [infer.SEPARATION_RECORD]
     # interrupted inside the second crop: the first complete, nothing of the second; resumed, the
     # same bytes as a run that was never interrupted
     original, calls = infer.write_files_atomic, {"n": 0}

@@ -508,9 +508,10 @@ def separate_files(
         if stem in stems:
             raise InputError(f"{path}: another input has the same name '{stem}'; outputs would collide")
         stems.add(stem)
+    record_path = out_dir / SEPARATION_RECORD
     outputs = [out_dir / name for path in paths for name in output_names(Path(path).stem)]
-    check_outputs_apart(outputs, paths)
-    for output in outputs:
+    check_outputs_apart([*outputs, record_path], paths)
+    for output in (*outputs, record_path):
         check_writable(output)
     inputs = []
     for path in paths:  # checked up front, kept only by name: read again when separated
@@ -522,7 +523,6 @@ def separate_files(
         inputs.append((Path(path).stem, Path(path), spacing))
     model = load_model(weights)
     weights_digest = hashlib.sha256(Path(weights if weights is not None else DEFAULT_WEIGHTS).read_bytes()).hexdigest()
-    record_path = out_dir / SEPARATION_RECORD
     record = _read_separation_record(record_path)
     panels, resumed = [], 0
     for stem, path, spacing in inputs:
@@ -537,10 +537,15 @@ def separate_files(
         separation = separate_intensity(intensity, model, spacing, name=str(path))
         check_separation(separation.layers.upper_mask, separation.layers.lower_mask, str(path))
         warn_if_doubtful(intensity, separation, model, spacing, str(path))
+        files = _separation_files(out_dir, stem, intensity, separation)
+        # the crop's old entry goes before its files change: interrupted between the two, a run
+        # that recorded other files for the stem (another input, other weights) would skip it
+        if record.pop(stem, None) is not None:
+            _write_separation_record(record_path, record)
         # all of a crop's files or none: its layers without their masks are no use
-        write_files_atomic(_separation_files(out_dir, stem, intensity, separation))
+        write_files_atomic(files)
         record[stem] = made_from
-        write_bytes_atomic(record_path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+        _write_separation_record(record_path, record)
     return SeparationRun(panels, resumed)
 
 
@@ -561,6 +566,10 @@ def _read_separation_record(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
+
+
+def _write_separation_record(path: Path, record: dict) -> None:
+    write_bytes_atomic(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
 
 
 def _separation_files(out_dir: Path, stem: str, intensity: np.ndarray, separation: Separation) -> dict[Path, bytes]:
@@ -591,15 +600,18 @@ def output_names(stem: str) -> list[str]:
 def folder_crops(folder: str | os.PathLike) -> list[Path]:
     """The crops of a folder (:func:`~jsnsynth.synth.io.radiograph_files`) less what
     :func:`separate_files` wrote there: run again on its own output folder, it took its layers
-    and masks for crops. A file is taken for an output only with every other output of its stem
-    beside it: a crop that is merely named like one (``joint_panel.png``) is still a crop."""
+    and masks for crops. A file named as an output is one when the folder's
+    :data:`SEPARATION_RECORD` lists its stem, or every other output of its stem lies beside it;
+    a crop merely named like one (``joint_panel.png``) is still a crop."""
     files = radiograph_files(folder)
     names = {path.name for path in files}
+    recorded = _read_separation_record(Path(folder) / SEPARATION_RECORD)
     written: set[str] = set()
     for path in files:
         for suffix in OUTPUT_SUFFIXES:
             if path.name.endswith("_" + suffix):
-                outputs = output_names(path.name[: -len(suffix) - 1])
-                if all(name in names for name in outputs):
+                stem = path.name[: -len(suffix) - 1]
+                outputs = output_names(stem)
+                if stem in recorded or all(name in names for name in outputs):
                     written.update(outputs)
     return [path for path in files if path.name not in written]

@@ -27,6 +27,26 @@ LSN_CITATION = (
 )
 
 
+#: Least brightest-pixel intensity of a crop the source takes (share of its file's range): the
+#: pairs' display windows (:class:`~jsnsynth.synth.xray.ImagingRanges`: black at up to 0.08)
+#: are set for crops that use the range, and 12-bit data written unscaled into a 16-bit file
+#: (peak 1/16) made blank follow-ups, which ``validate`` then counted as the method's failures.
+MIN_CROP_PEAK = 0.25
+
+
+def check_crop_range(intensity: np.ndarray, path: str | os.PathLike) -> None:
+    """Refuse a crop whose brightest pixel is under :data:`MIN_CROP_PEAK` of its file's range.
+
+    Raises:
+        InputError: naming the file and its peak.
+    """
+    peak = float(intensity.max())
+    if peak < MIN_CROP_PEAK:
+        raise InputError(f"{path}: its brightest pixel is {peak:.1%} of the file's range (12- or 14-bit data written "
+                         "unscaled into a 16-bit file?); the pairs' display windows would leave it blank: store it at "
+                         "the full range")
+
+
 class LsnSource:
     """Radiograph crops in a folder, separated into layers by the LSN.
 
@@ -39,8 +59,9 @@ class LsnSource:
         weights: LSN weights file (default: the bundled weights).
 
     Raises:
-        InputError: a missing folder, a folder without images, an unreadable crop or one smaller
-            than the quantifier measures (checked up front), or missing weights.
+        InputError: a missing folder, a folder without images, an unreadable crop, one smaller
+            than the quantifier measures or one too faint (:func:`check_crop_range`; checked up
+            front), or missing weights.
     """
 
     name = "lsn"
@@ -59,8 +80,11 @@ class LsnSource:
         for path in folder_crops(self.root):
             if path.stem in self._files:
                 raise InputError(f"{path}: two crops share the joint id '{path.stem}'")
-            # every crop read up front: a damaged or too small one is an error before anything is written
-            check_measurable_size(read_radiograph(path).intensity.shape, path)
+            # every crop read up front: a damaged, too small or too faint one is an error before
+            # anything is written
+            intensity = read_radiograph(path).intensity
+            check_measurable_size(intensity.shape, path)
+            check_crop_range(intensity, path)
             self._files[path.stem] = path
         self.pixel_spacing_mm = pixel_spacing_mm
         self.weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS

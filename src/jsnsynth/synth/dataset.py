@@ -39,6 +39,7 @@ import pickle
 import signal
 import warnings
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -71,8 +72,7 @@ SPLITS = ("train", "validation", "test")
 IMAGING_FIELDS = tuple(ImagingParams.__dataclass_fields__)
 #: The columns of a ``pairs`` row that :func:`pair_params_from_row` reads.
 IMAGING_COLUMNS = tuple(f"{role}_{name}" for role in ("baseline", "followup") for name in IMAGING_FIELDS)
-PAIR_PARAM_COLUMNS = ("jsn_px", "jsn_mm", "upper_flexion_deg", "lower_flexion_deg", "global_angle_deg", "global_scale",
-                      "global_dx", "global_dy", *IMAGING_COLUMNS)
+PAIR_PARAM_COLUMNS = (*(f.name for f in dataclass_fields(PairParams) if not f.name.endswith("_imaging")), *IMAGING_COLUMNS)
 #: Bumped when the columns or their meaning change.
 SCHEMA_VERSION = 1
 
@@ -432,7 +432,8 @@ def pair_id_of(index: int) -> str:
 
 
 #: Least spread of a pair's noise-free image, share of the display range: below it the image is
-#: blank (a joint too faint for the display windows drawn), and no method could measure the pair.
+#: blank (a joint's intensities all below or above the display window drawn), and no method
+#: could measure the pair.
 MIN_IMAGE_RANGE = 0.01
 
 
@@ -451,11 +452,12 @@ def simulate_pair(source: JointSource, joint_id: str, index: int, seed: int, con
         clean = getattr(pair, f"{role}_clean")
         if float(clean.max() - clean.min()) < MIN_IMAGE_RANGE:
             imaging = getattr(params, f"{role}_imaging")
-            brightest = float(1.0 - np.exp(-layers.attenuation().max()))
+            intensity = 1.0 - np.exp(-layers.attenuation())
+            shade = "black" if float(clean.mean()) < 0.5 else "white"
             raise InputError(
-                f"joint {joint_id}: pair {index}'s {role} comes out blank through its display window "
-                f"{imaging.window_low:.3f}-{imaging.window_high:.3f} (the joint's intensity reaches {brightest:.3f}): "
-                "a crop too faint, or stored with fewer bits than its file holds"
+                f"joint {joint_id}: pair {index}'s {role} comes out all {shade} through its display window "
+                f"{imaging.window_low:.3f}-{imaging.window_high:.3f} (the joint's intensities span "
+                f"{float(intensity.min()):.3f}-{float(intensity.max()):.3f}): no method could measure it"
             )
     return pair
 

@@ -301,24 +301,8 @@ def read_radiograph(path: str | os.PathLike) -> Radiograph:
         raise InputError(f"{path}: unsupported pixel type {pixels.dtype}")
     if pixels.size == 0:
         raise InputError(f"{path}: image has no pixels")
-    if bits == 16:
-        bits = stored_bits(pixels)
     intensity = pixels.astype(np.float64) / float((1 << bits) - 1)
     return Radiograph(intensity, bits, None, path)
-
-
-#: Bit depths of detector data that a 16-bit file may hold unscaled (:func:`stored_bits`).
-STORED_BIT_DEPTHS = (10, 12, 14)
-
-
-def stored_bits(pixels: np.ndarray) -> int:
-    """Bits of the data a 16-bit PNG, TIFF or BMP holds: the least of 10, 12 or 14 that every
-    value fits in and whose upper half holds the largest (detector data written unscaled, as a
-    DICOM's BitsStored would say), else 16. Read at 16 bits, 12-bit data spans a sixteenth of
-    the range, which the LSN's layers and the dataset builder's display windows take for
-    attenuation and intensity: its pairs came out blank."""
-    top = int(pixels.max()).bit_length()
-    return next((bits for bits in STORED_BIT_DEPTHS if bits - 2 < top <= bits), 16)
 
 
 #: Largest difference between the colour channels (share of full scale, 99.9th percentile) of an
