@@ -242,7 +242,8 @@ def publish_command(folder: Path, repo_id: str, private: bool) -> None:
 @click.option("--followup-upper-mask", type=click.Path(path_type=Path), help="Follow-up upper-bone mask (optional).")
 @click.option("--followup-lower-mask", type=click.Path(path_type=Path), help="Follow-up lower-bone mask (optional).")
 @click.option("--pixel-spacing", type=PIXEL_SPACING, help="mm/px; default: DICOM header, else 0.175 nominal.")
-@click.option("--residual-figure", type=click.Path(), callback=_file_to_write, help="Write the residual maps: PNG, or PDF, SVG or JPEG by the name's suffix.")
+@click.option("--residual-figure", type=click.Path(), callback=_file_to_write,
+              help="Write the residual maps: PNG, or PDF, SVG or JPEG by the name's suffix.")
 @click.option("--json", "json_out", type=click.Path(), callback=_file_to_write, help="Also write the JSON record here.")
 @click.option("--joint-center", type=FiniteFloatRange(), nargs=2, metavar="X Y", default=None,
               help="Joint centre (px) where JSN is read; default: from the baseline masks, as in jsnsynth datasets.")

@@ -1,9 +1,9 @@
 """Any folder of radiograph crops as a source of joint layers (contract 2), via the LSN.
 
 ``jsnsynth dataset --source lsn:DIR`` builds :class:`LsnSource` ``(DIR)``: every crop in the
-folder (less the files ``jsnsynth separate`` writes) is one joint (joint id = file stem); ``load`` separates it with the bundled model (or
-given weights) into soft-tissue, upper- and lower-bone layers, which the pair simulator then
-warps like any real source's raster layers.
+folder (less the files ``jsnsynth separate`` writes) is one joint (joint id = file stem);
+``load`` separates it with the bundled model (or given weights) into soft-tissue, upper- and
+lower-bone layers, which the pair simulator then warps like any real source's raster layers.
 """
 
 from __future__ import annotations

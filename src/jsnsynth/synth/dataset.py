@@ -72,7 +72,8 @@ SPLITS = ("train", "validation", "test")
 IMAGING_FIELDS = tuple(ImagingParams.__dataclass_fields__)
 #: The columns of a ``pairs`` row that :func:`pair_params_from_row` reads.
 IMAGING_COLUMNS = tuple(f"{role}_{name}" for role in ("baseline", "followup") for name in IMAGING_FIELDS)
-PAIR_PARAM_COLUMNS = (*(f.name for f in dataclass_fields(PairParams) if not f.name.endswith("_imaging")), *IMAGING_COLUMNS)
+PAIR_PARAM_COLUMNS = (*(f.name for f in dataclass_fields(PairParams) if not f.name.endswith("_imaging")),
+                      *IMAGING_COLUMNS)
 #: Bumped when the columns or their meaning change.
 SCHEMA_VERSION = 1
 
