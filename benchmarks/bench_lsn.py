@@ -243,7 +243,7 @@ PROCESSINGS = {
     "sharpened (unsharp mask, sigma 3 px, amount 1)": lambda f: unsharp_masked(f, 3.0, 1.0),
     "sharpened (unsharp mask, sigma 8 px, amount 0.6)": lambda f: unsharp_masked(f, 8.0, 0.6),
     "sharpened (unsharp mask, sigma 20 px, amount 1)": lambda f: unsharp_masked(f, 20.0, 1.0),
-    "equalised (CLAHE, clip limit 2, 4 x 4 tiles)": lambda f: clahe_equalised(f, 2.0, 4),
+    "equalised (CLAHE, clip limit 2, 4 x 4 tiles)": lambda f: clahe_equalised(f, 2.0, 4, 8),  # the crops are 8-bit
 }
 
 

@@ -126,10 +126,14 @@ def unsharp_masked(intensity: np.ndarray, sigma_px: float, amount: float) -> np.
     return np.clip(f + amount * (f - cv2.GaussianBlur(f, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)), 0.0, 1.0)
 
 
-def clahe_equalised(intensity: np.ndarray, clip_limit: float, tiles: int) -> np.ndarray:
-    """An intensity image in [0, 1] equalised by OpenCV's CLAHE at 16 bits (float64 in [0, 1])."""
-    wide = np.rint(np.clip(intensity, 0.0, 1.0) * 65535.0).astype(np.uint16)
-    return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles)).apply(wide) / 65535.0
+def clahe_equalised(intensity: np.ndarray, clip_limit: float, tiles: int, bits: int) -> np.ndarray:
+    """An intensity image in [0, 1] equalised by OpenCV's CLAHE at the ``bits`` (8 or 16) it is
+    stored with (float64 in [0, 1]). The depth matters: the clip limit is per histogram bin, and
+    8-bit data equalised at 16 bits fills one bin in 257, which the limit flattens to nearly a
+    linear stretch."""
+    top = float((1 << bits) - 1)
+    stored = np.rint(np.clip(intensity, 0.0, 1.0) * top).astype(np.uint8 if bits == 8 else np.uint16)
+    return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles)).apply(stored) / top
 
 
 def processed(pair: Pair, label: str) -> Pair:
@@ -140,7 +144,8 @@ def processed(pair: Pair, label: str) -> Pair:
     def one(image: np.ndarray) -> np.ndarray:
         top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
         f = image.astype(np.float64) / top
-        out = clahe_equalised(f, a, b) if kind == "clahe" else unsharp_masked(f, a, b)
+        bits = 8 if image.dtype == np.uint8 else 16
+        out = clahe_equalised(f, a, b, bits) if kind == "clahe" else unsharp_masked(f, a, b)
         return np.rint(out * top).astype(image.dtype) if top != 1.0 else out.astype(image.dtype)
 
     return tuple(one(a) if k in which else a for k, a in enumerate(pair))
