@@ -289,10 +289,27 @@ def test_train_writes_log_resumes_and_is_deterministic(tmp_path):
     (tmp_path / "c").mkdir()
     train(_tiny_config(2), tmp_path / "c", progress=False, pool=pool)
     (tmp_path / "c" / "config.json").unlink()  # same run, longer schedule: allowed by hand
+    log = (tmp_path / "c" / "log.csv").read_text().splitlines()
+    (tmp_path / "c" / "log.csv").write_text("\n".join([log[0], log[1].rsplit(",", 1)[0] + ",1000.0"]) + "\n")
     resumed = train(config, tmp_path / "c", progress=False, pool=pool)
     assert torch.load(resumed, weights_only=True)["training"]["steps"] == 4
     with open(tmp_path / "c" / "log.csv", newline="") as handle:
-        assert [int(r["step"]) for r in csv.DictReader(handle)] == [2, 4]
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    # the seconds count the whole run: they restarted from 0 at each resume
+    assert float(rows[1]["seconds"]) >= 1000.0
+
+
+def test_training_without_its_real_crops_is_refused(tmp_path, monkeypatch):
+    """Run from a folder where the config's ../shared/data/fingerjoints did not resolve, the
+    default config trained on phantoms alone, without a word."""
+    from jsnsynth.lsn.train import build_pool
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"/nonexistent: no such finger-joint folder .*\"fingerjoints\": \"\" to train"):
+        build_pool(TrainConfig(fingerjoints="/nonexistent", n_phantoms=5), tmp_path)
+    with pytest.raises(InputError, match="neither real crops .* nor phantoms"):
+        build_pool(TrainConfig(fingerjoints="", n_phantoms=0), tmp_path)
 
 
 def test_config_rejects_unknown_keys(tmp_path):

@@ -114,8 +114,9 @@ def build_real_cache(root: str | os.PathLike, cache_path: str | os.PathLike) -> 
     """Decode every crop of a finger-joint folder once and store it as one ``.npz``.
 
     Crops of another size than the first, or with an empty mask, are skipped (the loader would
-    reject them too). The cache is written atomically; an existing cache is reused when it lists
-    the same records.
+    reject them too). The cache is written atomically; an existing cache is reused when every
+    record it holds is still in the manifest (by name: delete the cache after changing crops
+    that keep their names).
 
     Args:
         root: the finger-joint folder (``manifest.csv`` + images).

@@ -77,7 +77,8 @@ class TrainConfig:
         lr: peak learning rate (AdamW), reached after ``warmup_steps``, cosine decay to 5 %.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up.
-        fingerjoints: the real finger-joint folder (skipped when it does not exist).
+        fingerjoints: the real finger-joint folder ("" for none: phantoms alone); a folder that
+            does not exist is an error.
         cache: the ``.npz`` cache of the decoded real crops (gitignored location).
         n_phantoms: phantoms rendered into the pool (0: none; none either when the phantom
             module is missing).
@@ -233,15 +234,25 @@ def export_weights(model: LayerSeparationNet, path: str | os.PathLike, record: d
     return path
 
 
-def build_pool(config: TrainConfig, out_dir: Path, allow_missing_real: bool = False):
-    """The training pool: real training-split crops from the cache, plus the phantom pool."""
+def build_pool(config: TrainConfig, out_dir: Path):
+    """The training pool: real training-split crops from the cache, plus the phantom pool.
+
+    Raises:
+        InputError: the config names a finger-joint folder that does not exist (run from
+            elsewhere, the default config trained on phantoms alone without a word), or it has
+            neither real crops nor phantoms.
+    """
     real = None
     indices = np.zeros(0, dtype=int)
-    if Path(config.fingerjoints).is_dir():
+    if config.fingerjoints:
+        if not Path(config.fingerjoints).is_dir():
+            raise InputError(f"{config.fingerjoints}: no such finger-joint folder (the config's fingerjoints, taken "
+                             f"from {Path.cwd()}): run from the repository root with ../shared beside it, or set "
+                             '"fingerjoints": "" to train on phantoms alone')
         real = build_real_cache(config.fingerjoints, config.cache)
         indices = real.indices(heldout=False)
-    elif not allow_missing_real and config.n_phantoms == 0:
-        raise InputError(f"{config.fingerjoints}: no such finger-joint folder and no phantoms configured")
+    elif config.n_phantoms == 0:
+        raise InputError("the config has neither real crops (fingerjoints) nor phantoms (n_phantoms): nothing to train on")
     phantoms = []
     if config.n_phantoms > 0:
         phantom_cache = out_dir / "phantom_pool.npz"
@@ -300,7 +311,8 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, export: str | os.Path
         optimiser.load_state_dict(checkpoint["optimiser"])
         start = int(checkpoint["step"])
     log_path = out_dir / "log.csv"
-    _truncate_log(log_path, start)
+    # the log's seconds count the whole run: a resumed run goes on from its last row's
+    seconds_before = _truncate_log(log_path, start)
 
     model.train()
     started = time.time()
@@ -325,7 +337,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, export: str | os.Path
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.steps:
             row = {k: sums[k] / count for k in sums}
-            row.update(step=done, lr=lr, seconds=round(time.time() - started, 1))
+            row.update(step=done, lr=lr, seconds=round(seconds_before + time.time() - started, 1))
             _append_log(log_path, row)
             sums = {k: 0.0 for k in sums}
             count = 0
@@ -339,16 +351,18 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, export: str | os.Path
     return path
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Keep the log rows up to ``step`` (a resumed run rewrites what came after)."""
+def _truncate_log(path: Path, step: int) -> float:
+    """Keep the log rows up to ``step`` (a resumed run rewrites what came after); return the
+    seconds of the last row kept (0 without one)."""
     if not path.is_file():
-        return
+        return 0.0
     with open(path, newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= step]
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+    return float(rows[-1]["seconds"]) if rows else 0.0
 
 
 def _append_log(path: Path, row: dict) -> None:
