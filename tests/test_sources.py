@@ -124,6 +124,7 @@ def test_real_data_source(fingerjoints_dir: Path) -> None:
 @pytest.mark.parametrize(
     "spec, message",
     [("nonsense", "unknown source"), ("fingerjoints:{empty}", "empty"), ("fingerjoints:{nomask}", "has no upper-bone mask"),
+     ("fingerjoints:{nomask}", "crops without one can be layered by the LSN: --source lsn:DIR"),
      ("fingerjoints:{absent}", "no such"), ("lsn:{absent}", "no such")],
 )
 def test_bad_sources_give_one_line_cli_errors(tmp_path: Path, capsys, spec: str, message: str) -> None:

@@ -248,7 +248,9 @@ def _check_record_files(record: FingerJointRecord) -> None:
     )
     for path, what in checks:
         if not path.is_file():
-            raise InputError(f"joint {record.name} has no {what} (missing {path})")
+            # crops without the folder format's soft-tissue image and masks are the lsn source's
+            hint = "; crops without one can be layered by the LSN: --source lsn:DIR" if path != record.image else ""
+            raise InputError(f"joint {record.name} has no {what} (missing {path}){hint}")
 
 
 def _unusable_masks(record: FingerJointRecord, max_overlap_px: int) -> str:
