@@ -6,9 +6,8 @@ bundled weights, which use the shipped file on 64-96 px crops.
 
 from __future__ import annotations
 
-import hashlib
-
 import csv
+import hashlib
 import socket
 import warnings
 
