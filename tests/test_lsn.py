@@ -554,6 +554,20 @@ def test_lsn_source_names_a_crop_whose_bones_make_no_joint(tmp_path, monkeypatch
     monkeypatch.setattr(source_module, "separate_intensity", side_by_side)
     with pytest.raises(InputError, match=r"odd\.png: the LSN's bones do not make a joint \(the lower-bone mask is not below"):
         LsnSource(tmp_path).load("odd", np.random.default_rng(0))
+    # and the dataset builder says so before it writes anything: at the crop's first pair, the
+    # build stopped half-way, and without the crop the source differed, so it could not resume
+    from jsnsynth.synth.dataset import build_dataset
+
+    cv2.imwrite(str(tmp_path / "good.png"), synthetic_joint(64, 1)[0])
+    def odd_only(*args, name="", **kwargs):
+        return (side_by_side if name.endswith("odd.png") else separate)(*args, name=name, **kwargs)
+
+    monkeypatch.setattr(source_module, "separate_intensity", odd_only)
+    with pytest.raises(InputError, match=r"odd\.png: the LSN's bones do not make a joint"):
+        # seed 2: the good crop's pair first, in a shard of its own, which was written
+        build_dataset(LsnSource(tmp_path), tmp_path / "ds", 4, seed=2, shard_size=1, layers_every=0, quiet=True,
+                      split_fractions=(1.0, 0.0, 0.0))
+    assert not (tmp_path / "ds").exists()
 
 
 def test_clean_mask_keeps_the_largest_piece_and_fills_holes():

@@ -117,6 +117,17 @@ class LsnSource:
         metadata.update(joint_id=joint_id, image=path.name, bit_depth=radiograph.bit_depth, weights=self.weights.name)
         return layers.replace(metadata=metadata)
 
+    def check_joints(self, joint_ids: list[str]) -> None:
+        """Separate each crop of ``joint_ids`` once, before a dataset is written: a crop in which
+        the LSN finds no joint stopped a build where its first pair fell, and removing the crop
+        changed the source, so the run could not be resumed.
+
+        Raises:
+            InputError: the first crop whose separation makes no joint, named.
+        """
+        for joint_id in joint_ids:
+            self.load(joint_id, np.random.default_rng(0))
+
     def describe(self) -> dict:
         """Generation parameters of the source, for the dataset card."""
         return {

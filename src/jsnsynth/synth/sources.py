@@ -65,6 +65,10 @@ class JointSource(Protocol):
         """Return the layers of ``joint_id`` (drawing anything random from ``rng``)."""
         ...
 
+    # Optional: ``check_joints(joint_ids)`` raises InputError, naming the joint, for one whose
+    # layers cannot be made; the dataset builder calls it before it writes anything, for the
+    # joints its pairs use (a source that can tell an unusable joint only by loading it).
+
 
 #: Smallest field of view (mm) of a phantom crop: size x pixel spacing.
 MIN_PHANTOM_FIELD_MM = 3.0
