@@ -289,7 +289,8 @@ def test_train_writes_log_resumes_and_is_deterministic(tmp_path):
     train(_tiny_config(2), tmp_path / "c", progress=False, pool=pool)
     (tmp_path / "c" / "config.json").unlink()  # same run, longer schedule: allowed by hand
     log = (tmp_path / "c" / "log.csv").read_text().splitlines()
-    (tmp_path / "c" / "log.csv").write_text("\n".join([log[0], log[1].rsplit(",", 1)[0] + ",1000.0"]) + "\n")
+    # the step-2 row's seconds made large, and a row cut short after it (a kill as it was written)
+    (tmp_path / "c" / "log.csv").write_text("\n".join([log[0], log[1].rsplit(",", 1)[0] + ",1000.0", "2,0.5"]) + "\n")
     resumed = train(config, tmp_path / "c", progress=False, pool=pool)
     assert torch.load(resumed, weights_only=True)["training"]["steps"] == 4
     with open(tmp_path / "c" / "log.csv", newline="") as handle:
@@ -305,7 +306,14 @@ def test_training_without_its_real_crops_is_refused(tmp_path, monkeypatch):
     from jsnsynth.lsn.train import build_pool
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(InputError, match=r"/nonexistent: no such finger-joint folder .*\"fingerjoints\": \"\" to train"):
+    with pytest.raises(InputError, match=rf"\.\./shared/data/fingerjoints: no such finger-joint folder \(the config's "
+                                         rf"fingerjoints, taken from {tmp_path}: run from the repository root"):
+        train(TrainConfig(n_phantoms=5), tmp_path / "run", progress=False)
+    # refused, the run leaves no config behind: the same command with the data mended was
+    # refused as "a different config"
+    assert not (tmp_path / "run" / "config.json").exists()
+    with pytest.raises(InputError, match=r"^/nonexistent: no such finger-joint folder \(the config's fingerjoints\); "
+                                         r"set \"fingerjoints\": \"\" to train on phantoms alone$"):
         build_pool(TrainConfig(fingerjoints="/nonexistent", n_phantoms=5), tmp_path)
     with pytest.raises(InputError, match="neither real crops .* nor phantoms"):
         build_pool(TrainConfig(fingerjoints="", n_phantoms=0), tmp_path)
@@ -315,6 +323,10 @@ def test_config_rejects_unknown_keys(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text('{"stepz": 3}')
     with pytest.raises(InputError, match="unknown config key"):
+        TrainConfig.from_json(path)
+    # in the nested records too: a typo there trained with the default without a word
+    path.write_text('{"mix": {"p_reall": 0.9}, "loss": {"layerr": 1.0}}')
+    with pytest.raises(InputError, match=r"unknown config key\(s\) mix.p_reall, loss.layerr"):
         TrainConfig.from_json(path)
     rc = main(["lsn", "train", "--config", str(tmp_path / "missing.json")])
     assert rc == 1
@@ -568,6 +580,31 @@ def test_lsn_source_names_a_crop_whose_bones_make_no_joint(tmp_path, monkeypatch
         build_dataset(LsnSource(tmp_path), tmp_path / "ds", 4, seed=2, shard_size=1, layers_every=0, quiet=True,
                       split_fractions=(1.0, 0.0, 0.0))
     assert not (tmp_path / "ds").exists()
+
+
+def test_lsn_source_says_what_a_separation_says_once(tmp_path, monkeypatch):
+    """A warning of the separation itself (bones swapped back, a large crop without a spacing)
+    was said again at every pair of the crop (and, once the crops were checked up front, by the
+    check and again by the workers of --num-proc 2, which a patched function cannot reach)."""
+    import jsnsynth.lsn.source as source_module
+    from jsnsynth.lsn.source import LsnSource
+    from jsnsynth.synth.dataset import build_dataset
+
+    cv2.imwrite(str(tmp_path / "a.png"), synthetic_joint(64, 0)[0])
+    separate = source_module.separate_intensity
+
+    def warning(*args, **kwargs):
+        warnings.warn("marker: what the separation says of the crop", UserWarning)
+        return separate(*args, **kwargs)
+
+    monkeypatch.setattr(source_module, "separate_intensity", warning)
+    shown = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *args, **kwargs: shown.append(str(message))
+        build_dataset(LsnSource(tmp_path), tmp_path / "ds", 3, seed=0, layers_every=0, quiet=True,
+                      split_fractions=(1.0, 0.0, 0.0))
+    assert sum("marker" in message for message in shown) == 1
 
 
 def test_clean_mask_keeps_the_largest_piece_and_fills_holes():

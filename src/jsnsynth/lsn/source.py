@@ -9,6 +9,7 @@ lower-bone layers, which the pair simulator then warps like any real source's ra
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +90,7 @@ class LsnSource:
         self.pixel_spacing_mm = pixel_spacing_mm
         self.weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
         self._model = load_model(self.weights)
-        self._polarity_checked: set[str] = set()  # warned about once per crop (and process)
+        self._polarity_checked: set[str] = set()  # crops whose warnings were shown (at their first load)
 
     def joint_ids(self) -> list[str]:
         """File stems, sorted."""
@@ -102,7 +103,12 @@ class LsnSource:
         path = self._files[joint_id]
         radiograph = read_radiograph(path)
         spacing = self.pixel_spacing_mm if self.pixel_spacing_mm is not None else radiograph.pixel_spacing_mm
-        separation = separate_intensity(radiograph.intensity, self._model, spacing, name=str(path))
+        with warnings.catch_warnings():
+            # what the separation says of a crop is said at its first load (check_joints): the
+            # same crop separated again for every pair, in any worker, says nothing new
+            if joint_id in self._polarity_checked:
+                warnings.simplefilter("ignore")
+            separation = separate_intensity(radiograph.intensity, self._model, spacing, name=str(path))
         if joint_id not in self._polarity_checked:
             self._polarity_checked.add(joint_id)
             warn_if_doubtful(radiograph.intensity, separation, self._model, spacing, str(path))

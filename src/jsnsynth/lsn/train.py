@@ -117,6 +117,12 @@ class TrainConfig:
         if not isinstance(record, dict):
             raise InputError(f"{path}: the config must be a JSON object")
         unknown = sorted(set(record) - set(cls.__dataclass_fields__) - {"comment"})
+        # the nested records too: their readers drop unknown keys (a weights file of another
+        # version still loads), so a typo there trained with the default without a word
+        for key, kind in (("model", ModelConfig), ("mix", MixConfig), ("loss", LossWeights)):
+            if key in record and not isinstance(record[key], dict):
+                raise InputError(f"{path}: '{key}' must be a JSON object")
+            unknown += sorted(f"{key}.{name}" for name in set(record.get(key, {})) - set(kind.__dataclass_fields__))
         if unknown:
             raise InputError(f"{path}: unknown config key(s) {', '.join(unknown)}")
         record.pop("comment", None)
@@ -245,10 +251,12 @@ def build_pool(config: TrainConfig, out_dir: Path):
     real = None
     indices = np.zeros(0, dtype=int)
     if config.fingerjoints:
-        if not Path(config.fingerjoints).is_dir():
-            raise InputError(f"{config.fingerjoints}: no such finger-joint folder (the config's fingerjoints, taken "
-                             f"from {Path.cwd()}): run from the repository root with ../shared beside it, or set "
-                             '"fingerjoints": "" to train on phantoms alone')
+        folder = Path(config.fingerjoints)
+        if not folder.is_dir():
+            where = ("" if folder.is_absolute()
+                     else f", taken from {Path.cwd()}: run from the repository root with ../shared beside it")
+            raise InputError(f"{config.fingerjoints}: no such finger-joint folder (the config's fingerjoints{where}); "
+                             'set "fingerjoints": "" to train on phantoms alone')
         real = build_real_cache(config.fingerjoints, config.cache)
         indices = real.indices(heldout=False)
     elif config.n_phantoms == 0:
@@ -291,7 +299,6 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, export: str | os.Path
     config_path = out_dir / "config.json"
     if config_path.is_file() and json.loads(config_path.read_text()) != config.to_dict():
         raise InputError(f"{out_dir}: holds a run with a different config; use another --out")
-    config_path.write_text(json.dumps(config.to_dict(), indent=2))
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -299,6 +306,9 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, export: str | os.Path
     weights = LossWeights(**config.loss)
     if pool is None:
         pool = build_pool(config, out_dir)
+    # recorded once the config has been found usable: a run refused for its data left its config
+    # behind, and the same command with the data mended was refused as "a different config"
+    config_path.write_text(json.dumps(config.to_dict(), indent=2))
 
     torch.manual_seed(config.seed)
     model = LayerSeparationNet(ModelConfig.from_dict(config.model)).to(device)
@@ -357,12 +367,22 @@ def _truncate_log(path: Path, step: int) -> float:
     if not path.is_file():
         return 0.0
     with open(path, newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= step]
+        # a row cut short (the process killed as it wrote) is dropped with what came after it
+        rows = [r for r in csv.DictReader(handle) if _log_step(r) is not None and _log_step(r) <= step]
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     return float(rows[-1]["seconds"]) if rows else 0.0
+
+
+def _log_step(row: dict) -> int | None:
+    """A log row's step, or None for a row that is not whole."""
+    try:
+        float(row["seconds"])
+        return int(row["step"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _append_log(path: Path, row: dict) -> None:

@@ -869,7 +869,8 @@ def build_dataset(
     plan = plan_dataset(list(source.joint_ids()), config)
     check_joints = getattr(source, "check_joints", None)
     if check_joints is not None:  # an unusable joint stopped a run half-way, which a resume could not pass
-        check_joints(sorted(set(plan.joint_of_pair)))
+        with single_threaded():  # as the pairs are made: the same verdicts
+            check_joints(sorted(set(plan.joint_of_pair)))
     record = _state_record(source, config, plan)
     existed = out_dir.exists()
     finished = _prepare_output(out_dir, record)
