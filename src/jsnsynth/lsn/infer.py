@@ -461,6 +461,15 @@ def panel_image(intensity: np.ndarray, separation: Separation) -> np.ndarray:
 SEPARATION_RECORD = ".jsnsynth-separate.json"
 
 
+@dataclass(frozen=True)
+class SeparationRun:
+    """What :func:`separate_files` did: ``panels``, one per input, in their order, and how many
+    crops were ``resumed`` (already written by an earlier run of the same command)."""
+
+    panels: list[Path]
+    resumed: int
+
+
 def separate_files(
     paths: list[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -547,15 +556,6 @@ def separate_files(
         record[stem] = made_from
         _write_separation_record(record_path, record)
     return SeparationRun(panels, resumed)
-
-
-@dataclass(frozen=True)
-class SeparationRun:
-    """What :func:`separate_files` did: ``panels``, one per input, in their order, and how many
-    crops were ``resumed`` (already written by an earlier run of the same command)."""
-
-    panels: list[Path]
-    resumed: int
 
 
 def _read_separation_record(path: Path) -> dict:

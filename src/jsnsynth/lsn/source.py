@@ -90,7 +90,7 @@ class LsnSource:
         self.pixel_spacing_mm = pixel_spacing_mm
         self.weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
         self._model = load_model(self.weights)
-        self._polarity_checked: set[str] = set()  # crops whose warnings were shown (at their first load)
+        self._loaded_once: set[str] = set()  # crops whose warnings were shown, at their first load
 
     def joint_ids(self) -> list[str]:
         """File stems, sorted."""
@@ -106,11 +106,11 @@ class LsnSource:
         with warnings.catch_warnings():
             # what the separation says of a crop is said at its first load (check_joints): the
             # same crop separated again for every pair, in any worker, says nothing new
-            if joint_id in self._polarity_checked:
+            if joint_id in self._loaded_once:
                 warnings.simplefilter("ignore")
             separation = separate_intensity(radiograph.intensity, self._model, spacing, name=str(path))
-        if joint_id not in self._polarity_checked:
-            self._polarity_checked.add(joint_id)
+        if joint_id not in self._loaded_once:
+            self._loaded_once.add(joint_id)
             warn_if_doubtful(radiograph.intensity, separation, self._model, spacing, str(path))
         layers = separation.layers
         if not (layers.upper_mask.any() and layers.lower_mask.any()):

@@ -367,8 +367,8 @@ def _truncate_log(path: Path, step: int) -> float:
     if not path.is_file():
         return 0.0
     with open(path, newline="") as handle:
-        # a row cut short (the process killed as it wrote) is dropped with what came after it
-        rows = [r for r in csv.DictReader(handle) if _log_step(r) is not None and _log_step(r) <= step]
+        # a row cut short (the process killed as it wrote) is dropped
+        rows = [r for r in csv.DictReader(handle) if (done := _log_step(r)) is not None and done <= step]
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
         writer.writeheader()
