@@ -35,6 +35,9 @@ RANGES = {
     "JSN change within +-5 px": {"jsn_px": (-5.0, 5.0)},
     "repositioning: rotation <= 10 deg, translation <= 20 px, magnification 0.9-1.1": {
         "rotation_deg": 10.0, "translation_px": 20.0, "magnification": (0.9, 1.1)},
+    # beyond the narrow coarse starts' reach (about 20 deg, 0.84-1.15): the wide search's
+    "repositioning: rotation <= 45 deg, translation <= 20 px, magnification 0.7-1.45": {
+        "rotation_deg": 45.0, "translation_px": 20.0, "magnification": (0.7, 1.45)},
     "flexion <= 6 deg per bone": {"flexion_deg": 6.0},
     "all of the above (flexion <= 5 deg)": {
         "jsn_px": (-5.0, 5.0), "rotation_deg": 10.0, "translation_px": 20.0, "magnification": (0.9, 1.1),

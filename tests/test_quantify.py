@@ -422,6 +422,23 @@ def test_magnified_follow_up_is_reached_by_the_coarse_scales():
     assert not result.mismatch
 
 
+@pytest.mark.parametrize("angle_deg, scale", [(-35.0, 1.0), (30.0, 1.3), (-44.0, 0.75)])
+def test_follow_up_turned_or_magnified_far_is_reached_by_the_wide_search(angle_deg, scale):
+    # turns and magnifications `jsnsynth dataset` can draw (up to 45 deg, 0.5-2) but beyond the
+    # narrow starts' reach (about 20 deg, 0.84-1.15): the coarse search ended on a wrong start
+    # and these pairs read JSNs off by several pixels, flagged
+    layers, pair = _phantom_pair(21, 1, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
+    params = dataclasses.replace(pair.params, global_angle_deg=angle_deg, global_scale=scale)
+    pair = make_pair(layers, params, PhantomSource(n_joints=4).render_with_poses)
+    frame = {"joint_center_xy": pair.baseline_layers.joint_center_xy,
+             "joint_axis_deg": pair.baseline_layers.joint_axis_deg}
+    args = (quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask)
+    result = quantify_pair(*args, **frame)
+    assert abs(result.jsn_px - pair.jsn_px) < 0.05
+    narrow = RegistrationSettings(wide_search_below_ncc=0.0)
+    assert abs(quantify_pair(*args, **frame, settings=narrow).jsn_px - pair.jsn_px) > 0.5
+
+
 @pytest.mark.parametrize("bits", [12, 10])
 @pytest.mark.parametrize("reduced", ["both", "baseline", "followup"])
 def test_reliability_does_not_depend_on_the_bits_used(bits, reduced):
@@ -1367,4 +1384,6 @@ def test_a_follow_up_flat_over_the_bones_is_a_mismatch_not_a_crash(level):
     around = ndimage.binary_dilation(layers.upper_mask | layers.lower_mask, iterations=12)
     followup[around] = level
     result = quantify_pair(quantize(pair.baseline), followup, layers.upper_mask, layers.lower_mask)
-    assert result.mismatch and result.reliability == 0.0
+    # white: the coarse stage's wide search (no start matches) may land the regions on the
+    # picture beside the flat area, where the residual and the clipping flag the pair
+    assert result.mismatch and result.reliability < 0.05

@@ -607,10 +607,15 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
         shift = (reg.mask_centroid(follow_masks[0] | follow_masks[1]) - reg.mask_centroid(upper | lower)) / factor
         extra.append(np.array([1.0, 0.0, shift[0], shift[1]]))
     c_coarse = (center[0] / factor, center[1] / factor)
-    global_params, _ = reg.coarse_global(
-        pyr_b[coarse_level], pyr_f[coarse_level], union, c_coarse, settings.coarse_angles_deg, extra,
-        scales=settings.coarse_scales,
-    )
+    turns = [(angle, 1.0) for angle in settings.coarse_angles_deg] + [(0.0, s) for s in settings.coarse_scales]
+    global_params, ncc = reg.coarse_global(pyr_b[coarse_level], pyr_f[coarse_level], union, c_coarse, turns, extra)
+    if ncc < settings.wide_search_below_ncc:
+        # turned or magnified beyond the narrow starts' reach (method step 1)
+        wide = [(angle, s) for angle in settings.wide_angles_deg for s in settings.wide_scales]
+        wide_params, wide_ncc = reg.coarse_global(pyr_b[coarse_level], pyr_f[coarse_level], union, c_coarse, wide,
+                                                  extra + [global_params], refine_best=3)
+        if wide_ncc > ncc:
+            global_params = wide_params
     global_params = reg.scale_params(global_params, factor)
 
     # one intensity mapping for the whole image (exposure, window, gamma), fitted on flat pixels
