@@ -435,8 +435,18 @@ def test_follow_up_turned_or_magnified_far_is_reached_by_the_wide_search(angle_d
     args = (quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask)
     result = quantify_pair(*args, **frame)
     assert abs(result.jsn_px - pair.jsn_px) < 0.05
+    assert sum(flag.startswith("repositioned beyond the usual") for flag in result.flags) == 1
     narrow = RegistrationSettings(wide_search_below_ncc=0.0)
     assert abs(quantify_pair(*args, **frame, settings=narrow).jsn_px - pair.jsn_px) > 0.5
+
+
+def test_an_ordinary_pair_does_not_reach_the_wide_search():
+    layers, pair = _phantom_pair(21, 1, PairConfig(noise=True, jsn_px=(-3.0, 3.0)))
+    args = (quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask)
+    result = quantify_pair(*args)
+    assert not any(flag.startswith("repositioned beyond the usual") for flag in result.flags)
+    narrow = quantify_pair(*args, settings=RegistrationSettings(wide_search_below_ncc=0.0))
+    assert result.jsn_px == narrow.jsn_px and result.jsn_se_px == narrow.jsn_se_px
 
 
 @pytest.mark.parametrize("bits", [12, 10])

@@ -530,6 +530,12 @@ def quantify_pair(
 
     t0 = time.perf_counter()
     regions = {"upper": bones_info["upper"]["region"], "lower": bones_info["lower"]["region"]}
+    if bones_info["wide_start"] is not None:
+        # a note, not a flag: such pairs are measured (method step 1), if less closely than
+        # ordinary ones, and their standard errors understate it
+        angle_deg, magnification = bones_info["wide_start"]
+        notes.append(f"repositioned beyond the usual: the follow-up is turned by about {angle_deg:.0f} deg and "
+                     f"magnified about {magnification:.2f} times against the baseline (coarse wide search)")
     # residuals judged after removing a per-bone quadratic intensity mapping (exposure/gamma)
     maps, raw_stats = residual_maps(base, follow, regions, {"upper": pu, "lower": pl}, local_center,
                                     photometric_order=2, keep_maps=keep_residuals, follow_coef=follow_coef,
@@ -607,8 +613,9 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
         shift = (reg.mask_centroid(follow_masks[0] | follow_masks[1]) - reg.mask_centroid(upper | lower)) / factor
         extra.append(np.array([1.0, 0.0, shift[0], shift[1]]))
     c_coarse = (center[0] / factor, center[1] / factor)
-    turns = [(angle, 1.0) for angle in settings.coarse_angles_deg] + [(0.0, s) for s in settings.coarse_scales]
-    global_params, ncc = reg.coarse_global(pyr_b[coarse_level], pyr_f[coarse_level], union, c_coarse, turns, extra)
+    poses = [(angle, 1.0) for angle in settings.coarse_angles_deg] + [(0.0, s) for s in settings.coarse_scales]
+    wide_start = None  # (angle_deg, scale) of a start only the wide search found
+    global_params, ncc = reg.coarse_global(pyr_b[coarse_level], pyr_f[coarse_level], union, c_coarse, poses, extra)
     if ncc < settings.wide_search_below_ncc:
         # turned or magnified beyond the narrow starts' reach (method step 1)
         wide = [(angle, s) for angle in settings.wide_angles_deg for s in settings.wide_scales]
@@ -616,6 +623,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
                                                   extra + [global_params], refine_best=3)
         if wide_ncc > ncc:
             global_params = wide_params
+            wide_start = (math.degrees(math.atan2(wide_params[1], wide_params[0])), math.hypot(*wide_params[:2]))
     global_params = reg.scale_params(global_params, factor)
 
     # one intensity mapping for the whole image (exposure, window, gamma), fitted on flat pixels
@@ -799,6 +807,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
         def variance_of(gradient: np.ndarray) -> float:
             return float(gradient @ covariance @ gradient)
     info = {name: {"region": regions[name]} for name in regions}
+    info["wide_start"] = wide_start
     t_fine = time.perf_counter() - t1
     return fits, coarse, info, variance_of, t_coarse, t_fine, follow_coef
 

@@ -76,8 +76,8 @@ class RegistrationSettings:
         coarse_scales: magnifications it tries besides 1 (at no rotation). Without them a
             follow-up magnified by 10-12 % (the edge of the documented repositioning and
             beyond) was out of the fits' reach: 2 of 64 pairs of a stress set failed.
-        wide_search_below_ncc: when the coarse search's best start correlates less than this
-            with the baseline, it is searched again over every pair of ``wide_angles_deg`` and
+        wide_search_below_ncc: when the coarse search's best start, refined, correlates less
+            than this with the baseline, it is searched again over every pair of ``wide_angles_deg`` and
             ``wide_scales``, and the better start of the two searches is kept. The narrow starts
             reach turns of up to about 20 deg and magnifications of 0.84-1.15; beyond, they
             ended at correlations of 0.16-0.62 on phantoms (0.80 on a real-layer pair magnified
@@ -87,8 +87,9 @@ class RegistrationSettings:
             px of translation, where a quarter of the joint leaves the crop), so ordinary pairs
             seldom pay for the search (about 20 ms).
         wide_angles_deg, wide_scales: the wide search's rotations and magnifications (every
-            combination; the ranges `jsnsynth dataset` can draw: turns of up to 45 deg,
-            magnifications of 0.66-1.52 in steps the narrow starts' reach covers).
+            combination): turns of up to 45 deg, the most `jsnsynth dataset` draws, and
+            magnifications of 0.66-1.52 (it draws 0.5-2, but beyond 0.75-1.33 a pair is flagged
+            for its scale), spaced as closely as the narrow starts reach.
         max_iterations: Gauss-Newton iterations per level of the fine stage.
         tolerance_px: stop when the update moves no region pixel by more than this (the update
             is still applied). The fit converges fast enough that from 5e-3 px, 3e-3 moved the
@@ -1178,13 +1179,13 @@ def coarse_global(
     follow: np.ndarray,
     region: np.ndarray,
     center_xy: tuple[float, float],
-    turns: list[tuple[float, float]],
+    poses: list[tuple[float, float]],
     extra_candidates: list[np.ndarray] | None = None,
     refine_best: int = 2,
 ) -> tuple[np.ndarray, float]:
     """Best rough similarity of the whole joint at one (coarse) pyramid level.
 
-    Every candidate ``(angle_deg, scale)`` of ``turns`` is followed by windowed phase
+    Every candidate ``(angle_deg, scale)`` of ``poses`` is followed by windowed phase
     correlation for the translation;
     the ``refine_best`` candidates with the highest normalised cross-correlation over ``region``
     are refined by a few Gauss-Newton steps and the best refined one wins.
@@ -1195,7 +1196,7 @@ def coarse_global(
     cx, cy = center_xy
     window = tapered_window(region, 2.0)
     candidates = list(extra_candidates or [])
-    for angle, scale in turns:
+    for angle, scale in poses:
         rad = math.radians(angle)
         a, b = scale * math.cos(rad), scale * math.sin(rad)
         rotated = warp_into_baseline(follow, np.array([a, b, 0.0, 0.0]), center_xy)
