@@ -77,8 +77,9 @@ class RegistrationSettings:
             follow-up magnified by 10-12 % (the edge of the documented repositioning and
             beyond) was out of the fits' reach: 2 of 64 pairs of a stress set failed.
         wide_search_below_ncc: when the coarse search's best start, refined, correlates less
-            than this with the baseline, it is searched again over every pair of ``wide_angles_deg`` and
-            ``wide_scales``, and the better start of the two searches is kept. The narrow starts
+            than this with the baseline, it is searched again over every pair of
+            ``wide_angles_deg`` and ``wide_scales``, and the better start of the two searches is
+            kept. The narrow starts
             reach turns of up to about 20 deg and magnifications of 0.84-1.15; beyond, they
             ended at correlations of 0.16-0.62 on phantoms (0.80 on a real-layer pair magnified
             1.38 times) and the pairs read JSNs off by pixels to thousands of pixels, flagged.
