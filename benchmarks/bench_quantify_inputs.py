@@ -105,6 +105,18 @@ def turned_by(pair: Pair, frame: tuple, angle_deg: float, corners: str) -> tuple
     return tuple(one(a) for a in pair), frame_under_affine(matrix, *frame)
 
 
+#: The follow-up alone turned by this much: two visits straightened by different angles, beyond
+#: the coarse stage's first starts (about 20 deg; its wide search reaches them).
+FOLLOWUP_TURN_DEG = 25.0
+
+
+def followup_turned(pair: Pair, angle_deg: float) -> Pair:
+    """``pair`` with its follow-up alone (image and masks) turned by ``angle_deg`` with black
+    corners (:func:`turned_by`); the baseline, and with it the joint frame, stay as they are."""
+    turned, _ = turned_by(pair, ((0.0, 0.0), 0.0), angle_deg, "black corners")
+    return (pair[0], turned[1], pair[2], pair[3], turned[4], turned[5])
+
+
 def mirrored(pair: Pair) -> Pair:
     """``pair`` mirrored left-right."""
     return tuple(np.ascontiguousarray(a[:, ::-1]) for a in pair)
@@ -223,6 +235,9 @@ def real_rows(folder: Path, n_series: int) -> list[str]:
         result = measure(turned_by(pair, frame, STRAIGHTENED_DEG, "black corners")[0])
         record(f"turned by {STRAIGHTENED_DEG:g} deg (bicubic), black corners, default frame", result.jsn_px - reference.jsn_px,
                reference, result)
+        result = measure(followup_turned(pair, FOLLOWUP_TURN_DEG), frame=frame)
+        record(f"the follow-up alone turned by {FOLLOWUP_TURN_DEG:g} deg (bicubic), black corners, the frame given",
+               result.jsn_px - reference.jsn_px, reference, result)
         for grow, word in ((False, "eroded"), (True, "dilated")):
             result = measure(masks_changed(pair, grow))
             record(f"masks {word} by {MASK_CHANGE_PX} px", result.jsn_px - reference.jsn_px, reference, result)
@@ -293,6 +308,8 @@ def synthetic_rows(spec: str, n_pairs: int, seed: int, tmp: Path) -> list[str]:
            for corners in CORNERS},
         f"turned by {STRAIGHTENED_DEG:g} deg (bicubic), black corners (default frame)": changed(
             lambda pair, frame: (turned_by(pair, frame, STRAIGHTENED_DEG, "black corners")[0], (None, None))),
+        f"the follow-up alone turned by {FOLLOWUP_TURN_DEG:g} deg (bicubic), black corners (the frame as stored)":
+            changed(lambda pair, frame: (followup_turned(pair, FOLLOWUP_TURN_DEG), frame)),
         **{f"{label} (JSN read in the stored pixels)": resampled_method(factor) for factor, label in RESAMPLINGS.items()},
         **{label: changed(lambda pair, frame, label=label: (processed(pair, label), frame)) for label in PROCESSINGS},
     }
