@@ -623,7 +623,8 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
                                                   extra + [global_params], refine_best=3)
         if wide_ncc > ncc:
             global_params = wide_params
-            wide_start = (math.degrees(math.atan2(wide_params[1], wide_params[0])), math.hypot(*wide_params[:2]))
+            turn = similarity_from_params(wide_params, *c_coarse)
+            wide_start = (turn.angle_deg, turn.scale)
     global_params = reg.scale_params(global_params, factor)
 
     # one intensity mapping for the whole image (exposure, window, gamma), fitted on flat pixels
