@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import socket
 import warnings
 
@@ -629,8 +630,9 @@ def test_separate_refuses_crops_without_a_joint_and_absurd_spacings_before_writi
     write_bytes_atomic(blank, encode_png(np.full((64, 64), 20000, np.uint16)))
     with pytest.raises(InputError, match="pixel spacing 5.0 mm"):
         separate_files([joint], tmp_path / "out", pixel_spacing_mm=5.0)
-    with pytest.raises(InputError, match="no (upper|lower) bone found"):
-        separate_files([blank], tmp_path / "out")
+    with pytest.warns(UserWarning, match="no (upper|lower) bone found .*; not separated"):
+        run = separate_files([blank], tmp_path / "out")
+    assert run.panels == [] and [path for path, _ in run.refused] == [blank]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     some = np.zeros((64, 64), bool)
     some[:20] = True
@@ -642,7 +644,8 @@ def test_separate_refuses_crops_without_a_joint_and_absurd_spacings_before_writi
 
 def test_separate_writes_crop_by_crop_and_resumes(tmp_path, capsys, monkeypatch):
     """All crops' files were held in memory and written at the end (3.8 MB a crop), so a long
-    run that was interrupted, or stopped by one bad crop, left nothing and started over."""
+    run that was interrupted, or stopped by one bad crop, left nothing and started over; later a
+    crop with no bone in it stopped the run, so the crops after it were never separated."""
     import jsnsynth.lsn.infer as infer
 
     # the bundled network in a weights file of other bytes: other weights, as far as a record knows
@@ -653,12 +656,17 @@ def test_separate_writes_crop_by_crop_and_resumes(tmp_path, capsys, monkeypatch)
     crops = tmp_path / "crops"
     for seed in range(3):
         write_bytes_atomic(crops / f"joint{seed}.png", encode_png(synthetic_joint(64, seed)[0]))
-    write_bytes_atomic(crops / "zblank.png", encode_png(np.full((64, 64), 120, np.uint8)))  # no bone in it
+    write_bytes_atomic(crops / "blank.png", encode_png(np.full((64, 64), 120, np.uint8)))  # no bone in it
     assert main(["separate", str(crops), "--out", str(tmp_path / "out")]) == 1
-    assert "zblank.png: no" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "blank.png: no" in captured.err and "; not separated" in captured.err
+    assert captured.err.strip().splitlines()[-1] == (
+        "jsnsynth: error: 1 of 4 crop(s) not separated, no bone found in them (the warnings above name them)")
+    assert "wrote 3 separation(s)" in captured.out and "blank_panel" not in captured.out
+    # the crop that comes first is refused, and the crops after it are still separated
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == sorted([infer.SEPARATION_RECORD, *(n for k in range(3) for n in infer.output_names(f"joint{k}"))])
-    (crops / "zblank.png").unlink()
+    (crops / "blank.png").unlink()
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
     assert main(["separate", str(crops), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
@@ -728,6 +736,14 @@ def test_separate_writes_crop_by_crop_and_resumes(tmp_path, capsys, monkeypatch)
     assert main(["separate", str(crops), "--out", str(tmp_path / "whole")]) == 0
     for path in (tmp_path / "whole").iterdir():
         assert (tmp_path / "cut" / path.name).read_bytes() == path.read_bytes(), path.name
+    # a crop replaced by one with no bone: refused, and the files of what it was before go, so no
+    # other crop's layers stay under its name
+    write_bytes_atomic(crops / "joint1.png", encode_png(np.full((64, 64), 120, np.uint8)))
+    assert main(["separate", str(crops), "--out", str(tmp_path / "whole")]) == 1
+    assert "joint1.png: no" in capsys.readouterr().err
+    assert not any((tmp_path / "whole" / name).exists() for name in infer.output_names("joint1"))
+    assert "joint1" not in json.loads((tmp_path / "whole" / infer.SEPARATION_RECORD).read_text())
+    assert all((tmp_path / "whole" / name).is_file() for k in (0, 2) for name in infer.output_names(f"joint{k}"))
 
 
 def test_a_crop_stored_with_bone_dark_is_named(tmp_path, capsys):

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from jsnsynth import __version__
-from jsnsynth.errors import JsnSynthError, exception_line, one_line
+from jsnsynth.errors import InputError, JsnSynthError, exception_line, one_line
 from jsnsynth.synth.limits import DEFAULT_MAX_MASK_OVERLAP_PX, PAIR_OPTION_LIMITS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -330,7 +330,8 @@ def separate_command(images: tuple[Path, ...], out_dir: Path, weights: Path | No
     Writes per crop STEM: STEM_{soft,upper,lower}.tif (float32 attenuation), STEM_{upper,lower}_mask.png,
     STEM_recomposed.png (16-bit) and STEM_panel.png. Each crop's files are written together as it
     is separated; run again, the command skips the crops already written from the same input,
-    spacing and weights (an interrupted run resumes).
+    spacing and weights (an interrupted run resumes). A crop in which no bone is found is named,
+    left without files, and the others separated; the command then exits with status 1.
     """
     from jsnsynth.lsn.infer import folder_crops, separate_files
 
@@ -340,6 +341,9 @@ def separate_command(images: tuple[Path, ...], out_dir: Path, weights: Path | No
         click.echo(f"panel: {panel}")
     resumed = f" ({run.resumed} already there)" if run.resumed else ""
     click.echo(f"wrote {len(run.panels) - run.resumed} separation(s) to {out_dir}{resumed}")
+    if run.refused:
+        raise InputError(f"{len(run.refused)} of {len(files)} crop(s) not separated, no bone found in them "
+                         "(the warnings above name them)")
 
 
 @cli.group("lsn")
@@ -417,6 +421,8 @@ def demo_command(out_dir: Path, n_pairs: int, seed: int) -> None:
     for sample in samples[:4]:  # one file name per crop, so the outputs do not collide
         shutil.copyfile(sample / "radiograph.png", crops / f"{sample.name}.png")
     run = separate_files(sorted(crops.glob("*.png")), out_dir / "separation")
+    if run.refused:  # the demo's own phantoms: a broken build, not a user's input
+        raise RuntimeError(f"the bundled LSN found no bone in {len(run.refused)} demo phantom(s)")
     click.echo(f"      {len(run.panels)} crops separated; panels: {out_dir / 'separation'}/*panel.png")
     click.echo(f"done: everything is in {out_dir}/")
 

@@ -463,11 +463,13 @@ SEPARATION_RECORD = ".jsnsynth-separate.json"
 
 @dataclass(frozen=True)
 class SeparationRun:
-    """What :func:`separate_files` did: ``panels``, one per input, in their order, and how many
-    crops were ``resumed`` (already written by an earlier run of the same command)."""
+    """What :func:`separate_files` did: ``panels``, one per crop separated (or already there), in
+    the inputs' order; how many crops were ``resumed`` (already written by an earlier run of the
+    same command); and the crops ``refused`` (no bone found), each with its one-line reason."""
 
     panels: list[Path]
     resumed: int
+    refused: list[tuple[Path, str]]
 
 
 def separate_files(
@@ -484,10 +486,12 @@ def separate_files(
 
     Every input is read and checked, and every output path checked, before anything is written.
     The crops are then separated one at a time, each crop's files written together or not at
-    all, so that memory does not grow with the number of crops; an interrupted or failed run
-    leaves the crops before it complete, and the same command run again skips them (the
-    folder's :data:`SEPARATION_RECORD` says what each crop's files were made from: the same
-    input bytes, pixel spacing, weights and :data:`SEPARATION_REVISION`).
+    all, so that memory does not grow with the number of crops; an interrupted run leaves the
+    crops before it complete, and the same command run again skips them (the folder's
+    :data:`SEPARATION_RECORD` says what each crop's files were made from: the same input bytes,
+    pixel spacing, weights and :data:`SEPARATION_REVISION`). A crop in which no bone is found
+    (:func:`check_separation`) gets no files and is listed in the result's ``refused``; the
+    other crops are still separated, so one odd crop does not cost a folder its run.
 
     Args:
         paths: radiograph crops (PNG, JPEG, TIFF, BMP, DICOM; 8 or 16 bit).
@@ -497,13 +501,12 @@ def separate_files(
             spacing when there is one, else the training spacing.
 
     Returns:
-        A :class:`SeparationRun`: the panel paths, one per input, and how many crops were
-        already there.
+        A :class:`SeparationRun`: the panel paths, how many crops were already there, and the
+        crops refused because no bone was found in them.
 
     Raises:
         InputError: an unreadable, colour, too small or NaN-holding input, an implausible pixel
-            spacing, a crop in which no bone is found (the crops before it stay written), or two
-            inputs with the same file stem.
+            spacing, or two inputs with the same file stem (before anything is written).
         OutputError: ``out_dir`` exists and is not a folder, or an output that cannot be written
             or would overwrite an input or another output.
     """
@@ -533,18 +536,27 @@ def separate_files(
     model = load_model(weights)
     weights_digest = hashlib.sha256(Path(weights if weights is not None else DEFAULT_WEIGHTS).read_bytes()).hexdigest()
     record = _read_separation_record(record_path)
-    panels, resumed = [], 0
+    panels, resumed, refused = [], 0, []
     for stem, path, spacing in inputs:
         made_from = {"input_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "pixel_spacing_mm": spacing,
                      "weights_sha256": weights_digest, "revision": SEPARATION_REVISION}
         panel = out_dir / f"{stem}_panel.png"
-        panels.append(panel)
         if record.get(stem) == made_from and all((out_dir / name).is_file() for name in output_names(stem)):
+            panels.append(panel)
             resumed += 1
             continue
         intensity = check_crop(read_radiograph(path).intensity, str(path))
         separation = separate_intensity(intensity, model, spacing, name=str(path))
-        check_separation(separation.layers.upper_mask, separation.layers.lower_mask, str(path))
+        try:
+            check_separation(separation.layers.upper_mask, separation.layers.lower_mask, str(path))
+        except InputError as exc:
+            refused.append((path, str(exc)))
+            warnings.warn(f"{exc}; not separated", stacklevel=2)
+            if record.pop(stem, None) is not None:  # files of another input under this name: not this crop's
+                _write_separation_record(record_path, record)
+                for name in output_names(stem):
+                    (out_dir / name).unlink(missing_ok=True)
+            continue
         warn_if_doubtful(intensity, separation, model, spacing, str(path))
         files = _separation_files(out_dir, stem, intensity, separation)
         # the crop's old entry goes before its files change: interrupted between the two, a run
@@ -555,7 +567,8 @@ def separate_files(
         write_files_atomic(files)
         record[stem] = made_from
         _write_separation_record(record_path, record)
-    return SeparationRun(panels, resumed)
+        panels.append(panel)
+    return SeparationRun(panels, resumed, refused)
 
 
 def _read_separation_record(path: Path) -> dict:
