@@ -72,8 +72,15 @@ MAX_BONE_SHARE = 0.95
 SPACING_TOLERANCE = 0.02
 #: Revision of what :func:`separate_intensity` does besides the network (recorded by the ``lsn:``
 #: dataset source): 2 separates a padded crop's picture alone and puts the bones back in order, 3
-#: mirrors a fill (a turned crop's black corners) for the network and makes it soft tissue.
-SEPARATION_REVISION = 3
+#: mirrors a fill (a turned crop's black corners) for the network and makes it soft tissue, 4
+#: separates a crop whose joint leans by more than :data:`STRAIGHTEN_ABOVE_DEG` again turned upright.
+SEPARATION_REVISION = 4
+#: A crop whose joint axis, read from the network's first masks, leans by more than this (degrees)
+#: is separated again turned upright (:func:`upright_logits`). Real crops lean by 4.7 deg (median),
+#: 9.5 (90th percentile), 22 (99th): the network knows that spread, and beyond it loses the bones.
+STRAIGHTEN_ABOVE_DEG = 10.0
+#: A straightened crop whose joint still leans by more than this (degrees) is turned once more.
+STRAIGHTEN_AGAIN_ABOVE_DEG = 2.0
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -182,6 +189,62 @@ def predict_logits(model: LayerSeparationNet, intensity: np.ndarray) -> tuple[np
     shares = np.ascontiguousarray(out["share_logits"][0, :, :height, :width].numpy())
     masks = np.ascontiguousarray(out["mask_logits"][0, :, :height, :width].numpy())
     return shares, masks
+
+
+def _lean(mask_logits: np.ndarray) -> tuple[tuple[float, float], float] | None:
+    """The joint centre ``(x, y)`` and axis (degrees from vertical) of two bones' mask logits,
+    or None when the masks do not make a joint (a bone missing, the bones side by side, or found
+    in the wrong order: taken in the order found, turned joints straightened better, 45 deg: mask
+    Dice 0.970 / 0.944 against 0.961 / 0.942)."""
+    upper, lower = clean_mask(mask_logits[0] > 0), clean_mask(mask_logits[1] > 0)
+    if not (upper.any() and lower.any()):
+        return None
+    try:
+        return joint_frame_from_masks(upper, lower)
+    except InputError:
+        return None
+
+
+def upright_logits(model: LayerSeparationNet, intensity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict_logits`, with a leaning joint separated turned upright.
+
+    The network learned joints as real crops hold them, leaning by up to about 20 deg; turned by
+    30 or 45 deg, it lost much of the bones (held-out real crops, mask Dice 0.90 / 0.93 and 0.74 /
+    0.81 upper / lower). When the first masks' joint axis leans by more than
+    :data:`STRAIGHTEN_ABOVE_DEG`, the crop is turned about the joint centre until it is upright
+    (mirrored where the turn uncovers the canvas, as for a fill), separated, and the logits are
+    turned back; pixels whose turned place falls off the canvas keep the first logits. One more
+    turn follows when the upright masks still lean by more than :data:`STRAIGHTEN_AGAIN_ABOVE_DEG`.
+    """
+    shares, mask_logits = predict_logits(model, intensity)
+    frame = _lean(mask_logits)
+    if frame is None or abs(frame[1]) <= STRAIGHTEN_ABOVE_DEG:
+        return shares, mask_logits
+    (x, y), axis_deg = frame
+    height, width = intensity.shape
+    picture = intensity.astype(np.float32)
+    for attempt in range(2):
+        # a turn by the axis angle (counter-clockwise on screen for a positive one) stands the joint up
+        matrix = cv2.getRotationMatrix2D((float(x), float(y)), float(axis_deg), 1.0)
+        turned = cv2.warpAffine(picture, matrix, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
+        upright_shares, upright_masks = predict_logits(model, np.clip(turned, 0.0, 1.0).astype(np.float64))
+        upright = _lean(upright_masks)
+        if attempt == 1 or upright is None or abs(upright[1]) <= STRAIGHTEN_AGAIN_ABOVE_DEG:
+            break
+        # the upright centre carried back into the crop, and the lean left added to the turn
+        x, y = cv2.invertAffineTransform(matrix) @ np.array([*upright[0], 1.0])
+        axis_deg += upright[1]
+    back = cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR
+
+    def turned_back(channels: np.ndarray) -> np.ndarray:
+        return np.stack([cv2.warpAffine(channel, matrix, (width, height), flags=back, borderMode=cv2.BORDER_REPLICATE)
+                         for channel in channels.astype(np.float32)])
+
+    on_canvas = cv2.warpAffine(np.ones((height, width), np.float32), matrix, (width, height), flags=back,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) > 0.999
+    shares = np.where(on_canvas, turned_back(upright_shares), shares).astype(shares.dtype)
+    mask_logits = np.where(on_canvas, turned_back(upright_masks), mask_logits).astype(mask_logits.dtype)
+    return shares, mask_logits
 
 
 @dataclass
@@ -356,7 +419,7 @@ def _separate_picture(
     if resample:
         size = (max(MIN_SIZE_PX, int(round(height * factor))), max(MIN_SIZE_PX, int(round(width * factor))))
         work = np.clip(_resize(work, size), 0.0, 1.0).astype(np.float64)
-    shares, mask_logits = predict_logits(model, work)
+    shares, mask_logits = upright_logits(model, work)
     if resample:
         shares = _resize(shares, (height, width))
         mask_logits = _resize(mask_logits, (height, width))
