@@ -661,7 +661,7 @@ def test_separate_writes_crop_by_crop_and_resumes(tmp_path, capsys, monkeypatch)
     captured = capsys.readouterr()
     assert "blank.png: no" in captured.err and "; not separated" in captured.err
     assert captured.err.strip().splitlines()[-1] == (
-        "jsnsynth: error: 1 of 4 crop(s) not separated, no bone found in them (the warnings above name them)")
+        "jsnsynth: error: 1 of 4 crop(s) not separated, no bone found in them: blank.png")
     assert "wrote 3 separation(s)" in captured.out and "blank_panel" not in captured.out
     # the crop that comes first is refused, and the crops after it are still separated
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
@@ -744,6 +744,11 @@ def test_separate_writes_crop_by_crop_and_resumes(tmp_path, capsys, monkeypatch)
     assert not any((tmp_path / "whole" / name).exists() for name in infer.output_names("joint1"))
     assert "joint1" not in json.loads((tmp_path / "whole" / infer.SEPARATION_RECORD).read_text())
     assert all((tmp_path / "whole" / name).is_file() for k in (0, 2) for name in infer.output_names(f"joint{k}"))
+    # ... and so do they when the record that listed them is gone
+    (tmp_path / "whole" / infer.SEPARATION_RECORD).unlink()
+    write_bytes_atomic(crops / "joint2.png", encode_png(np.full((64, 64), 120, np.uint8)))
+    assert main(["separate", str(crops), "--out", str(tmp_path / "whole")]) == 1
+    assert not any((tmp_path / "whole" / name).exists() for k in (1, 2) for name in infer.output_names(f"joint{k}"))
 
 
 def test_a_crop_stored_with_bone_dark_is_named(tmp_path, capsys):
@@ -838,7 +843,7 @@ def test_a_joint_turned_far_is_separated_upright(seed, monkeypatch):
     for name in ("upper_mask", "lower_mask"):
         expected = cv2.warpAffine(getattr(upright, name).astype(np.uint8), turn, (256, 256), flags=cv2.INTER_NEAREST) > 0
         found = getattr(layers, name)
-        assert 2 * (expected & found).sum() / (expected.sum() + found.sum()) > 0.975, name
+        assert 2 * (expected & found).sum() / (expected.sum() + found.sum()) > 0.965, name
     assert np.allclose(layers.attenuation(), intensity_to_attenuation(turned), rtol=SUM_RTOL, atol=1e-6)
     # a joint that leans as real crops do is separated once, as the network sees it
     monkeypatch.setattr(infer, "STRAIGHTEN_ABOVE_DEG", float("inf"))

@@ -342,8 +342,8 @@ def separate_command(images: tuple[Path, ...], out_dir: Path, weights: Path | No
     resumed = f" ({run.resumed} already there)" if run.resumed else ""
     click.echo(f"wrote {len(run.panels) - run.resumed} separation(s) to {out_dir}{resumed}")
     if run.refused:
-        raise InputError(f"{len(run.refused)} of {len(files)} crop(s) not separated, no bone found in them "
-                         "(the warnings above name them)")
+        names = ", ".join(path.name for path, _ in run.refused[:3]) + (", ..." if len(run.refused) > 3 else "")
+        raise InputError(f"{len(run.refused)} of {len(files)} crop(s) not separated, no bone found in them: {names}")
 
 
 @cli.group("lsn")

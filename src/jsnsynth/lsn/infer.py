@@ -191,12 +191,12 @@ def predict_logits(model: LayerSeparationNet, intensity: np.ndarray) -> tuple[np
     return shares, masks
 
 
-def _lean(mask_logits: np.ndarray) -> tuple[tuple[float, float], float] | None:
-    """The joint centre ``(x, y)`` and axis (degrees from vertical) of two bones' mask logits,
-    or None when the masks do not make a joint (a bone missing, the bones side by side, or found
+def _lean(mask_logits: np.ndarray, picture: np.ndarray) -> tuple[tuple[float, float], float] | None:
+    """The joint centre ``(x, y)`` and axis (degrees from vertical) of two bones' mask logits
+    within ``picture`` (the mirrored fill and what a turn uncovers hold ghosts of the bones), or None when the masks do not make a joint (a bone missing, the bones side by side, or found
     in the wrong order: taken in the order found, turned joints straightened better, 45 deg: mask
     Dice 0.970 / 0.944 against 0.961 / 0.942)."""
-    upper, lower = clean_mask(mask_logits[0] > 0), clean_mask(mask_logits[1] > 0)
+    upper, lower = clean_mask((mask_logits[0] > 0) & picture), clean_mask((mask_logits[1] > 0) & picture)
     if not (upper.any() and lower.any()):
         return None
     try:
@@ -205,7 +205,8 @@ def _lean(mask_logits: np.ndarray) -> tuple[tuple[float, float], float] | None:
         return None
 
 
-def upright_logits(model: LayerSeparationNet, intensity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def upright_logits(model: LayerSeparationNet, intensity: np.ndarray,
+                   picture: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`predict_logits`, with a leaning joint separated turned upright.
 
     The network learned joints as real crops hold them, leaning by up to about 20 deg; turned by
@@ -215,25 +216,46 @@ def upright_logits(model: LayerSeparationNet, intensity: np.ndarray) -> tuple[np
     (mirrored where the turn uncovers the canvas, as for a fill), separated, and the logits are
     turned back; pixels whose turned place falls off the canvas keep the first logits. One more
     turn follows when the upright masks still lean by more than :data:`STRAIGHTEN_AGAIN_ABOVE_DEG`.
+    A turned pass is kept only when its masks make a joint that leans less than the passes
+    before it; the pass that leans least is returned. ``picture``: the crop's own pixels (not a
+    fill mirrored into it; default all), where the masks' lean is read.
     """
     shares, mask_logits = predict_logits(model, intensity)
-    frame = _lean(mask_logits)
+    picture_mask = np.ones(intensity.shape, bool) if picture is None else np.asarray(picture, bool)
+    frame = _lean(mask_logits, picture_mask)
     if frame is None or abs(frame[1]) <= STRAIGHTEN_ABOVE_DEG:
         return shares, mask_logits
     (x, y), axis_deg = frame
     height, width = intensity.shape
     picture = intensity.astype(np.float32)
-    for attempt in range(2):
+    best = None  # (turn matrix, upright shares, upright masks): the pass that leans least
+    least_lean = abs(axis_deg)
+    for _ in range(2):
         # a turn by the axis angle (counter-clockwise on screen for a positive one) stands the joint up
         matrix = cv2.getRotationMatrix2D((float(x), float(y)), float(axis_deg), 1.0)
-        turned = cv2.warpAffine(picture, matrix, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
+        # on the crop's own canvas: on one that holds the whole turned crop, the network saw wide
+        # mirrored margins and lost the bones (real crops turned by 45 deg: Dice 0.78 / 0.84)
+        turned = cv2.warpAffine(picture, matrix, (width, height), flags=cv2.INTER_CUBIC,
+                                borderMode=cv2.BORDER_REFLECT_101)
         upright_shares, upright_masks = predict_logits(model, np.clip(turned, 0.0, 1.0).astype(np.float64))
-        upright = _lean(upright_masks)
-        if attempt == 1 or upright is None or abs(upright[1]) <= STRAIGHTEN_AGAIN_ABOVE_DEG:
+        turned_picture = cv2.warpAffine(picture_mask.astype(np.float32), matrix, (width, height), flags=cv2.INTER_LINEAR,
+                                        borderMode=cv2.BORDER_CONSTANT, borderValue=0.0) > 0.5
+        upright = _lean(upright_masks, turned_picture)
+        # a turned pass counts only if it finds a joint that leans less than every pass before:
+        # one that does not (a first axis misread, a crop the network is unsure of) would
+        # replace good masks by worse ones (a 300x180 crop turned by 30 deg: Dice 0.98 -> 0.70)
+        if upright is None or abs(upright[1]) >= least_lean:
+            break
+        least_lean = abs(upright[1])
+        best = (matrix, upright_shares, upright_masks)
+        if least_lean <= STRAIGHTEN_AGAIN_ABOVE_DEG:
             break
         # the upright centre carried back into the crop, and the lean left added to the turn
         x, y = cv2.invertAffineTransform(matrix) @ np.array([*upright[0], 1.0])
         axis_deg += upright[1]
+    if best is None:
+        return shares, mask_logits
+    matrix, upright_shares, upright_masks = best
     back = cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR
 
     def turned_back(channels: np.ndarray) -> np.ndarray:
@@ -419,7 +441,10 @@ def _separate_picture(
     if resample:
         size = (max(MIN_SIZE_PX, int(round(height * factor))), max(MIN_SIZE_PX, int(round(width * factor))))
         work = np.clip(_resize(work, size), 0.0, 1.0).astype(np.float64)
-    shares, mask_logits = upright_logits(model, work)
+    picture = None
+    if fill.any():  # the crop's own pixels, on the network's grid
+        picture = ~fill if not resample else _resize(fill.astype(np.float32), work.shape) < 0.5
+    shares, mask_logits = upright_logits(model, work, picture)
     if resample:
         shares = _resize(shares, (height, width))
         mask_logits = _resize(mask_logits, (height, width))
@@ -614,11 +639,12 @@ def separate_files(
             check_separation(separation.layers.upper_mask, separation.layers.lower_mask, str(path))
         except InputError as exc:
             refused.append((path, str(exc)))
-            warnings.warn(f"{exc}; not separated", stacklevel=2)
-            if record.pop(stem, None) is not None:  # files of another input under this name: not this crop's
+            # files under this name are another input's (or a record lost): not this crop's
+            for name in output_names(stem):
+                (out_dir / name).unlink(missing_ok=True)
+            if record.pop(stem, None) is not None:
                 _write_separation_record(record_path, record)
-                for name in output_names(stem):
-                    (out_dir / name).unlink(missing_ok=True)
+            warnings.warn(f"{exc}; not separated", stacklevel=2)
             continue
         warn_if_doubtful(intensity, separation, model, spacing, str(path))
         files = _separation_files(out_dir, stem, intensity, separation)
