@@ -192,10 +192,10 @@ def predict_logits(model: LayerSeparationNet, intensity: np.ndarray) -> tuple[np
 
 
 def _lean(mask_logits: np.ndarray, picture: np.ndarray) -> tuple[tuple[float, float], float] | None:
-    """The joint centre ``(x, y)`` and axis (degrees from vertical) of two bones' mask logits
-    within ``picture`` (the mirrored fill and what a turn uncovers hold ghosts of the bones), or None when the masks do not make a joint (a bone missing, the bones side by side, or found
-    in the wrong order: taken in the order found, turned joints straightened better, 45 deg: mask
-    Dice 0.970 / 0.944 against 0.961 / 0.942)."""
+    """The joint centre ``(x, y)`` and axis (degrees from vertical) of two bones' mask logits,
+    read within ``picture`` (a mirrored fill, and what a turn uncovers, hold ghosts of the bones);
+    None when they make no joint: a bone missing, the bones side by side, or in the wrong order
+    (taken as found: put in order, more turned crops were straightened wrongly in a probe)."""
     upper, lower = clean_mask((mask_logits[0] > 0) & picture), clean_mask((mask_logits[1] > 0) & picture)
     if not (upper.any() and lower.any()):
         return None
@@ -227,7 +227,7 @@ def upright_logits(model: LayerSeparationNet, intensity: np.ndarray,
         return shares, mask_logits
     (x, y), axis_deg = frame
     height, width = intensity.shape
-    picture = intensity.astype(np.float32)
+    crop = intensity.astype(np.float32)
     best = None  # (turn matrix, upright shares, upright masks): the pass that leans least
     least_lean = abs(axis_deg)
     for _ in range(2):
@@ -235,7 +235,7 @@ def upright_logits(model: LayerSeparationNet, intensity: np.ndarray,
         matrix = cv2.getRotationMatrix2D((float(x), float(y)), float(axis_deg), 1.0)
         # on the crop's own canvas: on one that holds the whole turned crop, the network saw wide
         # mirrored margins and lost the bones (real crops turned by 45 deg: Dice 0.78 / 0.84)
-        turned = cv2.warpAffine(picture, matrix, (width, height), flags=cv2.INTER_CUBIC,
+        turned = cv2.warpAffine(crop, matrix, (width, height), flags=cv2.INTER_CUBIC,
                                 borderMode=cv2.BORDER_REFLECT_101)
         upright_shares, upright_masks = predict_logits(model, np.clip(turned, 0.0, 1.0).astype(np.float64))
         turned_picture = cv2.warpAffine(picture_mask.astype(np.float32), matrix, (width, height), flags=cv2.INTER_LINEAR,
