@@ -40,7 +40,6 @@ from jsnsynth.synth.dataset import (
     simulate_pair,
 )
 from jsnsynth.synth.io import decode_png, encode_png, write_bytes_atomic
-from jsnsynth.errors import InputError
 from jsnsynth.synth.pairs import PairConfig, make_pair
 from jsnsynth.synth.xray import quantize
 from jsnsynth.synth.sources import FingerJointsSource, PhantomSource
@@ -488,6 +487,76 @@ def test_ctrl_c_stops_a_multiprocess_run_in_one_line(tmp_path: Path) -> None:
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130
     assert err.decode().splitlines() == ["jsnsynth: interrupted; rerun the same command to resume"]  # one line
+
+
+def _worker_pids(parent_pid: int) -> list[int]:
+    """Pids of the spawned worker processes of ``parent_pid`` (Linux /proc)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+            if int(fields[1]) == parent_pid and b"spawn_main" in cmdline:
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc (Linux)")
+def test_a_worker_killed_mid_run_stops_it_in_one_line_and_the_run_resumes(tmp_path: Path) -> None:
+    # a worker killed (by the system, out of memory) left a multiprocessing.Pool waiting for its
+    # rows for ever: the run hung without a word
+    out = tmp_path / "ds"
+    command = [sys.executable, "-m", "jsnsynth.cli", "dataset", "--source", "phantom", "--pairs", "600", "--size", "64",
+               "--layers-every", "0", "--num-proc", "2", "--shard-size", "10", "--out", str(out), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / UNFINISHED_DIR / "data").glob("*.parquet")) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the workers are at work once a shard is written
+        workers = _worker_pids(process.pid)
+        assert process.poll() is None and len(workers) == 2, "the run ended before a worker could be killed"
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = process.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 1
+    lines = err.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jsnsynth: error: a worker process stopped abruptly"), lines
+    assert "rerun the same command to resume" in lines[0]
+    completed = json.loads((out / STATE_NAME).read_text())["completed_shards"]
+    assert completed  # kept, and taken up again
+    resumed = subprocess.run(command, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    assert json.loads((out / STATE_NAME).read_text())["complete"]
+    pair_ids = [row["pair_id"] for row in iter_pairs(out)]
+    assert len(pair_ids) == len(set(pair_ids)) == 600
+
+
+def test_a_source_that_workers_cannot_import_is_refused_in_one_error(tmp_path: Path) -> None:
+    # a source class defined at the prompt or in a notebook: each spawned worker failed to unpickle
+    # it in its start-up and printed a traceback, and multiprocessing.Pool started new workers that
+    # failed alike, for ever
+    script = f"""
+import sys
+from jsnsynth.errors import InputError
+from jsnsynth.synth.dataset import build_dataset
+from jsnsynth.synth.sources import PhantomSource
+class MySource(PhantomSource):
+    pass
+try:
+    build_dataset(MySource(n_joints=8, size_px=64), {str(tmp_path / "ds")!r}, 8, num_proc=2, shard_size=2,
+                  layers_every=0, quiet=True)
+except InputError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert done.returncode == 3, done.stderr.decode()
+    assert done.stdout.decode().startswith("the joint source cannot be sent to a worker process (AttributeError")
+    assert "define its class in an importable module" in done.stdout.decode()
+    assert b"Traceback" not in done.stderr
+    assert not (tmp_path / "ds").exists()  # nothing written: nothing left
 
 
 def test_output_folder_with_other_content_or_other_run(raster_source: FingerJointsSource, tmp_path: Path, capsys) -> None:

@@ -18,6 +18,10 @@ class OutputError(JsnSynthError):
     """An output location cannot be used (for example a folder that holds something else)."""
 
 
+class WorkerError(JsnSynthError):
+    """A worker process stopped abruptly (killed by the system, out of memory)."""
+
+
 def one_line(text: str, limit: int | None = MESSAGE_LIMIT, whole: bool = False) -> str:
     """``text`` as one printable line: its first line (or, with ``whole``, all of it, line breaks
     included, as for a file name that holds one), control characters (raw bytes of a corrupt file

@@ -29,8 +29,10 @@ the card is written last.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -38,6 +40,8 @@ import os
 import pickle
 import signal
 import warnings
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
@@ -48,7 +52,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jsnsynth import __version__
-from jsnsynth.errors import InputError, OutputError
+from jsnsynth.errors import InputError, OutputError, WorkerError, exception_line
 from jsnsynth.synth.io import (
     decode_png,
     encode_png,
@@ -463,21 +467,39 @@ def simulate_pair(source: JointSource, joint_id: str, index: int, seed: int, con
     return pair
 
 
-# worker-process state: set once per process by _init_worker
+# worker-process state: set once per process by _use_job (in-process) or _init_worker
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(
-    source: JointSource, plan: Plan, config: DatasetConfig, in_worker: bool = True,
-    show_warning: Callable | None = None,
-) -> None:
-    if in_worker:  # a pool's worker process, one per core: one thread in it (see jsnsynth.threads)
-        import cv2
+def _use_job(source: JointSource, plan: Plan, config: DatasetConfig) -> None:
+    """Make ``source``, ``plan`` and ``config`` the job that :func:`_rows_for` computes rows of."""
+    _WORKER.clear()
+    _WORKER.update(source=source, plan=plan, config=config, layer_pairs=layer_pairs(plan, config.layers_every))
 
-        cv2.setNumThreads(1)
+
+def _init_worker(job: bytes) -> None:
+    """Start a worker process on the pickled ``(source, plan, config, show_warning)`` job.
+
+    Unpickled here rather than by multiprocessing: a source class the worker cannot import (one
+    defined in a notebook or at the prompt, whose ``__main__`` a spawned process does not have)
+    failed in the process's start-up, which printed a traceback per worker; a ``Pool`` started
+    new workers that failed alike, for ever. The failure is kept for the first task to raise.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)  # one worker per core: one thread in it (see jsnsynth.threads)
+    _WORKER.clear()
+    try:
+        source, plan, config, show_warning = pickle.loads(job)
+    except Exception as exc:  # noqa: BLE001  (whatever unpickling raised: reported by the task)
+        _WORKER["failure"] = (
+            f"the joint source cannot be sent to a worker process ({exception_line(exc)}): define its "
+            "class in an importable module, not in a notebook or at the prompt, or use one process (num_proc=1)"
+        )
+        return
     if show_warning is not None:  # a worker shows warnings as its parent does (the CLI: one line)
         warnings.showwarning = show_warning
-    _WORKER.update(source=source, plan=plan, config=config, layer_pairs=layer_pairs(plan, config.layers_every))
+    _use_job(source, plan, config)
 
 
 def layer_pairs(plan: Plan, layers_every: int) -> frozenset[int]:
@@ -764,43 +786,98 @@ def _picklable(function: Callable) -> Callable | None:
     return function
 
 
+#: Pairs a worker computes per task, and tasks queued per worker: enough to keep the workers
+#: busy while the parent writes a shard, few enough that the rows waiting to be written stay small.
+_PAIRS_PER_TASK = 4
+_TASKS_AHEAD_PER_WORKER = 2
+
+
+@contextlib.contextmanager
+def _interrupt_ignored() -> Iterator[None]:
+    """SIGINT ignored in this process for the block: processes started in it ignore it for good
+    (Python keeps an inherited SIG_IGN).
+
+    Ctrl-C reaches the whole process group. Workers that took it printed their tracebacks (from
+    their start-up on) and once left the parent waiting on a pool whose workers had died; the
+    parent alone stops the run and says how to resume it.
+    """
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread, which alone gets Ctrl-C
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def _iter_rows(
     source: JointSource, plan: Plan, config: DatasetConfig, indices: list[int], num_proc: int
 ) -> Iterator[tuple[dict, list[dict]]]:
-    """Rows of ``indices`` in order, computed in-process or by ``num_proc`` workers."""
+    """Rows of ``indices`` in order, computed in-process or by ``num_proc`` workers.
+
+    Raises:
+        InputError: the source cannot be sent to a worker process.
+        WorkerError: a worker process stopped abruptly (killed, out of memory).
+    """
     if num_proc <= 1:
-        _init_worker(source, plan, config, in_worker=False)
+        _use_job(source, plan, config)
         # as the workers compute: one thread per library, so that the bytes are the same
         with single_threaded():
             for index in indices:
                 yield _rows_for(index)
         return
-    context = multiprocessing.get_context("spawn")
-    # Ctrl-C reaches the whole process group: the parent stops the pool and says how to resume.
-    # Workers that took it as well printed their tracebacks (from their start-up on), and once
-    # left the parent waiting on a pool whose workers had died; ignored when they are started,
-    # the signal stays ignored in them (Python keeps an inherited SIG_IGN)
     try:
-        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread, which alone gets Ctrl-C
-        interrupt = None
-    try:
-        # spawned with the thread-count variables at 1, the workers load BLAS/OpenMP single-threaded
-        # (one worker per core already: nested threads only contend; the same bytes either way)
-        with single_threaded():
-            pool = context.Pool(num_proc, initializer=_init_worker,
-                                initargs=(source, plan, config, True, _picklable(warnings.showwarning)))
-    finally:
-        if interrupt is not None:
-            signal.signal(signal.SIGINT, interrupt)
+        job = pickle.dumps((source, plan, config, _picklable(warnings.showwarning)))
+    except Exception as exc:  # noqa: BLE001  (whatever pickling raised)
+        raise InputError(f"the joint source cannot be sent to a worker process ({exception_line(exc)}); "
+                         "use one process (num_proc=1)") from None
+    tasks = iter([indices[i:i + _PAIRS_PER_TASK] for i in range(0, len(indices), _PAIRS_PER_TASK)])
+    # a process pool that notices a worker that died: multiprocessing.Pool waited for its rows for ever
+    executor = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(job,))
+    queued: collections.deque[Future] = collections.deque()
+
+    def queue_tasks() -> None:
+        for task in itertools.islice(tasks, num_proc * _TASKS_AHEAD_PER_WORKER - len(queued)):
+            queued.append(executor.submit(_task_rows, task))
+
     shown: set[tuple[str, type]] = set()
-    with pool:
-        for rows, caught in pool.imap(_rows_and_warnings, indices, chunksize=4):
-            for message, category in caught:
-                if (message, category) not in shown:
-                    shown.add((message, category))
-                    warnings.warn(message, category, stacklevel=2)
-            yield rows
+    done = 0
+    try:
+        # the workers are started by the first tasks queued: with the thread-count variables at 1
+        # they load BLAS/OpenMP single-threaded (one worker per core already; the same bytes either way)
+        with single_threaded(), _interrupt_ignored():
+            queue_tasks()
+        while queued:
+            try:
+                results = queued.popleft().result()
+            except BrokenProcessPool:
+                raise WorkerError(
+                    f"a worker process stopped abruptly (killed, or out of memory?) after {done} of "
+                    f"{len(indices)} pair(s); the finished shards are kept: rerun the same command to "
+                    "resume, with fewer worker processes if memory ran out"
+                ) from None
+            queue_tasks()
+            for rows, caught in results:
+                for message, category in caught:
+                    if (message, category) not in shown:
+                        shown.add((message, category))
+                        warnings.warn(message, category, stacklevel=2)
+                done += 1
+                yield rows
+    finally:
+        # every row handed over: the workers are idle and stopped at once; on an error or an
+        # interrupt, the tasks not begun are dropped and those under way end on their own
+        executor.shutdown(wait=done == len(indices), cancel_futures=True)
+
+
+def _task_rows(indices: list[int]) -> list[tuple[tuple[dict, list[dict]], list[tuple[str, type]]]]:
+    """:func:`_rows_and_warnings` of each of ``indices``, in a worker process."""
+    if "failure" in _WORKER:
+        raise InputError(_WORKER["failure"])
+    return [_rows_and_warnings(index) for index in indices]
 
 
 def _rows_and_warnings(index: int) -> tuple[tuple[dict, list[dict]], list[tuple[str, type]]]:
