@@ -74,6 +74,23 @@ def test_dataset_options_out_of_range_are_usage_errors(option: list[str], tmp_pa
     assert not (tmp_path / "ds").exists()
 
 
+@pytest.mark.parametrize("args, name", [
+    (["separate", "crop.png", "--out", ""], "--out"),
+    (["dataset", "--source", "phantom", "--pairs", "2", "--out", ""], "--out"),
+    (["quantify", "b.png", "f.png", "--upper-mask", "u.png", "--lower-mask", "l.png", "--json", ""], "--json"),
+    (["validate", " "], "DATASET"),
+    (["phantom", "--out", ""], "--out"),
+])
+def test_an_empty_path_is_a_usage_error(args: list[str], name: str, tmp_path, monkeypatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``Path("")`` is the current folder: ``separate x.png --out "$UNSET"`` wrote its files there."""
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and f"'{name}'" in lines[0] and "an empty path" in lines[0], lines
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("args", [[], ["lsn"]])
 def test_bare_command_shows_the_help(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(args) == 2

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -629,6 +630,36 @@ def test_wrong_schema_is_rejected(phantom_dataset: Path, tmp_path: Path) -> None
         check_dataset_folder(broken)
 
 
+@pytest.mark.parametrize("change, message", [
+    ("pairs shard deleted", "1 shard(s) missing from data/"),
+    ("layers shard deleted", "1 shard(s) missing from layers/"),
+    ("pairs shard deleted, no run record", "1 shard(s) missing from data/"),
+    ("a shard added", "data/ holds 1 shard(s) that its run did not write"),
+])
+def test_a_dataset_with_a_shard_missing_or_added_is_refused(phantom_dataset: Path, tmp_path: Path, change: str,
+                                                            message: str) -> None:
+    # a shard deleted or not copied: validate scored the part, publish would have uploaded it
+    from jsnsynth.quantify.validate import dataset_shards
+
+    folder = tmp_path / "copy"
+    shutil.copytree(phantom_dataset, folder)
+    shard = sorted((folder / "data").glob("train-*.parquet"))[1]
+    if change.startswith("layers"):
+        (folder / "layers" / shard.name).unlink()
+    elif change == "a shard added":
+        shutil.copy(shard, folder / "data" / "train-00009-of-00010.parquet")
+    else:
+        shard.unlink()
+    if "no run record" in change:
+        (folder / STATE_NAME).unlink()  # another tool's dataset: its shard names state the count
+    else:
+        with pytest.raises(InputError, match=re.escape(message)):
+            check_dataset_folder(folder)  # publish's check
+    with pytest.raises(InputError, match=re.escape(message)):
+        dataset_shards(folder)  # validate's
+    assert main(["validate", str(folder), "--out", str(tmp_path / "report")]) == 1
+
+
 def test_a_run_that_failed_before_its_first_shard_does_not_block_the_corrected_one(tmp_path) -> None:
     out = tmp_path / "ds"
     with pytest.raises(InputError, match="64 to 4096 pixels"):
@@ -642,6 +673,26 @@ def test_a_run_that_failed_before_its_first_shard_does_not_block_the_corrected_o
 def test_pair_options_out_of_their_physical_range_are_refused(options) -> None:
     with pytest.raises(InputError, match="pair option"):
         PairConfig(**options)
+
+
+@pytest.mark.parametrize("args, message", [
+    # 5 mm at 0.02 mm/px is 250 px: the upper bone left the 256 px crop, and the label said 250 px
+    (["--jsn-mm", "5", "5", "--pixel-spacing", "0.02"], "a JSN change of up to 5 mm is 250.0 px at 0.02 mm/px"),
+    # the limits are in pixels whatever the size: a 64 px crop's joint moved out of it
+    (["--size", "64", "--translation-px", "64"], "the follow-up's joint would leave it"),
+    (["--size", "64", "--jsn-px", "32", "32"], "the follow-up's joint would leave it"),
+])
+def test_pair_options_that_move_the_joint_out_of_the_image_are_refused(tmp_path: Path, capsys, args, message) -> None:
+    out = tmp_path / "ds"
+    assert main(["dataset", "--source", "phantom", "--pairs", "2", "--out", str(out), "--quiet", *args]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not out.exists()  # nothing written
+    # the same reach on a crop that holds it: made, with the bones where the label says
+    if "--size" in args:
+        fits = [a if a != "64" or args[i - 1] != "--size" else "256" for i, a in enumerate(args)]
+        assert main(["dataset", "--source", "phantom", "--pairs", "2", "--out", str(tmp_path / "fits"), "--quiet",
+                     "--layers-every", "0", *fits]) == 0
 
 
 class _UnreadableSource:

@@ -293,6 +293,42 @@ def test_dicom_spacing_that_is_not_a_number_is_named(tmp_path: Path) -> None:
         io.read_radiograph(path)
 
 
+def test_dicom_without_its_preamble_is_read(tmp_path: Path) -> None:
+    """A DICOM file without the 128-byte preamble (a bare data set, as some exports write it)
+    was refused with pydicom's 'Use force=True', advice no command-line user can take."""
+    pixels = (np.arange(24 * 32).reshape(24, 32) * 5 % 4096).astype(np.uint16)
+    _write_dicom(tmp_path / "x.dcm", pixels, "MONOCHROME2", "PixelSpacing")
+    import pydicom
+
+    ds = pydicom.dcmread(str(tmp_path / "x.dcm"))
+    ds.preamble = None  # written without preamble nor "DICM"
+    ds.save_as(str(tmp_path / "bare.dcm"), enforce_file_format=False)
+    assert (tmp_path / "bare.dcm").read_bytes()[128:132] != b"DICM"
+    radiograph = io.read_radiograph(tmp_path / "bare.dcm")
+    np.testing.assert_allclose(radiograph.intensity, pixels / 4095.0, atol=1e-12)
+    assert radiograph.pixel_spacing_mm == 0.1
+
+
+def test_dicom_compressed_beyond_the_installed_decoders_says_how_to_read_it(tmp_path: Path, monkeypatch) -> None:
+    """A JPEG Lossless DICOM (the usual CR/DX syntax) without a decoder for it: pydicom names the
+    decoders it lacks on the lines after the first, which the one-line error dropped."""
+    import pydicom
+
+    def no_decoder(self):
+        raise RuntimeError("Unable to decompress 'JPEG Lossless' pixel data because all plugins are missing "
+                           "dependencies:\n    gdcm - requires gdcm\n    pylibjpeg - requires pylibjpeg")
+
+    _write_dicom(tmp_path / "x.dcm", np.zeros((24, 32), np.uint16), "MONOCHROME2", None)
+    ds = pydicom.dcmread(str(tmp_path / "x.dcm"))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGLosslessSV1
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\xff\xc3 not decoded here"])
+    ds.save_as(str(tmp_path / "jpeg_lossless.dcm"), enforce_file_format=True)
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_decoder))
+    with pytest.raises(InputError, match=r"jpeg_lossless\.dcm: DICOM compressed as JPEG Lossless.*cannot decode") as info:
+        io.read_radiograph(tmp_path / "jpeg_lossless.dcm")
+    assert "decompress it first" in str(info.value) and "pylibjpeg" in str(info.value)
+
+
 def test_corrupt_dicom_is_one_printable_line_without_warnings(tmp_path: Path) -> None:
     import warnings
 

@@ -40,6 +40,16 @@ class FiniteFloatRange(click.FloatRange):
         return "" if self.min is None and self.max is None else super()._describe_range()
 
 
+class NonEmptyPath(click.Path):
+    """A path option or argument that refuses an empty string as a usage error: ``Path("")`` is
+    the current folder, so ``--out "$UNSET"`` wrote a command's files there."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path (an unset shell variable?)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 # The ranges the options state in --help are the library's checks, repeated here because the
 # command line imports no numerics at start-up (tests/test_cli.py holds them equal):
 #: jsnsynth.synth.phantom.MIN_SIZE_PX and MAX_SIZE_PX
@@ -85,7 +95,7 @@ def cli() -> None:
 
 @cli.command("phantom")
 @click.option("--n", "n", required=True, type=click.IntRange(min=1), help="Number of phantoms to write.")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--out", "out_dir", required=True, type=NonEmptyPath(path_type=Path),
               help="Output folder (new, empty, or an interrupted run of the same command to resume).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Base seed; phantom i uses SeedSequence([seed, i]).")
@@ -167,7 +177,7 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
 @cli.command("dataset")
 @click.option("--source", "source_spec", required=True, help="phantom | fingerjoints:DIR | lsn:DIR")
 @click.option("--pairs", "n_pairs", required=True, type=click.IntRange(min=1), help="Number of baseline/follow-up pairs.")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder (new, empty, or an interrupted run to resume).")
+@click.option("--out", "out_dir", required=True, type=NonEmptyPath(path_type=Path), help="Output folder (new, empty, or an interrupted run to resume).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Base seed; pair i uses SeedSequence([seed, i]).")
 @click.option("--num-proc", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes (output bytes do not depend on it).")
 @click.option("--shard-size", type=click.IntRange(min=1), default=100, show_default=True, help="Pairs per parquet shard.")
@@ -221,7 +231,7 @@ def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, nu
 
 
 @cli.command("publish")
-@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("folder", type=NonEmptyPath(path_type=Path))
 @click.option("--repo-id", required=True, help="Hub dataset repository, OWNER/NAME.")
 @click.option("--private", is_flag=True, help="Create the repository as private.")
 def publish_command(folder: Path, repo_id: str, private: bool) -> None:
@@ -235,16 +245,16 @@ def publish_command(folder: Path, repo_id: str, private: bool) -> None:
 
 
 @cli.command("quantify")
-@click.argument("baseline", type=click.Path(path_type=Path))
-@click.argument("followup", type=click.Path(path_type=Path))
-@click.option("--upper-mask", required=True, type=click.Path(path_type=Path), help="Baseline upper-bone mask.")
-@click.option("--lower-mask", required=True, type=click.Path(path_type=Path), help="Baseline lower-bone mask.")
-@click.option("--followup-upper-mask", type=click.Path(path_type=Path), help="Follow-up upper-bone mask (optional).")
-@click.option("--followup-lower-mask", type=click.Path(path_type=Path), help="Follow-up lower-bone mask (optional).")
+@click.argument("baseline", type=NonEmptyPath(path_type=Path))
+@click.argument("followup", type=NonEmptyPath(path_type=Path))
+@click.option("--upper-mask", required=True, type=NonEmptyPath(path_type=Path), help="Baseline upper-bone mask.")
+@click.option("--lower-mask", required=True, type=NonEmptyPath(path_type=Path), help="Baseline lower-bone mask.")
+@click.option("--followup-upper-mask", type=NonEmptyPath(path_type=Path), help="Follow-up upper-bone mask (optional).")
+@click.option("--followup-lower-mask", type=NonEmptyPath(path_type=Path), help="Follow-up lower-bone mask (optional).")
 @click.option("--pixel-spacing", type=PIXEL_SPACING, help="mm/px; default: DICOM header, else 0.175 nominal.")
-@click.option("--residual-figure", type=click.Path(), callback=_file_to_write,
+@click.option("--residual-figure", type=NonEmptyPath(), callback=_file_to_write,
               help="Write the residual maps: PNG, or PDF, SVG or JPEG by the name's suffix.")
-@click.option("--json", "json_out", type=click.Path(), callback=_file_to_write, help="Also write the JSON record here.")
+@click.option("--json", "json_out", type=NonEmptyPath(), callback=_file_to_write, help="Also write the JSON record here.")
 @click.option("--joint-center", type=FiniteFloatRange(), nargs=2, metavar="X Y", default=None,
               help="Joint centre (px) where JSN is read; default: from the baseline masks, as in jsnsynth datasets.")
 @click.option("--joint-axis-deg", type=FiniteFloatRange(), default=None,
@@ -274,10 +284,10 @@ def quantify_command(baseline, followup, upper_mask, lower_mask, followup_upper_
 
 
 @cli.command("validate")
-@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("dataset", type=NonEmptyPath(path_type=Path))
 @click.option("--method", default="register", show_default=True,
               help="register, poc, ecc, or module:function with quantify_pair's signature.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Write summary.json, pairs.csv and plots here (an interrupted run resumes).")
+@click.option("--out", "out_dir", type=NonEmptyPath(path_type=Path), help="Write summary.json, pairs.csv and plots here (an interrupted run resumes).")
 @click.option("--split", help="Only this split (default: all).")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many pairs.")
 def validate_command(dataset, method, out_dir, split, limit) -> None:
@@ -295,9 +305,9 @@ def validate_command(dataset, method, out_dir, split, limit) -> None:
 
 
 @cli.command("validate-real")
-@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("folder", type=NonEmptyPath(path_type=Path))
 @click.option("--method", default="register", show_default=True, help="register, poc, ecc or module:function.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Write real_summary.json, real_pairs.csv, real_series.png (an interrupted run resumes).")
+@click.option("--out", "out_dir", type=NonEmptyPath(path_type=Path), help="Write real_summary.json, real_pairs.csv, real_series.png (an interrupted run resumes).")
 @click.option("--limit-series", type=click.IntRange(min=1), help="Only the first N multi-visit series.")
 def validate_real_command(folder, method, out_dir, limit_series) -> None:
     """Real-series protocol on a finger-joint FOLDER: shifted-trial SD, mismatching rate, transitivity."""
@@ -317,9 +327,9 @@ def validate_real_command(folder, method, out_dir, limit_series) -> None:
 
 
 @cli.command("separate")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--weights", type=click.Path(path_type=Path), default=None, help="LSN weights file (default: bundled).")
+@click.argument("images", nargs=-1, required=True, type=NonEmptyPath(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=NonEmptyPath(path_type=Path), help="Output folder.")
+@click.option("--weights", type=NonEmptyPath(path_type=Path), default=None, help="LSN weights file (default: bundled).")
 @click.option("--pixel-spacing", "pixel_spacing_mm", type=PIXEL_SPACING, default=None,
               help="Pixel size of the crops in mm (default: DICOM header, else 0.175 mm/px).")
 def separate_command(images: tuple[Path, ...], out_dir: Path, weights: Path | None, pixel_spacing_mm: float | None) -> None:
@@ -352,10 +362,10 @@ def lsn_group() -> None:
 
 
 @lsn_group.command("train")
-@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="JSON training config.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+@click.option("--config", "config_path", required=True, type=NonEmptyPath(path_type=Path), help="JSON training config.")
+@click.option("--out", "out_dir", type=NonEmptyPath(path_type=Path), default=None,
               help="Run folder (checkpoint, log.csv; default runs/lsn/<config name>). Rerun to resume.")
-@click.option("--export", "export_path", type=click.Path(path_type=Path), default=None,
+@click.option("--export", "export_path", type=NonEmptyPath(path_type=Path), default=None,
               help="Also write the final weights here (e.g. src/jsnsynth/lsn/weights/lsn_default.pt).")
 def lsn_train_command(config_path: Path, out_dir: Path | None, export_path: Path | None) -> None:
     """Train (or resume) the LSN from a JSON config (e.g. src/jsnsynth/lsn/configs/default.json)."""
@@ -372,7 +382,7 @@ def lsn_train_command(config_path: Path, out_dir: Path | None, export_path: Path
 
 
 @cli.command("demo")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo_output"), show_default=True,
+@click.option("--out", "out_dir", type=NonEmptyPath(path_type=Path), default=Path("demo_output"), show_default=True,
               help="Folder for everything the demo writes (rerunning resumes).")
 @click.option("--pairs", "n_pairs", type=click.IntRange(min=4), default=24, show_default=True,
               help="Pairs in the demo dataset.")

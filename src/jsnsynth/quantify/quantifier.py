@@ -233,7 +233,9 @@ def check_masks_apart(upper: np.ndarray, lower: np.ndarray, label: str) -> None:
     """Reject masks that overlap mostly: not two bones (two drawings of one, or one drawn twice)."""
     overlap = np.count_nonzero(upper & lower) / min(np.count_nonzero(upper), np.count_nonzero(lower))
     if overlap > 0.5:
-        raise InputError(f"{label} upper and lower masks overlap by {overlap:.0%}: not two separate bones")
+        # one label image given as both masks is the usual cause: every non-zero pixel is inside
+        raise InputError(f"{label} upper and lower masks overlap by {overlap:.0%}: not two separate bones "
+                         "(any non-zero pixel of a mask is inside: give each bone its own mask)")
 
 
 def check_bone_order(upper: np.ndarray, lower: np.ndarray, axis_deg: float, label: str) -> None:

@@ -38,6 +38,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import re
 import signal
 import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -61,7 +62,15 @@ from jsnsynth.synth.io import (
     strict_json_value,
     write_bytes_atomic,
 )
-from jsnsynth.synth.pairs import Pair, PairConfig, PairParams, make_pair, sample_pair_params
+from jsnsynth.synth.layers import joint_frame_from_masks
+from jsnsynth.synth.pairs import (
+    Pair,
+    PairConfig,
+    PairParams,
+    check_followup_joint_in_image,
+    make_pair,
+    sample_pair_params,
+)
 from jsnsynth.synth.sources import JointSource
 from jsnsynth.synth.xray import ImagingParams, quantize
 from jsnsynth.threads import single_threaded
@@ -446,10 +455,18 @@ def simulate_pair(source: JointSource, joint_id: str, index: int, seed: int, con
     """Load joint ``joint_id`` and simulate pair ``index`` from ``SeedSequence([seed, index])``.
 
     Raises:
-        InputError: an image of the pair comes out blank (see :data:`MIN_IMAGE_RANGE`).
+        InputError: the pair options can move the joint out of the image
+            (:func:`~jsnsynth.synth.pairs.check_followup_joint_in_image`), or an image of the pair
+            comes out blank (see :data:`MIN_IMAGE_RANGE`).
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     layers = source.load(joint_id, rng)
+    try:
+        check_followup_joint_in_image(config, layers.pixel_spacing_mm,
+                                      joint_frame_from_masks(layers.upper_mask, layers.lower_mask)[0],
+                                      layers.upper_mask.shape)
+    except InputError as exc:
+        raise InputError(f"joint {joint_id}: {exc}") from None
     params = sample_pair_params(rng, layers.pixel_spacing_mm, config)
     renderer = source.render_with_poses if getattr(source, "exact_pose_rendering", False) else None
     pair = make_pair(layers, params, renderer, config.soft_tissue_blend_mm)
@@ -1196,7 +1213,8 @@ def check_finished_run(folder: str | os.PathLike, record_required: bool = True) 
     made by another tool in the same layout (``record_required=False`` accepts it).
 
     Raises:
-        InputError: no run record (when required) or not jsnsynth's, an unfinished run, or no card.
+        InputError: no run record (when required) or not jsnsynth's, an unfinished run, no card,
+            or shards missing (:func:`_check_shards_complete`).
     """
     folder = Path(folder)
     state = _read_state(folder, as_input=True)
@@ -1209,7 +1227,50 @@ def check_finished_run(folder: str | os.PathLike, record_required: bool = True) 
         raise InputError(f"{folder}: the dataset run is unfinished; rerun the same 'jsnsynth dataset' command to resume")
     if not (folder / CARD_NAME).is_file():
         raise InputError(f"{folder}: no {CARD_NAME} dataset card (an unfinished or incomplete dataset)")
+    _check_shards_complete(folder, state)
     return state
+
+
+#: ``<split>-<i>-of-<n>.parquet``, the shard names of jsnsynth and of the Hub's ``push_to_hub``.
+_SHARD_NAME = re.compile(r"(?P<split>.+)-(?P<number>\d+)-of-(?P<count>\d+)\.parquet")
+
+
+def _check_shards_complete(folder: Path, state: dict | None) -> None:
+    """Refuse a dataset folder that lacks shards it was written with, or holds others.
+
+    A shard deleted or not copied left a dataset that ``validate`` scored and ``publish`` would
+    upload as the whole (``datasets.load_dataset`` refuses it, its split sizes not the card's).
+    The shards are the run record's ``completed_shards`` in ``data/`` and, with layers, in
+    ``layers/``; without a record, every ``<split>-<i>-of-<n>`` of the names present.
+
+    Raises:
+        InputError: a shard missing, or one the run record does not list.
+    """
+    completed = state.get("completed_shards") if state is not None else None
+    recorded = isinstance(completed, list)
+    config = state.get("config") if state is not None else None
+    with_layers = bool(config.get("layers_every")) if isinstance(config, dict) else False
+    for subfolder in (PAIRS_DIR, LAYERS_DIR):
+        present = {path.name for path in (folder / subfolder).glob("*.parquet")}
+        if recorded and (subfolder == PAIRS_DIR or with_layers):
+            expected = {str(name) for name in completed}
+        elif recorded or not present:
+            continue
+        else:  # another tool's dataset: the numbering its names state
+            expected = set(present)
+            for name in present:
+                match = _SHARD_NAME.fullmatch(name)
+                if match is not None:
+                    width, count = len(match["number"]), int(match["count"])
+                    expected |= {f"{match['split']}-{i:0{width}d}-of-{match['count']}.parquet" for i in range(count)}
+        missing, extra = sorted(expected - present), sorted(present - expected)
+        if missing:
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            raise InputError(f"{folder}: {len(missing)} shard(s) missing from {subfolder}/ ({shown}): an incomplete "
+                             "copy of the dataset; copy it whole or build it again")
+        if extra:
+            shown = ", ".join(extra[:3]) + (", ..." if len(extra) > 3 else "")
+            raise InputError(f"{folder}: {subfolder}/ holds {len(extra)} shard(s) that its run did not write ({shown})")
 
 
 def iter_pairs(folder: str | os.PathLike, split: str | None = None) -> Iterator[dict]:

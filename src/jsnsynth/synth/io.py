@@ -226,11 +226,31 @@ def _read_dicom(path: Path) -> Radiograph:
         # raw bytes; the user gets the one line below instead
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(str(path))
-            pixels = ds.pixel_array
+            # force: a file named as DICOM without the 128-byte preamble, which pydicom reads only
+            # when told to (its error said "Use force=True", advice no command-line user can take)
+            ds = pydicom.dcmread(str(path), force=True)
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            if syntax is not None and syntax.is_compressed:
+                try:
+                    pixels = ds.pixel_array
+                except Exception as exc:  # noqa: BLE001  (no decoder for it; any other failure below)
+                    if "missing" not in str(exc) or "dependenc" not in str(exc):
+                        raise
+                    # pydicom names the decoders it lacks on the lines after the first, which a
+                    # one-line error dropped
+                    raise InputError(
+                        f"{path}: DICOM compressed as {syntax.name}, which this installation cannot decode "
+                        f"({exception_line(exc)}); decompress it first (for example gdcmconv --raw or "
+                        "dcmdjpeg), or install a pydicom decoder for it (pylibjpeg with its plug-ins, or "
+                        "python-gdcm)"
+                    ) from None
+            else:
+                pixels = ds.pixel_array
             bits = int(getattr(ds, "BitsStored", 16 if pixels.dtype.itemsize > 1 else 8))
             photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
             signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
+    except InputError:
+        raise
     except Exception as exc:  # pydicom raises many types for corrupt files
         raise InputError(f"{path}: unreadable DICOM ({exception_line(exc)})") from None
     if pixels.ndim != 2:

@@ -149,7 +149,12 @@ class PairParams:
 def sample_pair_params(
     rng: np.random.Generator, pixel_spacing_mm: float, config: PairConfig = PairConfig()
 ) -> PairParams:
-    """Draw the JSN change, the nuisances and both imaging chains of one pair."""
+    """Draw the JSN change, the nuisances and both imaging chains of one pair.
+
+    Raises:
+        InputError: ``config.jsn_mm`` reaches beyond the pixel limit at ``pixel_spacing_mm``.
+    """
+    jsn_reach_px(config, pixel_spacing_mm)
     if config.jsn_px is not None:
         jsn_px = float(rng.uniform(*config.jsn_px))
     else:
@@ -172,6 +177,51 @@ def sample_pair_params(
         baseline_imaging=baseline,
         followup_imaging=followup,
     )
+
+
+def jsn_reach_px(config: PairConfig, pixel_spacing_mm: float) -> float:
+    """The largest JSN change, in pixels at ``pixel_spacing_mm``, that ``config`` draws.
+
+    Raises:
+        InputError: a range in millimetres that reaches beyond the ``jsn_px`` limit in pixels:
+            checked on the pixels, as the crop holds them (5 mm at 0.02 mm/px moved the bone
+            250 px, out of a 256 px crop, and the label said so).
+    """
+    if config.jsn_px is not None:
+        return max(abs(v) for v in config.jsn_px)
+    reach_px = max(abs(v) for v in config.jsn_mm) / pixel_spacing_mm
+    low, high = PAIR_OPTION_LIMITS["jsn_px"]
+    if not low <= reach_px <= high:
+        raise InputError(
+            f"a JSN change of up to {max(abs(v) for v in config.jsn_mm):g} mm is {reach_px:.1f} px at "
+            f"{pixel_spacing_mm:g} mm/px, beyond the {high:g} px a crop can hold: give a smaller JSN range"
+        )
+    return reach_px
+
+
+def check_followup_joint_in_image(
+    config: PairConfig, pixel_spacing_mm: float, joint_center_xy: tuple[float, float], shape: tuple[int, int]
+) -> None:
+    """Check that every pair ``config`` can draw keeps the follow-up's joint in the image.
+
+    The joint centre moves by the hand's translation (up to ``translation_px`` along x and y),
+    and the upper bone's joint end by the JSN change as well, magnified; turns, flexion and
+    magnification are about the centre. The ranges' limits are in pixels whatever the crop's size.
+
+    Raises:
+        InputError: the joint can leave the image (a 64 px crop translated by 64 px).
+    """
+    reach_px = math.sqrt(2.0) * config.translation_px + config.magnification[1] * jsn_reach_px(config, pixel_spacing_mm)
+    x, y = joint_center_xy
+    height, width = shape
+    room_px = min(x, y, width - 1 - x, height - 1 - y)
+    if reach_px > room_px:
+        raise InputError(
+            f"the pair options move the joint up to {reach_px:.0f} px (translation up to {config.translation_px:g} px "
+            f"along x and y, JSN change up to {jsn_reach_px(config, pixel_spacing_mm):.1f} px), but its centre is "
+            f"{max(room_px, 0.0):.0f} px from the edge of the {width}x{height} image: the follow-up's joint would "
+            "leave it; give a smaller translation or JSN range, or larger images"
+        )
 
 
 @dataclass(frozen=True)
