@@ -534,6 +534,29 @@ def test_a_worker_killed_mid_run_stops_it_in_one_line_and_the_run_resumes(tmp_pa
     assert len(pair_ids) == len(set(pair_ids)) == 600
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="folder locks are POSIX flock")
+def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path: Path) -> None:
+    # two runs started into one folder both said 'wrote 150 pairs', the files being the last one's
+    from jsnsynth.synth.dataset import _run_lock
+
+    out = tmp_path / "ds"
+    out.mkdir()
+
+    def build(seed: int):
+        return build_dataset(PhantomSource(n_joints=4, size_px=64), out, 4, seed=seed, shard_size=2, layers_every=0,
+                             quiet=True)
+
+    with _run_lock(out):  # a run at work: the lock is the process's, whatever holds it
+        with pytest.raises(OutputError, match="another jsnsynth dataset run is writing to this folder"):
+            build(2)
+        assert not any(out.iterdir())  # nothing touched
+    build(1)  # the lock went with the run that held it
+    with _run_lock(out):
+        with pytest.raises(OutputError, match="another jsnsynth dataset run"):
+            build(1)  # even the same command: it would resume under the running one
+    assert build(1).resumed_shards == 2
+
+
 def test_a_source_that_workers_cannot_import_is_refused_in_one_error(tmp_path: Path) -> None:
     # a source class defined at the prompt or in a notebook: each spawned worker failed to unpickle
     # it in its start-up and printed a traceback, and multiprocessing.Pool started new workers that

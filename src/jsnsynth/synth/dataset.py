@@ -755,6 +755,41 @@ def _move_shards_into_place(out_dir: Path) -> None:
 
 
 @contextlib.contextmanager
+def _run_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir`` for one run: a second run into it is refused until this one ends.
+
+    Two runs started into one folder both reported success, the files being the last one's. The
+    lock is the operating system's on the folder itself (``flock``): no file to leave behind, and
+    released when the process ends however it ends, so a killed run resumes. Where there is no
+    such lock (Windows, some network file systems) runs are not held apart.
+
+    Raises:
+        OutputError: another run holds ``out_dir``.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    try:
+        descriptor = os.open(out_dir, os.O_RDONLY)
+    except OSError:  # a folder that cannot be opened for reading: checked where it is written
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"{out_dir}: another jsnsynth dataset run is writing to this folder; wait for it "
+                              "to end, or choose another folder") from None
+        except OSError:  # no locks on this file system
+            pass
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+@contextlib.contextmanager
 def _removed_if_nothing_written(out_dir: Path, existed: bool, plan: Plan) -> Iterator[None]:
     """Undo the output folder's set-up when the run fails before its first pairs shard is on disk.
 
@@ -967,41 +1002,45 @@ def build_dataset(
             check_joints(sorted(set(plan.joint_of_pair)))
     record = _state_record(source, config, plan)
     existed = out_dir.exists()
-    finished = _prepare_output(out_dir, record)
-    warn_empty_splits(plan, config)
-    _write_state(out_dir, record, finished, complete=False)
-    pending = [s for s in plan.shards if s.file_name not in finished]
-    indices = [i for shard in pending for i in shard.indices]
-    completed = list(finished)
-    staging = out_dir / UNFINISHED_DIR
-    with _removed_if_nothing_written(out_dir, existed, plan), \
-            tqdm(total=config.n_pairs, initial=config.n_pairs - len(indices), disable=quiet, unit="pair", desc="pairs") as bar:
-        rows = _iter_rows(source, plan, config, indices, num_proc)
-        try:
-            for shard in pending:
-                pair_rows, image_rows = [], []
-                for _ in shard.indices:
-                    pair_part, layer_part = next(rows)
-                    pair_rows.append(pair_part)
-                    image_rows.extend(layer_part)
-                    bar.update(1)
-                if config.layers_every:
-                    # layers first: a shard counts as done only once its pairs file exists
-                    write_parquet_atomic(rows_to_table(image_rows, layer_columns()), staging / LAYERS_DIR / shard.file_name)
-                write_parquet_atomic(rows_to_table(pair_rows, pair_columns()), staging / PAIRS_DIR / shard.file_name)
-                completed.append(shard.file_name)
-                _write_state(out_dir, record, completed, complete=False)
-                if on_shard_written is not None:
-                    on_shard_written(shard.file_name)
-        finally:
-            close = getattr(rows, "close", None)
-            if close is not None:
-                close()
-    _move_shards_into_place(out_dir)
-    split_sizes = {s: sum(len(sh.indices) for sh in plan.shards if sh.split == s) for s in SPLITS}
-    write_bytes_atomic(out_dir / CARD_NAME, dataset_card(record, plan, split_sizes, shard_sizes(out_dir)).encode())
-    _write_state(out_dir, record, completed, complete=True)
-    return BuildResult(out_dir, config.n_pairs, split_sizes, len(plan.shards), len(finished))
+    if existed and not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: exists and is not a folder")
+    make_output_folder(out_dir)  # first: the folder is what the lock holds
+    with _run_lock(out_dir):
+        finished = _prepare_output(out_dir, record)
+        warn_empty_splits(plan, config)
+        _write_state(out_dir, record, finished, complete=False)
+        pending = [s for s in plan.shards if s.file_name not in finished]
+        indices = [i for shard in pending for i in shard.indices]
+        completed = list(finished)
+        staging = out_dir / UNFINISHED_DIR
+        with _removed_if_nothing_written(out_dir, existed, plan), \
+                tqdm(total=config.n_pairs, initial=config.n_pairs - len(indices), disable=quiet, unit="pair", desc="pairs") as bar:
+            rows = _iter_rows(source, plan, config, indices, num_proc)
+            try:
+                for shard in pending:
+                    pair_rows, image_rows = [], []
+                    for _ in shard.indices:
+                        pair_part, layer_part = next(rows)
+                        pair_rows.append(pair_part)
+                        image_rows.extend(layer_part)
+                        bar.update(1)
+                    if config.layers_every:
+                        # layers first: a shard counts as done only once its pairs file exists
+                        write_parquet_atomic(rows_to_table(image_rows, layer_columns()), staging / LAYERS_DIR / shard.file_name)
+                    write_parquet_atomic(rows_to_table(pair_rows, pair_columns()), staging / PAIRS_DIR / shard.file_name)
+                    completed.append(shard.file_name)
+                    _write_state(out_dir, record, completed, complete=False)
+                    if on_shard_written is not None:
+                        on_shard_written(shard.file_name)
+            finally:
+                close = getattr(rows, "close", None)
+                if close is not None:
+                    close()
+        _move_shards_into_place(out_dir)
+        split_sizes = {s: sum(len(sh.indices) for sh in plan.shards if sh.split == s) for s in SPLITS}
+        write_bytes_atomic(out_dir / CARD_NAME, dataset_card(record, plan, split_sizes, shard_sizes(out_dir)).encode())
+        _write_state(out_dir, record, completed, complete=True)
+        return BuildResult(out_dir, config.n_pairs, split_sizes, len(plan.shards), len(finished))
 
 
 # ---------------------------------------------------------------------------------------------
