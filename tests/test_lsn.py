@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import socket
 import warnings
 
@@ -331,6 +332,38 @@ def test_config_rejects_unknown_keys(tmp_path):
         TrainConfig.from_json(path)
     rc = main(["lsn", "train", "--config", str(tmp_path / "missing.json")])
     assert rc == 1
+
+
+@pytest.mark.parametrize("record, message", [
+    # "steps": -1 trained nothing and wrote the untrained network as weights, exit 0
+    ({"steps": -1}, "'steps' must be an integer >= 1, got -1"),
+    ({"steps": 1.5}, "'steps' must be an integer >= 1, got 1.5"),
+    ({"steps": "ten"}, "'steps' must be an integer >= 1, got \"ten\""),
+    ({"steps": True}, "'steps' must be an integer >= 1, got true"),
+    ({"batch_size": 0}, "'batch_size' must be an integer >= 1"),
+    ({"lr": float("nan")}, "'lr' must be a number > 0, got NaN"),
+    ({"mix": {"p_real": 2.0}}, "'mix.p_real' must be a probability in [0, 1], got 2.0"),
+    ({"mix": {"crop_px": 100}}, "'mix.crop_px' must be a multiple of 32"),
+    ({"mix": {"overlap_px": [5, 1]}}, "'mix.overlap_px' must be a [low, high] range"),
+    ({"mix": {"p_real": 0, "p_overlap": 0, "p_phantom": 0}}, "'mix' draws no example"),
+    ({"loss": {"layer": -1}}, "'loss.layer' must be a weight >= 0, got -1"),
+    ({"model": {"encoder_channels": [8, 16]}}, "'model.encoder_channels' must be a list of 6 channel counts"),
+])
+def test_config_values_out_of_range_are_one_line_errors(tmp_path, capsys, record, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(record))
+    with pytest.raises(InputError, match=re.escape(f"{path}: {message}")):
+        TrainConfig.from_json(path)
+    assert main(["lsn", "train", "--config", str(path), "--out", str(tmp_path / "run")]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and message in lines[0] and not (tmp_path / "run").exists()
+
+
+def test_config_that_is_not_text_is_named(tmp_path):
+    path = tmp_path / "crop.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(InputError, match="crop.png: not a JSON text file"):
+        TrainConfig.from_json(path)
 
 
 # ------------------------------------------------------------------------------------------

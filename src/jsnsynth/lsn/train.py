@@ -41,6 +41,7 @@ from jsnsynth.lsn.data import (
     render_phantom_pool,
 )
 from jsnsynth.lsn.model import (
+    SIZE_MULTIPLE,
     LayerSeparationNet,
     ModelConfig,
     compose_fractions,
@@ -106,12 +107,15 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
-        """Read a JSON config; unknown keys are an error (typos must not pass silently)."""
+        """Read a JSON config; unknown keys are an error (typos must not pass silently), and so are
+        values out of their range (:func:`config_value_problem`)."""
         path = Path(path)
         if not path.is_file():
             raise InputError(f"{path}: no such config file")
         try:
-            record = json.loads(path.read_text())
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: not a JSON text file (not UTF-8)") from None
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(record, dict):
@@ -126,11 +130,80 @@ class TrainConfig:
         if unknown:
             raise InputError(f"{path}: unknown config key(s) {', '.join(unknown)}")
         record.pop("comment", None)
-        return cls(**record)
+        try:
+            return cls(**record)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
+
+    def __post_init__(self) -> None:
+        problem = config_value_problem(asdict(self))
+        if problem:
+            raise InputError(problem)
 
     def to_dict(self) -> dict:
         """JSON-ready record."""
         return asdict(self)
+
+
+def _is_int(value: object, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _is_number(value: object, least: float, most: float = math.inf, above: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return (value > least if above else value >= least) and value <= most
+
+
+def _is_range(value: object, least: float) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v, least) for v in value)
+            and value[0] <= value[1])
+
+
+def config_value_problem(record: dict) -> str | None:
+    """What is wrong with the values of a training config record (its keys already checked),
+    or None. A config of ``"steps": -1`` trained nothing and wrote the untrained network as
+    weights; ``"p_real": 2`` or a NaN learning rate trained on a mix or a rate that means nothing."""
+    checks = {
+        "seed": lambda v: _is_int(v, 0), "steps": lambda v: _is_int(v, 1), "batch_size": lambda v: _is_int(v, 1),
+        "lr": lambda v: _is_number(v, 0.0, above=True), "weight_decay": lambda v: _is_number(v, 0.0),
+        "warmup_steps": lambda v: _is_int(v, 0), "fingerjoints": lambda v: isinstance(v, str),
+        "cache": lambda v: isinstance(v, str) and bool(v.strip()), "n_phantoms": lambda v: _is_int(v, 0),
+        "checkpoint_every": lambda v: _is_int(v, 1), "threads": lambda v: _is_int(v, 0),
+    }
+    wanted = {
+        "seed": "an integer >= 0", "steps": "an integer >= 1", "batch_size": "an integer >= 1",
+        "lr": "a number > 0", "weight_decay": "a number >= 0", "warmup_steps": "an integer >= 0",
+        "fingerjoints": "a folder name (\"\" for none)", "cache": "a file name", "n_phantoms": "an integer >= 0",
+        "checkpoint_every": "an integer >= 1", "threads": "an integer >= 0",
+    }
+    for key, check in checks.items():
+        if key in record and not check(record[key]):
+            return f"'{key}' must be {wanted[key]}, got {json.dumps(record[key])}"
+    mix = record.get("mix", {})
+    mix_checks = {
+        "crop_px": (lambda v: _is_int(v, SIZE_MULTIPLE) and v % SIZE_MULTIPLE == 0 and v <= 256,
+                    f"a multiple of {SIZE_MULTIPLE} from {SIZE_MULTIPLE} to 256"),
+        **{name: (lambda v: _is_number(v, 0.0, 1.0), "a probability in [0, 1]")
+           for name in ("p_real", "p_overlap", "p_phantom", "p_restyle")},
+        "overlap_px": (lambda v: _is_range(v, 0.0), "a [low, high] range of pixels >= 0"),
+        "attenuation_scale": (lambda v: _is_range(v, 0.0) and v[0] > 0, "a [low, high] range of factors > 0"),
+        "soft_reference": (lambda v: v in ("dataset", "smooth"), '"dataset" or "smooth"'),
+    }
+    for key, (check, text) in mix_checks.items():
+        if key in mix and not check(mix[key]):
+            return f"'mix.{key}' must be {text}, got {json.dumps(mix[key])}"
+    kinds = {**asdict(MixConfig()), **mix}
+    if not any(kinds[name] > 0 for name in ("p_real", "p_overlap", "p_phantom")):
+        return "'mix' draws no example: p_real, p_overlap and p_phantom are all 0"
+    for key, value in record.get("loss", {}).items():
+        if not _is_number(value, 0.0):
+            return f"'loss.{key}' must be a weight >= 0, got {json.dumps(value)}"
+    levels = {"encoder_channels": len(ModelConfig().encoder_channels), "decoder_channels": len(ModelConfig().decoder_channels)}
+    for key, value in record.get("model", {}).items():
+        if not (isinstance(value, list) and len(value) == levels[key] and all(_is_int(v, 1) for v in value)):
+            return f"'model.{key}' must be a list of {levels[key]} channel counts >= 1, got {json.dumps(value)}"
+    return None
 
 
 def soft_dice_loss(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
