@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from jsnsynth.cli import main
 from jsnsynth.synth import phantom_io
 from jsnsynth.synth.io import decode_png, read_float_tiff
-from jsnsynth.synth.phantom import PhantomParams, render_phantom
+from jsnsynth.synth.phantom import PhantomParams, check_phantom_field, render_phantom
 from jsnsynth.synth.phantom_io import SAMPLE_FILES, read_phantom_sample, write_phantom_samples
 from jsnsynth.synth.xray import ImagingParams, quantize, render_radiograph
 
@@ -175,3 +176,18 @@ def test_library_rejects_sizes_out_of_range(size_px: float, tmp_path: Path) -> N
     with pytest.raises(InputError, match="64 to 4096 pixels"):
         write_phantom_samples(tmp_path / "p", 1, size_px=size_px)
     assert not (tmp_path / "p").exists()
+
+
+def test_phantom_field_too_small_is_refused_and_one_far_wider_than_a_crop_is_warned_about(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the phantom command wrote 1.3 mm fields (no joint in them) that the dataset source refused
+    out = tmp_path / "small"
+    assert main(["phantom", "--n", "1", "--size", "64", "--pixel-spacing", "0.02", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "frames 1.3 mm, too little of a joint" in err[0] and not out.exists()
+    # --size 1024 at the default spacing frames 179 mm: a cone of a finger, said so, still written
+    with pytest.warns(UserWarning, match=r"frames 179 mm, more than a joint's crop .*\(0\.04375 mm/px"):
+        check_phantom_field(1024, 0.175)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_phantom_field(512, 0.175)  # 90 mm: no word

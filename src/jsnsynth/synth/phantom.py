@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -213,6 +214,36 @@ def check_phantom_size(size_px: float) -> None:
     :data:`MIN_SIZE_PX` to :data:`MAX_SIZE_PX`."""
     if not MIN_SIZE_PX <= size_px <= MAX_SIZE_PX or int(size_px) != size_px:  # NaN fails the range first
         raise InputError(f"phantom size must be a whole number of {MIN_SIZE_PX} to {MAX_SIZE_PX} pixels, got {size_px}")
+
+
+#: Smallest field of view (mm) of a phantom crop, size x pixel spacing: 64 px at 0.02 mm/px
+#: (1.3 mm) had no upper bone in the picture in half the draws.
+MIN_PHANTOM_FIELD_MM = 3.0
+#: Largest field of view (mm) that frames one joint as a crop does (256 px at 0.175 mm/px is
+#: 45 mm): beyond it the model's straight shafts and its finger, a cone, fill the picture.
+MAX_PHANTOM_FIELD_MM = 120.0
+
+
+def check_phantom_field(size_px: int, pixel_spacing_mm: float) -> None:
+    """Refuse a phantom field of view (``size_px`` x ``pixel_spacing_mm``) too small to show both
+    bones, and warn about one far wider than a joint's crop (``--size 4096`` at the default
+    spacing frames 717 mm: for more pixels of the same joint, a finer spacing).
+
+    Raises:
+        InputError: a field below :data:`MIN_PHANTOM_FIELD_MM`.
+    """
+    field_mm = size_px * pixel_spacing_mm
+    if field_mm < MIN_PHANTOM_FIELD_MM:
+        raise InputError(f"a phantom of {size_px} px at {pixel_spacing_mm:g} mm/px frames {field_mm:.1f} mm, "
+                         f"too little of a joint to show both bones (at least {MIN_PHANTOM_FIELD_MM:g} mm)")
+    if field_mm > MAX_PHANTOM_FIELD_MM:
+        warnings.warn(
+            f"a phantom of {size_px} px at {pixel_spacing_mm:g} mm/px frames {field_mm:.0f} mm, more than a joint's "
+            f"crop (up to {MAX_PHANTOM_FIELD_MM:g} mm): the model's shafts and finger fill the picture; for more "
+            f"pixels of the same joint give a finer spacing ({DEFAULT_PIXEL_SPACING_MM * 256 / size_px:.4g} mm/px "
+            "frames what 256 px at the default do)",
+            stacklevel=2,
+        )
 
 
 def check_phantom_params(params: PhantomParams) -> None:

@@ -40,7 +40,14 @@ from jsnsynth.synth.io import (
     write_bytes_atomic,
 )
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, check_pixel_spacing
-from jsnsynth.synth.phantom import JOINT_TYPES, PhantomParams, check_phantom_size, render_phantom, sample_phantom_params
+from jsnsynth.synth.phantom import (
+    JOINT_TYPES,
+    PhantomParams,
+    check_phantom_field,
+    check_phantom_size,
+    render_phantom,
+    sample_phantom_params,
+)
 from jsnsynth.synth.xray import ImagingParams, quantize, render_radiograph, sample_imaging_params
 from jsnsynth.threads import single_threaded
 
@@ -77,6 +84,7 @@ class PhantomSettings:
             raise InputError(f"joint type must be one of {', '.join(JOINT_TYPES)} or random, got {self.joint_type!r}")
         check_phantom_size(self.size_px)
         check_pixel_spacing(self.pixel_spacing_mm, "phantom")  # the range every command shares
+        check_phantom_field(self.size_px, self.pixel_spacing_mm)
         if self.seed < 0:
             raise InputError(f"seed must be >= 0, got {self.seed}")
 

@@ -70,10 +70,6 @@ class JointSource(Protocol):
     # joints its pairs use (a source that can tell an unusable joint only by loading it).
 
 
-#: Smallest field of view (mm) of a phantom crop: size x pixel spacing.
-MIN_PHANTOM_FIELD_MM = 3.0
-
-
 class PhantomSource:
     """Physics phantoms: every joint id is a fresh anatomy drawn from the ``rng`` given to ``load``.
 
@@ -104,11 +100,7 @@ class PhantomSource:
         # first pair is made after the output folder has been set up
         params = phantom.sample_phantom_params(np.random.default_rng(0), **self.overrides)
         self.size_px, self.pixel_spacing_mm = int(params.size_px), float(params.pixel_spacing_mm)
-        field_mm = params.size_px * params.pixel_spacing_mm
-        if field_mm < MIN_PHANTOM_FIELD_MM:
-            # 64 px at 0.02 mm/px: half the draws had no upper bone in the picture
-            raise InputError(f"a phantom of {params.size_px} px at {params.pixel_spacing_mm:g} mm/px frames {field_mm:.1f} mm, "
-                             f"too little of a joint to show both bones (at least {MIN_PHANTOM_FIELD_MM:g} mm)")
+        phantom.check_phantom_field(self.size_px, self.pixel_spacing_mm)
 
     def joint_ids(self) -> list[str]:
         """``phantom-000000``, ``phantom-000001``, ..."""
