@@ -621,6 +621,15 @@ def test_cli_sets_the_photon_counts(tmp_path: Path, capsys) -> None:
     assert "--no-noise" in capsys.readouterr().err
 
 
+def test_jsn_range_given_in_mm_and_px_is_refused(tmp_path: Path, capsys) -> None:
+    # --jsn-px replaces --jsn-mm: the range in mm was dropped without a word
+    assert main(["dataset", "--source", "phantom", "--pairs", "2", "--out", str(tmp_path / "ds"),
+                 "--jsn-mm", "0.1", "0.1", "--jsn-px", "1", "1"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "jsnsynth: error: --jsn-mm and --jsn-px both set the JSN range: give one of them"]
+    assert not (tmp_path / "ds").exists()
+
+
 @pytest.mark.parametrize("args, message, code", [(["--pairs", "0"], "pairs", 2), (["--num-proc", "0"], "num-proc", 2),
                                                   (["--split", "0.5", "0.5", "0.5"], "split", 1)])
 def test_bad_options_are_one_line_errors(tmp_path: Path, capsys, args: list[str], message: str, code: int) -> None:

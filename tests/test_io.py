@@ -293,6 +293,24 @@ def test_dicom_spacing_that_is_not_a_number_is_named(tmp_path: Path) -> None:
         io.read_radiograph(path)
 
 
+@pytest.mark.parametrize("columns_mm, square", [(0.2, False), (0.1005, True)])
+def test_dicom_pixels_that_are_not_square_are_refused(tmp_path: Path, columns_mm: float, square: bool) -> None:
+    """Spacings of 0.1 mm between rows and 0.2 between columns were read as 0.1 mm square pixels."""
+    import pydicom
+
+    path = tmp_path / "x.dcm"
+    _write_dicom(path, np.zeros((24, 32), np.uint16), "MONOCHROME2", "PixelSpacing")
+    ds = pydicom.dcmread(str(path))
+    ds.PixelSpacing = [0.1, columns_mm]
+    ds.save_as(str(path), enforce_file_format=True)
+    if square:  # within 1 %: a header's rounding
+        assert io.read_radiograph(path).pixel_spacing_mm == 0.1
+        return
+    with pytest.raises(InputError, match=r"x\.dcm: DICOM PixelSpacing states pixels that are not square \(0\.1 mm "
+                                         r"between rows, 0\.2 mm between columns\)"):
+        io.read_radiograph(path)
+
+
 def test_dicom_without_its_preamble_is_read(tmp_path: Path) -> None:
     """A DICOM file without the 128-byte preamble (a bare data set, as some exports write it)
     was refused with pydicom's 'Use force=True', advice no command-line user can take."""

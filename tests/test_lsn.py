@@ -359,6 +359,14 @@ def test_config_values_out_of_range_are_one_line_errors(tmp_path, capsys, record
     assert len(lines) == 1 and message in lines[0] and not (tmp_path / "run").exists()
 
 
+def test_weights_given_as_a_folder_are_named_so(tmp_path, capsys):
+    crop = tmp_path / "crop.png"
+    cv2.imwrite(str(crop), np.full((64, 64), 128, np.uint8))
+    assert main(["separate", str(crop), "--weights", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"jsnsynth: error: {tmp_path}: is a folder, not an LSN weights file (.pt)"]
+
+
 def test_config_that_is_not_text_is_named(tmp_path):
     path = tmp_path / "crop.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")

@@ -191,3 +191,11 @@ def test_phantom_field_too_small_is_refused_and_one_far_wider_than_a_crop_is_war
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_phantom_field(512, 0.175)  # 90 mm: no word
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="a folder no one can make a folder in (Linux /proc)")
+def test_an_output_folder_that_cannot_be_made_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # mkdir's FileNotFoundError reached the user through the catch-all line, with its type name
+    assert main(["phantom", "--n", "1", "--out", "/proc/jsnsynth-phantoms"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["jsnsynth: error: cannot make the folder /proc/jsnsynth-phantoms: No such file or directory"]

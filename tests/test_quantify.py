@@ -912,6 +912,20 @@ def test_quantify_files_checks_the_spacing_it_uses(tmp_path):
                        pixel_spacing_mm=5.0)
 
 
+def test_a_header_spacing_out_of_range_is_one_error_without_a_warning_first():
+    # a baseline header of 0 mm was first compared with the follow-up's in a warning, then refused
+    from jsnsynth.quantify.quantifier import _pair_pixel_spacing
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match=r"b\.dcm \(DICOM header; give --pixel-spacing to override\): pixel "
+                                             r"spacing 0\.0 mm is not a radiograph's"):
+            _pair_pixel_spacing(None, 0.0, 0.175, "b.dcm", "f.dcm")
+        assert _pair_pixel_spacing(None, 0.175, 50.0, "b.dcm", "f.dcm") == (0.175, "dicom")  # the follow-up's unused
+    with pytest.warns(UserWarning, match="spacings differ"):
+        assert _pair_pixel_spacing(None, 0.1, 0.175, "b.dcm", "f.dcm") == (0.1, "dicom")
+
+
 def _phantom_pair_result(seed: int, index: int, baseline_imaging: dict, followup_imaging: dict,
                          settings: RegistrationSettings = RegistrationSettings()):
     """A noise-free phantom pair with the default nuisances and the visits' imaging parameters

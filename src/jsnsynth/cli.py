@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from jsnsynth import __version__
 from jsnsynth.errors import InputError, JsnSynthError, exception_line, one_line
@@ -216,6 +217,9 @@ def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, nu
 
     if photons_per_px is not None and no_noise:
         raise JsnSynthError("--photons-per-px sets the noise that --no-noise leaves out: give one of them")
+    if jsn_px is not None and click.get_current_context().get_parameter_source("jsn_mm") == ParameterSource.COMMANDLINE:
+        # --jsn-px replaces --jsn-mm: the mm range given was dropped without a word
+        raise JsnSynthError("--jsn-mm and --jsn-px both set the JSN range: give one of them")
     imaging = ImagingRanges() if photons_per_px is None else ImagingRanges(photons_per_px=tuple(photons_per_px))
     pair_config = PairConfig(jsn_mm=jsn_mm, jsn_px=jsn_px, flexion_deg=flexion_deg, rotation_deg=rotation_deg,
                              magnification=magnification, translation_px=translation_px,

@@ -120,6 +120,8 @@ def load_model(weights: str | os.PathLike | None = None) -> LayerSeparationNet:
 @lru_cache(maxsize=4)
 def _load_model_cached(path_str: str) -> LayerSeparationNet:
     path = Path(path_str)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an LSN weights file (.pt)")
     if not path.is_file():
         raise InputError(f"{path}: no such LSN weights file")
     try:
@@ -619,7 +621,8 @@ def separate_files(
         check_crop(radiograph.intensity, str(path))
         spacing = pixel_spacing_mm if pixel_spacing_mm is not None else radiograph.pixel_spacing_mm
         if spacing is not None:  # before the model loads: every crop is checked first
-            check_pixel_spacing(spacing, str(path))
+            check_pixel_spacing(spacing, "--pixel-spacing" if pixel_spacing_mm is not None else
+                                f"{path} (DICOM header; give --pixel-spacing to override)")
         inputs.append((Path(path).stem, Path(path), spacing))
     model = load_model(weights)
     weights_digest = hashlib.sha256(Path(weights if weights is not None else DEFAULT_WEIGHTS).read_bytes()).hexdigest()

@@ -49,6 +49,7 @@ from jsnsynth.lsn.model import (
     layers_from_fractions,
     normalise_intensity,
 )
+from jsnsynth.synth.io import make_output_folder
 
 LOG_COLUMNS = ("step", "loss", "layer", "gradient", "mask", "smooth", "lr", "seconds")
 
@@ -367,8 +368,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, export: str | os.Path
     """
     from tqdm import tqdm
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_folder(out_dir)
     config_path = out_dir / "config.json"
     if config_path.is_file() and json.loads(config_path.read_text()) != config.to_dict():
         raise InputError(f"{out_dir}: holds a run with a different config; use another --out")

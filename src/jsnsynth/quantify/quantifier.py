@@ -826,12 +826,15 @@ def _pair_pixel_spacing(option_mm: float | None, baseline_mm: float | None, foll
     same joint; better than the nominal one), else the nominal 0.175 mm/px. Headers that disagree
     are a warning: the quantifier takes the difference for a magnification, and the millimetres
     follow the baseline's."""
-    from jsnsynth.synth.layers import check_pixel_spacing
+    from jsnsynth.synth.layers import PIXEL_SPACING_RANGE_MM, check_pixel_spacing
 
     if option_mm is not None:
         return check_pixel_spacing(option_mm, "--pixel-spacing"), "option"
-    if baseline_mm is not None and followup_mm is not None and \
-            abs(followup_mm - baseline_mm) > SPACING_AGREEMENT * baseline_mm:
+    # the header used is checked first: a spacing of 0 was compared with the other visit's in a
+    # warning, and then refused, two lines for one problem
+    low, high = PIXEL_SPACING_RANGE_MM
+    if baseline_mm is not None and followup_mm is not None and low <= baseline_mm <= high and low <= followup_mm <= high \
+            and abs(followup_mm - baseline_mm) > SPACING_AGREEMENT * baseline_mm:
         warnings.warn(f"the visits' DICOM pixel spacings differ ({baseline_path}: {baseline_mm:g} mm, {followup_path}: "
                       f"{followup_mm:g} mm); the JSN is in the baseline's pixels and millimetres", stacklevel=3)
     for path, header_mm, label in ((baseline_path, baseline_mm, "dicom"),

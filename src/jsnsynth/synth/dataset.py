@@ -39,7 +39,9 @@ import multiprocessing
 import os
 import pickle
 import re
+import shutil
 import signal
+import tempfile
 import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -889,11 +891,15 @@ def _iter_rows(
     # a process pool that notices a worker that died: multiprocessing.Pool waited for its rows for ever
     executor = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_worker, initargs=(job,))
+    # the workers hand their rows over in files and only the files' names through the pool's
+    # pipe: a worker killed while it wrote a large result left half a message there, and the
+    # pool's manager waited for the rest for ever (a write of a few hundred bytes is whole or none)
+    rows_dir = Path(tempfile.mkdtemp(prefix="jsnsynth-rows-"))
     queued: collections.deque[Future] = collections.deque()
 
     def queue_tasks() -> None:
         for task in itertools.islice(tasks, num_proc * _TASKS_AHEAD_PER_WORKER - len(queued)):
-            queued.append(executor.submit(_task_rows, task))
+            queued.append(executor.submit(_task_rows, task, str(rows_dir)))
 
     shown: set[tuple[str, type]] = set()
     done = 0
@@ -903,14 +909,9 @@ def _iter_rows(
         with single_threaded(), _interrupt_ignored():
             queue_tasks()
         while queued:
-            try:
-                results = queued.popleft().result()
-            except BrokenProcessPool:
-                raise WorkerError(
-                    f"a worker process stopped abruptly (killed, or out of memory?) after {done} of "
-                    f"{len(indices)} pair(s); the finished shards are kept: rerun the same command to "
-                    "resume, with fewer worker processes if memory ran out"
-                ) from None
+            rows_file = Path(queued.popleft().result())
+            results = pickle.loads(rows_file.read_bytes())
+            rows_file.unlink()
             queue_tasks()
             for rows, caught in results:
                 for message, category in caught:
@@ -919,17 +920,31 @@ def _iter_rows(
                         warnings.warn(message, category, stacklevel=2)
                 done += 1
                 yield rows
+    except BrokenProcessPool:  # from a task's result, or from queueing one once the pool broke
+        raise WorkerError(
+            f"a worker process stopped abruptly (killed, or out of memory?) after {done} of {len(indices)} "
+            "pair(s); the finished shards are kept: rerun the same command to resume, with fewer worker "
+            "processes if memory ran out"
+        ) from None
     finally:
         # every row handed over: the workers are idle and stopped at once; on an error or an
-        # interrupt, the tasks not begun are dropped and those under way end on their own
+        # interrupt, the tasks not begun are dropped and those under way end on their own (their
+        # files, written into a folder gone, with them)
         executor.shutdown(wait=done == len(indices), cancel_futures=True)
+        shutil.rmtree(rows_dir, ignore_errors=True)
 
 
-def _task_rows(indices: list[int]) -> list[tuple[tuple[dict, list[dict]], list[tuple[str, type]]]]:
-    """:func:`_rows_and_warnings` of each of ``indices``, in a worker process."""
+def _task_rows(indices: list[int], rows_dir: str) -> str:
+    """:func:`_rows_and_warnings` of each of ``indices``, in a worker process, pickled into a file
+    of ``rows_dir`` whose name is returned."""
     if "failure" in _WORKER:
         raise InputError(_WORKER["failure"])
-    return [_rows_and_warnings(index) for index in indices]
+    results = [_rows_and_warnings(index) for index in indices]
+    path = Path(rows_dir) / f"{indices[0]:010d}.pickle"
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL))
+    os.replace(partial, path)
+    return str(path)
 
 
 def _rows_and_warnings(index: int) -> tuple[tuple[dict, list[dict]], list[tuple[str, type]]]:

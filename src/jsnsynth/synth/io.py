@@ -264,30 +264,44 @@ def _read_dicom(path: Path) -> Radiograph:
     return Radiograph(intensity, bits, _dicom_pixel_spacing(ds, path), path)
 
 
+#: Relative difference of a DICOM's row and column spacings beyond which its pixels are not square.
+NON_SQUARE_PIXELS = 0.01
+
+
 def _dicom_pixel_spacing(ds: Any, path: Path) -> float | None:
     """Row spacing (mm) from ImagerPixelSpacing, else PixelSpacing; None when neither is there.
+    Pixels must be square (row and column spacings within :data:`NON_SQUARE_PIXELS`).
 
     Only that it is a number is checked here: whether it is a plausible radiograph's is checked
     where it is used (:func:`jsnsynth.synth.layers.check_pixel_spacing`), so that a spacing
     given on the command line can still replace a wrong one.
 
     Raises:
-        InputError: a spacing element that is not a number, naming the file and the element.
+        InputError: a spacing element that is not a number, or that states pixels that are not
+            square, naming the file and the element.
     """
     for tag in ("ImagerPixelSpacing", "PixelSpacing"):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 value = getattr(ds, tag, None)
+                column = None
                 if not isinstance(value, (str, bytes, int, float)) and value is not None:
-                    value = value[0] if len(value) else None  # a multi-value element: rows first
+                    # a multi-value element: rows first, then columns
+                    value, column = (value[0] if len(value) else None), (value[1] if len(value) > 1 else None)
                 if value is None or value in ("", b""):  # absent or empty: no spacing stated
                     continue
                 spacing = float(value)
+                column_spacing = float(column) if column not in (None, "", b"") else spacing
         except Exception:  # a malformed element: pydicom raises on access or float() on its text
             raise InputError(f"{path}: DICOM {tag} is not a number of mm") from None
-        if not math.isfinite(spacing):
+        if not (math.isfinite(spacing) and math.isfinite(column_spacing)):
             raise InputError(f"{path}: DICOM {tag} is not a number of mm")
+        if abs(column_spacing - spacing) > NON_SQUARE_PIXELS * abs(spacing):
+            # the registration's turns and scales, and the JSN along a tilted axis, take pixels
+            # as square: the row spacing alone gave millimetres that were wrong
+            raise InputError(f"{path}: DICOM {tag} states pixels that are not square ({spacing:g} mm between rows, "
+                             f"{column_spacing:g} mm between columns); resample the image to square pixels first")
         return spacing
     return None
 

@@ -33,6 +33,7 @@ from jsnsynth.synth.io import (
     atomic_directory,
     encode_float_tiff,
     encode_png,
+    make_output_folder,
     read_float_tiff,
     read_mask,
     read_radiograph,
@@ -244,7 +245,7 @@ def write_phantom_samples(
         held = sum(1 for entry in out_dir.iterdir() if SAMPLE_PATTERN.match(entry.name))
         raise OutputError(f"{out_dir}: holds {held} phantom samples, more than the {n} asked for; give that "
                           "number or more to resume or extend the run, or use a new folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out_dir)
     remove_partial_outputs(out_dir)
     written = skipped = 0
     with single_threaded():  # the same bytes on any machine (jsnsynth.threads)
