@@ -713,6 +713,9 @@ def test_pair_options_out_of_their_physical_range_are_refused(options) -> None:
     # the limits are in pixels whatever the size: a 64 px crop's joint moved out of it
     (["--size", "64", "--translation-px", "64"], "the follow-up's joint would leave it"),
     (["--size", "64", "--jsn-px", "32", "32"], "the follow-up's joint would leave it"),
+    # checked against the image's size, not only each phantom's own joint centre, which lies
+    # elsewhere in each: a run stopped at phantom 191 of 300, its shards written
+    (["--size", "96", "--translation-px", "27"], "more than the 36 px it may move in the 96x96 image"),
 ])
 def test_pair_options_that_move_the_joint_out_of_the_image_are_refused(tmp_path: Path, capsys, args, message) -> None:
     out = tmp_path / "ds"
@@ -722,7 +725,8 @@ def test_pair_options_that_move_the_joint_out_of_the_image_are_refused(tmp_path:
     assert not out.exists()  # nothing written
     # the same reach on a crop that holds it: made, with the bones where the label says
     if "--size" in args:
-        fits = [a if a != "64" or args[i - 1] != "--size" else "256" for i, a in enumerate(args)]
+        fits = list(args)
+        fits[fits.index("--size") + 1] = "256"
         assert main(["dataset", "--source", "phantom", "--pairs", "2", "--out", str(tmp_path / "fits"), "--quiet",
                      "--layers-every", "0", *fits]) == 0
 

@@ -325,6 +325,12 @@ def test_dicom_without_its_preamble_is_read(tmp_path: Path) -> None:
     radiograph = io.read_radiograph(tmp_path / "bare.dcm")
     np.testing.assert_allclose(radiograph.intensity, pixels / 4095.0, atol=1e-12)
     assert radiograph.pixel_spacing_mm == 0.1
+    # nor its file meta (no transfer syntax stated): read in the encoding found, either one
+    del ds.file_meta
+    for implicit in (True, False):
+        ds.save_as(str(tmp_path / "data_set.dcm"), implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+        radiograph = io.read_radiograph(tmp_path / "data_set.dcm")
+        np.testing.assert_allclose(radiograph.intensity, pixels / 4095.0, atol=1e-12)
 
 
 def test_dicom_compressed_beyond_the_installed_decoders_says_how_to_read_it(tmp_path: Path, monkeypatch) -> None:

@@ -12,6 +12,7 @@ import json
 import re
 import socket
 import warnings
+from dataclasses import asdict
 
 import cv2
 import numpy as np
@@ -365,6 +366,11 @@ def test_weights_given_as_a_folder_are_named_so(tmp_path, capsys):
     assert main(["separate", str(crop), "--weights", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err.splitlines() == [
         f"jsnsynth: error: {tmp_path}: is a folder, not an LSN weights file (.pt)"]
+
+
+def test_config_values_in_range_pass_as_python_gives_them():
+    # a model record of tuples (asdict of a ModelConfig) was refused as "must be a list"
+    TrainConfig(model=asdict(ModelConfig()), mix=asdict(MixConfig()), loss={"layer": 2})
 
 
 def test_config_that_is_not_text_is_named(tmp_path):

@@ -921,9 +921,10 @@ def test_a_header_spacing_out_of_range_is_one_error_without_a_warning_first():
         with pytest.raises(InputError, match=r"b\.dcm \(DICOM header; give --pixel-spacing to override\): pixel "
                                              r"spacing 0\.0 mm is not a radiograph's"):
             _pair_pixel_spacing(None, 0.0, 0.175, "b.dcm", "f.dcm")
-        assert _pair_pixel_spacing(None, 0.175, 50.0, "b.dcm", "f.dcm") == (0.175, "dicom")  # the follow-up's unused
     with pytest.warns(UserWarning, match="spacings differ"):
         assert _pair_pixel_spacing(None, 0.1, 0.175, "b.dcm", "f.dcm") == (0.1, "dicom")
+    with pytest.warns(UserWarning, match=r"f\.dcm: 50 mm, which is not a radiograph's and is not used"):
+        assert _pair_pixel_spacing(None, 0.175, 50.0, "b.dcm", "f.dcm") == (0.175, "dicom")
 
 
 def _phantom_pair_result(seed: int, index: int, baseline_imaging: dict, followup_imaging: dict,

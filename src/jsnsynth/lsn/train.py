@@ -202,7 +202,7 @@ def config_value_problem(record: dict) -> str | None:
             return f"'loss.{key}' must be a weight >= 0, got {json.dumps(value)}"
     levels = {"encoder_channels": len(ModelConfig().encoder_channels), "decoder_channels": len(ModelConfig().decoder_channels)}
     for key, value in record.get("model", {}).items():
-        if not (isinstance(value, list) and len(value) == levels[key] and all(_is_int(v, 1) for v in value)):
+        if not (isinstance(value, (list, tuple)) and len(value) == levels[key] and all(_is_int(v, 1) for v in value)):
             return f"'model.{key}' must be a list of {levels[key]} channel counts >= 1, got {json.dumps(value)}"
     return None
 

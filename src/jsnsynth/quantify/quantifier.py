@@ -833,10 +833,11 @@ def _pair_pixel_spacing(option_mm: float | None, baseline_mm: float | None, foll
     # the header used is checked first: a spacing of 0 was compared with the other visit's in a
     # warning, and then refused, two lines for one problem
     low, high = PIXEL_SPACING_RANGE_MM
-    if baseline_mm is not None and followup_mm is not None and low <= baseline_mm <= high and low <= followup_mm <= high \
+    if baseline_mm is not None and followup_mm is not None and low <= baseline_mm <= high \
             and abs(followup_mm - baseline_mm) > SPACING_AGREEMENT * baseline_mm:
+        unused = "" if low <= followup_mm <= high else ", which is not a radiograph's and is not used"
         warnings.warn(f"the visits' DICOM pixel spacings differ ({baseline_path}: {baseline_mm:g} mm, {followup_path}: "
-                      f"{followup_mm:g} mm); the JSN is in the baseline's pixels and millimetres", stacklevel=3)
+                      f"{followup_mm:g} mm{unused}); the JSN is in the baseline's pixels and millimetres", stacklevel=3)
     for path, header_mm, label in ((baseline_path, baseline_mm, "dicom"),
                                    (followup_path, followup_mm, "dicom (the follow-up's; the baseline has none)")):
         if header_mm is not None:

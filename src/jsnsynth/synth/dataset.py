@@ -41,7 +41,6 @@ import pickle
 import re
 import shutil
 import signal
-import tempfile
 import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -519,6 +518,7 @@ def _init_worker(job: bytes) -> None:
     if show_warning is not None:  # a worker shows warnings as its parent does (the CLI: one line)
         warnings.showwarning = show_warning
     _use_job(source, plan, config)
+    _WORKER["parent_pid"] = os.getppid()
 
 
 def layer_pairs(plan: Plan, layers_every: int) -> frozenset[int]:
@@ -867,9 +867,10 @@ def _interrupt_ignored() -> Iterator[None]:
 
 
 def _iter_rows(
-    source: JointSource, plan: Plan, config: DatasetConfig, indices: list[int], num_proc: int
+    source: JointSource, plan: Plan, config: DatasetConfig, indices: list[int], num_proc: int, scratch_dir: Path
 ) -> Iterator[tuple[dict, list[dict]]]:
-    """Rows of ``indices`` in order, computed in-process or by ``num_proc`` workers.
+    """Rows of ``indices`` in order, computed in-process or by ``num_proc`` workers, which hand
+    them over in files of ``scratch_dir`` (made afresh, and removed once done).
 
     Raises:
         InputError: the source cannot be sent to a worker process.
@@ -893,8 +894,12 @@ def _iter_rows(
                                    initializer=_init_worker, initargs=(job,))
     # the workers hand their rows over in files and only the files' names through the pool's
     # pipe: a worker killed while it wrote a large result left half a message there, and the
-    # pool's manager waited for the rest for ever (a write of a few hundred bytes is whole or none)
-    rows_dir = Path(tempfile.mkdtemp(prefix="jsnsynth-rows-"))
+    # pool's manager waited for the rest for ever (a write of a few hundred bytes is whole or none).
+    # Beside the output, not in the system's temporary folder: 4 pairs of 1024 px with layers are
+    # 84 MB, and a temporary folder is often memory
+    rows_dir = scratch_dir
+    shutil.rmtree(rows_dir, ignore_errors=True)  # a killed run's
+    rows_dir.mkdir(parents=True)
     queued: collections.deque[Future] = collections.deque()
 
     def queue_tasks() -> None:
@@ -921,10 +926,14 @@ def _iter_rows(
                 done += 1
                 yield rows
     except BrokenProcessPool:  # from a task's result, or from queueing one once the pool broke
+        # before any row: most often a script that starts workers at import (each spawned worker
+        # runs the script's module again) rather than a kill
+        start = "" if done else ("; or the workers could not start: a script that builds a dataset with worker "
+                                 "processes needs `if __name__ == \"__main__\":` around it")
         raise WorkerError(
             f"a worker process stopped abruptly (killed, or out of memory?) after {done} of {len(indices)} "
             "pair(s); the finished shards are kept: rerun the same command to resume, with fewer worker "
-            "processes if memory ran out"
+            f"processes if memory ran out{start}"
         ) from None
     finally:
         # every row handed over: the workers are idle and stopped at once; on an error or an
@@ -939,7 +948,14 @@ def _task_rows(indices: list[int], rows_dir: str) -> str:
     of ``rows_dir`` whose name is returned."""
     if "failure" in _WORKER:
         raise InputError(_WORKER["failure"])
-    results = [_rows_and_warnings(index) for index in indices]
+    results = []
+    for index in indices:
+        if os.getppid() != _WORKER["parent_pid"]:
+            # the parent was killed: a worker of a spawn pool is not stopped with it, and went on
+            # through the tasks queued for a parent no longer there, writing their rows
+            shutil.rmtree(rows_dir, ignore_errors=True)
+            os._exit(1)
+        results.append(_rows_and_warnings(index))
     path = Path(rows_dir) / f"{indices[0]:010d}.pickle"
     partial = path.with_suffix(".partial")
     partial.write_bytes(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL))
@@ -1030,7 +1046,7 @@ def build_dataset(
         staging = out_dir / UNFINISHED_DIR
         with _removed_if_nothing_written(out_dir, existed, plan), \
                 tqdm(total=config.n_pairs, initial=config.n_pairs - len(indices), disable=quiet, unit="pair", desc="pairs") as bar:
-            rows = _iter_rows(source, plan, config, indices, num_proc)
+            rows = _iter_rows(source, plan, config, indices, num_proc, staging / "rows")
             try:
                 for shard in pending:
                     pair_rows, image_rows = [], []

@@ -230,6 +230,15 @@ def _read_dicom(path: Path) -> Radiograph:
             # when told to (its error said "Use force=True", advice no command-line user can take)
             ds = pydicom.dcmread(str(path), force=True)
             syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            if syntax is None and "PixelData" in ds:
+                # a bare data set, without its file meta: the encoding the reader found is the syntax
+                from pydicom.dataset import FileMetaDataset
+                from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+                if not hasattr(ds, "file_meta"):
+                    ds.file_meta = FileMetaDataset()
+                syntax = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
+                ds.file_meta.TransferSyntaxUID = syntax
             if syntax is not None and syntax.is_compressed:
                 try:
                     pixels = ds.pixel_array

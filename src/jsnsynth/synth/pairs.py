@@ -199,14 +199,23 @@ def jsn_reach_px(config: PairConfig, pixel_spacing_mm: float) -> float:
     return reach_px
 
 
+#: Share of the way from an image's centre to its nearest edge that the pair options may move
+#: the joint: the limit depends on the image's size alone, so that it holds for every joint of a
+#: source whose joints sit differently (each phantom's centre lies elsewhere: checked against the
+#: joint's own position, a run stopped at whichever joint came first too near the edge).
+JOINT_REACH_FRACTION = 0.75
+
+
 def check_followup_joint_in_image(
     config: PairConfig, pixel_spacing_mm: float, joint_center_xy: tuple[float, float], shape: tuple[int, int]
 ) -> None:
-    """Check that every pair ``config`` can draw keeps the follow-up's joint in the image.
+    """Check that every pair ``config`` can draw keeps the follow-up's joint well in the image.
 
     The joint centre moves by the hand's translation (up to ``translation_px`` along x and y),
     and the upper bone's joint end by the JSN change as well, magnified; turns, flexion and
-    magnification are about the centre. The ranges' limits are in pixels whatever the crop's size.
+    magnification are about the centre. The ranges' limits are in pixels whatever the crop's size:
+    the reach must stay within :data:`JOINT_REACH_FRACTION` of half the image's shorter side, and
+    within the joint centre's own distance to the edge.
 
     Raises:
         InputError: the joint can leave the image (a 64 px crop translated by 64 px).
@@ -214,13 +223,13 @@ def check_followup_joint_in_image(
     reach_px = math.sqrt(2.0) * config.translation_px + config.magnification[1] * jsn_reach_px(config, pixel_spacing_mm)
     x, y = joint_center_xy
     height, width = shape
-    room_px = min(x, y, width - 1 - x, height - 1 - y)
+    room_px = min(JOINT_REACH_FRACTION * min(height, width) / 2.0, x, y, width - 1 - x, height - 1 - y)
     if reach_px > room_px:
         raise InputError(
             f"the pair options move the joint up to {reach_px:.0f} px (translation up to {config.translation_px:g} px "
-            f"along x and y, JSN change up to {jsn_reach_px(config, pixel_spacing_mm):.1f} px), but its centre is "
-            f"{max(room_px, 0.0):.0f} px from the edge of the {width}x{height} image: the follow-up's joint would "
-            "leave it; give a smaller translation or JSN range, or larger images"
+            f"along x and y, JSN change up to {jsn_reach_px(config, pixel_spacing_mm):.1f} px), more than the "
+            f"{max(room_px, 0.0):.0f} px it may move in the {width}x{height} image (three quarters of the way to the "
+            "edge): the follow-up's joint would leave it; give a smaller translation or JSN range, or larger images"
         )
 
 
