@@ -462,15 +462,14 @@ def simulate_pair(source: JointSource, joint_id: str, index: int, seed: int, con
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     layers = source.load(joint_id, rng)
+    joint_frame = joint_frame_from_masks(layers.upper_mask, layers.lower_mask)
     try:
-        check_followup_joint_in_image(config, layers.pixel_spacing_mm,
-                                      joint_frame_from_masks(layers.upper_mask, layers.lower_mask)[0],
-                                      layers.upper_mask.shape)
+        check_followup_joint_in_image(config, layers.pixel_spacing_mm, joint_frame[0], layers.upper_mask.shape)
     except InputError as exc:
         raise InputError(f"joint {joint_id}: {exc}") from None
     params = sample_pair_params(rng, layers.pixel_spacing_mm, config)
     renderer = source.render_with_poses if getattr(source, "exact_pose_rendering", False) else None
-    pair = make_pair(layers, params, renderer, config.soft_tissue_blend_mm)
+    pair = make_pair(layers, params, renderer, config.soft_tissue_blend_mm, joint_frame)
     for role in ("baseline", "followup"):
         clean = getattr(pair, f"{role}_clean")
         if float(clean.max() - clean.min()) < MIN_IMAGE_RANGE:

@@ -311,6 +311,7 @@ def make_pair(
     params: PairParams,
     render_with_poses: PoseRenderer | None = None,
     soft_tissue_blend_mm: float = SOFT_TISSUE_BLEND_MM,
+    joint_frame: tuple[tuple[float, float], float] | None = None,
 ) -> Pair:
     """Apply ``params`` to baseline ``layers``: move the parts, then image both visits.
 
@@ -322,9 +323,13 @@ def make_pair(
         soft_tissue_blend_mm: half-width of the band across the joint line in which the soft
             tissue passes from the upper bone's motion to the lower bone's
             (:func:`jsnsynth.synth.soft_tissue.warp_soft_tissue`).
+        joint_frame: ``joint_frame_from_masks`` of ``layers``' masks where the caller has it
+            already (a few ms a pair).
     """
     # Truth is recorded in the frame that anyone holding the baseline masks can recompute.
-    center_xy, axis_deg = joint_frame_from_masks(layers.upper_mask, layers.lower_mask)
+    if joint_frame is None:
+        joint_frame = joint_frame_from_masks(layers.upper_mask, layers.lower_mask)
+    center_xy, axis_deg = joint_frame
     layers = layers.replace(joint_center_xy=center_xy, joint_axis_deg=axis_deg)
     poses = pair_poses(params, layers.joint_center_xy, layers.joint_axis_deg)
     blend_px = soft_tissue_blend_mm / layers.pixel_spacing_mm
