@@ -185,7 +185,7 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
 @click.option("--layers-every", type=click.IntRange(min=0), default=10, show_default=True, help="Write the 'layers' config for every k-th pair (1: all, 0: none).")
 @click.option("--split", "split_fractions", type=FiniteFloatRange(0.0, 1.0), nargs=3, default=(0.8, 0.1, 0.1), show_default=True, help="Train/validation/test fractions of source joints (summing to 1).")
 @click.option("--jsn-mm", type=_pair_limit("jsn_mm"), nargs=2, default=(-0.5, 0.5), show_default=True, help="Range of the JSN change in mm (+ = narrowing).")
-@click.option("--jsn-px", type=_pair_limit("jsn_px"), nargs=2, default=None, help="Range of the JSN change in pixels (replaces --jsn-mm).")
+@click.option("--jsn-px", type=_pair_limit("jsn_px"), nargs=2, default=None, help="Range of the JSN change in pixels (instead of --jsn-mm; not with it).")
 @click.option("--flexion-deg", type=_pair_limit("flexion_deg"), default=2.0, show_default=True, help="Largest rotation of each bone about the joint centre.")
 @click.option("--rotation-deg", type=_pair_limit("rotation_deg"), default=3.0, show_default=True, help="Largest global rotation.")
 @click.option("--magnification", type=_pair_limit("magnification"), nargs=2, default=(0.97, 1.03), show_default=True, help="Range of the global magnification.")
@@ -218,7 +218,7 @@ def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, nu
     if photons_per_px is not None and no_noise:
         raise JsnSynthError("--photons-per-px sets the noise that --no-noise leaves out: give one of them")
     if jsn_px is not None and click.get_current_context().get_parameter_source("jsn_mm") == ParameterSource.COMMANDLINE:
-        # --jsn-px replaces --jsn-mm: the mm range given was dropped without a word
+        # --jsn-px takes the place of --jsn-mm: a mm range given as well was dropped without a word
         raise JsnSynthError("--jsn-mm and --jsn-px both set the JSN range: give one of them")
     imaging = ImagingRanges() if photons_per_px is None else ImagingRanges(photons_per_px=tuple(photons_per_px))
     pair_config = PairConfig(jsn_mm=jsn_mm, jsn_px=jsn_px, flexion_deg=flexion_deg, rotation_deg=rotation_deg,
