@@ -166,21 +166,21 @@ def config_value_problem(record: dict) -> str | None:
     or None. A config of ``"steps": -1`` trained nothing and wrote the untrained network as
     weights; ``"p_real": 2`` or a NaN learning rate trained on a mix or a rate that means nothing."""
     checks = {
-        "seed": lambda v: _is_int(v, 0), "steps": lambda v: _is_int(v, 1), "batch_size": lambda v: _is_int(v, 1),
-        "lr": lambda v: _is_number(v, 0.0, above=True), "weight_decay": lambda v: _is_number(v, 0.0),
-        "warmup_steps": lambda v: _is_int(v, 0), "fingerjoints": lambda v: isinstance(v, str),
-        "cache": lambda v: isinstance(v, str) and bool(v.strip()), "n_phantoms": lambda v: _is_int(v, 0),
-        "checkpoint_every": lambda v: _is_int(v, 1), "threads": lambda v: _is_int(v, 0),
+        "seed": (lambda v: _is_int(v, 0), "an integer >= 0"),
+        "steps": (lambda v: _is_int(v, 1), "an integer >= 1"),
+        "batch_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+        "lr": (lambda v: _is_number(v, 0.0, above=True), "a number > 0"),
+        "weight_decay": (lambda v: _is_number(v, 0.0), "a number >= 0"),
+        "warmup_steps": (lambda v: _is_int(v, 0), "an integer >= 0"),
+        "fingerjoints": (lambda v: isinstance(v, str), 'a folder name ("" for none)'),
+        "cache": (lambda v: isinstance(v, str) and bool(v.strip()), "a file name"),
+        "n_phantoms": (lambda v: _is_int(v, 0), "an integer >= 0"),
+        "checkpoint_every": (lambda v: _is_int(v, 1), "an integer >= 1"),
+        "threads": (lambda v: _is_int(v, 0), "an integer >= 0"),
     }
-    wanted = {
-        "seed": "an integer >= 0", "steps": "an integer >= 1", "batch_size": "an integer >= 1",
-        "lr": "a number > 0", "weight_decay": "a number >= 0", "warmup_steps": "an integer >= 0",
-        "fingerjoints": "a folder name (\"\" for none)", "cache": "a file name", "n_phantoms": "an integer >= 0",
-        "checkpoint_every": "an integer >= 1", "threads": "an integer >= 0",
-    }
-    for key, check in checks.items():
+    for key, (check, text) in checks.items():
         if key in record and not check(record[key]):
-            return f"'{key}' must be {wanted[key]}, got {json.dumps(record[key])}"
+            return f"'{key}' must be {text}, got {json.dumps(record[key])}"
     mix = record.get("mix", {})
     mix_checks = {
         "crop_px": (lambda v: _is_int(v, SIZE_MULTIPLE) and v % SIZE_MULTIPLE == 0 and v <= 256,

@@ -896,14 +896,13 @@ def _iter_rows(
     # pool's manager waited for the rest for ever (a write of a few hundred bytes is whole or none).
     # Beside the output, not in the system's temporary folder: 4 pairs of 1024 px with layers are
     # 84 MB, and a temporary folder is often memory
-    rows_dir = scratch_dir
-    shutil.rmtree(rows_dir, ignore_errors=True)  # a killed run's
-    rows_dir.mkdir(parents=True)
+    shutil.rmtree(scratch_dir, ignore_errors=True)  # a killed run's
+    scratch_dir.mkdir(parents=True)
     queued: collections.deque[Future] = collections.deque()
 
     def queue_tasks() -> None:
         for task in itertools.islice(tasks, num_proc * _TASKS_AHEAD_PER_WORKER - len(queued)):
-            queued.append(executor.submit(_task_rows, task, str(rows_dir)))
+            queued.append(executor.submit(_task_rows, task, str(scratch_dir)))
 
     shown: set[tuple[str, type]] = set()
     done = 0
@@ -939,7 +938,7 @@ def _iter_rows(
         # interrupt, the tasks not begun are dropped and those under way end on their own (their
         # files, written into a folder gone, with them)
         executor.shutdown(wait=done == len(indices), cancel_futures=True)
-        shutil.rmtree(rows_dir, ignore_errors=True)
+        shutil.rmtree(scratch_dir, ignore_errors=True)
 
 
 def _task_rows(indices: list[int], rows_dir: str) -> str:

@@ -239,22 +239,20 @@ def _read_dicom(path: Path) -> Radiograph:
                     ds.file_meta = FileMetaDataset()
                 syntax = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
                 ds.file_meta.TransferSyntaxUID = syntax
-            if syntax is not None and syntax.is_compressed:
-                try:
-                    pixels = ds.pixel_array
-                except Exception as exc:  # noqa: BLE001  (no decoder for it; any other failure below)
-                    if "missing" not in str(exc) or "dependenc" not in str(exc):
-                        raise
-                    # pydicom names the decoders it lacks on the lines after the first, which a
-                    # one-line error dropped
-                    raise InputError(
-                        f"{path}: DICOM compressed as {syntax.name}, which this installation cannot decode "
-                        f"({exception_line(exc)}); decompress it first (for example gdcmconv --raw or "
-                        "dcmdjpeg), or install a pydicom decoder for it (pylibjpeg with its plug-ins, or "
-                        "python-gdcm)"
-                    ) from None
-            else:
+            try:
                 pixels = ds.pixel_array
+            except Exception as exc:  # noqa: BLE001  (no decoder for a compressed syntax; else below)
+                if syntax is None or not syntax.is_compressed or "missing" not in str(exc) \
+                        or "dependenc" not in str(exc):
+                    raise
+                # pydicom names the decoders it lacks on the lines after the first, which a
+                # one-line error dropped
+                raise InputError(
+                    f"{path}: DICOM compressed as {syntax.name}, which this installation cannot decode "
+                    f"({exception_line(exc)}); decompress it first (for example gdcmconv --raw or "
+                    "dcmdjpeg), or install a pydicom decoder for it (pylibjpeg with its plug-ins, or "
+                    "python-gdcm)"
+                ) from None
             bits = int(getattr(ds, "BitsStored", 16 if pixels.dtype.itemsize > 1 else 8))
             photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
             signed = int(getattr(ds, "PixelRepresentation", 0)) == 1

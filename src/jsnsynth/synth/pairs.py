@@ -220,14 +220,15 @@ def check_followup_joint_in_image(
     Raises:
         InputError: the joint can leave the image (a 64 px crop translated by 64 px).
     """
-    reach_px = math.sqrt(2.0) * config.translation_px + config.magnification[1] * jsn_reach_px(config, pixel_spacing_mm)
+    jsn_px = jsn_reach_px(config, pixel_spacing_mm)
+    reach_px = math.sqrt(2.0) * config.translation_px + config.magnification[1] * jsn_px
     x, y = joint_center_xy
     height, width = shape
     room_px = min(JOINT_REACH_FRACTION * min(height, width) / 2.0, x, y, width - 1 - x, height - 1 - y)
     if reach_px > room_px:
         raise InputError(
             f"the pair options move the joint up to {reach_px:.0f} px (translation up to {config.translation_px:g} px "
-            f"along x and y, JSN change up to {jsn_reach_px(config, pixel_spacing_mm):.1f} px), more than the "
+            f"along x and y, JSN change up to {jsn_px:.1f} px), more than the "
             f"{max(room_px, 0.0):.0f} px it may move in the {width}x{height} image (three quarters of the way to the "
             "edge): the follow-up's joint would leave it; give a smaller translation or JSN range, or larger images"
         )
