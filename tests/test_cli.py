@@ -108,11 +108,12 @@ def test_help_ranges_are_the_library_checks() -> None:
     """--help said phantom --size >= 16 while the phantom needs 64, and each command took its own
     range of pixel spacings (phantom: any positive, quantify: unchecked, separate: 0.02-1)."""
     from jsnsynth.synth.layers import PIXEL_SPACING_RANGE_MM
-    from jsnsynth.synth.phantom import MAX_SIZE_PX, MIN_SIZE_PX
+    from jsnsynth.synth.limits import MAX_SIDE_PX
+    from jsnsynth.synth.phantom import MIN_SIZE_PX
 
     for command in ("phantom", "dataset"):
         kind = _option(cli.commands[command], "size_px").type
-        assert (kind.min, kind.max) == (MIN_SIZE_PX, MAX_SIZE_PX), command
+        assert (kind.min, kind.max) == (MIN_SIZE_PX, MAX_SIDE_PX), command
     for command, name in (("phantom", "pixel_spacing_mm"), ("quantify", "pixel_spacing"),
                           ("separate", "pixel_spacing_mm")):
         kind = _option(cli.commands[command], name).type

@@ -40,6 +40,24 @@ def test_reads_8bit_jpeg_and_16bit_tiff(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.rint(tiff.intensity * 65535), pixels)
 
 
+def test_a_multi_page_tiff_is_refused_unless_its_other_pages_are_smaller(tmp_path: Path) -> None:
+    # its first page alone used to be read, whatever the others held: two visits stacked in one
+    # file measured the first twice without a word
+    first, second = _ramp16(), _ramp16()[::-1].copy()
+    ok, stack = cv2.imencodemulti(".tiff", [first, second])
+    assert ok
+    (tmp_path / "stack.tiff").write_bytes(stack.tobytes())
+    for read in (io.read_radiograph, io.read_mask):
+        with pytest.raises(InputError, match="multi-page TIFF holding 2 images") as info:
+            read(tmp_path / "stack.tiff")
+        assert "stack.tiff" in str(info.value) and "\n" not in str(info.value)
+    # a thumbnail beside the picture leaves no doubt which page is the radiograph
+    ok, with_thumbnail = cv2.imencodemulti(".tiff", [first, np.ascontiguousarray(first[::4, ::4])])
+    assert ok
+    (tmp_path / "thumbnail.tiff").write_bytes(with_thumbnail.tobytes())
+    np.testing.assert_array_equal(np.rint(io.read_radiograph(tmp_path / "thumbnail.tiff").intensity * 65535), first)
+
+
 def test_greyscale_stored_as_rgb_is_accepted_colour_is_not(tmp_path: Path) -> None:
     grey = np.random.default_rng(0).integers(0, 255, (20, 20), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "rgb.png"), np.dstack([grey] * 3))

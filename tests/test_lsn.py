@@ -518,14 +518,17 @@ def _bad_inputs(tmp_path):
     cv2.imwrite(str(colour), rgb)
     small = tmp_path / "small.png"
     cv2.imwrite(str(small), np.full((16, 16), 100, np.uint8))
+    large = tmp_path / "large.png"  # a whole radiograph, not a joint crop
+    cv2.imwrite(str(large), np.full((40, 4100), 100, np.uint8))
     nan = tmp_path / "nan.tif"
     values = np.full((64, 64), 0.5, np.float32)
     values[3, 4] = np.nan
     cv2.imwrite(str(nan), values)
-    return {"not an image": text, "colour": colour, "too small": small, "NaN": nan, "missing": tmp_path / "nope.png"}
+    return {"not an image": text, "colour": colour, "too small": small, "too large": large, "NaN": nan,
+            "missing": tmp_path / "nope.png"}
 
 
-@pytest.mark.parametrize("case", ["not an image", "colour", "too small", "NaN", "missing"])
+@pytest.mark.parametrize("case", ["not an image", "colour", "too small", "too large", "NaN", "missing"])
 def test_separate_cli_rejects_bad_input_with_one_line(tmp_path, capsys, case):
     path = _bad_inputs(tmp_path)[case]
     rc = main(["separate", str(path), "--out", str(tmp_path / "out")])

@@ -732,6 +732,14 @@ def test_pictures_too_small_to_measure_are_rejected(size, padded):
     assert math.isfinite(quantify_pair(*wider, *masks).jsn_px)
 
 
+def test_images_beyond_the_largest_side_are_refused_before_they_are_converted():
+    # a 4096 px pair took 70 s and 6 GB; a whole radiograph is no joint crop
+    image = np.zeros((64, 4097), np.uint8)
+    mask = np.zeros(image.shape, bool)
+    with pytest.raises(InputError, match=r"baseline is 4097x64, at most 4096 px a side: .* crop the images around the joint"):
+        quantify_pair(image, image, mask, mask)
+
+
 def _columns_alike(image: np.ndarray, ramp_per_px: float) -> np.ndarray:
     """``image`` averaged along each row, plus a ramp along x: no structure that fixes x."""
     rows = image.astype(np.float64).mean(axis=1, keepdims=True)

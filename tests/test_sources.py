@@ -12,7 +12,7 @@ import pytest
 from jsnsynth.cli import main
 from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity
-from jsnsynth.synth.io import encode_png, read_mask, write_bytes_atomic
+from jsnsynth.synth.io import check_measurable_size, encode_png, read_mask, write_bytes_atomic
 from jsnsynth.synth.layers import JointLayers
 from jsnsynth.synth.sources import FingerJointsSource, JointSource, PhantomSource, open_source
 
@@ -195,6 +195,13 @@ def test_a_crop_too_small_or_a_soft_tissue_image_of_another_size_is_an_error_up_
     write_bytes_atomic(soft, encode_png(np.zeros((48, 64), np.uint8)))
     with pytest.raises(InputError, match=r"visit1_soft.png: soft-tissue image is 64x48 px, radiograph is 64x64"):
         FingerJointsSource(root)
+
+
+def test_a_crop_larger_than_the_quantifier_measures_is_refused() -> None:
+    check_measurable_size((64, 4096), "edge.png")
+    with pytest.raises(InputError, match=r"whole.png: crop is 4097x64 px; the quantifier measures joint crops of at most 4096"):
+        check_measurable_size((64, 4097), "whole.png")
+
 
 def test_a_phantom_too_small_to_frame_a_joint_is_refused_up_front() -> None:
     # 64 px at 0.02 mm/px (1.3 mm): half the draws failed at their first pair, "upper-bone mask is empty"

@@ -21,7 +21,7 @@ from click.core import ParameterSource
 
 from jsnsynth import __version__
 from jsnsynth.errors import InputError, JsnSynthError, exception_line, one_line
-from jsnsynth.synth.limits import DEFAULT_MAX_MASK_OVERLAP_PX, PAIR_OPTION_LIMITS
+from jsnsynth.synth.limits import DEFAULT_MAX_MASK_OVERLAP_PX, MAX_SIDE_PX, PAIR_OPTION_LIMITS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -53,8 +53,8 @@ class NonEmptyPath(click.Path):
 
 # The ranges the options state in --help are the library's checks, repeated here because the
 # command line imports no numerics at start-up (tests/test_cli.py holds them equal):
-#: jsnsynth.synth.phantom.MIN_SIZE_PX and MAX_SIZE_PX
-PHANTOM_SIZE_PX = click.IntRange(64, 4096)
+#: jsnsynth.synth.phantom.MIN_SIZE_PX
+PHANTOM_SIZE_PX = click.IntRange(64, MAX_SIDE_PX)
 #: jsnsynth.synth.layers.PIXEL_SPACING_RANGE_MM
 PIXEL_SPACING = FiniteFloatRange(0.02, 1.0)
 

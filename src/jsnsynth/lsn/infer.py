@@ -56,6 +56,7 @@ from jsnsynth.synth.io import (
 )
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, joint_frame_from_masks
 from jsnsynth.synth.layers import check_pixel_spacing
+from jsnsynth.synth.limits import MAX_SIDE_PX
 from jsnsynth.synth.xray import attenuation_to_intensity, intensity_to_attenuation, quantize
 
 #: The bundled weights, inside the package.
@@ -136,7 +137,8 @@ def _load_model_cached(path_str: str) -> LayerSeparationNet:
 
 
 def check_crop(intensity: np.ndarray, name: str = "image") -> np.ndarray:
-    """Validate a crop: 2-D, at least :data:`MIN_SIZE_PX` on each side, finite, in ``[0, 1]``.
+    """Validate a crop: 2-D, at least :data:`MIN_SIZE_PX` and at most
+    :data:`~jsnsynth.synth.limits.MAX_SIDE_PX` on each side, finite, in ``[0, 1]``.
 
     Raises:
         InputError: naming the problem.
@@ -148,6 +150,9 @@ def check_crop(intensity: np.ndarray, name: str = "image") -> np.ndarray:
         raise InputError(
             f"{name}: crop is {intensity.shape[1]}x{intensity.shape[0]} px, at least {MIN_SIZE_PX}x{MIN_SIZE_PX} needed"
         )
+    if max(intensity.shape) > MAX_SIDE_PX:
+        raise InputError(f"{name}: crop is {intensity.shape[1]}x{intensity.shape[0]} px, at most {MAX_SIDE_PX} px a "
+                         "side: separate takes joint crops; crop the image around the joint")
     if not np.all(np.isfinite(intensity)):
         raise InputError(f"{name}: crop contains NaN or infinite values")
     if intensity.min() < 0 or intensity.max() > 1:

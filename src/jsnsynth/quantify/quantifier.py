@@ -48,7 +48,7 @@ from jsnsynth.synth.layers import (
     joint_axis_from_masks,
     joint_center_from_masks,
 )
-from jsnsynth.synth.limits import MIN_LONG_SIDE_PX, MIN_SIDE_PX
+from jsnsynth.synth.limits import MAX_SIDE_PX, MIN_LONG_SIDE_PX, MIN_SIDE_PX
 
 #: Version of the JSON record written by :meth:`JsnResult.to_dict` (bump on a key change).
 RESULT_VERSION = "1.1"
@@ -174,13 +174,17 @@ def as_intensity(image: np.ndarray, name: str) -> np.ndarray:
     """Convert a uint8/uint16 image or a float image in ``[0, 1]`` to float32 intensity.
 
     Raises:
-        InputError: not 2-D, too small, NaN, out of range or an unsupported dtype.
+        InputError: not 2-D, too small or too large (:data:`~jsnsynth.synth.limits.MAX_SIDE_PX`),
+            NaN, out of range or an unsupported dtype.
     """
     image = np.asarray(image)
     if image.ndim != 2:
         raise InputError(f"{name} must be a 2-D greyscale image, got shape {image.shape}")
     if min(image.shape) < MIN_SIDE_PX:
         raise InputError(f"{name} is {image.shape[1]}x{image.shape[0]}, at least {MIN_SIDE_PX}x{MIN_SIDE_PX} needed")
+    if max(image.shape) > MAX_SIDE_PX:
+        raise InputError(f"{name} is {image.shape[1]}x{image.shape[0]}, at most {MAX_SIDE_PX} px a side: "
+                         "quantify measures joint crops; crop the images around the joint")
     if image.dtype == np.uint8:
         return image.astype(np.float32) / 255.0
     if image.dtype == np.uint16:

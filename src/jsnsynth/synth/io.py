@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from jsnsynth.errors import InputError, OutputError, exception_line
-from jsnsynth.synth.limits import MIN_LONG_SIDE_PX, MIN_SIDE_PX
+from jsnsynth.synth.limits import MAX_SIDE_PX, MIN_LONG_SIDE_PX, MIN_SIDE_PX
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -47,7 +47,8 @@ def files_digest(files: Mapping[str, Path]) -> str:
 def check_measurable_size(shape: tuple[int, ...], path: str | os.PathLike) -> None:
     """Refuse a source crop of which the quantifier could not measure a pair (smaller than
     :data:`~jsnsynth.synth.limits.MIN_SIDE_PX` a side or :data:`~jsnsynth.synth.limits.MIN_LONG_SIDE_PX`
-    on the longer one): its pairs' labels would be exact, and unmeasurable.
+    on the longer one, or larger than :data:`~jsnsynth.synth.limits.MAX_SIDE_PX`): its pairs'
+    labels would be exact, and unmeasurable.
 
     Raises:
         InputError: naming the file and its size.
@@ -55,6 +56,9 @@ def check_measurable_size(shape: tuple[int, ...], path: str | os.PathLike) -> No
     if min(shape) < MIN_SIDE_PX or max(shape) < MIN_LONG_SIDE_PX:
         raise InputError(f"{path}: crop is {shape[1]}x{shape[0]} px; the quantifier measures pairs of at least "
                          f"{MIN_SIDE_PX}x{MIN_SIDE_PX} px with a longer side of {MIN_LONG_SIDE_PX}")
+    if max(shape) > MAX_SIDE_PX:
+        raise InputError(f"{path}: crop is {shape[1]}x{shape[0]} px; the quantifier measures joint crops of at most "
+                         f"{MAX_SIDE_PX} px a side")
 
 
 def radiograph_files(folder: str | os.PathLike) -> list[Path]:
@@ -185,7 +189,7 @@ def _decode(path: Path) -> np.ndarray | None:
         try:
             if saved is not None:
                 os.dup2(capture.fileno(), 2)
-            pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+            pixels = _decode_pages(buffer, path) if data[:4] in _TIFF_MAGIC else cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
         except cv2.error as exc:
             pixels, failure = None, exc
         finally:
@@ -202,6 +206,29 @@ def _decode(path: Path) -> np.ndarray | None:
     if pixels is not None and reported:
         warnings.warn(f"{path}: the image decoder reported: {reported}", stacklevel=3)
     return pixels
+
+
+#: The first four bytes of a TIFF (and of a BigTIFF), in either byte order.
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _decode_pages(buffer: np.ndarray, path: Path) -> np.ndarray | None:
+    """The first page of a TIFF, refusing a stack: a file holding several images of the first
+    one's size (a multi-page TIFF of visits or of a series) does not say which one is the
+    radiograph, and reading the first alone would measure it silently. Smaller pages (a
+    thumbnail, a reduced-resolution copy) are left aside.
+
+    Raises:
+        InputError: more than one page of the first page's size.
+    """
+    ok, pages = cv2.imdecodemulti(buffer, cv2.IMREAD_UNCHANGED)
+    if not ok or not pages:
+        return None
+    same_size = sum(page.shape[:2] == pages[0].shape[:2] for page in pages)
+    if same_size > 1:
+        raise InputError(f"{path}: a multi-page TIFF holding {same_size} images of {pages[0].shape[1]}x"
+                         f"{pages[0].shape[0]} px; save the radiograph as a file of its own")
+    return pages[0]
 
 
 def _is_jpeg(path: Path) -> bool:

@@ -16,6 +16,13 @@ PAIR_OPTION_LIMITS = {
 #: with the other bone (on the dev crops such pairs read 0.36 px RMSE against 0.06 px without).
 DEFAULT_MAX_MASK_OVERLAP_PX = 200
 
+#: Largest image side a command accepts (a phantom's size, an image ``quantify`` or ``separate``
+#: reads): at the finest pixel spacing (0.02 mm) 82 mm, a whole finger and more. They work on
+#: joint crops and their memory grows with the area (a 2048 px dataset pair takes 0.9 GB, a 4096 px
+#: pair 6 GB and 70 s in ``quantify``), so a whole radiograph, or a mistyped size, is refused
+#: rather than left to run out of memory.
+MAX_SIDE_PX = 4096
+
 #: Smallest image side the quantifier accepts (and the ``fingerjoints`` source, whose pairs it measures).
 MIN_SIDE_PX = 32
 #: Smallest longer side of the picture the quantifier registers: a quarter of the 256 px crops its

@@ -61,6 +61,7 @@ import numpy as np
 from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity, axis_vector
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers
+from jsnsynth.synth.limits import MAX_SIDE_PX
 
 JOINT_TYPES = ("mcp", "pip", "dip")
 
@@ -82,10 +83,6 @@ _LINE_SHARE = 0.7
 #: Smallest phantom crop (px): smaller bones are too few pixels for a JSN measurement to mean anything
 #: (a registration needs a few hundred pixels of each bone).
 MIN_SIZE_PX = 64
-#: Largest phantom crop (px): at the finest pixel spacing (0.02 mm) 82 mm, a whole finger and
-#: more; memory grows with the area (a 2048 px dataset pair takes 0.9 GB, a 5000 px phantom 2 GB),
-#: so a mistyped size is refused rather than left to run out of memory.
-MAX_SIZE_PX = 4096
 
 
 @dataclass(frozen=True)
@@ -211,9 +208,9 @@ class PhantomParams:
 
 def check_phantom_size(size_px: float) -> None:
     """Raise :class:`InputError` unless ``size_px`` is a whole number of pixels from
-    :data:`MIN_SIZE_PX` to :data:`MAX_SIZE_PX`."""
-    if not MIN_SIZE_PX <= size_px <= MAX_SIZE_PX or int(size_px) != size_px:  # NaN fails the range first
-        raise InputError(f"phantom size must be a whole number of {MIN_SIZE_PX} to {MAX_SIZE_PX} pixels, got {size_px}")
+    :data:`MIN_SIZE_PX` to :data:`MAX_SIDE_PX`."""
+    if not MIN_SIZE_PX <= size_px <= MAX_SIDE_PX or int(size_px) != size_px:  # NaN fails the range first
+        raise InputError(f"phantom size must be a whole number of {MIN_SIZE_PX} to {MAX_SIDE_PX} pixels, got {size_px}")
 
 
 #: Smallest field of view (mm) of a phantom crop, size x pixel spacing: 64 px at 0.02 mm/px
