@@ -216,6 +216,14 @@ def test_a_plugin_that_exits_on_import_is_an_error(dataset, tmp_path, monkeypatc
     assert "cannot import module 'exiting_plugin' (SystemExit: 0)" in _one_error(capsys)
 
 
+def test_a_plugins_warning_over_several_lines_is_shown_in_one(dataset, tmp_path, monkeypatch, capsys):
+    (tmp_path / "chatty_plugin.py").write_text(
+        "import warnings\ndef half(*args, **kwargs):\n    warnings.warn('first line\\n  second line')\n    return 0.5\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["validate", str(dataset), "--method", "chatty_plugin:half", "--limit", "1"]) == 0
+    assert capsys.readouterr().err.strip().splitlines() == ["jsnsynth: warning: first line second line"]
+
+
 def test_a_plugin_in_the_current_folder_is_found(dataset, tmp_path, monkeypatch, capsys):
     """The console script does not put the current folder on sys.path, as ``python -m`` does."""
     (tmp_path / "local_jsn_plugin.py").write_text("def half(*args, **kwargs):\n    return 0.5\n")

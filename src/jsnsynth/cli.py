@@ -442,7 +442,8 @@ def demo_command(out_dir: Path, n_pairs: int, seed: int) -> None:
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
-    click.echo(f"jsnsynth: warning: {message}", err=True)
+    # a library's or a plug-in's message may run over several lines; the user gets one
+    click.echo(f"jsnsynth: warning: {' '.join(str(message).split())}", err=True)
 
 
 def _silence_opencv_log() -> None:
