@@ -7,7 +7,8 @@ one side, mirrored, turned (the joint frame given, turned with them: by quarter 
 15 deg as a group that straightens its crops by their joint axis stores them, the corners left
 black or mirrored), masks eroded or dilated,
 up- or downsampled, sharpened or equalised as sites process radiographs for display (both visits
-alike, or the follow-up alone). Real visits differ in 3-D pose, so the table gives the largest change of JSN, for the
+alike, or the follow-up alone), or the follow-up alone given a smooth field (a heel effect that
+changed). Real visits differ in 3-D pose, so the table gives the largest change of JSN, for the
 pairs the method does not flag and, apart, for those it does. Synthetic noise-free pairs (the
 dataset builder, phantom and real layers) show the same changes against exact truth. Masks from
 the bundled LSN in place of the drawn ones are a row of both tables. Writes the
@@ -122,9 +123,13 @@ def mirrored(pair: Pair) -> Pair:
     return tuple(np.ascontiguousarray(a[:, ::-1]) for a in pair)
 
 
-#: Display processing as sites apply it after acquisition: label -> (which images, function of
-#: an image in [0, 1]). Unsharp masking ``f + amount (f - G_sigma * f)``, clipped; CLAHE at 16 bits.
+#: Display processing as sites apply it after acquisition, and a smooth field one visit has and
+#: the other not: label -> (which images, function of an image in [0, 1]). Unsharp masking
+#: ``f + amount (f - G_sigma * f)``, clipped; CLAHE at 16 bits; a field rising linearly from the
+#: top of the crop to its bottom by ``a`` of the display range (a heel effect or scatter that
+#: changed between the visits), clipped.
 PROCESSINGS = {
+    "the follow-up alone 1 % brighter at the bottom than at the top (a linear field)": ((1,), ("field", 0.01, 0.0)),
     "both visits sharpened alike (unsharp mask, sigma 8 px, amount 0.6)": ((0, 1), ("unsharp", 8.0, 0.6)),
     "the follow-up alone sharpened (unsharp mask, sigma 3 px, amount 0.5)": ((1,), ("unsharp", 3.0, 0.5)),
     "the follow-up alone equalised (CLAHE, clip limit 2, 4 x 4 tiles)": ((1,), ("clahe", 2.0, 4)),
@@ -157,7 +162,12 @@ def processed(pair: Pair, label: str) -> Pair:
         top = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0
         f = image.astype(np.float64) / top
         bits = 8 if image.dtype == np.uint8 else 16
-        out = clahe_equalised(f, a, b, bits) if kind == "clahe" else unsharp_masked(f, a, b)
+        if kind == "clahe":
+            out = clahe_equalised(f, a, b, bits)
+        elif kind == "field":
+            out = np.clip(f + a * np.linspace(-0.5, 0.5, f.shape[0])[:, None], 0.0, 1.0)
+        else:
+            out = unsharp_masked(f, a, b)
         return np.rint(out * top).astype(image.dtype) if top != 1.0 else out.astype(image.dtype)
 
     return tuple(one(a) if k in which else a for k, a in enumerate(pair))

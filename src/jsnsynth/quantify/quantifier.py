@@ -709,7 +709,8 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             # the intensity fits read the windows' unclipped flat pixels with the blurs matched
             # (blurs commute with the nearly rigid warps)
             fit_windows = [(bw, fw, r) for (bw, fw, _), r in zip(windows, unclipped)]
-            samples = reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x)
+            offsets = reg.window_offsets(regions, settings.window_margin_px)
+            samples = reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x, offsets)
             if settings.equalise_display_gamma:
                 # both visits onto one display gamma: blurs are then matched, and intensities
                 # mapped, between images whose displays bend alike (docs/quantify-method.md, step 3)
@@ -719,7 +720,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
                     base, follow = reg.raise_to(base, exponent_b), reg.raise_to(follow, exponent_f)
                     windows = [(reg.raise_to(bw, exponent_b), reg.raise_to(fw, exponent_f), r) for bw, fw, r in windows]
                     fit_windows = [(bw, fw, r) for (bw, fw, _), r in zip(windows, unclipped)]
-                    samples = reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x)
+                    samples = reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x, offsets)
                     matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2,
                                               settings.max_blur_difference_px2)
                     if settings.intensity_mapping_order == 0:  # else the search after the mapping
