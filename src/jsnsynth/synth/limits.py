@@ -27,7 +27,7 @@ MAX_SIDE_PX = 4096
 MIN_SIDE_PX = 32
 #: Smallest longer side of the picture the quantifier registers: a quarter of the 256 px crops its
 #: lengths were set on, where the bands are 1-3 px. Below it the error grows fast: 30
-#: default-noise phantom pairs reduced by pixel area measured JSN RMSE 0.0094 px at 256 px, 0.068
-#: at 64, 0.18 at 48 and 0.89 at 32 (in pixels of the 256 px grid; 0.16 mm at 32 px;
+#: default-noise phantom pairs reduced by pixel area measured JSN RMSE 0.0094 px at 256 px, 0.071
+#: at 64, 0.18 at 48 and 0.98 at 32 (in pixels of the 256 px grid; 0.17 mm at 32 px;
 #: bench_quantify_resolution.py).
 MIN_LONG_SIDE_PX = 64
