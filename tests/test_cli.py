@@ -128,6 +128,8 @@ def test_help_ranges_are_the_library_checks() -> None:
     assert f"{MIN_LONG_SIDE_PX} px on the longer side" in cli.commands["quantify"].help
     assert f"at least {MIN_SIDE_PX}x{MIN_SIDE_PX} px" in cli.commands["quantify"].help
     assert f"at least {MIN_SIDE_PX}x{MIN_SIDE_PX} px" in cli.commands["separate"].help
+    for command in ("quantify", "separate"):
+        assert f"at most {MAX_SIDE_PX} px a side" in " ".join(cli.commands[command].help.split()), command
 
 
 def test_help_states_no_range_where_there_is_none(capsys: pytest.CaptureFixture[str]) -> None:

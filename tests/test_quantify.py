@@ -846,7 +846,8 @@ def test_cli_quantify_prints_json_and_writes_figure(tmp_path, capsys):
 @pytest.mark.parametrize("problem", ["missing", "unreadable", "empty_mask", "wrong_size", "disjoint", "tiny_mask",
                                      "constant", "blank_followup", "centre_outside", "axis_nan", "json_is_folder", "json_into_new_folder",
                                      "figure_suffix", "masks_along_border", "masks_in_corners", "json_over_input",
-                                     "figure_over_mask", "figure_is_json", "json_write_fails", "spacing_absurd"])
+                                     "figure_over_mask", "figure_is_json", "json_write_fails", "spacing_absurd",
+                                     "followup_too_large"])
 def test_cli_quantify_rejects_bad_input(tmp_path, capsys, problem):
     pair = toy_pair(0.5)
     paths = _write_pair(tmp_path, pair)
@@ -906,6 +907,8 @@ def test_cli_quantify_rejects_bad_input(tmp_path, capsys, problem):
         extra = ["--residual-figure", str(tmp_path / "fig.png"), "--json", "/dev/full"]
     elif problem == "spacing_absurd":  # the same range as separate and phantom (0.02-1 mm)
         extra = ["--pixel-spacing", "5"]
+    elif problem == "followup_too_large":  # a whole radiograph: named, before its masks are read
+        paths["followup"].write_bytes(encode_png(np.full((40, 4100), 100, np.uint8)))
     inputs_before = {name: path.read_bytes() for name, path in paths.items() if path.exists()}
     rc = main(["quantify", str(paths["baseline"]), str(paths["followup"]), "--upper-mask", str(paths["upper_mask"]),
                "--lower-mask", str(paths["lower_mask"]), *extra])
@@ -926,6 +929,8 @@ def test_cli_quantify_rejects_bad_input(tmp_path, capsys, problem):
     assert {name: path.read_bytes() for name, path in paths.items() if path.exists()} == inputs_before
     if problem.startswith("masks_"):
         assert "too few usable pixels away from the picture's border" in err
+    if problem == "followup_too_large":
+        assert f"{paths['followup']}: follow-up is 4100x40, at most 4096 px a side" in err
 
 
 def test_quantify_files_checks_the_spacing_it_uses(tmp_path):
@@ -1169,6 +1174,17 @@ def test_blur_matching_ignores_what_the_visits_do_not_share():
         windows = reg.aligned_windows(first, second, regions, identity, center)
         added = reg.BlurMatcher(windows).variance_difference([f for _, f, _ in windows])
         assert abs(added - expected) < 0.02, (expected, added)
+
+
+def test_intensity_mapping_of_windows_that_are_a_ramp_is_not_left_to_the_plane():
+    """Two identical windows whose intensities are a ramp down the picture: the plane beside the
+    mapping would explain them alone, and the mapping was fitted with a gain of 0.92 (order 1)."""
+    ramp = np.repeat(np.linspace(0.2, 0.8, 80, dtype=np.float32)[:, None], 60, axis=1)
+    region = np.ones(ramp.shape, dtype=bool)
+    for order in (1, 2):
+        mapping = reg.fit_intensity_mapping(reg.flat_samples([(ramp, ramp, region)]), order)
+        values = np.linspace(0.2, 0.8, 7)
+        np.testing.assert_allclose(reg.apply_polynomial(values, mapping), values, atol=1e-6)
 
 
 @pytest.mark.parametrize("noisy", ["follow-up", "baseline"])

@@ -268,7 +268,8 @@ def quantify_command(baseline, followup, upper_mask, lower_mask, followup_upper_
                      pixel_spacing, residual_figure, json_out, joint_center, joint_axis_deg) -> None:
     """Measure JSN progression between BASELINE and FOLLOWUP (JSON on stdout; + = narrowing).
 
-    Images of at least 32x32 px and 64 px on the longer side, the same size; strict JSON (a number
+    Images of at least 32x32 px and 64 px on the longer side, at most 4096 px a side, the same
+    size; strict JSON (a number
     that is not finite is null).
 
     JSN is read at the joint centre along the joint axis; both default to the frame computed from
@@ -337,7 +338,8 @@ def validate_real_command(folder, method, out_dir, limit_series) -> None:
 @click.option("--pixel-spacing", "pixel_spacing_mm", type=PIXEL_SPACING, default=None,
               help="Pixel size of the crops in mm (default: DICOM header, else 0.175 mm/px).")
 def separate_command(images: tuple[Path, ...], out_dir: Path, weights: Path | None, pixel_spacing_mm: float | None) -> None:
-    """Split joint crops (at least 32x32 px) into soft-tissue, upper- and lower-bone layers with the LSN.
+    """Split joint crops (at least 32x32 px, at most 4096 px a side) into soft-tissue, upper- and lower-bone
+    layers with the LSN.
 
     IMAGES are crop files, or folders whose crops (PNG, JPEG, TIFF, BMP, DICOM) are all taken
     (less the files separate writes).
@@ -442,8 +444,9 @@ def demo_command(out_dir: Path, n_pairs: int, seed: int) -> None:
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
-    # a library's or a plug-in's message may run over several lines; the user gets one
-    click.echo(f"jsnsynth: warning: {' '.join(str(message).split())}", err=True)
+    # a library's or a plug-in's message may run over several lines; the user gets them on one
+    joined = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    click.echo(f"jsnsynth: warning: {one_line(joined, limit=None)}", err=True)
 
 
 def _silence_opencv_log() -> None:

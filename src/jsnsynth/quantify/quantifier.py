@@ -180,11 +180,7 @@ def as_intensity(image: np.ndarray, name: str) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 2:
         raise InputError(f"{name} must be a 2-D greyscale image, got shape {image.shape}")
-    if min(image.shape) < MIN_SIDE_PX:
-        raise InputError(f"{name} is {image.shape[1]}x{image.shape[0]}, at least {MIN_SIDE_PX}x{MIN_SIDE_PX} needed")
-    if max(image.shape) > MAX_SIDE_PX:
-        raise InputError(f"{name} is {image.shape[1]}x{image.shape[0]}, at most {MAX_SIDE_PX} px a side: "
-                         "quantify measures joint crops; crop the images around the joint")
+    check_image_size(image.shape, name)
     if image.dtype == np.uint8:
         return image.astype(np.float32) / 255.0
     if image.dtype == np.uint16:
@@ -198,6 +194,20 @@ def as_intensity(image: np.ndarray, name: str) -> np.ndarray:
         # undershoot to -1e-7 beside a black fill at 0 had made the fill no longer the lowest value
         return np.clip(image, 0.0, 1.0).astype(np.float32)
     raise InputError(f"{name} has unsupported pixel type {image.dtype} (uint8, uint16 or float in [0, 1])")
+
+
+def check_image_size(shape: tuple[int, int], name: str) -> None:
+    """Refuse an image smaller than :data:`~jsnsynth.synth.limits.MIN_SIDE_PX` or larger than
+    :data:`~jsnsynth.synth.limits.MAX_SIDE_PX` a side.
+
+    Raises:
+        InputError: naming the image (``name``: its role, or its file and role) and its size.
+    """
+    if min(shape) < MIN_SIDE_PX:
+        raise InputError(f"{name} is {shape[1]}x{shape[0]}, at least {MIN_SIDE_PX}x{MIN_SIDE_PX} needed")
+    if max(shape) > MAX_SIDE_PX:
+        raise InputError(f"{name} is {shape[1]}x{shape[0]}, at most {MAX_SIDE_PX} px a side: "
+                         "quantify measures joint crops; crop the images around the joint")
 
 
 def as_mask(mask: np.ndarray, name: str, shape: tuple[int, int]) -> np.ndarray:
@@ -896,7 +906,9 @@ def quantify_files(
     if residual_figure:
         figure_format(residual_figure)
     base = read_radiograph(baseline_path)
+    check_image_size(base.intensity.shape, f"{baseline_path}: baseline")
     follow = read_radiograph(followup_path)
+    check_image_size(follow.intensity.shape, f"{followup_path}: follow-up")
     shape = base.intensity.shape
     if follow.intensity.shape != shape:
         raise InputError(f"{followup_path}: follow-up is {follow.intensity.shape[1]}x{follow.intensity.shape[0]}, baseline is {shape[1]}x{shape[0]}")

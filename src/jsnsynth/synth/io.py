@@ -189,7 +189,10 @@ def _decode(path: Path) -> np.ndarray | None:
         try:
             if saved is not None:
                 os.dup2(capture.fileno(), 2)
-            pixels = _decode_pages(buffer, path) if data[:4] in _TIFF_MAGIC else cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+            if data[:4] in _TIFF_MAGIC:
+                pixels = _decode_pages(buffer, path)
+            else:
+                pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
         except cv2.error as exc:
             pixels, failure = None, exc
         finally:
@@ -213,22 +216,25 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def _decode_pages(buffer: np.ndarray, path: Path) -> np.ndarray | None:
-    """The first page of a TIFF, refusing a stack: a file holding several images of the first
-    one's size (a multi-page TIFF of visits or of a series) does not say which one is the
-    radiograph, and reading the first alone would measure it silently. Smaller pages (a
-    thumbnail, a reduced-resolution copy) are left aside.
+    """The image of a TIFF: its largest page, refusing a stack. A file holding several images of
+    about one size (a multi-page TIFF of visits or of a series, which need not match to the pixel)
+    does not say which one is the image, and reading the first alone would measure it silently.
+    Pages at most half the largest's size on both sides (a thumbnail, a reduced-resolution copy),
+    wherever they come, are left aside.
 
     Raises:
-        InputError: more than one page of the first page's size.
+        InputError: another page more than half the largest page's size on either side.
     """
     ok, pages = cv2.imdecodemulti(buffer, cv2.IMREAD_UNCHANGED)
     if not ok or not pages:
         return None
-    same_size = sum(page.shape[:2] == pages[0].shape[:2] for page in pages)
-    if same_size > 1:
-        raise InputError(f"{path}: a multi-page TIFF holding {same_size} images of {pages[0].shape[1]}x"
-                         f"{pages[0].shape[0]} px; save the radiograph as a file of its own")
-    return pages[0]
+    largest = max(pages, key=lambda page: page.shape[0] * page.shape[1])
+    height, width = largest.shape[:2]
+    full_size = [page for page in pages if 2 * page.shape[0] > height or 2 * page.shape[1] > width]
+    if len(full_size) > 1:
+        raise InputError(f"{path}: a multi-page TIFF holding {len(full_size)} images of about {width}x{height} px; "
+                         "save each image as a file of its own")
+    return largest
 
 
 def _is_jpeg(path: Path) -> bool:
