@@ -798,16 +798,21 @@ def flat_samples(
 MAX_PLANE_SHARE = 0.9
 
 
-def _plane_explains(plane: np.ndarray, values: np.ndarray, root_w: np.ndarray) -> float:
-    """Share of the weighted variance of ``values`` that a least-squares fit on ``plane``
-    explains (weights ``root_w^2``; 1 for constant values)."""
-    weights = root_w * root_w
-    centred = values - np.average(values, weights=weights)
-    total = float(np.sum(weights * centred**2))
-    if not total > 0:
-        return 1.0
-    residual = values - plane @ solve_least_squares(plane * root_w[:, None], values * root_w)
-    return 1.0 - float(np.sum(weights * residual**2)) / total
+def _plane_shares(plane: np.ndarray, weights: np.ndarray, *values: np.ndarray) -> list[float]:
+    """For each of ``values``, the share of its weighted variance that a weighted least-squares
+    fit on ``plane`` (whose first column is constant) explains; 1 for constant values. The
+    plane's normal matrix is formed once for all of them."""
+    weighted_plane = plane * weights[:, None]
+    inverse = np.linalg.pinv(plane.T @ weighted_plane)
+    total_weight = float(weights.sum())
+    shares = []
+    for v in values:
+        weighted_sum = float(weights @ v)
+        mean_square = weighted_sum * weighted_sum / total_weight
+        total = float(weights @ (v * v)) - mean_square
+        projection = weighted_plane.T @ v
+        shares.append((float(projection @ inverse @ projection) - mean_square) / total if total > 0 else 1.0)
+    return shares
 
 
 def fit_intensity_mapping(samples: FlatSamples, order: int) -> np.ndarray:
@@ -838,10 +843,10 @@ def fit_intensity_mapping(samples: FlatSamples, order: int) -> np.ndarray:
     if values.size < 10 * (order + 1) or values.std() == 0:
         return identity
     root_w = np.sqrt(weights)
+    # intensities (nearly) a plane over the picture: their contrast would go into the plane
+    plane = samples.plane if max(_plane_shares(samples.plane, weights, values, target)) <= MAX_PLANE_SHARE else None
 
     def fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, plane: np.ndarray | None = None) -> np.ndarray:
-        if plane is not None and _plane_explains(plane, x, w) > MAX_PLANE_SHARE:
-            plane = None  # intensities (nearly) a plane over the picture: contrast would go into it
         if plane is None:
             return solve_least_squares(np.stack([x**k for k in range(order + 1)], axis=1) * w[:, None], y * w)
         design = np.concatenate([np.stack([x**k for k in range(1, order + 1)], axis=1), plane], axis=1)
@@ -849,7 +854,7 @@ def fit_intensity_mapping(samples: FlatSamples, order: int) -> np.ndarray:
         constant = np.average(plane @ coef[order:], weights=w * w)
         return np.concatenate([[constant], coef[:order]])
 
-    forward = fit(values, target, root_w, samples.plane)
+    forward = fit(values, target, root_w, plane)
     if not np.all(np.isfinite(forward)):
         return identity
     # Regressing the baseline on the follow-up's values attenuates the mapping's slope: whatever
@@ -859,7 +864,7 @@ def fit_intensity_mapping(samples: FlatSamples, order: int) -> np.ndarray:
     # direction, and a follow-up that lacks contrast reads as narrowing (about 0.3 px per 10 % on
     # real crops). The reverse regression (follow-up on baseline) is attenuated the other way:
     # the mean of the forward mapping and the inverse of the reverse one cancels both to first order.
-    reverse = fit(target, values, root_w, samples.plane)
+    reverse = fit(target, values, root_w, plane)
     grid = np.linspace(*np.percentile(target, [0.5, 99.5]), 256)
     reverse_on_grid = _polyval(reverse, grid)
     if not (np.all(np.isfinite(reverse)) and np.all(np.diff(reverse_on_grid) > 0)):
