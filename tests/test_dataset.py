@@ -621,6 +621,28 @@ def test_cli_sets_the_photon_counts(tmp_path: Path, capsys) -> None:
     assert "--no-noise" in capsys.readouterr().err
 
 
+def test_cli_sets_a_heel_effect_that_changes_between_the_visits(tmp_path: Path, capsys) -> None:
+    """A smooth field that one visit has and the other not (the quantifier once read 0.1 px of
+    narrowing per 1 %): drawn per image, recorded, and the pairs' truth measured through it."""
+    from jsnsynth.quantify.validate import validate_dataset
+
+    rc = main(["dataset", "--source", "phantom", "--pairs", "4", "--out", str(tmp_path / "ds"), "--no-noise",
+               "--layers-every", "0", "--heel-gain", "0.02", "0.04", "--split", "0", "0", "1", "--quiet"])
+    assert rc == 0
+    rows = list(iter_pairs(tmp_path / "ds"))
+    gains = [row[f"{role}_heel_gain"] for row in rows for role in ("baseline", "followup")]
+    angles = {row[f"{role}_heel_angle_deg"] for row in rows for role in ("baseline", "followup")}
+    assert len(gains) == 8 and all(0.02 <= g <= 0.04 for g in gains) and len(angles) == 8
+    assert validate_dataset(tmp_path / "ds")["overall"]["rmse_px"] < 0.03
+    capsys.readouterr()
+    assert main(["dataset", "--source", "phantom", "--pairs", "3", "--out", str(tmp_path / "ds2"),
+                 "--heel-gain", "0.04", "0.02"]) == 1
+    assert "heel_gain" in capsys.readouterr().err
+    assert main(["dataset", "--source", "phantom", "--pairs", "3", "--out", str(tmp_path / "ds3"),
+                 "--heel-gain", "0.1", "0.9"]) == 2
+    assert not (tmp_path / "ds2").exists() and not (tmp_path / "ds3").exists()
+
+
 def test_jsn_range_given_in_mm_and_px_is_refused(tmp_path: Path, capsys) -> None:
     # --jsn-px replaces --jsn-mm: the range in mm was dropped without a word
     assert main(["dataset", "--source", "phantom", "--pairs", "2", "--out", str(tmp_path / "ds"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -103,6 +104,43 @@ def test_sampling_is_deterministic_and_records_round_trip() -> None:
     noise_free = xray.sample_imaging_params(np.random.default_rng(3), noise=False)
     assert noise_free.noise_free and math.isinf(noise_free.photons_per_px)
     assert xray.ImagingParams.from_dict(noise_free.to_dict()) == noise_free
+
+
+@pytest.mark.parametrize("angle_deg", [0.0, 90.0, 30.0, 225.0])
+def test_heel_field_rises_by_its_gain_across_the_picture(angle_deg: float) -> None:
+    params = xray.ImagingParams(heel_gain=0.04, heel_angle_deg=angle_deg)
+    field = xray.heel_field((60, 80), params)
+    assert field.mean() == pytest.approx(1.0, abs=1e-12)
+    assert field.max() - field.min() == pytest.approx(0.04, rel=1e-12)  # corner to corner along the angle
+    brightest = np.unravel_index(np.argmax(field), field.shape)
+    direction = np.array([math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))])
+    assert (np.array([brightest[1] - 39.5, brightest[0] - 29.5]) @ direction) > 0  # it rises along the angle
+    # the detected transmission is the field times the blurred transmission; a flat beam is none
+    attenuation = 0.5 + 0.1 * np.random.default_rng(0).standard_normal((60, 80))
+    with_field = xray.render_radiograph(attenuation, params)
+    without = xray.render_radiograph(attenuation, xray.ImagingParams(heel_angle_deg=angle_deg))
+    np.testing.assert_allclose(1.0 - with_field, (1.0 - without) * field, rtol=1e-12, atol=1e-12)
+    assert xray.heel_field((60, 80), xray.ImagingParams()) is None
+    # more quanta where the beam is brighter: the noise model follows the field
+    noisy = xray.ImagingParams(heel_gain=0.04, heel_angle_deg=angle_deg, photons_per_px=5000.0)
+    expected = xray.display_noise_std(np.full((60, 80), 0.5), noisy)
+    assert expected.max() / expected.min() == pytest.approx(math.sqrt(field.max() / field.min()), rel=1e-9)
+
+
+def test_a_heel_range_is_drawn_after_the_rest_of_the_chain() -> None:
+    """Without a heel range the draws are what they were before the heel existed, so datasets made
+    without one keep their bytes; with one, the rest of the chain is drawn as without it."""
+    plain = xray.sample_imaging_params(np.random.default_rng(5))
+    assert plain.heel_gain == 0.0 and plain.heel_angle_deg == 90.0
+    heeled = xray.sample_imaging_params(np.random.default_rng(5), xray.ImagingRanges(heel_gain=(0.01, 0.03)))
+    assert 0.01 <= heeled.heel_gain <= 0.03 and 0.0 <= heeled.heel_angle_deg < 360.0
+    assert dataclasses.replace(heeled, heel_gain=0.0, heel_angle_deg=90.0) == plain
+    assert xray.ImagingParams.from_dict(heeled.to_dict()) == heeled
+    for bad in ((0.0, 0.6), (0.03, 0.01), (-0.01, 0.01)):
+        with pytest.raises(InputError, match="heel_gain"):
+            xray.ImagingRanges(heel_gain=bad)
+    with pytest.raises(InputError, match="heel_gain"):
+        xray.ImagingParams(heel_gain=0.8)
 
 
 @pytest.mark.parametrize("bits", [8, 16])

@@ -21,7 +21,7 @@ from click.core import ParameterSource
 
 from jsnsynth import __version__
 from jsnsynth.errors import InputError, JsnSynthError, exception_line, one_line
-from jsnsynth.synth.limits import DEFAULT_MAX_MASK_OVERLAP_PX, MAX_SIDE_PX, PAIR_OPTION_LIMITS
+from jsnsynth.synth.limits import DEFAULT_MAX_MASK_OVERLAP_PX, MAX_HEEL_GAIN, MAX_SIDE_PX, PAIR_OPTION_LIMITS
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -196,6 +196,10 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
 @click.option("--photons-per-px", type=FiniteFloatRange(min=1.0), nargs=2, default=None,
               help="Range of the incident quanta per pixel, drawn log-uniformly for each image "
                    "(default 5e4 1e6, little noise; the quantifier's benchmark: 4e4 5e4 low, 8e3 1.2e4 medium, 2e3 3e3 high).")
+@click.option("--heel-gain", type=FiniteFloatRange(0.0, MAX_HEEL_GAIN), nargs=2, default=None,
+              help="Range of the heel effect drawn for each image: the beam's rise across the picture "
+                   "(0.02: 2 %), in a direction drawn uniformly, so that the visits differ by a smooth field "
+                   "(default: none).")
 @click.option("--size", "size_px", type=PHANTOM_SIZE_PX, default=None,
               help="Phantom image size in pixels (--source phantom only; default: the phantom's, 256).")
 @click.option("--max-mask-overlap", type=click.IntRange(min=0), default=None,
@@ -208,7 +212,8 @@ def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, nu
                     layers_every: int, split_fractions: tuple[float, float, float], jsn_mm: tuple[float, float],
                     jsn_px: tuple[float, float] | None, flexion_deg: float, rotation_deg: float,
                     magnification: tuple[float, float], translation_px: float, soft_tissue_blend_mm: float,
-                    no_noise: bool, photons_per_px: tuple[float, float] | None, size_px: int | None,
+                    no_noise: bool, photons_per_px: tuple[float, float] | None,
+                    heel_gain: tuple[float, float] | None, size_px: int | None,
                     max_mask_overlap: int | None, pixel_spacing_mm: float | None, quiet: bool) -> None:
     """Write labelled baseline/follow-up pairs with exact JSN as a Hugging Face dataset (Hub layout)."""
     from jsnsynth.synth.dataset import build_dataset
@@ -220,7 +225,12 @@ def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, nu
     if jsn_px is not None and click.get_current_context().get_parameter_source("jsn_mm") == ParameterSource.COMMANDLINE:
         # --jsn-px takes the place of --jsn-mm: a mm range given as well was dropped without a word
         raise JsnSynthError("--jsn-mm and --jsn-px both set the JSN range: give one of them")
-    imaging = ImagingRanges() if photons_per_px is None else ImagingRanges(photons_per_px=tuple(photons_per_px))
+    ranges = {}
+    if photons_per_px is not None:
+        ranges["photons_per_px"] = tuple(photons_per_px)
+    if heel_gain is not None:
+        ranges["heel_gain"] = tuple(heel_gain)
+    imaging = ImagingRanges(**ranges)
     pair_config = PairConfig(jsn_mm=jsn_mm, jsn_px=jsn_px, flexion_deg=flexion_deg, rotation_deg=rotation_deg,
                              magnification=magnification, translation_px=translation_px,
                              soft_tissue_blend_mm=soft_tissue_blend_mm, noise=not no_noise, imaging=imaging)

@@ -11,6 +11,11 @@ PAIR_OPTION_LIMITS = {
     "translation_px": (0.0, 64.0),
 }
 
+#: Largest heel gain of the imaging chain (:attr:`jsnsynth.synth.xray.ImagingParams.heel_gain`): a
+#: beam half again as bright on one side of the picture as on the other is far beyond the few per
+#: cent a heel effect puts across a joint crop.
+MAX_HEEL_GAIN = 0.5
+
 #: Images whose drawn masks overlap by more than this are left out by default: mask-based
 #: layering shares the overlapped bone evenly between the two layers, so half of it would move
 #: with the other bone (on the dev crops such pairs read 0.36 px RMSE against 0.06 px without).

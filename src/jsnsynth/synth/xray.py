@@ -7,7 +7,9 @@ The physics (DESIGN.md): attenuation line integrals add, transmission multiplies
 which is the layer separation paper's recombination ``I = 1 - (1-U)(1-L)(1-S)`` with every layer
 mapped by the same function. The imaging chain applied to a recomposed attenuation map is:
 
-1. detector blur: a Gaussian point spread on the transmitted signal ``T``;
+1. detector blur: a Gaussian point spread on the transmitted signal ``T``, then the beam's field:
+   ``T`` times a plane that rises by ``heel_gain`` across the picture (the anode heel effect, 0
+   by default: :func:`heel_field`);
 2. noise on ``T``: quantum (Poisson, variance ``T / photons_per_px``) plus electronic (constant
    standard deviation ``electronic_noise``), drawn from ``noise_seed``;
 3. ``I = 1 - T`` and the display mapping: window ``[window_low, window_high]`` then ``gamma``;
@@ -27,6 +29,7 @@ import cv2
 import numpy as np
 
 from jsnsynth.errors import InputError
+from jsnsynth.synth.limits import MAX_HEEL_GAIN
 
 #: Reflected border (px) around an image blurred in the Fourier domain, beyond the 4-sigma reach:
 #: keeps the wrap-around of the periodic transform away from the crop.
@@ -64,6 +67,11 @@ class ImagingParams:
         window_high: intensity ``I`` shown as white.
         gamma: display gamma applied after windowing.
         noise_seed: seed of the noise realisation, so a noisy image can be replayed exactly.
+        heel_gain: how much the beam's intensity rises across the picture, from one side to the
+            other along ``heel_angle_deg``, as a share of its mean (the anode heel effect; 0 for
+            a flat beam). Two visits with different fields differ by a smooth field.
+        heel_angle_deg: the direction in which it rises, degrees from +x toward +y (90: down
+            the picture).
     """
 
     blur_sigma_px: float = 0.7
@@ -73,6 +81,8 @@ class ImagingParams:
     window_high: float = 1.0
     gamma: float = 1.0
     noise_seed: int = 0
+    heel_gain: float = 0.0
+    heel_angle_deg: float = 90.0
 
     def __post_init__(self) -> None:
         if not self.window_high > self.window_low:
@@ -84,6 +94,9 @@ class ImagingParams:
             raise InputError("blur, electronic noise must be >= 0 and gamma > 0")
         if not self.photons_per_px > 0:
             raise InputError(f"photons_per_px must be > 0, got {self.photons_per_px}")
+        if not (0.0 <= self.heel_gain <= MAX_HEEL_GAIN and math.isfinite(self.heel_angle_deg)):
+            raise InputError(f"heel_gain must lie in [0, {MAX_HEEL_GAIN:g}] and heel_angle_deg be finite, got "
+                             f"{self.heel_gain:g} and {self.heel_angle_deg:g}")
 
     @property
     def noise_free(self) -> bool:
@@ -127,6 +140,7 @@ class ImagingRanges:
     window_low: tuple[float, float] = (0.0, 0.08)
     window_high: tuple[float, float] = (0.92, 1.0)
     gamma: tuple[float, float] = (0.85, 1.2)
+    heel_gain: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -135,12 +149,19 @@ class ImagingRanges:
                 raise InputError(f"imaging range {item.name} must be a finite (low, high) range, got {low:g} {high:g}")
         if not self.photons_per_px[0] > 0:  # drawn log-uniformly
             raise InputError(f"imaging range photons_per_px must be positive, got {self.photons_per_px[0]:g}")
+        if not (0.0 <= self.heel_gain[0] and self.heel_gain[1] <= MAX_HEEL_GAIN):
+            raise InputError(f"imaging range heel_gain must lie within [0, {MAX_HEEL_GAIN:g}], got "
+                             f"{self.heel_gain[0]:g} {self.heel_gain[1]:g}")
 
 
 def sample_imaging_params(
     rng: np.random.Generator, ranges: ImagingRanges = ImagingRanges(), noise: bool = True
 ) -> ImagingParams:
-    """Draw one :class:`ImagingParams` from ``ranges`` (``noise=False`` draws a noise-free chain)."""
+    """Draw one :class:`ImagingParams` from ``ranges`` (``noise=False`` draws a noise-free chain).
+
+    A heel field is drawn (its gain from ``ranges.heel_gain``, its direction uniformly) only
+    where that range is not ``(0, 0)``, after everything else: without one the draws, and so
+    every dataset made without one, are what they were before the field existed."""
     lo, hi = ranges.photons_per_px
     photons = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
     params = ImagingParams(
@@ -152,7 +173,27 @@ def sample_imaging_params(
         gamma=float(rng.uniform(*ranges.gamma)),
         noise_seed=int(rng.integers(0, 2**31 - 1)),
     )
+    if ranges.heel_gain != (0.0, 0.0):
+        params = replace(params, heel_gain=float(rng.uniform(*ranges.heel_gain)),
+                         heel_angle_deg=float(rng.uniform(0.0, 360.0)))
     return params if noise else params.without_noise()
+
+
+def heel_field(shape: tuple[int, int], params: ImagingParams, dtype: type = np.float64) -> np.ndarray | None:
+    """The beam's relative intensity over a picture of ``shape``: ``1 + heel_gain * u``, ``u`` the
+    place along ``heel_angle_deg`` from -1/2 at one side of the picture to +1/2 at the other
+    (its mean 1); None for a flat beam."""
+    if params.heel_gain == 0.0:
+        return None
+    height, width = shape
+    angle = math.radians(params.heel_angle_deg)
+    cos, sin = math.cos(angle), math.sin(angle)
+    extent = abs(cos) * (width - 1) + abs(sin) * (height - 1)
+    if extent == 0.0:
+        return None
+    cols = (np.arange(width, dtype=np.float64) - 0.5 * (width - 1)) * (cos / extent)
+    rows = (np.arange(height, dtype=np.float64) - 0.5 * (height - 1)) * (sin / extent)
+    return (1.0 + params.heel_gain * (rows[:, None] + cols[None, :])).astype(dtype)
 
 
 def detector_blur(image: np.ndarray, sigma_px: float, dtype: type = np.float64) -> np.ndarray:
@@ -263,7 +304,7 @@ def display_mapping(intensity: np.ndarray, params: ImagingParams) -> np.ndarray:
 
 
 def _transmission(attenuation: np.ndarray, params: ImagingParams, dtype: type, supersampled: bool = False) -> np.ndarray:
-    """Blurred transmission ``blur(exp(-a))`` in ``dtype``; rejects NaN and infinities.
+    """Detected transmission ``heel_field * blur(exp(-a))`` in ``dtype``; rejects NaN and infinities.
 
     ``supersampled`` takes ``exp`` on the band-limited interpolant of ``a`` at twice the
     resolution (:func:`supersampled_transmission`), else on the pixels themselves.
@@ -272,8 +313,13 @@ def _transmission(attenuation: np.ndarray, params: ImagingParams, dtype: type, s
     if not np.isfinite(attenuation).all():
         raise InputError("attenuation contains NaN or infinite values")
     if supersampled:
-        return supersampled_transmission(attenuation, params.blur_sigma_px)
-    return detector_blur(np.exp(-attenuation), params.blur_sigma_px, dtype)
+        transmission = supersampled_transmission(attenuation, params.blur_sigma_px)
+    else:
+        transmission = detector_blur(np.exp(-attenuation), params.blur_sigma_px, dtype)
+    field = heel_field(transmission.shape, params, transmission.dtype)
+    if field is not None:
+        transmission *= field
+    return transmission
 
 
 def supersampled_transmission(attenuation: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -385,7 +431,7 @@ def display_noise_std(attenuation: np.ndarray, params: ImagingParams) -> np.ndar
     This is the noise model a Cramér-Rao bound of a registration estimate needs. Quantisation
     noise is not included (``1/sqrt(12)`` of a grey level, negligible at 16 bits).
     """
-    transmission = detector_blur(np.exp(-np.asarray(attenuation, dtype=np.float64)), params.blur_sigma_px)
+    transmission = _transmission(attenuation, params, np.float64)
     photons_term = 0.0 if math.isinf(params.photons_per_px) else transmission / params.photons_per_px
     std_t = np.sqrt(photons_term + params.electronic_noise**2)
     width = params.window_high - params.window_low
