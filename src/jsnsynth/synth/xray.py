@@ -160,7 +160,7 @@ def sample_imaging_params(
     """Draw one :class:`ImagingParams` from ``ranges`` (``noise=False`` draws a noise-free chain).
 
     A heel field is drawn (its gain from ``ranges.heel_gain``, its direction uniformly) only
-    where that range is not ``(0, 0)``, after everything else: without one the draws, and so
+    where that range reaches above 0, after everything else: without one the draws, and so
     every dataset made without one, are what they were before the field existed."""
     lo, hi = ranges.photons_per_px
     photons = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
@@ -173,7 +173,7 @@ def sample_imaging_params(
         gamma=float(rng.uniform(*ranges.gamma)),
         noise_seed=int(rng.integers(0, 2**31 - 1)),
     )
-    if ranges.heel_gain != (0.0, 0.0):
+    if ranges.heel_gain[1] > 0.0:
         params = replace(params, heel_gain=float(rng.uniform(*ranges.heel_gain)),
                          heel_angle_deg=float(rng.uniform(0.0, 360.0)))
     return params if noise else params.without_noise()
