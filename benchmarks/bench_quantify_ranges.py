@@ -2,8 +2,9 @@
 
 Builds noise-free pair sets (the dataset builder, ``PairConfig``) whose JSN change, repositioning
 and flexion are drawn from wider ranges than the defaults, one nuisance widened at a time and
-then all together, pairs whose visits have heel effects of their own, the default pairs cut and padded back to size as users pad their crops, and
-pairs without any repositioning or flexion (noise-free and noisy),
+then all together, pairs whose visits have heel effects of their own, the default pairs cut
+and padded back to size as users pad their crops, and pairs without any repositioning or
+flexion (noise-free and noisy),
 from the phantom and from real layers (``--fingerjoints``), and writes the accuracy table to
 docs/quantify.md (between the ``bench_quantify_ranges`` markers).
 
