@@ -64,6 +64,21 @@ def test_a_multi_page_tiff_is_refused_unless_its_other_pages_are_smaller(tmp_pat
         (tmp_path / f"thumbnail_{order}.tiff").write_bytes(encoded.tobytes())
         read = io.read_radiograph(tmp_path / f"thumbnail_{order}.tiff")
         np.testing.assert_array_equal(np.rint(read.intensity * 65535), first)
+    # a picture with its copies halved again and again (a pyramid) is one image; a long stack is
+    # refused after decoding only one page more than a pyramid may hold
+    halved = [first]
+    while len(halved) < io.MAX_TIFF_PAGES:
+        halved.append(np.ascontiguousarray(halved[-1][::2, ::2]) if min(halved[-1].shape) > 1 else halved[-1][:1, :1])
+    ok, encoded = cv2.imencodemulti(".tiff", halved)
+    assert ok
+    (tmp_path / "pyramid.tiff").write_bytes(encoded.tobytes())
+    np.testing.assert_array_equal(np.rint(io.read_radiograph(tmp_path / "pyramid.tiff").intensity * 65535), first)
+    ok, encoded = cv2.imencodemulti(".tiff", [first] + [thumbnail] * io.MAX_TIFF_PAGES)
+    assert ok
+    (tmp_path / "long.tiff").write_bytes(encoded.tobytes())
+    with pytest.raises(InputError, match=f"more than {io.MAX_TIFF_PAGES} images") as info:
+        io.read_radiograph(tmp_path / "long.tiff")
+    assert "long.tiff" in str(info.value)
 
 
 def test_greyscale_stored_as_rgb_is_accepted_colour_is_not(tmp_path: Path) -> None:

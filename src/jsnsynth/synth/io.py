@@ -211,6 +211,9 @@ def _decode(path: Path) -> np.ndarray | None:
     return pixels
 
 
+#: The most pages a TIFF read as one image may hold: the picture with its reduced-resolution
+#: copies or thumbnails.
+MAX_TIFF_PAGES = 8
 #: The first four bytes of a TIFF (and of a BigTIFF), in either byte order.
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -223,11 +226,17 @@ def _decode_pages(buffer: np.ndarray, path: Path) -> np.ndarray | None:
     wherever they come, are left aside.
 
     Raises:
-        InputError: another page more than half the largest page's size on either side.
+        InputError: another page more than half the largest page's size on either side, or more
+            than :data:`MAX_TIFF_PAGES` pages.
     """
-    ok, pages = cv2.imdecodemulti(buffer, cv2.IMREAD_UNCHANGED)
+    # a longer file is a stack whatever its pages' sizes (eight pages hold a picture and its copies
+    # halved seven times); decoding one page more than that bounds the memory a long stack takes
+    ok, pages = cv2.imdecodemulti(buffer, cv2.IMREAD_UNCHANGED, None, (0, MAX_TIFF_PAGES + 1))
     if not ok or not pages:
         return None
+    if len(pages) > MAX_TIFF_PAGES:
+        raise InputError(f"{path}: a multi-page TIFF holding more than {MAX_TIFF_PAGES} images; "
+                         "save each image as a file of its own")
     largest = max(pages, key=lambda page: page.shape[0] * page.shape[1])
     height, width = largest.shape[:2]
     full_size = [page for page in pages if 2 * page.shape[0] > height or 2 * page.shape[1] > width]
