@@ -1187,6 +1187,19 @@ def test_intensity_mapping_of_windows_that_are_a_ramp_is_not_left_to_the_plane()
         np.testing.assert_allclose(reg.apply_polynomial(values, mapping), values, atol=1e-6)
 
 
+def test_intensity_mapping_refuses_what_it_cannot_fit():
+    """Several windows without their places in the picture have no common plane, and a mapping of
+    degree 0 is no mapping: both are errors, not a meaningless fit."""
+    image, regions, identity, center = _phantom_image_and_regions()
+    windows = reg.aligned_windows(image, image, regions, identity, center)
+    with pytest.raises(ValueError, match="offsets"):
+        reg.flat_samples(windows)
+    samples = reg.flat_samples(windows, offsets=reg.window_offsets(regions))
+    with pytest.raises(ValueError, match="degree 1"):
+        reg.fit_intensity_mapping(samples, 0)
+    np.testing.assert_allclose(reg.fit_intensity_mapping(samples, 1), [0.0, 1.0], atol=1e-6)
+
+
 @pytest.mark.parametrize("noisy", ["follow-up", "baseline"])
 @pytest.mark.parametrize("denoise_sigma_px", [None, pytest.param(0.0, marks=pytest.mark.xfail(strict=True))])
 def test_intensity_mapping_is_not_flattened_by_noise(noisy, denoise_sigma_px):
@@ -1203,7 +1216,7 @@ def test_intensity_mapping_is_not_flattened_by_noise(noisy, denoise_sigma_px):
     else:
         base = base + noise
     windows = reg.aligned_windows(base, follow, regions, identity, center)
-    mapping = reg.fit_intensity_mapping(reg.flat_samples(windows, sigma), 2)
+    mapping = reg.fit_intensity_mapping(reg.flat_samples(windows, sigma, offsets=reg.window_offsets(regions)), 2)
     grid = np.linspace(0.2, 0.8, 13)
     assert np.abs(np.polyval(mapping[::-1], grid) - (grid - 0.05) / 0.85).max() < 0.006
 
@@ -1219,8 +1232,11 @@ def test_intensity_mapping_round_trip_with_unshared_content():
     rng = np.random.default_rng(0)
     base = (image + _smooth_field(rng, image.shape, 0.02)).astype(np.float32)
     follow = (0.85 * image + 0.05 + _smooth_field(rng, image.shape, 0.02)).astype(np.float32)
-    to_base = reg.fit_intensity_mapping(reg.flat_samples(reg.aligned_windows(base, follow, regions, identity, center)), 2)
-    to_follow = reg.fit_intensity_mapping(reg.flat_samples(reg.aligned_windows(follow, base, regions, identity, center)), 2)
+    offsets = reg.window_offsets(regions)
+    to_base = reg.fit_intensity_mapping(
+        reg.flat_samples(reg.aligned_windows(base, follow, regions, identity, center), offsets=offsets), 2)
+    to_follow = reg.fit_intensity_mapping(
+        reg.flat_samples(reg.aligned_windows(follow, base, regions, identity, center), offsets=offsets), 2)
     grid = np.linspace(0.2, 0.8, 13)
     assert np.abs(np.polyval(to_base[::-1], np.polyval(to_follow[::-1], grid)) - grid).max() < 0.01
     assert np.abs(np.polyval(to_base[::-1], grid) - (grid - 0.05) / 0.85).max() < 0.04

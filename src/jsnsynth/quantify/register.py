@@ -754,9 +754,14 @@ def flat_samples(
             the follow-up, by a Gaussian of that variance (px^2), in one Gaussian with the
             smoothing (variances add).
         offsets: each window's place in the picture (:func:`window_offsets`), for the samples'
-            :attr:`FlatSamples.plane`; None places every window at the picture's corner, which
-            is right for one window only (its own pixels are then the picture's).
+            :attr:`FlatSamples.plane`; None places the window at the picture's corner, which is
+            right for one window only (its own pixels are then the picture's).
+
+    Raises:
+        ValueError: several windows and no offsets (their planes would not be one plane).
     """
+    if offsets is None and len(windows) > 1:
+        raise ValueError("flat_samples of several windows needs their offsets (window_offsets)")
     sigma_b = math.sqrt(denoise_sigma_px**2 + max(blur_difference_px2, 0.0))
     sigma_f = math.sqrt(denoise_sigma_px**2 + max(-blur_difference_px2, 0.0))
     values_list, target_list, grad_list, row_list, col_list = [], [], [], [], []
@@ -836,7 +841,13 @@ def fit_intensity_mapping(samples: FlatSamples, order: int) -> np.ndarray:
 
     Returns:
         Coefficients in increasing degree (identity ``[0, 1, 0, ...]`` if the fit is degenerate).
+
+    Raises:
+        ValueError: ``order`` below 1 (a mapping of degree 0 would be a constant image; the
+            settings' order 0 means no mapping, and this is not called).
     """
+    if order < 1:
+        raise ValueError(f"an intensity mapping needs degree 1 or more, not {order}")
     values, target, weights = samples.follow, samples.base, samples.weights
     identity = np.zeros(order + 1)
     identity[1] = 1.0
