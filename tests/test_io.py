@@ -133,6 +133,21 @@ def test_dicom_spacing_and_photometric_interpretation(tmp_path: Path, photometri
     assert radiograph.bit_depth == 12 and radiograph.pixel_spacing_mm == spacing
 
 
+def test_dicom_calibrated_pixel_spacing_wins_over_the_detector_pitch(tmp_path: Path) -> None:
+    """A radiograph whose PixelSpacing was calibrated in the patient's plane (0.09 mm) beside the
+    detector's ImagerPixelSpacing (0.1 mm): lengths in the patient need the first; the detector's
+    pitch made every millimetre 11 % long."""
+    pixels = (np.arange(24 * 32).reshape(24, 32) * 5 % 4096).astype(np.uint16)
+    _write_dicom(tmp_path / "c.dcm", pixels, "MONOCHROME2", "ImagerPixelSpacing")
+    import pydicom
+
+    ds = pydicom.dcmread(str(tmp_path / "c.dcm"))
+    ds.PixelSpacing = [0.09, 0.09]
+    ds.PixelSpacingCalibrationType = "GEOMETRY"
+    ds.save_as(str(tmp_path / "c.dcm"))
+    assert io.read_radiograph(tmp_path / "c.dcm").pixel_spacing_mm == pytest.approx(0.09)
+
+
 def test_signed_dicom_pixels_keep_their_order(tmp_path: Path) -> None:
     """Signed pixels (PixelRepresentation 1) were clipped at 0: every negative one read as black."""
     pixels = (np.arange(24 * 32).reshape(24, 32) * 5 % 4096 - 2048).astype(np.int16)

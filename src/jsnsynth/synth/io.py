@@ -2,7 +2,7 @@
 
 Radiographs are read as 8- or 16-bit PNG, JPEG, TIFF or DICOM and returned as float64 display
 intensity in ``[0, 1]`` (bone bright) by dividing by the format's full scale. DICOM pixel spacing
-comes from ImagerPixelSpacing, else PixelSpacing; MONOCHROME1 images are inverted so that bone is
+comes from PixelSpacing, else ImagerPixelSpacing; MONOCHROME1 images are inverted so that bone is
 bright. Every failure is an :class:`~jsnsynth.errors.InputError` that names the file.
 """
 
@@ -318,8 +318,13 @@ NON_SQUARE_PIXELS = 0.01
 
 
 def _dicom_pixel_spacing(ds: Any, path: Path) -> float | None:
-    """Row spacing (mm) from ImagerPixelSpacing, else PixelSpacing; None when neither is there.
+    """Row spacing (mm) from PixelSpacing, else ImagerPixelSpacing; None when neither is there.
     Pixels must be square (row and column spacings within :data:`NON_SQUARE_PIXELS`).
+
+    PixelSpacing first: in a projection radiograph it is the spacing in the patient, calibrated
+    or corrected for the geometric magnification where the modality did so (DICOM PS3.3
+    10.7.1.3, with its PixelSpacingCalibrationType), while ImagerPixelSpacing is the detector's
+    pitch, at which a joint above the detector appears a few per cent larger than it is.
 
     Only that it is a number is checked here: whether it is a plausible radiograph's is checked
     where it is used (:func:`jsnsynth.synth.layers.check_pixel_spacing`), so that a spacing
@@ -329,7 +334,7 @@ def _dicom_pixel_spacing(ds: Any, path: Path) -> float | None:
         InputError: a spacing element that is not a number, or that states pixels that are not
             square, naming the file and the element.
     """
-    for tag in ("ImagerPixelSpacing", "PixelSpacing"):
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
