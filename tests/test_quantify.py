@@ -1457,6 +1457,39 @@ def test_a_given_axis_across_the_joint_or_reversed_is_refused(axis_deg):
     assert results[0].jsn_px == pytest.approx(results[1].jsn_px, abs=1e-9)
 
 
+def test_a_given_joint_centre_away_from_the_joint_is_refused():
+    """A centre given at the crop's corner read -1.33 px on a real visit pair whose joint reads
+    +0.33 px, unflagged: the bones' relative motion at a point of neither. A point of the joint
+    (its margins included) is measured as before."""
+    layers, pair = _phantom_pair(5, 1, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
+    images = (pair.baseline, pair.followup, layers.upper_mask, layers.lower_mask)
+    with pytest.raises(InputError, match=r"joint centre \(0.5, 0.5\) is \d+ px from the joint"):
+        quantify_pair(*images, joint_center_xy=(0.5, 0.5))
+    x, y = pair.baseline_layers.joint_center_xy
+    across = np.count_nonzero(layers.upper_mask.any(axis=0) & layers.lower_mask.any(axis=0))
+    # near the joint's edge: measured (it differs from the centre's by the bones' relative flexion)
+    margin = quantify_pair(*images, joint_center_xy=(x + 0.4 * across, y))
+    assert np.isfinite(margin.jsn_px) and not margin.mismatch
+
+
+def test_a_mask_given_as_an_image_is_named_as_such():
+    """Masks and images swapped: the mask was read as a crop padded to size, and the message
+    spoke of rows that repeat exactly."""
+    layers, pair = _phantom_pair(5, 1, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
+    as_image = layers.upper_mask.astype(np.uint8) * 255
+    for images, name in (((as_image, pair.followup), "baseline"), ((pair.baseline, as_image), "follow-up")):
+        with pytest.raises(InputError, match=f"^{name} holds two values only \\(0 and 1\\), as a mask does"):
+            quantify_pair(*images, layers.upper_mask, layers.lower_mask)
+
+
+def test_the_api_refuses_a_pixel_spacing_no_radiograph_has():
+    """The command line refused 175 mm/px; quantify_pair took it and reported 57 mm of JSN."""
+    layers, pair = _phantom_pair(5, 1, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
+    for spacing in (175.0, 0.0, float("nan")):
+        with pytest.raises(InputError, match="pixel spacing"):
+            quantify_pair(pair.baseline, pair.followup, layers.upper_mask, layers.lower_mask, pixel_spacing_mm=spacing)
+
+
 @pytest.mark.parametrize("level", [0, 65535])
 def test_a_follow_up_flat_over_the_bones_is_a_mismatch_not_a_crash(level):
     """With the residual ratio in the follow-up's units, a follow-up without contrast over the

@@ -270,9 +270,11 @@ def publish_command(folder: Path, repo_id: str, private: bool) -> None:
               help="Write the residual maps: PNG, or PDF, SVG or JPEG by the name's suffix.")
 @click.option("--json", "json_out", type=NonEmptyPath(), callback=_file_to_write, help="Also write the JSON record here.")
 @click.option("--joint-center", type=FiniteFloatRange(), nargs=2, metavar="X Y", default=None,
-              help="Joint centre (px) where JSN is read; default: from the baseline masks, as in jsnsynth datasets.")
+              help="Joint centre (px) where JSN is read; default: from the baseline masks, as in jsnsynth datasets. "
+                   "A point farther from the masks' joint than the bones' centroids are apart is refused.")
 @click.option("--joint-axis-deg", type=FiniteFloatRange(), default=None,
-              help="Joint axis angle from +y (upper -> lower bone), degrees; default: from the baseline masks. "
+              help="Joint axis angle from +y (upper -> lower bone), degrees, clockwise as the image is shown "
+                   "(90: pointing to -x, left); default: from the baseline masks. "
                    "An axis more than 45 deg off the line between the bones' centroids is refused.")
 def quantify_command(baseline, followup, upper_mask, lower_mask, followup_upper_mask, followup_lower_mask,
                      pixel_spacing, residual_figure, json_out, joint_center, joint_axis_deg) -> None:

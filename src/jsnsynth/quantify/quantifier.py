@@ -44,6 +44,7 @@ from jsnsynth.synth.io import strict_json_value
 from jsnsynth.synth.layers import (
     DEFAULT_PIXEL_SPACING_MM,
     BonesNotStackedError,
+    check_pixel_spacing,
     centroid_axis_deg,
     joint_axis_from_masks,
     joint_center_from_masks,
@@ -243,6 +244,15 @@ def check_contrast(image: np.ndarray, name: str, where: np.ndarray | None = None
         raise InputError(f"{name} is constant{'' if where is None else ' inside the bone masks'}: nothing to register")
 
 
+def check_not_a_mask(image: np.ndarray, name: str) -> None:
+    """Reject an image of two values only: a mask given where a radiograph belongs (swapped
+    arguments) would otherwise be read as a picture padded to size, or registered as one."""
+    low, high = float(image.min()), float(image.max())
+    if low < high and not np.any((image != low) & (image != high)):  # a constant one: check_contrast
+        raise InputError(f"{name} holds two values only ({low:g} and {high:g}), as a mask does: give the "
+                         "radiographs as the images and the masks as masks")
+
+
 def check_masks_apart(upper: np.ndarray, lower: np.ndarray, label: str) -> None:
     """Reject masks that overlap mostly: not two bones (two drawings of one, or one drawn twice)."""
     overlap = np.count_nonzero(upper & lower) / min(np.count_nonzero(upper), np.count_nonzero(lower))
@@ -382,7 +392,8 @@ def resolve_joint_frame(
     Raises:
         InputError: masks that mostly overlap (:func:`check_masks_apart`, checked first: one bone
             drawn twice is no frame, and was refused as a joint stored turned), bones not one
-            above the other, or a given axis across the joint (:func:`check_given_axis`).
+            above the other, a given axis across the joint (:func:`check_given_axis`), or a given
+            centre away from the joint (:func:`check_given_center`).
     """
     check_masks_apart(upper, lower, "baseline")
     top, left = 0, 0
@@ -402,7 +413,27 @@ def resolve_joint_frame(
     if joint_center_xy is None:
         x, y = joint_center_from_masks(upper, lower, joint_axis_deg)
         joint_center_xy = (x + left, y + top)
+    else:
+        try:
+            x, y = joint_center_from_masks(upper, lower, joint_axis_deg)
+        except InputError:  # bones that share no range across the given axis: no joint to compare with
+            x = y = None
+        if x is not None:
+            check_given_center(joint_center_xy, (x + left, y + top),
+                               float(np.linalg.norm(reg.mask_centroid(lower) - reg.mask_centroid(upper))))
     return (float(joint_center_xy[0]), float(joint_center_xy[1])), float(joint_axis_deg)
+
+
+def check_given_center(center_xy: tuple[float, float], joint_xy: tuple[float, float], bones_apart_px: float) -> None:
+    """Reject a given joint centre farther from the joint (``joint_xy``, the centre from the masks)
+    than the two bones' centroids are from each other: JSN read there is the bones' relative
+    motion at a point of neither joint nor margin (the corner of a real crop read -1.33 px where
+    its joint reads +0.33 px, unflagged)."""
+    distance = math.hypot(center_xy[0] - joint_xy[0], center_xy[1] - joint_xy[1])
+    if distance > bones_apart_px:
+        raise InputError(f"joint centre ({center_xy[0]:g}, {center_xy[1]:g}) is {distance:.0f} px from the joint the "
+                         f"masks show (its centre ({joint_xy[0]:.0f}, {joint_xy[1]:.0f})), farther than the bones' "
+                         f"centroids are apart ({bones_apart_px:.0f} px): give a point of the joint")
 
 
 def quantify_pair(
@@ -462,6 +493,8 @@ def quantify_pair(
     upper = as_mask(upper_mask, "upper-bone", base.shape)
     lower = as_mask(lower_mask, "lower-bone", base.shape)
     check_joint_frame(joint_center_xy, joint_axis_deg, base.shape)
+    check_not_a_mask(base, "baseline")
+    check_not_a_mask(follow, "follow-up")
     check_contrast(base, "baseline", upper | lower)
     check_contrast(follow, "follow-up")  # its bones are not where the baseline masks say
     # a crop padded to size: the picture's edge stays put while the joint moves under it, and a
@@ -506,8 +539,7 @@ def quantify_pair(
         pixel_spacing_mm, source = DEFAULT_PIXEL_SPACING_MM, "nominal"
     else:
         source = pixel_spacing_source or "option"
-    if not (math.isfinite(pixel_spacing_mm) and pixel_spacing_mm > 0):
-        raise InputError(f"pixel spacing must be a positive number, got {pixel_spacing_mm}")
+    pixel_spacing_mm = check_pixel_spacing(pixel_spacing_mm, "pixel_spacing_mm")
     shape = base.shape
     local_center = center  # in the pixels of the picture that is registered
     if picture is not None:
