@@ -11,6 +11,7 @@ import pytest
 
 from jsnsynth.errors import InputError
 from jsnsynth.synth.fingerjoints import MANIFEST_COLUMNS, fill_smooth, layers_from_images, load_fingerjoint, read_manifest
+from jsnsynth.synth.io import read_mask
 from jsnsynth.synth.shift import fourier_translate
 from jsnsynth.synth.xray import attenuation_to_intensity, intensity_to_attenuation
 
@@ -71,8 +72,20 @@ def test_folder_without_manifest_or_missing(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="a_file.txt: not a folder"):
         read_manifest(tmp_path / "a_file.txt")
     (tmp_path / "manifest.csv").write_text("series,image\n")
-    with pytest.raises(InputError, match="missing column"):
+    with pytest.raises(InputError, match="missing column.s. mask_upper, mask_lower"):
         read_manifest(tmp_path)
+
+
+def test_a_manifest_of_the_required_columns_alone_is_read(tmp_path: Path) -> None:
+    """A user's own series for validate-real: the series, images and masks are all it uses; a
+    manifest without soft-tissue images, series ids, sides or joint codes was refused."""
+    arrays = _make_folder(tmp_path)
+    (tmp_path / "manifest.csv").write_text(
+        "series,image,mask_upper,mask_lower\n00001_L_5,00001_L_5/a.png,00001_L_5/a_mask_upper.png,00001_L_5/a_mask_lower.png\n")
+    (record,) = read_manifest(tmp_path)
+    assert (record.series, record.series_id, record.side, record.soft_tissue.name) == (
+        "00001_L_5", "00001_L_5", "", "<missing soft-tissue image>")
+    assert (read_mask(record.mask_upper) == arrays["upper"]).all()
 
 
 @pytest.mark.parametrize(("content", "message"), [

@@ -2,7 +2,8 @@
 
 The folder holds one sub-folder per joint series and a ``manifest.csv`` with the columns
 ``series, series_id, side, joint_code, image, mask_upper, mask_lower, soft_tissue`` (paths
-relative to the folder). Each row becomes a :class:`~jsnsynth.synth.layers.JointLayers` by
+relative to the folder; ``series_id``, ``side``, ``joint_code`` and ``soft_tissue`` may be left
+out, :data:`REQUIRED_COLUMNS`). Each row becomes a :class:`~jsnsynth.synth.layers.JointLayers` by
 layering (:func:`layers_from_images`).
 """
 
@@ -24,6 +25,9 @@ from jsnsynth.synth.xray import intensity_to_attenuation
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("series", "series_id", "side", "joint_code", "image", "mask_upper", "mask_lower", "soft_tissue")
+#: The columns a manifest must have; the others may be left out (empty: no soft-tissue image, which
+#: only the layering of a dataset source needs, and no series id, side or joint code).
+REQUIRED_COLUMNS = ("series", "image", "mask_upper", "mask_lower")
 #: Citation for dataset and model cards.
 FINGERJOINTS_CITATION = (
     "Finger-joint crops, bone masks and soft-tissue images from the public BLS-GAN repository "
@@ -66,7 +70,7 @@ def read_manifest(root: str | os.PathLike) -> list[FingerJointRecord]:
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
                 raise InputError(f"{manifest}: missing column(s) {', '.join(missing)}")
             records = [_record_of(row, root, manifest, reader.line_num) for row in reader]
@@ -84,11 +88,12 @@ def _record_of(row: dict, root: Path, manifest: Path, line: int) -> FingerJointR
     Raises:
         InputError: a row with fewer cells than the header (naming the line).
     """
-    if any(row.get(name) is None for name in MANIFEST_COLUMNS):
+    if None in row.values():
         raise InputError(f"{manifest}: line {line} has fewer cells than the header")
+    row = {name: row.get(name, "") for name in MANIFEST_COLUMNS}
     return FingerJointRecord(
         series=row["series"],
-        series_id=row["series_id"],
+        series_id=row["series_id"] or row["series"],
         side=row["side"],
         joint_code=row["joint_code"],
         image=root / row["image"],
