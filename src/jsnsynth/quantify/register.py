@@ -829,7 +829,7 @@ def fit_intensity_mapping(samples: FlatSamples, order: int) -> np.ndarray:
     the body). Both are fitted with a plane over the picture beside the polynomial
     (:attr:`FlatSamples.plane`; its weighted mean over the samples is the polynomial's
     constant; none where the intensities are nearly a plane, :data:`MAX_PLANE_SHARE`): a
-    smooth field that one visit has and the other not (a heel effect or scatter that changed)
+    smooth field that one visit has and the other not (a heel effect that changed)
     correlates with the intensities wherever they vary along it. Fitted without the plane, the
     mapping took part of such a field for contrast, which the registration paid for in scale:
     a follow-up 1 % brighter at the bottom of the crop than at its top, and no other change,
