@@ -924,13 +924,16 @@ def test_a_crop_is_judged_unsure_over_its_picture_alone():
         warn_if_doubtful(turned, separation, model, None, "turned")
 
 
-def test_a_large_crop_without_a_spacing_is_warned_about():
+def test_a_crop_framing_more_than_a_joint_is_warned_about():
     """A 2048 px crop separated at 0.175 mm/px (358 mm across) gave an upper mask of Dice 0.26,
-    without a word."""
+    and a 256 px crop told 0.5 mm/px (a spacing mistyped) masks in fragments, both without a word."""
     model = load_model()
     wide = np.full((48, 1040), 0.3)
     with pytest.warns(UserWarning, match=r"1040x48 px crop taken at 0.175 mm/px would be 182 mm across; give its pixel"):
         separate_intensity(wide, model)
+    with pytest.warns(UserWarning, match=r"1040x48 px crop at 0.12 mm/px frames 125 mm, more than a joint's crop "
+                                         r"\(up to 120 mm\); is its pixel spacing right"):
+        separate_intensity(wide, model, pixel_spacing_mm=0.12)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         separate_intensity(wide, model, pixel_spacing_mm=0.05)

@@ -56,7 +56,7 @@ from jsnsynth.synth.io import (
 )
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, joint_frame_from_masks
 from jsnsynth.synth.layers import check_pixel_spacing
-from jsnsynth.synth.limits import MAX_SIDE_PX
+from jsnsynth.synth.limits import MAX_CROP_FIELD_MM, MAX_SIDE_PX
 from jsnsynth.synth.xray import attenuation_to_intensity, intensity_to_attenuation, quantize
 
 #: The bundled weights, inside the package.
@@ -318,13 +318,19 @@ def separate_intensity(
     intensity = check_crop(intensity, name)
     if pixel_spacing_mm is not None:
         check_pixel_spacing(pixel_spacing_mm, name)
-    elif max(intensity.shape) > LARGE_CROP_PX:
-        # at 0.175 mm/px such a crop would frame more than a whole hand: it is surely finer, and
-        # taken at the training spacing its bones are several times the size the network knows
-        # (a 2048 px crop: upper-mask Dice 0.26)
-        warnings.warn(f"{name}: a {intensity.shape[1]}x{intensity.shape[0]} px crop taken at "
-                      f"{TRAINING_PIXEL_SPACING_MM} mm/px would be {max(intensity.shape) * TRAINING_PIXEL_SPACING_MM:.0f} mm "
-                      "across; give its pixel spacing (--pixel-spacing)", stacklevel=2)
+    field_mm = max(intensity.shape) * (TRAINING_PIXEL_SPACING_MM if pixel_spacing_mm is None else pixel_spacing_mm)
+    if field_mm > MAX_CROP_FIELD_MM:
+        # the network sees the crop resampled to the training spacing: framing more than a finger,
+        # its bones come out a fraction of the size it knows (a 256 px crop told 0.5 or 1 mm/px:
+        # masks in fragments, and the JSN read with them 0.04 or 0.46 px for 0.33), or several
+        # times it (a 2048 px crop taken at 0.175 mm/px: upper-mask Dice 0.26)
+        size = f"a {intensity.shape[1]}x{intensity.shape[0]} px crop"
+        if pixel_spacing_mm is None:
+            warnings.warn(f"{name}: {size} taken at {TRAINING_PIXEL_SPACING_MM} mm/px would be {field_mm:.0f} mm "
+                          "across; give its pixel spacing (--pixel-spacing)", stacklevel=2)
+        else:
+            warnings.warn(f"{name}: {size} at {pixel_spacing_mm:g} mm/px frames {field_mm:.0f} mm, more than a joint's "
+                          f"crop (up to {MAX_CROP_FIELD_MM:g} mm); is its pixel spacing right?", stacklevel=2)
     model = model if model is not None else load_model()
     # a crop padded to size: the network never saw a fill around a joint, and with 20 px of a
     # constant one it called the lower bone upper and the upper lower on 10 of 12 real crops.
@@ -340,10 +346,6 @@ def separate_intensity(
     picture = _separate_picture(intensity[top:bottom, left:right], model, pixel_spacing_mm, name)
     return _embedded(picture, intensity, content)
 
-
-#: A crop larger than this (px, longer side) with no pixel spacing is warned about: at the
-#: training spacing it would be 179 mm across, where a joint crop frames about 45 mm.
-LARGE_CROP_PX = 1024
 
 #: A bone probability between these leaves a pixel undecided (:func:`undecided_fraction`).
 UNDECIDED_PROBABILITY = (0.2, 0.8)

@@ -28,6 +28,12 @@ DEFAULT_MAX_MASK_OVERLAP_PX = 200
 #: rather than left to run out of memory.
 MAX_SIDE_PX = 4096
 
+#: Largest field of view (mm, the longer side times the pixel spacing) that frames one joint as a
+#: crop does (256 px at 0.175 mm/px is 45 mm; a whole finger about 100 mm): a phantom framing
+#: more is warned about, and so is a crop ``separate`` is told frames more (a pixel spacing
+#: mistyped, or a crop taken at the training spacing that is surely finer).
+MAX_CROP_FIELD_MM = 120.0
+
 #: Smallest image side the quantifier accepts (and the ``fingerjoints`` source, whose pairs it measures).
 MIN_SIDE_PX = 32
 #: Smallest longer side of the picture the quantifier registers: a quarter of the 256 px crops its

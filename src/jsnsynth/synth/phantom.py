@@ -61,7 +61,7 @@ import numpy as np
 from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity, axis_vector
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers
-from jsnsynth.synth.limits import MAX_SIDE_PX
+from jsnsynth.synth.limits import MAX_CROP_FIELD_MM, MAX_SIDE_PX
 
 JOINT_TYPES = ("mcp", "pip", "dip")
 
@@ -216,9 +216,6 @@ def check_phantom_size(size_px: float) -> None:
 #: Smallest field of view (mm) of a phantom crop, size x pixel spacing: 64 px at 0.02 mm/px
 #: (1.3 mm) had no upper bone in the picture in half the draws.
 MIN_PHANTOM_FIELD_MM = 3.0
-#: Largest field of view (mm) that frames one joint as a crop does (256 px at 0.175 mm/px is
-#: 45 mm): beyond it the model's straight shafts and its finger, a cone, fill the picture.
-MAX_PHANTOM_FIELD_MM = 120.0
 
 
 def check_phantom_field(size_px: int, pixel_spacing_mm: float) -> None:
@@ -233,10 +230,10 @@ def check_phantom_field(size_px: int, pixel_spacing_mm: float) -> None:
     if field_mm < MIN_PHANTOM_FIELD_MM:
         raise InputError(f"a phantom of {size_px} px at {pixel_spacing_mm:g} mm/px frames {field_mm:.1f} mm, "
                          f"too little of a joint to show both bones (at least {MIN_PHANTOM_FIELD_MM:g} mm)")
-    if field_mm > MAX_PHANTOM_FIELD_MM:
+    if field_mm > MAX_CROP_FIELD_MM:
         warnings.warn(
             f"a phantom of {size_px} px at {pixel_spacing_mm:g} mm/px frames {field_mm:.0f} mm, more than a joint's "
-            f"crop (up to {MAX_PHANTOM_FIELD_MM:g} mm): the model's shafts and finger fill the picture; for more "
+            f"crop (up to {MAX_CROP_FIELD_MM:g} mm): the model's shafts and finger fill the picture; for more "
             f"pixels of the same joint give a finer spacing ({DEFAULT_PIXEL_SPACING_MM * 256 / size_px:.4g} mm/px "
             "frames what 256 px at the default do)",
             stacklevel=2,
