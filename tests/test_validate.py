@@ -95,7 +95,9 @@ def test_validate_bundled_method_reports_accuracy_and_crlb(dataset, tmp_path):
     assert overall["loa_px"][0] < overall["bias_px"] < overall["loa_px"][1]
     for name in ("summary.json", "pairs.csv", "bland_altman.png", "error_vs_truth.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
-    assert "noise_level" in summary["breakdown"] and "abs_jsn_px" in summary["breakdown"]
+    assert {"noise_level", "abs_jsn_px", "source", "split"} <= set(summary["breakdown"])
+    # the bundled method reports its standard errors, and they are read
+    assert overall["n_with_se"] == 3 and overall["z_rms"] > 0 and 0 <= overall["coverage_95"] <= 1
 
 
 def test_plugin_method_loaded_by_module_function(dataset, tmp_path, monkeypatch, capsys):
@@ -321,6 +323,26 @@ def test_summarize_and_trial_dropping():
     # two trials that disagree: one of them is a mismatch (the dropping stopped at two)
     kept, dropped = drop_outlier_trials(np.array([0.0, 1.0]), 0.3)
     assert dropped == 1 and kept.size == 1
+
+
+def test_summary_over_the_unflagged_pairs_and_of_the_reported_errors():
+    """A methods paper needs what a user who trusts the flags gets, and whether the standard
+    errors a method reports are honest: both were missing (a method's jsn_se_px was ignored)."""
+    base = {"pixel_spacing_mm": 0.2, "crlb_px": 0.1, "time_s": 0.5}
+    rows = [{**base, "error_px": 0.02, "flagged": False, "se_px": 0.01},
+            {**base, "error_px": -0.01, "flagged": False, "se_px": 0.01},
+            {**base, "error_px": 0.9, "flagged": True, "se_px": 0.3},
+            {**base, "error_px": float("nan"), "flagged": False, "se_px": float("nan")}]
+    stats = summarize(rows)
+    assert stats["n_unflagged"] == 2 and stats["mismatch_rate_unflagged"] == 0.0
+    assert stats["rmse_unflagged_px"] == pytest.approx(np.sqrt((0.02**2 + 0.01**2) / 2))
+    assert stats["max_abs_error_unflagged_px"] == pytest.approx(0.02)
+    assert stats["n_with_se"] == 3
+    assert stats["z_rms"] == pytest.approx(np.sqrt((4 + 1 + 9) / 3))
+    assert stats["coverage_95"] == pytest.approx(1 / 3)
+    # a method that reports no error, or rows logged before the column: no z
+    plain = summarize([{k: v for k, v in row.items() if k != "se_px"} for row in rows])
+    assert plain["n_with_se"] == 0 and plain["z_rms"] is None and plain["coverage_95"] is None
 
 
 def test_efficiency_compares_the_rmse_and_the_bound_over_the_same_pairs():

@@ -463,12 +463,12 @@ def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dic
     try:
         args, kwargs = method_arguments(record)
         output = call_method(method, args, kwargs)
-        estimate, flagged, _ = read_estimate(output)
+        estimate, flagged, se_px = read_estimate(output)
     except (Exception, SystemExit) as exc:  # noqa: BLE001  (a plug-in's or our own failure on one pair,
         # even a sys.exit() in a plug-in, must not end the run, let alone with exit code 0)
         # no estimate, and so no flag: the flag rate is over the pairs a method estimated
         # (raising and returning NaN are the same failure), as validate-real's over its trials
-        estimate, flagged, error_message = float("nan"), False, method_failure(exc)
+        estimate, flagged, se_px, error_message = float("nan"), False, float("nan"), method_failure(exc)
     elapsed = time.perf_counter() - start
     cpu_elapsed = time.process_time() - cpu_start  # this process's CPU time (all its threads)
     spacing = float(record["pixel_spacing_mm"])
@@ -489,6 +489,7 @@ def evaluate_pair(record: dict, method: Callable, with_crlb: bool = True) -> dic
         "cpu_time_s": cpu_elapsed,
         "crlb_px": _crlb_or_nan(record) if with_crlb else float("nan"),
         "method_error": error_message,
+        "se_px": se_px,
     }
     if not math.isfinite(estimate) and not error_message:
         row["method_error"] = failure_reason(row)  # a NaN, said in pairs.csv as well
@@ -509,7 +510,12 @@ def summarize(rows: list[dict]) -> dict:
     with a bound: the dataset's, the same for every method) and efficiency (RMSE / sqrt of the
     mean CRLB variance, both over the pairs with an estimate, a bound and image noise; ``None``
     without such pairs: a noise-free pair's bound is that of the 16-bit quantisation alone, about
-    1e-5 px, against which any method is thousands of times off).
+    1e-5 px, against which any method is thousands of times off). Over the pairs the method did
+    not flag: n_unflagged, rmse_unflagged_px, max_abs_error_unflagged_px and
+    mismatch_rate_unflagged (what a user who trusts the flags gets). For a method that reports a
+    standard error (``jsn_se_px``): n_with_se, z_rms (RMS of error / standard error: about 1 if
+    the errors it reports are honest) and coverage_95 (share of |error| within 1.96 of them);
+    ``None`` without.
     """
     if not rows:
         return {"n": 0}
@@ -534,6 +540,17 @@ def summarize(rows: list[dict]) -> dict:
     out["mismatch_rate"] = float(np.mean(~finite | (np.abs(np.nan_to_num(errors, nan=np.inf)) > MISMATCH_PX)))
     flags = [bool(r["flagged"]) for r, estimated in zip(rows, finite) if estimated]
     out["flag_rate"] = float(np.mean(flags)) if flags else None
+    unflagged = finite & ~np.array([bool(r["flagged"]) for r in rows])
+    out["n_unflagged"] = int(unflagged.sum())
+    out["rmse_unflagged_px"] = float(np.sqrt(np.mean(errors[unflagged] ** 2))) if unflagged.any() else None
+    out["max_abs_error_unflagged_px"] = float(np.max(np.abs(errors[unflagged]))) if unflagged.any() else None
+    out["mismatch_rate_unflagged"] = float(np.mean(np.abs(errors[unflagged]) > MISMATCH_PX)) if unflagged.any() else None
+    se = np.array([r.get("se_px", np.nan) for r in rows], dtype=np.float64)  # rows logged before it: none
+    with_se = finite & np.isfinite(se) & (se > 0)
+    out["n_with_se"] = int(with_se.sum())
+    z = errors[with_se] / se[with_se]
+    out["z_rms"] = float(np.sqrt(np.mean(z**2))) if z.size else None
+    out["coverage_95"] = float(np.mean(np.abs(z) <= 1.96)) if z.size else None
     out["time_per_pair_s"] = float(times.mean())
     out["pairs_per_s"] = float(1.0 / times.mean()) if times.mean() > 0 else None
     if np.isfinite(crlb).any():
@@ -574,11 +591,12 @@ def rmse_interval(errors: np.ndarray, coverage: float = 0.95) -> list[float] | N
 
 
 def breakdown(rows: list[dict]) -> dict:
-    """:func:`summarize` per noise level, per |truth| bin and per source."""
-    groups: dict[str, dict[str, list[dict]]] = {"noise_level": {}, "abs_jsn_px": {}, "source": {}}
+    """:func:`summarize` per noise level, per |truth| bin, per source and per split."""
+    groups: dict[str, dict[str, list[dict]]] = {"noise_level": {}, "abs_jsn_px": {}, "source": {}, "split": {}}
     for row in rows:
         groups["noise_level"].setdefault(row["noise_level"], []).append(row)
         groups["source"].setdefault(row["source"], []).append(row)
+        groups["split"].setdefault(row["split"], []).append(row)
         magnitude = abs(row["truth_px"])
         for lo, hi in zip(JSN_BINS_PX[:-1], JSN_BINS_PX[1:]):
             if lo <= magnitude < hi:
