@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -673,8 +674,13 @@ def test_validate_real_takes_a_method_failure_per_trial(tmp_path):
             raise RuntimeError("boom")
         return float(j - i)
 
-    summary = validate_real(folder, sometimes, n_shifts=0)
+    summary = validate_real(folder, sometimes, n_shifts=0, out_dir=tmp_path / "some")
     assert summary["n_pairs_refused"] == 1 and summary["n_trials"] == 2
+    # real_pairs.csv names each pair's visits by file, and says why one was refused
+    with open(tmp_path / "some" / "real_pairs.csv", newline="") as handle:
+        pairs = {(int(r["visit_i"]), int(r["visit_j"])): r for r in csv.DictReader(handle)}
+    assert (pairs[(0, 2)]["image_i"], pairs[(0, 2)]["image_j"]) == ("v0.png", "v2.png")
+    assert pairs[(0, 2)]["refusal"] == "RuntimeError: boom" and pairs[(0, 1)]["refusal"] == ""
 
     def always(*args, **kwargs):
         raise RuntimeError("boom")

@@ -334,8 +334,10 @@ def _measure_series(
                 se[(i, j)] = trials[0]["jsn_se_mm"]
                 geometry[(i, j)] = trials[0]["geometry"]
                 flagged[(i, j)] = bool(trials[0]["flagged"])
+                refusals = [t["method_error"] for t in trials if t["method_error"]]
                 pair_rows.append({
                     "series": name, "visit_i": i, "visit_j": j,
+                    "image_i": visits[i].image.name, "image_j": visits[j].image.name,
                     "jsn_mm_original": trials[0]["jsn_mm"],
                     "jsn_mm_mean": float(finite.mean()) if finite.size else float("nan"),
                     "sd_trials_mm": float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),
@@ -345,6 +347,8 @@ def _measure_series(
                     # of the trials measured: a refused trial is counted apart (n_refused)
                     "n_flagged": int(sum(t["flagged"] for t in trials if math.isfinite(t["jsn_px"]))),
                     "time_per_trial_s": float(np.nanmean([t["time_s"] for t in trials])),
+                    # why the method refused (the first trial's reason: the same images refused alike)
+                    "refusal": refusals[0] if refusals else "",
                 })
         for i in range(len(visits)):
             for k in range(i + 1, len(visits)):
