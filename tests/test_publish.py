@@ -83,6 +83,9 @@ def test_only_complete_jsnsynth_datasets_are_published(tmp_path: Path, dataset_d
     (tmp_path / "random" / "README.md").write_text("hello")
     assert "not a jsnsynth dataset" in _one_line_error(capsys, ["publish", str(tmp_path / "random"), "--repo-id", "a/b"])
     assert "no such" in _one_line_error(capsys, ["publish", str(tmp_path / "absent"), "--repo-id", "a/b"])
+    # a file of the dataset given for the dataset is named as a file, not as missing
+    shard = sorted((dataset_dir / "data").glob("*.parquet"))[0]
+    assert "is a file, not a dataset folder" in _one_line_error(capsys, ["publish", str(shard), "--repo-id", "a/b"])
     assert "OWNER/NAME" in _one_line_error(capsys, ["publish", str(dataset_dir), "--repo-id", "no-slash"])
 
 

@@ -1255,7 +1255,7 @@ def check_dataset_folder(folder: str | os.PathLike) -> dict:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"{folder}: no such dataset folder")
+        raise InputError(f"{folder}: {'is a file, not a dataset folder' if folder.exists() else 'no such dataset folder'}")
     state = check_finished_run(folder)
     shards = sorted((folder / PAIRS_DIR).glob("*.parquet"))
     if not shards:
