@@ -643,6 +643,19 @@ def test_cli_sets_a_heel_effect_that_changes_between_the_visits(tmp_path: Path, 
     assert not (tmp_path / "ds2").exists() and not (tmp_path / "ds3").exists()
 
 
+def test_a_jsn_range_past_a_joints_space_is_warned_about(tmp_path: Path, capsys) -> None:
+    """--jsn-mm -5 5 (millimetres typed as if pixels) drew a pair narrowed by 3.8 mm, its bones
+    over each other, without a word."""
+    base = ["dataset", "--source", "phantom", "--pairs", "1", "--size", "128", "--layers-every", "0", "--quiet",
+            "--split", "1", "0", "0"]
+    assert main(base + ["--out", str(tmp_path / "mm"), "--jsn-mm", "-2.5", "2.5"]) == 0
+    assert "--jsn-mm up to 2.5 mm narrows joints by more than a finger joint's space" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "px"), "--jsn-px", "-3", "12"]) == 0
+    assert "--jsn-px up to 12 px (2.1 mm at 0.175 mm/px)" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "plain"), "--jsn-mm", "-1", "1.5"]) == 0
+    assert "space" not in capsys.readouterr().err
+
+
 def test_jsn_range_given_in_mm_and_px_is_refused(tmp_path: Path, capsys) -> None:
     # --jsn-px replaces --jsn-mm: the range in mm was dropped without a word
     assert main(["dataset", "--source", "phantom", "--pairs", "2", "--out", str(tmp_path / "ds"),

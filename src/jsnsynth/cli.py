@@ -21,7 +21,13 @@ from click.core import ParameterSource
 
 from jsnsynth import __version__
 from jsnsynth.errors import InputError, JsnSynthError, exception_line, one_line
-from jsnsynth.synth.limits import DEFAULT_MAX_MASK_OVERLAP_PX, MAX_HEEL_GAIN, MAX_SIDE_PX, PAIR_OPTION_LIMITS
+from jsnsynth.synth.limits import (
+    DEFAULT_MAX_MASK_OVERLAP_PX,
+    MAX_HEEL_GAIN,
+    MAX_JOINT_SPACE_MM,
+    MAX_SIDE_PX,
+    PAIR_OPTION_LIMITS,
+)
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -217,6 +223,7 @@ def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, nu
                     max_mask_overlap: int | None, pixel_spacing_mm: float | None, quiet: bool) -> None:
     """Write labelled baseline/follow-up pairs with exact JSN as a Hugging Face dataset (Hub layout)."""
     from jsnsynth.synth.dataset import build_dataset
+    from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM
     from jsnsynth.synth.pairs import PairConfig
     from jsnsynth.synth.xray import ImagingRanges
 
@@ -234,6 +241,14 @@ def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, nu
     pair_config = PairConfig(jsn_mm=jsn_mm, jsn_px=jsn_px, flexion_deg=flexion_deg, rotation_deg=rotation_deg,
                              magnification=magnification, translation_px=translation_px,
                              soft_tissue_blend_mm=soft_tissue_blend_mm, noise=not no_noise, imaging=imaging)
+    # a range in mm typed as if in px (or the reverse) would narrow joints past their space
+    spacing_mm = pixel_spacing_mm or DEFAULT_PIXEL_SPACING_MM
+    narrowing_mm = max(jsn_mm) if jsn_px is None else max(jsn_px) * spacing_mm
+    if narrowing_mm > MAX_JOINT_SPACE_MM:
+        given = f"--jsn-mm up to {max(jsn_mm):g} mm" if jsn_px is None else \
+            f"--jsn-px up to {max(jsn_px):g} px ({narrowing_mm:.2g} mm at {spacing_mm:g} mm/px)"
+        warnings.warn(f"{given} narrows joints by more than a finger joint's space (about 1-{MAX_JOINT_SPACE_MM:g} mm): "
+                      "where a pair draws that much its follow-up's bones overlap", stacklevel=2)
     source = _dataset_source(source_spec, n_pairs, size_px, max_mask_overlap, pixel_spacing_mm)
     result = build_dataset(source, out_dir, n_pairs, seed=seed, num_proc=num_proc, shard_size=shard_size,
                            split_fractions=split_fractions, layers_every=layers_every, pair_config=pair_config,

@@ -11,6 +11,11 @@ PAIR_OPTION_LIMITS = {
     "translation_px": (0.0, 64.0),
 }
 
+#: The widest space of a healthy finger joint (mm; MCP joints about 1.5-2 mm, PIP about 1): a
+#: narrowing beyond it puts the follow-up's bones over each other, which the physics renders
+#: (attenuation adds) but no joint does, so a dataset range reaching past it is warned about.
+MAX_JOINT_SPACE_MM = 2.0
+
 #: Largest heel gain of the imaging chain (:attr:`jsnsynth.synth.xray.ImagingParams.heel_gain`): a
 #: beam half again as bright on one side of the picture as on the other is far beyond the few per
 #: cent a heel effect puts across a joint crop.
