@@ -583,6 +583,38 @@ def test_lsn_source_follows_the_source_protocol(tmp_path, tiny_weights):
         LsnSource(tmp_path)
 
 
+def test_lsn_source_takes_a_sub_folder_as_one_joint_of_visits(tmp_path):
+    """Each crop was a joint of its own, so two visits of one joint landed in train and in test;
+    a sub-folder of crops is now one joint whose crops are its visits, its pairs drawn from them
+    all, and a split keeps them together."""
+    from jsnsynth.lsn.source import LsnSource, joint_crops
+    from jsnsynth.synth.dataset import build_dataset, iter_pairs
+
+    cv2.imwrite(str(tmp_path / "alone.png"), synthetic_joint(64, 0)[0])
+    (tmp_path / "patient7").mkdir()
+    for visit in range(3):
+        cv2.imwrite(str(tmp_path / "patient7" / f"visit{visit}.png"), synthetic_joint(64, visit + 1)[0])
+    (tmp_path / ".hidden").mkdir()
+    cv2.imwrite(str(tmp_path / ".hidden" / "x.png"), synthetic_joint(64, 9)[0])
+    source = LsnSource(tmp_path)
+    assert source.joint_ids() == ["alone", "patient7"] and source.describe()["n_crops"] == 4
+    drawn = {source.load("patient7", np.random.default_rng(seed)).metadata["image"] for seed in range(12)}
+    assert drawn == {f"patient7/visit{visit}.png" for visit in range(3)}
+    assert source.load("alone", np.random.default_rng(0)).metadata["image"] == "alone.png"
+    build_dataset(source, tmp_path / "ds", 8, seed=3, layers_every=0, quiet=True, split_fractions=(0.5, 0.0, 0.5))
+    splits = {}
+    for row in iter_pairs(tmp_path / "ds"):
+        splits.setdefault(row["joint_id"], set()).add(row["split"])
+    assert set(splits) == {"alone", "patient7"} and all(len(found) == 1 for found in splits.values())
+    # a sub-folder named as a crop is two joints of one id; a folder of nothing is refused
+    cv2.imwrite(str(tmp_path / "patient7.png"), synthetic_joint(64, 5)[0])
+    with pytest.raises(InputError, match=r"patient7: a sub-folder \(one joint's visits\) named as the crop patient7.png"):
+        joint_crops(tmp_path)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(InputError, match="holds no radiograph crops, in itself or in sub-folders"):
+        joint_crops(tmp_path / "none")
+
+
 def test_lsn_source_refuses_crops_too_faint_for_the_pairs(tmp_path):
     """12-bit data written unscaled into 16-bit PNGs peaks at a sixteenth of the range: the LSN's
     layers held a sixteenth of the attenuation, the dataset's display windows made blank

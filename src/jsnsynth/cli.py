@@ -182,7 +182,8 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
 
 
 @cli.command("dataset")
-@click.option("--source", "source_spec", required=True, help="phantom | fingerjoints:DIR | lsn:DIR")
+@click.option("--source", "source_spec", required=True,
+              help="phantom | fingerjoints:DIR | lsn:DIR (crops; a sub-folder of crops is one joint's visits)")
 @click.option("--pairs", "n_pairs", required=True, type=click.IntRange(min=1), help="Number of baseline/follow-up pairs.")
 @click.option("--out", "out_dir", required=True, type=NonEmptyPath(path_type=Path), help="Output folder (new, empty, or an interrupted run to resume).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Base seed; pair i uses SeedSequence([seed, i]).")

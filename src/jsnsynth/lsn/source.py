@@ -1,9 +1,11 @@
 """Any folder of radiograph crops as a source of joint layers (contract 2), via the LSN.
 
 ``jsnsynth dataset --source lsn:DIR`` builds :class:`LsnSource` ``(DIR)``: every crop in the
-folder (less the files ``jsnsynth separate`` writes) is one joint (joint id = file stem);
-``load`` separates it with the bundled model (or given weights) into soft-tissue, upper- and
-lower-bone layers, which the pair simulator then warps like any real source's raster layers.
+folder (less the files ``jsnsynth separate`` writes) is one joint (joint id = file stem), and
+every sub-folder of crops is one joint whose crops are its visits (joint id = the sub-folder's
+name), so that a dataset's splits keep the visits of a joint together; ``load`` separates a
+crop with the bundled model (or given weights) into soft-tissue, upper- and lower-bone layers,
+which the pair simulator then warps like any real source's raster layers.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from jsnsynth.errors import InputError
 from jsnsynth.lsn.infer import (DEFAULT_WEIGHTS, SEPARATION_REVISION, folder_crops, load_model, separate_intensity,
                                 warn_if_doubtful)
-from jsnsynth.synth.io import check_measurable_size, files_digest, read_radiograph
+from jsnsynth.synth.io import DICOM_SUFFIXES, RASTER_SUFFIXES, check_measurable_size, files_digest, read_radiograph
 from jsnsynth.synth.layers import JointLayers, check_joint_masks
 
 #: Provenance written into dataset cards built from this source.
@@ -48,12 +50,46 @@ def check_crop_range(intensity: np.ndarray, path: str | os.PathLike) -> None:
                          "the full range")
 
 
+def joint_crops(root: str | os.PathLike) -> dict[str, list[Path]]:
+    """The crops of a folder by joint: each crop of the folder itself a joint (id its stem), each
+    sub-folder that holds crops one joint whose crops are its visits (id its name; sub-folders of
+    sub-folders and hidden ones are not searched).
+
+    Raises:
+        InputError: a missing folder, one without crops, or a crop's stem that is also a
+            sub-folder's name.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder of crops")
+    joints: dict[str, list[Path]] = {}
+    suffixes = RASTER_SUFFIXES | DICOM_SUFFIXES
+    if any(p.is_file() and p.suffix.lower() in suffixes for p in root.iterdir()):
+        for path in folder_crops(root):
+            if path.stem in joints:
+                raise InputError(f"{path}: two crops share the joint id '{path.stem}'")
+            joints[path.stem] = [path]
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not any(p.is_file() and p.suffix.lower() in suffixes for p in folder.iterdir()):
+            continue
+        visits = folder_crops(folder)
+        if not visits:  # only what `separate` wrote there
+            continue
+        if folder.name in joints:
+            raise InputError(f"{folder}: a sub-folder (one joint's visits) named as the crop {joints[folder.name][0].name}")
+        joints[folder.name] = visits
+    if not joints:
+        raise InputError(f"{root}: holds no radiograph crops, in itself or in sub-folders ({', '.join(sorted(suffixes))})")
+    return joints
+
+
 class LsnSource:
     """Radiograph crops in a folder, separated into layers by the LSN.
 
     Args:
         root: folder of crops (PNG, JPEG, TIFF, BMP or DICOM; 8 or 16 bit), joint axis vertical,
-            upper bone on top. Sub-folders are not searched.
+            upper bone on top: each a joint, and each sub-folder of crops one joint whose crops
+            are its visits (:func:`joint_crops`).
         pixel_spacing_mm: the crops' pixel size (None: a DICOM header's spacing, else the
             training spacing 0.175 mm/px). Crops at another spacing are resampled for the
             network and the layers returned on the crop's own grid.
@@ -76,41 +112,44 @@ class LsnSource:
         weights: str | os.PathLike | None = None,
     ) -> None:
         self.root = Path(root)
-        self._files: dict[str, Path] = {}
         # the crops `separate` takes: run on a folder it wrote into, its layers are no crops
-        for path in folder_crops(self.root):
-            if path.stem in self._files:
-                raise InputError(f"{path}: two crops share the joint id '{path.stem}'")
-            # every crop read up front: a damaged, too small or too faint one is an error before
-            # anything is written
-            intensity = read_radiograph(path).intensity
-            check_measurable_size(intensity.shape, path)
-            check_crop_range(intensity, path)
-            self._files[path.stem] = path
+        self._files = joint_crops(self.root)
+        for paths in self._files.values():
+            for path in paths:
+                # every crop read up front: a damaged, too small or too faint one is an error before
+                # anything is written
+                intensity = read_radiograph(path).intensity
+                check_measurable_size(intensity.shape, path)
+                check_crop_range(intensity, path)
         self.pixel_spacing_mm = pixel_spacing_mm
         self.weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
         self._model = load_model(self.weights)
-        self._loaded_once: set[str] = set()  # crops whose warnings were shown, at their first load
+        self._loaded_once: set[Path] = set()  # crops whose warnings were shown, at their first load
 
     def joint_ids(self) -> list[str]:
-        """File stems, sorted."""
+        """File stems and sub-folder names, sorted."""
         return sorted(self._files)
 
     def load(self, joint_id: str, rng: np.random.Generator) -> JointLayers:
-        """Separate the crop ``joint_id`` (``rng`` is unused: the separation is deterministic)."""
+        """Separate the crop ``joint_id``, or of a sub-folder's joint one of its visits drawn from
+        ``rng`` (the separation itself is deterministic; a joint of one crop draws nothing)."""
         if joint_id not in self._files:
             raise InputError(f"{self.root}: no crop named '{joint_id}'")
-        path = self._files[joint_id]
+        visits = self._files[joint_id]
+        return self._separated(joint_id, visits[int(rng.integers(len(visits)))] if len(visits) > 1 else visits[0])
+
+    def _separated(self, joint_id: str, path: Path) -> JointLayers:
+        """The layers of the crop at ``path``, one of joint ``joint_id``'s."""
         radiograph = read_radiograph(path)
         spacing = self.pixel_spacing_mm if self.pixel_spacing_mm is not None else radiograph.pixel_spacing_mm
         with warnings.catch_warnings():
             # what the separation says of a crop is said at its first load (check_joints): the
             # same crop separated again for every pair, in any worker, says nothing new
-            if joint_id in self._loaded_once:
+            if path in self._loaded_once:
                 warnings.simplefilter("ignore")
             separation = separate_intensity(radiograph.intensity, self._model, spacing, name=str(path))
-        if joint_id not in self._loaded_once:
-            self._loaded_once.add(joint_id)
+        if path not in self._loaded_once:
+            self._loaded_once.add(path)
             warn_if_doubtful(radiograph.intensity, separation, self._model, spacing, str(path))
         layers = separation.layers
         if not (layers.upper_mask.any() and layers.lower_mask.any()):
@@ -120,7 +159,8 @@ class LsnSource:
         except InputError as exc:
             raise InputError(f"{path}: the LSN's bones do not make a joint ({exc})") from None
         metadata = dict(layers.metadata)
-        metadata.update(joint_id=joint_id, image=path.name, bit_depth=radiograph.bit_depth, weights=self.weights.name)
+        metadata.update(joint_id=joint_id, image=path.relative_to(self.root).as_posix(), bit_depth=radiograph.bit_depth,
+                        weights=self.weights.name)
         return layers.replace(metadata=metadata)
 
     def check_joints(self, joint_ids: list[str]) -> None:
@@ -132,7 +172,8 @@ class LsnSource:
             InputError: the first crop whose separation makes no joint, named.
         """
         for joint_id in joint_ids:
-            self.load(joint_id, np.random.default_rng(0))
+            for path in self._files[joint_id]:  # every visit of a sub-folder's joint
+                self._separated(joint_id, path)
 
     def describe(self) -> dict:
         """Generation parameters of the source, for the dataset card."""
@@ -140,6 +181,7 @@ class LsnSource:
             "source": self.name,
             "root": str(self.root),
             "n_joints": len(self._files),
+            "n_crops": sum(len(paths) for paths in self._files.values()),
             "pixel_spacing_mm": self.pixel_spacing_mm,
             "weights": self.weights.name,
             # a run resumed across a change of the separation would mix two kinds of layers
@@ -148,4 +190,5 @@ class LsnSource:
 
     def content_digest(self) -> str:
         """:func:`~jsnsynth.synth.io.files_digest` of the crops and the weights."""
-        return files_digest({**{f"crops/{path.name}": path for path in self._files.values()}, "weights": self.weights})
+        return files_digest({**{f"crops/{path.relative_to(self.root).as_posix()}": path
+                                 for paths in self._files.values() for path in paths}, "weights": self.weights})
