@@ -6,13 +6,14 @@ they are stored, applied alike to both images and all masks: 16-bit instead of 8
 one side, mirrored, turned (the joint frame given, turned with them: by quarter turns, and by
 15 deg as a group that straightens its crops by their joint axis stores them, the corners left
 black or mirrored), masks eroded or dilated, up- or downsampled, sharpened or equalised as sites
-process radiographs for display (both visits alike, or the follow-up alone), or the follow-up
-alone given a smooth field (a heel effect that changed) or scatter or glare (a share of the
-signal spread by a broad Gaussian kernel). Real visits differ in 3-D pose, so the table gives the
-largest change of JSN, for the pairs the method does not flag and, apart, for those it does.
-Synthetic noise-free pairs (the dataset builder, phantom and real layers) show the same changes
-against exact truth. Masks from the bundled LSN in place of the drawn ones are a row of both
-tables. Writes the tables to docs/quantify.md (between the ``bench_quantify_inputs`` markers).
+process radiographs for display (both visits alike, or the follow-up alone), the follow-up alone
+given a smooth field (a heel effect that changed) or scatter or glare (a share of the signal
+spread by a broad Gaussian kernel), or both given the lines of an anti-scatter grid. Real visits
+differ in 3-D pose, so the table gives the largest change of JSN, for the pairs the method does
+not flag and, apart, for those it does. Synthetic noise-free pairs (the dataset builder, phantom
+and real layers) show the same changes against exact truth. Masks from the bundled LSN in place
+of the drawn ones are a row of both tables. Writes the tables to docs/quantify.md (between the
+``bench_quantify_inputs`` markers).
 
     .venv/bin/python benchmarks/bench_quantify_inputs.py --fingerjoints ../shared/data/fingerjoints
 """
@@ -132,6 +133,8 @@ PROCESSINGS = {
     "the follow-up alone 1 % brighter at the bottom than at the top (a linear field)": ((1,), ("field", 0.01, 0.0)),
     "the follow-up alone with 5 % scatter or glare, a blurred copy of itself (sigma 20 px)": ((1,), ("glare", 0.05, 20.0)),
     "the follow-up alone with 5 % scatter or glare, a blurred copy of itself (sigma 60 px)": ((1,), ("glare", 0.05, 60.0)),
+    "both visits with lines fixed to the detector (an anti-scatter grid's: 2 %, period 4.3 px)":
+        ((0, 1), ("lines", 0.02, 4.3)),
     "both visits sharpened alike (unsharp mask, sigma 8 px, amount 0.6)": ((0, 1), ("unsharp", 8.0, 0.6)),
     "the follow-up alone sharpened (unsharp mask, sigma 3 px, amount 0.5)": ((1,), ("unsharp", 3.0, 0.5)),
     "the follow-up alone equalised (CLAHE, clip limit 2, 4 x 4 tiles)": ((1,), ("clahe", 2.0, 4)),
@@ -168,6 +171,8 @@ def processed(pair: Pair, label: str) -> Pair:
             out = clahe_equalised(f, a, b, bits)
         elif kind == "glare":  # a share of the signal spread by a broad kernel: (1 - a) f + a G_b * f
             out = (1.0 - a) * f + a * cv2.GaussianBlur(f, (0, 0), b, borderType=cv2.BORDER_REFLECT)
+        elif kind == "lines":  # rows brighter and darker by turns, fixed to the array while the joint moves
+            out = np.clip(f + a * np.cos(2.0 * np.pi * np.arange(f.shape[0]) / b + 0.3)[:, None], 0.0, 1.0)
         elif kind == "field":
             out = np.clip(f + a * np.linspace(-0.5, 0.5, f.shape[0])[:, None], 0.0, 1.0)
         else:

@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 from jsnsynth.errors import InputError
-from jsnsynth.picture import content_box, fill_from_picture, find_fill, grown
+from jsnsynth.picture import (
+    content_box,
+    fill_from_picture,
+    find_fill,
+    grown,
+    without_fixed_pattern,
+)
 from jsnsynth.quantify import register as reg
 from jsnsynth.quantify.reliability import (
     ReliabilityReport,
@@ -566,6 +572,13 @@ def quantify_pair(
         notes.append(f"fill recognised: {np.count_nonzero(fills[0])} px of the baseline and "
                      f"{np.count_nonzero(fills[1])} of the follow-up, left out with a {settings.border_px} px band")
         base, follow = fill_from_picture(base, fills[0]), fill_from_picture(follow, fills[1])
+    # a pattern fixed to the detector (an anti-scatter grid's lines) is in both visits where the
+    # anatomy is not: left in, it pulls the registration toward no motion
+    (base, follow), patterns = without_fixed_pattern(base, follow)
+    if patterns:
+        periods = ", ".join(f"{1.0 / math.hypot(fy, fx):.1f}" for fy, fx in patterns)
+        notes.append(f"fixed pattern removed: {len(patterns)} sinusoid(s) both images hold, periods {periods} px "
+                     "(an anti-scatter grid's lines?)")
     try:
         fits, coarse, bones_info, jsn_variance_of, t_coarse, t_fine, follow_coef = _register_bones(
             base, follow, upper, lower, local_center, follow_masks, settings, clipping, scale, keep_out)
