@@ -698,7 +698,8 @@ def test_accepts_8_and_16_bit_input():
 
 def test_result_json_has_stable_keys():
     record = _quantify(toy_pair(0.5)).to_dict()
-    for key in ("version", "jsn_px", "jsn_mm", "pixel_spacing_mm", "joint_center_xy", "upper", "lower",
+    assert record["jsn_se_mm"] == pytest.approx(record["jsn_se_px"] * record["pixel_spacing_mm"])
+    for key in ("version", "jsn_px", "jsn_mm", "jsn_se_mm", "pixel_spacing_mm", "joint_center_xy", "upper", "lower",
                 "reliability", "mismatch", "flags", "timings_s"):
         assert key in record
     assert set(record["upper"]) == {"scale", "angle_deg", "dx", "dy"}

@@ -58,7 +58,7 @@ from jsnsynth.synth.layers import (
 from jsnsynth.synth.limits import MAX_SIDE_PX, MIN_LONG_SIDE_PX, MIN_SIDE_PX
 
 #: Version of the JSON record written by :meth:`JsnResult.to_dict` (bump on a key change).
-RESULT_VERSION = "1.1"
+RESULT_VERSION = "1.2"
 #: Fewest pixels of a bone mask, and of the region registered for it: below this a fit has
 #: nothing to hold on to (a bone crossed by a few tens of pixels gave 0.4 px errors, unflagged).
 MIN_BONE_PX = 100
@@ -162,6 +162,7 @@ class JsnResult:
             "jsn_px": strict_json_value(self.jsn_px),
             "jsn_mm": strict_json_value(self.jsn_mm),
             "jsn_se_px": strict_json_value(self.jsn_se_px),
+            "jsn_se_mm": strict_json_value(self.jsn_se_px * self.pixel_spacing_mm),
             "pixel_spacing_mm": self.pixel_spacing_mm,
             "pixel_spacing_source": self.pixel_spacing_source,
             "sign_convention": "positive = narrowing (upper bone moved toward the lower bone)",
