@@ -316,6 +316,34 @@ def quantify_command(baseline, followup, upper_mask, lower_mask, followup_upper_
     click.echo(json_text(record))
 
 
+@cli.command("quantify-batch")
+@click.argument("table", type=NonEmptyPath(path_type=Path))
+@click.option("--out", "out_csv", required=True, type=NonEmptyPath(), callback=_file_to_write,
+              help="Results table to write (CSV, one row per pair; an interrupted run resumes).")
+@click.option("--pixel-spacing", type=PIXEL_SPACING,
+              help="mm/px for pairs whose row states none; default: DICOM header, else 0.175 nominal.")
+def quantify_batch_command(table, out_csv, pixel_spacing) -> None:
+    """Measure JSN progression for every pair of a CSV TABLE (+ = narrowing).
+
+    TABLE's columns: baseline, followup, upper_mask, lower_mask (paths relative to the table's
+    folder), and optionally id, followup_upper_mask, followup_lower_mask, pixel_spacing_mm,
+    joint_center_x, joint_center_y, joint_axis_deg, as 'jsnsynth quantify' takes them. --out gets
+    id, baseline, followup, jsn_px, jsn_mm, jsn_se_px, jsn_se_mm, reliability, mismatch, flags,
+    pixel_spacing_mm, pixel_spacing_source, joint_center_x, joint_center_y, joint_axis_deg and
+    error (a refused pair's reason; the others are still measured, and the command then exits 1).
+    """
+    from jsnsynth.quantify.batch import quantify_table
+    from jsnsynth.quantify.quantifier import keep_freed_heap
+
+    keep_freed_heap()
+    rows = quantify_table(table, out_csv, pixel_spacing)
+    refused = [row for row in rows if row["error"]]
+    click.echo(f"measured {len(rows) - len(refused)} of {len(rows)} pair(s) into {out_csv}")
+    if refused:
+        first = refused[0]
+        raise InputError(f"{len(refused)} of {len(rows)} pair(s) refused; first, {first['id']}: {first['error']}")
+
+
 @cli.command("validate")
 @click.argument("dataset", type=NonEmptyPath(path_type=Path))
 @click.option("--method", default="register", show_default=True,

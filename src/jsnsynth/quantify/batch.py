@@ -1,0 +1,195 @@
+"""Many visit pairs at once: ``jsnsynth quantify-batch PAIRS.csv --out RESULTS.csv``.
+
+A study measures hundreds of visit pairs; one ``jsnsynth quantify`` per pair pays the start-up of
+Python and the libraries each time (about a second, twenty times the measurement). This reads a
+table of pairs, measures each with :func:`~jsnsynth.quantify.quantifier.quantify_files`, and
+writes one row per pair. A pair the quantifier refuses gets its one-line reason in the ``error``
+column, and the others are still measured; an interrupted run resumes from its log.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jsnsynth.errors import InputError, JsnSynthError
+from jsnsynth.quantify.quantifier import RESULT_VERSION, quantify_files
+from jsnsynth.quantify.validate import ResumeLog, file_stamps, method_failure
+from jsnsynth.synth.io import check_outputs_apart, check_writable, write_bytes_atomic
+from jsnsynth.synth.layers import check_pixel_spacing
+
+#: Columns a table of pairs must have: paths of the images and of the baseline's masks.
+REQUIRED_COLUMNS = ("baseline", "followup", "upper_mask", "lower_mask")
+#: Columns it may have: a name for the pair, the follow-up's masks, the pixel spacing (mm) and
+#: the joint frame (px, degrees), each as ``jsnsynth quantify``'s options.
+OPTIONAL_COLUMNS = ("id", "followup_upper_mask", "followup_lower_mask", "pixel_spacing_mm", "joint_center_x",
+                    "joint_center_y", "joint_axis_deg")
+_PATH_COLUMNS = ("baseline", "followup", "upper_mask", "lower_mask", "followup_upper_mask", "followup_lower_mask")
+#: Columns of the results table, in order.
+RESULT_COLUMNS = ("id", "baseline", "followup", "jsn_px", "jsn_mm", "jsn_se_px", "jsn_se_mm", "reliability", "mismatch",
+                  "flags", "pixel_spacing_mm", "pixel_spacing_source", "joint_center_x", "joint_center_y",
+                  "joint_axis_deg", "error")
+
+
+def read_pair_table(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The pairs of a CSV table, paths taken relative to the table's folder.
+
+    Returns:
+        Per row: ``id`` (the row's own, else its number from 1), the six paths (None where
+        empty), ``pixel_spacing_mm``, ``joint_center_xy`` and ``joint_axis_deg`` (None where
+        empty).
+
+    Raises:
+        InputError: a file that is not a readable CSV table, a missing column, an unknown one,
+            a row without an image or a baseline mask, a number that is not one, a spacing no
+            radiograph has, half a joint centre, half the follow-up's masks, or no row at all.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such table of pairs") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a readable CSV table ({exc.__class__.__name__})") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text))
+        fields = reader.fieldnames or []
+        missing = [c for c in REQUIRED_COLUMNS if c not in fields]
+        if missing:
+            raise InputError(f"{path}: missing column(s) {', '.join(missing)} (needs {', '.join(REQUIRED_COLUMNS)})")
+        unknown = [c for c in fields if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+        if unknown:  # a misspelt optional column would be ignored without a word
+            raise InputError(f"{path}: unknown column(s) {', '.join(unknown)} (may also have {', '.join(OPTIONAL_COLUMNS)})")
+        rows = [_pair_of(row, number, path) for number, row in enumerate(reader, start=1)]
+    except csv.Error as exc:
+        raise InputError(f"{path}: not a readable CSV table ({exc})") from None
+    if not rows:
+        raise InputError(f"{path}: lists no pairs")
+    ids = [row["id"] for row in rows]
+    if len(set(ids)) != len(ids):
+        raise InputError(f"{path}: the id {next(i for i in ids if ids.count(i) > 1)!r} names more than one pair")
+    return rows
+
+
+def _pair_of(row: dict, number: int, table: Path) -> dict[str, Any]:
+    """One row of the table as a pair (see :func:`read_pair_table`)."""
+    where = f"{table}: row {number}"
+    if None in row.values() or None in row:
+        raise InputError(f"{where} has {'fewer' if None in row.values() else 'more'} cells than the header")
+    cell = {name: (row.get(name) or "").strip() for name in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}
+    for name in REQUIRED_COLUMNS:
+        if not cell[name]:
+            raise InputError(f"{where} has no {name}")
+    if bool(cell["followup_upper_mask"]) != bool(cell["followup_lower_mask"]):
+        raise InputError(f"{where} gives one follow-up mask: give both or neither")
+    if bool(cell["joint_center_x"]) != bool(cell["joint_center_y"]):
+        raise InputError(f"{where} gives half a joint centre: give joint_center_x and joint_center_y, or neither")
+
+    def number_in(name: str) -> float | None:
+        if not cell[name]:
+            return None
+        try:
+            value = float(cell[name])
+        except ValueError:
+            raise InputError(f"{where}: {name} {cell[name]!r} is not a number") from None
+        if not math.isfinite(value):
+            raise InputError(f"{where}: {name} {cell[name]!r} is not a finite number")
+        return value
+
+    spacing = number_in("pixel_spacing_mm")
+    if spacing is not None:
+        check_pixel_spacing(spacing, f"{where}: pixel_spacing_mm")
+    center = (number_in("joint_center_x"), number_in("joint_center_y")) if cell["joint_center_x"] else None
+    pair = {"id": cell["id"] or str(number), "pixel_spacing_mm": spacing, "joint_center_xy": center,
+            "joint_axis_deg": number_in("joint_axis_deg")}
+    for name in _PATH_COLUMNS:
+        pair[name] = str(table.parent / cell[name]) if cell[name] else None
+    return pair
+
+
+def _result_row(pair: dict, record: dict | None, error: str) -> dict[str, Any]:
+    """The results table's row of one pair: its record's figures, or its error."""
+    row: dict[str, Any] = {name: "" for name in RESULT_COLUMNS}
+    row.update(id=pair["id"], baseline=pair["baseline"], followup=pair["followup"], error=error)
+    if record is not None:
+        for name in ("jsn_px", "jsn_mm", "jsn_se_px", "jsn_se_mm", "reliability", "mismatch", "pixel_spacing_mm",
+                     "pixel_spacing_source", "joint_axis_deg"):
+            row[name] = record[name]
+        row["joint_center_x"], row["joint_center_y"] = record["joint_center_xy"]
+        row["flags"] = "; ".join(record["flags"])
+    return row
+
+
+def quantify_table(
+    table: str | os.PathLike,
+    out_csv: str | os.PathLike,
+    pixel_spacing_mm: float | None = None,
+    on_pair: Callable[[dict], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Measure every pair of a table (:func:`read_pair_table`) and write the results table.
+
+    A pair's own ``pixel_spacing_mm`` wins over ``pixel_spacing_mm``, which wins over the DICOM
+    header and the nominal spacing, as in ``jsnsynth quantify``. Each pair measured is logged
+    beside ``out_csv`` with the sizes and times of its files, so a run stopped (Ctrl-C, a kill)
+    resumes where it stopped, measuring again only the pairs whose files changed; the results
+    table is written at the end, whole, and the log then goes.
+
+    Args:
+        table: the CSV table of pairs.
+        out_csv: the results table to write (:data:`RESULT_COLUMNS`; numbers as the JSON record
+            gives them, empty where the pair was refused, with its reason in ``error``).
+        pixel_spacing_mm: spacing for the pairs that state none (mm/px).
+        on_pair: called with each results row as it is made (progress).
+
+    Returns:
+        The results rows, in the table's order.
+
+    Raises:
+        InputError: the table (:func:`read_pair_table`), or a spacing no radiograph has.
+        OutputError: a results table that cannot be written, or that is one of the inputs.
+    """
+    if pixel_spacing_mm is not None:
+        check_pixel_spacing(pixel_spacing_mm, "--pixel-spacing")
+    pairs = read_pair_table(table)
+    out_csv = Path(out_csv)
+    check_outputs_apart([out_csv], [Path(table)] + [p[name] for p in pairs for name in _PATH_COLUMNS if p[name]])
+    check_writable(out_csv)
+    log = ResumeLog(out_csv.parent, f"quantify-batch-{out_csv.name}",
+                    [str(Path(table).resolve()), pixel_spacing_mm, RESULT_VERSION])
+    done = log.logged("id")
+    rows = []
+    try:
+        for pair in pairs:
+            stamps = file_stamps(pair[name] for name in _PATH_COLUMNS if pair[name])
+            previous = done.get(pair["id"])
+            if previous is not None and previous["stamps"] == stamps:
+                rows.append(previous["row"])
+                continue
+            try:
+                record = quantify_files(
+                    pair["baseline"], pair["followup"], pair["upper_mask"], pair["lower_mask"],
+                    pair["followup_upper_mask"], pair["followup_lower_mask"],
+                    pair["pixel_spacing_mm"] if pair["pixel_spacing_mm"] is not None else pixel_spacing_mm,
+                    joint_center_xy=pair["joint_center_xy"], joint_axis_deg=pair["joint_axis_deg"])
+                row = _result_row(pair, record, "")
+            except JsnSynthError as exc:  # this pair's refusal, in its own words; the others go on
+                row = _result_row(pair, None, method_failure(exc))
+            rows.append(row)
+            log.append({"id": pair["id"], "stamps": stamps, "row": row})
+            if on_pair is not None:
+                on_pair(row)
+    except BaseException:
+        log.keep_if_resumable()
+        raise
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes_atomic(out_csv, buffer.getvalue().encode())
+    log.finish()
+    return rows

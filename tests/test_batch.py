@@ -1,0 +1,133 @@
+"""``jsnsynth quantify-batch``: a table of visit pairs measured in one run."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jsnsynth.quantify.batch as batch
+from jsnsynth.cli import main
+from jsnsynth.errors import InputError
+from jsnsynth.quantify.quantifier import quantify_files
+from jsnsynth.quantify.toy import toy_pair
+from jsnsynth.synth.io import encode_png
+from jsnsynth.synth.xray import quantize
+
+
+def _write_pairs(folder: Path, shifts: tuple[float, ...]) -> Path:
+    """Toy visit pairs of the given JSN changes as files, and a table of them (relative paths)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["id,baseline,followup,upper_mask,lower_mask"]
+    for k, d in enumerate(shifts):
+        pair = toy_pair(d)
+        for name in ("baseline", "followup"):
+            (folder / f"{name}{k}.png").write_bytes(encode_png(quantize(pair[name], 16)))
+        for name in ("upper_mask", "lower_mask"):
+            (folder / f"{name}{k}.png").write_bytes(encode_png(np.where(pair[name], 255, 0).astype(np.uint8)))
+        rows.append(f"pair{k},baseline{k}.png,followup{k}.png,upper_mask{k}.png,lower_mask{k}.png")
+    (folder / "pairs.csv").write_text("\n".join(rows) + "\n")
+    return folder / "pairs.csv"
+
+
+def _results(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_table_of_pairs_is_measured_as_one_pair_at_a_time(tmp_path, capsys):
+    """One `jsnsynth quantify` per pair paid Python's start-up each time; the table's rows must be
+    the same measurements, in the table's order, and a refused pair must not stop the others."""
+    table = _write_pairs(tmp_path / "study", (0.5, -0.3))
+    with open(table, "a") as handle:  # a pair whose follow-up is missing
+        handle.write("gone,baseline0.png,absent.png,upper_mask0.png,lower_mask0.png\n")
+    assert main(["quantify-batch", str(table), "--out", str(tmp_path / "out" / "results.csv")]) == 1
+    captured = capsys.readouterr()
+    assert "measured 2 of 3 pair(s)" in captured.out
+    assert captured.err.strip().splitlines() == [
+        f"jsnsynth: error: 1 of 3 pair(s) refused; first, gone: {tmp_path / 'study' / 'absent.png'}: no such file"]
+    rows = _results(tmp_path / "out" / "results.csv")
+    assert [row["id"] for row in rows] == ["pair0", "pair1", "gone"]
+    for k, row in enumerate(rows[:2]):
+        single = quantify_files(*(str(tmp_path / "study" / f"{name}{k}.png")
+                                  for name in ("baseline", "followup", "upper_mask", "lower_mask")))
+        assert float(row["jsn_px"]) == pytest.approx(single["jsn_px"], abs=1e-12)
+        assert float(row["jsn_se_mm"]) == pytest.approx(single["jsn_se_mm"], abs=1e-12)
+        assert row["mismatch"] == str(single["mismatch"]) and row["error"] == ""
+    assert rows[2]["jsn_px"] == "" and "no such file" in rows[2]["error"]
+    assert not list((tmp_path / "out").glob(".quantify-batch*"))  # the resume log goes with the report
+
+
+def test_an_interrupted_batch_resumes_where_it_stopped(tmp_path, monkeypatch):
+    table = _write_pairs(tmp_path / "study", (0.5, -0.3, 0.2))
+    calls = []
+    measure = batch.quantify_files
+
+    def stopping(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "quantify_files", stopping)
+    out = tmp_path / "out" / "results.csv"
+    with pytest.raises(KeyboardInterrupt):
+        batch.quantify_table(table, out)
+    assert not out.exists() and len(list(out.parent.glob(".quantify-batch*"))) == 1
+    calls.clear()
+    monkeypatch.setattr(batch, "quantify_files", lambda *a, **k: (calls.append(a[0]), measure(*a, **k))[1])
+    rows = batch.quantify_table(table, out)
+    assert [Path(c).name for c in calls] == ["baseline1.png", "baseline2.png"]  # the first pair from the log
+    assert [row["id"] for row in rows] == ["pair0", "pair1", "pair2"] and all(row["jsn_px"] != "" for row in rows)
+    assert not list(out.parent.glob(".quantify-batch*"))  # finished: the log goes, a rerun measures afresh
+
+
+def test_a_logged_pair_whose_files_changed_is_measured_anew(tmp_path, monkeypatch):
+    table = _write_pairs(tmp_path / "study", (0.5, -0.3))
+    out = tmp_path / "out" / "results.csv"
+    measure = batch.quantify_files
+
+    def stopping_at_the_second(*args, **kwargs):
+        if Path(args[0]).name == "baseline1.png":
+            raise KeyboardInterrupt
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "quantify_files", stopping_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        batch.quantify_table(table, out)
+    # the first pair's follow-up replaced (by the second's) after it was logged
+    (tmp_path / "study" / "followup0.png").write_bytes((tmp_path / "study" / "followup1.png").read_bytes())
+    calls = []
+    monkeypatch.setattr(batch, "quantify_files", lambda *a, **k: (calls.append(Path(a[0]).name), measure(*a, **k))[1])
+    batch.quantify_table(table, out)
+    assert calls == ["baseline0.png", "baseline1.png"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("baseline,followup,upper_mask\na,b,c\n", "missing column(s) lower_mask"),
+    ("baseline,followup,upper_mask,lower_mask,spacing\na,b,c,d,0.1\n", "unknown column(s) spacing"),
+    ("baseline,followup,upper_mask,lower_mask\n", "lists no pairs"),
+    ("baseline,followup,upper_mask,lower_mask\na,,c,d\n", "row 1 has no followup"),
+    ("baseline,followup,upper_mask,lower_mask,pixel_spacing_mm\na,b,c,d,fine\n", "pixel_spacing_mm 'fine' is not a number"),
+    ("baseline,followup,upper_mask,lower_mask,pixel_spacing_mm\na,b,c,d,175\n", "is not a radiograph's"),
+    ("baseline,followup,upper_mask,lower_mask,joint_center_x\na,b,c,d,12\n", "half a joint centre"),
+    ("baseline,followup,upper_mask,lower_mask,followup_upper_mask\na,b,c,d,e\n", "one follow-up mask"),
+    ("id,baseline,followup,upper_mask,lower_mask\nx,a,b,c,d\nx,a,b,c,d\n", "the id 'x' names more than one pair"),
+    ("baseline,followup,upper_mask,lower_mask\na,b,c,d,e\n", "row 1 has more cells than the header"),
+])
+def test_a_bad_table_is_a_one_line_error_before_any_work(tmp_path, capsys, text, message):
+    (tmp_path / "pairs.csv").write_text(text)
+    with pytest.raises(InputError) as info:
+        batch.read_pair_table(tmp_path / "pairs.csv")
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert main(["quantify-batch", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "out.csv")]) == 1
+    assert message in capsys.readouterr().err and not (tmp_path / "out.csv").exists()
+
+
+def test_the_results_table_must_not_be_an_input(tmp_path, capsys):
+    table = _write_pairs(tmp_path / "study", (0.5,))
+    assert main(["quantify-batch", str(table), "--out", str(table)]) == 1
+    assert "pairs.csv" in capsys.readouterr().err
+    assert table.read_text().startswith("id,baseline")
