@@ -993,3 +993,17 @@ def test_separate_takes_the_crops_of_a_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["separate", str(tmp_path / "empty"), "--out", str(tmp_path / "out2")]) == 1
     assert "empty: holds no radiograph crops" in capsys.readouterr().err
+
+
+def test_the_panel_titles_its_tiles():
+    """The panel's six tiles had no titles: which was the soft layer, which the recomposition, a
+    reader had to guess."""
+    from jsnsynth.lsn.infer import PANEL_TITLES, panel_image
+
+    crop = synthetic_joint(96)[0] / 255.0
+    panel = panel_image(crop, separate_intensity(crop, load_model()))
+    strip = panel.shape[0] - crop.shape[0]
+    assert strip > 0 and panel.shape[1] == 6 * crop.shape[1] + 5 * 4 and len(PANEL_TITLES) == 6
+    for k in range(6):  # each tile's strip holds dark text on white
+        title = panel[:strip, k * (crop.shape[1] + 4): k * (crop.shape[1] + 4) + crop.shape[1]]
+        assert title.min() < 128 and np.median(title) == 255

@@ -532,8 +532,24 @@ def _display(attenuation: np.ndarray) -> np.ndarray:
     return np.clip(attenuation_to_intensity(np.asarray(attenuation, dtype=np.float64)), 0.0, 1.0)
 
 
+#: The panel's tiles, as their titles name them.
+PANEL_TITLES = ("input", "soft tissue", "upper bone", "lower bone", "masks", "recomposed")
+
+
+def _titled(tile: np.ndarray, title: str) -> np.ndarray:
+    """``tile`` under a white strip holding ``title`` in black, the font sized to the tile."""
+    width = tile.shape[1]
+    scale = min(0.5, 0.9 * width / (cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 1)[0][0] + 1))
+    (text_w, text_h), base = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    strip = np.full((text_h + base + 6, width, 3), 255, np.uint8)
+    cv2.putText(strip, title, ((width - text_w) // 2, text_h + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    return np.concatenate([strip, tile], axis=0)
+
+
 def panel_image(intensity: np.ndarray, separation: Separation) -> np.ndarray:
-    """An 8-bit RGB panel: input | soft | upper | lower | masks over input | recomposition.
+    """An 8-bit RGB panel: input | soft | upper | lower | masks over input | recomposition, each
+    tile titled (:data:`PANEL_TITLES`).
 
     Every layer is shown as ``1 - exp(-a)`` on the input's grey scale, so the tiles compare.
     """
@@ -546,7 +562,10 @@ def panel_image(intensity: np.ndarray, separation: Separation) -> np.ndarray:
     tiles.append(overlay.round().astype(np.uint8))
     recomposed = (np.clip(separation.recomposed, 0, 1) * 255).round().astype(np.uint8)
     tiles.append(np.repeat(recomposed[..., None], 3, axis=2))
-    gap = np.full((intensity.shape[0], 4, 3), 255, np.uint8)
+    tiles = [_titled(tile, title) for tile, title in zip(tiles, PANEL_TITLES)]
+    height = max(tile.shape[0] for tile in tiles)  # titles of one font size: strips of one height
+    tiles = [np.pad(tile, ((height - tile.shape[0], 0), (0, 0), (0, 0)), constant_values=255) for tile in tiles]
+    gap = np.full((height, 4, 3), 255, np.uint8)
     row = [tiles[0]]
     for tile in tiles[1:]:
         row += [gap, tile]
