@@ -596,8 +596,13 @@ def test_lsn_source_takes_a_sub_folder_as_one_joint_of_visits(tmp_path):
         cv2.imwrite(str(tmp_path / "patient7" / f"visit{visit}.png"), synthetic_joint(64, visit + 1)[0])
     (tmp_path / ".hidden").mkdir()
     cv2.imwrite(str(tmp_path / ".hidden" / "x.png"), synthetic_joint(64, 9)[0])
+    # a sub-folder of drawn masks is no joint, nor are masks beside the crops
+    (tmp_path / "masks").mkdir()
+    mask = np.where(synthetic_joint(64, 0)[2], 255, 0).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "masks" / "alone_upper.png"), mask)
+    cv2.imwrite(str(tmp_path / "patient7" / "visit0_mask.png"), mask)
     source = LsnSource(tmp_path)
-    assert source.joint_ids() == ["alone", "patient7"] and source.describe()["n_crops"] == 4
+    assert source.joint_ids() == ["alone", "patient7"] and sum(map(len, joint_crops(tmp_path).values())) == 4
     drawn = {source.load("patient7", np.random.default_rng(seed)).metadata["image"] for seed in range(12)}
     assert drawn == {f"patient7/visit{visit}.png" for visit in range(3)}
     assert source.load("alone", np.random.default_rng(0)).metadata["image"] == "alone.png"

@@ -338,9 +338,10 @@ def test_summary_over_the_unflagged_pairs_and_of_the_reported_errors():
     assert stats["n_unflagged"] == 2 and stats["mismatch_rate_unflagged"] == 0.0
     assert stats["rmse_unflagged_px"] == pytest.approx(np.sqrt((0.02**2 + 0.01**2) / 2))
     assert stats["max_abs_error_unflagged_px"] == pytest.approx(0.02)
-    assert stats["n_with_se"] == 3
-    assert stats["z_rms"] == pytest.approx(np.sqrt((4 + 1 + 9) / 3))
-    assert stats["coverage_95"] == pytest.approx(1 / 3)
+    # the flagged pair's error is left out, as its estimate is
+    assert stats["n_with_se"] == 2
+    assert stats["z_rms"] == pytest.approx(np.sqrt((4 + 1) / 2))
+    assert stats["coverage_95"] == pytest.approx(1 / 2)
     # a method that reports no error, or rows logged before the column: no z
     plain = summarize([{k: v for k, v in row.items() if k != "se_px"} for row in rows])
     assert plain["n_with_se"] == 0 and plain["z_rms"] is None and plain["coverage_95"] is None

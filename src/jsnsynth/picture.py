@@ -214,12 +214,18 @@ def fill_from_picture(image: np.ndarray, fill: np.ndarray) -> np.ndarray:
     return filled
 
 
-#: A spectral peak that both images hold at least this many times above the power around it is a
-#: fixed pattern (an anti-scatter grid's lines, a detector's stripes): anatomy, which moves
-#: between visits, spreads its power; a pattern fixed to the detector puts it in a few bins.
+#: A spectral peak that both images hold at least this many times above the power around it may be
+#: a fixed pattern (an anti-scatter grid's lines, a detector's stripes): a few bins of power where
+#: the anatomy's is spread.
 FIXED_PATTERN_RATIO = 100.0
-#: Patterns of periods from 2 px up to this are looked for; slower ones are anatomy's band.
+#: Patterns of periods above 2 px (the Nyquist bins left out) up to this are looked for; slower
+#: ones are the anatomy's band.
 FIXED_PATTERN_MAX_PERIOD_PX = 16.0
+#: What makes a peak a pattern fixed to the detector rather than a periodic texture that moves with
+#: a bone (whose power stays where it was): the same phase in every image, within this many
+#: degrees, and amplitudes within this factor of each other (the visits' displays differ).
+FIXED_PATTERN_MAX_PHASE_DEG = 20.0
+FIXED_PATTERN_MAX_GAIN = 2.0
 #: Gaussian width (frequency bins) of the power around a peak.
 _BACKGROUND_SIGMA_BINS = 3.0
 #: A detector's pattern is a few sinusoids (an anti-scatter grid's lines and their harmonics),
@@ -234,12 +240,15 @@ def _spectrum_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     """For ``(h, w)`` images: the Hann window, each bin's ``fy`` and ``fx`` (cycles per px, zero
     frequency at ``(h // 2, w // 2)``), and the bins where a pattern is looked for: one half of
     the plane (a real image's spectrum is symmetric, each pattern shows twice), periods from 2 to
-    :data:`FIXED_PATTERN_MAX_PERIOD_PX` px."""
+    :data:`FIXED_PATTERN_MAX_PERIOD_PX` px, and not the first row or column (of an even size,
+    the Nyquist frequency, whose peak cannot be refined there)."""
     window = cv2.createHanningWindow((w, h), cv2.CV_32F)
     fy = (np.arange(h) - h // 2)[:, None] / h
     fx = (np.arange(w) - w // 2)[None, :] / w
     half = (fx > 0) | ((fx == 0) & (fy > 0))
     wanted = half & (np.sqrt(fy**2 + fx**2) >= 1.0 / FIXED_PATTERN_MAX_PERIOD_PX)
+    wanted[0, :] = False
+    wanted[:, 0] = False
     return window, fy, fx, wanted
 
 
@@ -260,17 +269,14 @@ def _peak_excess(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return power, power - cv2.GaussianBlur(power, (0, 0), _BACKGROUND_SIGMA_BINS, borderType=cv2.BORDER_REFLECT)
 
 
-def fixed_pattern_frequencies(*images: np.ndarray) -> list[tuple[float, float]]:
-    """Frequencies ``(fy, fx)`` (cycles per px, each pattern once) at which every image holds a
-    sharp peak of power: a pattern fixed to the detector, the same in every visit while the
-    anatomy moves, which a registration reads as a pull toward no motion (lines of 2 % at a
-    period of 4 px moved phantom pairs by up to 0.87 px, unflagged).
-
-    A peak counts where each image's log power exceeds its own Gaussian average around the bin
-    by ``log(FIXED_PATTERN_RATIO)``, at a period of 2 to :data:`FIXED_PATTERN_MAX_PERIOD_PX` px,
-    and is the largest of its 3 x 3 neighbours; its frequency is refined to a fraction of a bin
-    on the first image's spectrum (a parabola through the peak's log power and its neighbours:
-    the window's main lobe is nearly Gaussian).
+def spectral_peaks(*images: np.ndarray) -> list[tuple[float, float]]:
+    """Frequencies ``(fy, fx)`` (cycles per px, each once) at which every image holds a sharp peak
+    of power: where each image's log power exceeds its own Gaussian average around the bin by
+    ``log(FIXED_PATTERN_RATIO)``, at a period of 2 to :data:`FIXED_PATTERN_MAX_PERIOD_PX` px,
+    the largest of its 3 x 3 neighbours; each frequency refined to a fraction of a bin on the
+    first image's spectrum (a parabola through the peak's log power and its neighbours: the
+    window's main lobe is nearly Gaussian). Power alone does not tell a pattern fixed to the
+    detector from a periodic texture that moves: :func:`without_fixed_pattern` asks their phases.
     """
     h, w = images[0].shape
     _, fy, fx, wanted = _spectrum_grid(h, w)
@@ -283,9 +289,9 @@ def fixed_pattern_frequencies(*images: np.ndarray) -> list[tuple[float, float]]:
         candidate &= _peak_excess(image)[1] > threshold
     candidate &= excess >= cv2.dilate(excess, np.ones((3, 3), np.uint8))
     found = []
-    for y, x in zip(*np.nonzero(candidate)):
-        dy = _parabola_offset(first_power, y, x, 0) if 0 < y < h - 1 else 0.0
-        dx = _parabola_offset(first_power, y, x, 1) if 0 < x < w - 1 else 0.0
+    for y, x in zip(*np.nonzero(candidate)):  # never in the first row or column (wanted)
+        dy = _parabola_offset(first_power, y, x, 0) if y < h - 1 else 0.0
+        dx = _parabola_offset(first_power, y, x, 1) if x < w - 1 else 0.0
         found.append((float(fy[y, 0] + dy / h), float(fx[0, x] + dx / w)))
     return found
 
@@ -298,37 +304,77 @@ def _parabola_offset(power: np.ndarray, y: int, x: int, axis: int) -> float:
     return float(np.clip(0.5 * (minus - plus) / curvature, -0.5, 0.5)) if curvature < 0 else 0.0
 
 
-def remove_fixed_pattern(image: np.ndarray, frequencies: list[tuple[float, float]]) -> np.ndarray:
-    """``image`` less the sinusoids at ``frequencies`` (:func:`fixed_pattern_frequencies`), each
-    one's amplitude and phase fitted by least squares over the image (the anatomy, far weaker at
-    that frequency, barely enters) and subtracted (float32). A notch of the spectrum instead left
-    a tenth of a pattern whose period falls between the frequency bins, enough to pull the
-    registration by 0.04 px."""
-    out = np.asarray(image, dtype=np.float64).copy()
-    if not frequencies:
-        return out.astype(np.float32)
-    h, w = out.shape
+def _sinusoids(shape: tuple[int, int], frequencies: list[tuple[float, float]]) -> list[np.ndarray]:
+    """Per frequency, the ``(h * w, 2)`` design of its cosine and sine over the image."""
+    h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    designs = []
     for fy, fx in frequencies:
         phase = 2.0 * np.pi * (fx * xx + fy * yy)
-        design = np.stack([np.cos(phase).ravel(), np.sin(phase).ravel()], axis=1)
-        (a, b), *_ = np.linalg.lstsq(design, (out - out.mean()).ravel(), rcond=None)
-        out -= (design @ np.array([a, b])).reshape(h, w)
-    return out.astype(np.float32)
+        designs.append(np.stack([np.cos(phase).ravel(), np.sin(phase).ravel()], axis=1))
+    return designs
+
+
+def sinusoid_amplitudes(image: np.ndarray, designs: list[np.ndarray]) -> list[complex]:
+    """Least-squares amplitude of each sinusoid (:func:`_sinusoids`) in ``image``, as ``a + ib``
+    of ``a cos + b sin``; its angle is the sinusoid's phase in the image (each fitted alone: at
+    distinct frequencies they are nearly orthogonal, and the anatomy, far weaker at a peak's
+    frequency, barely enters)."""
+    values = np.asarray(image, dtype=np.float64).ravel()
+    values = values - values.mean()
+    amplitudes = []
+    for design in designs:
+        (a, b), *_ = np.linalg.lstsq(design, values, rcond=None)
+        amplitudes.append(complex(a, b))
+    return amplitudes
 
 
 def without_fixed_pattern(*images: np.ndarray) -> tuple[list[np.ndarray], list[tuple[float, float]]]:
-    """The images less the pattern they all hold fixed (:func:`fixed_pattern_frequencies`,
-    :func:`remove_fixed_pattern`, in each image's own type), and its frequencies; the images
-    themselves, and no
-    frequency, where there is none, or where it is more than :data:`MAX_FIXED_PATTERN_SINUSOIDS`
-    sinusoids or more than :data:`MAX_FIXED_PATTERN_SHARE` of an image's variance (images whose
-    rows all repeat made ten "patterns" of their whole content)."""
-    frequencies = fixed_pattern_frequencies(*images)
-    if not frequencies or len(frequencies) > MAX_FIXED_PATTERN_SINUSOIDS:
+    """The images less the pattern they all hold fixed to the detector, and its frequencies.
+
+    A pattern fixed to the detector (an anti-scatter grid's lines, a moiré of them) is in every
+    visit where the array is, while the joint moves under it, and pulls a registration toward no
+    motion (lines of 2 % at a period of 4 px moved phantom pairs by up to 0.87 px, unflagged). It
+    is a sharp peak of power at the same frequency in every image (:func:`spectral_peaks`) *and*
+    at the same phase, within :data:`FIXED_PATTERN_MAX_PHASE_DEG` and amplitudes within
+    :data:`FIXED_PATTERN_MAX_GAIN` of each other: a periodic texture that moves with a bone keeps
+    its power where it was but not its phase (such a texture, fitted out, moved phantom pairs by
+    0.07-0.10 px). Each such sinusoid, fitted by least squares over each image, is subtracted
+    (a notch of the spectrum instead left a tenth of a pattern whose period falls between the
+    frequency bins). The images come back themselves, with no frequency, where there is none,
+    or where the patterns are more than :data:`MAX_FIXED_PATTERN_SINUSOIDS` sinusoids or more
+    than :data:`MAX_FIXED_PATTERN_SHARE` of an image's variance (images whose rows all repeat
+    made ten "patterns" of their whole content); otherwise in their own types (integers rounded
+    and clipped to their range).
+    """
+    peaks = spectral_peaks(*images)
+    if not peaks:
         return list(images), []
-    cleaned = [remove_fixed_pattern(image, frequencies).astype(np.asarray(image).dtype) for image in images]
-    for image, clean in zip(images, cleaned):
-        if float(np.var(image - clean)) > MAX_FIXED_PATTERN_SHARE * float(np.var(image)):
+    designs = _sinusoids(np.shape(images[0]), peaks)
+    amplitudes = [sinusoid_amplitudes(image, designs) for image in images]
+    fixed = []
+    for k in range(len(peaks)):
+        first = amplitudes[0][k]
+        if abs(first) == 0.0:
+            continue
+        same = all(abs(math.degrees(np.angle(other[k] / first))) <= FIXED_PATTERN_MAX_PHASE_DEG
+                   and 1.0 / FIXED_PATTERN_MAX_GAIN <= abs(other[k]) / abs(first) <= FIXED_PATTERN_MAX_GAIN
+                   for other in amplitudes[1:])
+        if same:
+            fixed.append(k)
+    if not fixed or len(fixed) > MAX_FIXED_PATTERN_SINUSOIDS:
+        return list(images), []
+    cleaned = []
+    for image, image_amplitudes in zip(images, amplitudes):
+        values = np.asarray(image, dtype=np.float64)
+        pattern = sum(designs[k] @ np.array([image_amplitudes[k].real, image_amplitudes[k].imag]) for k in fixed)
+        pattern = pattern.reshape(values.shape)
+        if float(np.var(pattern)) > MAX_FIXED_PATTERN_SHARE * float(np.var(values)):
             return list(images), []
-    return cleaned, frequencies
+        clean = values - pattern
+        dtype = np.asarray(image).dtype
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            clean = np.clip(np.rint(clean), info.min, info.max)
+        cleaned.append(clean.astype(dtype))
+    return cleaned, [peaks[k] for k in fixed]

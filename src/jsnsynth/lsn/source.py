@@ -50,10 +50,18 @@ def check_crop_range(intensity: np.ndarray, path: str | os.PathLike) -> None:
                          "the full range")
 
 
+def _is_mask_file(path: Path) -> bool:
+    """Whether an image file holds two values only, as a drawn mask does (not a crop)."""
+    values = read_radiograph(path).intensity
+    low, high = float(values.min()), float(values.max())
+    return bool(low < high and not np.any((values != low) & (values != high)))
+
+
 def joint_crops(root: str | os.PathLike) -> dict[str, list[Path]]:
     """The crops of a folder by joint: each crop of the folder itself a joint (id its stem), each
     sub-folder that holds crops one joint whose crops are its visits (id its name; sub-folders of
-    sub-folders and hidden ones are not searched).
+    sub-folders and hidden ones are not searched). Images of two values only are masks, not
+    crops, wherever they are (a sub-folder of masks beside the crops is no joint).
 
     Raises:
         InputError: a missing folder, one without crops, or a crop's stem that is also a
@@ -66,14 +74,16 @@ def joint_crops(root: str | os.PathLike) -> dict[str, list[Path]]:
     suffixes = RASTER_SUFFIXES | DICOM_SUFFIXES
     if any(p.is_file() and p.suffix.lower() in suffixes for p in root.iterdir()):
         for path in folder_crops(root):
+            if _is_mask_file(path):
+                continue
             if path.stem in joints:
                 raise InputError(f"{path}: two crops share the joint id '{path.stem}'")
             joints[path.stem] = [path]
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if not any(p.is_file() and p.suffix.lower() in suffixes for p in folder.iterdir()):
             continue
-        visits = folder_crops(folder)
-        if not visits:  # only what `separate` wrote there
+        visits = [path for path in folder_crops(folder) if not _is_mask_file(path)]
+        if not visits:  # only masks, or what `separate` wrote there
             continue
         if folder.name in joints:
             raise InputError(f"{folder}: a sub-folder (one joint's visits) named as the crop {joints[folder.name][0].name}")
@@ -181,7 +191,6 @@ class LsnSource:
             "source": self.name,
             "root": str(self.root),
             "n_joints": len(self._files),
-            "n_crops": sum(len(paths) for paths in self._files.values()),
             "pixel_spacing_mm": self.pixel_spacing_mm,
             "weights": self.weights.name,
             # a run resumed across a change of the separation would mix two kinds of layers

@@ -54,6 +54,7 @@ from jsnsynth.synth.layers import (
     centroid_axis_deg,
     joint_axis_from_masks,
     joint_center_from_masks,
+    joint_extent,
 )
 from jsnsynth.synth.limits import MAX_SIDE_PX, MIN_LONG_SIDE_PX, MIN_SIDE_PX
 
@@ -421,26 +422,39 @@ def resolve_joint_frame(
         x, y = joint_center_from_masks(upper, lower, joint_axis_deg)
         joint_center_xy = (x + left, y + top)
     else:
-        try:
-            x, y = joint_center_from_masks(upper, lower, joint_axis_deg)
-        except InputError:  # bones that share no range across the given axis: no joint to compare with
-            x = y = None
-        if x is not None:
-            check_given_center(joint_center_xy, (x + left, y + top),
-                               float(np.linalg.norm(reg.mask_centroid(lower) - reg.mask_centroid(upper))))
+        check_given_center(joint_center_xy, upper, lower, joint_axis_deg, (left, top))
     return (float(joint_center_xy[0]), float(joint_center_xy[1])), float(joint_axis_deg)
 
 
-def check_given_center(center_xy: tuple[float, float], joint_xy: tuple[float, float], bones_apart_px: float) -> None:
-    """Reject a given joint centre farther from the joint (``joint_xy``, the centre from the masks)
-    than the two bones' centroids are from each other: JSN read there is the bones' relative
-    motion at a point of neither joint nor margin (the corner of a real crop read -1.33 px where
-    its joint reads +0.33 px, unflagged)."""
-    distance = math.hypot(center_xy[0] - joint_xy[0], center_xy[1] - joint_xy[1])
-    if distance > bones_apart_px:
-        raise InputError(f"joint centre ({center_xy[0]:g}, {center_xy[1]:g}) is {distance:.0f} px from the joint the "
-                         f"masks show (its centre ({joint_xy[0]:.0f}, {joint_xy[1]:.0f})), farther than the bones' "
-                         f"centroids are apart ({bones_apart_px:.0f} px): give a point of the joint")
+#: How far beyond the joint a given centre may lie, in units of the joint's width across the axis:
+#: a quarter of it to either side, and half of it above and below the joint line.
+CENTER_MARGIN_ACROSS = 0.25
+CENTER_MARGIN_ALONG = 0.5
+
+
+def check_given_center(center_xy: tuple[float, float], upper: np.ndarray, lower: np.ndarray, axis_deg: float,
+                       offset_xy: tuple[int, int] = (0, 0)) -> None:
+    """Reject a given joint centre that is not at the joint the masks show: in the joint's frame
+    (:func:`~jsnsynth.synth.layers.joint_extent`; the masks cut at ``offset_xy`` of the array),
+    across the axis within the range both bones cross, widened by :data:`CENTER_MARGIN_ACROSS`
+    of it on each side, and along it within :data:`CENTER_MARGIN_ALONG` of that width of the
+    joint line. JSN read elsewhere is the bones' relative motion at a point of neither joint nor
+    margin (a real crop's corner read a JSN of the other sign, unflagged). Bones that share no
+    range across the given axis have no joint to compare with: the centre is left as given."""
+    try:
+        (s_low, s_high), t_line = joint_extent(upper, lower, axis_deg)
+    except InputError:
+        return
+    axis = axis_vector(axis_deg)
+    across = np.array([axis[1], -axis[0]])
+    point = np.array([center_xy[0] - offset_xy[0], center_xy[1] - offset_xy[1]])
+    s, t = float(point @ across), float(point @ axis)
+    width = max(s_high - s_low, 1.0)
+    if not (s_low - CENTER_MARGIN_ACROSS * width <= s <= s_high + CENTER_MARGIN_ACROSS * width
+            and abs(t - t_line) <= CENTER_MARGIN_ALONG * width):
+        raise InputError(f"joint centre ({center_xy[0]:g}, {center_xy[1]:g}) is not at the joint the masks show "
+                         f"(across the joint axis {s - s_low:+.0f} px from where the bones' shared {width:.0f} px begin, "
+                         f"along it {t - t_line:+.0f} px from the joint line): give a point of the joint")
 
 
 def quantify_pair(
@@ -575,8 +589,13 @@ def quantify_pair(
         base, follow = fill_from_picture(base, fills[0]), fill_from_picture(follow, fills[1])
     # a pattern fixed to the detector (an anti-scatter grid's lines) is in both visits where the
     # anatomy is not: left in, it pulls the registration toward no motion
-    (base, follow), patterns = without_fixed_pattern(base, follow)
+    (cleaned_base, cleaned_follow), patterns = without_fixed_pattern(base, follow)
     if patterns:
+        # pixels a display window clipped stay at their level, where the clipping tests find them
+        for cleaned, image, (low, high) in ((cleaned_base, base, clipping[0]), (cleaned_follow, follow, clipping[1])):
+            clipped = (image <= low) | (image >= high)
+            cleaned[clipped] = image[clipped]
+        base, follow = cleaned_base, cleaned_follow
         periods = ", ".join(f"{1.0 / math.hypot(fy, fx):.1f}" for fy, fx in patterns)
         notes.append(f"fixed pattern removed: {len(patterns)} sinusoid(s) both images hold, periods {periods} px "
                      "(an anti-scatter grid's lines?)")

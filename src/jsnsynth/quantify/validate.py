@@ -510,12 +510,12 @@ def summarize(rows: list[dict]) -> dict:
     with a bound: the dataset's, the same for every method) and efficiency (RMSE / sqrt of the
     mean CRLB variance, both over the pairs with an estimate, a bound and image noise; ``None``
     without such pairs: a noise-free pair's bound is that of the 16-bit quantisation alone, about
-    1e-5 px, against which any method is thousands of times off). Over the pairs the method did
-    not flag: n_unflagged, rmse_unflagged_px, max_abs_error_unflagged_px and
-    mismatch_rate_unflagged (what a user who trusts the flags gets). For a method that reports a
-    standard error (``jsn_se_px``): n_with_se, z_rms (RMS of error / standard error: about 1 if
-    the errors it reports are honest) and coverage_95 (share of |error| within 1.96 of them);
-    ``None`` without.
+    1e-5 px, against which any method is thousands of times off). Over the pairs the method
+    estimated and did not flag: n_unflagged, rmse_unflagged_px, max_abs_error_unflagged_px and
+    mismatch_rate_unflagged (what a user who trusts the flags gets; the pairs it failed on are
+    in mismatch_rate alone). For a method that reports a standard error (``jsn_se_px``), over
+    those pairs: n_with_se, z_rms (RMS of error / standard error: about 1 if the errors it
+    reports are honest) and coverage_95 (share of |error| within 1.96 of them); ``None`` without.
     """
     if not rows:
         return {"n": 0}
@@ -546,7 +546,8 @@ def summarize(rows: list[dict]) -> dict:
     out["max_abs_error_unflagged_px"] = float(np.max(np.abs(errors[unflagged]))) if unflagged.any() else None
     out["mismatch_rate_unflagged"] = float(np.mean(np.abs(errors[unflagged]) > MISMATCH_PX)) if unflagged.any() else None
     se = np.array([r.get("se_px", np.nan) for r in rows], dtype=np.float64)  # rows logged before it: none
-    with_se = finite & np.isfinite(se) & (se > 0)
+    # over the unflagged pairs: a flagged pair's standard error is not to be trusted, as its estimate
+    with_se = unflagged & np.isfinite(se) & (se > 0)
     out["n_with_se"] = int(with_se.sum())
     z = errors[with_se] / se[with_se]
     out["z_rms"] = float(np.sqrt(np.mean(z**2))) if z.size else None

@@ -165,6 +165,26 @@ def _facing_profiles(
     return shared + offset, upper_edge[shared], lower_edge[shared]
 
 
+def joint_extent(
+    upper_mask: np.ndarray, lower_mask: np.ndarray, axis_deg: float
+) -> tuple[tuple[float, float], float]:
+    """Where the joint lies in its own frame (``s`` across the axis, ``t`` along it, as
+    ``x = s * across + t * axis`` with ``across`` the axis turned to +x): the range across the
+    axis that both bones cross, and the joint line along it (the median, over the middle half of
+    that range, of the middle of the joint space; toward the range's ends a bone's edge is its
+    side, not its articular end).
+
+    Raises:
+        InputError: a mask is empty, or the bones share no range across the axis.
+    """
+    upper_mask, lower_mask = _check_masks(upper_mask, lower_mask)
+    s, upper_edge, lower_edge = _facing_profiles(upper_mask, lower_mask, axis_deg)
+    quarter = (s[-1] - s[0]) / 4.0
+    middle = (s >= s[0] + quarter) & (s <= s[-1] - quarter)
+    line = np.median(((upper_edge + lower_edge) / 2.0)[middle if middle.any() else slice(None)])
+    return (float(s[0]), float(s[-1])), float(line)
+
+
 #: Crops are stored with the joint axis vertical; masks whose bones lie further apart sideways
 #: than this are swapped or side by side, not a joint.
 MAX_AXIS_TILT_DEG = 45.0
