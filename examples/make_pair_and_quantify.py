@@ -2,10 +2,12 @@
 
 Run:  python examples/make_pair_and_quantify.py [OUT_DIR]
 
-Writes OUT_DIR/baseline.png, followup.png (16-bit), upper.png, lower.png (baseline masks) and
-truth.json, then measures the pair with the bundled quantifier. The same files work with the
-command line:  jsnsynth quantify OUT/baseline.png OUT/followup.png --upper-mask OUT/upper.png
---lower-mask OUT/lower.png --pixel-spacing 0.175
+Writes OUT_DIR/baseline.png, followup.png (16-bit), upper.png, lower.png (baseline masks),
+truth.json and pairs.csv (the pair as a one-row table of pairs), then measures the pair with the
+bundled quantifier. The same files work with the command line:
+  jsnsynth quantify OUT/baseline.png OUT/followup.png --upper-mask OUT/upper.png
+      --lower-mask OUT/lower.png --pixel-spacing 0.175
+  jsnsynth quantify-batch OUT/pairs.csv --out OUT/results.csv --pixel-spacing 0.175
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def main(out_dir: Path) -> None:
     write_bytes_atomic(out_dir / "upper.png", encode_png(layers.upper_mask.astype(np.uint8) * 255))
     write_bytes_atomic(out_dir / "lower.png", encode_png(layers.lower_mask.astype(np.uint8) * 255))
     write_bytes_atomic(out_dir / "truth.json", json.dumps(params.to_dict(), indent=2).encode())
+    # a study's table of visit pairs, here of one (paths relative to the table's folder)
+    write_bytes_atomic(out_dir / "pairs.csv",
+                       b"id,baseline,followup,upper_mask,lower_mask\nexample,baseline.png,followup.png,upper.png,lower.png\n")
 
     # No joint centre given: the quantifier reads JSN in the frame of the baseline masks, the
     # frame in which the pair's truth is stated (pair.baseline_layers.joint_center_xy).
