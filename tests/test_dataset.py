@@ -475,7 +475,10 @@ def test_ctrl_c_stops_a_multiprocess_run_in_one_line(tmp_path: Path) -> None:
     out = tmp_path / "ds"
     command = [sys.executable, "-m", "jsnsynth.cli", "dataset", "--source", "phantom", "--pairs", "20000", "--size", "64",
                "--layers-every", "0", "--num-proc", "2", "--out", str(out), "--quiet"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    # Ctrl-C's default action in the run, whoever started the tests: a job started in the
+    # background of a non-interactive shell ignores SIGINT, and a child inherits that
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not list((out / UNFINISHED_DIR / "data").glob("*.parquet")) and process.poll() is None and time.monotonic() < deadline:
@@ -509,7 +512,10 @@ def test_a_worker_killed_mid_run_stops_it_in_one_line_and_the_run_resumes(tmp_pa
     out = tmp_path / "ds"
     command = [sys.executable, "-m", "jsnsynth.cli", "dataset", "--source", "phantom", "--pairs", "600", "--size", "64",
                "--layers-every", "0", "--num-proc", "2", "--shard-size", "10", "--out", str(out), "--quiet"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    # Ctrl-C's default action in the run, whoever started the tests: a job started in the
+    # background of a non-interactive shell ignores SIGINT, and a child inherits that
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not list((out / UNFINISHED_DIR / "data").glob("*.parquet")) and process.poll() is None and time.monotonic() < deadline:
