@@ -89,6 +89,7 @@ def cli() -> None:
       jsnsynth phantom --n 8 --out phantoms/           physics phantoms with exact layers
       jsnsynth dataset --source phantom --pairs 100 --out ds/   labelled baseline/follow-up pairs
       jsnsynth quantify base.png follow.png --upper-mask u.png --lower-mask l.png
+      jsnsynth quantify-batch pairs.csv --out results.csv   a study's visit pairs, one row each
       jsnsynth validate ds/                            accuracy of a JSN method against truth
 
     Sign convention: JSN progression = dy_upper - dy_lower, the two bones' displacements along
