@@ -288,7 +288,7 @@ def publish_command(folder: Path, repo_id: str, private: bool) -> None:
 @click.option("--json", "json_out", type=NonEmptyPath(), callback=_file_to_write, help="Also write the JSON record here.")
 @click.option("--joint-center", type=FiniteFloatRange(), nargs=2, metavar="X Y", default=None,
               help="Joint centre (px) where JSN is read; default: from the baseline masks, as in jsnsynth datasets. "
-                   "A point farther from the masks' joint than the bones' centroids are apart is refused.")
+                   "A point not at the joint the masks show is refused.")
 @click.option("--joint-axis-deg", type=FiniteFloatRange(), default=None,
               help="Joint axis angle from +y (upper -> lower bone), degrees, clockwise as the image is shown "
                    "(90: pointing to -x, left); default: from the baseline masks. "

@@ -99,6 +99,12 @@ MIN_FILL_EDGE_SHARE = 0.02
 MIN_FILL_SPIKE = 10.0
 
 
+def two_values_only(image: np.ndarray) -> bool:
+    """Whether ``image`` holds exactly two values, as a drawn mask does (a radiograph never)."""
+    low, high = image.min(), image.max()
+    return bool(low < high and not np.any((image != low) & (image != high)))
+
+
 def grown(mask: np.ndarray, radius_px: float) -> np.ndarray:
     """``mask`` and every pixel within ``radius_px`` of it (Euclidean, to OpenCV's 5x5 chamfer:
     within 2 %), at any radius for the cost of one distance transform (a third of the exact

@@ -19,6 +19,7 @@ import numpy as np
 from jsnsynth.errors import InputError
 from jsnsynth.lsn.infer import (DEFAULT_WEIGHTS, SEPARATION_REVISION, folder_crops, load_model, separate_intensity,
                                 warn_if_doubtful)
+from jsnsynth.picture import two_values_only
 from jsnsynth.synth.io import DICOM_SUFFIXES, RASTER_SUFFIXES, check_measurable_size, files_digest, read_radiograph
 from jsnsynth.synth.layers import JointLayers, check_joint_masks
 
@@ -50,11 +51,16 @@ def check_crop_range(intensity: np.ndarray, path: str | os.PathLike) -> None:
                          "the full range")
 
 
-def _is_mask_file(path: Path) -> bool:
-    """Whether an image file holds two values only, as a drawn mask does (not a crop)."""
-    values = read_radiograph(path).intensity
-    low, high = float(values.min()), float(values.max())
-    return bool(low < high and not np.any((values != low) & (values != high)))
+def _is_crop(path: Path) -> bool:
+    """Whether an image file is a crop the source takes, read and checked once, up front (a
+    damaged, too small or too faint one is an error before anything is written); an image of two
+    values only is a drawn mask, not a crop."""
+    intensity = read_radiograph(path).intensity
+    if two_values_only(intensity):
+        return False
+    check_measurable_size(intensity.shape, path)
+    check_crop_range(intensity, path)
+    return True
 
 
 def joint_crops(root: str | os.PathLike) -> dict[str, list[Path]]:
@@ -64,8 +70,9 @@ def joint_crops(root: str | os.PathLike) -> dict[str, list[Path]]:
     crops, wherever they are (a sub-folder of masks beside the crops is no joint).
 
     Raises:
-        InputError: a missing folder, one without crops, or a crop's stem that is also a
-            sub-folder's name.
+        InputError: a missing folder, one without crops, a crop's stem that is also a
+            sub-folder's name, or a crop that cannot be read, is too small to measure or too
+            faint (:func:`check_crop_range`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -74,7 +81,7 @@ def joint_crops(root: str | os.PathLike) -> dict[str, list[Path]]:
     suffixes = RASTER_SUFFIXES | DICOM_SUFFIXES
     if any(p.is_file() and p.suffix.lower() in suffixes for p in root.iterdir()):
         for path in folder_crops(root):
-            if _is_mask_file(path):
+            if not _is_crop(path):
                 continue
             if path.stem in joints:
                 raise InputError(f"{path}: two crops share the joint id '{path.stem}'")
@@ -82,7 +89,7 @@ def joint_crops(root: str | os.PathLike) -> dict[str, list[Path]]:
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if not any(p.is_file() and p.suffix.lower() in suffixes for p in folder.iterdir()):
             continue
-        visits = [path for path in folder_crops(folder) if not _is_mask_file(path)]
+        visits = [path for path in folder_crops(folder) if _is_crop(path)]
         if not visits:  # only masks, or what `separate` wrote there
             continue
         if folder.name in joints:
@@ -122,15 +129,9 @@ class LsnSource:
         weights: str | os.PathLike | None = None,
     ) -> None:
         self.root = Path(root)
-        # the crops `separate` takes: run on a folder it wrote into, its layers are no crops
+        # the crops `separate` takes (run on a folder it wrote into, its layers are no crops),
+        # each read and checked up front
         self._files = joint_crops(self.root)
-        for paths in self._files.values():
-            for path in paths:
-                # every crop read up front: a damaged, too small or too faint one is an error before
-                # anything is written
-                intensity = read_radiograph(path).intensity
-                check_measurable_size(intensity.shape, path)
-                check_crop_range(intensity, path)
         self.pixel_spacing_mm = pixel_spacing_mm
         self.weights = Path(weights) if weights is not None else DEFAULT_WEIGHTS
         self._model = load_model(self.weights)

@@ -30,6 +30,7 @@ from jsnsynth.picture import (
     fill_from_picture,
     find_fill,
     grown,
+    two_values_only,
     without_fixed_pattern,
 )
 from jsnsynth.quantify import register as reg
@@ -52,6 +53,7 @@ from jsnsynth.synth.layers import (
     BonesNotStackedError,
     check_pixel_spacing,
     centroid_axis_deg,
+    frame_coordinates,
     joint_axis_from_masks,
     joint_center_from_masks,
     joint_extent,
@@ -255,10 +257,9 @@ def check_contrast(image: np.ndarray, name: str, where: np.ndarray | None = None
 def check_not_a_mask(image: np.ndarray, name: str) -> None:
     """Reject an image of two values only: a mask given where a radiograph belongs (swapped
     arguments) would otherwise be read as a picture padded to size, or registered as one."""
-    low, high = float(image.min()), float(image.max())
-    if low < high and not np.any((image != low) & (image != high)):  # a constant one: check_contrast
-        raise InputError(f"{name} holds two values only ({low:g} and {high:g}), as a mask does: give the "
-                         "radiographs as the images and the masks as masks")
+    if two_values_only(image):  # a constant one is check_contrast's
+        raise InputError(f"{name} holds two values only ({float(image.min()):g} and {float(image.max()):g}), as a "
+                         "mask does: give the radiographs as the images and the masks as masks")
 
 
 def check_masks_apart(upper: np.ndarray, lower: np.ndarray, label: str) -> None:
@@ -445,10 +446,7 @@ def check_given_center(center_xy: tuple[float, float], upper: np.ndarray, lower:
         (s_low, s_high), t_line = joint_extent(upper, lower, axis_deg)
     except InputError:
         return
-    axis = axis_vector(axis_deg)
-    across = np.array([axis[1], -axis[0]])
-    point = np.array([center_xy[0] - offset_xy[0], center_xy[1] - offset_xy[1]])
-    s, t = float(point @ across), float(point @ axis)
+    s, t = frame_coordinates(center_xy[0] - offset_xy[0], center_xy[1] - offset_xy[1], axis_deg)
     width = max(s_high - s_low, 1.0)
     if not (s_low - CENTER_MARGIN_ACROSS * width <= s <= s_high + CENTER_MARGIN_ACROSS * width
             and abs(t - t_line) <= CENTER_MARGIN_ALONG * width):

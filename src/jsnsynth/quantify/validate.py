@@ -538,9 +538,9 @@ def summarize(rows: list[dict]) -> dict:
             max_abs_error_px=float(np.max(np.abs(e))),
         )
     out["mismatch_rate"] = float(np.mean(~finite | (np.abs(np.nan_to_num(errors, nan=np.inf)) > MISMATCH_PX)))
-    flags = [bool(r["flagged"]) for r, estimated in zip(rows, finite) if estimated]
-    out["flag_rate"] = float(np.mean(flags)) if flags else None
-    unflagged = finite & ~np.array([bool(r["flagged"]) for r in rows])
+    flagged = np.array([bool(r["flagged"]) for r in rows])
+    out["flag_rate"] = float(np.mean(flagged[finite])) if finite.any() else None
+    unflagged = finite & ~flagged
     out["n_unflagged"] = int(unflagged.sum())
     out["rmse_unflagged_px"] = float(np.sqrt(np.mean(errors[unflagged] ** 2))) if unflagged.any() else None
     out["max_abs_error_unflagged_px"] = float(np.max(np.abs(errors[unflagged]))) if unflagged.any() else None

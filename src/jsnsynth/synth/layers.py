@@ -123,12 +123,19 @@ def validate_layers(layers: JointLayers) -> None:
         raise InputError(f"pixel spacing must be a positive number, got {layers.pixel_spacing_mm}")
 
 
+def frame_coordinates(x, y, axis_deg: float):
+    """Across-axis ``s`` and along-axis ``t`` coordinates of image points ``(x, y)`` (numbers or
+    arrays) in the joint frame of axis ``axis_deg``: ``(x, y) = s * across + t * axis``, with
+    ``across`` the +x direction turned like the axis."""
+    axis = axis_vector(axis_deg)
+    across = np.array([axis[1], -axis[0]])
+    return x * across[0] + y * across[1], x * axis[0] + y * axis[1]
+
+
 def _frame_coordinates(mask: np.ndarray, axis_deg: float) -> tuple[np.ndarray, np.ndarray]:
     """Across-axis ``s`` and along-axis ``t`` coordinates of a mask's pixels."""
     rows, cols = np.nonzero(mask)
-    axis = axis_vector(axis_deg)
-    across = np.array([axis[1], -axis[0]])  # +x rotated like the axis
-    return cols * across[0] + rows * across[1], cols * axis[0] + rows * axis[1]
+    return frame_coordinates(cols, rows, axis_deg)
 
 
 def _check_masks(upper_mask: np.ndarray, lower_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
