@@ -8,7 +8,8 @@ one side, mirrored, turned (the joint frame given, turned with them: by quarter 
 black or mirrored), masks eroded or dilated, up- or downsampled, sharpened or equalised as sites
 process radiographs for display (both visits alike, or the follow-up alone), the follow-up alone
 given a smooth field (a heel effect that changed) or scatter or glare (a share of the signal
-spread by a broad Gaussian kernel), or both given the lines of an anti-scatter grid. Real visits
+spread by a broad Gaussian kernel) or blurred along one direction (a patient's motion), or both
+given the lines of an anti-scatter grid. Real visits
 differ in 3-D pose, so the table gives the largest change of JSN, for the pairs the method does
 not flag and, apart, for those it does. Synthetic noise-free pairs (the dataset builder, phantom
 and real layers) show the same changes against exact truth. Masks from the bundled LSN in place
@@ -41,7 +42,7 @@ from jsnsynth.synth.geometry import frame_under_affine
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM
 from jsnsynth.synth.pairs import PairConfig
 from jsnsynth.synth.sources import open_source
-from jsnsynth.synth.xray import ImagingRanges
+from jsnsynth.synth.xray import BlurSpectrum, ImagingRanges
 
 #: A pair: ``(baseline, follow-up, upper, lower, follow-up upper, follow-up lower)``.
 Pair = tuple[np.ndarray, ...]
@@ -128,11 +129,16 @@ def mirrored(pair: Pair) -> Pair:
 #: the other not: label -> (which images, function of an image in [0, 1]). Unsharp masking
 #: ``f + amount (f - G_sigma * f)``, clipped; CLAHE at 16 bits; a field rising linearly from the
 #: top of the crop to its bottom by ``a`` of the display range (a heel effect or scatter that
-#: changed between the visits), clipped.
+#: changed between the visits), clipped; a Gaussian blur of covariance ``diag(a, b)`` (px^2)
+#: on the stored intensities (a motion during the follow-up's exposure).
 PROCESSINGS = {
     "the follow-up alone 1 % brighter at the bottom than at the top (a linear field)": ((1,), ("field", 0.01, 0.0)),
     "the follow-up alone with 5 % scatter or glare, a blurred copy of itself (sigma 20 px)": ((1,), ("glare", 0.05, 20.0)),
     "the follow-up alone with 5 % scatter or glare, a blurred copy of itself (sigma 60 px)": ((1,), ("glare", 0.05, 60.0)),
+    "the follow-up alone blurred by a motion down the picture (along the finger: 2.25 px^2 more variance down the "
+    "columns)": ((1,), ("motion", 0.0, 2.25)),
+    "the follow-up alone blurred by a motion across the picture (across the finger: 2.25 px^2 more variance along "
+    "the rows)": ((1,), ("motion", 2.25, 0.0)),
     "both visits with lines fixed to the detector (an anti-scatter grid's: 2 %, period 4.3 px)":
         ((0, 1), ("lines", 0.02, 4.3)),
     "both visits sharpened alike (unsharp mask, sigma 8 px, amount 0.6)": ((0, 1), ("unsharp", 8.0, 0.6)),
@@ -171,6 +177,8 @@ def processed(pair: Pair, label: str) -> Pair:
             out = clahe_equalised(f, a, b, bits)
         elif kind == "glare":  # a share of the signal spread by a broad kernel: (1 - a) f + a G_b * f
             out = (1.0 - a) * f + a * cv2.GaussianBlur(f, (0, 0), b, borderType=cv2.BORDER_REFLECT)
+        elif kind == "motion":  # a Gaussian of covariance diag(a, b): the mean blur of a steady motion
+            out = np.clip(BlurSpectrum(f, 16).blurred_by_covariance((a, b, 0.0)), 0.0, 1.0)
         elif kind == "lines":  # rows brighter and darker by turns, fixed to the array while the joint moves
             out = np.clip(f + a * np.cos(2.0 * np.pi * np.arange(f.shape[0]) / b + 0.3)[:, None], 0.0, 1.0)
         elif kind == "field":

@@ -68,6 +68,34 @@ def test_blur_is_the_gaussian_it_records_at_every_frequency(sigma_px: float) -> 
                 assert gain == pytest.approx(expected, abs=2e-3), (direction_deg, frequency, dtype)
 
 
+@pytest.mark.parametrize("covariance_px2", [(2.0, 0.5, 0.7), (0.3, 1.2, -0.5), (0.375, 1.125, 0.6495)])
+@pytest.mark.parametrize("width", [96, 97])
+def test_a_blur_by_covariance_is_its_gaussian_in_every_direction(covariance_px2, width) -> None:
+    """A Gaussian of covariance C keeps exp(-2 pi^2 f^2 u^T C u) of a sinusoid's amplitude along
+    direction u: rows, columns and both diagonals (the cross term's sign), on even and odd widths
+    (the packed spectrum's first and last columns), for a line blur (the last covariance, of rank
+    one) too. The isotropic case is :meth:`BlurSpectrum.blurred` to rounding."""
+    cxx, cyy, cxy = covariance_px2
+    y, x = np.mgrid[0:97, 0:width].astype(np.float64)
+    inner = (slice(24, 72), slice(24, 72))
+    for direction_deg in (0.0, 90.0, 35.0, -35.0):
+        u = (math.cos(math.radians(direction_deg)), math.sin(math.radians(direction_deg)))
+        along = x * u[0] + y * u[1]
+        spread = cxx * u[0] ** 2 + cyy * u[1] ** 2 + 2.0 * cxy * u[0] * u[1]
+        for frequency in (0.05, 0.125, 0.25):
+            wave = np.cos(2.0 * np.pi * frequency * along + 0.3)
+            blurred = xray.BlurSpectrum(0.5 + 0.2 * wave, 16).blurred_by_covariance(covariance_px2)
+            gain = float(np.sum((blurred[inner] - 0.5) * wave[inner]) / np.sum(0.2 * wave[inner] ** 2))
+            expected = math.exp(-2.0 * math.pi**2 * frequency**2 * spread)
+            assert gain == pytest.approx(expected, abs=2e-3), (direction_deg, frequency)
+    image = np.random.default_rng(0).random((40, width))
+    spectrum = xray.BlurSpectrum(image, 16)
+    np.testing.assert_allclose(spectrum.blurred_by_covariance((1.44, 1.44, 0.0)), spectrum.blurred(1.2), atol=1e-12)
+    assert spectrum.blurred_by_covariance((0.0, 0.0, 0.0)) is spectrum.image
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        spectrum.blurred_by_covariance((1.0, 1.0, 1.5))
+
+
 def test_display_mapping_window_and_gamma() -> None:
     params = xray.ImagingParams(window_low=0.2, window_high=0.6, gamma=2.0)
     out = xray.display_mapping(np.array([0.0, 0.2, 0.4, 0.6, 0.9]), params)

@@ -615,6 +615,14 @@ def quantify_pair(
         angle_deg, magnification = bones_info["wide_start"]
         notes.append(f"repositioned beyond the usual: the follow-up is turned by about {angle_deg:.0f} deg and "
                      f"magnified about {magnification:.2f} times against the baseline (coarse wide search)")
+    if bones_info["blur_anisotropy"] is not None:
+        # a note, not a flag: the blurs are matched (method step 3)
+        alpha, beta = bones_info["blur_anisotropy"]
+        along_deg = round(math.degrees(0.5 * math.atan2(beta, alpha))) % 180  # an axis: 0-179
+        notes.append(f"blur differs by direction: the follow-up is blurred more than the baseline along "
+                     f"{along_deg} deg from the picture's x axis (y down) and less across it, by "
+                     f"{math.hypot(alpha, beta):.2f} px^2 of variance either way (a motion during an exposure?); "
+                     "matched")
     # residuals judged after removing a per-bone quadratic intensity mapping (exposure/gamma)
     maps, raw_stats = residual_maps(base, follow, regions, {"upper": pu, "lower": pl}, local_center,
                                     photometric_order=2, keep_maps=keep_residuals, follow_coef=follow_coef,
@@ -766,6 +774,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             raise InputError(f"the {name}-bone mask leaves fewer than {MIN_BONE_PX} pixels to register")
     params = dict(coarse)
     fits = {}
+    blur_anisotropy = None  # the direction-dependent blur difference matched, (alpha, beta) px^2
     for level in range(settings.levels, -1, -1):
         f = 2**level
         if level == 0 and settings.levels > 0 and settings.match_blur:
@@ -779,6 +788,25 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             unclipped = reg.unclipped_regions(windows, *clipping, settings.clipped_margin_px)
             matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2, settings.max_blur_difference_px2)
             blur_x = matcher.variance_difference([fw for _, fw, _ in windows])
+            if settings.match_blur_anisotropy:
+                blur_x, alpha, beta = matcher.with_anisotropy([fw for _, fw, _ in windows], blur_x,
+                                                              settings.min_blur_anisotropy_px2)
+                if alpha or beta:
+                    # a blur that differs by direction (a patient's motion) is matched first,
+                    # by a line blur of each image, so that everything after (the displays'
+                    # gammas, the intensity mapping, the isotropic search) sees images whose
+                    # blurs differ alike in every direction: the intensity mapping fitted
+                    # across the unmatched part bent the mapping and biased the JSN by as much
+                    # as the blur itself
+                    line_b, line_f = reg.line_blurs(alpha, beta)
+                    # the follow-up's own frame is turned and magnified against the baseline's,
+                    # in which the windows and the estimate are
+                    turn = 0.5 * (params["upper"][:2] + params["lower"][:2])
+                    base, follow = reg.line_blurred(base, line_b), reg.line_blurred(follow, reg.turned_covariance(line_f, turn))
+                    blur_anisotropy = (alpha, beta)
+                    windows = [(reg.line_blurred(bw, line_b), reg.line_blurred(fw, line_f), r) for bw, fw, r in windows]
+                    matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2,
+                                              settings.max_blur_difference_px2)
             # the intensity fits read the windows' unclipped flat pixels with the blurs matched
             # (blurs commute with the nearly rigid warps)
             fit_windows = [(bw, fw, r) for (bw, fw, _), r in zip(windows, unclipped)]
@@ -813,13 +841,12 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
                 blur_x = matcher.variance_difference(
                     [reg.apply_polynomial(fw, mapping) for _, fw, _ in windows], rounds=1, initial=blur_x
                 )
-            extra_blur_px = (math.sqrt(max(blur_x, 0.0)), math.sqrt(max(-blur_x, 0.0)))
-            base0 = reg.gaussian_blur(base, extra_blur_px[0])
+            base0 = reg.gaussian_blur(base, math.sqrt(max(blur_x, 0.0)))
             # a sharper follow-up is blurred *before* it is mapped, as the mapping was fitted: on
             # blurred windows. The mapping stands for the two displays, which act after the
             # detector blur; blurring the mapped image instead blurs through a display
             # nonlinearity the baseline never went through (docs/quantify-method.md, step 3)
-            mapped = reg.gaussian_blur(follow, extra_blur_px[1])
+            mapped = reg.gaussian_blur(follow, math.sqrt(max(-blur_x, 0.0)))
             if mapping is not None:
                 mapped = reg.apply_polynomial(mapped, mapping)
             pyr_b[0] = reg.build_pyramid(base0, 0, settings.smooth_sigma_px)[0]
@@ -889,6 +916,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             return float(gradient @ covariance @ gradient)
     info = {name: {"region": regions[name]} for name in regions}
     info["wide_start"] = wide_start
+    info["blur_anisotropy"] = blur_anisotropy
     t_fine = time.perf_counter() - t1
     return fits, coarse, info, variance_of, t_coarse, t_fine, follow_coef
 

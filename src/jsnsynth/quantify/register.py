@@ -118,6 +118,15 @@ class RegistrationSettings:
             drowned in the noise, so the limit grew with the noise and the bias with it (real
             layers at low noise +0.0070 px). A misaligned edge leaves a residual of both
             signs a pixel apart, which the average cancels: edges keep their weight.
+        match_blur_anisotropy: with ``match_blur``, match a blur difference that differs by
+            direction too (a patient's motion during one exposure), where it reaches
+            ``min_blur_anisotropy_px2`` and both bones read it alike
+            (:meth:`BlurMatcher.with_anisotropy`); the isotropic match alone leaves it to bias the JSN.
+        min_blur_anisotropy_px2: the smallest direction-dependent blur difference matched (the
+            eigenvalue of its traceless part). Pairs without one read 0.01-0.21 px^2 on the
+            benchmark's sets (their blurs differ alike in every direction; the larger values on
+            real layers at high noise), so none of them is touched; at 0.25 px^2 a motion across
+            the joint biases the JSN by about 0.02 px.
         equalise_display_gamma: once the blurs are first matched (``match_blur``, ``levels > 0``),
             raise the two images to the powers that give their displays one gamma
             (:func:`display_gamma_ratio`); the intensity mapping, the blur search after it and
@@ -162,6 +171,8 @@ class RegistrationSettings:
     fine_robust_k: float = 3.0
     robust_smoothing_px: float = 2.0
     equalise_display_gamma: bool = True
+    match_blur_anisotropy: bool = True
+    min_blur_anisotropy_px2: float = 0.25
     border_px: int = BORDER_PX
     clipped_margin_px: int = 4
     window_margin_px: int = 12
@@ -204,6 +215,7 @@ class RegistrationSettings:
             window_margin_px=scaled_length(self.window_margin_px, up),
             common_blur_variance_px2=self.common_blur_variance_px2 * up**2,
             max_blur_difference_px2=self.max_blur_difference_px2 * up**2,
+            min_blur_anisotropy_px2=self.min_blur_anisotropy_px2 * up**2,
             residual_lag_px=scaled_length(self.residual_lag_px, up),
         )
 
@@ -1010,6 +1022,100 @@ def blur_difference(
     return float(solution[3]) if np.isfinite(solution[3]) else 0.0
 
 
+@functools.lru_cache(maxsize=1)
+def _anisotropy_taps(sigma_px: float = 1.25, radius_px: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1-D Gaussian taps and their first and second derivatives (sigma as the ring Laplacian's
+    smoothing, :func:`_ring_laplacian`), made exact on polynomials: ``g0`` sums to 1, ``g1`` maps
+    ``x`` to 1, ``g2`` maps 1 to 0 and ``x^2`` to 2.
+
+    Smoothed ``d2/dx2 - d2/dy2`` is then ``g2(x) g0(y) - g0(x) g2(y)`` and ``d2/dxdy``
+    ``g1(x) g1(y)``: separable, and both vanish at their centre (the smoothing is isotropic),
+    so, like the ring Laplacian, they do not see the pixel's own noise, which is also in the
+    regression's target.
+    """
+    r = np.arange(-radius_px, radius_px + 1, dtype=np.float64)
+    g = np.exp(-r * r / (2.0 * sigma_px**2))
+    g0 = g / g.sum()
+    g1 = r * g
+    g1 /= float(np.sum(g1 * r))
+    g2 = (r * r / sigma_px**2 - 1.0) * g
+    g2 -= g0 * g2.sum()  # zero sum: a constant has no curvature
+    g2 *= 2.0 / float(np.sum(g2 * r * r))
+    taps = tuple(t.astype(np.float32) for t in (g0, g1, g2))
+    for t in taps:
+        t.flags.writeable = False  # shared by every call (cached)
+    return taps
+
+
+def anisotropy_columns(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Smoothed ``(d2/dx2 - d2/dy2) I`` and ``d2/dxdy I`` of an image (float32, replicated
+    border; :func:`_anisotropy_taps`)."""
+    image = np.asarray(image, dtype=np.float32)
+    g0, g1, g2 = _anisotropy_taps()
+    border = cv2.BORDER_REPLICATE
+    plus = cv2.sepFilter2D(image, cv2.CV_32F, g2, g0, borderType=border)
+    plus -= cv2.sepFilter2D(image, cv2.CV_32F, g0, g2, borderType=border)
+    return plus, cv2.sepFilter2D(image, cv2.CV_32F, g1, g1, borderType=border)
+
+
+def blur_covariance_difference(
+    windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], designs: list[BlurDesign] | None = None
+) -> tuple[float, float, float]:
+    """Estimate the follow-up's extra blur covariance, direction-dependent part included, to
+    first order.
+
+    A Gaussian blur of covariance ``C`` obeys ``dI / dC_ij = d_i d_j I / 2``, so with the
+    follow-up's extra covariance ``d I + [[alpha, beta], [beta, -alpha]]`` over the aligned bone
+    regions ``F - B ~ c0 + c1 B + c2 B^2 + d lap(B) / 2 + alpha (B_xx - B_yy) / 2 + beta B_xy``
+    (the isotropic columns of :func:`blur_difference`, which keep ``d`` from leaking into the
+    others on bones whose edges run mostly one way).
+
+    Returns:
+        ``(d, alpha, beta)`` (px^2); zeros with too few pixels.
+    """
+    if designs is None:
+        designs = [blur_design(base, region) for base, _, region in windows]
+    if sum(d.values.size for d in designs) < 20:
+        return 0.0, 0.0, 0.0
+    normal, rhs = np.zeros((6, 6)), np.zeros(6)
+    for (base, follow, _), d in zip(windows, designs):
+        plus, cross = anisotropy_columns(base)
+        extra = np.empty((d.values.size, 2))
+        extra[:, 0] = 0.5 * plus.ravel().take(d.index)
+        extra[:, 1] = cross.ravel().take(d.index)
+        target = np.asarray(follow).ravel().take(d.index).astype(np.float64) - d.values
+        # the isotropic columns' block is the design's kept Gram matrix
+        normal[:4, :4] += d.gram
+        normal[:4, 4:] += d.design.T @ extra
+        normal[4:, 4:] += extra.T @ extra
+        rhs[:4] += d.design.T @ target
+        rhs[4:] += extra.T @ target
+    normal[4:, :4] = normal[:4, 4:].T
+    solution = solve_normal_equations(normal, rhs)
+    if solution is None or not np.all(np.isfinite(solution[3:])):
+        return 0.0, 0.0, 0.0
+    return float(solution[3]), float(solution[4]), float(solution[5])
+
+
+def line_blurs(alpha_px2: float, beta_px2: float) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """The two line blurs that match a direction-dependent blur difference.
+
+    The follow-up's extra covariance ``[[alpha, beta], [beta, -alpha]]`` has the eigenvalues
+    ``+-lam``, ``lam = hypot(alpha, beta)``: the follow-up is blurred ``lam`` px^2 more along
+    ``e1``, the baseline as much more along ``e2``, at right angles. Adding ``lam e1 e1^T`` to
+    the baseline and ``lam e2 e2^T`` to the follow-up leaves both with one covariance.
+
+    Returns:
+        ``(baseline's, follow-up's)`` covariances ``(cxx, cyy, cxy)`` (px^2).
+    """
+    lam = math.hypot(alpha_px2, beta_px2)
+    if lam == 0.0:
+        return (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)
+    angle = 0.5 * math.atan2(beta_px2, alpha_px2)
+    c, s = math.cos(angle), math.sin(angle)
+    return (lam * c * c, lam * s * s, lam * c * s), (lam * s * s, lam * c * c, -lam * c * s)
+
+
 def aligned_windows(
     base: np.ndarray,
     follow: np.ndarray,
@@ -1095,6 +1201,26 @@ def gaussian_blur(image: np.ndarray, sigma_px: float, pad_px: int = 16) -> np.nd
     return BlurSpectrum(image, pad_px).blurred(sigma_px)
 
 
+def turned_covariance(covariance_px2: tuple[float, float, float], params: np.ndarray) -> tuple[float, float, float]:
+    """A blur covariance ``(cxx, cyy, cxy)`` given in the baseline's frame, in the follow-up's:
+    ``M C M^T`` with ``M = [[a, -b], [b, a]]`` the similarity's linear part (``params``'
+    ``a, b``), which maps baseline offsets to follow-up ones."""
+    a, b = float(params[0]), float(params[1])
+    m = np.array([[a, -b], [b, a]])
+    cxx, cyy, cxy = covariance_px2
+    out = m @ np.array([[cxx, cxy], [cxy, cyy]]) @ m.T
+    return float(out[0, 0]), float(out[1, 1]), float(0.5 * (out[0, 1] + out[1, 0]))
+
+
+def line_blurred(image: np.ndarray, covariance_px2: tuple[float, float, float], pad_px: int = 16) -> np.ndarray:
+    """``image`` blurred by a Gaussian of covariance ``(cxx, cyy, cxy)`` (px^2; a line blur of
+    :func:`line_blurs`), float32; the image itself for a zero covariance."""
+    image = np.asarray(image, dtype=np.float32)
+    if not any(covariance_px2):
+        return image
+    return BlurSpectrum(image, pad_px).blurred_by_covariance(covariance_px2)
+
+
 #: Smallest blur (px) :func:`sampled_gaussian_blur` is used for: the search blurs by at least
 #: the common variance (sigma 0.71 px), where a sampled kernel's variance is 0.001 px^2 short of
 #: sigma^2 (the sampling's aliasing, e^(-2 pi^2 sigma^2)); at 0.6 px it would be 0.008 short.
@@ -1125,6 +1251,17 @@ def sampled_gaussian_blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
     return cv2.sepFilter2D(np.asarray(image, dtype=np.float32), cv2.CV_32F, taps, taps, borderType=cv2.BORDER_REFLECT)
 
 
+#: Step of the finite differences of :meth:`BlurMatcher.with_anisotropy`'s Jacobian (px^2).
+JACOBIAN_STEP_PX2 = 0.25
+#: How far (a fraction of the joint estimate's size) each bone's reading of a direction-dependent
+#: blur difference may lie from the joint one for :meth:`BlurMatcher.with_anisotropy` to take
+#: it as one blur of the whole picture. Noise-free phantom and real-layer pairs whose follow-up
+#: was blurred by 2.25-4 px^2 along one direction: 0.005-0.11 (median 0.03). Real visit pairs,
+#: whose 3-D pose differences read as such blurs, different by bone: 65 of 103 consecutive pairs
+#: of the bundled folder read 0.25 px^2 or more, at 0.2-5 (median 1.0); two are within this.
+ANISOTROPY_AGREEMENT = 0.3
+
+
 class BlurMatcher:
     """Finds the detector-blur difference between fixed baseline windows and follow-up windows.
 
@@ -1153,6 +1290,9 @@ class BlurMatcher:
         self.regions = [r for _, _, r in windows]
         self.points = [_every_other_index(r) for r in self.regions]
         self._base_blurred: dict[float, tuple[list, list]] = {}
+        #: the last trial of :meth:`variance_difference`: its variance, then the baseline's and
+        #: the follow-up's blurred windows and designs (:meth:`with_anisotropy` starts there)
+        self._last_trial: tuple | None = None
 
     def _blurred(self, images: list[np.ndarray], sigma: float, cache: dict) -> tuple[list, list]:
         """The windows blurred by ``sigma`` and their regression designs, kept per sigma: while
@@ -1191,6 +1331,7 @@ class BlurMatcher:
             # term keeps its sign while the true difference changes its sign, so the
             # half-difference keeps only the latter.
             reverse = blur_difference(list(zip(follows, bases, self.regions)), follow_designs)
+            self._last_trial = (extra, bases, base_designs, follows, follow_designs)
             return 0.5 * (forward - reverse)
 
         # secant iteration on the remaining difference: the linearised estimate overshoots (its
@@ -1206,6 +1347,106 @@ class BlurMatcher:
             x_next = x - r / slope if slope < -1e-3 else x + r
             x_prev, r_prev, x = x, r, float(np.clip(x_next, -self.max_difference_px2, self.max_difference_px2))
         return x
+
+    def with_anisotropy(
+        self, follow_windows: list[np.ndarray], variance_difference_px2: float, min_anisotropy_px2: float,
+        rounds: int = 2,
+    ) -> tuple[float, float, float]:
+        """The blur difference refined for direction: ``(x, alpha, beta)`` (px^2), the
+        isotropic part as :meth:`variance_difference` gives it (``x > 0`` blurs the baseline)
+        and the follow-up's extra ``[[alpha, beta], [beta, -alpha]]`` (:func:`line_blurs`).
+
+        A patient who moves during an exposure blurs the picture along the motion: a blur
+        difference that the isotropic search meets only in its mean, leaving one image
+        sharper across the motion and the other along it, which the registration reads as a
+        move of the bones' edges. The direction-dependent part is first estimated at the
+        isotropic match (:func:`blur_covariance_difference`), for the bones together and for
+        each apart. The isotropic match stands, and ``(x, 0, 0)`` is returned, unless that
+        part reaches ``min_anisotropy_px2`` and every bone reads it within
+        :data:`ANISOTROPY_AGREEMENT` of the joint estimate: a motion blurs the whole picture
+        alike, while what real visits do not share (3-D pose, the bones' own change) reads
+        as direction-dependent blurs of up to 2.4 px^2 that differ from bone to bone. Otherwise
+        all three are refined by Newton's method on a Jacobian of finite
+        differences, each evaluation blurring the windows by the estimate so far (Fourier,
+        :class:`BlurSpectrum`). The isotropic and direction-dependent columns are far from
+        orthogonal on bones whose edges run mostly across the finger (only the blur across
+        them is well determined), so the one gain the isotropic search's secant takes left
+        the estimate swinging between two states. A refinement that does not converge
+        (a remaining difference larger than the first, or a blur beyond the search's reach)
+        is dropped for the isotropic match.
+        """
+        x = variance_difference_px2
+        if self._last_trial is None:
+            raise RuntimeError("with_anisotropy starts from a variance_difference search of the same matcher")
+        # read at the search's last trial, whose windows are blurred already: the isotropic
+        # column takes up what is left of the isotropic difference there
+        trial_x, bases, base_designs, follows, follow_designs = self._last_trial
+        # one way round first, which is half the work: the symmetric reading is half the
+        # difference of the two ways, so with this way below half the limit it reaches the
+        # limit only where the other way reads 1.5 times the limit or more
+        forward = np.array(blur_covariance_difference(list(zip(bases, follows, self.regions)), base_designs))
+        if math.hypot(forward[1], forward[2]) < 0.5 * min_anisotropy_px2:
+            return x, 0.0, 0.0
+        reverse = np.array(blur_covariance_difference(list(zip(follows, bases, self.regions)), follow_designs))
+        first = 0.5 * (forward - reverse)
+        first[0] += trial_x - x  # the isotropic part, from x on
+        size = math.hypot(first[1], first[2])
+        if size < min_anisotropy_px2:
+            return x, 0.0, 0.0
+        for k in range(len(bases)):
+            own = self._symmetric_difference(bases[k:k + 1], follows[k:k + 1], base_designs[k:k + 1],
+                                             follow_designs[k:k + 1], k)
+            if math.hypot(own[1] - first[1], own[2] - first[2]) > ANISOTROPY_AGREEMENT * size:
+                return x, 0.0, 0.0
+        base_spectra = [BlurSpectrum(b) for b in self.base]
+        follow_spectra = [BlurSpectrum(np.asarray(f, dtype=np.float32)) for f in follow_windows]
+        common = self.common_variance_px2
+
+        def remaining(estimate: np.ndarray) -> np.ndarray:
+            x, alpha, beta = (float(v) for v in estimate)
+            line_b, line_f = line_blurs(alpha, beta)
+            cov_b = (common + max(x, 0.0) + line_b[0], common + max(x, 0.0) + line_b[1], line_b[2])
+            cov_f = (common + max(-x, 0.0) + line_f[0], common + max(-x, 0.0) + line_f[1], line_f[2])
+            b_now = [spectrum.blurred_by_covariance(cov_b) for spectrum in base_spectra]
+            f_now = [spectrum.blurred_by_covariance(cov_f) for spectrum in follow_spectra]
+            return self._symmetric_difference(b_now, f_now)
+
+        estimate = np.array([x, 0.0, 0.0]) + first  # the plain step off the isotropic match
+        residual = remaining(estimate)
+        jacobian = np.empty((3, 3))
+        for axis in range(3):
+            probe = estimate.copy()
+            probe[axis] += JACOBIAN_STEP_PX2
+            jacobian[:, axis] = (remaining(probe) - residual) / JACOBIAN_STEP_PX2
+        try:
+            for _ in range(rounds):
+                estimate = estimate - np.linalg.solve(jacobian, residual)
+                if not (np.all(np.isfinite(estimate)) and np.max(np.abs(estimate)) <= self.max_difference_px2):
+                    return x, 0.0, 0.0
+                residual = remaining(estimate)
+        except np.linalg.LinAlgError:
+            return x, 0.0, 0.0
+        if np.linalg.norm(residual) > np.linalg.norm(first):
+            return x, 0.0, 0.0
+        return float(estimate[0]), float(estimate[1]), float(estimate[2])
+
+    def _symmetric_difference(
+        self, bases: list[np.ndarray], follows: list[np.ndarray], base_designs: list[BlurDesign] | None = None,
+        follow_designs: list[BlurDesign] | None = None, window: int | None = None,
+    ) -> np.ndarray:
+        """``(d, alpha, beta)`` of :func:`blur_covariance_difference`, half the difference of
+        the two ways round (as in :meth:`variance_difference`: what the visits do not share
+        keeps its sign when the roles are swapped, a blur difference changes it); of every
+        window, or of the one numbered ``window`` only."""
+        regions = self.regions if window is None else self.regions[window:window + 1]
+        points = self.points if window is None else self.points[window:window + 1]
+        if base_designs is None:
+            base_designs = [blur_design(b, r, p) for b, r, p in zip(bases, regions, points)]
+        if follow_designs is None:
+            follow_designs = [blur_design(f, r, p) for f, r, p in zip(follows, regions, points)]
+        forward = blur_covariance_difference(list(zip(bases, follows, regions)), base_designs)
+        reverse = blur_covariance_difference(list(zip(follows, bases, regions)), follow_designs)
+        return 0.5 * (np.array(forward) - np.array(reverse))
 
 
 def phase_correlation_shift(

@@ -234,6 +234,42 @@ def _squared_frequencies(shape: tuple[int, int]) -> np.ndarray:
     return squared
 
 
+@functools.lru_cache(maxsize=8)
+def _frequency_products(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fx^2, fy^2, fx fy)`` (cycles per pixel) of every entry of OpenCV's packed spectrum of a
+    real image of ``shape`` (see :func:`_squared_frequencies`), float64.
+
+    The packed columns (horizontal frequency 0, and ``W / 2`` for an even width) hold the
+    vertical frequencies ``m`` and ``-m`` in one entry, which a transfer odd in ``fx fy`` cannot
+    treat apart: their cross product is left at zero (exact at frequency 0, and at ``W / 2`` a
+    Nyquist column that a blur all but removes).
+    """
+    h, w = shape
+    columns = np.arange(w)
+    fx = ((columns + 1) // 2) / w
+    packed = (columns == 0) | ((w % 2 == 0) & (columns == w - 1))
+    fy_full = np.fft.fftfreq(h)
+    fy_packed = ((np.arange(h) + 1) // 2) / h
+    fy = np.where(packed[None, :], fy_packed[:, None], fy_full[:, None])
+    products = (np.repeat(fx[None, :] ** 2, h, axis=0), fy**2,
+                np.where(packed[None, :], 0.0, fx[None, :] * fy_full[:, None]))
+    for array in products:
+        array.flags.writeable = False  # cached
+    return products
+
+
+@functools.lru_cache(maxsize=16)
+def _covariance_transfer(shape: tuple[int, int], covariance_px2: tuple[float, float, float], dtype: type) -> np.ndarray:
+    """Fourier transfer ``exp(-2 pi^2 f^T C f)`` of a Gaussian of covariance
+    ``C = [[cxx, cxy], [cxy, cyy]]`` (``covariance_px2 = (cxx, cyy, cxy)``, px^2) on the packed
+    spectrum of ``shape``."""
+    cxx, cyy, cxy = covariance_px2
+    fx2, fy2, cross = _frequency_products(shape)
+    transfer = np.exp(-2.0 * math.pi**2 * (cxx * fx2 + cyy * fy2 + 2.0 * cxy * cross)).astype(dtype)
+    transfer.flags.writeable = False
+    return transfer
+
+
 @functools.lru_cache(maxsize=16)
 def _gaussian_transfer(shape: tuple[int, int], sigma_px: float, dtype: type) -> np.ndarray:
     """Fourier transfer ``exp(-2 pi^2 sigma^2 |f|^2)`` on the packed spectrum of ``shape`` (kept:
@@ -281,6 +317,22 @@ class BlurSpectrum:
             return self.image
         spectrum = self.spectrum * _gaussian_transfer(self.padded_shape, sigma_px, self.image.dtype.type)
         out = cv2.dft(spectrum, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+        p = self.pad_px
+        h, w = self.image.shape
+        return np.ascontiguousarray(out[p:p + h, p:p + w])
+
+    def blurred_by_covariance(self, covariance_px2: tuple[float, float, float]) -> np.ndarray:
+        """The image blurred by a Gaussian of covariance ``[[cxx, cxy], [cxy, cyy]]``
+        (``covariance_px2 = (cxx, cyy, cxy)``, px^2, positive semi-definite; a line blur has one
+        zero eigenvalue): a blur that differs by direction, as a patient's motion during the
+        exposure gives. :meth:`blurred` is the isotropic case."""
+        cxx, cyy, cxy = (float(c) for c in covariance_px2)
+        if cxx < 0 or cyy < 0 or cxy * cxy > cxx * cyy * (1.0 + 1e-9) + 1e-12:
+            raise ValueError(f"a blur covariance must be positive semi-definite, got {covariance_px2}")
+        if cxx == 0 and cyy == 0:
+            return self.image
+        transfer = _covariance_transfer(self.padded_shape, (cxx, cyy, cxy), self.image.dtype.type)
+        out = cv2.dft(self.spectrum * transfer, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
         p = self.pad_px
         h, w = self.image.shape
         return np.ascontiguousarray(out[p:p + h, p:p + w])
