@@ -2,7 +2,7 @@
 
 Builds noise-free pair sets (the dataset builder, ``PairConfig``) whose JSN change, repositioning
 and flexion are drawn from wider ranges than the defaults, one nuisance widened at a time and
-then all together, pairs whose visits have heel effects of their own, the default pairs cut
+then all together, pairs whose visits have heel effects or motion blurs of their own, the default pairs cut
 and padded back to size as users pad their crops, and pairs without any repositioning or
 flexion (noise-free and noisy),
 from the phantom and from real layers (``--fingerjoints``), and writes the accuracy table to
@@ -45,6 +45,8 @@ RANGES = {
         "flexion_deg": 5.0},
     # a smooth field that differs between the visits (`jsnsynth dataset --heel-gain`)
     "a heel effect of 1-5 % across the picture per visit, in any direction": {"heel_gain": (0.01, 0.05)},
+    # a patient's motion during an exposure (`jsnsynth dataset --motion-blur-px2`)
+    "a motion blur of 1-3 px^2 per visit, in any direction": {"motion_blur_px2": (1.0, 3.0)},
     # narrower: every pixel of a bone lands at the same fraction between the follow-up's pixels,
     # where interpolated noise once pulled the fit (docs/quantify-method.md, step 4)
     "no repositioning and no flexion": {
@@ -94,7 +96,9 @@ def pair_config(widened: dict) -> PairConfig:
     options = {"jsn_px": (-3.0, 3.0), **widened}
     photons = options.pop("photons_per_px", None)
     heel_gain = options.pop("heel_gain", (0.0, 0.0))
-    imaging = ImagingRanges(photons_per_px=(photons or 1e4,) * 2, electronic_noise=(2e-4, 4e-4), heel_gain=heel_gain)
+    motion_blur_px2 = options.pop("motion_blur_px2", (0.0, 0.0))
+    imaging = ImagingRanges(photons_per_px=(photons or 1e4,) * 2, electronic_noise=(2e-4, 4e-4), heel_gain=heel_gain,
+                            motion_blur_px2=motion_blur_px2)
     return PairConfig(imaging=imaging, noise=photons is not None, **options)
 
 

@@ -23,6 +23,7 @@ import yaml
 from jsnsynth.cli import main
 from jsnsynth.errors import InputError, OutputError
 from jsnsynth.synth.dataset import (
+    SCHEMA_VERSION,
     STATE_NAME,
     UNFINISHED_DIR,
     DatasetConfig,
@@ -153,6 +154,9 @@ def test_a_pair_is_replayed_from_its_row(phantom_dataset: Path) -> None:
             assert np.array_equal(quantize(getattr(pair, name), 16), row[name])
     with pytest.raises(InputError, match="lacks jsn_px, jsn_mm, upper_flexion_deg, ...: not a jsnsynth pairs row"):
         pair_params_from_row({"image": 1})
+    # a row of schema 1, before the motion blur's columns, is a pair without motion
+    schema_1 = {key: value for key, value in row.items() if "motion" not in key}
+    assert pair_params_from_row(schema_1) == pair_params_from_row(row)
 
 
 def test_a_pair_that_comes_out_blank_is_refused_naming_its_joint(tmp_path: Path) -> None:
@@ -349,6 +353,26 @@ def test_a_run_of_the_previous_record_format_resumes(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="other parameters"):
         build_dataset(PhantomSource(n_joints=4, size_px=64), tmp_path / "old", 4, seed=2, shard_size=1,
                       layers_every=0, quiet=True, pair_config=config)
+
+
+def test_an_interrupted_run_of_an_earlier_schema_is_not_resumed(tmp_path: Path) -> None:
+    """A run begun by a jsnsynth writing schema 1 (no motion columns): its shards have other
+    columns, so a resume would mix them; it is refused, naming the schemas."""
+
+    def stop(name: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(PhantomSource(n_joints=4, size_px=64), tmp_path / "old", 4, seed=1, shard_size=1, layers_every=0,
+                      quiet=True, on_shard_written=stop)
+    state_path = tmp_path / "old" / STATE_NAME
+    state = json.loads(state_path.read_text())
+    state["schema_version"] = 1
+    del state["config"]["pair"]["imaging"]["motion_blur_px2"]
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(OutputError, match=f"holds a run of dataset schema 1 \\(this jsnsynth writes schema {SCHEMA_VERSION}"):
+        build_dataset(PhantomSource(n_joints=4, size_px=64), tmp_path / "old", 4, seed=1, shard_size=1, layers_every=0,
+                      quiet=True)
 
 
 def test_resuming_on_changed_source_files_is_refused(tmp_path: Path) -> None:
@@ -646,6 +670,29 @@ def test_cli_sets_a_heel_effect_that_changes_between_the_visits(tmp_path: Path, 
     assert "heel_gain" in capsys.readouterr().err
     assert main(["dataset", "--source", "phantom", "--pairs", "3", "--out", str(tmp_path / "ds3"),
                  "--heel-gain", "0.1", "0.9"]) == 2
+    assert not (tmp_path / "ds2").exists() and not (tmp_path / "ds3").exists()
+
+
+def test_cli_sets_a_motion_blur_per_image(tmp_path: Path, capsys) -> None:
+    """A patient's motion during an exposure: drawn per image (variance and direction), recorded,
+    and the pairs' truth measured through it (the blur itself: test_xray)."""
+    from jsnsynth.quantify.validate import validate_dataset
+
+    rc = main(["dataset", "--source", "phantom", "--pairs", "4", "--out", str(tmp_path / "ds"), "--no-noise",
+               "--layers-every", "0", "--motion-blur-px2", "1", "3", "--split", "0", "0", "1", "--quiet"])
+    assert rc == 0
+    rows = list(iter_pairs(tmp_path / "ds"))
+    motions = [row[f"{role}_motion_blur_px2"] for row in rows for role in ("baseline", "followup")]
+    angles = {row[f"{role}_motion_angle_deg"] for row in rows for role in ("baseline", "followup")}
+    assert len(motions) == 8 and all(1.0 <= m <= 3.0 for m in motions) and len(angles) == 8
+    assert all(0.0 <= a < 180.0 for a in angles)
+    assert validate_dataset(tmp_path / "ds")["overall"]["rmse_px"] < 0.05
+    capsys.readouterr()
+    assert main(["dataset", "--source", "phantom", "--pairs", "3", "--out", str(tmp_path / "ds2"),
+                 "--motion-blur-px2", "3", "1"]) == 1
+    assert "motion_blur_px2" in capsys.readouterr().err
+    assert main(["dataset", "--source", "phantom", "--pairs", "3", "--out", str(tmp_path / "ds3"),
+                 "--motion-blur-px2", "1", "20"]) == 2
     assert not (tmp_path / "ds2").exists() and not (tmp_path / "ds3").exists()
 
 

@@ -25,6 +25,7 @@ from jsnsynth.synth.limits import (
     DEFAULT_MAX_MASK_OVERLAP_PX,
     MAX_HEEL_GAIN,
     MAX_JOINT_SPACE_MM,
+    MAX_MOTION_BLUR_PX2,
     MAX_SIDE_PX,
     PAIR_OPTION_LIMITS,
 )
@@ -208,6 +209,10 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
               help="Range of the heel effect drawn for each image: the beam's rise across the picture "
                    "(0.02: 2 %), in a direction drawn uniformly, so that the visits differ by a smooth field "
                    "(default: none).")
+@click.option("--motion-blur-px2", type=FiniteFloatRange(0.0, MAX_MOTION_BLUR_PX2), nargs=2, default=None,
+              help="Range of a motion blur drawn for each image: the extra blur variance (px^2) along a "
+                   "direction drawn uniformly, as a patient who moves during the exposure smears it "
+                   "(a steady motion of L px adds L^2/12; default: none).")
 @click.option("--size", "size_px", type=PHANTOM_SIZE_PX, default=None,
               help="Phantom image size in pixels (--source phantom only; default: the phantom's, 256).")
 @click.option("--max-mask-overlap", type=click.IntRange(min=0), default=None,
@@ -221,7 +226,8 @@ def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, nu
                     jsn_px: tuple[float, float] | None, flexion_deg: float, rotation_deg: float,
                     magnification: tuple[float, float], translation_px: float, soft_tissue_blend_mm: float,
                     no_noise: bool, photons_per_px: tuple[float, float] | None,
-                    heel_gain: tuple[float, float] | None, size_px: int | None,
+                    heel_gain: tuple[float, float] | None, motion_blur_px2: tuple[float, float] | None,
+                    size_px: int | None,
                     max_mask_overlap: int | None, pixel_spacing_mm: float | None, quiet: bool) -> None:
     """Write labelled baseline/follow-up pairs with exact JSN as a Hugging Face dataset (Hub layout)."""
     from jsnsynth.synth.dataset import build_dataset
@@ -239,6 +245,8 @@ def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, nu
         ranges["photons_per_px"] = tuple(photons_per_px)
     if heel_gain is not None:
         ranges["heel_gain"] = tuple(heel_gain)
+    if motion_blur_px2 is not None:
+        ranges["motion_blur_px2"] = tuple(motion_blur_px2)
     imaging = ImagingRanges(**ranges)
     pair_config = PairConfig(jsn_mm=jsn_mm, jsn_px=jsn_px, flexion_deg=flexion_deg, rotation_deg=rotation_deg,
                              magnification=magnification, translation_px=translation_px,

@@ -88,8 +88,11 @@ IMAGING_FIELDS = tuple(ImagingParams.__dataclass_fields__)
 IMAGING_COLUMNS = tuple(f"{role}_{name}" for role in ("baseline", "followup") for name in IMAGING_FIELDS)
 PAIR_PARAM_COLUMNS = (*(f.name for f in dataclass_fields(PairParams) if not f.name.endswith("_imaging")),
                       *IMAGING_COLUMNS)
-#: Bumped when the columns or their meaning change.
-SCHEMA_VERSION = 1
+#: Bumped when the columns or their meaning change (2: the motion blur's columns).
+SCHEMA_VERSION = 2
+#: Columns a schema-1 dataset does not have, read as their defaults (no motion blur).
+SCHEMA_1_ABSENT_COLUMNS = tuple(f"{role}_{name}" for role in ("baseline", "followup")
+                                for name in ("motion_blur_px2", "motion_angle_deg"))
 
 
 @dataclass(frozen=True)
@@ -399,13 +402,14 @@ def pair_params_from_row(row: Mapping[str, Any]) -> PairParams:
     Raises:
         InputError: a row without those columns (of another schema).
     """
-    missing = [name for name in PAIR_PARAM_COLUMNS if name not in row]
+    missing = [name for name in PAIR_PARAM_COLUMNS if name not in row and name not in SCHEMA_1_ABSENT_COLUMNS]
     if missing:
         raise InputError(f"the row lacks {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}: "
                          "not a jsnsynth pairs row")
     values = {name: row[name] for name in PAIR_PARAM_COLUMNS if name not in IMAGING_COLUMNS}
     for role in ("baseline", "followup"):
-        values[f"{role}_imaging"] = ImagingParams.from_dict({name: row[f"{role}_{name}"] for name in IMAGING_FIELDS})
+        values[f"{role}_imaging"] = ImagingParams.from_dict(
+            {name: row[f"{role}_{name}"] for name in IMAGING_FIELDS if f"{role}_{name}" in row})
     return PairParams(**values)
 
 
@@ -681,6 +685,10 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
                 f"{out_dir}: holds a run begun on other source files (the source's files changed since); "
                 "resume it on the files it began with, or choose a new folder"
             )
+        if earlier.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+            # its shards have other columns: a resume would mix them
+            raise OutputError(f"{out_dir}: holds a run of dataset schema {earlier.get('schema_version')} (this jsnsynth "
+                              f"writes schema {SCHEMA_VERSION}, with other columns); choose a new folder")
         raise OutputError(
             f"{out_dir}: holds a dataset made with other parameters (source, seed, pairs or options differ); "
             "choose a new folder"

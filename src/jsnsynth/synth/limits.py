@@ -21,6 +21,11 @@ MAX_JOINT_SPACE_MM = 2.0
 #: cent a heel effect puts across a joint crop.
 MAX_HEEL_GAIN = 0.5
 
+#: Largest extra blur variance along a motion (px^2; :attr:`jsnsynth.synth.xray.ImagingParams.motion_blur_px2`):
+#: a steady motion of length ``L`` px during the exposure adds ``L^2 / 12`` along it, so 16 px^2
+#: is a 14 px (2.4 mm at 0.175 mm/px) smear, far more than a radiograph that is not taken again shows.
+MAX_MOTION_BLUR_PX2 = 16.0
+
 #: Images whose drawn masks overlap by more than this are left out by default: mask-based
 #: layering shares the overlapped bone evenly between the two layers, so half of it would move
 #: with the other bone (on the dev crops such pairs read 0.36 px RMSE against 0.06 px without).

@@ -7,7 +7,9 @@ The physics (DESIGN.md): attenuation line integrals add, transmission multiplies
 which is the layer separation paper's recombination ``I = 1 - (1-U)(1-L)(1-S)`` with every layer
 mapped by the same function. The imaging chain applied to a recomposed attenuation map is:
 
-1. detector blur: a Gaussian point spread on the transmitted signal ``T``, then the beam's field:
+1. detector blur: a Gaussian point spread on the transmitted signal ``T`` (with a patient's
+   motion during the exposure, ``motion_blur_px2`` more variance along its direction, 0 by
+   default), then the beam's field:
    ``T`` times a plane that rises by ``heel_gain`` across the picture (the anode heel effect, 0
    by default: :func:`heel_field`);
 2. noise on ``T``: quantum (Poisson, variance ``T / photons_per_px``) plus electronic (constant
@@ -29,7 +31,7 @@ import cv2
 import numpy as np
 
 from jsnsynth.errors import InputError
-from jsnsynth.synth.limits import MAX_HEEL_GAIN
+from jsnsynth.synth.limits import MAX_HEEL_GAIN, MAX_MOTION_BLUR_PX2
 
 #: Reflected border (px) around an image blurred in the Fourier domain, beyond the 4-sigma reach:
 #: keeps the wrap-around of the periodic transform away from the crop.
@@ -72,6 +74,11 @@ class ImagingParams:
             a flat beam). Two visits with different fields differ by a smooth field.
         heel_angle_deg: the direction in which it rises, degrees from +x toward +y (90: down
             the picture).
+        motion_blur_px2: extra blur variance along one direction (px^2; 0 for none): a
+            patient's motion during the exposure, on top of the detector blur (a steady motion
+            of ``L`` px adds ``L^2 / 12``). The blur is then the Gaussian of covariance
+            ``blur_sigma_px^2 I + motion_blur_px2 u u^T`` (:func:`blur_covariance_px2`).
+        motion_angle_deg: the motion's direction ``u``, degrees from +x toward +y.
     """
 
     blur_sigma_px: float = 0.7
@@ -83,6 +90,8 @@ class ImagingParams:
     noise_seed: int = 0
     heel_gain: float = 0.0
     heel_angle_deg: float = 90.0
+    motion_blur_px2: float = 0.0
+    motion_angle_deg: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.window_high > self.window_low:
@@ -97,6 +106,9 @@ class ImagingParams:
         if not (0.0 <= self.heel_gain <= MAX_HEEL_GAIN and math.isfinite(self.heel_angle_deg)):
             raise InputError(f"heel_gain must lie in [0, {MAX_HEEL_GAIN:g}] and heel_angle_deg be finite, got "
                              f"{self.heel_gain:g} and {self.heel_angle_deg:g}")
+        if not (0.0 <= self.motion_blur_px2 <= MAX_MOTION_BLUR_PX2 and math.isfinite(self.motion_angle_deg)):
+            raise InputError(f"motion_blur_px2 must lie in [0, {MAX_MOTION_BLUR_PX2:g}] and motion_angle_deg be "
+                             f"finite, got {self.motion_blur_px2:g} and {self.motion_angle_deg:g}")
 
     @property
     def noise_free(self) -> bool:
@@ -141,6 +153,7 @@ class ImagingRanges:
     window_high: tuple[float, float] = (0.92, 1.0)
     gamma: tuple[float, float] = (0.85, 1.2)
     heel_gain: tuple[float, float] = (0.0, 0.0)
+    motion_blur_px2: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -152,6 +165,9 @@ class ImagingRanges:
         if not (0.0 <= self.heel_gain[0] and self.heel_gain[1] <= MAX_HEEL_GAIN):
             raise InputError(f"imaging range heel_gain must lie within [0, {MAX_HEEL_GAIN:g}], got "
                              f"{self.heel_gain[0]:g} {self.heel_gain[1]:g}")
+        if not (0.0 <= self.motion_blur_px2[0] and self.motion_blur_px2[1] <= MAX_MOTION_BLUR_PX2):
+            raise InputError(f"imaging range motion_blur_px2 must lie within [0, {MAX_MOTION_BLUR_PX2:g}], got "
+                             f"{self.motion_blur_px2[0]:g} {self.motion_blur_px2[1]:g}")
 
 
 def sample_imaging_params(
@@ -161,7 +177,8 @@ def sample_imaging_params(
 
     A heel field is drawn (its gain from ``ranges.heel_gain``, its direction uniformly) only
     where that range reaches above 0, after everything else: without one the draws, and so
-    every dataset made without one, are what they were before the field existed."""
+    every dataset made without one, are what they were before the field existed. A motion blur
+    (``ranges.motion_blur_px2``, its direction uniformly) is drawn the same way, after the heel."""
     lo, hi = ranges.photons_per_px
     photons = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
     params = ImagingParams(
@@ -176,7 +193,20 @@ def sample_imaging_params(
     if ranges.heel_gain[1] > 0.0:
         params = replace(params, heel_gain=float(rng.uniform(*ranges.heel_gain)),
                          heel_angle_deg=float(rng.uniform(0.0, 360.0)))
+    if ranges.motion_blur_px2[1] > 0.0:
+        params = replace(params, motion_blur_px2=float(rng.uniform(*ranges.motion_blur_px2)),
+                         motion_angle_deg=float(rng.uniform(0.0, 180.0)))
     return params if noise else params.without_noise()
+
+
+def blur_covariance_px2(params: ImagingParams) -> tuple[float, float, float]:
+    """The covariance ``(cxx, cyy, cxy)`` (px^2) of an image's whole blur: the detector's,
+    alike in every direction, and a motion's along ``motion_angle_deg``."""
+    variance = params.blur_sigma_px**2
+    angle = math.radians(params.motion_angle_deg)
+    c, s = math.cos(angle), math.sin(angle)
+    m = params.motion_blur_px2
+    return variance + m * c * c, variance + m * s * s, m * c * s
 
 
 def heel_field(shape: tuple[int, int], params: ImagingParams, dtype: type = np.float64) -> np.ndarray | None:
@@ -196,7 +226,8 @@ def heel_field(shape: tuple[int, int], params: ImagingParams, dtype: type = np.f
     return (1.0 + params.heel_gain * (rows[:, None] + cols[None, :])).astype(dtype)
 
 
-def detector_blur(image: np.ndarray, sigma_px: float, dtype: type = np.float64) -> np.ndarray:
+def detector_blur(image: np.ndarray, sigma_px: float, dtype: type = np.float64,
+                  motion: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """Gaussian detector blur of standard deviation ``sigma_px`` (identity for ``sigma_px == 0``).
 
     Applied as the Gaussian's transfer function on the spectrum of the image (:class:`BlurSpectrum`),
@@ -204,9 +235,17 @@ def detector_blur(image: np.ndarray, sigma_px: float, dtype: type = np.float64) 
     acting on a band-limited image, so the recorded ``blur_sigma_px`` is the blur the image has.
     A sampled spatial kernel is not: at ``sigma = 0.5`` px its variance is 0.21 px^2, not 0.25, and
     it passes twice the Gaussian's response at the Nyquist frequency. ``dtype`` is the precision
-    of the result (float64, or float32 for the fast dataset path).
+    of the result (float64, or float32 for the fast dataset path). ``motion`` is
+    ``(motion_blur_px2, motion_angle_deg)`` (:class:`ImagingParams`): with a variance above 0 the
+    blur is the Gaussian of :func:`blur_covariance_px2`, applied the same way.
     """
     image = np.asarray(image, dtype=dtype)
+    motion_px2, motion_angle_deg = motion
+    if motion_px2 > 0:
+        covariance = blur_covariance_px2(ImagingParams(blur_sigma_px=sigma_px, motion_blur_px2=motion_px2,
+                                                       motion_angle_deg=motion_angle_deg))
+        reach_px = math.sqrt(sigma_px**2 + motion_px2)
+        return BlurSpectrum(image, BLUR_PAD_PX + int(math.ceil(4.0 * reach_px))).blurred_by_covariance(covariance)
     if sigma_px <= 0:
         return image
     return BlurSpectrum(image, BLUR_PAD_PX + int(math.ceil(4.0 * sigma_px))).blurred(sigma_px)
@@ -364,17 +403,19 @@ def _transmission(attenuation: np.ndarray, params: ImagingParams, dtype: type, s
     attenuation = np.asarray(attenuation, dtype=dtype)
     if not np.isfinite(attenuation).all():
         raise InputError("attenuation contains NaN or infinite values")
+    motion = (params.motion_blur_px2, params.motion_angle_deg)
     if supersampled:
-        transmission = supersampled_transmission(attenuation, params.blur_sigma_px)
+        transmission = supersampled_transmission(attenuation, params.blur_sigma_px, motion)
     else:
-        transmission = detector_blur(np.exp(-attenuation), params.blur_sigma_px, dtype)
+        transmission = detector_blur(np.exp(-attenuation), params.blur_sigma_px, dtype, motion)
     field = heel_field(transmission.shape, params, transmission.dtype)
     if field is not None:
         transmission *= field
     return transmission
 
 
-def supersampled_transmission(attenuation: np.ndarray, sigma_px: float) -> np.ndarray:
+def supersampled_transmission(attenuation: np.ndarray, sigma_px: float,
+                              motion: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """``blur_sigma(exp(-a))`` sampled at the pixels, with ``exp`` taken at twice the resolution.
 
     Why: a raster layer is read as the band-limited interpolant of its samples (the model under
@@ -390,13 +431,15 @@ def supersampled_transmission(attenuation: np.ndarray, sigma_px: float) -> np.nd
     Args:
         attenuation: ``(H, W)`` float32 or float64 attenuation.
         sigma_px: detector blur in pixels of the image.
+        motion: ``(motion_blur_px2, motion_angle_deg)`` in pixels of the image (see
+            :func:`detector_blur`).
 
     Returns:
         ``(H, W)`` transmission of the input's precision.
     """
     attenuation = np.asarray(attenuation)
     dtype = np.float32 if attenuation.dtype == np.float32 else np.float64
-    if sigma_px <= 0:  # the finer grid's even samples are the pixels themselves
+    if sigma_px <= 0 and motion[0] <= 0:  # the finer grid's even samples are the pixels themselves
         return np.exp(-attenuation.astype(dtype, copy=False))
     import scipy.fft  # here: phantom workers never need it, and it costs ~0.5 s at their start
 
@@ -416,7 +459,7 @@ def supersampled_transmission(attenuation: np.ndarray, sigma_px: float) -> np.nd
     fine[:, half_cols] *= 0.5
     fine *= 4.0
     transmission = np.exp(-scipy.fft.irfft2(fine, s=(2 * rows, 2 * cols), workers=1))
-    blurred = detector_blur(transmission, 2.0 * sigma_px, dtype)
+    blurred = detector_blur(transmission, 2.0 * sigma_px, dtype, (4.0 * motion[0], motion[1]))
     return np.ascontiguousarray(blurred[2 * pad:2 * (pad + h):2, 2 * pad:2 * (pad + w):2])
 
 
