@@ -254,34 +254,25 @@ def detector_blur(image: np.ndarray, sigma_px: float, dtype: type = np.float64,
 @functools.lru_cache(maxsize=32)
 def _squared_frequencies(shape: tuple[int, int]) -> np.ndarray:
     """``|f|^2`` (cycles per pixel) of every entry of OpenCV's packed ("CCS") spectrum of a real
-    image of ``shape``, float64.
-
-    Interior column pairs ``(2k - 1, 2k)`` hold the real and imaginary parts of horizontal
-    frequency ``k`` at every vertical frequency; column 0 (and the last one for an even width,
-    frequency ``W / 2``) are themselves packed along the rows: row 0 is vertical frequency 0,
-    rows ``(2m - 1, 2m)`` are frequency ``m``.
-    """
-    h, w = shape
-    columns = np.arange(w)
-    fx = ((columns + 1) // 2) / w
-    packed = (columns == 0) | ((w % 2 == 0) & (columns == w - 1))
-    fy_full = np.fft.fftfreq(h)
-    fy_packed = ((np.arange(h) + 1) // 2) / h
-    fy = np.where(packed[None, :], fy_packed[:, None], fy_full[:, None])
-    squared = fx[None, :] ** 2 + fy**2
+    image of ``shape``, float64 (:func:`_frequency_products`)."""
+    fx2, fy2, _ = _frequency_products(shape)
+    squared = fx2 + fy2
     squared.flags.writeable = False  # cached
     return squared
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=32)
 def _frequency_products(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(fx^2, fy^2, fx fy)`` (cycles per pixel) of every entry of OpenCV's packed spectrum of a
-    real image of ``shape`` (see :func:`_squared_frequencies`), float64.
+    """``(fx^2, fy^2, fx fy)`` (cycles per pixel) of every entry of OpenCV's packed ("CCS")
+    spectrum of a real image of ``shape``, float64.
 
-    The packed columns (horizontal frequency 0, and ``W / 2`` for an even width) hold the
-    vertical frequencies ``m`` and ``-m`` in one entry, which a transfer odd in ``fx fy`` cannot
-    treat apart: their cross product is left at zero (exact at frequency 0, and at ``W / 2`` a
-    Nyquist column that a blur all but removes).
+    Interior column pairs ``(2k - 1, 2k)`` hold the real and imaginary parts of horizontal
+    frequency ``k`` at every vertical frequency; column 0 (and the last one for an even width,
+    frequency ``W / 2``) are themselves packed along the rows: row 0 is vertical frequency 0,
+    rows ``(2m - 1, 2m)`` are frequency ``m``. Such an entry holds the vertical frequencies ``m``
+    and ``-m`` at once, which a transfer odd in ``fx fy`` cannot treat apart: their cross product
+    is left at zero (exact at horizontal frequency 0, and at ``W / 2`` a Nyquist column that a
+    blur all but removes).
     """
     h, w = shape
     columns = np.arange(w)
