@@ -188,6 +188,19 @@ def test_a_motion_range_is_drawn_after_the_heel() -> None:
         xray.ImagingParams(motion_blur_px2=-0.5)
 
 
+def test_the_largest_motion_blur_is_rendered_through_the_supersampled_chain() -> None:
+    """At the limit (16 px^2) the supersampled chain blurs by four times that on its finer grid,
+    past what an image's own parameters may hold: it must render it, as the pixels' chain does
+    (raster sources of the dataset builder take the supersampled chain)."""
+    attenuation = 0.5 + 0.1 * np.random.default_rng(0).standard_normal((64, 64))
+    attenuation = xray.detector_blur(attenuation, 2.0)  # band-limited: both chains then agree
+    params = xray.ImagingParams(blur_sigma_px=0.7, motion_blur_px2=xray.MAX_MOTION_BLUR_PX2, motion_angle_deg=60.0)
+    supersampled = xray._transmission(attenuation, params, np.float64, supersampled=True)
+    on_pixels = xray._transmission(attenuation, params, np.float64)
+    inner = (slice(20, -20), slice(20, -20))
+    assert np.abs(supersampled - on_pixels)[inner].max() < 1e-3
+
+
 @pytest.mark.parametrize("supersampled", [False, True])
 def test_a_motion_blurs_the_picture_along_its_direction_only(supersampled: bool) -> None:
     """A radiograph whose chain has a motion of 2 px^2 at 30 deg on a detector blur of 0.7 px: a

@@ -620,9 +620,12 @@ def quantify_pair(
         alpha, beta = bones_info["blur_anisotropy"]
         along_deg = round(math.degrees(0.5 * math.atan2(beta, alpha))) % 180  # an axis: 0-179
         notes.append(f"blur differs by direction: the follow-up is blurred more than the baseline along "
-                     f"{along_deg} deg from the picture's x axis (y down) and less across it, by "
+                     f"{along_deg} deg from the baseline's x axis (y down) and less across it, by "
                      f"{math.hypot(alpha, beta):.2f} px^2 of variance either way (a motion during an exposure?); "
                      "matched")
+    if bones_info["blur_anisotropy_unmatched_px2"]:
+        notes.append(f"blur differs by direction by about {bones_info['blur_anisotropy_unmatched_px2']:.1f} px^2 "
+                     "(a motion during an exposure?), beyond what the blur match reaches: the JSN may be biased")
     # residuals judged after removing a per-bone quadratic intensity mapping (exposure/gamma)
     maps, raw_stats = residual_maps(base, follow, regions, {"upper": pu, "lower": pl}, local_center,
                                     photometric_order=2, keep_maps=keep_residuals, follow_coef=follow_coef,
@@ -775,6 +778,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     params = dict(coarse)
     fits = {}
     blur_anisotropy = None  # the direction-dependent blur difference matched, (alpha, beta) px^2
+    blur_anisotropy_unmatched_px2 = 0.0  # the size of one that could not be matched
     for level in range(settings.levels, -1, -1):
         f = 2**level
         if level == 0 and settings.levels > 0 and settings.match_blur:
@@ -789,8 +793,10 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2, settings.max_blur_difference_px2)
             blur_x = matcher.variance_difference([fw for _, fw, _ in windows])
             if settings.match_blur_anisotropy:
-                blur_x, alpha, beta = matcher.with_anisotropy([fw for _, fw, _ in windows], blur_x,
-                                                              settings.min_blur_anisotropy_px2)
+                blur_x, alpha, beta, unmatched_px2 = matcher.with_anisotropy(
+                    [fw for _, fw, _ in windows], blur_x, settings.min_blur_anisotropy_px2)
+                if unmatched_px2:
+                    blur_anisotropy_unmatched_px2 = unmatched_px2
                 if alpha or beta:
                     # a blur that differs by direction (a patient's motion) is matched first,
                     # by a line blur of each image, so that everything after (the displays'
@@ -917,6 +923,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     info = {name: {"region": regions[name]} for name in regions}
     info["wide_start"] = wide_start
     info["blur_anisotropy"] = blur_anisotropy
+    info["blur_anisotropy_unmatched_px2"] = blur_anisotropy_unmatched_px2
     t_fine = time.perf_counter() - t1
     return fits, coarse, info, variance_of, t_coarse, t_fine, follow_coef
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -124,9 +125,9 @@ class RegistrationSettings:
             (:meth:`BlurMatcher.with_anisotropy`); the isotropic match alone leaves it to bias the JSN.
         min_blur_anisotropy_px2: the smallest direction-dependent blur difference matched (the
             eigenvalue of its traceless part). Pairs without one read 0.01-0.21 px^2 on the
-            benchmark's sets (their blurs differ alike in every direction; the larger values on
-            real layers at high noise), so none of them is touched; at 0.25 px^2 a motion across
-            the joint biases the JSN by about 0.02 px.
+            synthetic benchmark sets (their blurs differ alike in every direction; the larger
+            values on real layers at high noise; 0.22 at 800 photons per pixel), so none of them
+            is touched; at 0.25 px^2 a motion across the joint biases the JSN by about 0.02 px.
         equalise_display_gamma: once the blurs are first matched (``match_blur``, ``levels > 0``),
             raise the two images to the powers that give their displays one gamma
             (:func:`display_gamma_ratio`); the intensity mapping, the blur search after it and
@@ -1262,6 +1263,24 @@ JACOBIAN_STEP_PX2 = 0.25
 ANISOTROPY_AGREEMENT = 0.3
 
 
+class BlurMatch(NamedTuple):
+    """The blur difference :meth:`BlurMatcher.with_anisotropy` found (px^2).
+
+    Attributes:
+        x: isotropic variance to add to the baseline (``> 0``) or the follow-up (``< 0``).
+        alpha, beta: the follow-up's extra direction-dependent blur ``[[alpha, beta], [beta,
+            -alpha]]`` (:func:`line_blurs`); zeros where none is matched.
+        unmatched_px2: the size of a direction-dependent difference that passed the tests for
+            one blur of the whole picture but could not be matched (beyond the search's reach,
+            or no convergence): the JSN may be biased by it; 0 otherwise.
+    """
+
+    x: float
+    alpha: float = 0.0
+    beta: float = 0.0
+    unmatched_px2: float = 0.0
+
+
 class BlurMatcher:
     """Finds the detector-blur difference between fixed baseline windows and follow-up windows.
 
@@ -1351,10 +1370,10 @@ class BlurMatcher:
     def with_anisotropy(
         self, follow_windows: list[np.ndarray], variance_difference_px2: float, min_anisotropy_px2: float,
         rounds: int = 2,
-    ) -> tuple[float, float, float]:
-        """The blur difference refined for direction: ``(x, alpha, beta)`` (px^2), the
-        isotropic part as :meth:`variance_difference` gives it (``x > 0`` blurs the baseline)
-        and the follow-up's extra ``[[alpha, beta], [beta, -alpha]]`` (:func:`line_blurs`).
+    ) -> BlurMatch:
+        """The blur difference refined for direction (:class:`BlurMatch`): the isotropic part
+        as :meth:`variance_difference` gives it (``x > 0`` blurs the baseline) and the
+        follow-up's extra ``[[alpha, beta], [beta, -alpha]]`` (:func:`line_blurs`).
 
         A patient who moves during an exposure blurs the picture along the motion: a blur
         difference that the isotropic search meets only in its mean, leaving one image
@@ -1372,8 +1391,10 @@ class BlurMatcher:
         orthogonal on bones whose edges run mostly across the finger (only the blur across
         them is well determined), so the one gain the isotropic search's secant takes left
         the estimate swinging between two states. A refinement that does not converge
-        (a remaining difference larger than the first, or a blur beyond the search's reach)
-        is dropped for the isotropic match.
+        (a remaining difference larger than the first, or a blur beyond the search's reach,
+        ``max_difference_px2``: a motion of more than about twice that in one visit) is dropped
+        for the isotropic match, and the first reading's size is returned as
+        :attr:`BlurMatch.unmatched_px2`.
         """
         x = variance_difference_px2
         if self._last_trial is None:
@@ -1386,18 +1407,18 @@ class BlurMatcher:
         # limit only where the other way reads 1.5 times the limit or more
         forward = np.array(blur_covariance_difference(list(zip(bases, follows, self.regions)), base_designs))
         if math.hypot(forward[1], forward[2]) < 0.5 * min_anisotropy_px2:
-            return x, 0.0, 0.0
+            return BlurMatch(x)
         reverse = np.array(blur_covariance_difference(list(zip(follows, bases, self.regions)), follow_designs))
         first = 0.5 * (forward - reverse)
         first[0] += trial_x - x  # the isotropic part, from x on
         size = math.hypot(first[1], first[2])
         if size < min_anisotropy_px2:
-            return x, 0.0, 0.0
+            return BlurMatch(x)
         for k in range(len(bases)):
             own = self._symmetric_difference(bases[k:k + 1], follows[k:k + 1], base_designs[k:k + 1],
                                              follow_designs[k:k + 1], k)
             if math.hypot(own[1] - first[1], own[2] - first[2]) > ANISOTROPY_AGREEMENT * size:
-                return x, 0.0, 0.0
+                return BlurMatch(x)
         base_spectra = [BlurSpectrum(b) for b in self.base]
         follow_spectra = [BlurSpectrum(np.asarray(f, dtype=np.float32)) for f in follow_windows]
         common = self.common_variance_px2
@@ -1422,13 +1443,13 @@ class BlurMatcher:
             for _ in range(rounds):
                 estimate = estimate - np.linalg.solve(jacobian, residual)
                 if not (np.all(np.isfinite(estimate)) and np.max(np.abs(estimate)) <= self.max_difference_px2):
-                    return x, 0.0, 0.0
+                    return BlurMatch(x, unmatched_px2=size)
                 residual = remaining(estimate)
         except np.linalg.LinAlgError:
-            return x, 0.0, 0.0
+            return BlurMatch(x, unmatched_px2=size)
         if np.linalg.norm(residual) > np.linalg.norm(first):
-            return x, 0.0, 0.0
-        return float(estimate[0]), float(estimate[1]), float(estimate[2])
+            return BlurMatch(x, unmatched_px2=size)
+        return BlurMatch(float(estimate[0]), float(estimate[1]), float(estimate[2]))
 
     def _symmetric_difference(
         self, bases: list[np.ndarray], follows: list[np.ndarray], base_designs: list[BlurDesign] | None = None,

@@ -202,11 +202,16 @@ def sample_imaging_params(
 def blur_covariance_px2(params: ImagingParams) -> tuple[float, float, float]:
     """The covariance ``(cxx, cyy, cxy)`` (px^2) of an image's whole blur: the detector's,
     alike in every direction, and a motion's along ``motion_angle_deg``."""
-    variance = params.blur_sigma_px**2
-    angle = math.radians(params.motion_angle_deg)
+    return _blur_covariance(params.blur_sigma_px, params.motion_blur_px2, params.motion_angle_deg)
+
+
+def _blur_covariance(sigma_px: float, motion_px2: float, motion_angle_deg: float) -> tuple[float, float, float]:
+    """``sigma^2 I + m u u^T``, ``u`` along ``motion_angle_deg``, as ``(cxx, cyy, cxy)`` (any
+    size: the supersampled chain's is four times the image's)."""
+    variance = sigma_px**2
+    angle = math.radians(motion_angle_deg)
     c, s = math.cos(angle), math.sin(angle)
-    m = params.motion_blur_px2
-    return variance + m * c * c, variance + m * s * s, m * c * s
+    return variance + motion_px2 * c * c, variance + motion_px2 * s * s, motion_px2 * c * s
 
 
 def heel_field(shape: tuple[int, int], params: ImagingParams, dtype: type = np.float64) -> np.ndarray | None:
@@ -242,8 +247,7 @@ def detector_blur(image: np.ndarray, sigma_px: float, dtype: type = np.float64,
     image = np.asarray(image, dtype=dtype)
     motion_px2, motion_angle_deg = motion
     if motion_px2 > 0:
-        covariance = blur_covariance_px2(ImagingParams(blur_sigma_px=sigma_px, motion_blur_px2=motion_px2,
-                                                       motion_angle_deg=motion_angle_deg))
+        covariance = _blur_covariance(sigma_px, motion_px2, motion_angle_deg)
         reach_px = math.sqrt(sigma_px**2 + motion_px2)
         return BlurSpectrum(image, BLUR_PAD_PX + int(math.ceil(4.0 * reach_px))).blurred_by_covariance(covariance)
     if sigma_px <= 0:
@@ -261,7 +265,7 @@ def _squared_frequencies(shape: tuple[int, int]) -> np.ndarray:
     return squared
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=4)  # three arrays a shape; _squared_frequencies keeps its own sums
 def _frequency_products(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(fx^2, fy^2, fx fy)`` (cycles per pixel) of every entry of OpenCV's packed ("CCS")
     spectrum of a real image of ``shape``, float64.
@@ -288,16 +292,13 @@ def _frequency_products(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray,
     return products
 
 
-@functools.lru_cache(maxsize=16)
 def _covariance_transfer(shape: tuple[int, int], covariance_px2: tuple[float, float, float], dtype: type) -> np.ndarray:
     """Fourier transfer ``exp(-2 pi^2 f^T C f)`` of a Gaussian of covariance
     ``C = [[cxx, cxy], [cxy, cyy]]`` (``covariance_px2 = (cxx, cyy, cxy)``, px^2) on the packed
-    spectrum of ``shape``."""
+    spectrum of ``shape`` (not kept: covariances are drawn, or searched, and seldom recur)."""
     cxx, cyy, cxy = covariance_px2
     fx2, fy2, cross = _frequency_products(shape)
-    transfer = np.exp(-2.0 * math.pi**2 * (cxx * fx2 + cyy * fy2 + 2.0 * cxy * cross)).astype(dtype)
-    transfer.flags.writeable = False
-    return transfer
+    return np.exp(-2.0 * math.pi**2 * (cxx * fx2 + cyy * fy2 + 2.0 * cxy * cross)).astype(dtype)
 
 
 @functools.lru_cache(maxsize=16)
