@@ -255,38 +255,48 @@ def detector_blur(image: np.ndarray, sigma_px: float, dtype: type = np.float64,
     return BlurSpectrum(image, BLUR_PAD_PX + int(math.ceil(4.0 * sigma_px))).blurred(sigma_px)
 
 
-@functools.lru_cache(maxsize=32)
-def _squared_frequencies(shape: tuple[int, int]) -> np.ndarray:
-    """``|f|^2`` (cycles per pixel) of every entry of OpenCV's packed ("CCS") spectrum of a real
-    image of ``shape``, float64 (:func:`_frequency_products`)."""
-    fx2, fy2, _ = _frequency_products(shape)
-    squared = fx2 + fy2
-    squared.flags.writeable = False  # cached
-    return squared
-
-
-@functools.lru_cache(maxsize=4)  # three arrays a shape; _squared_frequencies keeps its own sums
-def _frequency_products(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(fx^2, fy^2, fx fy)`` (cycles per pixel) of every entry of OpenCV's packed ("CCS")
-    spectrum of a real image of ``shape``, float64.
+def _packed_frequencies(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The frequencies (cycles per pixel) of OpenCV's packed ("CCS") spectrum of a real image of
+    ``shape``: ``(fx, fy, fy_signed, packed)``, ``fx`` per column, ``fy`` per entry, ``fy_signed``
+    per row as the interior columns hold it, and the packed columns.
 
     Interior column pairs ``(2k - 1, 2k)`` hold the real and imaginary parts of horizontal
     frequency ``k`` at every vertical frequency; column 0 (and the last one for an even width,
     frequency ``W / 2``) are themselves packed along the rows: row 0 is vertical frequency 0,
-    rows ``(2m - 1, 2m)`` are frequency ``m``. Such an entry holds the vertical frequencies ``m``
-    and ``-m`` at once, which a transfer odd in ``fx fy`` cannot treat apart: their cross product
-    is left at zero (exact at horizontal frequency 0, and at ``W / 2`` a Nyquist column that a
-    blur all but removes).
+    rows ``(2m - 1, 2m)`` are frequency ``m``.
     """
     h, w = shape
     columns = np.arange(w)
     fx = ((columns + 1) // 2) / w
     packed = (columns == 0) | ((w % 2 == 0) & (columns == w - 1))
-    fy_full = np.fft.fftfreq(h)
+    fy_signed = np.fft.fftfreq(h)
     fy_packed = ((np.arange(h) + 1) // 2) / h
-    fy = np.where(packed[None, :], fy_packed[:, None], fy_full[:, None])
-    products = (np.repeat(fx[None, :] ** 2, h, axis=0), fy**2,
-                np.where(packed[None, :], 0.0, fx[None, :] * fy_full[:, None]))
+    fy = np.where(packed[None, :], fy_packed[:, None], fy_signed[:, None])
+    return fx, fy, fy_signed, packed
+
+
+@functools.lru_cache(maxsize=32)
+def _squared_frequencies(shape: tuple[int, int]) -> np.ndarray:
+    """``|f|^2`` (cycles per pixel) of every entry of the packed spectrum of a real image of
+    ``shape`` (:func:`_packed_frequencies`), float64."""
+    fx, fy, _, _ = _packed_frequencies(shape)
+    squared = fx[None, :] ** 2 + fy**2
+    squared.flags.writeable = False  # cached
+    return squared
+
+
+@functools.lru_cache(maxsize=4)  # three arrays a shape, for the seldom blurs that differ by direction
+def _frequency_products(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fx^2, fy^2, fx fy)`` of every entry of the packed spectrum of a real image of ``shape``
+    (:func:`_packed_frequencies`), float64.
+
+    A packed column's entry holds the vertical frequencies ``m`` and ``-m`` at once, which a
+    transfer odd in ``fx fy`` cannot treat apart: their cross product is left at zero (exact at
+    horizontal frequency 0, and at ``W / 2`` a Nyquist column that a blur all but removes).
+    """
+    fx, fy, fy_signed, packed = _packed_frequencies(shape)
+    products = (np.repeat(fx[None, :] ** 2, shape[0], axis=0), fy**2,
+                np.where(packed[None, :], 0.0, fx[None, :] * fy_signed[:, None]))
     for array in products:
         array.flags.writeable = False  # cached
     return products
