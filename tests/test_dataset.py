@@ -659,7 +659,8 @@ def test_cli_sets_a_nuisance_per_image(tmp_path: Path, capsys, option, drawn, di
     """A heel effect (a smooth field that one visit has and the other not: the quantifier once
     read 0.1 px of narrowing per 1 %) and a patient's motion during an exposure: drawn per image
     (size and direction), recorded, and the pairs' truth measured through them (the chain
-    itself: test_xray). A range the wrong way round, or past the limit, is refused."""
+    itself: test_xray). A range the wrong way round, or past the limit, is a usage error (exit 2)
+    naming the option."""
     from jsnsynth.quantify.validate import validate_dataset
 
     rc = main(["dataset", "--source", "phantom", "--pairs", "4", "--out", str(tmp_path / "ds"), "--no-noise",
@@ -672,8 +673,8 @@ def test_cli_sets_a_nuisance_per_image(tmp_path: Path, capsys, option, drawn, di
     assert validate_dataset(tmp_path / "ds")["overall"]["rmse_px"] < rmse_px
     capsys.readouterr()
     assert main(["dataset", "--source", "phantom", "--pairs", "3", "--out", str(tmp_path / "ds2"),
-                 f"--{option}", *map(str, good[::-1])]) == 1
-    assert drawn in capsys.readouterr().err
+                 f"--{option}", *map(str, good[::-1])]) == 2
+    assert f"'--{option}': LOW {good[1]:g} is above HIGH {good[0]:g}" in capsys.readouterr().err
     assert main(["dataset", "--source", "phantom", "--pairs", "3", "--out", str(tmp_path / "ds3"),
                  f"--{option}", str(good[0]), str(1.5 * limit)]) == 2
     assert not (tmp_path / "ds2").exists() and not (tmp_path / "ds3").exists()

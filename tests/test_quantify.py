@@ -1346,18 +1346,24 @@ def test_a_follow_up_blurred_by_a_motion_is_measured(index, covariance_px2, matc
     result, jsn_px = _motion_blurred_pair_result(index, covariance_px2,
                                                  RegistrationSettings(match_blur_anisotropy=match_by_direction))
     assert abs(result.jsn_px - jsn_px) < 0.02
-    if match_by_direction:  # the note names the motion's axis (0-179 deg from the x axis, y down)
+    if match_by_direction:  # the note names the motion's axis (0-179 deg from the x axis, y down) and size
         (note,) = [flag for flag in result.flags if flag.startswith("blur differs by direction")]
         along_deg = int(re.search(r"along (\d+) deg", note).group(1))
+        assert 2.0 < float(re.search(r"by ([0-9.]+) px\^2 of variance", note).group(1)) < 2.5, note
         apart_deg = abs(along_deg - (90 if index == 0 else 0)) % 180
         assert min(apart_deg, 180 - apart_deg) < 10, note
 
 
-def test_a_motion_beyond_the_blur_matchs_reach_is_noted():
-    """A follow-up moved by 12 px^2 along the finger, beyond the blur search's 4 px^2 either way:
-    matched in the mean only, it read -0.40 px, which the flags must say may be biased."""
-    result, _ = _motion_blurred_pair_result(0, (0.0, 12.0, 0.0))
-    assert any("beyond what the blur match reaches: the JSN may be biased" in flag for flag in result.flags), result.flags
+def test_a_motion_beyond_the_blur_matchs_reach_is_a_mismatch():
+    """A follow-up moved by 12 px^2 along the finger, beyond the blur search's reach (4 px^2 either
+    way: a motion of about 8 px^2): matched in the mean only, it read -0.40 px, 11 standard errors
+    off, unflagged. It is a mismatch, and the flags say why, with the motion's size."""
+    result, jsn_px = _motion_blurred_pair_result(0, (0.0, 12.0, 0.0))
+    assert abs(result.jsn_px - jsn_px) > 5 * result.jsn_se_px  # what the flag is for
+    assert result.mismatch
+    (note,) = [flag for flag in result.flags if "beyond what the blur match reaches" in flag]
+    size_px2 = float(re.search(r"by about ([0-9.]+) px\^2", note).group(1))
+    assert 10.0 < size_px2 < 14.0 and "(about 8 px^2 at this picture's size)" in note, note
 
 
 def test_intensity_mapping_of_windows_that_are_a_ramp_is_not_left_to_the_plane():

@@ -141,6 +141,14 @@ def _file_to_write(ctx: click.Context, param: click.Parameter, value: str | None
     return Path(value)
 
 
+def _low_high(ctx: click.Context, param: click.Parameter, value):
+    """A ``LOW HIGH`` range the wrong way round is a usage error naming the option (exit 2), as a
+    value out of range is: the library's check named its own field and exited 1."""
+    if value is not None and value[0] > value[1]:
+        raise click.BadParameter(f"LOW {value[0]:g} is above HIGH {value[1]:g}: give the range as LOW HIGH", ctx, param)
+    return value
+
+
 def _pair_limit(name: str) -> FiniteFloatRange:
     """The range the library allows a pair option (:data:`PAIR_OPTION_LIMITS`), as the option's
     type: out of it is a usage error (exit 2), as for every other option's range."""
@@ -193,23 +201,23 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
 @click.option("--shard-size", type=click.IntRange(min=1), default=100, show_default=True, help="Pairs per parquet shard.")
 @click.option("--layers-every", type=click.IntRange(min=0), default=10, show_default=True, help="Write the 'layers' config for every k-th pair (1: all, 0: none).")
 @click.option("--split", "split_fractions", type=FiniteFloatRange(0.0, 1.0), nargs=3, default=(0.8, 0.1, 0.1), show_default=True, help="Train/validation/test fractions of source joints (summing to 1).")
-@click.option("--jsn-mm", type=_pair_limit("jsn_mm"), nargs=2, default=(-0.5, 0.5), show_default=True, help="Range of the JSN change in mm (+ = narrowing).")
-@click.option("--jsn-px", type=_pair_limit("jsn_px"), nargs=2, default=None, help="Range of the JSN change in pixels (instead of --jsn-mm; not with it).")
+@click.option("--jsn-mm", type=_pair_limit("jsn_mm"), nargs=2, callback=_low_high, default=(-0.5, 0.5), show_default=True, help="Range of the JSN change in mm (+ = narrowing).")
+@click.option("--jsn-px", type=_pair_limit("jsn_px"), nargs=2, callback=_low_high, default=None, help="Range of the JSN change in pixels (instead of --jsn-mm; not with it).")
 @click.option("--flexion-deg", type=_pair_limit("flexion_deg"), default=2.0, show_default=True, help="Largest rotation of each bone about the joint centre.")
 @click.option("--rotation-deg", type=_pair_limit("rotation_deg"), default=3.0, show_default=True, help="Largest global rotation.")
-@click.option("--magnification", type=_pair_limit("magnification"), nargs=2, default=(0.97, 1.03), show_default=True, help="Range of the global magnification.")
+@click.option("--magnification", type=_pair_limit("magnification"), nargs=2, callback=_low_high, default=(0.97, 1.03), show_default=True, help="Range of the global magnification.")
 @click.option("--translation-px", type=_pair_limit("translation_px"), default=5.0, show_default=True, help="Largest global translation along x and y.")
 @click.option("--soft-tissue-blend-mm", type=FiniteFloatRange(min=0.0, min_open=True), default=2.0, show_default=True,
               help="The soft tissue moves with the bone that carries it, blended across this half-width about the joint line.")
 @click.option("--no-noise", is_flag=True, help="Noise-free baseline/follow-up images.")
-@click.option("--photons-per-px", type=FiniteFloatRange(min=1.0), nargs=2, default=None,
+@click.option("--photons-per-px", type=FiniteFloatRange(min=1.0), nargs=2, callback=_low_high, default=None,
               help="Range of the incident quanta per pixel, drawn log-uniformly for each image "
                    "(default 5e4 1e6, little noise; the quantifier's benchmark: 4e4 5e4 low, 8e3 1.2e4 medium, 2e3 3e3 high).")
-@click.option("--heel-gain", type=FiniteFloatRange(0.0, MAX_HEEL_GAIN), nargs=2, default=None,
+@click.option("--heel-gain", type=FiniteFloatRange(0.0, MAX_HEEL_GAIN), nargs=2, callback=_low_high, default=None,
               help="Range of the heel effect drawn for each image: the beam's rise across the picture "
                    "(0.02: 2 %), in a direction drawn uniformly, so that the visits differ by a smooth field "
                    "(default: none).")
-@click.option("--motion-blur-px2", type=FiniteFloatRange(0.0, MAX_MOTION_BLUR_PX2), nargs=2, default=None,
+@click.option("--motion-blur-px2", type=FiniteFloatRange(0.0, MAX_MOTION_BLUR_PX2), nargs=2, callback=_low_high, default=None,
               help="Range of a motion blur drawn for each image: the extra blur variance (px^2) along a "
                    "direction drawn uniformly, as a patient who moves during the exposure smears it "
                    "(a steady motion of L px adds L^2/12; default: none).")

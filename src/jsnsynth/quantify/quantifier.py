@@ -619,13 +619,16 @@ def quantify_pair(
         # a note, not a flag: the blurs are matched (method step 3)
         alpha, beta = bones_info["blur_anisotropy"]
         along_deg = round(math.degrees(0.5 * math.atan2(beta, alpha))) % 180  # an axis: 0-179
-        notes.append(f"blur differs by direction: the follow-up is blurred more than the baseline along "
-                     f"{along_deg} deg from the baseline's x axis (y down) and less across it, by "
-                     f"{math.hypot(alpha, beta):.2f} px^2 of variance either way (a motion during an exposure?); "
-                     "matched")
-    if bones_info["blur_anisotropy_unmatched_px2"]:
-        notes.append(f"blur differs by direction by about {bones_info['blur_anisotropy_unmatched_px2']:.1f} px^2 "
-                     "(a motion during an exposure?), beyond what the blur match reaches: the JSN may be biased")
+        # twice the eigenvalue: the variance a motion in one visit adds along its axis
+        notes.append(f"blur differs by direction: relative to the baseline, the follow-up is blurred more along "
+                     f"{along_deg} deg from the baseline's x axis (y down) than across it, by "
+                     f"{2.0 * math.hypot(alpha, beta):.2f} px^2 of variance (a motion during an exposure: the "
+                     "follow-up's along that axis, or the baseline's across it); matched")
+    unmatched_px2 = 2.0 * bones_info["blur_anisotropy_unmatched_px2"]
+    if unmatched_px2:
+        notes.append(f"blur differs by direction by about {unmatched_px2:.1f} px^2 of variance (a motion during an "
+                     f"exposure?), beyond what the blur match reaches (about {2.0 * settings.max_blur_difference_px2:.0f} "
+                     "px^2 at this picture's size): the JSN is not to be trusted")
     # residuals judged after removing a per-bone quadratic intensity mapping (exposure/gamma)
     maps, raw_stats = residual_maps(base, follow, regions, {"upper": pu, "lower": pl}, local_center,
                                     photometric_order=2, keep_maps=keep_residuals, follow_coef=follow_coef,
@@ -666,7 +669,7 @@ def quantify_pair(
         upper=t_upper,
         lower=t_lower,
         reliability=report.score,
-        mismatch=report.mismatch,
+        mismatch=report.mismatch or bool(unmatched_px2),
         flags=report.flags + notes,
         jsn_se_px=math.sqrt(max(variance, 0.0)),
         bones=bones,
