@@ -43,7 +43,7 @@ from jsnsynth.synth.dataset import (
 )
 from jsnsynth.synth.io import decode_png, encode_png, write_bytes_atomic
 from jsnsynth.synth.pairs import PairConfig, make_pair
-from jsnsynth.synth.xray import quantize
+from jsnsynth.synth.xray import ImagingRanges, quantize
 from jsnsynth.synth.sources import FingerJointsSource, PhantomSource
 from test_sources import make_fingerjoint_folder
 
@@ -353,6 +353,26 @@ def test_a_run_of_the_previous_record_format_resumes(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="other parameters"):
         build_dataset(PhantomSource(n_joints=4, size_px=64), tmp_path / "old", 4, seed=2, shard_size=1,
                       layers_every=0, quiet=True, pair_config=config)
+
+
+def test_a_folder_of_another_run_names_what_differs(tmp_path: Path) -> None:
+    """Rerun into the folder of another run, the refusal names the options that differ, and for
+    an unfinished run says that its own command resumes it."""
+
+    def stop(name: str) -> None:
+        raise KeyboardInterrupt
+
+    source = PhantomSource(n_joints=4, size_px=64)
+    build_dataset(source, tmp_path / "done", 2, seed=1, layers_every=0, quiet=True)
+    with pytest.raises(OutputError, match=r"other parameters \(config\.seed differs\); choose a new folder"):
+        build_dataset(source, tmp_path / "done", 2, seed=2, layers_every=0, quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(source, tmp_path / "begun", 4, seed=1, shard_size=1, layers_every=0, quiet=True,
+                      on_shard_written=stop)
+    with pytest.raises(OutputError, match=r"config\.pair\.imaging\.motion_blur_px2 differs\); rerun the command it "
+                                          r"was begun with to resume it"):
+        build_dataset(source, tmp_path / "begun", 4, seed=1, shard_size=1, layers_every=0, quiet=True,
+                      pair_config=PairConfig(imaging=ImagingRanges(motion_blur_px2=(1.0, 2.0))))
 
 
 def test_an_interrupted_run_of_an_earlier_schema_is_not_resumed(tmp_path: Path) -> None:

@@ -181,6 +181,9 @@ def test_a_motion_range_is_drawn_after_the_heel() -> None:
     assert 1.0 <= moved.motion_blur_px2 <= 3.0 and 0.0 <= moved.motion_angle_deg < 180.0
     assert dataclasses.replace(moved, motion_blur_px2=0.0, motion_angle_deg=0.0) == plain
     assert xray.ImagingParams.from_dict(moved.to_dict()) == moved
+    # a record whose motion is null (not recorded) is the chain without motion, not a TypeError
+    assert xray.ImagingParams.from_dict({**moved.to_dict(), "motion_blur_px2": None, "motion_angle_deg": None}) == \
+        dataclasses.replace(moved, motion_blur_px2=0.0, motion_angle_deg=0.0)
     for bad in ((0.0, 17.0), (3.0, 1.0), (-1.0, 1.0)):
         with pytest.raises(InputError, match="motion_blur_px2"):
             xray.ImagingRanges(motion_blur_px2=bad)

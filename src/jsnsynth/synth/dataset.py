@@ -689,10 +689,14 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
             # its shards have other columns: a resume would mix them
             raise OutputError(f"{out_dir}: holds a run of dataset schema {earlier.get('schema_version')} (this jsnsynth "
                               f"writes schema {SCHEMA_VERSION}, with other columns); choose a new folder")
-        raise OutputError(
-            f"{out_dir}: holds a dataset made with other parameters (source, seed, pairs or options differ); "
-            "choose a new folder"
-        )
+        differ = _differing_entries(_run_identity(earlier, files), _run_identity(record, files))
+        # the plan's digest follows from the options: named only when nothing else differs
+        differ = [name for name in differ if name != "plan_digest"] or differ
+        what = (f"{', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''} {'differs' if len(differ) == 1 else 'differ'}"
+                if differ else "source, seed, pairs or options differ")
+        then = ("choose a new folder" if state.get("complete")
+                else "rerun the command it was begun with to resume it, or choose a new folder")
+        raise OutputError(f"{out_dir}: holds a dataset made with other parameters ({what}); {then}")
     for folder in (out_dir, out_dir / UNFINISHED_DIR):
         for sub in (PAIRS_DIR, LAYERS_DIR):
             remove_partial_outputs(folder / sub)
@@ -732,6 +736,15 @@ def _run_identity(record: dict, files: str | None = "digest") -> dict:
     if isinstance(pair, dict) and pair.get("jsn_px") is not None:
         pair["jsn_mm"] = None
     return record
+
+
+def _differing_entries(earlier: Any, now: Any, path: str = "") -> list[str]:
+    """The dotted names of the entries of two run records that differ (``config.pair.seed``...)."""
+    if isinstance(earlier, dict) and isinstance(now, dict):
+        names = list(earlier) + [name for name in now if name not in earlier]
+        return [entry for name in names
+                for entry in _differing_entries(earlier.get(name), now.get(name), f"{path}.{name}" if path else name)]
+    return [] if earlier == now else [path or "the record"]
 
 
 def _pairs_shards_on_disk(out_dir: Path) -> bool:
@@ -1234,7 +1247,8 @@ Images (`baseline`, `followup`, `*_clean`) are 16-bit greyscale PNG (display int
 ## Every generation parameter
 
 Each pair draws its JSN change, flexions and repositioning uniformly from the ranges below, and
-each of its two images its blur, electronic noise, window and gamma uniformly and its photon count log-uniformly
+each of its two images its blur, electronic noise, window and gamma uniformly and its photon count log-uniformly,
+and, where their ranges reach above 0, a heel effect and a motion blur uniformly with their directions
 (`config.pair.imaging`); everything from `SeedSequence([seed, pair index])`.
 
 ```json

@@ -130,7 +130,9 @@ class ImagingParams:
     def from_dict(cls, record: dict) -> "ImagingParams":
         """Rebuild parameters from :meth:`to_dict` output."""
         known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in record.items() if k in known}
+        # a null is a parameter not recorded (a column of a later schema): its default, but for
+        # the photon count, whose null is the noise-free chain's infinity
+        values = {k: v for k, v in record.items() if k in known and (v is not None or k == "photons_per_px")}
         if values.get("photons_per_px") is None:
             values["photons_per_px"] = math.inf
         return cls(**values)
