@@ -1272,7 +1272,9 @@ class BlurMatch(NamedTuple):
             -alpha]]`` (:func:`line_blurs`); zeros where none is matched.
         unmatched_px2: the size of a direction-dependent difference that passed the tests for
             one blur of the whole picture but could not be matched (beyond the search's reach,
-            or no convergence): the JSN may be biased by it; 0 otherwise.
+            or no convergence; the eigenvalue ``hypot(alpha, beta)``, half a one-visit motion's
+            variance): it biases the JSN, and ``quantify_pair`` makes the pair a mismatch; 0
+            otherwise.
     """
 
     x: float
