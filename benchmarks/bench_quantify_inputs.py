@@ -35,6 +35,7 @@ from docblock import write_doc_block  # noqa: E402  (benchmarks/ is on sys.path 
 
 from jsnsynth.lsn.infer import load_model, separate_intensity
 from jsnsynth.quantify.quantifier import keep_freed_heap, quantify_pair
+from jsnsynth.quantify.register import RegistrationSettings
 from jsnsynth.quantify.real import load_visit, multi_visit_series
 from jsnsynth.quantify.validate import read_pairs, summarize, validate_records
 from jsnsynth.synth.dataset import build_dataset
@@ -204,12 +205,18 @@ def resampled(pair: Pair, factor: float) -> Pair:
     return tuple(one(a) for a in pair)
 
 
-def measure(pair: Pair, spacing_mm: float = DEFAULT_PIXEL_SPACING_MM, frame: tuple | None = None):
+def measure(pair: Pair, spacing_mm: float = DEFAULT_PIXEL_SPACING_MM, frame: tuple | None = None,
+            settings: RegistrationSettings = RegistrationSettings()):
     """``quantify_pair`` of a pair (its default joint frame unless ``frame`` is given)."""
     base, follow, upper, lower, f_upper, f_lower = pair
     center, axis = frame if frame is not None else (None, None)
     return quantify_pair(base, follow, upper, lower, spacing_mm, f_upper, f_lower, joint_center_xy=center,
-                         joint_axis_deg=axis)
+                         joint_axis_deg=axis, settings=settings)
+
+
+#: The blur matched in its mean only (without method step 3's match of a blur that differs by
+#: direction): the rows of a motion are also measured so, to show what the match does.
+MEAN_BLUR_MATCH = RegistrationSettings(match_blur_anisotropy=False)
 
 
 def lsn_masks(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -302,12 +309,13 @@ def synthetic_rows(spec: str, n_pairs: int, seed: int, tmp: Path) -> list[str]:
                   split_fractions=(0.0, 0.0, 1.0), pair_config=config, quiet=True)
     records = list(read_pairs(folder))
 
-    def changed(change: Callable[[Pair, tuple], tuple[Pair, tuple]]) -> Callable:
+    def changed(change: Callable[[Pair, tuple], tuple[Pair, tuple]],
+                settings: RegistrationSettings = RegistrationSettings()) -> Callable:
         def method(baseline, followup, upper_mask, lower_mask, pixel_spacing_mm=None, followup_upper_mask=None,
                    followup_lower_mask=None, joint_center_xy=None, joint_axis_deg=None):
             pair = (baseline, followup, upper_mask, lower_mask, followup_upper_mask, followup_lower_mask)
             pair, frame = change(pair, (joint_center_xy, joint_axis_deg))
-            return measure(pair, pixel_spacing_mm, frame)
+            return measure(pair, pixel_spacing_mm, frame, settings)
         return method
 
     def mirror(pair: Pair, frame: tuple) -> tuple[Pair, tuple]:
@@ -339,6 +347,9 @@ def synthetic_rows(spec: str, n_pairs: int, seed: int, tmp: Path) -> list[str]:
             changed(lambda pair, frame: (followup_turned(pair, FOLLOWUP_TURN_DEG), frame)),
         **{f"{label} (JSN read in the stored pixels)": resampled_method(factor) for factor, label in RESAMPLINGS.items()},
         **{label: changed(lambda pair, frame, label=label: (processed(pair, label), frame)) for label in PROCESSINGS},
+        **{f"{label}, blurs matched in their mean only": changed(
+            lambda pair, frame, label=label: (processed(pair, label), frame), MEAN_BLUR_MATCH)
+           for label in PROCESSINGS if PROCESSINGS[label][1][0] == "motion"},
     }
     lines, plain = [], None
     for label, method in methods.items():

@@ -211,7 +211,7 @@ def test_a_motion_blurs_the_picture_along_its_direction_only(supersampled: bool)
     of its amplitude along the motion, across it and at 45 deg, on the pixels and through the
     supersampled exp (``supersampled=True``, as moved raster layers take it)."""
     params = xray.ImagingParams(blur_sigma_px=0.7, motion_blur_px2=2.0, motion_angle_deg=30.0)
-    assert xray.blur_covariance_px2(params) == pytest.approx(
+    assert xray.blur_covariance_px2(params.blur_sigma_px, params.motion_blur_px2, params.motion_angle_deg) == pytest.approx(
         (0.49 + 2.0 * 0.75, 0.49 + 2.0 * 0.25, 2.0 * math.sqrt(3.0) / 4.0))
     y, x = np.mgrid[0:96, 0:96].astype(np.float64)
     inner = (slice(24, 72), slice(24, 72))

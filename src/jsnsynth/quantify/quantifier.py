@@ -617,12 +617,12 @@ def quantify_pair(
                      f"magnified about {magnification:.2f} times against the baseline (coarse wide search)")
     if bones_info["blur_anisotropy"] is not None:
         # a note, not a flag: the blurs are matched (method step 3)
-        alpha, beta = bones_info["blur_anisotropy"]
-        along_deg = round(math.degrees(0.5 * math.atan2(beta, alpha))) % 180  # an axis: 0-179
+        lam_px2, along = reg.anisotropy_axis(*bones_info["blur_anisotropy"])
+        along_deg = round(math.degrees(along)) % 180  # an axis: 0-179
         # twice the eigenvalue: the variance a motion in one visit adds along its axis
         notes.append(f"blur differs by direction: relative to the baseline, the follow-up is blurred more along "
                      f"{along_deg} deg from the baseline's x axis (y down) than across it, by "
-                     f"{2.0 * math.hypot(alpha, beta):.2f} px^2 of variance (a motion during an exposure: the "
+                     f"{2.0 * lam_px2:.2f} px^2 of variance (a motion during an exposure: the "
                      "follow-up's along that axis, or the baseline's across it); matched")
     unmatched_px2 = 2.0 * bones_info["blur_anisotropy_unmatched_px2"]
     if unmatched_px2:
@@ -796,10 +796,8 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2, settings.max_blur_difference_px2)
             blur_x = matcher.variance_difference([fw for _, fw, _ in windows])
             if settings.match_blur_anisotropy:
-                blur_x, alpha, beta, unmatched_px2 = matcher.with_anisotropy(
+                blur_x, alpha, beta, blur_anisotropy_unmatched_px2 = matcher.with_anisotropy(
                     [fw for _, fw, _ in windows], blur_x, settings.min_blur_anisotropy_px2)
-                if unmatched_px2:
-                    blur_anisotropy_unmatched_px2 = unmatched_px2
                 if alpha or beta:
                     # a blur that differs by direction (a patient's motion) is matched first,
                     # by a line blur of each image, so that everything after (the displays'

@@ -1098,6 +1098,13 @@ def blur_covariance_difference(
     return float(solution[3]), float(solution[4]), float(solution[5])
 
 
+def anisotropy_axis(alpha_px2: float, beta_px2: float) -> tuple[float, float]:
+    """``(lam, angle)`` of the traceless ``[[alpha, beta], [beta, -alpha]]``: its eigenvalue
+    ``lam = hypot(alpha, beta)`` (px^2) and the direction (radians from +x toward +y) of the
+    eigenvector that has it, ``e1``."""
+    return math.hypot(alpha_px2, beta_px2), 0.5 * math.atan2(beta_px2, alpha_px2)
+
+
 def line_blurs(alpha_px2: float, beta_px2: float) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """The two line blurs that match a direction-dependent blur difference.
 
@@ -1109,10 +1116,9 @@ def line_blurs(alpha_px2: float, beta_px2: float) -> tuple[tuple[float, float, f
     Returns:
         ``(baseline's, follow-up's)`` covariances ``(cxx, cyy, cxy)`` (px^2).
     """
-    lam = math.hypot(alpha_px2, beta_px2)
+    lam, angle = anisotropy_axis(alpha_px2, beta_px2)
     if lam == 0.0:
         return (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)
-    angle = 0.5 * math.atan2(beta_px2, alpha_px2)
     c, s = math.cos(angle), math.sin(angle)
     return (lam * c * c, lam * s * s, lam * c * s), (lam * s * s, lam * c * c, -lam * c * s)
 

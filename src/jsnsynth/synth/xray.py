@@ -201,15 +201,11 @@ def sample_imaging_params(
     return params if noise else params.without_noise()
 
 
-def blur_covariance_px2(params: ImagingParams) -> tuple[float, float, float]:
-    """The covariance ``(cxx, cyy, cxy)`` (px^2) of an image's whole blur: the detector's,
-    alike in every direction, and a motion's along ``motion_angle_deg``."""
-    return _blur_covariance(params.blur_sigma_px, params.motion_blur_px2, params.motion_angle_deg)
-
-
-def _blur_covariance(sigma_px: float, motion_px2: float, motion_angle_deg: float) -> tuple[float, float, float]:
-    """``sigma^2 I + m u u^T``, ``u`` along ``motion_angle_deg``, as ``(cxx, cyy, cxy)`` (any
-    size: the supersampled chain's is four times the image's)."""
+def blur_covariance_px2(sigma_px: float, motion_px2: float, motion_angle_deg: float) -> tuple[float, float, float]:
+    """The covariance ``(cxx, cyy, cxy)`` (px^2) of a whole blur, ``sigma^2 I + m u u^T``: the
+    detector's (``blur_sigma_px``), alike in every direction, and a motion's (``motion_blur_px2``)
+    along ``u`` at ``motion_angle_deg``. Any size: the supersampled chain's is four times the
+    image's, beyond what :class:`ImagingParams` may hold."""
     variance = sigma_px**2
     angle = math.radians(motion_angle_deg)
     c, s = math.cos(angle), math.sin(angle)
@@ -249,7 +245,7 @@ def detector_blur(image: np.ndarray, sigma_px: float, dtype: type = np.float64,
     image = np.asarray(image, dtype=dtype)
     motion_px2, motion_angle_deg = motion
     if motion_px2 > 0:
-        covariance = _blur_covariance(sigma_px, motion_px2, motion_angle_deg)
+        covariance = blur_covariance_px2(sigma_px, motion_px2, motion_angle_deg)
         reach_px = math.sqrt(sigma_px**2 + motion_px2)
         return BlurSpectrum(image, BLUR_PAD_PX + int(math.ceil(4.0 * reach_px))).blurred_by_covariance(covariance)
     if sigma_px <= 0:
