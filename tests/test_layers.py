@@ -7,7 +7,7 @@ import pytest
 
 from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity, axis_vector
-from jsnsynth.synth.layers import JointLayers, joint_center_from_masks
+from jsnsynth.synth.layers import JointLayers, joint_center_from_masks, mask_pixels
 
 
 def _boxes(shape=(40, 30), gap=(18, 22)) -> tuple[np.ndarray, np.ndarray]:
@@ -134,3 +134,13 @@ def test_joint_axis_of_bones_as_wide_as_the_crop(size_px: int) -> None:
     for k in range(8):
         layers = source.load(f"phantom-{k:06d}", np.random.default_rng(k))
         assert abs(joint_axis_from_masks(layers.upper_mask, layers.lower_mask) - layers.joint_axis_deg) < 5.0
+
+
+def test_mask_pixels_are_nonzeros_rows_and_columns():
+    mask = np.random.default_rng(0).random((37, 53)) > 0.6
+    rows, cols = mask_pixels(mask)
+    expected_rows, expected_cols = np.nonzero(mask)
+    assert np.array_equal(rows, expected_rows) and np.array_equal(cols, expected_cols)
+    assert rows.dtype == expected_rows.dtype
+    empty_rows, empty_cols = mask_pixels(np.zeros((4, 5), bool))
+    assert empty_rows.size == empty_cols.size == 0

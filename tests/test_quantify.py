@@ -1697,3 +1697,17 @@ def test_a_follow_up_flat_over_the_bones_is_a_mismatch_not_a_crash(level):
     # white: the coarse stage's wide search (no start matches) may land the regions on the
     # picture beside the flat area, where the residual and the clipping flag the pair
     assert result.mismatch and result.reliability < 0.05
+
+
+@pytest.mark.parametrize("columns", [1, 3, 6, 7, 10, 13])
+def test_tall_product_is_the_matrix_product(columns):
+    # taken in blocks of four columns where it has more than six: every block must land in place
+    rng = np.random.default_rng(columns)
+    a = np.asfortranarray(rng.normal(size=(5000, 10)).astype(np.float32))
+    b = np.asfortranarray(rng.normal(size=(5000, columns)).astype(np.float32))
+    expected = a.astype(np.float64).T @ b.astype(np.float64)
+    product = reg.tall_product(a, b)
+    assert product.shape == (10, columns) and product.dtype == np.float32
+    np.testing.assert_allclose(product, expected, rtol=0, atol=2e-3)
+    vector = reg.tall_product(a, b[:, 0])  # a vector: the plain product
+    np.testing.assert_allclose(vector, expected[:, 0], rtol=0, atol=2e-3)

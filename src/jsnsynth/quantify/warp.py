@@ -48,7 +48,13 @@ def warp_offsets(params: np.ndarray, cx: float, cy: float, ux: np.ndarray, uy: n
     """:func:`warp_positions` of the positions ``(cx + ux, cy + uy)``, for loops that keep the
     offsets from the centre."""
     a, b, tx, ty = params
-    return cx + a * ux - b * uy + tx, cy + b * ux + a * uy + ty
+    # the centre and translation added as one number, in place: the sampler's positions on
+    # every iteration, where five whole-array operations per axis took a tenth of its time
+    x = a * ux - b * uy
+    x += cx + tx
+    y = b * ux + a * uy
+    y += cy + ty
+    return x, y
 
 
 #: Half-length of the FIR that computes the spline coefficients: the prefilter's impulse

@@ -132,9 +132,15 @@ def frame_coordinates(x, y, axis_deg: float):
     return x * across[0] + y * across[1], x * axis[0] + y * axis[1]
 
 
+def mask_pixels(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of a 2-D mask's pixels in row-major order: ``np.nonzero``'s answer, from
+    the flat indices (a third of its time: the quantifier checks its masks on every pair)."""
+    return np.divmod(np.flatnonzero(mask), mask.shape[1])
+
+
 def _frame_coordinates(mask: np.ndarray, axis_deg: float) -> tuple[np.ndarray, np.ndarray]:
     """Across-axis ``s`` and along-axis ``t`` coordinates of a mask's pixels."""
-    rows, cols = np.nonzero(mask)
+    rows, cols = mask_pixels(mask)
     return frame_coordinates(cols, rows, axis_deg)
 
 
@@ -205,8 +211,8 @@ def centroid_axis_deg(upper_mask: np.ndarray, lower_mask: np.ndarray) -> float:
         InputError: an empty mask, or masks of different sizes.
     """
     upper_mask, lower_mask = _check_masks(upper_mask, lower_mask)
-    rows_u, cols_u = np.nonzero(upper_mask)
-    rows_l, cols_l = np.nonzero(lower_mask)
+    rows_u, cols_u = mask_pixels(upper_mask)
+    rows_l, cols_l = mask_pixels(lower_mask)
     dx, dy = cols_l.mean() - cols_u.mean(), rows_l.mean() - rows_u.mean()
     return math.degrees(math.atan2(-dx, dy))
 
