@@ -131,3 +131,19 @@ def test_the_results_table_must_not_be_an_input(tmp_path, capsys):
     assert main(["quantify-batch", str(table), "--out", str(table)]) == 1
     assert "pairs.csv" in capsys.readouterr().err
     assert table.read_text().startswith("id,baseline")
+
+
+def test_worker_processes_write_the_same_results_table(tmp_path, capsys):
+    table = _write_pairs(tmp_path / "study", (0.5, -0.3, 0.2))
+    with open(table, "a") as handle:  # a refused pair among them, in the middle of a task
+        handle.write("gone,baseline0.png,absent.png,upper_mask0.png,lower_mask0.png\n")
+    with open(table, "a") as handle:
+        handle.write("last,baseline1.png,followup1.png,upper_mask1.png,lower_mask1.png\n")
+    tables = {}
+    for num_proc in (1, 2):
+        out = tmp_path / f"out{num_proc}" / "results.csv"
+        assert main(["quantify-batch", str(table), "--out", str(out), "--num-proc", str(num_proc)]) == 1
+        assert "measured 4 of 5 pair(s)" in capsys.readouterr().out
+        tables[num_proc] = out.read_bytes()
+    assert tables[1] == tables[2]
+    assert [row["id"] for row in _results(tmp_path / "out2" / "results.csv")] == ["pair0", "pair1", "pair2", "gone", "last"]

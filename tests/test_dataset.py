@@ -628,7 +628,7 @@ except InputError as exc:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
     assert done.returncode == 3, done.stderr.decode()
     assert done.stdout.decode().startswith("the joint source cannot be sent to a worker process (AttributeError")
-    assert "define its class in an importable module" in done.stdout.decode()
+    assert "define its class or function in an importable module" in done.stdout.decode()
     assert b"Traceback" not in done.stderr
     assert not (tmp_path / "ds").exists()  # nothing written: nothing left
 

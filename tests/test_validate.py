@@ -406,7 +406,8 @@ def test_validate_real_rejects_missing_folder(tmp_path, capsys):
     assert rc == 1 and err.startswith("jsnsynth: error:")
 
 
-def test_validate_real_protocol_on_a_toy_series(tmp_path):
+def _toy_series(tmp_path: Path) -> Path:
+    """A one-series folder of three visits of the toy joint, JSN 0, 0.6 and 1.4 px."""
     folder = tmp_path / "joints"
     series = folder / "00001_L_2"
     series.mkdir(parents=True)
@@ -421,7 +422,11 @@ def test_validate_real_protocol_on_a_toy_series(tmp_path):
         rows.append(f"00001_L_2,00001,L,2,00001_L_2/{stem}.png,00001_L_2/{stem}_mask_upper.png,"
                     f"00001_L_2/{stem}_mask_lower.png,00001_L_2/{stem}.png")
     (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
-    summary = validate_real(folder, n_shifts=2, out_dir=tmp_path / "out")
+    return folder
+
+
+def test_validate_real_protocol_on_a_toy_series(tmp_path):
+    summary = validate_real(_toy_series(tmp_path), n_shifts=2, out_dir=tmp_path / "out")
     assert summary["n_pairs"] == 3 and summary["n_triplets"] == 1
     assert summary["mismatching_rate"] == 0.0
     assert summary["sd_trials_mm_mean"] < 0.02
@@ -937,3 +942,64 @@ def test_a_report_folder_inside_the_dataset_is_refused(dataset, tmp_path, capsys
         assert main(["validate", str(copy), "--method", "poc", "--limit", "2", "--out", str(inside)]) == 1
         assert "is inside the dataset" in _one_error(capsys)
     assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before
+
+
+def _without_times(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in ("time_s", "cpu_time_s", "time_per_trial_s")} for row in rows]
+
+
+def test_validate_gives_the_same_rows_with_worker_processes(dataset, tmp_path, monkeypatch, capfd):
+    # a plug-in in a worker prints to the worker's own stdout, which is the command's: what it
+    # prints must go to stderr there as well, or the JSON on stdout is spoiled
+    plugin = tmp_path / "my_worker_plugin.py"
+    plugin.write_text(textwrap.dedent('''
+        from jsnsynth.quantify.quantifier import quantify_pair
+        def measured(*args, **kwargs):
+            print("measuring")
+            return quantify_pair(*args, **kwargs)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    runs = {}
+    for num_proc in (1, 2):
+        out = tmp_path / f"report{num_proc}"
+        assert main(["validate", str(dataset), "--method", "my_worker_plugin:measured", "--out", str(out),
+                     "--num-proc", str(num_proc)]) == 0
+        captured = capfd.readouterr()
+        assert json.loads(captured.out)["method"] == "my_worker_plugin:measured"
+        assert captured.err.count("measuring") == 3
+        with open(out / "pairs.csv", newline="") as handle:
+            runs[num_proc] = _without_times(list(csv.DictReader(handle)))
+    assert runs[1] == runs[2] and len(runs[1]) == 3
+    assert all(row["method_error"] == "" for row in runs[2])
+    sys.modules.pop("my_worker_plugin", None)
+
+
+def test_a_method_workers_cannot_import_is_one_error(dataset):
+    records = list(read_pairs(dataset))
+    with pytest.raises(InputError, match=r"^the method cannot be sent to a worker process \(.*\); use one process"):
+        validate_records(records, lambda *args, **kwargs: 0.0, num_proc=2)
+    assert len(validate_records(records, lambda *args, **kwargs: 0.0)) == 3  # in this process it runs
+
+
+def test_a_plugin_that_ends_its_worker_process_stops_the_run_in_one_line(dataset, tmp_path, monkeypatch, capsys):
+    # in one process a plug-in calling os._exit ends the command itself; a worker's end is noticed
+    spec = _plugin(tmp_path, monkeypatch, "import os; os._exit(0)")
+    out = tmp_path / "report"
+    assert main(["validate", str(dataset), "--method", spec, "--out", str(out), "--num-proc", "2"]) == 1
+    assert _one_error(capsys).startswith("jsnsynth: error: a worker process stopped abruptly (killed, or out of "
+                                         "memory?) after 0 pair(s); rerun the same command to resume")
+    assert not out.exists()  # nothing measured: no log, no folder left behind
+
+
+def test_validate_real_gives_the_same_trials_with_worker_processes(tmp_path):
+    folder = _toy_series(tmp_path)
+    summaries, rows = {}, {}
+    for num_proc in (1, 2):
+        out = tmp_path / f"out{num_proc}"
+        summaries[num_proc] = validate_real(folder, out_dir=out, n_shifts=2, num_proc=num_proc)
+        with open(out / "real_pairs.csv", newline="") as handle:
+            rows[num_proc] = _without_times(list(csv.DictReader(handle)))
+    assert rows[1] == rows[2] and len(rows[1]) == 3
+    assert json.loads((tmp_path / "out1" / "real_summary.json").read_text())["transitivity"] == \
+        json.loads((tmp_path / "out2" / "real_summary.json").read_text())["transitivity"]
+    assert summaries[1]["n_pairs"] == summaries[2]["n_pairs"] == 3

@@ -339,7 +339,9 @@ def quantify_command(baseline, followup, upper_mask, lower_mask, followup_upper_
               help="Results table to write (CSV, one row per pair; an interrupted run resumes).")
 @click.option("--pixel-spacing", type=PIXEL_SPACING,
               help="mm/px for pairs whose row states none; default: DICOM header, else 0.175 nominal.")
-def quantify_batch_command(table, out_csv, pixel_spacing) -> None:
+@click.option("--num-proc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (the results do not depend on it).")
+def quantify_batch_command(table, out_csv, pixel_spacing, num_proc) -> None:
     """Measure JSN progression for every pair of a CSV TABLE (+ = narrowing).
 
     TABLE's columns: baseline, followup, upper_mask, lower_mask (paths relative to the table's
@@ -353,7 +355,7 @@ def quantify_batch_command(table, out_csv, pixel_spacing) -> None:
     from jsnsynth.quantify.quantifier import keep_freed_heap
 
     keep_freed_heap()
-    rows = quantify_table(table, out_csv, pixel_spacing)
+    rows = quantify_table(table, out_csv, pixel_spacing, num_proc=num_proc)
     refused = [row for row in rows if row["error"]]
     click.echo(f"measured {len(rows) - len(refused)} of {len(rows)} pair(s) into {out_csv}")
     if refused:
@@ -368,7 +370,9 @@ def quantify_batch_command(table, out_csv, pixel_spacing) -> None:
 @click.option("--out", "out_dir", type=NonEmptyPath(path_type=Path), help="Write summary.json, pairs.csv and plots here (an interrupted run resumes).")
 @click.option("--split", help="Only this split (default: all).")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many pairs.")
-def validate_command(dataset, method, out_dir, split, limit) -> None:
+@click.option("--num-proc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (the estimates do not depend on it).")
+def validate_command(dataset, method, out_dir, split, limit, num_proc) -> None:
     """Accuracy of a JSN method on a labelled pair DATASET (RMSE, bias, SD, LoA, CRLB, ...)."""
     from jsnsynth.quantify.quantifier import keep_freed_heap
     from jsnsynth.quantify.validate import validate_dataset
@@ -376,7 +380,7 @@ def validate_command(dataset, method, out_dir, split, limit) -> None:
 
     keep_freed_heap()
     with contextlib.redirect_stdout(sys.stderr):  # stdout holds the JSON alone, whatever a plug-in prints
-        summary = validate_dataset(dataset, method, out_dir, split, limit)
+        summary = validate_dataset(dataset, method, out_dir, split, limit, num_proc=num_proc)
     click.echo(json_text({"method": summary["method"], "overall": summary["overall"]}))
     if out_dir is not None:
         click.echo(f"report written to {out_dir}", err=True)
@@ -387,7 +391,9 @@ def validate_command(dataset, method, out_dir, split, limit) -> None:
 @click.option("--method", default="register", show_default=True, help="register, poc, ecc or module:function.")
 @click.option("--out", "out_dir", type=NonEmptyPath(path_type=Path), help="Write real_summary.json, real_pairs.csv, real_series.png (an interrupted run resumes).")
 @click.option("--limit-series", type=click.IntRange(min=1), help="Only the first N multi-visit series.")
-def validate_real_command(folder, method, out_dir, limit_series) -> None:
+@click.option("--num-proc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (the estimates do not depend on it).")
+def validate_real_command(folder, method, out_dir, limit_series, num_proc) -> None:
     """Real-series protocol on a finger-joint FOLDER: shifted-trial SD, mismatching rate, transitivity."""
     from jsnsynth.quantify.quantifier import keep_freed_heap
     from jsnsynth.quantify.real import validate_real
@@ -395,7 +401,7 @@ def validate_real_command(folder, method, out_dir, limit_series) -> None:
 
     keep_freed_heap()
     with contextlib.redirect_stdout(sys.stderr):  # stdout holds the JSON alone, whatever a plug-in prints
-        summary = validate_real(folder, method, out_dir, limit_series)
+        summary = validate_real(folder, method, out_dir, limit_series, num_proc=num_proc)
     click.echo(json_text(summary))
     if out_dir is not None:
         click.echo(f"report written to {out_dir}", err=True)

@@ -12,16 +12,18 @@ from __future__ import annotations
 import csv
 import io
 import math
+import multiprocessing
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from jsnsynth.errors import InputError, JsnSynthError
-from jsnsynth.quantify.quantifier import RESULT_VERSION, quantify_files
+from jsnsynth.quantify.quantifier import RESULT_VERSION, keep_freed_heap, quantify_files
 from jsnsynth.quantify.validate import ResumeLog, file_stamps, method_failure
 from jsnsynth.synth.io import check_outputs_apart, check_writable, write_bytes_atomic
 from jsnsynth.synth.layers import check_pixel_spacing
+from jsnsynth.workers import ordered_results
 
 #: Columns a table of pairs must have: paths of the images and of the baseline's masks.
 REQUIRED_COLUMNS = ("baseline", "followup", "upper_mask", "lower_mask")
@@ -125,11 +127,37 @@ def _result_row(pair: dict, record: dict | None, error: str) -> dict[str, Any]:
     return row
 
 
+# the spacing of this process (the command's, or a worker's) for pairs that state none
+_SPACING: dict[str, float | None] = {}
+
+
+def _use_spacing(pixel_spacing_mm: float | None) -> None:
+    """Make ``pixel_spacing_mm`` the spacing :func:`_measured_row` gives pairs that state none (in
+    this process, or in a worker: :func:`jsnsynth.workers.ordered_results`)."""
+    if multiprocessing.parent_process() is not None:  # a worker: the heap setting of the commands
+        keep_freed_heap()
+    _SPACING["default"] = pixel_spacing_mm
+
+
+def _measured_row(pair: dict) -> dict[str, Any]:
+    """The results row of one pair: its JSN, or its refusal in its own words."""
+    try:
+        record = quantify_files(
+            pair["baseline"], pair["followup"], pair["upper_mask"], pair["lower_mask"],
+            pair["followup_upper_mask"], pair["followup_lower_mask"],
+            pair["pixel_spacing_mm"] if pair["pixel_spacing_mm"] is not None else _SPACING["default"],
+            joint_center_xy=pair["joint_center_xy"], joint_axis_deg=pair["joint_axis_deg"])
+    except JsnSynthError as exc:  # this pair's refusal; the others go on
+        return _result_row(pair, None, method_failure(exc))
+    return _result_row(pair, record, "")
+
+
 def quantify_table(
     table: str | os.PathLike,
     out_csv: str | os.PathLike,
     pixel_spacing_mm: float | None = None,
     on_pair: Callable[[dict], None] | None = None,
+    num_proc: int = 1,
 ) -> list[dict[str, Any]]:
     """Measure every pair of a table (:func:`read_pair_table`) and write the results table.
 
@@ -145,6 +173,7 @@ def quantify_table(
             gives them, empty where the pair was refused, with its reason in ``error``).
         pixel_spacing_mm: spacing for the pairs that state none (mm/px).
         on_pair: called with each results row as it is made (progress).
+        num_proc: worker processes (the same results table either way).
 
     Returns:
         The results rows, in the table's order.
@@ -152,6 +181,7 @@ def quantify_table(
     Raises:
         InputError: the table (:func:`read_pair_table`), or a spacing no radiograph has.
         OutputError: a results table that cannot be written, or that is one of the inputs.
+        WorkerError: a worker process stopped abruptly.
     """
     if pixel_spacing_mm is not None:
         check_pixel_spacing(pixel_spacing_mm, "--pixel-spacing")
@@ -162,30 +192,29 @@ def quantify_table(
     log = ResumeLog(out_csv.parent, f"quantify-batch-{out_csv.name}",
                     [str(Path(table).resolve()), pixel_spacing_mm, RESULT_VERSION])
     done = log.logged("id")
-    rows = []
+    rows_by_id: dict[str, dict[str, Any]] = {}
+    pending = []  # (pair, stamps of its files) still to measure, in the table's order
+    for pair in pairs:
+        stamps = file_stamps(pair[name] for name in _PATH_COLUMNS if pair[name])
+        previous = done.get(pair["id"])
+        if previous is not None and previous["stamps"] == stamps:
+            rows_by_id[pair["id"]] = previous["row"]
+        else:
+            pending.append((pair, stamps))
     try:
-        for pair in pairs:
-            stamps = file_stamps(pair[name] for name in _PATH_COLUMNS if pair[name])
-            previous = done.get(pair["id"])
-            if previous is not None and previous["stamps"] == stamps:
-                rows.append(previous["row"])
-                continue
-            try:
-                record = quantify_files(
-                    pair["baseline"], pair["followup"], pair["upper_mask"], pair["lower_mask"],
-                    pair["followup_upper_mask"], pair["followup_lower_mask"],
-                    pair["pixel_spacing_mm"] if pair["pixel_spacing_mm"] is not None else pixel_spacing_mm,
-                    joint_center_xy=pair["joint_center_xy"], joint_axis_deg=pair["joint_axis_deg"])
-                row = _result_row(pair, record, "")
-            except JsnSynthError as exc:  # this pair's refusal, in its own words; the others go on
-                row = _result_row(pair, None, method_failure(exc))
-            rows.append(row)
+        measured = ordered_results(_use_spacing, _measured_row, pixel_spacing_mm, [pair for pair, _ in pending],
+                                   num_proc, what="pair", job_name="the spacing",
+                                   resume_hint="the pairs measured are kept: rerun the same command to resume")
+        # the results first: zip asks them for one more, which ends the workers
+        for row, (pair, stamps) in zip(measured, pending):
+            rows_by_id[pair["id"]] = row
             log.append({"id": pair["id"], "stamps": stamps, "row": row})
             if on_pair is not None:
                 on_pair(row)
     except BaseException:
         log.keep_if_resumable()
         raise
+    rows = [rows_by_id[pair["id"]] for pair in pairs]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), lineterminator="\n")
     writer.writeheader()

@@ -42,8 +42,10 @@ from jsnsynth.quantify.validate import (
     file_stamps,
     load_method,
     method_failure,
+    method_in_use,
     method_stamps,
     read_estimate,
+    use_method,
 )
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.fingerjoints import FingerJointRecord, read_manifest
@@ -56,6 +58,7 @@ from jsnsynth.synth.io import (
     write_files_atomic,
 )
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM
+from jsnsynth.workers import ordered_results
 
 
 #: The files of :func:`validate_real`'s report, by their key in its ``outputs``.
@@ -212,6 +215,7 @@ def validate_real(
     mismatch_sd_mm: float = 0.3,
     pixel_spacing_mm: float = DEFAULT_PIXEL_SPACING_MM,
     seed: int = 0,
+    num_proc: int = 1,
 ) -> dict:
     """Run the real-series protocol (module docstring) and optionally write its report.
 
@@ -226,6 +230,7 @@ def validate_real(
         mismatch_sd_mm: SD below which the trial dropping stops.
         pixel_spacing_mm: nominal spacing for millimetres.
         seed: base seed of the shifts (``SeedSequence([seed, pair number])``).
+        num_proc: worker processes (the trials are the same but for their times).
 
     Returns:
         Summary with ``sd_trials_mm`` (mean and median over pairs), ``mismatching_rate``,
@@ -257,8 +262,8 @@ def validate_real(
         logged = log.logged("pair")
     try:
         pair_rows, transitivity, trials = _measure_series(
-            chosen, function, n_shifts, max_shift_px, mismatch_sd_mm, pixel_spacing_mm, seed, logged,
-            log.append if log else None)
+            chosen, method if isinstance(method, str) else function, n_shifts, max_shift_px, mismatch_sd_mm,
+            pixel_spacing_mm, seed, logged, log.append if log else None, num_proc)
     except BaseException:  # stopped (Ctrl-C, an unreadable image): resumable if some pair is logged
         if log is not None:
             log.keep_if_resumable()
@@ -291,7 +296,7 @@ def validate_real(
 
 def _measure_series(
     chosen: list[tuple[str, list[FingerJointRecord]]],
-    function: Callable,
+    method: str | Callable,
     n_shifts: int,
     max_shift_px: int,
     mismatch_sd_mm: float,
@@ -299,32 +304,43 @@ def _measure_series(
     seed: int,
     logged: dict[int, dict],
     on_pair: Callable[[dict], None] | None,
+    num_proc: int = 1,
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """:func:`validate_real`'s measurements: the per-pair rows, the per-triplet records and every
     trial's estimate. Pairs in ``logged`` (by their number in the run) are taken from there;
-    each pair measured is passed to ``on_pair``."""
+    the others are measured in this process or by ``num_proc`` worker processes (the same
+    trials either way, but for their times), and each is passed to ``on_pair``."""
+    keep_stamps = bool(logged) or on_pair is not None  # the stamps only matter to a log (a run with --out)
+    pairs = []  # (pair number, visit i, visit j, stamps of their files), in the run's order
+    for _, visits in chosen:
+        for i in range(len(visits)):
+            for j in range(i + 1, len(visits)):
+                inputs = (file_stamps(path for visit in (visits[i], visits[j])
+                                      for path in (visit.image, visit.mask_upper, visit.mask_lower))
+                          if keep_stamps else None)
+                pairs.append((len(pairs), visits[i], visits[j], inputs))
+    trials_of = {number: [_from_log(trial) for trial in logged[number]["trials"]]
+                 for number, _, _, inputs in pairs if number in logged and logged[number]["inputs"] == inputs}
+    pending = [(number, base, follow) for number, base, follow, _ in pairs if number not in trials_of]
+    job = (method, n_shifts, max_shift_px, pixel_spacing_mm, seed)
+    measured = ordered_results(_use_protocol, _measure_numbered_pair, job, pending, num_proc, what="visit pair",
+                               job_name="the method",
+                               resume_hint="the pairs measured are kept: rerun the same command to resume")
+    # the results first: zip asks them for one more, which ends the workers
+    for trials, (number, _, _) in zip(measured, pending):
+        trials_of[number] = trials
+        if on_pair is not None:
+            on_pair({"pair": number, "inputs": pairs[number][3], "trials": [_loggable(trial) for trial in trials]})
+
     pair_rows: list[dict] = []
     transitivity: list[dict] = []
     all_trials: list[dict] = []
     pair_number = 0
     for name, visits in chosen:
-        loaded = None  # read only when a pair of the series is still to measure
         jsn, se, geometry, flagged = {}, {}, {}, {}
         for i in range(len(visits)):
             for j in range(i + 1, len(visits)):
-                # the stamps only matter to a log (a run with --out)
-                inputs = (file_stamps(path for visit in (visits[i], visits[j])
-                                      for path in (visit.image, visit.mask_upper, visit.mask_lower))
-                          if logged or on_pair is not None else None)
-                previous = logged.get(pair_number)
-                if previous is not None and previous["inputs"] == inputs:
-                    trials = [_from_log(trial) for trial in previous["trials"]]
-                else:
-                    loaded = loaded or [load_visit(v) for v in visits]
-                    rng = np.random.default_rng(np.random.SeedSequence([seed, pair_number]))
-                    trials = measure_pair(loaded[i], loaded[j], function, rng, n_shifts, max_shift_px, pixel_spacing_mm)
-                    if on_pair is not None:
-                        on_pair({"pair": pair_number, "inputs": inputs, "trials": [_loggable(trial) for trial in trials]})
+                trials = trials_of[pair_number]
                 pair_number += 1
                 all_trials.extend({"estimate_px": t["jsn_px"], "method_error": t["method_error"]} for t in trials)
                 values = np.array([t["jsn_mm"] for t in trials])
@@ -370,6 +386,29 @@ def _measure_series(
                                          "flagged": flagged[(i, k)] or flagged[(k, j)] or flagged[(i, j)],
                                          "residual_own_centres_mm": own_residual})
     return pair_rows, transitivity, all_trials
+
+
+# the protocol of this process (the harness's, or a worker's): set by _use_protocol
+_PROTOCOL: dict[str, Any] = {}
+
+
+def _use_protocol(job: tuple) -> None:
+    """Make ``(method, n_shifts, max_shift_px, pixel_spacing_mm, seed)`` what
+    :func:`_measure_numbered_pair` runs (in this process, or in a worker:
+    :func:`jsnsynth.workers.ordered_results`)."""
+    method, n_shifts, max_shift_px, pixel_spacing_mm, seed = job
+    use_method((method, False))
+    _PROTOCOL.clear()
+    _PROTOCOL.update(n_shifts=n_shifts, max_shift_px=max_shift_px, pixel_spacing_mm=pixel_spacing_mm, seed=seed)
+
+
+def _measure_numbered_pair(pair: tuple[int, FingerJointRecord, FingerJointRecord]) -> list[dict]:
+    """:func:`measure_pair` of the run's pair number ``pair[0]`` (its shifts drawn from
+    ``SeedSequence([seed, number])``), its two visits read here."""
+    number, base, follow = pair
+    rng = np.random.default_rng(np.random.SeedSequence([_PROTOCOL["seed"], number]))
+    return measure_pair(load_visit(base), load_visit(follow), method_in_use(), rng, _PROTOCOL["n_shifts"],
+                        _PROTOCOL["max_shift_px"], _PROTOCOL["pixel_spacing_mm"])
 
 
 def real_summary(pair_rows: list[dict], transitivity: list[dict], n_series: int, pixel_spacing_mm: float) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import inspect
 import io
 import json
 import math
+import multiprocessing
 import os
 import sys
 import time
@@ -42,6 +43,7 @@ from jsnsynth.quantify.register import RegistrationSettings, resolution_scale
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.io import check_writable, decode_png, json_text, make_output_folder, write_files_atomic
 from jsnsynth.synth.xray import ImagingParams
+from jsnsynth.workers import ordered_results
 
 #: Columns of the ``pairs`` config this harness needs (contract 3), by kind.
 IMAGING_FIELDS = ("blur_sigma_px", "photons_per_px", "electronic_noise", "window_low", "window_high", "gamma", "noise_seed")
@@ -615,20 +617,66 @@ def validate_records(
     with_crlb: bool = True,
     done: dict[str, dict] | None = None,
     on_row: Callable[[dict], None] | None = None,
+    num_proc: int = 1,
 ) -> list[dict]:
-    """Evaluate ``method`` on every record; rows already in ``done`` (by pair id) are reused."""
-    _, function = load_method(method)
-    rows = []
-    for record in records:
-        previous = (done or {}).get(str(record["pair_id"]))
-        if previous is not None:
-            rows.append(previous)
-            continue
-        row = evaluate_pair(record, function, with_crlb)
-        rows.append(row)
+    """Evaluate ``method`` on every record, in this process or by ``num_proc`` worker processes
+    (the same rows either way, in the records' order, but for the times); rows already in
+    ``done`` (by pair id) are reused.
+
+    Raises:
+        InputError: the method cannot be sent to a worker process (a function defined at the
+            prompt or in a notebook).
+        WorkerError: a worker process stopped abruptly (killed, out of memory, or a plug-in that
+            ended its process).
+    """
+    load_method(method)  # an unknown method is refused before any work
+    done = done or {}
+    order: list[str] = []
+
+    def pending() -> Iterator[dict]:
+        for record in records:
+            order.append(str(record["pair_id"]))
+            if order[-1] not in done:
+                yield record
+
+    measured = {}
+    for row in ordered_results(use_method, _evaluate, (method, with_crlb), pending(), num_proc, what="pair",
+                               job_name="the method", resume_hint="rerun the same command to resume"):
+        measured[row["pair_id"]] = row
         if on_row is not None:
             on_row(row)
-    return rows
+    return [done[pair_id] if pair_id in done else measured[pair_id] for pair_id in order]
+
+
+# the method of this process (the harness's, or a worker's): set by use_method
+_METHOD: dict[str, Any] = {}
+
+
+def use_method(job: tuple[str | Callable, bool]) -> None:
+    """Make ``(method, with_crlb)`` the method this process runs (:func:`method_in_use`) and
+    whether its rows get the Cramér-Rao bound: the set-up of a harness's items, in this process
+    or in a worker (:func:`jsnsynth.workers.ordered_results`)."""
+    method, with_crlb = job
+    if multiprocessing.parent_process() is not None:
+        # a worker process: the heap setting the jsnsynth commands make in theirs (a sixth of a
+        # pair's time), which a library call leaves to its caller's process
+        from jsnsynth.quantify.quantifier import keep_freed_heap
+
+        keep_freed_heap()
+        # whatever a plug-in prints: the jsnsynth commands keep stdout for their JSON
+        sys.stdout = sys.stderr
+    _METHOD.clear()
+    _METHOD.update(function=load_method(method)[1], with_crlb=with_crlb)
+
+
+def method_in_use() -> Callable:
+    """The method :func:`use_method` set in this process."""
+    return _METHOD["function"]
+
+
+def _evaluate(record: dict) -> dict:
+    """:func:`evaluate_pair` of one record with the method of :func:`use_method`."""
+    return evaluate_pair(record, _METHOD["function"], _METHOD["with_crlb"])
 
 
 def method_failure(exc: BaseException) -> str:
@@ -762,6 +810,7 @@ def validate_dataset(
     split: str | None = None,
     limit: int | None = None,
     with_crlb: bool = True,
+    num_proc: int = 1,
 ) -> dict:
     """Validate a JSN method on a pair dataset (contract 3) and write the report.
 
@@ -774,13 +823,17 @@ def validate_dataset(
         split: only this split (None: all).
         limit: at most this many pairs.
         with_crlb: compute the per-pair Cramér-Rao bound.
+        num_proc: worker processes (:func:`validate_records`; the report is the same but for
+            the times).
 
     Returns:
         The summary: ``overall`` statistics, the ``breakdown`` and the output paths.
 
     Raises:
         InputError: a missing folder, an unfinished dataset, a dataset of the wrong schema, an
-            unknown split or method, or a method that estimated no pair at all.
+            unknown split or method, a method that estimated no pair at all, or one that cannot
+            be sent to a worker process.
+        WorkerError: a worker process stopped abruptly.
         OutputError: ``out_dir`` exists and is not a folder, lies inside the dataset, holds another
             run's report, or a report file cannot be written.
     """
@@ -799,8 +852,8 @@ def validate_dataset(
         for path in report_paths(log.path.parent).values():  # before the long work, not after it
             check_writable(path)
     try:
-        rows = validate_records(read_shards(shards, limit), function, with_crlb,
-                                log.logged("pair_id") if log else None, log.append if log else None)
+        rows = validate_records(read_shards(shards, limit), method if isinstance(method, str) else function, with_crlb,
+                                log.logged("pair_id") if log else None, log.append if log else None, num_proc)
     except BaseException:  # stopped (Ctrl-C, an unreadable pair): resumable if some pair is logged
         if log is not None:
             log.keep_if_resumable()

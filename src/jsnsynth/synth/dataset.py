@@ -29,21 +29,13 @@ the card is written last.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
-import itertools
 import json
 import math
-import multiprocessing
 import os
-import pickle
 import re
-import shutil
-import signal
 import warnings
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
@@ -54,7 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jsnsynth import __version__
-from jsnsynth.errors import InputError, OutputError, WorkerError, exception_line
+from jsnsynth.errors import InputError, OutputError
 from jsnsynth.synth.io import (
     decode_png,
     encode_png,
@@ -75,6 +67,7 @@ from jsnsynth.synth.pairs import (
 from jsnsynth.synth.sources import JointSource
 from jsnsynth.synth.xray import ImagingParams, quantize
 from jsnsynth.threads import single_threaded
+from jsnsynth.workers import ordered_results
 
 STATE_NAME = ".jsnsynth_state.json"
 CARD_NAME = "README.md"
@@ -488,40 +481,16 @@ def simulate_pair(source: JointSource, joint_id: str, index: int, seed: int, con
     return pair
 
 
-# worker-process state: set once per process by _use_job (in-process) or _init_worker
+# the job of this process (the builder's, or a worker's): set by _use_job
 _WORKER: dict[str, Any] = {}
 
 
-def _use_job(source: JointSource, plan: Plan, config: DatasetConfig) -> None:
-    """Make ``source``, ``plan`` and ``config`` the job that :func:`_rows_for` computes rows of."""
+def _use_job(job: tuple[JointSource, Plan, DatasetConfig]) -> None:
+    """Make ``(source, plan, config)`` the job that :func:`_rows_for` computes rows of (in this
+    process, or in a worker: :func:`jsnsynth.workers.ordered_results`)."""
+    source, plan, config = job
     _WORKER.clear()
     _WORKER.update(source=source, plan=plan, config=config, layer_pairs=layer_pairs(plan, config.layers_every))
-
-
-def _init_worker(job: bytes) -> None:
-    """Start a worker process on the pickled ``(source, plan, config, show_warning)`` job.
-
-    Unpickled here rather than by multiprocessing: a source class the worker cannot import (one
-    defined in a notebook or at the prompt, whose ``__main__`` a spawned process does not have)
-    failed in the process's start-up, which printed a traceback per worker; a ``Pool`` started
-    new workers that failed alike, for ever. The failure is kept for the first task to raise.
-    """
-    import cv2
-
-    cv2.setNumThreads(1)  # one worker per core: one thread in it (see jsnsynth.threads)
-    _WORKER.clear()
-    try:
-        source, plan, config, show_warning = pickle.loads(job)
-    except Exception as exc:  # noqa: BLE001  (whatever unpickling raised: reported by the task)
-        _WORKER["failure"] = (
-            f"the joint source cannot be sent to a worker process ({exception_line(exc)}): define its "
-            "class in an importable module, not in a notebook or at the prompt, or use one process (num_proc=1)"
-        )
-        return
-    if show_warning is not None:  # a worker shows warnings as its parent does (the CLI: one line)
-        warnings.showwarning = show_warning
-    _use_job(source, plan, config)
-    _WORKER["parent_pid"] = os.getppid()
 
 
 def layer_pairs(plan: Plan, layers_every: int) -> frozenset[int]:
@@ -851,155 +820,25 @@ class BuildResult:
     resumed_shards: int
 
 
-def _picklable(function: Callable) -> Callable | None:
-    """``function`` if a spawned worker can receive it (a module-level function), else None."""
-    try:
-        pickle.dumps(function)
-    except Exception:  # noqa: BLE001  (a lambda, a closure, a bound method of something unpicklable)
-        return None
-    return function
-
-
-#: Pairs a worker computes per task, and tasks queued per worker: enough to keep the workers
-#: busy while the parent writes a shard, few enough that the rows waiting to be written stay small.
+#: Pairs a worker computes per task: enough to keep the workers busy while the parent writes a
+#: shard, few enough that the rows waiting to be written stay small.
 _PAIRS_PER_TASK = 4
-_TASKS_AHEAD_PER_WORKER = 2
-
-
-@contextlib.contextmanager
-def _interrupt_ignored() -> Iterator[None]:
-    """SIGINT ignored in this process for the block: processes started in it ignore it for good
-    (Python keeps an inherited SIG_IGN).
-
-    Ctrl-C reaches the whole process group. Workers that took it printed their tracebacks (from
-    their start-up on) and once left the parent waiting on a pool whose workers had died; the
-    parent alone stops the run and says how to resume it.
-    """
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread, which alone gets Ctrl-C
-        previous = None
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
 
 
 def _iter_rows(
     source: JointSource, plan: Plan, config: DatasetConfig, indices: list[int], num_proc: int, scratch_dir: Path
 ) -> Iterator[tuple[dict, list[dict]]]:
-    """Rows of ``indices`` in order, computed in-process or by ``num_proc`` workers, which hand
-    them over in files of ``scratch_dir`` (made afresh, and removed once done).
+    """Rows of ``indices`` in order, computed in-process or by ``num_proc`` workers
+    (:func:`jsnsynth.workers.ordered_results`, handing them over in files of ``scratch_dir``).
 
     Raises:
         InputError: the source cannot be sent to a worker process.
         WorkerError: a worker process stopped abruptly (killed, out of memory).
     """
-    if num_proc <= 1:
-        _use_job(source, plan, config)
-        # as the workers compute: one thread per library, so that the bytes are the same
-        with single_threaded():
-            for index in indices:
-                yield _rows_for(index)
-        return
-    try:
-        job = pickle.dumps((source, plan, config, _picklable(warnings.showwarning)))
-    except Exception as exc:  # noqa: BLE001  (whatever pickling raised)
-        raise InputError(f"the joint source cannot be sent to a worker process ({exception_line(exc)}); "
-                         "use one process (num_proc=1)") from None
-    tasks = iter([indices[i:i + _PAIRS_PER_TASK] for i in range(0, len(indices), _PAIRS_PER_TASK)])
-    # a process pool that notices a worker that died: multiprocessing.Pool waited for its rows for ever
-    executor = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(job,))
-    # the workers hand their rows over in files and only the files' names through the pool's
-    # pipe: a worker killed while it wrote a large result left half a message there, and the
-    # pool's manager waited for the rest for ever (a write of a few hundred bytes is whole or none).
-    # Beside the output, not in the system's temporary folder: 4 pairs of 1024 px with layers are
-    # 84 MB, and a temporary folder is often memory
-    shutil.rmtree(scratch_dir, ignore_errors=True)  # a killed run's
-    scratch_dir.mkdir(parents=True)
-    queued: collections.deque[Future] = collections.deque()
-
-    def queue_tasks() -> None:
-        for task in itertools.islice(tasks, num_proc * _TASKS_AHEAD_PER_WORKER - len(queued)):
-            queued.append(executor.submit(_task_rows, task, str(scratch_dir)))
-
-    shown: set[tuple[str, type]] = set()
-    done = 0
-    try:
-        # the workers are started by the first tasks queued: with the thread-count variables at 1
-        # they load BLAS/OpenMP single-threaded (one worker per core already; the same bytes either way)
-        with single_threaded(), _interrupt_ignored():
-            queue_tasks()
-        while queued:
-            rows_file = Path(queued.popleft().result())
-            results = pickle.loads(rows_file.read_bytes())
-            rows_file.unlink()
-            queue_tasks()
-            for rows, caught in results:
-                for message, category in caught:
-                    if (message, category) not in shown:
-                        shown.add((message, category))
-                        warnings.warn(message, category, stacklevel=2)
-                done += 1
-                yield rows
-    except BrokenProcessPool:  # from a task's result, or from queueing one once the pool broke
-        # before any row: most often a script that starts workers at import (each spawned worker
-        # runs the script's module again) rather than a kill
-        start = "" if done else ("; or the workers could not start: a script that builds a dataset with worker "
-                                 "processes needs `if __name__ == \"__main__\":` around it")
-        raise WorkerError(
-            f"a worker process stopped abruptly (killed, or out of memory?) after {done} of {len(indices)} "
-            "pair(s); the finished shards are kept: rerun the same command to resume, with fewer worker "
-            f"processes if memory ran out{start}"
-        ) from None
-    finally:
-        # every row handed over: the workers are idle and stopped at once; on an error or an
-        # interrupt, the tasks not begun are dropped and those under way end on their own (their
-        # files, written into a folder gone, with them)
-        executor.shutdown(wait=done == len(indices), cancel_futures=True)
-        shutil.rmtree(scratch_dir, ignore_errors=True)
-
-
-def _task_rows(indices: list[int], rows_dir: str) -> str:
-    """:func:`_rows_and_warnings` of each of ``indices``, in a worker process, pickled into a file
-    of ``rows_dir`` whose name is returned."""
-    if "failure" in _WORKER:
-        raise InputError(_WORKER["failure"])
-    results = []
-    for index in indices:
-        if os.getppid() != _WORKER["parent_pid"]:
-            # the parent was killed: a worker of a spawn pool is not stopped with it, and went on
-            # through the tasks queued for a parent no longer there, writing their rows
-            shutil.rmtree(rows_dir, ignore_errors=True)
-            os._exit(1)
-        results.append(_rows_and_warnings(index))
-    path = Path(rows_dir) / f"{indices[0]:010d}.pickle"
-    partial = path.with_suffix(".partial")
-    partial.write_bytes(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL))
-    os.replace(partial, path)
-    return str(path)
-
-
-def _rows_and_warnings(index: int) -> tuple[tuple[dict, list[dict]], list[tuple[str, type]]]:
-    """:func:`_rows_for` in a worker process, with the warnings it gave, for the parent to show
-    once each: every worker loads the joints it is given, so a source's warning about a joint
-    (an ``lsn`` crop that looks inverted) came once per worker."""
-    failure = None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            rows = _rows_for(index)
-        except BaseException as exc:  # noqa: BLE001  (raised again below, once the warnings are out)
-            failure = exc
-    if failure is not None:
-        # the pair failed: what was said about it on the way (a crop that looks inverted, then
-        # no bone found) is shown here, as the parent gets only the error
-        for warning in caught:
-            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
-        raise failure
-    return rows, [(str(w.message), w.category) for w in caught]
+    return ordered_results(
+        _use_job, _rows_for, (source, plan, config), indices, num_proc, scratch_dir, items_per_task=_PAIRS_PER_TASK,
+        what="pair", job_name="the joint source",
+        resume_hint="the finished shards are kept: rerun the same command to resume")
 
 
 def build_dataset(
