@@ -41,6 +41,7 @@ from jsnsynth.lsn.infer import (
     UNSURE_FRACTION,
     load_model,
     looks_inverted,
+    output_names,
     separate_intensity,
     undecided_fraction,
     warn_if_doubtful,
@@ -998,6 +999,34 @@ def test_separate_takes_the_crops_of_a_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["separate", str(tmp_path / "empty"), "--out", str(tmp_path / "out2")]) == 1
     assert "empty: holds no radiograph crops" in capsys.readouterr().err
+
+
+def test_separate_takes_a_folder_of_joints_visits_into_sub_folders(tmp_path, capsys):
+    """A folder whose sub-folders hold each joint's visits (as the lsn dataset source reads one)
+    was refused as holding no crops; and the drawn masks beside the crops were separated as crops
+    (each a network pass, then refused as having no bone)."""
+    crops = tmp_path / "study"
+    write_bytes_atomic(crops / "single.png", encode_png(synthetic_joint(96, 0)[0]))
+    for joint, seeds in (("jointA", (1, 2)), ("jointB", (3,))):
+        for seed in seeds:
+            image, _, upper_mask, _ = synthetic_joint(96, seed)
+            write_bytes_atomic(crops / joint / f"visit{seed}.png", encode_png(image))
+            write_bytes_atomic(crops / joint / f"visit{seed}_mask_upper.png", encode_png(upper_mask.astype(np.uint8) * 255))
+    (crops / ".hidden").mkdir()
+    write_bytes_atomic(crops / ".hidden" / "skip.png", encode_png(synthetic_joint(96, 4)[0]))
+    out = tmp_path / "layers"
+    assert main(["separate", str(crops), "--out", str(out)]) == 0
+    assert "wrote 4 separation(s)" in capsys.readouterr().out
+    panels = sorted(str(p.relative_to(out)) for p in out.rglob("*_panel.png"))
+    assert panels == ["jointA/visit1_panel.png", "jointA/visit2_panel.png", "jointB/visit3_panel.png", "single_panel.png"]
+    assert sorted(p.name for p in (out / "jointA").iterdir()) == sorted(output_names("visit1") + output_names("visit2"))
+    assert main(["separate", str(crops), "--out", str(out)]) == 0  # run again: resumed, nothing redone
+    assert "wrote 0 separation(s) to" in capsys.readouterr().out
+    # the same file name in two joints' folders is two crops, not a collision
+    write_bytes_atomic(crops / "jointB" / "visit1.png", encode_png(synthetic_joint(96, 5)[0]))
+    assert main(["separate", str(crops), "--out", str(out)]) == 0
+    assert "wrote 1 separation(s) to" in capsys.readouterr().out
+    assert (out / "jointB" / "visit1_panel.png").is_file() and (out / "jointA" / "visit1_panel.png").is_file()
 
 
 def test_the_panel_titles_its_tiles():

@@ -420,18 +420,27 @@ def separate_command(images: tuple[Path, ...], out_dir: Path, weights: Path | No
     """Split joint crops (at least 32x32 px, at most 4096 px a side) into soft-tissue, upper- and lower-bone
     layers with the LSN.
 
-    IMAGES are crop files, or folders whose crops (PNG, JPEG, TIFF, BMP, DICOM) are all taken
-    (less the files separate writes).
+    IMAGES are crop files, or folders whose crops (PNG, JPEG, TIFF, BMP, DICOM) are all taken,
+    with those of their sub-folders (one joint's visits each; one level), less drawn masks (images
+    of two values) and the files separate writes.
     Writes per crop STEM: STEM_{soft,upper,lower}.tif (float32 attenuation), STEM_{upper,lower}_mask.png,
-    STEM_recomposed.png (16-bit) and STEM_panel.png. Each crop's files are written together as it
+    STEM_recomposed.png (16-bit) and STEM_panel.png; a sub-folder's crops into a sub-folder of
+    the same name. Each crop's files are written together as it
     is separated; run again, the command skips the crops already written from the same input,
     spacing and weights (an interrupted run resumes). A crop in which no bone is found is named,
     left without files, and the others separated; the command then exits with status 1.
     """
-    from jsnsynth.lsn.infer import folder_crops, separate_files
+    from jsnsynth.lsn.infer import folder_tree_crops, separate_files
 
-    files = [crop for path in images for crop in (folder_crops(path) if path.is_dir() else [path])]
-    run = separate_files(files, out_dir, weights=weights, pixel_spacing_mm=pixel_spacing_mm)
+    crops = []  # (file, its output name: its stem, under its sub-folder's name where it lies in one)
+    for path in images:
+        if path.is_dir():
+            crops.extend((crop, f"{folder}/{crop.stem}" if folder else crop.stem) for crop, folder in folder_tree_crops(path))
+        else:
+            crops.append((path, path.stem))
+    files = [crop for crop, _ in crops]
+    run = separate_files(files, out_dir, weights=weights, pixel_spacing_mm=pixel_spacing_mm,
+                         names=[name for _, name in crops])
     for panel in run.panels:
         click.echo(f"panel: {panel}")
     resumed = f" ({run.resumed} already there)" if run.resumed else ""

@@ -42,8 +42,10 @@ from jsnsynth.lsn.model import (
     compose_fractions,
     normalise_intensity,
 )
-from jsnsynth.picture import content_box, fill_from_picture, find_fill
+from jsnsynth.picture import content_box, fill_from_picture, find_fill, two_values_only
 from jsnsynth.synth.io import (
+    DICOM_SUFFIXES,
+    RASTER_SUFFIXES,
     check_output_folder,
     check_outputs_apart,
     check_writable,
@@ -593,6 +595,7 @@ def separate_files(
     out_dir: str | os.PathLike,
     weights: str | os.PathLike | None = None,
     pixel_spacing_mm: float | None = None,
+    names: list[str] | None = None,
 ) -> SeparationRun:
     """Separate image files and write, per crop ``STEM``, into ``out_dir``:
 
@@ -615,6 +618,8 @@ def separate_files(
         weights: LSN weights file (default: the bundled weights).
         pixel_spacing_mm: the crops' pixel size; overrides a DICOM header's. None: the header's
             spacing when there is one, else the training spacing.
+        names: each crop's ``STEM``, relative to ``out_dir`` (``joint/visit1`` writes into the
+            sub-folder ``joint``); None: the files' stems.
 
     Returns:
         A :class:`SeparationRun`: the panel paths, how many crops were already there, and the
@@ -622,7 +627,7 @@ def separate_files(
 
     Raises:
         InputError: an unreadable, colour, too small or NaN-holding input, an implausible pixel
-            spacing, or two inputs with the same file stem (before anything is written).
+            spacing, or two inputs with the same name (before anything is written).
         OutputError: ``out_dir`` exists and is not a folder, or an output that cannot be written
             or would overwrite an input or another output.
     """
@@ -630,26 +635,28 @@ def separate_files(
         raise InputError("no input images given")
     out_dir = Path(out_dir)
     check_output_folder(out_dir)
-    stems: set[str] = set()
-    for path in paths:
-        stem = Path(path).stem
-        if stem in stems:
-            raise InputError(f"{path}: another input has the same name '{stem}'; outputs would collide")
-        stems.add(stem)
+    names = [Path(path).stem for path in paths] if names is None else list(names)
+    if len(names) != len(paths):
+        raise ValueError(f"{len(names)} names for {len(paths)} crops")
+    seen: set[str] = set()
+    for path, name in zip(paths, names):
+        if name in seen:
+            raise InputError(f"{path}: another input has the same name '{name}'; outputs would collide")
+        seen.add(name)
     record_path = out_dir / SEPARATION_RECORD
-    outputs = [out_dir / name for path in paths for name in output_names(Path(path).stem)]
+    outputs = [out_dir / output for name in names for output in output_names(name)]
     check_outputs_apart([*outputs, record_path], paths)
     for output in (*outputs, record_path):
         check_writable(output)
     inputs = []
-    for path in paths:  # checked up front, kept only by name: read again when separated
+    for path, name in zip(paths, names):  # checked up front, kept only by name: read again when separated
         radiograph = read_radiograph(path)
         check_crop(radiograph.intensity, str(path))
         spacing = pixel_spacing_mm if pixel_spacing_mm is not None else radiograph.pixel_spacing_mm
         if spacing is not None:  # before the model loads: every crop is checked first
             check_pixel_spacing(spacing, "--pixel-spacing" if pixel_spacing_mm is not None else
                                 f"{path} (DICOM header; give --pixel-spacing to override)")
-        inputs.append((Path(path).stem, Path(path), spacing))
+        inputs.append((name, Path(path), spacing))
     model = load_model(weights)
     weights_digest = hashlib.sha256(Path(weights if weights is not None else DEFAULT_WEIGHTS).read_bytes()).hexdigest()
     record = _read_separation_record(record_path)
@@ -746,3 +753,31 @@ def folder_crops(folder: str | os.PathLike) -> list[Path]:
                 if stem in recorded or all(name in names for name in outputs):
                     written.update(outputs)
     return [path for path in files if path.name not in written]
+
+
+def folder_tree_crops(root: str | os.PathLike) -> list[tuple[Path, str]]:
+    """The crops of a folder and of its sub-folders, each with the sub-folder it lies in (``""``
+    for the folder itself): the folder's own first, then each sub-folder's, by name (one level;
+    hidden ones are not searched). This is how ``jsnsynth separate`` and the ``lsn`` dataset
+    source read a folder, where a sub-folder of crops is one joint's visits. Left out: images of
+    two values only (drawn masks: a radiograph never has two values) and what
+    :func:`separate_files` wrote (:func:`folder_crops`).
+
+    Raises:
+        InputError: a missing folder, one without crops in itself or in its sub-folders, or an
+            image that cannot be read (naming it).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder of crops")
+    suffixes = RASTER_SUFFIXES | DICOM_SUFFIXES
+    folders = [(root, "")] + [(p, p.name) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    crops = []
+    for folder, name in folders:
+        if any(p.is_file() and p.suffix.lower() in suffixes for p in folder.iterdir()):
+            crops.extend((path, name) for path in folder_crops(folder)
+                         if not two_values_only(read_radiograph(path).intensity))
+    if not crops:
+        raise InputError(f"{root}: holds no radiograph crops, in itself or in sub-folders "
+                         f"({', '.join(sorted(suffixes))}; images of two values are masks)")
+    return crops

@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from jsnsynth.errors import InputError
-from jsnsynth.lsn.infer import (DEFAULT_WEIGHTS, SEPARATION_REVISION, folder_crops, load_model, separate_intensity,
-                                warn_if_doubtful)
-from jsnsynth.picture import two_values_only
-from jsnsynth.synth.io import DICOM_SUFFIXES, RASTER_SUFFIXES, check_measurable_size, files_digest, read_radiograph
+from jsnsynth.lsn.infer import (DEFAULT_WEIGHTS, SEPARATION_REVISION, folder_tree_crops, load_model,
+                                separate_intensity, warn_if_doubtful)
+from jsnsynth.synth.io import check_measurable_size, files_digest, read_radiograph
 from jsnsynth.synth.layers import JointLayers, check_joint_masks
 
 #: Provenance written into dataset cards built from this source.
@@ -51,52 +50,38 @@ def check_crop_range(intensity: np.ndarray, path: str | os.PathLike) -> None:
                          "the full range")
 
 
-def _is_crop(path: Path) -> bool:
-    """Whether an image file is a crop the source takes, read and checked once, up front (a
-    damaged, too small or too faint one is an error before anything is written); an image of two
-    values only is a drawn mask, not a crop."""
+def _check_crop(path: Path) -> None:
+    """Refuse, up front, a crop the source cannot take (a damaged, too small or too faint one is
+    an error before anything is written)."""
     intensity = read_radiograph(path).intensity
-    if two_values_only(intensity):
-        return False
     check_measurable_size(intensity.shape, path)
     check_crop_range(intensity, path)
-    return True
 
 
 def joint_crops(root: str | os.PathLike) -> dict[str, list[Path]]:
-    """The crops of a folder by joint: each crop of the folder itself a joint (id its stem), each
-    sub-folder that holds crops one joint whose crops are its visits (id its name; sub-folders of
-    sub-folders and hidden ones are not searched). Images of two values only are masks, not
-    crops, wherever they are (a sub-folder of masks beside the crops is no joint).
+    """The crops of a folder by joint (:func:`~jsnsynth.lsn.infer.folder_tree_crops`): each crop
+    of the folder itself a joint (id its stem), each sub-folder that holds crops one joint whose
+    crops are its visits (id its name). Drawn masks are no crops, wherever they are (a sub-folder
+    of masks beside the crops is no joint).
 
     Raises:
         InputError: a missing folder, one without crops, a crop's stem that is also a
             sub-folder's name, or a crop that cannot be read, is too small to measure or too
             faint (:func:`check_crop_range`).
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: no such folder of crops")
     joints: dict[str, list[Path]] = {}
-    suffixes = RASTER_SUFFIXES | DICOM_SUFFIXES
-    if any(p.is_file() and p.suffix.lower() in suffixes for p in root.iterdir()):
-        for path in folder_crops(root):
-            if not _is_crop(path):
-                continue
+    single: set[str] = set()  # the joints that are a crop of the folder itself
+    for path, folder in folder_tree_crops(root):
+        _check_crop(path)
+        if not folder:
             if path.stem in joints:
                 raise InputError(f"{path}: two crops share the joint id '{path.stem}'")
             joints[path.stem] = [path]
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not any(p.is_file() and p.suffix.lower() in suffixes for p in folder.iterdir()):
-            continue
-        visits = [path for path in folder_crops(folder) if _is_crop(path)]
-        if not visits:  # only masks, or what `separate` wrote there
-            continue
-        if folder.name in joints:
-            raise InputError(f"{folder}: a sub-folder (one joint's visits) named as the crop {joints[folder.name][0].name}")
-        joints[folder.name] = visits
-    if not joints:
-        raise InputError(f"{root}: holds no radiograph crops, in itself or in sub-folders ({', '.join(sorted(suffixes))})")
+            single.add(path.stem)
+        elif folder in single:
+            raise InputError(f"{path.parent}: a sub-folder (one joint's visits) named as the crop {joints[folder][0].name}")
+        else:
+            joints.setdefault(folder, []).append(path)
     return joints
 
 
