@@ -147,3 +147,17 @@ def test_worker_processes_write_the_same_results_table(tmp_path, capsys):
         tables[num_proc] = out.read_bytes()
     assert tables[1] == tables[2]
     assert [row["id"] for row in _results(tmp_path / "out2" / "results.csv")] == ["pair0", "pair1", "pair2", "gone", "last"]
+
+
+def test_a_rows_own_spacing_is_labelled_as_the_tables(tmp_path):
+    # a row's own spacing was reported as `option`, which names --pixel-spacing: in a table that
+    # used both, the results could not tell which applied
+    table = _write_pairs(tmp_path / "study", (0.5, -0.3))
+    lines = table.read_text().splitlines()
+    lines[0] += ",pixel_spacing_mm"
+    lines[1] += ",0.1"
+    lines[2] += ","
+    table.write_text("\n".join(lines) + "\n")
+    rows = batch.quantify_table(table, tmp_path / "results.csv", pixel_spacing_mm=0.2)
+    assert [(row["pixel_spacing_source"], float(row["pixel_spacing_mm"])) for row in rows] == [("table", 0.1), ("option", 0.2)]
+    assert float(rows[0]["jsn_mm"]) == pytest.approx(0.1 * float(rows[0]["jsn_px"]))

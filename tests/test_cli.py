@@ -149,9 +149,10 @@ def test_error_line_is_one_printable_line(tmp_path, capsys: pytest.CaptureFixtur
 def test_ctrl_c_says_how_to_go_on_where_a_command_can_resume():
     resume = "jsnsynth: interrupted; rerun the same command to resume"
     for args in (["dataset", "--out", "ds"], ["phantom", "--n", "3"], ["validate", "ds", "--out", "rep"], ["validate", "ds", "--out=rep"],
-                 ["lsn", "train", "--config", "c.json"], ["--version", "demo"], ["validate-real", "folder", "--out", "real"]):
+                 ["lsn", "train", "--config", "c.json"], ["--version", "demo"], ["validate-real", "folder", "--out", "real"],
+                 ["separate", "a.png", "--out", "layers"], ["quantify-batch", "pairs.csv", "--out", "results.csv"]):
         assert _interrupted(args) == resume, args
-    for args in (["validate", "ds"], ["validate-real", "folder"], ["quantify", "b.png", "f.png"], ["separate", "a.png"]):
+    for args in (["validate", "ds"], ["validate-real", "folder"], ["quantify", "b.png", "f.png"]):
         assert _interrupted(args) == "jsnsynth: interrupted", args
 
 

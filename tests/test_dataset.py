@@ -667,7 +667,7 @@ def test_cli_sets_the_photon_counts(tmp_path: Path, capsys) -> None:
     assert len(photons) == 6 and all(2000 <= p <= 3000 for p in photons)
     capsys.readouterr()
     assert main(["dataset", "--source", "phantom", "--pairs", "3", "--out", str(tmp_path / "ds2"),
-                 "--photons-per-px", "2000", "3000", "--no-noise"]) == 1
+                 "--photons-per-px", "2000", "3000", "--no-noise"]) == 2
     assert "--no-noise" in capsys.readouterr().err
 
 
@@ -716,14 +716,26 @@ def test_a_jsn_range_past_a_joints_space_is_warned_about(tmp_path: Path, capsys)
 def test_jsn_range_given_in_mm_and_px_is_refused(tmp_path: Path, capsys) -> None:
     # --jsn-px replaces --jsn-mm: the range in mm was dropped without a word
     assert main(["dataset", "--source", "phantom", "--pairs", "2", "--out", str(tmp_path / "ds"),
-                 "--jsn-mm", "0.1", "0.1", "--jsn-px", "1", "1"]) == 1
+                 "--jsn-mm", "0.1", "0.1", "--jsn-px", "1", "1"]) == 2  # a usage error, as the README says
     assert capsys.readouterr().err.splitlines() == [
-        "jsnsynth: error: --jsn-mm and --jsn-px both set the JSN range: give one of them"]
+        "jsnsynth: error: --jsn-mm and --jsn-px both set the JSN range: give one of them (see 'jsnsynth dataset --help')"]
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--no-noise", "--photons-per-px", "2000", "3000"], "--photons-per-px sets the noise that --no-noise leaves out"),
+    (["--split", "0.5", "0.5", "0.5"], "Invalid value for '--split': 0.5 0.5 0.5 sum to 1.5, not 1"),
+])
+def test_options_that_contradict_each_other_are_usage_errors(tmp_path: Path, capsys, options, message) -> None:
+    # they exited 1, as a problem with the input does, where the README promises 2 for usage
+    assert main(["dataset", "--source", "phantom", "--pairs", "2", "--out", str(tmp_path / "ds"), *options]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"jsnsynth: error: {message}") and line.endswith("(see 'jsnsynth dataset --help')"), line
     assert not (tmp_path / "ds").exists()
 
 
 @pytest.mark.parametrize("args, message, code", [(["--pairs", "0"], "pairs", 2), (["--num-proc", "0"], "num-proc", 2),
-                                                  (["--split", "0.5", "0.5", "0.5"], "split", 1)])
+                                                  (["--split", "0.5", "0.5", "0.5"], "split", 2)])
 def test_bad_options_are_one_line_errors(tmp_path: Path, capsys, args: list[str], message: str, code: int) -> None:
     # out of an option's range: a usage error (2); options that do not fit together: 1
     base = ["dataset", "--source", "phantom", "--pairs", "2", "--out", str(tmp_path / "ds"), "--quiet"]
@@ -861,11 +873,11 @@ def test_dataset_size_is_checked_before_the_output_folder_is_made(tmp_path: Path
     folder = make_fingerjoint_folder(tmp_path / "fj", n_series=2, visits=1)
     rc = main(["dataset", "--source", f"fingerjoints:{folder}", "--pairs", "2", "--out", str(out), "--size", "128"])
     err = capsys.readouterr().err.strip()
-    assert rc == 1 and err.startswith("jsnsynth: error: --size applies to --source phantom only") and not out.exists()
+    assert rc == 2 and err.startswith("jsnsynth: error: --size applies to --source phantom only") and not out.exists()
     # and --max-mask-overlap, for a source without drawn masks
     rc = main(["dataset", "--source", "phantom", "--pairs", "2", "--out", str(out), "--max-mask-overlap", "3"])
     err = capsys.readouterr().err.strip()
-    assert rc == 1 and err.startswith("jsnsynth: error: --max-mask-overlap applies to --source fingerjoints:DIR only")
+    assert rc == 2 and err.startswith("jsnsynth: error: --max-mask-overlap applies to --source fingerjoints:DIR only")
     assert not out.exists()
 
 

@@ -488,3 +488,17 @@ def test_json_output_is_strict() -> None:
                          "xy": np.array([1.0, np.inf])})
     assert json.loads(text, parse_constant=lambda name: pytest.fail(f"non-JSON token {name}")) == {
         "rmse": None, "ci": [None, 1.5], "n": 3, "ok": True, "xy": [1.0, None]}
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_dicom_mask_is_read_by_its_stored_values(tmp_path: Path, signed: bool) -> None:
+    # images may be DICOM, and masks were refused as 'not a readable mask image'; read as a
+    # radiograph's display intensity, a signed mask's outside (0, offset to mid-grey) would be inside
+    mask = np.zeros((24, 32), np.uint16)
+    mask[5:12, 8:20] = 1
+    path = tmp_path / "upper.dcm"
+    _write_dicom(path, mask, "MONOCHROME2", None, signed=signed)
+    np.testing.assert_array_equal(io.read_mask(path, (24, 32)), mask != 0)
+    _write_dicom(path, np.zeros((24, 32), np.uint16), "MONOCHROME2", None, signed=signed)
+    with pytest.raises(InputError, match="mask is empty"):
+        io.read_mask(path)

@@ -12,6 +12,7 @@ import pytest
 from jsnsynth.cli import main
 from jsnsynth.synth import phantom_io
 from jsnsynth.synth.io import decode_png, read_float_tiff
+from jsnsynth.synth.layers import PIXEL_SPACING_RANGE_MM
 from jsnsynth.synth.phantom import PhantomParams, check_phantom_field, render_phantom
 from jsnsynth.synth.phantom_io import SAMPLE_FILES, read_phantom_sample, write_phantom_samples
 from jsnsynth.synth.xray import ImagingParams, quantize, render_radiograph
@@ -199,3 +200,13 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(capsys: pytest.Capture
     assert main(["phantom", "--n", "1", "--out", "/proc/jsnsynth-phantoms"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err == ["jsnsynth: error: cannot make the folder /proc/jsnsynth-phantoms: No such file or directory"]
+
+
+def test_the_advice_on_a_wide_field_is_a_spacing_the_options_take():
+    # --size 4096 advised 0.01094 mm/px, which --pixel-spacing then refused (its range starts at 0.02)
+    with pytest.warns(UserWarning, match=r"frames 717 mm, .*\(0\.02 mm/px, the finest taken, frames 82 mm\)"):
+        check_phantom_field(4096, 0.175)
+    assert PIXEL_SPACING_RANGE_MM[0] == 0.02
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_phantom_field(4096, 0.02)  # the advice taken: no warning

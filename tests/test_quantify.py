@@ -1711,3 +1711,47 @@ def test_tall_product_is_the_matrix_product(columns):
     np.testing.assert_allclose(product, expected, rtol=0, atol=2e-3)
     vector = reg.tall_product(a, b[:, 0])  # a vector: the plain product
     np.testing.assert_allclose(vector, expected[:, 0], rtol=0, atol=2e-3)
+
+
+def test_a_blur_difference_beyond_the_searchs_reach_is_a_mismatch():
+    """A follow-up blurred by a further 9 px^2 of variance, beyond the blur search's reach (4 px^2
+    either way): it read 0.4-0.5 px off, 13-16 standard errors, unflagged (an outside review found
+    the same through the command line: -0.46 to -0.64 px). It is a mismatch, and the flags say why."""
+    result, jsn_px = _motion_blurred_pair_result(0, (9.0, 9.0, 0.0))
+    assert abs(result.jsn_px - jsn_px) > 5 * result.jsn_se_px  # what the flag is for
+    assert result.mismatch
+    (note,) = [flag for flag in result.flags if "blurs differ" in flag]
+    assert note.startswith("the visits' blurs differ by more than the blur match reaches (4 px^2 of variance"), note
+
+
+def test_a_large_blur_difference_matched_is_noted_not_flagged():
+    """3 px^2 further on the follow-up: matched, within 0.03 px (-0.015 measured), yet several
+    standard errors off, which the note says; pairs whose blurs differ as the builder's do get none."""
+    result, jsn_px = _motion_blurred_pair_result(0, (3.0, 3.0, 0.0))
+    assert abs(result.jsn_px - jsn_px) < 0.03 and not result.mismatch
+    (note,) = [flag for flag in result.flags if "blurs differ" in flag]
+    size_px2 = float(re.search(r"differ by ([0-9.]+) px\^2", note).group(1))
+    assert 2.0 < size_px2 < 4.0 and "(the follow-up the blurrier; matched)" in note, note
+    plain, _ = _motion_blurred_pair_result(0, (0.0, 0.0, 0.0))
+    assert not any("blurs differ" in flag for flag in plain.flags) and not plain.mismatch
+
+
+def test_bones_turned_against_each_other_get_a_note_of_how_the_jsn_depends_on_its_point():
+    """Real visit pairs whose bones flexed by 6-10 deg read JSNs up to 9 standard errors apart with
+    the LSN's masks and with the drawn ones, both unflagged: the point where JSN is read moved by
+    2-4 px, and at such turns the JSN moves by 0.1-0.17 px per px of it."""
+    pair = toy_pair(0.5, upper_flexion_deg=4.0, lower_flexion_deg=-3.0)
+    result = quantify_pair(pair["baseline"], pair["followup"], pair["upper_mask"], pair["lower_mask"])
+    (note,) = [flag for flag in result.flags if "relative to each other" in flag]
+    turn_deg = float(re.search(r"turned by ([-+0-9.]+) deg", note).group(1))
+    rate = float(re.search(r"by ([0-9.]+) px per px", note).group(1))
+    assert turn_deg == pytest.approx(7.0, abs=0.2) and rate == pytest.approx(math.radians(7.0), abs=0.01), note
+    assert not result.mismatch
+    # what the rate says: the JSN read 2 px across the axis away moves by about twice it
+    cx, cy = result.joint_center_xy
+    moved = quantify_pair(pair["baseline"], pair["followup"], pair["upper_mask"], pair["lower_mask"],
+                          joint_center_xy=(cx + 2.0, cy), joint_axis_deg=result.joint_axis_deg)
+    assert abs(moved.jsn_px - result.jsn_px) == pytest.approx(2.0 * rate, rel=0.15)
+    small = toy_pair(0.5, upper_flexion_deg=2.0, lower_flexion_deg=-1.0)
+    plain = quantify_pair(small["baseline"], small["followup"], small["upper_mask"], small["lower_mask"])
+    assert not any("relative to each other" in flag for flag in plain.flags)

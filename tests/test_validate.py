@@ -385,6 +385,17 @@ def test_a_mismatch_flag_must_be_a_boolean():
         read_estimate({"jsn_px": 0.1, "mismatch": "false"})
 
 
+def test_a_standard_error_must_be_a_number_of_zero_or_more():
+    """A plug-in's jsn_se_px of -0.1 was written to pairs.csv and left out of the z-scores unsaid."""
+    for se_px in (None, float("nan"), float("inf"), 0.0, np.float32(0.0)):
+        assert math.isnan(read_estimate({"jsn_px": 0.1, "jsn_se_px": se_px})[2]), se_px
+    assert read_estimate({"jsn_px": 0.1, "jsn_se_px": np.float64(0.02)})[2] == 0.02
+    with pytest.raises(InputError, match="method returned jsn_se_px -0.1; a standard error is 0 or more"):
+        read_estimate({"jsn_px": 0.1, "jsn_se_px": -0.1})
+    with pytest.raises(InputError, match="method returned jsn_se_px of type str"):
+        read_estimate({"jsn_px": 0.1, "jsn_se_px": "small"})
+
+
 def test_rmse_interval_covers_the_true_rmse_about_95_percent_of_the_time():
     """48 errors of SD 0.01 px (a benchmark row), 400 times: the interval holds 0.01 px in about 95 %
     of the sets (measured 91 %: a percentile bootstrap runs a little short at small n), and it

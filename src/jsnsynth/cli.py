@@ -141,6 +141,14 @@ def _file_to_write(ctx: click.Context, param: click.Parameter, value: str | None
     return Path(value)
 
 
+def _fractions(ctx: click.Context, param: click.Parameter, value):
+    """Fractions that do not sum to 1 are a usage error naming the option (exit 2): the library's
+    check named its own field and exited 1."""
+    if value is not None and not math.isclose(sum(value), 1.0, abs_tol=1e-9):
+        raise click.BadParameter(f"{' '.join(f'{v:g}' for v in value)} sum to {sum(value):g}, not 1", ctx, param)
+    return value
+
+
 def _low_high(ctx: click.Context, param: click.Parameter, value):
     """A ``LOW HIGH`` range the wrong way round is a usage error naming the option (exit 2), as a
     value out of range is: the library's check named its own field and exited 1."""
@@ -164,14 +172,15 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
     for ``lsn``).
 
     Raises:
-        JsnSynthError: an unknown or unusable source, or an option for another source: ``--size``
-            for a source of real crops (their size is the images'), ``--max-mask-overlap`` for one
-            without drawn masks (ignoring the option would hide a mistake).
+        JsnSynthError: an unknown or unusable source.
+        click.UsageError: an option for another source (exit 2): ``--size`` for a source of real
+            crops (their size is the images'), ``--max-mask-overlap`` for one without drawn masks
+            (ignoring the option would hide a mistake).
     """
     if size_px is not None and spec != "phantom":
-        raise JsnSynthError(f"--size applies to --source phantom only; the crops of '{spec}' keep their own size")
+        raise click.UsageError(f"--size applies to --source phantom only; the crops of '{spec}' keep their own size")
     if max_mask_overlap_px is not None and not spec.startswith("fingerjoints:"):
-        raise JsnSynthError(f"--max-mask-overlap applies to --source fingerjoints:DIR only; '{spec}' has no drawn masks")
+        raise click.UsageError(f"--max-mask-overlap applies to --source fingerjoints:DIR only; '{spec}' has no drawn masks")
     if max_mask_overlap_px is None:
         max_mask_overlap_px = DEFAULT_MAX_MASK_OVERLAP_PX
     if spec.startswith("lsn:"):
@@ -200,7 +209,7 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
 @click.option("--num-proc", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes (output bytes do not depend on it).")
 @click.option("--shard-size", type=click.IntRange(min=1), default=100, show_default=True, help="Pairs per parquet shard.")
 @click.option("--layers-every", type=click.IntRange(min=0), default=10, show_default=True, help="Write the 'layers' config for every k-th pair (1: all, 0: none).")
-@click.option("--split", "split_fractions", type=FiniteFloatRange(0.0, 1.0), nargs=3, default=(0.8, 0.1, 0.1), show_default=True, help="Train/validation/test fractions of source joints (summing to 1).")
+@click.option("--split", "split_fractions", type=FiniteFloatRange(0.0, 1.0), nargs=3, default=(0.8, 0.1, 0.1), show_default=True, callback=_fractions, help="Train/validation/test fractions of source joints (summing to 1).")
 @click.option("--jsn-mm", type=_pair_limit("jsn_mm"), nargs=2, callback=_low_high, default=(-0.5, 0.5), show_default=True, help="Range of the JSN change in mm (+ = narrowing).")
 @click.option("--jsn-px", type=_pair_limit("jsn_px"), nargs=2, callback=_low_high, default=None, help="Range of the JSN change in pixels (instead of --jsn-mm; not with it).")
 @click.option("--flexion-deg", type=_pair_limit("flexion_deg"), default=2.0, show_default=True, help="Largest rotation of each bone about the joint centre.")
@@ -243,11 +252,12 @@ def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, nu
     from jsnsynth.synth.pairs import PairConfig
     from jsnsynth.synth.xray import ImagingRanges
 
+    # options that contradict each other are usage errors (exit 2), as a value out of range is
     if photons_per_px is not None and no_noise:
-        raise JsnSynthError("--photons-per-px sets the noise that --no-noise leaves out: give one of them")
+        raise click.UsageError("--photons-per-px sets the noise that --no-noise leaves out: give one of them")
     if jsn_px is not None and click.get_current_context().get_parameter_source("jsn_mm") == ParameterSource.COMMANDLINE:
         # --jsn-px takes the place of --jsn-mm: a mm range given as well was dropped without a word
-        raise JsnSynthError("--jsn-mm and --jsn-px both set the JSN range: give one of them")
+        raise click.UsageError("--jsn-mm and --jsn-px both set the JSN range: give one of them")
     ranges = {}
     if photons_per_px is not None:
         ranges["photons_per_px"] = tuple(photons_per_px)
@@ -564,7 +574,8 @@ def _interrupted(args: list[str]) -> str:
     path = _command_path(args)
     command = path[1] if len(path) > 1 else ""
     with_out = any(arg == "--out" or arg.startswith("--out=") for arg in args)
-    if command in ("dataset", "phantom", "demo", "lsn") or (command in ("validate", "validate-real") and with_out):
+    if command in ("dataset", "phantom", "demo", "lsn", "separate", "quantify-batch") or \
+            (command in ("validate", "validate-real") and with_out):
         return "jsnsynth: interrupted; rerun the same command to resume"
     return "jsnsynth: interrupted"
 

@@ -149,6 +149,8 @@ def _measured_row(pair: dict) -> dict[str, Any]:
             joint_center_xy=pair["joint_center_xy"], joint_axis_deg=pair["joint_axis_deg"])
     except JsnSynthError as exc:  # this pair's refusal; the others go on
         return _result_row(pair, None, method_failure(exc))
+    if pair["pixel_spacing_mm"] is not None:  # the row's own, not --pixel-spacing's
+        record["pixel_spacing_source"] = "table"
     return _result_row(pair, record, "")
 
 

@@ -629,6 +629,27 @@ def quantify_pair(
         notes.append(f"blur differs by direction by about {unmatched_px2:.1f} px^2 of variance (a motion during an "
                      f"exposure?), beyond what the blur match reaches (about {2.0 * settings.max_blur_difference_px2:.0f} "
                      "px^2 at this picture's size): the JSN is not to be trusted")
+    relative_deg = (t_upper.angle_deg - t_lower.angle_deg + 180.0) % 360.0 - 180.0
+    if abs(relative_deg) > FLEXION_NOTE_DEG:
+        # a note, not a flag: the measurement is right at its point, but another point gives
+        # another JSN, and masks drawn otherwise (an LSN's against a hand's) move the point
+        notes.append(f"the bones turned by {relative_deg:+.1f} deg relative to each other: the JSN depends on where it "
+                     f"is read, by {abs(math.radians(relative_deg)):.2f} px per px across the joint axis from the joint "
+                     f"centre ({center[0]:.1f}, {center[1]:.1f}; the baseline masks' unless given, so masks drawn "
+                     "otherwise move it)")
+    blur_px2, reach_px2 = bones_info["blur_difference_px2"], settings.max_blur_difference_px2
+    if bones_info["blur_at_limit"] and not unmatched_px2:  # (a motion beyond reach has its note)
+        # a mismatch: beyond the reach the difference is matched only in part, and the error grows
+        # fast (phantom pairs whose follow-up was blurred by 6 and 9 px^2 read 0.2 and 0.5 px off,
+        # 20 standard errors, unflagged)
+        notes.append(f"the visits' blurs differ by more than the blur match reaches ({reach_px2:.0f} px^2 of variance at "
+                     "this picture's size): the JSN is not to be trusted")
+    elif blur_px2 is not None and abs(blur_px2) > BLUR_NOTE_SHARE * reach_px2:
+        # a note, not a flag: matched, but the error it leaves grows with the difference
+        # (docs/quantify.md, Reliability)
+        blurrier = "follow-up" if blur_px2 > 0 else "baseline"
+        notes.append(f"the visits' blurs differ by {abs(blur_px2):.1f} px^2 of variance (the {blurrier} the blurrier; "
+                     "matched): the JSN's error grows with the difference, beyond its standard error")
     # residuals judged after removing a per-bone quadratic intensity mapping (exposure/gamma)
     maps, raw_stats = residual_maps(base, follow, regions, {"upper": pu, "lower": pl}, local_center,
                                     photometric_order=2, keep_maps=keep_residuals, follow_coef=follow_coef,
@@ -669,7 +690,7 @@ def quantify_pair(
         upper=t_upper,
         lower=t_lower,
         reliability=report.score,
-        mismatch=report.mismatch or bool(unmatched_px2),
+        mismatch=report.mismatch or bool(unmatched_px2) or bones_info["blur_at_limit"],
         flags=report.flags + notes,
         jsn_se_px=math.sqrt(max(variance, 0.0)),
         bones=bones,
@@ -782,6 +803,8 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     fits = {}
     blur_anisotropy = None  # the direction-dependent blur difference matched, (alpha, beta) px^2
     blur_anisotropy_unmatched_px2 = 0.0  # the size of one that could not be matched
+    blur_difference_px2 = None  # the isotropic blur difference matched (> 0: the follow-up the blurrier)
+    blur_at_limit = False  # a search ended at its reach: the difference may be larger
     for level in range(settings.levels, -1, -1):
         f = 2**level
         if level == 0 and settings.levels > 0 and settings.match_blur:
@@ -795,6 +818,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             unclipped = reg.unclipped_regions(windows, *clipping, settings.clipped_margin_px)
             matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2, settings.max_blur_difference_px2)
             blur_x = matcher.variance_difference([fw for _, fw, _ in windows])
+            blur_at_limit = abs(blur_x) >= settings.max_blur_difference_px2 * (1.0 - 1e-9)
             if settings.match_blur_anisotropy:
                 blur_x, alpha, beta, blur_anisotropy_unmatched_px2 = matcher.with_anisotropy(
                     [fw for _, fw, _ in windows], blur_x, settings.min_blur_anisotropy_px2)
@@ -848,6 +872,8 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
                 blur_x = matcher.variance_difference(
                     [reg.apply_polynomial(fw, mapping) for _, fw, _ in windows], rounds=1, initial=blur_x
                 )
+            blur_difference_px2 = blur_x
+            blur_at_limit = blur_at_limit or abs(blur_x) >= settings.max_blur_difference_px2 * (1.0 - 1e-9)
             base0 = reg.gaussian_blur(base, math.sqrt(max(blur_x, 0.0)))
             # a sharper follow-up is blurred *before* it is mapped, as the mapping was fitted: on
             # blurred windows. The mapping stands for the two displays, which act after the
@@ -925,8 +951,24 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     info["wide_start"] = wide_start
     info["blur_anisotropy"] = blur_anisotropy
     info["blur_anisotropy_unmatched_px2"] = blur_anisotropy_unmatched_px2
+    info["blur_difference_px2"] = blur_difference_px2
+    info["blur_at_limit"] = blur_at_limit
     t_fine = time.perf_counter() - t1
     return fits, coarse, info, variance_of, t_coarse, t_fine, follow_coef
+
+
+#: Relative turn of the two bones (degrees) beyond which a note says how much the JSN depends on
+#: the point where it is read: ``sin`` of the turn per pixel across the joint axis (0.09 px per px
+#: at 5 deg). An outside review read real visit pairs that flexed by 6-10 deg with the LSN's masks
+#: and with the drawn ones: joint centres 2-4 px apart, JSNs up to 9 standard errors apart (both
+#: right at their own centres).
+FLEXION_NOTE_DEG = 5.0
+
+
+#: Share of the blur search's reach (:attr:`RegistrationSettings.max_blur_difference_px2`) beyond
+#: which a matched blur difference gets a note: on noise-free phantom pairs whose follow-up was
+#: blurred further, the JSN's RMSE went from 0.009 px to 0.023 px at 2 px^2 and 0.060 px at 4.
+BLUR_NOTE_SHARE = 0.5
 
 
 #: Headers whose spacings differ by less than this (relative) state one spacing.

@@ -289,6 +289,17 @@ def _number(value: Any, what: str) -> float:
     raise InputError(f"method returned {what} of type {type(value).__name__}; expected a number")
 
 
+def _standard_error(value: Any) -> float:
+    """A method's ``jsn_se_px``: NaN where it gives none to score against (None, NaN, infinity, or
+    0: a fit without residual, which no z-score divides by); a negative one is refused."""
+    if value is None:
+        return float("nan")
+    se_px = _number(value, "jsn_se_px")
+    if se_px < 0.0:
+        raise InputError(f"method returned jsn_se_px {se_px:g}; a standard error is 0 or more (NaN for none)")
+    return se_px if 0.0 < se_px < math.inf else float("nan")
+
+
 def _flag(value: Any) -> bool:
     """A method's mismatch flag as a bool: a boolean, or 0 / 1 (Python, numpy or torch scalars);
     None is no flag. Text is a method's mistake: ``bool("false")`` would count the pair as flagged."""
@@ -307,17 +318,21 @@ def _flag(value: Any) -> bool:
 
 def read_estimate(output: Any) -> tuple[float, bool, float]:
     """``(jsn_px, flagged, jsn_se_px)`` from whatever a method returned; the standard error is
-    NaN when the method reports none."""
+    NaN when the method reports none to score against (:func:`_standard_error`).
+
+    Raises:
+        InputError: a value that is not a number, or a negative standard error (a method's
+            mistake: the pair is its failure; it was written to pairs.csv and left out of the
+            z-scores unsaid).
+    """
     if hasattr(output, "jsn_px"):
-        se_px = getattr(output, "jsn_se_px", None)
         return (_number(output.jsn_px, "jsn_px"), _flag(getattr(output, "mismatch", False)),
-                float("nan") if se_px is None else _number(se_px, "jsn_se_px"))
+                _standard_error(getattr(output, "jsn_se_px", None)))
     if isinstance(output, dict):
         if "jsn_px" not in output:
             raise InputError("method returned a mapping without 'jsn_px'")
-        se_px = output.get("jsn_se_px")
         return (_number(output["jsn_px"], "jsn_px"), _flag(output.get("mismatch", False)),
-                float("nan") if se_px is None else _number(se_px, "jsn_se_px"))
+                _standard_error(output.get("jsn_se_px")))
     try:
         return _number(output, "a value"), False, float("nan")
     except InputError:

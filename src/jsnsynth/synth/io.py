@@ -261,6 +261,26 @@ def _is_dicom(path: Path) -> bool:
 
 
 def _read_dicom(path: Path) -> Radiograph:
+    ds, pixels = _dicom_pixels(path)
+    bits = int(getattr(ds, "BitsStored", 16 if pixels.dtype.itemsize > 1 else 8))
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
+    full_scale = float((1 << bits) - 1)
+    # signed pixels span -2^(bits-1) .. 2^(bits-1) - 1: the lowest is black, as 0 is for unsigned
+    offset = float(1 << (bits - 1)) if signed else 0.0
+    intensity = np.clip((pixels.astype(np.float64) + offset) / full_scale, 0.0, 1.0)
+    if photometric == "MONOCHROME1":
+        intensity = 1.0 - intensity
+    return Radiograph(intensity, bits, _dicom_pixel_spacing(ds, path), path)
+
+
+def _dicom_pixels(path: Path) -> tuple[Any, np.ndarray]:
+    """A DICOM file's data set and its stored pixel values (one greyscale frame).
+
+    Raises:
+        InputError: an unreadable or multi-frame file, or one compressed in a syntax this
+            installation cannot decode.
+    """
     import pydicom  # imported lazily: only DICOM input needs it
 
     try:
@@ -295,22 +315,13 @@ def _read_dicom(path: Path) -> Radiograph:
                     "dcmdjpeg), or install a pydicom decoder for it (pylibjpeg with its plug-ins, or "
                     "python-gdcm)"
                 ) from None
-            bits = int(getattr(ds, "BitsStored", 16 if pixels.dtype.itemsize > 1 else 8))
-            photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
-            signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
     except InputError:
         raise
     except Exception as exc:  # pydicom raises many types for corrupt files
         raise InputError(f"{path}: unreadable DICOM ({exception_line(exc)})") from None
     if pixels.ndim != 2:
         raise InputError(f"{path}: expected a single-frame greyscale DICOM, got pixel array {pixels.shape}")
-    full_scale = float((1 << bits) - 1)
-    # signed pixels span -2^(bits-1) .. 2^(bits-1) - 1: the lowest is black, as 0 is for unsigned
-    offset = float(1 << (bits - 1)) if signed else 0.0
-    intensity = np.clip((pixels.astype(np.float64) + offset) / full_scale, 0.0, 1.0)
-    if photometric == "MONOCHROME1":
-        intensity = 1.0 - intensity
-    return Radiograph(intensity, bits, _dicom_pixel_spacing(ds, path), path)
+    return ds, pixels
 
 
 #: Relative difference of a DICOM's row and column spacings beyond which its pixels are not square.
@@ -425,14 +436,17 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
     read as inside from half its largest value up. Save masks losslessly (PNG) all the same.
 
     Args:
-        path: PNG (or any format :func:`read_radiograph` reads) holding the mask.
+        path: PNG (or any format :func:`read_radiograph` reads: a DICOM by its stored values)
+            holding the mask.
         shape: expected ``(H, W)``; a mismatch raises.
 
     Raises:
         InputError: missing or unreadable file, NaN values, wrong size, or an empty mask.
     """
     path = _existing_file(path)
-    pixels = _decode(path)
+    # a DICOM mask by its stored values: a signed one's offset or a MONOCHROME1 inversion, which
+    # a radiograph's display intensity takes, would make its outside non-zero
+    pixels = _dicom_pixels(path)[1] if _is_dicom(path) else _decode(path)
     if pixels is None:
         raise InputError(f"{path}: not a readable mask image (damaged, cut short, or not an image)")
     if pixels.ndim == 3:

@@ -60,7 +60,7 @@ import numpy as np
 
 from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity, axis_vector
-from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers
+from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, PIXEL_SPACING_RANGE_MM, JointLayers
 from jsnsynth.synth.limits import MAX_CROP_FIELD_MM, MAX_SIDE_PX
 
 JOINT_TYPES = ("mcp", "pip", "dip")
@@ -231,11 +231,15 @@ def check_phantom_field(size_px: int, pixel_spacing_mm: float) -> None:
         raise InputError(f"a phantom of {size_px} px at {pixel_spacing_mm:g} mm/px frames {field_mm:.1f} mm, "
                          f"too little of a joint to show both bones (at least {MIN_PHANTOM_FIELD_MM:g} mm)")
     if field_mm > MAX_CROP_FIELD_MM:
+        # the spacing that frames what 256 px at the default do, or the finest one taken
+        finer_mm = DEFAULT_PIXEL_SPACING_MM * 256 / size_px
+        finest_mm = PIXEL_SPACING_RANGE_MM[0]
+        advice = (f"{finer_mm:.4g} mm/px frames what 256 px at the default do" if finer_mm >= finest_mm else
+                  f"{finest_mm:g} mm/px, the finest taken, frames {size_px * finest_mm:.0f} mm")
         warnings.warn(
             f"a phantom of {size_px} px at {pixel_spacing_mm:g} mm/px frames {field_mm:.0f} mm, more than a joint's "
             f"crop (up to {MAX_CROP_FIELD_MM:g} mm): the model's shafts and finger fill the picture; for more "
-            f"pixels of the same joint give a finer spacing ({DEFAULT_PIXEL_SPACING_MM * 256 / size_px:.4g} mm/px "
-            "frames what 256 px at the default do)",
+            f"pixels of the same joint give a finer spacing ({advice})",
             stacklevel=2,
         )
 
