@@ -1006,7 +1006,6 @@ def test_separate_takes_a_folder_of_joints_visits_into_sub_folders(tmp_path, cap
     was refused as holding no crops; and the drawn masks beside the crops were separated as crops
     (each a network pass, then refused as having no bone)."""
     crops = tmp_path / "study"
-    write_bytes_atomic(crops / "single.png", encode_png(synthetic_joint(96, 0)[0]))
     for joint, seeds in (("jointA", (1, 2)), ("jointB", (3,))):
         for seed in seeds:
             image, _, upper_mask, _ = synthetic_joint(96, seed)
@@ -1016,9 +1015,9 @@ def test_separate_takes_a_folder_of_joints_visits_into_sub_folders(tmp_path, cap
     write_bytes_atomic(crops / ".hidden" / "skip.png", encode_png(synthetic_joint(96, 4)[0]))
     out = tmp_path / "layers"
     assert main(["separate", str(crops), "--out", str(out)]) == 0
-    assert "wrote 4 separation(s)" in capsys.readouterr().out
+    assert "wrote 3 separation(s)" in capsys.readouterr().out
     panels = sorted(str(p.relative_to(out)) for p in out.rglob("*_panel.png"))
-    assert panels == ["jointA/visit1_panel.png", "jointA/visit2_panel.png", "jointB/visit3_panel.png", "single_panel.png"]
+    assert panels == ["jointA/visit1_panel.png", "jointA/visit2_panel.png", "jointB/visit3_panel.png"]
     assert sorted(p.name for p in (out / "jointA").iterdir()) == sorted(output_names("visit1") + output_names("visit2"))
     assert main(["separate", str(crops), "--out", str(out)]) == 0  # run again: resumed, nothing redone
     assert "wrote 0 separation(s) to" in capsys.readouterr().out
@@ -1027,6 +1026,13 @@ def test_separate_takes_a_folder_of_joints_visits_into_sub_folders(tmp_path, cap
     assert main(["separate", str(crops), "--out", str(out)]) == 0
     assert "wrote 1 separation(s) to" in capsys.readouterr().out
     assert (out / "jointB" / "visit1_panel.png").is_file() and (out / "jointA" / "visit1_panel.png").is_file()
+    # a folder with crops of its own leaves its sub-folders alone, as before (a colour photo in notes/)
+    own = tmp_path / "own"
+    write_bytes_atomic(own / "single.png", encode_png(synthetic_joint(96, 0)[0]))
+    (own / "notes").mkdir()
+    cv2.imwrite(str(own / "notes" / "photo.png"), np.dstack([np.zeros((40, 40), np.uint8), np.full((40, 40), 200, np.uint8), np.zeros((40, 40), np.uint8)]))
+    assert main(["separate", str(own), "--out", str(tmp_path / "own_layers")]) == 0
+    assert "wrote 1 separation(s)" in capsys.readouterr().out
 
 
 def test_the_panel_titles_its_tiles():

@@ -431,8 +431,8 @@ def separate_command(images: tuple[Path, ...], out_dir: Path, weights: Path | No
     layers with the LSN.
 
     IMAGES are crop files, or folders whose crops (PNG, JPEG, TIFF, BMP, DICOM) are all taken,
-    with those of their sub-folders (one joint's visits each; one level), less drawn masks (images
-    of two values) and the files separate writes.
+    less drawn masks (images of two values) and the files separate writes; a folder without crops
+    of its own, those of its sub-folders (one joint's visits each; one level).
     Writes per crop STEM: STEM_{soft,upper,lower}.tif (float32 attenuation), STEM_{upper,lower}_mask.png,
     STEM_recomposed.png (16-bit) and STEM_panel.png; a sub-folder's crops into a sub-folder of
     the same name. Each crop's files are written together as it
@@ -441,11 +441,17 @@ def separate_command(images: tuple[Path, ...], out_dir: Path, weights: Path | No
     left without files, and the others separated; the command then exits with status 1.
     """
     from jsnsynth.lsn.infer import folder_tree_crops, separate_files
+    from jsnsynth.synth.io import DICOM_SUFFIXES, RASTER_SUFFIXES
 
     crops = []  # (file, its output name: its stem, under its sub-folder's name where it lies in one)
+    suffixes = RASTER_SUFFIXES | DICOM_SUFFIXES
     for path in images:
         if path.is_dir():
-            crops.extend((crop, f"{folder}/{crop.stem}" if folder else crop.stem) for crop, folder in folder_tree_crops(path))
+            # the sub-folders (one joint's visits each) of a folder without crops of its own only:
+            # a folder of crops kept its notes, rejects and photos in sub-folders, left alone before
+            own = any(p.is_file() and p.suffix.lower() in suffixes for p in path.iterdir())
+            crops.extend((crop, f"{folder}/{crop.stem}" if folder else crop.stem)
+                         for crop, folder in folder_tree_crops(path, sub_folders=not own))
         else:
             crops.append((path, path.stem))
     files = [crop for crop, _ in crops]

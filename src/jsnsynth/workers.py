@@ -23,6 +23,7 @@ import os
 import pickle
 import shutil
 import signal
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -206,8 +207,23 @@ def _init_worker(payload: bytes, job_name: str) -> None:
         return
     if show_warning is not None:  # a worker shows warnings as its parent does (the CLI: one line)
         warnings.showwarning = show_warning
-    setup(job)
+    # whatever the job prints (a plug-in method): the jsnsynth commands keep stdout for their output
+    sys.stdout = sys.stderr
+    _STATE["worker"] = True
+    try:
+        setup(job)
+    except Exception as exc:  # noqa: BLE001  (a method the parent imports and a fresh process cannot)
+        reason = str(exc) if isinstance(exc, InputError) else exception_line(exc)
+        _STATE["failure"] = (f"{job_name} cannot be set up in a worker process ({reason}): define it in an "
+                             "importable module, not in a notebook or at the prompt, or use one process (num_proc=1)")
+        return
     _STATE["parent_pid"] = os.getppid()
+
+
+def in_worker() -> bool:
+    """Whether this process is a worker of :func:`ordered_results` (for set-ups that differ there,
+    such as a process-wide heap setting the jsnsynth commands make in their own process)."""
+    return bool(_STATE.get("worker"))
 
 
 def _task_results(compute: Callable[[Any], Any], items: list, results_dir: str) -> str:

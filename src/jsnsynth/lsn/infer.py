@@ -755,13 +755,15 @@ def folder_crops(folder: str | os.PathLike) -> list[Path]:
     return [path for path in files if path.name not in written]
 
 
-def folder_tree_crops(root: str | os.PathLike) -> list[tuple[Path, str]]:
+def folder_tree_crops(root: str | os.PathLike, sub_folders: bool = True) -> list[tuple[Path, str]]:
     """The crops of a folder and of its sub-folders, each with the sub-folder it lies in (``""``
     for the folder itself): the folder's own first, then each sub-folder's, by name (one level;
     hidden ones are not searched). This is how ``jsnsynth separate`` and the ``lsn`` dataset
     source read a folder, where a sub-folder of crops is one joint's visits. Left out: images of
     two values only (drawn masks: a radiograph never has two values) and what
     :func:`separate_files` wrote (:func:`folder_crops`).
+
+    ``sub_folders=False`` reads the folder itself only.
 
     Raises:
         InputError: a missing folder, one without crops in itself or in its sub-folders, or an
@@ -771,7 +773,8 @@ def folder_tree_crops(root: str | os.PathLike) -> list[tuple[Path, str]]:
     if not root.is_dir():
         raise InputError(f"{root}: no such folder of crops")
     suffixes = RASTER_SUFFIXES | DICOM_SUFFIXES
-    folders = [(root, "")] + [(p, p.name) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    folders = [(root, "")] + ([(p, p.name) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+                              if sub_folders else [])
     crops = []
     for folder, name in folders:
         if any(p.is_file() and p.suffix.lower() in suffixes for p in folder.iterdir()):

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import csv
 import io
+import contextlib
 import math
-import multiprocessing
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from jsnsynth.quantify.quantifier import RESULT_VERSION, keep_freed_heap, quanti
 from jsnsynth.quantify.validate import ResumeLog, file_stamps, method_failure
 from jsnsynth.synth.io import check_outputs_apart, check_writable, write_bytes_atomic
 from jsnsynth.synth.layers import check_pixel_spacing
-from jsnsynth.workers import ordered_results
+from jsnsynth.workers import in_worker, ordered_results
 
 #: Columns a table of pairs must have: paths of the images and of the baseline's masks.
 REQUIRED_COLUMNS = ("baseline", "followup", "upper_mask", "lower_mask")
@@ -127,16 +128,16 @@ def _result_row(pair: dict, record: dict | None, error: str) -> dict[str, Any]:
     return row
 
 
-# the spacing of this process (the command's, or a worker's) for pairs that state none
-_SPACING: dict[str, float | None] = {}
+# the spacing of this thread (the command's, or a worker's) for pairs that state none
+_SPACING = threading.local()
 
 
 def _use_spacing(pixel_spacing_mm: float | None) -> None:
     """Make ``pixel_spacing_mm`` the spacing :func:`_measured_row` gives pairs that state none (in
     this process, or in a worker: :func:`jsnsynth.workers.ordered_results`)."""
-    if multiprocessing.parent_process() is not None:  # a worker: the heap setting of the commands
+    if in_worker():  # the heap setting the command makes in its own process
         keep_freed_heap()
-    _SPACING["default"] = pixel_spacing_mm
+    _SPACING.default = pixel_spacing_mm
 
 
 def _measured_row(pair: dict) -> dict[str, Any]:
@@ -145,7 +146,7 @@ def _measured_row(pair: dict) -> dict[str, Any]:
         record = quantify_files(
             pair["baseline"], pair["followup"], pair["upper_mask"], pair["lower_mask"],
             pair["followup_upper_mask"], pair["followup_lower_mask"],
-            pair["pixel_spacing_mm"] if pair["pixel_spacing_mm"] is not None else _SPACING["default"],
+            pair["pixel_spacing_mm"] if pair["pixel_spacing_mm"] is not None else _SPACING.default,
             joint_center_xy=pair["joint_center_xy"], joint_axis_deg=pair["joint_axis_deg"])
     except JsnSynthError as exc:  # this pair's refusal; the others go on
         return _result_row(pair, None, method_failure(exc))
@@ -207,12 +208,13 @@ def quantify_table(
         measured = ordered_results(_use_spacing, _measured_row, pixel_spacing_mm, [pair for pair, _ in pending],
                                    num_proc, what="pair", job_name="the spacing",
                                    resume_hint="the pairs measured are kept: rerun the same command to resume")
-        # the results first: zip asks them for one more, which ends the workers
-        for row, (pair, stamps) in zip(measured, pending):
-            rows_by_id[pair["id"]] = row
-            log.append({"id": pair["id"], "stamps": stamps, "row": row})
-            if on_pair is not None:
-                on_pair(row)
+        # closed on the way out: an error in the loop ends the workers at once
+        with contextlib.closing(measured):
+            for row, (pair, stamps) in zip(measured, pending):
+                rows_by_id[pair["id"]] = row
+                log.append({"id": pair["id"], "stamps": stamps, "row": row})
+                if on_pair is not None:
+                    on_pair(row)
     except BaseException:
         log.keep_if_resumable()
         raise

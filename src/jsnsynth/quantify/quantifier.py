@@ -644,7 +644,7 @@ def quantify_pair(
         # 20 standard errors, unflagged)
         notes.append(f"the visits' blurs differ by more than the blur match reaches ({reach_px2:.0f} px^2 of variance at "
                      "this picture's size): the JSN is not to be trusted")
-    elif blur_px2 is not None and abs(blur_px2) > BLUR_NOTE_SHARE * reach_px2:
+    elif blur_px2 is not None and not unmatched_px2 and abs(blur_px2) > BLUR_NOTE_SHARE * reach_px2:
         # a note, not a flag: matched, but the error it leaves grows with the difference
         # (docs/quantify.md, Reliability)
         blurrier = "follow-up" if blur_px2 > 0 else "baseline"
@@ -818,7 +818,8 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             unclipped = reg.unclipped_regions(windows, *clipping, settings.clipped_margin_px)
             matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2, settings.max_blur_difference_px2)
             blur_x = matcher.variance_difference([fw for _, fw, _ in windows])
-            blur_at_limit = abs(blur_x) >= settings.max_blur_difference_px2 * (1.0 - 1e-9)
+            # (a reach of 0 matches nothing and reaches nothing)
+            blur_at_limit = 0.0 < settings.max_blur_difference_px2 * (1.0 - 1e-9) <= abs(blur_x)
             if settings.match_blur_anisotropy:
                 blur_x, alpha, beta, blur_anisotropy_unmatched_px2 = matcher.with_anisotropy(
                     [fw for _, fw, _ in windows], blur_x, settings.min_blur_anisotropy_px2)
@@ -873,7 +874,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
                     [reg.apply_polynomial(fw, mapping) for _, fw, _ in windows], rounds=1, initial=blur_x
                 )
             blur_difference_px2 = blur_x
-            blur_at_limit = blur_at_limit or abs(blur_x) >= settings.max_blur_difference_px2 * (1.0 - 1e-9)
+            blur_at_limit = blur_at_limit or 0.0 < settings.max_blur_difference_px2 * (1.0 - 1e-9) <= abs(blur_x)
             base0 = reg.gaussian_blur(base, math.sqrt(max(blur_x, 0.0)))
             # a sharper follow-up is blurred *before* it is mapped, as the mapping was fitted: on
             # blurred windows. The mapping stands for the two displays, which act after the

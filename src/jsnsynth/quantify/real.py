@@ -19,11 +19,13 @@ Millimetres use the nominal 0.175 mm/px (the crops publish no spacing).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import math
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -323,14 +325,16 @@ def _measure_series(
                  for number, _, _, inputs in pairs if number in logged and logged[number]["inputs"] == inputs}
     pending = [(number, base, follow) for number, base, follow, _ in pairs if number not in trials_of]
     job = (method, n_shifts, max_shift_px, pixel_spacing_mm, seed)
+    resume_hint = ("the pairs measured are kept: rerun the same command to resume" if on_pair is not None
+                   else "nothing was kept: run it again")
     measured = ordered_results(_use_protocol, _measure_numbered_pair, job, pending, num_proc, what="visit pair",
-                               job_name="the method",
-                               resume_hint="the pairs measured are kept: rerun the same command to resume")
-    # the results first: zip asks them for one more, which ends the workers
-    for trials, (number, _, _) in zip(measured, pending):
-        trials_of[number] = trials
-        if on_pair is not None:
-            on_pair({"pair": number, "inputs": pairs[number][3], "trials": [_loggable(trial) for trial in trials]})
+                               job_name="the method", resume_hint=resume_hint)
+    # closed on the way out: an error in the loop ends the workers at once
+    with contextlib.closing(measured):
+        for trials, (number, _, _) in zip(measured, pending):
+            trials_of[number] = trials
+            if on_pair is not None:
+                on_pair({"pair": number, "inputs": pairs[number][3], "trials": [_loggable(trial) for trial in trials]})
 
     pair_rows: list[dict] = []
     transitivity: list[dict] = []
@@ -388,8 +392,8 @@ def _measure_series(
     return pair_rows, transitivity, all_trials
 
 
-# the protocol of this process (the harness's, or a worker's): set by _use_protocol
-_PROTOCOL: dict[str, Any] = {}
+# the protocol of this thread (the harness's, or a worker's): set by _use_protocol
+_PROTOCOL = threading.local()
 
 
 def _use_protocol(job: tuple) -> None:
@@ -398,17 +402,18 @@ def _use_protocol(job: tuple) -> None:
     :func:`jsnsynth.workers.ordered_results`)."""
     method, n_shifts, max_shift_px, pixel_spacing_mm, seed = job
     use_method((method, False))
-    _PROTOCOL.clear()
-    _PROTOCOL.update(n_shifts=n_shifts, max_shift_px=max_shift_px, pixel_spacing_mm=pixel_spacing_mm, seed=seed)
+    _PROTOCOL.settings = {"n_shifts": n_shifts, "max_shift_px": max_shift_px, "pixel_spacing_mm": pixel_spacing_mm,
+                          "seed": seed}
 
 
 def _measure_numbered_pair(pair: tuple[int, FingerJointRecord, FingerJointRecord]) -> list[dict]:
     """:func:`measure_pair` of the run's pair number ``pair[0]`` (its shifts drawn from
     ``SeedSequence([seed, number])``), its two visits read here."""
     number, base, follow = pair
-    rng = np.random.default_rng(np.random.SeedSequence([_PROTOCOL["seed"], number]))
-    return measure_pair(load_visit(base), load_visit(follow), method_in_use(), rng, _PROTOCOL["n_shifts"],
-                        _PROTOCOL["max_shift_px"], _PROTOCOL["pixel_spacing_mm"])
+    protocol = _PROTOCOL.settings
+    rng = np.random.default_rng(np.random.SeedSequence([protocol["seed"], number]))
+    return measure_pair(load_visit(base), load_visit(follow), method_in_use(), rng, protocol["n_shifts"],
+                        protocol["max_shift_px"], protocol["pixel_spacing_mm"])
 
 
 def real_summary(pair_rows: list[dict], transitivity: list[dict], n_series: int, pixel_spacing_mm: float) -> dict[str, Any]:

@@ -26,9 +26,9 @@ import inspect
 import io
 import json
 import math
-import multiprocessing
 import os
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -43,7 +43,7 @@ from jsnsynth.quantify.register import RegistrationSettings, resolution_scale
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.io import check_writable, decode_png, json_text, make_output_folder, write_files_atomic
 from jsnsynth.synth.xray import ImagingParams
-from jsnsynth.workers import ordered_results
+from jsnsynth.workers import in_worker, ordered_results
 
 #: Columns of the ``pairs`` config this harness needs (contract 3), by kind.
 IMAGING_FIELDS = ("blur_sigma_px", "photons_per_px", "electronic_noise", "window_low", "window_high", "gamma", "noise_seed")
@@ -290,14 +290,13 @@ def _number(value: Any, what: str) -> float:
 
 
 def _standard_error(value: Any) -> float:
-    """A method's ``jsn_se_px``: NaN where it gives none to score against (None, NaN, infinity, or
-    0: a fit without residual, which no z-score divides by); a negative one is refused."""
+    """A method's ``jsn_se_px`` as given (NaN for none); a negative one is refused."""
     if value is None:
         return float("nan")
     se_px = _number(value, "jsn_se_px")
     if se_px < 0.0:
         raise InputError(f"method returned jsn_se_px {se_px:g}; a standard error is 0 or more (NaN for none)")
-    return se_px if 0.0 < se_px < math.inf else float("nan")
+    return se_px
 
 
 def _flag(value: Any) -> bool:
@@ -318,7 +317,7 @@ def _flag(value: Any) -> bool:
 
 def read_estimate(output: Any) -> tuple[float, bool, float]:
     """``(jsn_px, flagged, jsn_se_px)`` from whatever a method returned; the standard error is
-    NaN when the method reports none to score against (:func:`_standard_error`).
+    NaN when the method reports none (:func:`_standard_error`).
 
     Raises:
         InputError: a value that is not a number, or a negative standard error (a method's
@@ -655,16 +654,17 @@ def validate_records(
                 yield record
 
     measured = {}
+    resume_hint = "rerun the same command to resume" if on_row is not None else "nothing was kept: run it again"
     for row in ordered_results(use_method, _evaluate, (method, with_crlb), pending(), num_proc, what="pair",
-                               job_name="the method", resume_hint="rerun the same command to resume"):
+                               job_name="the method", resume_hint=resume_hint):
         measured[row["pair_id"]] = row
         if on_row is not None:
             on_row(row)
     return [done[pair_id] if pair_id in done else measured[pair_id] for pair_id in order]
 
 
-# the method of this process (the harness's, or a worker's): set by use_method
-_METHOD: dict[str, Any] = {}
+# the method of this thread (the harness's, or a worker's): set by use_method
+_METHOD = threading.local()
 
 
 def use_method(job: tuple[str | Callable, bool]) -> None:
@@ -672,26 +672,24 @@ def use_method(job: tuple[str | Callable, bool]) -> None:
     whether its rows get the Cramér-Rao bound: the set-up of a harness's items, in this process
     or in a worker (:func:`jsnsynth.workers.ordered_results`)."""
     method, with_crlb = job
-    if multiprocessing.parent_process() is not None:
-        # a worker process: the heap setting the jsnsynth commands make in theirs (a sixth of a
-        # pair's time), which a library call leaves to its caller's process
+    if in_worker():
+        # the heap setting the jsnsynth commands make in their process (a sixth of a pair's
+        # time), which a library call leaves to its caller's
         from jsnsynth.quantify.quantifier import keep_freed_heap
 
         keep_freed_heap()
-        # whatever a plug-in prints: the jsnsynth commands keep stdout for their JSON
-        sys.stdout = sys.stderr
-    _METHOD.clear()
-    _METHOD.update(function=load_method(method)[1], with_crlb=with_crlb)
+    _METHOD.function = load_method(method)[1]
+    _METHOD.with_crlb = with_crlb
 
 
 def method_in_use() -> Callable:
     """The method :func:`use_method` set in this process."""
-    return _METHOD["function"]
+    return _METHOD.function
 
 
 def _evaluate(record: dict) -> dict:
     """:func:`evaluate_pair` of one record with the method of :func:`use_method`."""
-    return evaluate_pair(record, _METHOD["function"], _METHOD["with_crlb"])
+    return evaluate_pair(record, _METHOD.function, _METHOD.with_crlb)
 
 
 def method_failure(exc: BaseException) -> str:
