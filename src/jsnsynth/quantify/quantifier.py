@@ -818,8 +818,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             unclipped = reg.unclipped_regions(windows, *clipping, settings.clipped_margin_px)
             matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2, settings.max_blur_difference_px2)
             blur_x = matcher.variance_difference([fw for _, fw, _ in windows])
-            # (a reach of 0 matches nothing and reaches nothing)
-            blur_at_limit = 0.0 < settings.max_blur_difference_px2 * (1.0 - 1e-9) <= abs(blur_x)
+            blur_at_limit = _at_reach(blur_x, settings.max_blur_difference_px2)
             if settings.match_blur_anisotropy:
                 blur_x, alpha, beta, blur_anisotropy_unmatched_px2 = matcher.with_anisotropy(
                     [fw for _, fw, _ in windows], blur_x, settings.min_blur_anisotropy_px2)
@@ -874,7 +873,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
                     [reg.apply_polynomial(fw, mapping) for _, fw, _ in windows], rounds=1, initial=blur_x
                 )
             blur_difference_px2 = blur_x
-            blur_at_limit = blur_at_limit or 0.0 < settings.max_blur_difference_px2 * (1.0 - 1e-9) <= abs(blur_x)
+            blur_at_limit = blur_at_limit or _at_reach(blur_x, settings.max_blur_difference_px2)
             base0 = reg.gaussian_blur(base, math.sqrt(max(blur_x, 0.0)))
             # a sharper follow-up is blurred *before* it is mapped, as the mapping was fitted: on
             # blurred windows. The mapping stands for the two displays, which act after the
@@ -958,8 +957,13 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     return fits, coarse, info, variance_of, t_coarse, t_fine, follow_coef
 
 
+def _at_reach(variance_px2: float, reach_px2: float) -> bool:
+    """Whether a blur search ended at its reach (a reach of 0 matches nothing and reaches nothing)."""
+    return 0.0 < reach_px2 * (1.0 - 1e-9) <= abs(variance_px2)
+
+
 #: Relative turn of the two bones (degrees) beyond which a note says how much the JSN depends on
-#: the point where it is read: ``sin`` of the turn per pixel across the joint axis (0.09 px per px
+#: the point where it is read: the turn in radians per pixel across the joint axis (0.09 px per px
 #: at 5 deg). An outside review read real visit pairs that flexed by 6-10 deg with the LSN's masks
 #: and with the drawn ones: joint centres 2-4 px apart, JSNs up to 9 standard errors apart (both
 #: right at their own centres).
