@@ -36,6 +36,15 @@ from jsnsynth.synth.xray import BlurSpectrum
 
 #: Length (px) that normalises the rotation/scale columns of the Jacobian, for conditioning.
 LEVER_PX = 64.0
+#: First Levenberg-Marquardt damping (on the unit diagonal) of a shared-scale step that raised
+#: the cost; ten times more after each further one, a tenth after each step that lowers it.
+MIN_DAMPING = 0.01
+#: Relative rise of the shared-scale fit's cost that takes a plain Gauss-Newton step back. The
+#: cost of a reweighted fit is not the one it minimises: near its end it moves up by as much as
+#: 0.13 % (noise-free phantoms, real visit pairs), and taking such steps back stopped noise-free
+#: phantom pairs 0.005 px short. Steps sent astray on real pairs raised it by up to 19 % or
+#: left the image.
+PLAIN_STEP_COST_RISE = 0.01
 #: Band along the crop border (or the edge of a padded crop's picture, :func:`~jsnsynth.picture.content_box`) left
 #: out of the bone regions: a repositioned follow-up shows there what the baseline did not (or,
 #: in simulated pairs, edge padding), which no similarity explains.
@@ -1789,7 +1798,14 @@ def shared_scale_gauss_newton(
             the ratio, and under noise the fit crawled (9-14 iterations at 2500 photons per
             pixel instead of 4-5) and stopped ten times farther from its minimum. The gradient
             ``J_fᵀ r`` is unchanged, so is the minimum. A step that raises the cost (visits that
-            differ by more than noise) is taken back and the fit goes on with ``J_fᵀ J_f``.
+            differ by more than noise) is taken back and the fit goes on with ``J_fᵀ J_f``;
+            a step of that which raises the cost clearly (``PLAIN_STEP_COST_RISE``), or puts a
+            part off the follow-up, is taken back too and tried again damped
+            (Levenberg-Marquardt): a real visit pair shifted by the real-series protocol had
+            its lower bone sent 13,000 px away, where the fit stopped. A pixel moved off the
+            follow-up costs as an outlier at the limit (without ``robust_k``, as the mean
+            squared residual at the start), so that a step cannot lower the cost by leaving
+            pixels out.
         robust_k: Huber limit in robust SDs of each part's starting residual (1.4826 x its
             median absolute value), 0 for least squares.
         robust_smoothing_px: with ``robust_k``, each pixel's weight follows the residual
@@ -1852,21 +1868,27 @@ def shared_scale_gauss_newton(
             for k in range(n)
         ]
 
-    def scaled_solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-        """Gauss-Newton step, solved on the unit-diagonal matrix (the columns' scales differ)."""
+    def scaled_solve(matrix: np.ndarray, rhs: np.ndarray, damping: float = 0.0) -> np.ndarray:
+        """Gauss-Newton step, solved on the unit-diagonal matrix (the columns' scales differ),
+        with ``damping`` added to that diagonal (Levenberg-Marquardt)."""
         diag = np.sqrt(np.maximum(np.diag(matrix), 1e-20))
-        return -np.linalg.solve(matrix / np.outer(diag, diag), rhs / diag) / diag
+        unit = matrix / np.outer(diag, diag)
+        if damping:
+            unit[np.diag_indices_from(unit)] += damping
+        return -np.linalg.solve(unit, rhs / diag) / diag
 
     use_cross = base_gradients is not None
     accepted = None  # (state, cost, Gauss-Newton normal matrix, gradient) of the last accepted point
     residuals: list[np.ndarray] = [np.zeros(0)] * n  # of the last evaluated point, for the variance
     limits: list[np.float32 | None] = [None] * n  # Huber limit per part
+    off_costs: list[float | None] = [None] * n  # the cost of a pixel off the follow-up, per part
     # the pixel each sample point lies in (the points may sit anywhere inside it)
     pixels = [(np.floor(xs), np.floor(ys)) for _, xs, ys, _ in components]
     smoothers = ([RegionSmoother(xs, ys, robust_smoothing_px) for xs, ys in pixels]
                  if robust_k > 0 and robust_smoothing_px > 0 else None)
     converged, moved, iterations = False, float("inf"), 0
     off_image = False
+    damping = 0.0  # Levenberg-Marquardt's, on the unit diagonal; 0 while steps lower the cost
     for iterations in range(1, max_iterations + 1):
         taken_back = False
         normal = np.zeros((size, size))
@@ -1879,8 +1901,9 @@ def shared_scale_gauss_newton(
             fv, fx, fy = sample_spline(follow_coef, wx, wy)
             valid = sampled_inside(wx, wy, (h, w))
             if not valid.any():
-                # a start that put a part wholly off the follow-up (a coarse stage led astray):
-                # nothing to fit, and the fit stops unconverged, with a singular Hessian
+                # a part wholly off the follow-up: a start a coarse stage led astray (nothing
+                # to fit: the fit stops unconverged, with a singular Hessian), or a step that
+                # overshot (taken back below)
                 off_image = True
                 residuals[k] = np.full(valid.shape, np.nan, dtype=np.float32)
                 break
@@ -1914,6 +1937,14 @@ def shared_scale_gauss_newton(
                 kept = residual if valid.all() else residual[valid]
                 cost += float(np.dot(kept, kept))
                 residuals[k] = residual if valid.all() else np.where(valid, residual, np.float32(np.nan))
+            if off_costs[k] is None:  # fixed at the start, as the limit
+                off_costs[k] = (float(limits[k]) ** 2 if robust_k > 0
+                                else float(np.mean(np.square(residual[valid], dtype=np.float64))))
+            if not valid.all():
+                # a pixel moved off the follow-up costs an outlier's worth: else a step that
+                # moves a bone's worst pixels off the image lowers the cost and is kept (a real
+                # visit pair's cross step of 600 px, to a magnification of 9)
+                cost += off_costs[k] * float(valid.size - np.count_nonzero(valid))
             block = tall_product(weighted, jac)
             normal[blocks[k]] += block
             gradient[unknowns[k]] += weighted.T @ residual
@@ -1932,14 +1963,23 @@ def shared_scale_gauss_newton(
                 cross[:, :4] = weighted.T @ jb
                 cross_normal[blocks[k]] += 0.5 * (cross + cross.T)
         if off_image:
-            break
-        if use_cross and accepted is not None and cost > accepted[1] * (1.0 + 1e-5):
-            # the step overshot: the cross matrix fell below the cost's curvature. Back to the
-            # last point, and plain Gauss-Newton from there on
+            if accepted is None:
+                break
+            off_image, cost = False, math.inf
+        if accepted is not None and cost > accepted[1] * (1.0 + (1e-5 if use_cross else PLAIN_STEP_COST_RISE)):
+            # the step overshot. With the cross matrix, it fell below the cost's curvature: back
+            # to the last point, and plain Gauss-Newton from there on. Without it, the cost is
+            # not quadratic that far (a bone turning by degrees): back, and a shorter step,
+            # nearer steepest descent
             state, cost, normal, gradient = accepted
-            use_cross, taken_back = False, True
-        elif use_cross:
+            if use_cross:
+                use_cross = False
+            else:
+                damping = max(10.0 * damping, MIN_DAMPING)
+            taken_back = True
+        else:
             accepted = (state, cost, normal, gradient)
+            damping = 0.0 if damping <= MIN_DAMPING else 0.1 * damping
         step = None
         if use_cross:
             try:
@@ -1950,7 +1990,7 @@ def shared_scale_gauss_newton(
                 step, use_cross = None, False
         if step is None:
             try:
-                step = scaled_solve(normal, gradient)
+                step = scaled_solve(normal, gradient, damping)
             except np.linalg.LinAlgError:
                 break
         if not np.all(np.isfinite(step)):
