@@ -355,9 +355,10 @@ def test_a_run_of_the_previous_record_format_resumes(tmp_path: Path) -> None:
                       layers_every=0, quiet=True, pair_config=config)
 
 
-def test_a_folder_of_another_run_names_what_differs(tmp_path: Path) -> None:
+def test_a_folder_of_another_run_names_what_differs(tmp_path: Path, raster_source: FingerJointsSource) -> None:
     """Rerun into the folder of another run, the refusal names the options that differ, and for
-    an unfinished run says that its own command resumes it."""
+    an unfinished run says that its own command resumes it. Another source is named as such,
+    not by what follows from it (its citation came first)."""
 
     def stop(name: str) -> None:
         raise KeyboardInterrupt
@@ -366,6 +367,8 @@ def test_a_folder_of_another_run_names_what_differs(tmp_path: Path) -> None:
     build_dataset(source, tmp_path / "done", 2, seed=1, layers_every=0, quiet=True)
     with pytest.raises(OutputError, match=r"other parameters \(config\.seed differs\); choose a new folder"):
         build_dataset(source, tmp_path / "done", 2, seed=2, layers_every=0, quiet=True)
+    with pytest.raises(OutputError, match=r"other parameters \(source differs: phantom, now fingerjoints\); choose"):
+        build_dataset(raster_source, tmp_path / "done", 2, seed=1, layers_every=0, quiet=True)
     with pytest.raises(KeyboardInterrupt):
         build_dataset(source, tmp_path / "begun", 4, seed=1, shard_size=1, layers_every=0, quiet=True,
                       on_shard_written=stop)

@@ -139,7 +139,11 @@ def test_samples_of_another_run_are_refused(tmp_path: Path, capsys: pytest.Captu
     assert _run(["--n", "1", "--out", str(out), "--seed", "1", *SMALL]) == 0
     capsys.readouterr()
     assert _run(["--n", "1", "--out", str(out), "--seed", "2", *SMALL]) == 1
-    assert "other settings" in _one_error_line(capsys)
+    # named by what differs (it listed all the earlier settings)
+    assert "written by a run with other settings (--seed 1, now --seed 2); use a new --out folder" in \
+        _one_error_line(capsys)
+    assert _run(["--n", "1", "--out", str(out), "--seed", "1", "--no-noise", *SMALL]) == 1
+    assert "(--noise, now --no-noise)" in _one_error_line(capsys)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import textwrap
@@ -1002,14 +1003,30 @@ def test_a_plugin_that_ends_its_worker_process_stops_the_run_in_one_line(dataset
     assert not out.exists()  # nothing measured: no log, no folder left behind
 
 
-def test_validate_real_gives_the_same_trials_with_worker_processes(tmp_path):
+def test_validate_real_gives_the_same_trials_with_worker_processes(tmp_path, monkeypatch):
     folder = _toy_series(tmp_path)
-    summaries, rows = {}, {}
+    # the bundled method, noting which process measured
+    pids = tmp_path / "pids.txt"
+    (tmp_path / "jsn_pid_plugin.py").write_text(textwrap.dedent(f'''
+        import os
+        from jsnsynth.quantify.quantifier import quantify_pair
+        def measured(*args, **kwargs):
+            with open({str(pids)!r}, "a") as handle:
+                handle.write(f"{{os.getpid()}}\\n")
+            return quantify_pair(*args, **kwargs)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    summaries, rows, measured_by = {}, {}, {}
     for num_proc in (1, 2):
         out = tmp_path / f"out{num_proc}"
-        summaries[num_proc] = validate_real(folder, out_dir=out, n_shifts=2, num_proc=num_proc)
+        summaries[num_proc] = validate_real(folder, "jsn_pid_plugin:measured", out_dir=out, n_shifts=2,
+                                            num_proc=num_proc)
+        measured_by[num_proc] = set(pids.read_text().split())
+        pids.unlink()
         with open(out / "real_pairs.csv", newline="") as handle:
             rows[num_proc] = _without_times(list(csv.DictReader(handle)))
+    sys.modules.pop("jsn_pid_plugin", None)
+    assert measured_by[1] == {str(os.getpid())} and str(os.getpid()) not in measured_by[2]
     assert rows[1] == rows[2] and len(rows[1]) == 3
     assert json.loads((tmp_path / "out1" / "real_summary.json").read_text())["transitivity"] == \
         json.loads((tmp_path / "out2" / "real_summary.json").read_text())["transitivity"]
@@ -1029,6 +1046,42 @@ def test_a_method_only_this_process_knows_is_one_error_from_the_workers(dataset,
     with pytest.raises(InputError, match=r"^the method cannot be set up in a worker process \(method "
                                          r"'jsn_dynamic_plugin:method': cannot import module"):
         validate_records(records, "jsn_dynamic_plugin:method", num_proc=2)
+
+
+def test_a_run_with_worker_processes_resumes_where_a_worker_ended(dataset, tmp_path, monkeypatch, capsys):
+    """A worker that ends mid-run (a plug-in's os._exit on its third call) stops the run;
+    the pairs measured before are kept, the rerun measures only the others, and the report is
+    the one an uninterrupted run writes."""
+    calls = tmp_path / "calls.txt"
+    spec = _plugin(tmp_path, monkeypatch, f'''
+            import os
+            import time
+            import numpy as np
+            with open({str(calls)!r}, "a") as handle:
+                handle.write("call\\n")
+            if os.environ.get("END_THIRD_CALL") and open({str(calls)!r}).read().count("call") == 3:
+                time.sleep(2.0)  # the other worker's pair is handed over first
+                os._exit(0)
+            return float(np.mean(followup) - np.mean(baseline)) / 100.0''')
+    whole = tmp_path / "whole"
+    assert main(["validate", str(dataset), "--method", spec, "--out", str(whole)]) == 0
+    capsys.readouterr()
+    calls.unlink()
+    out = tmp_path / "report"
+    command = ["validate", str(dataset), "--method", spec, "--out", str(out), "--num-proc", "2"]
+    monkeypatch.setenv("END_THIRD_CALL", "1")
+    assert main(command) == 1
+    message = _one_error(capsys)
+    assert "a worker process stopped abruptly" in message and "rerun the same command to resume" in message
+    kept = int(re.search(r"after (\d+) pair\(s\)", message).group(1))
+    assert kept >= 1 and len(list(out.glob(".validate-*.jsonl"))) == 1
+    monkeypatch.delenv("END_THIRD_CALL")
+    assert main(command) == 0
+    capsys.readouterr()
+    assert calls.read_text().count("call") == 3 + (3 - kept)  # only the pairs not kept, measured again
+    with open(out / "pairs.csv", newline="") as handle, open(whole / "pairs.csv", newline="") as reference:
+        assert _without_times(list(csv.DictReader(handle))) == _without_times(list(csv.DictReader(reference)))
+    sys.modules.pop("jsn_fail_plugin", None)
 
 
 def test_a_worker_that_ends_without_out_says_nothing_was_kept(dataset, tmp_path, monkeypatch, capsys):

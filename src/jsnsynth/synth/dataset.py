@@ -659,10 +659,15 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
             raise OutputError(f"{out_dir}: holds a run of dataset schema {earlier.get('schema_version')} (this jsnsynth "
                               f"writes schema {SCHEMA_VERSION}, with other columns); choose a new folder")
         differ = _differing_entries(_run_identity(earlier, files), _run_identity(record, files))
-        # the plan's digest follows from the options: named only when nothing else differs
-        differ = [name for name in differ if name != "plan_digest"] or differ
-        what = (f"{', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''} {'differs' if len(differ) == 1 else 'differ'}"
-                if differ else "source, seed, pairs or options differ")
+        if "source" in differ:
+            # the rest (its description, citation, the plan) follows from the source
+            what = f"source differs: {earlier.get('source')}, now {record.get('source')}"
+        else:
+            # the plan's digest and the citation follow from the options and the source's
+            # description: named only when nothing else differs
+            differ = [name for name in differ if name not in ("plan_digest", "citation")] or differ
+            what = (f"{', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''} "
+                    f"{'differs' if len(differ) == 1 else 'differ'}" if differ else "source, seed, pairs or options differ")
         then = ("choose a new folder" if state.get("complete")
                 else "rerun the command it was begun with to resume it, or choose a new folder")
         raise OutputError(f"{out_dir}: holds a dataset made with other parameters ({what}); {then}")

@@ -195,10 +195,32 @@ def _is_complete(folder: Path, settings: PhantomSettings, index: int) -> bool:
         return False
     if record.get("settings") != settings.to_dict() or record.get("index") != index:
         raise OutputError(
-            f"{folder}: written by a run with other settings ({record.get('settings')}); "
+            f"{folder}: written by a run with other settings ({_settings_differing(record.get('settings'), settings)}); "
             "use a new --out folder or the same options"
         )
     return True
+
+
+#: The command-line option of each of :class:`PhantomSettings`' fields.
+_OPTION_OF = {"seed": "--seed", "size_px": "--size", "pixel_spacing_mm": "--pixel-spacing",
+              "joint_type": "--joint-type", "noise": "--noise"}
+
+
+def _settings_differing(earlier: Any, now: PhantomSettings) -> str:
+    """The options in which a sample's recorded settings differ from this run's, as
+    ``--size 64, now --size 128``; the whole record where it is not one of settings."""
+    current = now.to_dict()
+    if not isinstance(earlier, dict) or set(earlier) != set(current):
+        return f"recorded settings {earlier}"
+
+    def option(name: str, value: Any) -> str:
+        if name == "noise":
+            return "--noise" if value else "--no-noise"
+        return f"{_OPTION_OF.get(name, name)} {value}"
+
+    differing = [f"{option(name, earlier[name])}, now {option(name, current[name])}"
+                 for name in current if earlier[name] != current[name]]
+    return "; ".join(differing) or "another sample number"
 
 
 def write_phantom_samples(
