@@ -731,7 +731,7 @@ def test_validate_real_resumes_an_interrupted_run(tmp_path):
         return {"jsn_px": float(np.mean(followup) - np.mean(baseline)) / 100.0}
 
     ignored = ("time_per_trial_s", "outputs", "method")  # the clock, the folder, the function's name
-    whole = validate_real(folder, uninterrupted, n_shifts=2, out_dir=tmp_path / "whole")
+    validate_real(folder, uninterrupted, n_shifts=2, out_dir=tmp_path / "whole")
     first, second = _interrupted_then_resumed(
         lambda m: validate_real(folder, m, n_shifts=2, out_dir=tmp_path / "out"), stop_at=7)
     assert len(first) == 7 and len(second) == 6 * 3 - 6  # two pairs of 3 trials logged, the third redone
