@@ -36,15 +36,10 @@ from jsnsynth.synth.xray import BlurSpectrum
 
 #: Length (px) that normalises the rotation/scale columns of the Jacobian, for conditioning.
 LEVER_PX = 64.0
-#: First Levenberg-Marquardt damping (on the unit diagonal) of a shared-scale step that raised
-#: the cost; ten times more after each further one, a tenth after each step that lowers it.
+#: First Levenberg-Marquardt damping (on the unit diagonal) of a plain shared-scale step after
+#: one that put a part off the follow-up; ten times more after each further one, a tenth after
+#: each step kept (none below this).
 MIN_DAMPING = 0.01
-#: Relative rise of the shared-scale fit's cost that takes a plain Gauss-Newton step back. The
-#: cost of a reweighted fit is not the one it minimises: near its end it moves up by as much as
-#: 0.13 % (noise-free phantoms, real visit pairs), and taking such steps back stopped noise-free
-#: phantom pairs 0.005 px short. Steps sent astray on real pairs raised it by up to 19 % or
-#: left the image.
-PLAIN_STEP_COST_RISE = 0.01
 #: Band along the crop border (or the edge of a padded crop's picture, :func:`~jsnsynth.picture.content_box`) left
 #: out of the bone regions: a repositioned follow-up shows there what the baseline did not (or,
 #: in simulated pairs, edge padding), which no similarity explains.
@@ -1798,14 +1793,17 @@ def shared_scale_gauss_newton(
             the ratio, and under noise the fit crawled (9-14 iterations at 2500 photons per
             pixel instead of 4-5) and stopped ten times farther from its minimum. The gradient
             ``J_fᵀ r`` is unchanged, so is the minimum. A step that raises the cost (visits that
-            differ by more than noise) is taken back and the fit goes on with ``J_fᵀ J_f``;
-            a step of that which raises the cost clearly (``PLAIN_STEP_COST_RISE``), or puts a
-            part off the follow-up, is taken back too and tried again damped
-            (Levenberg-Marquardt): a real visit pair shifted by the real-series protocol had
-            its lower bone sent 13,000 px away, where the fit stopped. A pixel moved off the
-            follow-up costs as an outlier at the limit (without ``robust_k``, as the mean
-            squared residual at the start), so that a step cannot lower the cost by leaving
-            pixels out.
+            differ by more than noise, or a step that puts a part off the follow-up: a real
+            visit pair shifted by the real-series protocol had its lower bone sent 13,000 px
+            away, where the fit stopped) is taken back and the fit goes on with ``J_fᵀ J_f``.
+            A plain step that puts a part off the follow-up is taken back and tried again
+            damped (Levenberg-Marquardt). A plain step that only raises the cost is kept, as
+            ever: the cost of a reweighted fit is not the one it minimises, and taking back
+            its rises near the end (up to 0.13 %) stopped noise-free phantoms 0.005 px short.
+            A pixel moved off the follow-up costs as one at the Huber limit (without
+            ``robust_k``, as the mean squared residual at the start): left out, a step that
+            moved a bone's pixels off the follow-up lowered the cost by their share of it, and
+            a real pair's bone was magnified nine times.
         robust_k: Huber limit in robust SDs of each part's starting residual (1.4826 x its
             median absolute value), 0 for least squares.
         robust_smoothing_px: with ``robust_k``, each pixel's weight follows the residual
@@ -1888,8 +1886,10 @@ def shared_scale_gauss_newton(
                  if robust_k > 0 and robust_smoothing_px > 0 else None)
     converged, moved, iterations = False, float("inf"), 0
     off_image = False
-    damping = 0.0  # Levenberg-Marquardt's, on the unit diagonal; 0 while steps lower the cost
-    for iterations in range(1, max_iterations + 1):
+    damping = 0.0  # Levenberg-Marquardt's, on the unit diagonal: 0 until a plain step leaves the image
+    last_pass = max_iterations  # one more after a step taken back at the last (below)
+    while iterations < last_pass:
+        iterations += 1
         taken_back = False
         normal = np.zeros((size, size))
         cross_normal = np.zeros((size, size))
@@ -1966,20 +1966,25 @@ def shared_scale_gauss_newton(
             if accepted is None:
                 break
             off_image, cost = False, math.inf
-        if accepted is not None and cost > accepted[1] * (1.0 + (1e-5 if use_cross else PLAIN_STEP_COST_RISE)):
-            # the step overshot. With the cross matrix, it fell below the cost's curvature: back
-            # to the last point, and plain Gauss-Newton from there on. Without it, the cost is
-            # not quadratic that far (a bone turning by degrees): back, and a shorter step,
-            # nearer steepest descent
+        if accepted is not None and (not math.isfinite(cost) or (use_cross and cost > accepted[1] * (1.0 + 1e-5))):
+            # the step overshot. With the cross matrix, it fell below the cost's curvature (or is
+            # nearly singular here): back to the last point, and plain Gauss-Newton from there
+            # on. A plain step off the follow-up: back, and a shorter step nearer steepest descent
             state, cost, normal, gradient = accepted
             if use_cross:
                 use_cross = False
             else:
                 damping = max(10.0 * damping, MIN_DAMPING)
             taken_back = True
+            if iterations == max_iterations:
+                # the Jacobians and residuals at hand are the rejected point's: one more pass
+                # evaluates the point the fit returns, so that its variance is that point's
+                last_pass = max_iterations + 1
         else:
             accepted = (state, cost, normal, gradient)
-            damping = 0.0 if damping <= MIN_DAMPING else 0.1 * damping
+            damping = 0.0 if damping < 2.0 * MIN_DAMPING else 0.1 * damping
+            if iterations > max_iterations:
+                break  # that extra pass: the point evaluated is the one returned
         step = None
         if use_cross:
             try:
@@ -1998,8 +2003,9 @@ def shared_scale_gauss_newton(
         state = state + step
         moved = pixel_move(step)
         # after a step taken back, the Jacobians and residuals at hand are the rejected point's:
-        # the fit evaluates once more, so that the variance uses those of the point it returns
-        if moved < tolerance_px and not taken_back:
+        # the fit evaluates once more, so that the variance uses those of the point it returns;
+        # and a damped step is short for the damping, not for the fit's being done
+        if moved < tolerance_px and not taken_back and not damping:
             converged = True
             break
     return SharedScaleFit(
