@@ -365,17 +365,22 @@ def test_a_folder_of_another_run_names_what_differs(tmp_path: Path, raster_sourc
 
     source = PhantomSource(n_joints=4, size_px=64)
     build_dataset(source, tmp_path / "done", 2, seed=1, layers_every=0, quiet=True)
-    with pytest.raises(OutputError, match=r"other parameters \(config\.seed differs\); choose a new folder"):
+    # by the options that differ, with their values (it named the record's entries, config.seed)
+    with pytest.raises(OutputError, match=r"other parameters \(--seed 1, now 2\); choose a new folder"):
         build_dataset(source, tmp_path / "done", 2, seed=2, layers_every=0, quiet=True)
     with pytest.raises(OutputError, match=r"other parameters \(source differs: phantom, now fingerjoints\); choose"):
         build_dataset(raster_source, tmp_path / "done", 2, seed=1, layers_every=0, quiet=True)
     with pytest.raises(KeyboardInterrupt):
         build_dataset(source, tmp_path / "begun", 4, seed=1, shard_size=1, layers_every=0, quiet=True,
                       on_shard_written=stop)
-    with pytest.raises(OutputError, match=r"config\.pair\.imaging\.motion_blur_px2 differs\); rerun the command it "
+    with pytest.raises(OutputError, match=r"\(--motion-blur-px2 0 0, now 1 2\); rerun the command it "
                                           r"was begun with to resume it"):
         build_dataset(source, tmp_path / "begun", 4, seed=1, shard_size=1, layers_every=0, quiet=True,
                       pair_config=PairConfig(imaging=ImagingRanges(motion_blur_px2=(1.0, 2.0))))
+    # what no option sets (only the Python API), by the record's entry
+    with pytest.raises(OutputError, match=r"\(config\.pair\.imaging\.gamma differs\); rerun"):
+        build_dataset(source, tmp_path / "begun", 4, seed=1, shard_size=1, layers_every=0, quiet=True,
+                      pair_config=PairConfig(imaging=ImagingRanges(gamma=(0.9, 1.1))))
 
 
 def test_an_interrupted_run_of_an_earlier_schema_is_not_resumed(tmp_path: Path) -> None:

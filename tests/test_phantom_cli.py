@@ -144,6 +144,9 @@ def test_samples_of_another_run_are_refused(tmp_path: Path, capsys: pytest.Captu
         _one_error_line(capsys)
     assert _run(["--n", "1", "--out", str(out), "--seed", "1", "--no-noise", *SMALL]) == 1
     assert "(--noise, now --no-noise)" in _one_error_line(capsys)
+    (out / "phantom_00000").rename(out / "phantom_00001")  # a sample renamed: same settings, other place
+    assert _run(["--n", "2", "--out", str(out), "--seed", "1", *SMALL]) == 1
+    assert "phantom_00001: its record is of sample 0, not 1 (a renamed or copied folder)" in _one_error_line(capsys)
 
 
 @pytest.mark.parametrize(

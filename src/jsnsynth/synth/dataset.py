@@ -658,16 +658,7 @@ def _prepare_output(out_dir: Path, record: dict) -> list[str]:
             # its shards have other columns: a resume would mix them
             raise OutputError(f"{out_dir}: holds a run of dataset schema {earlier.get('schema_version')} (this jsnsynth "
                               f"writes schema {SCHEMA_VERSION}, with other columns); choose a new folder")
-        differ = _differing_entries(_run_identity(earlier, files), _run_identity(record, files))
-        if "source" in differ:
-            # the rest (its description, citation, the plan) follows from the source
-            what = f"source differs: {earlier.get('source')}, now {record.get('source')}"
-        else:
-            # the plan's digest and the citation follow from the options and the source's
-            # description: named only when nothing else differs
-            differ = [name for name in differ if name not in ("plan_digest", "citation")] or differ
-            what = (f"{', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''} "
-                    f"{'differs' if len(differ) == 1 else 'differ'}" if differ else "source, seed, pairs or options differ")
+        what = _what_differs(_run_identity(earlier, files), _run_identity(record, files))
         then = ("choose a new folder" if state.get("complete")
                 else "rerun the command it was begun with to resume it, or choose a new folder")
         raise OutputError(f"{out_dir}: holds a dataset made with other parameters ({what}); {then}")
@@ -710,6 +701,55 @@ def _run_identity(record: dict, files: str | None = "digest") -> dict:
     if isinstance(pair, dict) and pair.get("jsn_px") is not None:
         pair["jsn_mm"] = None
     return record
+
+
+#: The ``jsnsynth dataset`` option behind each entry of a run record that one sets.
+_OPTION_OF_ENTRY = {
+    "config.n_pairs": "--pairs", "config.seed": "--seed", "config.shard_size": "--shard-size",
+    "config.layers_every": "--layers-every", "config.split_fractions": "--split",
+    "config.pair.jsn_mm": "--jsn-mm", "config.pair.jsn_px": "--jsn-px", "config.pair.flexion_deg": "--flexion-deg",
+    "config.pair.rotation_deg": "--rotation-deg", "config.pair.magnification": "--magnification",
+    "config.pair.translation_px": "--translation-px", "config.pair.soft_tissue_blend_mm": "--soft-tissue-blend-mm",
+    "config.pair.noise": "--no-noise", "config.pair.imaging.photons_per_px": "--photons-per-px",
+    "config.pair.imaging.heel_gain": "--heel-gain", "config.pair.imaging.motion_blur_px2": "--motion-blur-px2",
+    "source_description.phantom_overrides.size_px": "--size",
+    "source_description.phantom_overrides.pixel_spacing_mm": "--pixel-spacing",
+    "source_description.pixel_spacing_mm": "--pixel-spacing",
+    "source_description.max_mask_overlap_px": "--max-mask-overlap",
+}
+
+
+def _what_differs(earlier: dict, now: dict) -> str:
+    """What sets two runs' records apart, for the refusal to resume into another run's folder:
+    the source, else the options that differ with their values (``--seed 1, now 2``), else the
+    record's entries by name (what no option sets)."""
+    differ = _differing_entries(earlier, now)
+    if "source" in differ:
+        # the rest (its description, citation, the plan) follows from the source
+        return f"source differs: {earlier.get('source')}, now {now.get('source')}"
+
+    def value(record: dict, name: str) -> str:
+        for key in name.split("."):
+            record = record.get(key) if isinstance(record, dict) else None
+        if name == "config.pair.noise":
+            return "with noise" if record else "--no-noise"
+        if isinstance(record, list):
+            return " ".join(f"{item:g}" if isinstance(item, float) else str(item) for item in record)
+        return "not given" if record is None else f"{record:g}" if isinstance(record, float) else str(record)
+
+    options = {}
+    for name in differ:
+        if name in _OPTION_OF_ENTRY:
+            options.setdefault(_OPTION_OF_ENTRY[name], (value(earlier, name), value(now, name)))
+    if options:
+        # entries no option sets (the phantom's joint count, the plan's digest) follow from these
+        return "; ".join(f"{'' if option == '--no-noise' else option + ' '}{before}, now {after}"
+                         for option, (before, after) in options.items())
+    # the plan's digest and the citation follow from the rest: named only when nothing else differs
+    differ = [name for name in differ if name not in ("plan_digest", "citation")] or differ
+    if not differ:
+        return "source, seed, pairs or options differ"
+    return f"{', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''} {'differs' if len(differ) == 1 else 'differ'}"
 
 
 def _differing_entries(earlier: Any, now: Any, path: str = "") -> list[str]:

@@ -193,11 +193,14 @@ def _is_complete(folder: Path, settings: PhantomSettings, index: int) -> bool:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         return False
-    if record.get("settings") != settings.to_dict() or record.get("index") != index:
+    if record.get("settings") != settings.to_dict():
         raise OutputError(
             f"{folder}: written by a run with other settings ({_settings_differing(record.get('settings'), settings)}); "
             "use a new --out folder or the same options"
         )
+    if record.get("index") != index:
+        raise OutputError(f"{folder}: its record is of sample {record.get('index')}, not {index} (a renamed or copied "
+                          "folder); use a new --out folder")
     return True
 
 
@@ -218,9 +221,8 @@ def _settings_differing(earlier: Any, now: PhantomSettings) -> str:
             return "--noise" if value else "--no-noise"
         return f"{_OPTION_OF.get(name, name)} {value}"
 
-    differing = [f"{option(name, earlier[name])}, now {option(name, current[name])}"
-                 for name in current if earlier[name] != current[name]]
-    return "; ".join(differing) or "another sample number"
+    return "; ".join(f"{option(name, earlier[name])}, now {option(name, current[name])}"
+                     for name in current if earlier[name] != current[name])
 
 
 def write_phantom_samples(
