@@ -140,7 +140,7 @@ def test_samples_of_another_run_are_refused(tmp_path: Path, capsys: pytest.Captu
     capsys.readouterr()
     assert _run(["--n", "1", "--out", str(out), "--seed", "2", *SMALL]) == 1
     # named by what differs (it listed all the earlier settings)
-    assert "written by a run with other settings (--seed 1, now --seed 2); use a new --out folder" in \
+    assert "written by a run with other settings (--seed 1, now 2); use a new --out folder" in \
         _one_error_line(capsys)
     assert _run(["--n", "1", "--out", str(out), "--seed", "1", "--no-noise", *SMALL]) == 1
     assert "(--noise, now --no-noise)" in _one_error_line(capsys)

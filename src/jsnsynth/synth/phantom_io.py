@@ -211,18 +211,18 @@ _OPTION_OF = {"seed": "--seed", "size_px": "--size", "pixel_spacing_mm": "--pixe
 
 def _settings_differing(earlier: Any, now: PhantomSettings) -> str:
     """The options in which a sample's recorded settings differ from this run's, as
-    ``--size 64, now --size 128``; the whole record where it is not one of settings."""
+    ``--size 64, now 128`` (as ``jsnsynth dataset`` names them); the whole record where it is
+    not one of settings."""
     current = now.to_dict()
     if not isinstance(earlier, dict) or set(earlier) != set(current):
         return f"recorded settings {earlier}"
 
-    def option(name: str, value: Any) -> str:
-        if name == "noise":
-            return "--noise" if value else "--no-noise"
-        return f"{_OPTION_OF.get(name, name)} {value}"
+    def change(name: str) -> str:
+        if name == "noise":  # a flag: named both times
+            return f"{'--noise' if earlier[name] else '--no-noise'}, now {'--noise' if current[name] else '--no-noise'}"
+        return f"{_OPTION_OF.get(name, name)} {earlier[name]}, now {current[name]}"
 
-    return "; ".join(f"{option(name, earlier[name])}, now {option(name, current[name])}"
-                     for name in current if earlier[name] != current[name])
+    return "; ".join(change(name) for name in current if earlier[name] != current[name])
 
 
 def write_phantom_samples(
