@@ -38,8 +38,13 @@ from jsnsynth.synth.xray import BlurSpectrum
 LEVER_PX = 64.0
 #: First Levenberg-Marquardt damping (on the unit diagonal) of a plain shared-scale step after
 #: one that put a part off the follow-up; ten times more after each further one, a tenth after
-#: each step kept (none below this).
-MIN_DAMPING = 0.01
+#: each step kept (none below this). Such a step is a gross failure (a blob's tail sent one
+#: 1e13 px away): 0.01 barely shortened the retries (1e126, 1e102, 1e55 px).
+MIN_DAMPING = 1.0
+#: Largest magnification (and smallest, its inverse) the shared-scale fit takes for a point on
+#: the follow-up: beyond it a step counts as leaving the follow-up (no visit is magnified 4
+#: times; a scale of exp(1000) overflowed).
+MAX_FIT_SCALE = 4.0
 #: Band along the crop border (or the edge of a padded crop's picture, :func:`~jsnsynth.picture.content_box`) left
 #: out of the bone regions: a repositioned follow-up shows there what the baseline did not (or,
 #: in simulated pairs, edge padding), which no similarity explains.
@@ -1778,7 +1783,8 @@ def shared_scale_gauss_newton(
         follow_coef: follow-up spline coefficients.
         components: per part ``(base_values, xs, ys, params)``, params ``(a, b, tx, ty)``.
         center_xy: centre of all transforms.
-        max_iterations: iteration cap.
+        max_iterations: iteration cap (one more evaluation follows a step taken back at the
+            last, so that the point returned is one evaluated).
         tolerance_px: stop when no part moves by more than this.
         shading_order: degree of each part's intensity polynomial over the image plane. The soft
             tissue moves with the hand, not with each bone, so under a flexed bone its slope
@@ -1866,6 +1872,10 @@ def shared_scale_gauss_newton(
             for k in range(n)
         ]
 
+    def plausible(x: np.ndarray) -> bool:
+        """Numbers, and a magnification some visit could have (``MAX_FIT_SCALE``)."""
+        return bool(np.all(np.isfinite(x))) and abs(x[0]) < lever_px * math.log(MAX_FIT_SCALE)
+
     def scaled_solve(matrix: np.ndarray, rhs: np.ndarray, damping: float = 0.0) -> np.ndarray:
         """Gauss-Newton step, solved on the unit-diagonal matrix (the columns' scales differ),
         with ``damping`` added to that diagonal (Levenberg-Marquardt)."""
@@ -1885,7 +1895,6 @@ def shared_scale_gauss_newton(
     smoothers = ([RegionSmoother(xs, ys, robust_smoothing_px) for xs, ys in pixels]
                  if robust_k > 0 and robust_smoothing_px > 0 else None)
     converged, moved, iterations = False, float("inf"), 0
-    off_image = False
     damping = 0.0  # Levenberg-Marquardt's, on the unit diagonal: 0 until a plain step leaves the image
     last_pass = max_iterations  # one more after a step taken back at the last (below)
     while iterations < last_pass:
@@ -1893,9 +1902,10 @@ def shared_scale_gauss_newton(
         taken_back = False
         normal = np.zeros((size, size))
         cross_normal = np.zeros((size, size))
+        off_image = not plausible(state)  # as a step off the follow-up
         gradient = np.zeros(size)
         cost = 0.0
-        for k, ((base_values, *_), params) in enumerate(zip(components, transforms(state))):
+        for k, ((base_values, *_), params) in enumerate(zip(components, [] if off_image else transforms(state))):
             a, b = float(params[0]), float(params[1])  # Python floats: the lever terms stay float32
             wx, wy = warp_offsets(params, cx, cy, *offsets[k])
             fv, fx, fy = sample_spline(follow_coef, wx, wy)
@@ -1976,10 +1986,12 @@ def shared_scale_gauss_newton(
             else:
                 damping = max(10.0 * damping, MIN_DAMPING)
             taken_back = True
-            if iterations == max_iterations:
+            if iterations >= max_iterations:
                 # the Jacobians and residuals at hand are the rejected point's: one more pass
-                # evaluates the point the fit returns, so that its variance is that point's
-                last_pass = max_iterations + 1
+                # evaluates the point kept, which the fit returns, so that its variance is that
+                # point's (no further step: it could be taken back as well)
+                last_pass = iterations + 1
+                continue
         else:
             accepted = (state, cost, normal, gradient)
             damping = 0.0 if damping < 2.0 * MIN_DAMPING else 0.1 * damping
@@ -2008,6 +2020,14 @@ def shared_scale_gauss_newton(
         if moved < tolerance_px and not taken_back and not damping:
             converged = True
             break
+    if accepted is not None and not (plausible(state) and all(
+            sampled_inside(*warp_offsets(params, cx, cy, *offsets[k]), (h, w)).any()
+            for k, params in enumerate(transforms(state)))):
+        # the last step, not evaluated, left the follow-up (or went where none is taken): the
+        # point it left, whose residuals and Jacobians are the ones at hand
+        state = accepted[0]
+    if damping:
+        moved = math.inf  # a damped last step is short for the damping: no sign of convergence
     return SharedScaleFit(
         transforms(state), converged, iterations, moved,
         step_matrix=cross_normal if use_cross else normal,
