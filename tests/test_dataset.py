@@ -368,6 +368,10 @@ def test_a_folder_of_another_run_names_what_differs(tmp_path: Path, raster_sourc
     # by the options that differ, with their values (it named the record's entries, config.seed)
     with pytest.raises(OutputError, match=r"other parameters \(--seed 1, now 2\); choose a new folder"):
         build_dataset(source, tmp_path / "done", 2, seed=2, layers_every=0, quiet=True)
+    # one JSN range, as each run gave it (both options were listed, the one not given as such)
+    with pytest.raises(OutputError, match=r"other parameters \(--jsn-mm -0\.5 0\.5, now --jsn-px -3 3\); choose"):
+        build_dataset(source, tmp_path / "done", 2, seed=1, layers_every=0, quiet=True,
+                      pair_config=PairConfig(jsn_mm=None, jsn_px=(-3.0, 3.0)))
     with pytest.raises(OutputError, match=r"other parameters \(source differs: phantom, now fingerjoints\); choose"):
         build_dataset(raster_source, tmp_path / "done", 2, seed=1, layers_every=0, quiet=True)
     with pytest.raises(KeyboardInterrupt):

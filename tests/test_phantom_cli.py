@@ -87,8 +87,17 @@ def test_rerun_resumes_and_skips_complete_samples(tmp_path: Path, capsys: pytest
     # fewer than the folder holds: refused (it said "1 already there" and left all 3)
     assert _run(["--n", "1", "--out", str(out), *SMALL]) == 1
     err = _one_error_line(capsys)
-    assert "holds 3 phantom samples, more than the 1 asked for" in err
+    assert "holds samples up to phantom_00002, beyond the 1 asked for; give --n 3 or more" in err
     assert len(list(out.iterdir())) == 3
+    # a sample renamed beyond the others: named, with the --n that takes it (it said "holds 3
+    # samples, more than the 3 asked for")
+    (out / "phantom_00002").rename(out / "phantom_00007")
+    assert _run(["--n", "3", "--out", str(out), *SMALL]) == 1
+    assert "holds samples up to phantom_00007, beyond the 3 asked for; give --n 8 or more" in _one_error_line(capsys)
+    # with --n 8, the sample of another place is found before anything is written
+    assert _run(["--n", "8", "--out", str(out), *SMALL]) == 1
+    assert "phantom_00007: its record is of sample 2, not 7" in _one_error_line(capsys)
+    assert sorted(entry.name for entry in out.iterdir()) == ["phantom_00000", "phantom_00001", "phantom_00007"]
 
 
 def test_interrupted_run_leaves_no_partial_sample_and_resumes(tmp_path: Path, monkeypatch) -> None:

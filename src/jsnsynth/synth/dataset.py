@@ -735,16 +735,26 @@ def _what_differs(earlier: dict, now: dict) -> str:
             return "with noise" if record else "--no-noise"
         if isinstance(record, list):
             return " ".join(f"{item:g}" if isinstance(item, float) else str(item) for item in record)
-        return "not given" if record is None else f"{record:g}" if isinstance(record, float) else str(record)
+        return "default" if record is None else f"{record:g}" if isinstance(record, float) else str(record)
 
     options = {}
     for name in differ:
         if name in _OPTION_OF_ENTRY:
             options.setdefault(_OPTION_OF_ENTRY[name], (value(earlier, name), value(now, name)))
-    if options:
+
+    def jsn_range(record: dict) -> str:
+        """The one JSN range, as the run gave it: in px or in mm."""
+        if value(record, "config.pair.jsn_px") != "default":
+            return f"--jsn-px {value(record, 'config.pair.jsn_px')}"
+        return f"--jsn-mm {value(record, 'config.pair.jsn_mm')}"
+
+    changes = [f"{before}, now {after}" if option == "--no-noise" else f"{option} {before}, now {after}"
+               for option, (before, after) in options.items() if option not in ("--jsn-mm", "--jsn-px")]
+    if "--jsn-mm" in options or "--jsn-px" in options:
+        changes.append(f"{jsn_range(earlier)}, now {jsn_range(now)}")
+    if changes:
         # entries no option sets (the phantom's joint count, the plan's digest) follow from these
-        return "; ".join(f"{'' if option == '--no-noise' else option + ' '}{before}, now {after}"
-                         for option, (before, after) in options.items())
+        return "; ".join(changes)
     # the plan's digest and the citation follow from the rest: named only when nothing else differs
     differ = [name for name in differ if name not in ("plan_digest", "citation")] or differ
     if not differ:

@@ -266,9 +266,15 @@ def write_phantom_samples(
     beyond = [entry for entry in out_dir.glob(f"{SAMPLE_PREFIX}*")
               if SAMPLE_PATTERN.match(entry.name) and int(entry.name[len(SAMPLE_PREFIX):]) >= n]
     if beyond:
-        held = sum(1 for entry in out_dir.iterdir() if SAMPLE_PATTERN.match(entry.name))
-        raise OutputError(f"{out_dir}: holds {held} phantom samples, more than the {n} asked for; give that "
-                          "number or more to resume or extend the run, or use a new folder")
+        last = max(int(entry.name[len(SAMPLE_PREFIX):]) for entry in beyond)
+        raise OutputError(f"{out_dir}: holds samples up to {sample_folder_name(last)}, beyond the {n} asked for; give "
+                          f"--n {last + 1} or more to resume or extend the run, or use a new folder")
+    # every sample there is checked before any is written: one of another run, found half-way,
+    # left the folder with new samples beside it
+    for index in range(n):
+        folder = out_dir / sample_folder_name(index)
+        if folder.is_dir():
+            _is_complete(folder, settings, index)
     make_output_folder(out_dir)
     remove_partial_outputs(out_dir)
     written = skipped = 0
