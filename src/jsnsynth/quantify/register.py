@@ -2020,11 +2020,12 @@ def shared_scale_gauss_newton(
         if moved < tolerance_px and not taken_back and not damping:
             converged = True
             break
-    if accepted is not None and not (plausible(state) and all(
+    if not converged and accepted is not None and not (plausible(state) and all(
             sampled_inside(*warp_offsets(params, cx, cy, *offsets[k]), (h, w)).any()
             for k, params in enumerate(transforms(state)))):
         # the last step, not evaluated, left the follow-up (or went where none is taken): the
-        # point it left, whose residuals and Jacobians are the ones at hand
+        # point it left, whose residuals and Jacobians are the ones at hand (a converged fit's
+        # last step is below the tolerance)
         state = accepted[0]
     if damping:
         moved = math.inf  # a damped last step is short for the damping: no sign of convergence
