@@ -728,9 +728,13 @@ def _what_differs(earlier: dict, now: dict) -> str:
         # the rest (its description, citation, the plan) follows from the source
         return f"source differs: {earlier.get('source')}, now {now.get('source')}"
 
-    def value(record: dict, name: str) -> str:
+    def entry(record: Any, name: str) -> Any:
         for key in name.split("."):
             record = record.get(key) if isinstance(record, dict) else None
+        return record
+
+    def value(record: dict, name: str) -> str:
+        record = entry(record, name)
         if name == "config.pair.noise":
             return "with noise" if record else "--no-noise"
         if isinstance(record, list):
@@ -744,7 +748,7 @@ def _what_differs(earlier: dict, now: dict) -> str:
 
     def jsn_range(record: dict) -> str:
         """The one JSN range, as the run gave it: in px or in mm."""
-        if value(record, "config.pair.jsn_px") != "default":
+        if entry(record, "config.pair.jsn_px") is not None:
             return f"--jsn-px {value(record, 'config.pair.jsn_px')}"
         return f"--jsn-mm {value(record, 'config.pair.jsn_mm')}"
 

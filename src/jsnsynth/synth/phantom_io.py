@@ -269,19 +269,18 @@ def write_phantom_samples(
         last = max(int(entry.name[len(SAMPLE_PREFIX):]) for entry in beyond)
         raise OutputError(f"{out_dir}: holds samples up to {sample_folder_name(last)}, beyond the {n} asked for; give "
                           f"--n {last + 1} or more to resume or extend the run, or use a new folder")
-    # every sample there is checked before any is written: one of another run, found half-way,
-    # left the folder with new samples beside it
-    for index in range(n):
-        folder = out_dir / sample_folder_name(index)
-        if folder.is_dir():
-            _is_complete(folder, settings, index)
+    # every sample there is checked before any is written (each record read once): one of
+    # another run, found half-way, left the folder with new samples beside it
+    complete = {index for index in range(n)
+                if (out_dir / sample_folder_name(index)).is_dir()
+                and _is_complete(out_dir / sample_folder_name(index), settings, index)}
     make_output_folder(out_dir)
     remove_partial_outputs(out_dir)
     written = skipped = 0
     with single_threaded():  # the same bytes on any machine (jsnsynth.threads)
         for index in range(n):
             folder = out_dir / sample_folder_name(index)
-            if folder.is_dir() and _is_complete(folder, settings, index):
+            if index in complete:
                 skipped += 1
             else:
                 write_phantom_sample(folder, settings, index)
