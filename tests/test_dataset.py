@@ -23,6 +23,7 @@ import yaml
 from jsnsynth.cli import main
 from jsnsynth.errors import InputError, OutputError
 from jsnsynth.synth.dataset import (
+    PAIRS_DIR,
     SCHEMA_VERSION,
     STATE_NAME,
     UNFINISHED_DIR,
@@ -353,6 +354,28 @@ def test_a_run_of_the_previous_record_format_resumes(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="other parameters"):
         build_dataset(PhantomSource(n_joints=4, size_px=64), tmp_path / "old", 4, seed=2, shard_size=1,
                       layers_every=0, quiet=True, pair_config=config)
+
+
+def test_a_phantom_option_given_at_its_default_resumes_the_run_begun_without_it(tmp_path: Path) -> None:
+    """``--size 256 --pixel-spacing 0.175`` draw the pairs that neither option draws, so each
+    resumes a run begun the other way (they were refused: '--size default, now 256'); the card
+    and the record state the options of the run that finished."""
+
+    def stop(name: str) -> None:
+        raise KeyboardInterrupt
+
+    plain, stated = PhantomSource(n_joints=3), PhantomSource(n_joints=3, size_px=256, pixel_spacing_mm=0.175)
+    build_dataset(plain, tmp_path / "whole", 3, seed=1, shard_size=1, layers_every=0, quiet=True)
+    for begun, resumed, name in ((plain, stated, "a"), (stated, plain, "b")):
+        with pytest.raises(KeyboardInterrupt):
+            build_dataset(begun, tmp_path / name, 3, seed=1, shard_size=1, layers_every=0, quiet=True,
+                          on_shard_written=stop)
+        result = build_dataset(resumed, tmp_path / name, 3, seed=1, shard_size=1, layers_every=0, quiet=True)
+        assert result.resumed_shards == 1
+        assert _digest(tmp_path / "whole" / PAIRS_DIR) == _digest(tmp_path / name / PAIRS_DIR)
+    with pytest.raises(OutputError, match=r"other parameters \(--size default, now 128\)"):
+        build_dataset(PhantomSource(n_joints=3, size_px=128), tmp_path / "whole", 3, seed=1, shard_size=1,
+                      layers_every=0, quiet=True)
 
 
 def test_a_folder_of_another_run_names_what_differs(tmp_path: Path, raster_source: FingerJointsSource) -> None:

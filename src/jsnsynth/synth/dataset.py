@@ -56,6 +56,7 @@ from jsnsynth.synth.io import (
     write_bytes_atomic,
 )
 from jsnsynth.synth.layers import joint_frame_from_masks
+from jsnsynth.synth.phantom import PhantomParams
 from jsnsynth.synth.pairs import (
     Pair,
     PairConfig,
@@ -680,7 +681,8 @@ def _run_identity(record: dict, files: str | None = "digest") -> dict:
     """What of a run record decides the dataset's bytes, to tell an earlier run of the same
     command: the record less what only describes the run, as the records of earlier versions of
     this release wrote it. The phantom's effective size and spacing (stated since 2026-11-24; a
-    choice of them is in its overrides) go, and a ``jsn_mm`` range that ``jsn_px`` replaced is
+    choice of them is in its overrides) go, as do overrides at the phantom's defaults (``--size
+    256`` makes the dataset that no ``--size`` makes), and a ``jsn_mm`` range that ``jsn_px`` replaced is
     null (earlier records kept it): otherwise an interrupted run of an earlier version was
     refused as 'made with other parameters'.
 
@@ -697,6 +699,12 @@ def _run_identity(record: dict, files: str | None = "digest") -> dict:
     if isinstance(description, dict) and record.get("source") == "phantom":
         description.pop("size_px", None)
         description.pop("pixel_spacing_mm", None)
+        overrides = description.get("phantom_overrides")
+        if isinstance(overrides, dict):
+            # an option given at the phantom's default draws the same dataset as one left out
+            for name in ("size_px", "pixel_spacing_mm"):
+                if name in overrides and overrides[name] == getattr(PhantomParams, name):
+                    del overrides[name]
     pair = record.get("config", {}).get("pair") if isinstance(record.get("config"), dict) else None
     if isinstance(pair, dict) and pair.get("jsn_px") is not None:
         pair["jsn_mm"] = None

@@ -367,8 +367,8 @@ def sample_phantom_params(
     joint_type = drawn_type if joint_type in (None, "random") else str(joint_type)
     if joint_type not in JOINT_TYPES:
         raise InputError(f"joint_type must be one of {', '.join(JOINT_TYPES)} or random, got {joint_type!r}")
-    size_px = int(overrides.get("size_px", 256))
-    spacing = float(overrides.get("pixel_spacing_mm", DEFAULT_PIXEL_SPACING_MM))
+    size_px = int(overrides.get("size_px", PhantomParams.size_px))
+    spacing = float(overrides.get("pixel_spacing_mm", PhantomParams.pixel_spacing_mm))
     prop = _PROPORTIONS[joint_type]
 
     # Joint space: a gap most of the time, sometimes touching or overlapping bones.
