@@ -227,6 +227,11 @@ FIXED_PATTERN_RATIO = 100.0
 #: Patterns of periods above 2 px (the Nyquist bins left out) up to this are looked for; slower
 #: ones are the anatomy's band.
 FIXED_PATTERN_MAX_PERIOD_PX = 16.0
+#: ... and of at least this many periods across the picture's shorter side: a pattern is a sharp
+#: peak only among many bins, and in a spectrum's first bins the anatomy's own power is peaked
+#: (64 px phantoms had "patterns" of 5-16 px found in their bones and removed, which moved
+#: pairs by up to 1.4 px).
+FIXED_PATTERN_MIN_CYCLES = 16
 #: What makes a peak a pattern fixed to the detector rather than a periodic texture that moves with
 #: a bone (whose power stays where it was): the same phase in every image, within this many
 #: degrees, and amplitudes within this factor of each other (the visits' displays differ).
@@ -246,13 +251,15 @@ def _spectrum_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     """For ``(h, w)`` images: the Hann window, each bin's ``fy`` and ``fx`` (cycles per px, zero
     frequency at ``(h // 2, w // 2)``), and the bins where a pattern is looked for: one half of
     the plane (a real image's spectrum is symmetric, each pattern shows twice), periods from 2 to
-    :data:`FIXED_PATTERN_MAX_PERIOD_PX` px, and not the first row or column (of an even size,
-    the Nyquist frequency, whose peak cannot be refined there)."""
+    :data:`FIXED_PATTERN_MAX_PERIOD_PX` px and :data:`FIXED_PATTERN_MIN_CYCLES` of them across
+    the shorter side, and not the first row or column (of an even size, the Nyquist frequency,
+    whose peak cannot be refined there)."""
     window = cv2.createHanningWindow((w, h), cv2.CV_32F)
     fy = (np.arange(h) - h // 2)[:, None] / h
     fx = (np.arange(w) - w // 2)[None, :] / w
     half = (fx > 0) | ((fx == 0) & (fy > 0))
-    wanted = half & (np.sqrt(fy**2 + fx**2) >= 1.0 / FIXED_PATTERN_MAX_PERIOD_PX)
+    max_period_px = min(FIXED_PATTERN_MAX_PERIOD_PX, min(h, w) / FIXED_PATTERN_MIN_CYCLES)
+    wanted = half & (np.sqrt(fy**2 + fx**2) >= 1.0 / max_period_px)
     wanted[0, :] = False
     wanted[:, 0] = False
     return window, fy, fx, wanted
@@ -278,7 +285,8 @@ def _peak_excess(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def spectral_peaks(*images: np.ndarray) -> list[tuple[float, float]]:
     """Frequencies ``(fy, fx)`` (cycles per px, each once) at which every image holds a sharp peak
     of power: where each image's log power exceeds its own Gaussian average around the bin by
-    ``log(FIXED_PATTERN_RATIO)``, at a period of 2 to :data:`FIXED_PATTERN_MAX_PERIOD_PX` px,
+    ``log(FIXED_PATTERN_RATIO)``, at a period of 2 to :data:`FIXED_PATTERN_MAX_PERIOD_PX` px
+    (:data:`FIXED_PATTERN_MIN_CYCLES` of them across the picture),
     the largest of its 3 x 3 neighbours; each frequency refined to a fraction of a bin on the
     first image's spectrum (a parabola through the peak's log power and its neighbours: the
     window's main lobe is nearly Gaussian). Power alone does not tell a pattern fixed to the
