@@ -437,6 +437,31 @@ def test_any_non_zero_mask_pixel_is_inside(tmp_path: Path) -> None:
         io.read_mask(tmp_path / "nan.tiff")
 
 
+@pytest.mark.parametrize("colour", [0, 255, "varies"])
+def test_a_mask_drawn_in_its_alpha_channel_is_its_opaque_pixels(tmp_path: Path, colour) -> None:
+    """An annotation tool's export: transparent outside the mask, drawn in black or white (read by
+    its colour alone: 'mask is empty', or all inside, 'masks overlap by 100 %'), or in a colour
+    over an opaque black background with transparent padding (both say where: the colour in the
+    opaque part). A mask whose alpha is constant reads as before, by its colour."""
+    mask = np.zeros((10, 12), bool)
+    mask[2:7, 3:9] = True
+    rgba = np.zeros((10, 12, 4), np.uint8)
+    if colour == "varies":
+        rgba[..., 3] = 255
+        rgba[:, :2, 3] = 0  # transparent padding
+        rgba[mask, 2] = 200
+    else:
+        rgba[..., :3] = colour
+        rgba[mask, 3] = 255
+    cv2.imwrite(str(tmp_path / "m.png"), rgba)
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "m.png", (10, 12)), mask)
+    rgba[..., 3] = 255
+    rgba[..., :3] = 0
+    rgba[mask, 1] = 255
+    cv2.imwrite(str(tmp_path / "rgb.png"), rgba)
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "rgb.png", (10, 12)), mask)
+
+
 def test_a_jpeg_mask_is_read_without_its_ringing(tmp_path: Path) -> None:
     """A mask saved as JPEG was read 'any non-zero pixel': 3-4 % larger, with specks."""
     yy, xx = np.mgrid[:128, :128]

@@ -1784,7 +1784,7 @@ def test_a_mask_given_as_an_image_is_named_as_such():
     layers, pair = _phantom_pair(5, 1, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
     as_image = layers.upper_mask.astype(np.uint8) * 255
     for images, name in (((as_image, pair.followup), "baseline"), ((pair.baseline, as_image), "follow-up")):
-        with pytest.raises(InputError, match=f"^{name} holds two values only \\(0 and 1\\), as a mask does"):
+        with pytest.raises(InputError, match=f"^{name} holds two values only, as a mask does"):
             quantify_pair(*images, layers.upper_mask, layers.lower_mask)
 
 

@@ -324,8 +324,8 @@ def quantify_command(baseline, followup, upper_mask, lower_mask, followup_upper_
     """Measure JSN progression between BASELINE and FOLLOWUP (JSON on stdout; + = narrowing).
 
     Images of at least 32x32 px and 64 px on the longer side, at most 4096 px a side, the same
-    size; strict JSON (a number
-    that is not finite is null).
+    size; 8- or 16-bit (PNG, JPEG, TIFF, BMP, DICOM), or float TIFF in [0, 1]; bone bright
+    (a DICOM's MONOCHROME1 is inverted). Strict JSON (a number that is not finite is null).
 
     JSN is read at the joint centre along the joint axis; both default to the frame computed from
     the baseline masks (jsnsynth.synth.layers.joint_frame_from_masks), the frame in which jsnsynth

@@ -258,8 +258,9 @@ def check_not_a_mask(image: np.ndarray, name: str) -> None:
     """Reject an image of two values only: a mask given where a radiograph belongs (swapped
     arguments) would otherwise be read as a picture padded to size, or registered as one."""
     if two_values_only(image):  # a constant one is check_contrast's
-        raise InputError(f"{name} holds two values only ({float(image.min()):g} and {float(image.max()):g}), as a "
-                         "mask does: give the radiographs as the images and the masks as masks")
+        # the values are not named: these are intensities in [0, 1], not the file's (0 and 255)
+        raise InputError(f"{name} holds two values only, as a mask does: give the radiographs as the images and "
+                         "the masks as masks")
 
 
 def check_masks_apart(upper: np.ndarray, lower: np.ndarray, label: str) -> None:

@@ -433,7 +433,9 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
     Any non-zero pixel is inside, whatever the other values: a label image (0 outside, 1 and 2
     for two parts) is read as its union, as a user who drew it expects, not as its brightest
     label. A JPEG (lossy: its ringing leaves faint pixels around the mask and specks in it) is
-    read as inside from half its largest value up. Save masks losslessly (PNG) all the same.
+    read as inside from half its largest value up. Save masks losslessly (PNG) all the same. An
+    alpha channel that varies says where the mask is drawn: its transparent pixels are outside,
+    and where its colour is one value throughout the opaque ones, the opaque pixels are the mask.
 
     Args:
         path: PNG (or any format :func:`read_radiograph` reads: a DICOM by its stored values)
@@ -449,16 +451,26 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
     pixels = _dicom_pixels(path)[1] if _is_dicom(path) else _decode(path)
     if pixels is None:
         raise InputError(f"{path}: not a readable mask image (damaged, cut short, or not an image)")
-    if pixels.ndim == 3:
-        pixels = pixels[..., :3].max(axis=2)
     if np.issubdtype(pixels.dtype, np.floating) and not np.all(np.isfinite(pixels)):
         raise InputError(f"{path}: mask contains NaN or infinite values")
+    drawn = None  # where a mask's alpha channel says it is drawn, if it says anything
+    if pixels.ndim == 3:
+        if pixels.shape[2] in (2, 4) and pixels[..., -1].min() != pixels[..., -1].max():
+            # a mask drawn in its alpha channel (an annotation tool's export: transparent outside,
+            # its colour all black or all white) is its opaque pixels; read by its colour alone,
+            # it was empty or all inside
+            drawn = pixels[..., -1] > 0
+        pixels = pixels[..., :-1].max(axis=2) if pixels.shape[2] in (2, 4) else pixels[..., :3].max(axis=2)
+        if drawn is not None and pixels[drawn].min() == pixels[drawn].max():
+            pixels = drawn.astype(np.uint8)  # the colour says nothing where it is drawn
     if _is_jpeg(path):
         # a q95 JPEG of a 0/255 mask read as 'non-zero' grew the mask by 3-4 % with a dozen specks,
         # which moved a real pair's joint centre by 1.5 px and its JSN by 0.1 px
         mask = pixels >= 0.5 * float(pixels.max()) if pixels.max() > 0 else pixels != 0
     else:
         mask = pixels != 0
+    if drawn is not None:
+        mask &= drawn
     if shape is not None and mask.shape != tuple(shape):
         raise InputError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, image is {shape[1]}x{shape[0]}")
     if not mask.any():
