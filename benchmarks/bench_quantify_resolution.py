@@ -93,8 +93,10 @@ def small_picture_rows(n_pairs: int, seed: int, tmp: Path) -> list[str]:
             center = (factor * (float(record["joint_center_x"]) + 0.5) - 0.5,
                       factor * (float(record["joint_center_y"]) + 0.5) - 0.5)
             try:
+                # no spacing: the errors are read in pixels, and 32 px of a 45 mm field (1.4 mm/px)
+                # is beyond the spacings the quantifier takes (it refused every pair)
                 with no_size_limit():
-                    result = quantify_pair(*pair[:4], float(record["pixel_spacing_mm"]) / factor, *pair[4:],
+                    result = quantify_pair(*pair[:4], None, *pair[4:],
                                            joint_center_xy=center, joint_axis_deg=float(record["joint_axis_deg"]))
             except InputError:  # too few pixels left in a bone's region
                 refused += 1

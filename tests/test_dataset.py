@@ -553,7 +553,7 @@ def test_ctrl_c_stops_a_multiprocess_run_in_one_line(tmp_path: Path) -> None:
     # (up to 76 lines) and once left the parent waiting for good on a pool whose workers had died
     out = tmp_path / "ds"
     command = [sys.executable, "-m", "jsnsynth.cli", "dataset", "--source", "phantom", "--pairs", "20000", "--size", "64",
-               "--layers-every", "0", "--num-proc", "2", "--out", str(out), "--quiet"]
+               "--pixel-spacing", "0.7", "--layers-every", "0", "--num-proc", "2", "--out", str(out), "--quiet"]
     # Ctrl-C's default action in the run, whoever started the tests: a job started in the
     # background of a non-interactive shell ignores SIGINT, and a child inherits that
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
@@ -590,7 +590,7 @@ def test_a_worker_killed_mid_run_stops_it_in_one_line_and_the_run_resumes(tmp_pa
     # rows for ever: the run hung without a word
     out = tmp_path / "ds"
     command = [sys.executable, "-m", "jsnsynth.cli", "dataset", "--source", "phantom", "--pairs", "600", "--size", "64",
-               "--layers-every", "0", "--num-proc", "2", "--shard-size", "10", "--out", str(out), "--quiet"]
+               "--pixel-spacing", "0.7", "--layers-every", "0", "--num-proc", "2", "--shard-size", "10", "--out", str(out), "--quiet"]
     # Ctrl-C's default action in the run, whoever started the tests: a job started in the
     # background of a non-interactive shell ignores SIGINT, and a child inherits that
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
@@ -780,7 +780,9 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, capsys, args: list[str]
 
 
 def test_progress_bar_and_quiet(tmp_path: Path, capsys) -> None:
-    argv = ["dataset", "--source", "phantom", "--pairs", "2", "--size", "64", "--layers-every", "0", "--split", "1", "0", "0"]
+    # a whole joint in 64 px (at 0.175 mm/px a 64 px phantom is warned about: it frames 11 mm)
+    argv = ["dataset", "--source", "phantom", "--pairs", "2", "--size", "64", "--pixel-spacing", "0.7", "--layers-every",
+            "0", "--split", "1", "0", "0"]
     assert main(argv + ["--out", str(tmp_path / "loud")]) == 0
     assert "pair" in capsys.readouterr().err  # tqdm writes its bar to stderr
     assert main(argv + ["--out", str(tmp_path / "quiet"), "--quiet"]) == 0
@@ -960,5 +962,5 @@ def test_a_split_asked_for_that_gets_no_pairs_is_warned_about(raster_source: Fin
         build_dataset(PhantomSource(n_joints=3, size_px=64), tmp_path / "few", 3, seed=1, layers_every=0, quiet=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        build_dataset(PhantomSource(n_joints=3, size_px=64), tmp_path / "train_only", 3, seed=1, layers_every=0,
-                      split_fractions=(1.0, 0.0, 0.0), quiet=True)
+        build_dataset(PhantomSource(n_joints=3, size_px=64, pixel_spacing_mm=0.7), tmp_path / "train_only", 3, seed=1,
+                      layers_every=0, split_fractions=(1.0, 0.0, 0.0), quiet=True)

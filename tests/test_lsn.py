@@ -962,7 +962,7 @@ def test_a_crop_is_judged_unsure_over_its_picture_alone():
         warn_if_doubtful(turned, separation, model, None, "turned")
 
 
-def test_a_crop_framing_more_than_a_joint_is_warned_about():
+def test_a_crop_framing_more_or_less_than_a_joint_is_warned_about():
     """A 2048 px crop separated at 0.175 mm/px (358 mm across) gave an upper mask of Dice 0.26,
     and a 256 px crop told 0.5 mm/px (a spacing mistyped) masks in fragments, both without a word."""
     model = load_model()
@@ -976,6 +976,15 @@ def test_a_crop_framing_more_than_a_joint_is_warned_about():
         warnings.simplefilter("error")
         separate_intensity(wide, model, pixel_spacing_mm=0.05)
         separate_intensity(synthetic_joint(96)[0] / 255.0, model)
+    # and one framing less than a joint: a 40 px crop at the default spacing was warned about
+    # only as 'inverted'
+    tiny = synthetic_joint(96)[0][28:68, 28:68] / 255.0
+    with pytest.warns(UserWarning, match=r"40x40 px crop taken at 0.175 mm/px would be 7\.0 mm across, less than a "
+                                         r"joint; give its pixel spacing"):
+        separate_intensity(tiny, model)
+    with pytest.warns(UserWarning, match=r"96x96 px crop at 0.05 mm/px frames 4\.8 mm, less than a joint's crop "
+                                         r"\(15 mm or more\); is its pixel spacing right"):
+        separate_intensity(synthetic_joint(96)[0] / 255.0, model, pixel_spacing_mm=0.05)
 
 
 def test_separate_takes_the_crops_of_a_folder(tmp_path, capsys):

@@ -58,7 +58,7 @@ from jsnsynth.synth.io import (
 )
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, joint_frame_from_masks
 from jsnsynth.synth.layers import check_pixel_spacing
-from jsnsynth.synth.limits import MAX_CROP_FIELD_MM, MAX_SIDE_PX
+from jsnsynth.synth.limits import MAX_CROP_FIELD_MM, MAX_SIDE_PX, MIN_CROP_FIELD_MM
 from jsnsynth.synth.xray import attenuation_to_intensity, intensity_to_attenuation, quantize
 
 #: The bundled weights, inside the package.
@@ -333,6 +333,17 @@ def separate_intensity(
         else:
             warnings.warn(f"{name}: {size} at {pixel_spacing_mm:g} mm/px frames {field_mm:.0f} mm, more than a joint's "
                           f"crop (up to {MAX_CROP_FIELD_MM:g} mm); is its pixel spacing right?", stacklevel=2)
+    elif field_mm < MIN_CROP_FIELD_MM:
+        # the network sees a joint's bones at the size it knows only at the right spacing: a
+        # small crop of a whole joint taken at the training spacing shows it bones a fraction
+        # of their size (a 40 px one was warned about only as 'inverted')
+        size = f"a {intensity.shape[1]}x{intensity.shape[0]} px crop"
+        if pixel_spacing_mm is None:
+            warnings.warn(f"{name}: {size} taken at {TRAINING_PIXEL_SPACING_MM} mm/px would be {field_mm:.1f} mm "
+                          "across, less than a joint; give its pixel spacing (--pixel-spacing)", stacklevel=2)
+        else:
+            warnings.warn(f"{name}: {size} at {pixel_spacing_mm:g} mm/px frames {field_mm:.1f} mm, less than a "
+                          f"joint's crop ({MIN_CROP_FIELD_MM:g} mm or more); is its pixel spacing right?", stacklevel=2)
     model = model if model is not None else load_model()
     # a crop padded to size: the network never saw a fill around a joint, and with 20 px of a
     # constant one it called the lower bone upper and the upper lower on 10 of 12 real crops.

@@ -61,7 +61,7 @@ import numpy as np
 from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity, axis_vector
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, PIXEL_SPACING_RANGE_MM, JointLayers
-from jsnsynth.synth.limits import MAX_CROP_FIELD_MM, MAX_SIDE_PX
+from jsnsynth.synth.limits import MAX_CROP_FIELD_MM, MAX_SIDE_PX, MIN_CROP_FIELD_MM
 
 JOINT_TYPES = ("mcp", "pip", "dip")
 
@@ -221,7 +221,9 @@ MIN_PHANTOM_FIELD_MM = 3.0
 def check_phantom_field(size_px: int, pixel_spacing_mm: float) -> None:
     """Refuse a phantom field of view (``size_px`` x ``pixel_spacing_mm``) too small to show both
     bones, and warn about one far wider than a joint's crop (``--size 4096`` at the default
-    spacing frames 717 mm: for more pixels of the same joint, a finer spacing).
+    spacing frames 717 mm: for more pixels of the same joint, a finer spacing) or narrower than
+    one (``--size 64`` at the default spacing frames 11 mm: for fewer pixels of the whole joint,
+    a coarser spacing).
 
     Raises:
         InputError: a field below :data:`MIN_PHANTOM_FIELD_MM`.
@@ -240,6 +242,16 @@ def check_phantom_field(size_px: int, pixel_spacing_mm: float) -> None:
             f"a phantom of {size_px} px at {pixel_spacing_mm:g} mm/px frames {field_mm:.0f} mm, more than a joint's "
             f"crop (up to {MAX_CROP_FIELD_MM:g} mm): the model's shafts and finger fill the picture; for more "
             f"pixels of the same joint give a finer spacing ({advice})",
+            stacklevel=2,
+        )
+    elif field_mm < MIN_CROP_FIELD_MM:
+        # the spacing at which this size frames what 256 px at the default do
+        coarser_mm = DEFAULT_PIXEL_SPACING_MM * 256 / size_px
+        warnings.warn(
+            f"a phantom of {size_px} px at {pixel_spacing_mm:g} mm/px frames {field_mm:.1f} mm, less than a joint's "
+            f"crop ({MIN_CROP_FIELD_MM:g} mm or more): the picture's edges cut the bones, and a quantifier measures "
+            f"such pairs less well; for fewer pixels of the whole joint give a coarser spacing ({coarser_mm:.4g} "
+            "mm/px frames what 256 px at the default do), for a finer sampling of it more pixels",
             stacklevel=2,
         )
 
