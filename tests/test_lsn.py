@@ -39,6 +39,7 @@ from jsnsynth.lsn.infer import (
     DEFAULT_WEIGHTS,
     TRAINING_PIXEL_SPACING_MM,
     UNSURE_FRACTION,
+    folder_crops,
     load_model,
     looks_inverted,
     output_names,
@@ -985,6 +986,14 @@ def test_a_crop_framing_more_or_less_than_a_joint_is_warned_about():
     with pytest.warns(UserWarning, match=r"96x96 px crop at 0.05 mm/px frames 4\.8 mm, less than a joint's crop "
                                          r"\(15 mm or more\); is its pixel spacing right"):
         separate_intensity(synthetic_joint(96)[0] / 255.0, model, pixel_spacing_mm=0.05)
+
+
+def test_a_crops_soft_tissue_layer_beside_it_is_no_crop(tmp_path):
+    """A finger-joint folder keeps each crop's soft-tissue layer beside it (``ID_soft.jpg``):
+    separated as a crop, a series folder gave twice its visits, bones found in soft tissue."""
+    for name in ("a.jpg", "a_soft.jpg", "b.png", "b_soft.png", "lonely_soft.png"):
+        write_bytes_atomic(tmp_path / name, encode_png(synthetic_joint(64, 1)[0]))
+    assert [path.name for path in folder_crops(tmp_path)] == ["a.jpg", "b.png", "lonely_soft.png"]
 
 
 def test_separate_takes_the_crops_of_a_folder(tmp_path, capsys):

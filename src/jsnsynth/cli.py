@@ -431,7 +431,8 @@ def separate_command(images: tuple[Path, ...], out_dir: Path, weights: Path | No
     layers with the LSN.
 
     IMAGES are crop files, or folders whose crops (PNG, JPEG, TIFF, BMP, DICOM) are all taken,
-    less drawn masks (images of two values) and the files separate writes; a folder without crops
+    less drawn masks (images of two values), a crop's soft-tissue layer beside it (STEM_soft, as
+    finger-joint folders keep it) and the files separate writes; a folder without crops
     of its own, those of its sub-folders (one joint's visits each; one level).
     Writes per crop STEM: STEM_{soft,upper,lower}.tif (float32 attenuation), STEM_{upper,lower}_mask.png,
     STEM_recomposed.png (16-bit) and STEM_panel.png; a sub-folder's crops into a sub-folder of

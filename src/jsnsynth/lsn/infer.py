@@ -751,9 +751,13 @@ def folder_crops(folder: str | os.PathLike) -> list[Path]:
     :func:`separate_files` wrote there: run again on its own output folder, it took its layers
     and masks for crops. A file named as an output is one when the folder's
     :data:`SEPARATION_RECORD` lists its stem, or every other output of its stem lies beside it;
-    a crop merely named like one (``joint_panel.png``) is still a crop."""
+    a crop merely named like one (``joint_panel.png``) is still a crop. Nor is ``STEM_soft``
+    beside a crop ``STEM`` one: it is that crop's soft-tissue layer, as a finger-joint folder
+    keeps it (:mod:`jsnsynth.synth.fingerjoints`; separated as a crop, a series folder gave twice
+    its visits, the layers' with bones found in soft tissue)."""
     files = radiograph_files(folder)
     names = {path.name for path in files}
+    stems = {path.stem for path in files}
     recorded = _read_separation_record(Path(folder) / SEPARATION_RECORD)
     written: set[str] = set()
     for path in files:
@@ -763,7 +767,8 @@ def folder_crops(folder: str | os.PathLike) -> list[Path]:
                 outputs = output_names(stem)
                 if stem in recorded or all(name in names for name in outputs):
                     written.update(outputs)
-    return [path for path in files if path.name not in written]
+    soft_layers = {path.name for path in files if path.stem.endswith("_soft") and path.stem[: -len("_soft")] in stems}
+    return [path for path in files if path.name not in written and path.name not in soft_layers]
 
 
 def folder_tree_crops(root: str | os.PathLike, sub_folders: bool = True) -> list[tuple[Path, str]]:
