@@ -525,6 +525,16 @@ def test_follow_up_turned_or_magnified_far_is_reached_by_the_wide_search(angle_d
     assert abs(quantify_pair(*args, **frame, settings=narrow).jsn_px - pair.jsn_px) > 0.5
 
 
+@pytest.mark.parametrize(("seed", "index"), [(0, 2), (2, 0)])
+def test_bones_moved_far_apart_are_not_noted_as_repositioned(seed, index):
+    """A follow-up widened by 20-28 px correlates poorly with its baseline, so the wide search
+    runs; where it ends within the narrow starts' span the pair was noted as 'repositioned beyond
+    the usual: turned by about 0 deg and magnified about 1.00 times' (an outside probe)."""
+    layers, pair = _phantom_pair(seed, index, PairConfig(noise=False, jsn_px=(-28.0, -20.0)))
+    result = quantify_pair(quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask)
+    assert not any(flag.startswith("repositioned beyond the usual") for flag in result.flags), result.flags
+
+
 def test_an_ordinary_pair_does_not_reach_the_wide_search():
     layers, pair = _phantom_pair(21, 1, PairConfig(noise=True, jsn_px=(-3.0, 3.0)))
     args = (quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask)

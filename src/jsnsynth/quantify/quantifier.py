@@ -739,7 +739,12 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
         if wide_ncc > ncc:
             global_params = wide_params
             turn = similarity_from_params(wide_params, *c_coarse)
-            wide_start = (turn.angle_deg, turn.scale)
+            # named only when beyond the narrow starts' span: a pair whose bones moved apart by
+            # many pixels also correlates poorly, and was noted as 'turned by about 0 deg and
+            # magnified about 1.00 times'
+            if (abs(turn.angle_deg) > max(abs(angle) for angle in settings.coarse_angles_deg)
+                    or not min(settings.coarse_scales) <= turn.scale <= max(settings.coarse_scales)):
+                wide_start = (turn.angle_deg, turn.scale)
     global_params = reg.scale_params(global_params, factor)
 
     # one intensity mapping for the whole image (exposure, window, gamma), fitted on flat pixels
