@@ -746,6 +746,11 @@ def test_a_jsn_range_past_a_joints_space_is_warned_about(tmp_path: Path, capsys)
     assert "--jsn-px up to 12 px (2.1 mm at 0.175 mm/px)" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "plain"), "--jsn-mm", "-1", "1.5"]) == 0
     assert "space" not in capsys.readouterr().err
+    # and widened by more than a joint's space (an outside probe's --jsn-mm -5 -1: not a word)
+    assert main(base + ["--out", str(tmp_path / "wide"), "--jsn-mm", "-5", "-1"]) == 0
+    assert "--jsn-mm down to -5 mm widens joints by more than a finger joint's whole space" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "wide_px"), "--jsn-px", "-32", "3"]) == 0
+    assert "--jsn-px down to -32 px (-5.6 mm at 0.175 mm/px) widens" in capsys.readouterr().err
 
 
 def test_jsn_range_given_in_mm_and_px_is_refused(tmp_path: Path, capsys) -> None:

@@ -277,6 +277,13 @@ def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, nu
             f"--jsn-px up to {max(jsn_px):g} px ({narrowing_mm:.2g} mm at {spacing_mm:g} mm/px)"
         warnings.warn(f"{given} narrows joints by more than a finger joint's space (about 1-{MAX_JOINT_SPACE_MM:g} mm): "
                       "where a pair draws that much its follow-up's bones overlap", stacklevel=2)
+    widening_mm = -(min(jsn_mm) if jsn_px is None else min(jsn_px) * spacing_mm)
+    if widening_mm > MAX_JOINT_SPACE_MM:
+        given = f"--jsn-mm down to {min(jsn_mm):g} mm" if jsn_px is None else \
+            f"--jsn-px down to {min(jsn_px):g} px ({-widening_mm:.2g} mm at {spacing_mm:g} mm/px)"
+        warnings.warn(f"{given} widens joints by more than a finger joint's whole space (about 1-{MAX_JOINT_SPACE_MM:g} "
+                      "mm), which no joint does between visits: such pairs test a quantifier's reach, not its "
+                      "accuracy", stacklevel=2)
     source = _dataset_source(source_spec, n_pairs, size_px, max_mask_overlap, pixel_spacing_mm)
     result = build_dataset(source, out_dir, n_pairs, seed=seed, num_proc=num_proc, shard_size=shard_size,
                            split_fractions=split_fractions, layers_every=layers_every, pair_config=pair_config,
