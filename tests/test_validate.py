@@ -956,6 +956,27 @@ def test_a_report_folder_inside_the_dataset_is_refused(dataset, tmp_path, capsys
     assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before
 
 
+def test_validate_and_validate_real_keep_out_of_each_others_report_folders(dataset, tmp_path, capsys):
+    """`validate` then `validate-real` into one folder (or the other way) left both reports side by
+    side; and `validate-real --out` inside its own folder wrote the report among the crops."""
+    joints = _toy_series(tmp_path)
+    out = tmp_path / "report"
+    assert main(["validate", str(dataset), "--method", "poc", "--limit", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["validate-real", str(joints), "--method", "poc", "--out", str(out)]) == 1
+    assert _one_error(capsys) == f"jsnsynth: error: {out}: holds the report of jsnsynth validate; choose another folder"
+    real_out = tmp_path / "real"
+    assert main(["validate-real", str(joints), "--method", "poc", "--out", str(real_out)]) == 0
+    capsys.readouterr()
+    assert main(["validate", str(dataset), "--method", "poc", "--limit", "2", "--out", str(real_out)]) == 1
+    assert "holds the report of jsnsynth validate-real; choose another folder" in _one_error(capsys)
+    before = sorted(p.relative_to(joints) for p in joints.rglob("*"))
+    for inside in (joints, joints / "report"):
+        assert main(["validate-real", str(joints), "--method", "poc", "--out", str(inside)]) == 1
+        assert "is inside the folder" in _one_error(capsys)
+    assert sorted(p.relative_to(joints) for p in joints.rglob("*")) == before
+
+
 def _without_times(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in ("time_s", "cpu_time_s", "time_per_trial_s")} for row in rows]
 

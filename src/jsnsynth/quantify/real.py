@@ -33,11 +33,12 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from jsnsynth.errors import InputError
+from jsnsynth.errors import InputError, OutputError
 from jsnsynth.quantify.quantifier import jsn_from_transforms, mean_similarity
 from jsnsynth.quantify.validate import (
     ResumeLog,
     call_method,
+    check_no_report_of,
     check_report_of_same_run,
     check_some_estimate,
     failure_reason,
@@ -47,6 +48,7 @@ from jsnsynth.quantify.validate import (
     method_in_use,
     method_stamps,
     read_estimate,
+    report_paths,
     use_method,
 )
 from jsnsynth.synth.geometry import Similarity
@@ -246,8 +248,13 @@ def validate_real(
     method_name, function = load_method(method)
     if out_dir is not None:
         check_output_folder(out_dir)
+        if Path(os.path.realpath(out_dir)).is_relative_to(os.path.realpath(folder)):
+            # the report's files would lie among the crops (validate refuses its dataset alike)
+            raise OutputError(f"{out_dir}: is inside the folder {folder}; write the report outside it")
         check_report_of_same_run(os.path.join(out_dir, REPORT_NAMES["summary"]),
                                  {"method": method_name, "folder": str(folder)})
+        paths = report_paths(Path(out_dir))
+        check_no_report_of(out_dir, "validate", [paths["summary"].name, paths["pairs"].name])
         for name in REPORT_NAMES.values():
             check_writable(os.path.join(out_dir, name))
     chosen = multi_visit_series(folder, limit_series)

@@ -860,6 +860,7 @@ def validate_dataset(
             raise OutputError(f"{out_dir}: is inside the dataset {folder}; write the report outside it")
         check_report_of_same_run(report_paths(Path(out_dir))["summary"],
                                  {"method": method_name, "dataset": str(folder), "split": split or "all"})
+        check_no_report_of(out_dir, "validate-real", ["real_summary.json"])
         log = ResumeLog(out_dir, "validate", [str(folder.resolve()), method_name, method_stamps(function), split,
                                               limit, with_crlb, file_stamps(shards)])
         for path in report_paths(log.path.parent).values():  # before the long work, not after it
@@ -925,6 +926,18 @@ def check_report_of_same_run(summary_path: str | os.PathLike, identity: dict) ->
     if differ:
         what = ", ".join(f"{k} {earlier[k]}" for k in identity if k in earlier)
         raise OutputError(f"{path.parent}: holds the report of another run ({what}); choose another folder")
+
+
+def check_no_report_of(out_dir: str | os.PathLike, command: str, names: list[str]) -> None:
+    """Refuse an output folder that holds the report of another command (all of ``names``, its
+    files): a folder holds one report, and ``validate`` and ``validate-real`` wrote theirs side
+    by side.
+
+    Raises:
+        OutputError: naming the command whose report the folder holds.
+    """
+    if all(os.path.isfile(os.path.join(out_dir, name)) for name in names):
+        raise OutputError(f"{out_dir}: holds the report of jsnsynth {command}; choose another folder")
 
 
 def report_paths(out: Path, prefix: str = "") -> dict[str, Path]:
