@@ -58,6 +58,10 @@ def test_a_table_of_pairs_is_measured_as_one_pair_at_a_time(tmp_path, capsys):
         assert row["mismatch"] == str(single["mismatch"]) and row["error"] == ""
     assert rows[2]["jsn_px"] == "" and "no such file" in rows[2]["error"]
     assert not list((tmp_path / "out").glob(".quantify-batch*"))  # the resume log goes with the report
+    # the images are named as the table names them, wherever the command runs (they were the
+    # paths as read, relative to the working folder: other bytes from another folder)
+    assert [(row["baseline"], row["followup"]) for row in rows] == [
+        ("baseline0.png", "followup0.png"), ("baseline1.png", "followup1.png"), ("baseline0.png", "absent.png")]
 
 
 def test_an_interrupted_batch_resumes_where_it_stopped(tmp_path, monkeypatch):

@@ -45,7 +45,7 @@ def read_pair_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     Returns:
         Per row: ``id`` (the row's own, else its number from 1), the six paths (None where
         empty), ``pixel_spacing_mm``, ``joint_center_xy`` and ``joint_axis_deg`` (None where
-        empty).
+        empty), and ``as_written``: the images' cells as the table has them.
 
     Raises:
         InputError: a file that is not a readable CSV table, a missing column, an unknown one,
@@ -112,13 +112,16 @@ def _pair_of(row: dict, number: int, table: Path) -> dict[str, Any]:
             "joint_axis_deg": number_in("joint_axis_deg")}
     for name in _PATH_COLUMNS:
         pair[name] = str(table.parent / cell[name]) if cell[name] else None
+    # the results name the images as the table does: the same table gives the same results
+    # wherever the command runs (they were the paths as read, from the working folder)
+    pair["as_written"] = {name: cell[name] for name in ("baseline", "followup")}
     return pair
 
 
 def _result_row(pair: dict, record: dict | None, error: str) -> dict[str, Any]:
     """The results table's row of one pair: its record's figures, or its error."""
     row: dict[str, Any] = {name: "" for name in RESULT_COLUMNS}
-    row.update(id=pair["id"], baseline=pair["baseline"], followup=pair["followup"], error=error)
+    row.update(id=pair["id"], **pair["as_written"], error=error)
     if record is not None:
         for name in ("jsn_px", "jsn_mm", "jsn_se_px", "jsn_se_mm", "reliability", "mismatch", "pixel_spacing_mm",
                      "pixel_spacing_source", "joint_axis_deg"):
