@@ -527,3 +527,15 @@ def test_a_dicom_mask_is_read_by_its_stored_values(tmp_path: Path, signed: bool)
     _write_dicom(path, np.zeros((24, 32), np.uint16), "MONOCHROME2", None, signed=signed)
     with pytest.raises(InputError, match="mask is empty"):
         io.read_mask(path)
+
+
+def test_png_bytes_that_do_not_decode_say_why_in_the_error_alone(capfd) -> None:
+    """A damaged PNG inside a dataset shard: libpng wrote 'libpng error: bad adaptive filter
+    value' straight to the terminal, above the one-line error (an outside probe)."""
+    data = bytearray(io.encode_png((np.arange(64 * 64).reshape(64, 64) * 977 % 65536).astype(np.uint16)))
+    for at in range(200, 1200):
+        data[at] ^= 0x5A
+    with pytest.raises(InputError, match=r"^bytes are not a readable PNG image \(libpng error: .+\)$"):
+        io.decode_png(bytes(data))
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""

@@ -180,8 +180,8 @@ def _decode(value: Any, name: str, pair_id: str) -> np.ndarray:
         raise InputError(f"pair {pair_id}: column '{name}' holds no image bytes")
     try:
         return decode_png(data)
-    except InputError:
-        raise InputError(f"pair {pair_id}: column '{name}' is not a readable PNG") from None
+    except InputError as exc:  # with what the decoder said of them
+        raise InputError(f"pair {pair_id}: column '{name}': {exc}") from None
 
 
 def check_pair_images(row: dict, where: str) -> None:

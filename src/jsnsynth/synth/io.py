@@ -161,13 +161,42 @@ def _jpeg_is_complete(data: bytes) -> bool:
                     break
 
 
+@contextlib.contextmanager
+def _decoder_reports() -> Iterator[list[str]]:
+    """Within: what the codecs (libpng, libjpeg, libtiff) write straight to file descriptor 2 is
+    captured instead of reaching the user; on leaving, the list yielded holds it as one line
+    (empty when they said nothing, or where fd 2 cannot be redirected). One decoder at a time:
+    the descriptor is the process's."""
+    report: list[str] = []
+    with _DECODE_LOCK, contextlib.ExitStack() as stack:
+        try:
+            capture = stack.enter_context(tempfile.TemporaryFile())
+            saved = os.dup(2)
+        except OSError:  # no temporary file or no stderr to redirect: decoded as it is
+            yield report
+            return
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield report
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read(MAX_DECODER_REPORT_BYTES).decode("utf-8", errors="replace").splitlines()
+            said = " ".join(" ".join(line.split()) for line in lines
+                            if line.strip() and not _HARMLESS_DECODER_LINE.match(line.strip()))
+            if said:
+                report.append(said)
+
+
 def _decode(path: Path) -> np.ndarray | None:
     """The file's pixels as stored (OpenCV ``IMREAD_UNCHANGED``), None where it cannot be decoded.
 
-    The codecs (libpng, libjpeg, libtiff) write their complaints straight to file descriptor 2:
-    those are captured while the file is decoded. A file that cannot be decoded gets the caller's
-    one-line error, naming it, instead; one that can is read, and what its decoder reported
-    (a JPEG whose data is damaged in the middle, for one) becomes a warning naming the file.
+    The codecs write their complaints straight to file descriptor 2: those are captured while
+    the file is decoded (:func:`_decoder_reports`). A file that cannot be decoded gets the
+    caller's one-line error, naming it, instead; one that can is read, and what its decoder
+    reported (a JPEG whose data is damaged in the middle, for one) becomes a warning naming the
+    file.
 
     Raises:
         InputError: a file that cannot be read, or a JPEG cut short.
@@ -179,35 +208,19 @@ def _decode(path: Path) -> np.ndarray | None:
     if data.startswith(b"\xff\xd8\xff") and not _jpeg_is_complete(data):
         raise InputError(f"{path}: JPEG cut short (the file ends before its end-of-image marker)")
     buffer = np.frombuffer(data, dtype=np.uint8)
-    failure, reported = None, ""
-    with _DECODE_LOCK, contextlib.ExitStack() as stack:
+    failure = None
+    with _decoder_reports() as reported:
         try:
-            capture = stack.enter_context(tempfile.TemporaryFile())
-            saved = os.dup(2)
-        except OSError:  # no temporary file or no stderr to redirect: decoded as it is
-            capture = saved = None
-        try:
-            if saved is not None:
-                os.dup2(capture.fileno(), 2)
             if data[:4] in _TIFF_MAGIC:
                 pixels = _decode_pages(buffer, path)
             else:
                 pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
         except cv2.error as exc:
             pixels, failure = None, exc
-        finally:
-            if saved is not None:
-                os.dup2(saved, 2)
-                os.close(saved)
-        if saved is not None:
-            capture.seek(0)
-            lines = capture.read(MAX_DECODER_REPORT_BYTES).decode("utf-8", errors="replace").splitlines()
-            reported = " ".join(" ".join(line.split()) for line in lines
-                                if line.strip() and not _HARMLESS_DECODER_LINE.match(line.strip()))
     if failure is not None:
         raise InputError(f"{path}: not a readable image ({exception_line(failure)})")
     if pixels is not None and reported:
-        warnings.warn(f"{path}: the image decoder reported: {reported}", stacklevel=3)
+        warnings.warn(f"{path}: the image decoder reported: {reported[0]}", stacklevel=3)
     return pixels
 
 
@@ -508,10 +521,16 @@ def encode_png(pixels: np.ndarray, compress: bool = True) -> bytes:
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """Decode PNG bytes to a uint8 or uint16 array without changing the bit depth."""
-    pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    """Decode PNG bytes to a uint8 or uint16 array without changing the bit depth.
+
+    Raises:
+        InputError: bytes that are not a readable PNG, with what the decoder said of them (it
+            wrote that to the terminal, past the caller's one-line error).
+    """
+    with _decoder_reports() as reported:
+        pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None:
-        raise InputError("bytes are not a readable PNG image")
+        raise InputError(f"bytes are not a readable PNG image{f' ({reported[0]})' if reported else ''}")
     return pixels
 
 
