@@ -110,6 +110,8 @@ def test_a_logged_pair_whose_files_changed_is_measured_anew(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize(("text", "message"), [
+    ("", "empty (a table of pairs needs a header row: baseline, followup, upper_mask, lower_mask)"),
+    (" \n\n", "empty (a table"),
     ("baseline,followup,upper_mask\na,b,c\n", "missing column(s) lower_mask"),
     ("baseline,followup,upper_mask,lower_mask,spacing\na,b,c,d,0.1\n", "unknown column(s) spacing"),
     ("baseline,followup,upper_mask,lower_mask\n", "lists no pairs"),

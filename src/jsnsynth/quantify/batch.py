@@ -59,6 +59,8 @@ def read_pair_table(path: str | os.PathLike) -> list[dict[str, Any]]:
         raise InputError(f"{path}: no such table of pairs") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a readable CSV table ({exc.__class__.__name__})") from None
+    if not text.strip():
+        raise InputError(f"{path}: empty (a table of pairs needs a header row: {', '.join(REQUIRED_COLUMNS)})")
     try:
         reader = csv.DictReader(io.StringIO(text))
         fields = reader.fieldnames or []
