@@ -373,7 +373,7 @@ def test_a_phantom_option_given_at_its_default_resumes_the_run_begun_without_it(
         result = build_dataset(resumed, tmp_path / name, 3, seed=1, shard_size=1, layers_every=0, quiet=True)
         assert result.resumed_shards == 1
         assert _digest(tmp_path / "whole" / PAIRS_DIR) == _digest(tmp_path / name / PAIRS_DIR)
-    with pytest.raises(OutputError, match=r"other parameters \(--size default, now 128\)"):
+    with pytest.raises(OutputError, match=r"other parameters \(--size 256 \(the default\), now 128\)"):
         build_dataset(PhantomSource(n_joints=3, size_px=128), tmp_path / "whole", 3, seed=1, shard_size=1,
                       layers_every=0, quiet=True)
 
@@ -748,7 +748,7 @@ def test_a_jsn_range_past_a_joints_space_is_warned_about(tmp_path: Path, capsys)
     assert "space" not in capsys.readouterr().err
     # and widened by more than a joint's space (an outside probe's --jsn-mm -5 -1: not a word)
     assert main(base + ["--out", str(tmp_path / "wide"), "--jsn-mm", "-5", "-1"]) == 0
-    assert "--jsn-mm down to -5 mm widens joints by more than a finger joint's whole space" in capsys.readouterr().err
+    assert "--jsn-mm down to -5 mm widens joints by more than a finger joint's space" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "wide_px"), "--jsn-px", "-32", "3"]) == 0
     assert "--jsn-px down to -32 px (-5.6 mm at 0.175 mm/px) widens" in capsys.readouterr().err
 

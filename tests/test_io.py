@@ -455,6 +455,11 @@ def test_a_mask_drawn_in_its_alpha_channel_is_its_opaque_pixels(tmp_path: Path, 
         rgba[mask, 3] = 255
     cv2.imwrite(str(tmp_path / "m.png"), rgba)
     np.testing.assert_array_equal(io.read_mask(tmp_path / "m.png", (10, 12)), mask)
+    if colour == 0:  # a soft brush's fringe, under half the full alpha, is outside
+        fringe = rgba.copy()
+        fringe[1, 3:9, 3] = fringe[7, 3:9, 3] = 100
+        cv2.imwrite(str(tmp_path / "fringe.png"), fringe)
+        np.testing.assert_array_equal(io.read_mask(tmp_path / "fringe.png", (10, 12)), mask)
     rgba[..., 3] = 255
     rgba[..., :3] = 0
     rgba[mask, 1] = 255

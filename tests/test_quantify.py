@@ -186,6 +186,19 @@ def test_the_bones_of_a_small_crop_are_no_fixed_pattern(seed, index):
     assert abs(result.jsn_px - pair.jsn_px) < 0.05, (result.jsn_px, pair.jsn_px)
 
 
+def test_a_pattern_is_looked_for_by_its_periods_across_the_picture_along_it():
+    """Lines of 12 px across a 128 x 512 picture: 43 periods along x, found (a limit taken from
+    the shorter side lost them); across a 512 x 128 one, 11 periods, left to the anatomy's band."""
+    from jsnsynth.picture import spectral_peaks
+
+    rng = np.random.default_rng(3)
+    for (h, w), found in (((128, 512), True), ((512, 128), False)):
+        lines = 0.02 * np.cos(2 * np.pi * np.arange(w) / 12.0 + 0.3)[None, :]
+        images = [0.5 + 0.01 * rng.random((h, w)) + lines for _ in range(2)]
+        peaks = spectral_peaks(*images)
+        assert (len(peaks) == 1 and abs(peaks[0][1] - 1 / 12.0) < 0.002) if found else peaks == []
+
+
 @pytest.mark.parametrize("period_px", [6.0, 10.0])
 def test_a_periodic_texture_that_moves_with_the_bones_is_no_fixed_pattern(period_px):
     """Bones whose attenuation varies by 30 % along x at a period of 6 or 10 px, carried with the

@@ -269,21 +269,7 @@ def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, nu
     pair_config = PairConfig(jsn_mm=jsn_mm, jsn_px=jsn_px, flexion_deg=flexion_deg, rotation_deg=rotation_deg,
                              magnification=magnification, translation_px=translation_px,
                              soft_tissue_blend_mm=soft_tissue_blend_mm, noise=not no_noise, imaging=imaging)
-    # a range in mm typed as if in px (or the reverse) would narrow joints past their space
-    spacing_mm = pixel_spacing_mm or DEFAULT_PIXEL_SPACING_MM
-    narrowing_mm = max(jsn_mm) if jsn_px is None else max(jsn_px) * spacing_mm
-    if narrowing_mm > MAX_JOINT_SPACE_MM:
-        given = f"--jsn-mm up to {max(jsn_mm):g} mm" if jsn_px is None else \
-            f"--jsn-px up to {max(jsn_px):g} px ({narrowing_mm:.2g} mm at {spacing_mm:g} mm/px)"
-        warnings.warn(f"{given} narrows joints by more than a finger joint's space (about 1-{MAX_JOINT_SPACE_MM:g} mm): "
-                      "where a pair draws that much its follow-up's bones overlap", stacklevel=2)
-    widening_mm = -(min(jsn_mm) if jsn_px is None else min(jsn_px) * spacing_mm)
-    if widening_mm > MAX_JOINT_SPACE_MM:
-        given = f"--jsn-mm down to {min(jsn_mm):g} mm" if jsn_px is None else \
-            f"--jsn-px down to {min(jsn_px):g} px ({-widening_mm:.2g} mm at {spacing_mm:g} mm/px)"
-        warnings.warn(f"{given} widens joints by more than a finger joint's whole space (about 1-{MAX_JOINT_SPACE_MM:g} "
-                      "mm), which no joint does between visits: such pairs test a quantifier's reach, not its "
-                      "accuracy", stacklevel=2)
+    _warn_of_a_jsn_range_past_a_joints_space(jsn_mm, jsn_px, pixel_spacing_mm or DEFAULT_PIXEL_SPACING_MM)
     source = _dataset_source(source_spec, n_pairs, size_px, max_mask_overlap, pixel_spacing_mm)
     result = build_dataset(source, out_dir, n_pairs, seed=seed, num_proc=num_proc, shard_size=shard_size,
                            split_fractions=split_fractions, layers_every=layers_every, pair_config=pair_config,
@@ -292,6 +278,25 @@ def dataset_command(source_spec: str, n_pairs: int, out_dir: Path, seed: int, nu
     click.echo(f"wrote {result.n_pairs} pairs ({sizes}) to {result.out_dir}")
     layers = f'  (layers: load_dataset("{result.out_dir}", "layers"))' if layers_every else ""
     click.echo(f'load with: datasets.load_dataset("{result.out_dir}"){layers}')
+
+
+def _warn_of_a_jsn_range_past_a_joints_space(jsn_mm: tuple[float, float] | None, jsn_px: tuple[float, float] | None,
+                                             spacing_mm: float) -> None:
+    """Warn of a JSN range that narrows or widens joints by more than a finger joint's space
+    (``jsn_px`` at ``spacing_mm`` where given, else ``jsn_mm``): a range in mm typed as if in px
+    (or the reverse) once did so without a word."""
+    option, unit, mm_per_unit = ("--jsn-mm", "mm", 1.0) if jsn_px is None else ("--jsn-px", "px", spacing_mm)
+    low, high = jsn_mm if jsn_px is None else jsn_px
+    for extreme, verb, bound, consequence in (
+        (high, "narrows", "up to", "where a pair draws that much its follow-up's bones overlap"),
+        (low, "widens", "down to", "no joint widens that much between visits, so such pairs test a quantifier's "
+                                   "reach, not its accuracy"),
+    ):
+        change_mm = extreme * mm_per_unit
+        if abs(change_mm) > MAX_JOINT_SPACE_MM and (change_mm > 0) == (verb == "narrows"):
+            in_mm = "" if jsn_px is None else f" ({change_mm:.2g} mm at {spacing_mm:g} mm/px)"
+            warnings.warn(f"{option} {bound} {extreme:g} {unit}{in_mm} {verb} joints by more than a finger joint's "
+                          f"space (about 1-{MAX_JOINT_SPACE_MM:g} mm): {consequence}", stacklevel=3)
 
 
 @cli.command("publish")

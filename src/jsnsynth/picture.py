@@ -227,10 +227,11 @@ FIXED_PATTERN_RATIO = 100.0
 #: Patterns of periods above 2 px (the Nyquist bins left out) up to this are looked for; slower
 #: ones are the anatomy's band.
 FIXED_PATTERN_MAX_PERIOD_PX = 16.0
-#: ... and of at least this many periods across the picture's shorter side: a pattern is a sharp
-#: peak only among many bins, and in a spectrum's first bins the anatomy's own power is peaked
-#: (64 px phantoms had "patterns" of 5-16 px found in their bones and removed, which moved
-#: pairs by up to 1.4 px).
+#: ... and of at least this many periods across the picture along the pattern's direction (bins
+#: from the spectrum's centre): a pattern is a sharp peak only among many bins, and in a
+#: spectrum's first bins the anatomy's own power is peaked (64 px phantom crops had "patterns"
+#: of 10-16 px found in their bones and fitted out, which moved pairs by up to 0.66 px; an outside
+#: probe's, up to 1.4 px).
 FIXED_PATTERN_MIN_CYCLES = 16
 #: What makes a peak a pattern fixed to the detector rather than a periodic texture that moves with
 #: a bone (whose power stays where it was): the same phase in every image, within this many
@@ -252,14 +253,14 @@ def _spectrum_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     frequency at ``(h // 2, w // 2)``), and the bins where a pattern is looked for: one half of
     the plane (a real image's spectrum is symmetric, each pattern shows twice), periods from 2 to
     :data:`FIXED_PATTERN_MAX_PERIOD_PX` px and :data:`FIXED_PATTERN_MIN_CYCLES` of them across
-    the shorter side, and not the first row or column (of an even size, the Nyquist frequency,
-    whose peak cannot be refined there)."""
+    the picture along the pattern's direction, and not the first row or column (of an even size,
+    the Nyquist frequency, whose peak cannot be refined there)."""
     window = cv2.createHanningWindow((w, h), cv2.CV_32F)
     fy = (np.arange(h) - h // 2)[:, None] / h
     fx = (np.arange(w) - w // 2)[None, :] / w
     half = (fx > 0) | ((fx == 0) & (fy > 0))
-    max_period_px = min(FIXED_PATTERN_MAX_PERIOD_PX, min(h, w) / FIXED_PATTERN_MIN_CYCLES)
-    wanted = half & (np.sqrt(fy**2 + fx**2) >= 1.0 / max_period_px)
+    cycles = np.hypot(fy * h, fx * w)  # periods across the picture: the bin's distance from the centre
+    wanted = half & (np.hypot(fy, fx) >= 1.0 / FIXED_PATTERN_MAX_PERIOD_PX) & (cycles >= FIXED_PATTERN_MIN_CYCLES)
     wanted[0, :] = False
     wanted[:, 0] = False
     return window, fy, fx, wanted

@@ -335,7 +335,7 @@ def separate_intensity(
                           f"crop (up to {MAX_CROP_FIELD_MM:g} mm); is its pixel spacing right?", stacklevel=2)
     elif field_mm < MIN_CROP_FIELD_MM:
         # the network sees a joint's bones at the size it knows only at the right spacing: a
-        # small crop of a whole joint taken at the training spacing shows it bones a fraction
+        # small crop of a whole joint taken at the training spacing shows its bones a fraction
         # of their size (a 40 px one was warned about only as 'inverted')
         size = f"a {intensity.shape[1]}x{intensity.shape[0]} px crop"
         if pixel_spacing_mm is None:
@@ -757,7 +757,6 @@ def folder_crops(folder: str | os.PathLike) -> list[Path]:
     its visits, the layers' with bones found in soft tissue)."""
     files = radiograph_files(folder)
     names = {path.name for path in files}
-    stems = {path.stem for path in files}
     recorded = _read_separation_record(Path(folder) / SEPARATION_RECORD)
     written: set[str] = set()
     for path in files:
@@ -767,6 +766,7 @@ def folder_crops(folder: str | os.PathLike) -> list[Path]:
                 outputs = output_names(stem)
                 if stem in recorded or all(name in names for name in outputs):
                     written.update(outputs)
+    stems = {path.stem for path in files if path.name not in written}
     soft_layers = {path.name for path in files if path.stem.endswith("_soft") and path.stem[: -len("_soft")] in stems}
     return [path for path in files if path.name not in written and path.name not in soft_layers]
 

@@ -37,6 +37,10 @@ _PATH_COLUMNS = ("baseline", "followup", "upper_mask", "lower_mask", "followup_u
 RESULT_COLUMNS = ("id", "baseline", "followup", "jsn_px", "jsn_mm", "jsn_se_px", "jsn_se_mm", "reliability", "mismatch",
                   "flags", "pixel_spacing_mm", "pixel_spacing_source", "joint_center_x", "joint_center_y",
                   "joint_axis_deg", "error")
+#: Version of the results table's rows, part of a resume log's key (2: the images named as the
+#: table names them, not as read from the working folder): a run begun by another version
+#: starts afresh rather than mixing the two.
+TABLE_VERSION = 2
 
 
 def read_pair_table(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -198,7 +202,7 @@ def quantify_table(
     check_outputs_apart([out_csv], [Path(table)] + [p[name] for p in pairs for name in _PATH_COLUMNS if p[name]])
     check_writable(out_csv)
     log = ResumeLog(out_csv.parent, f"quantify-batch-{out_csv.name}",
-                    [str(Path(table).resolve()), pixel_spacing_mm, RESULT_VERSION])
+                    [str(Path(table).resolve()), pixel_spacing_mm, RESULT_VERSION, TABLE_VERSION])
     done = log.logged("id")
     rows_by_id: dict[str, dict[str, Any]] = {}
     pending = []  # (pair, stamps of its files) still to measure, in the table's order

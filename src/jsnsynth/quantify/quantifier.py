@@ -742,8 +742,9 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             # named only when beyond the narrow starts' span: a pair whose bones moved apart by
             # many pixels also correlates poorly, and was noted as 'turned by about 0 deg and
             # magnified about 1.00 times'
-            if (abs(turn.angle_deg) > max(abs(angle) for angle in settings.coarse_angles_deg)
-                    or not min(settings.coarse_scales) <= turn.scale <= max(settings.coarse_scales)):
+            scales = (1.0, *settings.coarse_scales)  # the angle starts' scale is 1
+            if (abs(turn.angle_deg) > max((abs(angle) for angle in settings.coarse_angles_deg), default=0.0)
+                    or not min(scales) <= turn.scale <= max(scales)):
                 wide_start = (turn.angle_deg, turn.scale)
     global_params = reg.scale_params(global_params, factor)
 

@@ -860,7 +860,9 @@ def validate_dataset(
             raise OutputError(f"{out_dir}: is inside the dataset {folder}; write the report outside it")
         check_report_of_same_run(report_paths(Path(out_dir))["summary"],
                                  {"method": method_name, "dataset": str(folder), "split": split or "all"})
-        check_no_report_of(out_dir, "validate-real", ["real_summary.json"])
+        from jsnsynth.quantify.real import REPORT_NAMES as REAL_REPORT_NAMES  # real imports this module
+
+        check_no_report_of(out_dir, "validate-real", [REAL_REPORT_NAMES["summary"]])
         log = ResumeLog(out_dir, "validate", [str(folder.resolve()), method_name, method_stamps(function), split,
                                               limit, with_crlb, file_stamps(shards)])
         for path in report_paths(log.path.parent).values():  # before the long work, not after it

@@ -747,7 +747,10 @@ def _what_differs(earlier: dict, now: dict) -> str:
             return "with noise" if record else "--no-noise"
         if isinstance(record, list):
             return " ".join(f"{item:g}" if isinstance(item, float) else str(item) for item in record)
-        return "default" if record is None else f"{record:g}" if isinstance(record, float) else str(record)
+        if record is None:  # the option left out: its value where the record knows it
+            default = getattr(PhantomParams, name.rpartition(".")[2], None) if ".phantom_overrides." in name else None
+            return "default" if default is None else f"{default:g} (the default)"
+        return f"{record:g}" if isinstance(record, float) else str(record)
 
     options = {}
     for name in differ:

@@ -168,19 +168,23 @@ def _decoder_reports() -> Iterator[list[str]]:
     (empty when they said nothing, or where fd 2 cannot be redirected). One decoder at a time:
     the descriptor is the process's."""
     report: list[str] = []
+    # not re-entrant (a plain lock): no decoder runs inside another
     with _DECODE_LOCK, contextlib.ExitStack() as stack:
+        capture = saved = None
         try:
             capture = stack.enter_context(tempfile.TemporaryFile())
             saved = os.dup(2)
-        except OSError:  # no temporary file or no stderr to redirect: decoded as it is
+            stack.callback(os.close, saved)
+            os.dup2(capture.fileno(), 2)
+        except OSError:  # no temporary file, no stderr to redirect: decoded as it is
+            capture = None
+        if capture is None:
             yield report
             return
-        os.dup2(capture.fileno(), 2)
         try:
             yield report
         finally:
             os.dup2(saved, 2)
-            os.close(saved)
             capture.seek(0)
             lines = capture.read(MAX_DECODER_REPORT_BYTES).decode("utf-8", errors="replace").splitlines()
             said = " ".join(" ".join(line.split()) for line in lines
@@ -447,8 +451,9 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
     for two parts) is read as its union, as a user who drew it expects, not as its brightest
     label. A JPEG (lossy: its ringing leaves faint pixels around the mask and specks in it) is
     read as inside from half its largest value up. Save masks losslessly (PNG) all the same. An
-    alpha channel that varies says where the mask is drawn: its transparent pixels are outside,
-    and where its colour is one value throughout the opaque ones, the opaque pixels are the mask.
+    alpha channel that varies says where the mask is drawn (from half its largest value up): its
+    transparent pixels are outside, and where the colour is one value throughout the drawn
+    pixels, those are the mask.
 
     Args:
         path: PNG (or any format :func:`read_radiograph` reads: a DICOM by its stored values)
@@ -468,11 +473,13 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
         raise InputError(f"{path}: mask contains NaN or infinite values")
     drawn = None  # where a mask's alpha channel says it is drawn, if it says anything
     if pixels.ndim == 3:
-        if pixels.shape[2] in (2, 4) and pixels[..., -1].min() != pixels[..., -1].max():
+        alpha = pixels[..., -1]
+        if pixels.shape[2] in (2, 4) and alpha.min() != alpha.max() and alpha.max() > 0:
             # a mask drawn in its alpha channel (an annotation tool's export: transparent outside,
-            # its colour all black or all white) is its opaque pixels; read by its colour alone,
-            # it was empty or all inside
-            drawn = pixels[..., -1] > 0
+            # its colour all black or all white) is its opaque pixels, from half the largest
+            # alpha up (a soft brush's fringe is not); read by its colour alone, it was empty or
+            # all inside
+            drawn = alpha >= 0.5 * alpha.max()
         pixels = pixels[..., :-1].max(axis=2) if pixels.shape[2] in (2, 4) else pixels[..., :3].max(axis=2)
         if drawn is not None and pixels[drawn].min() == pixels[drawn].max():
             pixels = drawn.astype(np.uint8)  # the colour says nothing where it is drawn
