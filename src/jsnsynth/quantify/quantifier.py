@@ -823,7 +823,9 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
                                           follow_coef=follow_coef)
             # clipped pixels (a display window's saturation) are left out of the intensity fits
             unclipped = reg.unclipped_regions(windows, *clipping, settings.clipped_margin_px)
-            matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2, settings.max_blur_difference_px2)
+            offsets = reg.window_offsets(regions, settings.window_margin_px)
+            matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2, settings.max_blur_difference_px2,
+                                      offsets)
             blur_x = matcher.variance_difference([fw for _, fw, _ in windows])
             blur_at_limit = _at_reach(blur_x, settings.max_blur_difference_px2)
             if settings.match_blur_anisotropy:
@@ -844,11 +846,10 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
                     blur_anisotropy = (alpha, beta)
                     windows = [(reg.line_blurred(bw, line_b), reg.line_blurred(fw, line_f), r) for bw, fw, r in windows]
                     matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2,
-                                              settings.max_blur_difference_px2)
+                                              settings.max_blur_difference_px2, offsets)
             # the intensity fits read the windows' unclipped flat pixels with the blurs matched
             # (blurs commute with the nearly rigid warps)
             fit_windows = [(bw, fw, r) for (bw, fw, _), r in zip(windows, unclipped)]
-            offsets = reg.window_offsets(regions, settings.window_margin_px)
             samples = reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x, offsets)
             if settings.equalise_display_gamma:
                 # both visits onto one display gamma: blurs are then matched, and intensities
@@ -861,7 +862,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
                     fit_windows = [(bw, fw, r) for (bw, fw, _), r in zip(windows, unclipped)]
                     samples = reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x, offsets)
                     matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2,
-                                              settings.max_blur_difference_px2)
+                                              settings.max_blur_difference_px2, offsets)
                     if settings.intensity_mapping_order == 0:  # else the search after the mapping
                         blur_x = matcher.variance_difference([fw for _, fw, _ in windows], rounds=1, initial=blur_x)
             mapping = None

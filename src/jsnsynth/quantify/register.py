@@ -990,7 +990,9 @@ class BlurDesign:
     Attributes:
         index: flat indices (into the window) of the sample pixels.
         values: the window there (float64).
-        design: the columns ``1, B, B^2, laplacian(B) / 2`` (float64).
+        design: the columns ``1, B, B^2, laplacian(B) / 2`` (float64), then, for a window
+            whose place in the picture is given, ``x, y, x B, y B`` (the plane of
+            :func:`blur_design`).
         gram: ``design^T design``, kept because every trial blur of the other side reuses it.
     """
 
@@ -1000,19 +1002,33 @@ class BlurDesign:
     gram: np.ndarray
 
 
-def blur_design(base: np.ndarray, region: np.ndarray, index: np.ndarray | None = None) -> BlurDesign:
+def blur_design(base: np.ndarray, region: np.ndarray, index: np.ndarray | None = None,
+                origin: tuple[float, float] | None = None) -> BlurDesign:
     """The :class:`BlurDesign` of one baseline window, sampled at every other pixel of the region
-    (or at the flat ``index`` when given)."""
+    (or at the flat ``index`` when given).
+
+    ``origin``: the window's first pixel ``(row, column)`` from a point common to all windows
+    (px). With it the design holds a plane over the picture and the plane times ``B``: a field
+    by which one visit's beam differs from the other's (a heel effect that changed) multiplies
+    the transmitted signal, so it adds both to ``F - B``, and left out of the regression it read
+    as a blur difference (phantom pairs with heel effects of 5 % and no blur difference: -0.05 to
+    -0.08 px^2, then JSN errors of 0.01 px)."""
     # the regressor must not see the baseline pixel's own noise, which is also in F - B: a
     # difference of Gaussians (proportional to a smoothed Laplacian) with its centre tap removed
     lap = cv2.filter2D(np.asarray(base, dtype=np.float32), cv2.CV_32F, _ring_laplacian(), borderType=cv2.BORDER_REPLICATE)
     index = _every_other_index(region) if index is None else index
     bv = base.ravel().take(index).astype(np.float64)
-    design = np.empty((bv.size, 4))
+    design = np.empty((bv.size, 4 if origin is None else 8))
     design[:, 0] = 1.0
     design[:, 1] = bv
     design[:, 2] = bv * bv
     design[:, 3] = 0.5 * lap.ravel().take(index)
+    if origin is not None:
+        rows, cols = np.divmod(index, base.shape[1])
+        design[:, 4] = (cols + origin[1]) / LEVER_PX
+        design[:, 5] = (rows + origin[0]) / LEVER_PX
+        design[:, 6] = design[:, 4] * bv
+        design[:, 7] = design[:, 5] * bv
     return BlurDesign(index, bv, design, design.T @ design)
 
 
@@ -1023,7 +1039,8 @@ def blur_difference(
     """Estimate ``sigma_f^2 - sigma_b^2`` (px^2), the follow-up's extra Gaussian blur.
 
     Gaussian blur obeys the heat equation, ``dI / d(sigma^2) = laplacian(I) / 2``, so over the
-    aligned bone regions ``F(W_k p) - B(p) ~ c0 + c1 B + c2 B^2 + delta * laplacian(B) / 2``.
+    aligned bone regions ``F(W_k p) - B(p) ~ c0 + c1 B + c2 B^2 + delta * laplacian(B) / 2``
+    (plus a plane and the plane times ``B`` where the designs place the windows: :func:`blur_design`).
 
     Args:
         windows: per bone ``(baseline window, follow-up warped into it, region mask)``.
@@ -1099,7 +1116,8 @@ def blur_covariance_difference(
         designs = [blur_design(base, region) for base, _, region in windows]
     if sum(d.values.size for d in designs) < 20:
         return 0.0, 0.0, 0.0
-    normal, rhs = np.zeros((6, 6)), np.zeros(6)
+    m = designs[0].design.shape[1]  # the isotropic columns (and the plane, where placed)
+    normal, rhs = np.zeros((m + 2, m + 2)), np.zeros(m + 2)
     for (base, follow, _), d in zip(windows, designs):
         plus, cross = anisotropy_columns(base)
         extra = np.empty((d.values.size, 2))
@@ -1107,16 +1125,16 @@ def blur_covariance_difference(
         extra[:, 1] = cross.ravel().take(d.index)
         target = np.asarray(follow).ravel().take(d.index).astype(np.float64) - d.values
         # the isotropic columns' block is the design's kept Gram matrix
-        normal[:4, :4] += d.gram
-        normal[:4, 4:] += d.design.T @ extra
-        normal[4:, 4:] += extra.T @ extra
-        rhs[:4] += d.design.T @ target
-        rhs[4:] += extra.T @ target
-    normal[4:, :4] = normal[:4, 4:].T
+        normal[:m, :m] += d.gram
+        normal[:m, m:] += d.design.T @ extra
+        normal[m:, m:] += extra.T @ extra
+        rhs[:m] += d.design.T @ target
+        rhs[m:] += extra.T @ target
+    normal[m:, :m] = normal[:m, m:].T
     solution = solve_normal_equations(normal, rhs)
-    if solution is None or not np.all(np.isfinite(solution[3:])):
+    if solution is None or not np.all(np.isfinite(solution[[3, m, m + 1]])):
         return 0.0, 0.0, 0.0
-    return float(solution[3]), float(solution[4]), float(solution[5])
+    return float(solution[3]), float(solution[m]), float(solution[m + 1])
 
 
 def anisotropy_axis(alpha_px2: float, beta_px2: float) -> tuple[float, float]:
@@ -1326,17 +1344,27 @@ class BlurMatcher:
             searched (see :data:`COMMON_BLUR_VARIANCE_PX2`); the images themselves are only
             ever blurred by the difference.
         max_difference_px2: the search stays within this difference either way.
+        offsets: each window's place in the picture (:func:`window_offsets`): the regressions
+            then take a plane over the picture, and the plane times the intensities, as well
+            (:func:`blur_design`); None: windows whose places are not known, without them.
     """
 
     def __init__(
         self, windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
         common_variance_px2: float = COMMON_BLUR_VARIANCE_PX2, max_difference_px2: float = MAX_BLUR_DIFFERENCE_PX2,
+        offsets: list[tuple[int, int]] | None = None,
     ) -> None:
         self.common_variance_px2 = common_variance_px2
         self.max_difference_px2 = max_difference_px2
         self.base = [np.asarray(b, dtype=np.float32) for b, _, _ in windows]
         self.regions = [r for _, _, r in windows]
         self.points = [_every_other_index(r) for r in self.regions]
+        self.origins: list[tuple[float, float] | None] = [None] * len(windows)
+        if offsets is not None:
+            # from the windows' mean centre: the plane's columns then stay small beside the others
+            centres = [(top + r.shape[0] / 2, left + r.shape[1] / 2) for (top, left), r in zip(offsets, self.regions)]
+            cy, cx = np.mean(centres, axis=0)
+            self.origins = [(top - cy, left - cx) for top, left in offsets]
         self._base_blurred: dict[float, tuple[list, list]] = {}
         #: the last trial of :meth:`variance_difference`: its variance, then the baseline's and
         #: the follow-up's blurred windows and designs (:meth:`with_anisotropy` starts there)
@@ -1347,7 +1375,8 @@ class BlurMatcher:
         one side is searched the other stays at the common blur."""
         if sigma not in cache:
             blurred = [sampled_gaussian_blur(image, sigma) for image in images]
-            cache[sigma] = (blurred, [blur_design(im, r, p) for im, r, p in zip(blurred, self.regions, self.points)])
+            cache[sigma] = (blurred, [blur_design(im, r, p, o)
+                                      for im, r, p, o in zip(blurred, self.regions, self.points, self.origins)])
         return cache[sigma]
 
     def variance_difference(
@@ -1488,12 +1517,12 @@ class BlurMatcher:
         the two ways round (as in :meth:`variance_difference`: what the visits do not share
         keeps its sign when the roles are swapped, a blur difference changes it); of every
         window, or of the one numbered ``window`` only."""
-        regions = self.regions if window is None else self.regions[window:window + 1]
-        points = self.points if window is None else self.points[window:window + 1]
+        chosen = slice(None) if window is None else slice(window, window + 1)
+        regions, points, origins = self.regions[chosen], self.points[chosen], self.origins[chosen]
         if base_designs is None:
-            base_designs = [blur_design(b, r, p) for b, r, p in zip(bases, regions, points)]
+            base_designs = [blur_design(b, r, p, o) for b, r, p, o in zip(bases, regions, points, origins)]
         if follow_designs is None:
-            follow_designs = [blur_design(f, r, p) for f, r, p in zip(follows, regions, points)]
+            follow_designs = [blur_design(f, r, p, o) for f, r, p, o in zip(follows, regions, points, origins)]
         forward = blur_covariance_difference(list(zip(bases, follows, regions)), base_designs)
         reverse = blur_covariance_difference(list(zip(follows, bases, regions)), follow_designs)
         return 0.5 * (np.array(forward) - np.array(reverse))
