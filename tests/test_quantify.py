@@ -1474,6 +1474,33 @@ def test_intensity_mapping_round_trip_with_unshared_content():
     assert np.abs(np.polyval(to_base[::-1], grid) - (grid - 0.05) / 0.85).max() < 0.04
 
 
+@pytest.mark.parametrize("true_difference_px2", [0.0, 0.5])
+def test_a_beam_field_that_changed_is_no_blur_difference(true_difference_px2):
+    """A heel effect that changed between the visits multiplies the follow-up's transmitted
+    signal by a plane (5 % across x, 3 % across y here): regressed without it, the blur search
+    read it as 0.46 px^2 of blur where there was none, and a blur of 0.5 as 1.0. Placed in the
+    picture, each window takes a plane and the plane times its intensities."""
+    rng = np.random.default_rng(4)
+    height, width = 160, 200
+    texture = cv2.GaussianBlur(rng.random((height, width)).astype(np.float32), (0, 0), 3.0)
+    detected = 0.2 + 0.6 * (texture - texture.min()) / np.ptp(texture)
+    rows, cols = np.mgrid[0:height, 0:width]
+    field = 1.0 + 0.05 * (cols / width - 0.5) + 0.03 * (rows / height - 0.5)
+    blurred = reg.gaussian_blur(detected, math.sqrt(true_difference_px2)) if true_difference_px2 else detected
+    follow = (1.0 - (1.0 - blurred) * field).astype(np.float32)
+    windows, offsets = [], []
+    for top, left in ((10, 20), (90, 100)):
+        region = np.zeros((60, 80), bool)
+        region[8:-8, 8:-8] = True
+        windows.append((detected[top:top + 60, left:left + 80], follow[top:top + 60, left:left + 80], region))
+        offsets.append((top, left))
+    follow_windows = [f for _, f, _ in windows]
+    placed = reg.BlurMatcher(windows, offsets=offsets).variance_difference(follow_windows)
+    assert abs(placed - true_difference_px2) < 0.01
+    unplaced = reg.BlurMatcher(windows).variance_difference(follow_windows)
+    assert abs(unplaced - true_difference_px2) > 0.3  # what the field did without the plane
+
+
 @pytest.mark.parametrize("common_variance_px2", [None, pytest.param(0.0, marks=pytest.mark.xfail(strict=True))])
 @pytest.mark.parametrize("true_difference_px2", [0.0, 0.49])
 def test_blur_matching_is_not_biased_by_noise(true_difference_px2, common_variance_px2):
