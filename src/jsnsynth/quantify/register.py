@@ -1002,34 +1002,43 @@ class BlurDesign:
     gram: np.ndarray
 
 
+def blur_plane(shape: tuple[int, int], index: np.ndarray, origin: tuple[float, float]) -> np.ndarray:
+    """The ``(n, 2)`` columns ``x, y`` of :func:`blur_design`'s plane at the flat ``index`` of a
+    window of ``shape`` whose first pixel ``(row, column)`` lies at ``origin`` from a point common
+    to all windows (px, per :data:`LEVER_PX`)."""
+    rows, cols = np.divmod(index, shape[1])
+    plane = np.empty((index.size, 2), order="F")  # as the design's columns are
+    plane[:, 0] = (cols + origin[1]) / LEVER_PX
+    plane[:, 1] = (rows + origin[0]) / LEVER_PX
+    return plane
+
+
 def blur_design(base: np.ndarray, region: np.ndarray, index: np.ndarray | None = None,
-                origin: tuple[float, float] | None = None) -> BlurDesign:
+                plane: np.ndarray | None = None) -> BlurDesign:
     """The :class:`BlurDesign` of one baseline window, sampled at every other pixel of the region
     (or at the flat ``index`` when given).
 
-    ``origin``: the window's first pixel ``(row, column)`` from a point common to all windows
-    (px). With it the design holds a plane over the picture and the plane times ``B``: a field
-    by which one visit's beam differs from the other's (a heel effect that changed) multiplies
-    the transmitted signal, so it adds both to ``F - B``, and left out of the regression it read
-    as a blur difference (phantom pairs with heel effects of 5 % and no blur difference: -0.05 to
-    -0.08 px^2, then JSN errors of 0.01 px)."""
+    ``plane``: the window's :func:`blur_plane` at those pixels. With it the design holds a plane
+    over the picture and the plane times ``B``: a field by which one visit's beam differs from
+    the other's (a heel effect that changed) multiplies the transmitted signal, so it adds both
+    to ``F - B``, and left out of the regression it read as a blur difference (phantom pairs with
+    heel effects of 5 % and no blur difference: -0.05 to -0.08 px^2, then JSN errors of 0.01 px)."""
     # the regressor must not see the baseline pixel's own noise, which is also in F - B: a
     # difference of Gaussians (proportional to a smoothed Laplacian) with its centre tap removed
     lap = cv2.filter2D(np.asarray(base, dtype=np.float32), cv2.CV_32F, _ring_laplacian(), borderType=cv2.BORDER_REPLICATE)
     index = _every_other_index(region) if index is None else index
     bv = base.ravel().take(index).astype(np.float64)
-    design = np.empty((bv.size, 4 if origin is None else 8))
+    # column-major: the columns fill contiguously
+    design = np.empty((bv.size, 4 if plane is None else 8), order="F")
     design[:, 0] = 1.0
     design[:, 1] = bv
-    design[:, 2] = bv * bv
+    np.multiply(bv, bv, out=design[:, 2])
     design[:, 3] = 0.5 * lap.ravel().take(index)
-    if origin is not None:
-        rows, cols = np.divmod(index, base.shape[1])
-        design[:, 4] = (cols + origin[1]) / LEVER_PX
-        design[:, 5] = (rows + origin[0]) / LEVER_PX
-        design[:, 6] = design[:, 4] * bv
-        design[:, 7] = design[:, 5] * bv
-    return BlurDesign(index, bv, design, design.T @ design)
+    if plane is not None:
+        design[:, 4:6] = plane
+        np.multiply(plane[:, 0], bv, out=design[:, 6])
+        np.multiply(plane[:, 1], bv, out=design[:, 7])
+    return BlurDesign(index, bv, design, _gram(design))
 
 
 def blur_difference(
@@ -1359,12 +1368,13 @@ class BlurMatcher:
         self.base = [np.asarray(b, dtype=np.float32) for b, _, _ in windows]
         self.regions = [r for _, _, r in windows]
         self.points = [_every_other_index(r) for r in self.regions]
-        self.origins: list[tuple[float, float] | None] = [None] * len(windows)
+        self.planes: list[np.ndarray | None] = [None] * len(windows)
         if offsets is not None:
             # from the windows' mean centre: the plane's columns then stay small beside the others
             centres = [(top + r.shape[0] / 2, left + r.shape[1] / 2) for (top, left), r in zip(offsets, self.regions)]
             cy, cx = np.mean(centres, axis=0)
-            self.origins = [(top - cy, left - cx) for top, left in offsets]
+            self.planes = [blur_plane(r.shape, p, (top - cy, left - cx))
+                           for (top, left), r, p in zip(offsets, self.regions, self.points)]
         self._base_blurred: dict[float, tuple[list, list]] = {}
         #: the last trial of :meth:`variance_difference`: its variance, then the baseline's and
         #: the follow-up's blurred windows and designs (:meth:`with_anisotropy` starts there)
@@ -1375,8 +1385,8 @@ class BlurMatcher:
         one side is searched the other stays at the common blur."""
         if sigma not in cache:
             blurred = [sampled_gaussian_blur(image, sigma) for image in images]
-            cache[sigma] = (blurred, [blur_design(im, r, p, o)
-                                      for im, r, p, o in zip(blurred, self.regions, self.points, self.origins)])
+            cache[sigma] = (blurred, [blur_design(im, r, p, plane)
+                                      for im, r, p, plane in zip(blurred, self.regions, self.points, self.planes)])
         return cache[sigma]
 
     def variance_difference(
@@ -1518,11 +1528,11 @@ class BlurMatcher:
         keeps its sign when the roles are swapped, a blur difference changes it); of every
         window, or of the one numbered ``window`` only."""
         chosen = slice(None) if window is None else slice(window, window + 1)
-        regions, points, origins = self.regions[chosen], self.points[chosen], self.origins[chosen]
+        regions, points, planes = self.regions[chosen], self.points[chosen], self.planes[chosen]
         if base_designs is None:
-            base_designs = [blur_design(b, r, p, o) for b, r, p, o in zip(bases, regions, points, origins)]
+            base_designs = [blur_design(b, r, p, plane) for b, r, p, plane in zip(bases, regions, points, planes)]
         if follow_designs is None:
-            follow_designs = [blur_design(f, r, p, o) for f, r, p, o in zip(follows, regions, points, origins)]
+            follow_designs = [blur_design(f, r, p, plane) for f, r, p, plane in zip(follows, regions, points, planes)]
         forward = blur_covariance_difference(list(zip(bases, follows, regions)), base_designs)
         reverse = blur_covariance_difference(list(zip(follows, bases, regions)), follow_designs)
         return 0.5 * (np.array(forward) - np.array(reverse))
