@@ -321,29 +321,25 @@ def separate_intensity(
     if pixel_spacing_mm is not None:
         check_pixel_spacing(pixel_spacing_mm, name)
     field_mm = max(intensity.shape) * (TRAINING_PIXEL_SPACING_MM if pixel_spacing_mm is None else pixel_spacing_mm)
-    if field_mm > MAX_CROP_FIELD_MM:
+    if not MIN_CROP_FIELD_MM <= field_mm <= MAX_CROP_FIELD_MM:
         # the network sees the crop resampled to the training spacing: framing more than a finger,
         # its bones come out a fraction of the size it knows (a 256 px crop told 0.5 or 1 mm/px:
         # masks in fragments, and the JSN read with them 0.04 or 0.46 px for 0.33), or several
-        # times it (a 2048 px crop taken at 0.175 mm/px: upper-mask Dice 0.26)
+        # times it (a 2048 px crop taken at 0.175 mm/px: upper-mask Dice 0.26); framing less than
+        # a joint, a small crop of a whole joint taken at the training spacing shows its bones a
+        # fraction of their size too (a 40 px one was warned about only as 'inverted')
+        wide = field_mm > MAX_CROP_FIELD_MM
         size = f"a {intensity.shape[1]}x{intensity.shape[0]} px crop"
+        across = f"{field_mm:.0f} mm" if wide else f"{field_mm:.1f} mm"
         if pixel_spacing_mm is None:
-            warnings.warn(f"{name}: {size} taken at {TRAINING_PIXEL_SPACING_MM} mm/px would be {field_mm:.0f} mm "
-                          "across; give its pixel spacing (--pixel-spacing)", stacklevel=2)
+            warnings.warn(f"{name}: {size} taken at {TRAINING_PIXEL_SPACING_MM} mm/px would be {across} across"
+                          f"{'' if wide else ', less than a joint'}; give its pixel spacing (--pixel-spacing)",
+                          stacklevel=2)
         else:
-            warnings.warn(f"{name}: {size} at {pixel_spacing_mm:g} mm/px frames {field_mm:.0f} mm, more than a joint's "
-                          f"crop (up to {MAX_CROP_FIELD_MM:g} mm); is its pixel spacing right?", stacklevel=2)
-    elif field_mm < MIN_CROP_FIELD_MM:
-        # the network sees a joint's bones at the size it knows only at the right spacing: a
-        # small crop of a whole joint taken at the training spacing shows its bones a fraction
-        # of their size (a 40 px one was warned about only as 'inverted')
-        size = f"a {intensity.shape[1]}x{intensity.shape[0]} px crop"
-        if pixel_spacing_mm is None:
-            warnings.warn(f"{name}: {size} taken at {TRAINING_PIXEL_SPACING_MM} mm/px would be {field_mm:.1f} mm "
-                          "across, less than a joint; give its pixel spacing (--pixel-spacing)", stacklevel=2)
-        else:
-            warnings.warn(f"{name}: {size} at {pixel_spacing_mm:g} mm/px frames {field_mm:.1f} mm, less than a "
-                          f"joint's crop ({MIN_CROP_FIELD_MM:g} mm or more); is its pixel spacing right?", stacklevel=2)
+            than = (f"more than a joint's crop (up to {MAX_CROP_FIELD_MM:g} mm)" if wide
+                    else f"less than a joint's crop ({MIN_CROP_FIELD_MM:g} mm or more)")
+            warnings.warn(f"{name}: {size} at {pixel_spacing_mm:g} mm/px frames {across}, {than}; is its pixel "
+                          "spacing right?", stacklevel=2)
     model = model if model is not None else load_model()
     # a crop padded to size: the network never saw a fill around a joint, and with 20 px of a
     # constant one it called the lower bone upper and the upper lower on 10 of 12 real crops.
