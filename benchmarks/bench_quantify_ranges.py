@@ -46,6 +46,9 @@ RANGES = {
         "flexion_deg": 5.0},
     # a smooth field that differs between the visits (`jsnsynth dataset --heel-gain`)
     "a heel effect of 1-5 % across the picture per visit, in any direction": {"heel_gain": (0.01, 0.05)},
+    # stronger than a heel puts across a joint crop: the blur search's plane (method step 3)
+    "a heel effect of 3 % per visit, in any direction": {"heel_gain": (0.03, 0.03)},
+    "a heel effect of 10 % per visit, in any direction": {"heel_gain": (0.1, 0.1)},
     # a patient's motion during an exposure (`jsnsynth dataset --motion-blur-px2`)
     "a motion blur of 1-3 px^2 per visit, in any direction": {"motion_blur_px2": (1.0, 3.0)},
     # larger: the match's bias grows, and beyond its reach (about 8 px^2) a pair is a mismatch

@@ -49,8 +49,10 @@ from jsnsynth.synth.sources import open_source
 FACTORS = (0.5, 0.75, 1.5, 2.0, 3.0, 4.0)
 #: Picture sizes of the third table (px, larger side).
 SMALL_SIZES_PX = (256, 96, 64, 48, 32)
-#: Phantom datasets of the second table: (size px, pixel spacing mm).
-PHANTOM_SETS = ((256, 0.1), (256, 0.25), (512, DEFAULT_PIXEL_SPACING_MM), (768, DEFAULT_PIXEL_SPACING_MM))
+#: Phantom datasets of the second table: (size px, pixel spacing mm); the last two frame less
+#: than a joint (11 and 17 mm: the picture's edges cut the bones; warned about as such).
+PHANTOM_SETS = ((256, 0.1), (256, 0.25), (512, DEFAULT_PIXEL_SPACING_MM), (768, DEFAULT_PIXEL_SPACING_MM),
+                (96, DEFAULT_PIXEL_SPACING_MM), (64, DEFAULT_PIXEL_SPACING_MM))
 
 
 @contextlib.contextmanager
