@@ -46,15 +46,15 @@ MAX_CROP_FIELD_MM = 120.0
 
 #: Smallest field of view (mm) that frames a joint as a crop does: the heads of a finger joint's
 #: bones are 10-20 mm across. A phantom framing less is warned about (its picture's edges cut
-#: the bones: noise-free 64 px phantoms at 0.175 mm/px, 11 mm, measured JSN RMSE 0.05 px, 96 px
-#: 0.022, 256 px 0.007), and so is a crop ``separate`` is told frames less.
+#: the bones: noise-free 64 px phantoms at 0.175 mm/px, 11 mm, measured JSN RMSE 0.040 px, 96 px
+#: 0.015, 256 px 0.007; bench_quantify_resolution.py), and so is a crop ``separate`` is told frames less.
 MIN_CROP_FIELD_MM = 15.0
 
 #: Smallest image side the quantifier accepts (and the ``fingerjoints`` source, whose pairs it measures).
 MIN_SIDE_PX = 32
 #: Smallest longer side of the picture the quantifier registers: a quarter of the 256 px crops its
 #: lengths were set on, where the bands are 1-3 px. Below it the error grows fast: 30
-#: default-noise phantom pairs reduced by pixel area measured JSN RMSE 0.0094 px at 256 px, 0.071
+#: default-noise phantom pairs reduced by pixel area measured JSN RMSE 0.0094 px at 256 px, 0.073
 #: at 64, 0.18 at 48 and 0.98 at 32 (in pixels of the 256 px grid; 0.17 mm at 32 px;
 #: bench_quantify_resolution.py).
 MIN_LONG_SIDE_PX = 64
