@@ -1116,7 +1116,7 @@ def blur_covariance_difference(
     follow-up's extra covariance ``d I + [[alpha, beta], [beta, -alpha]]`` over the aligned bone
     regions ``F - B ~ c0 + c1 B + c2 B^2 + d lap(B) / 2 + alpha (B_xx - B_yy) / 2 + beta B_xy``
     (the isotropic columns of :func:`blur_difference`, which keep ``d`` from leaking into the
-    others on bones whose edges run mostly one way).
+    others on bones whose edges run mostly one way, and the designs' plane where they have one).
 
     Returns:
         ``(d, alpha, beta)`` (px^2); zeros with too few pixels.
