@@ -729,6 +729,16 @@ def test_separate_refuses_crops_without_a_joint_and_absurd_spacings_before_writi
         check_separation(some, np.zeros_like(some), "crop")
     with pytest.warns(UserWarning, match="cover 100%"):
         check_separation(some, ~some, "crop")
+    # a speck of bone is what the network makes of a crop with no joint (a soft-tissue image)
+    speck = np.zeros((64, 64), bool)
+    speck[40:44, 30:34] = True  # 0.4 % of the crop
+    lower = np.zeros((64, 64), bool)
+    lower[40:] = True
+    with pytest.warns(UserWarning, match=r"crop: little bone found \(upper 0\.4% of the crop"):
+        check_separation(speck, lower, "crop")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_separation(some, lower, "crop")  # a joint's share each: nothing to say
 
 
 def test_separate_writes_crop_by_crop_and_resumes(tmp_path, capsys, monkeypatch):

@@ -71,6 +71,9 @@ MIN_SIZE_PX = 32
 MIN_BONE_SHARE = 0.002
 #: Share of the crop beyond which the bone masks are implausible (real crops: at most 0.74).
 MAX_BONE_SHARE = 0.95
+#: Share of the crop below which a bone found is warned about as too little to be a joint's bone
+#: (real crops: 0.18 or more each; a joint framed in a 90 mm field: about 0.07).
+FEW_BONE_SHARE = 0.03
 #: Relative spacing difference below which no resampling is done.
 SPACING_TOLERANCE = 0.02
 #: Revision of what :func:`separate_intensity` does besides the network (recorded by the ``lsn:``
@@ -410,7 +413,7 @@ def warn_if_doubtful(intensity: np.ndarray, separation: Separation, model: Layer
         return
     unsure = undecided_fraction(separation)
     if unsure > UNSURE_FRACTION:
-        warnings.warn(f"{name}: the network is unsure of {100 * unsure:.0f}% of the crop's pixels (more than "
+        warnings.warn(f"{name}: the network is unsure of {100 * unsure:.1f}% of the crop's pixels (more than "
                       f"{100 * UNSURE_FRACTION:.0f}%), so its layers and masks may be wrong: it knows upright joint "
                       "crops (distal bone up, not turned), bone bright, at their pixel spacing", stacklevel=3)
 
@@ -506,10 +509,13 @@ def _separate_picture(
 
 
 def check_separation(upper_mask: np.ndarray, lower_mask: np.ndarray, name: str = "image") -> None:
-    """Refuse a separation that found no bone; warn when the bones fill almost the whole crop.
+    """Refuse a separation that found no bone; warn when a bone found is a speck of the crop or
+    the bones fill almost all of it.
 
     An empty bone mask means the crop is not a finger joint as the network knows one (bone
-    bright, joint axis vertical, upper bone on top); the layers would be meaningless.
+    bright, joint axis vertical, upper bone on top); the layers would be meaningless. A bone
+    mask of a few per cent of the crop is what the network makes of a crop with no joint in it
+    (a soft-tissue image, a smooth blob), and is warned about.
 
     Raises:
         InputError: a bone mask with less than :data:`MIN_BONE_SHARE` of the crop, naming it.
@@ -518,6 +524,11 @@ def check_separation(upper_mask: np.ndarray, lower_mask: np.ndarray, name: str =
         if mask.mean() < MIN_BONE_SHARE:
             raise InputError(f"{name}: no {bone} bone found (is it a finger-joint crop, bone bright, "
                              "joint axis vertical, upper bone on top?)")
+    few = [f"{bone} {mask.mean():.1%}" for bone, mask in (("upper", upper_mask), ("lower", lower_mask))
+           if mask.mean() < FEW_BONE_SHARE]
+    if few:
+        warnings.warn(f"{name}: little bone found ({', '.join(few)} of the crop, where a joint crop's bones cover "
+                      "a fifth of it each); is it a finger-joint crop?", stacklevel=2)
     covered = float((upper_mask | lower_mask).mean())
     if covered > MAX_BONE_SHARE:
         warnings.warn(f"{name}: the bone masks cover {covered:.0%} of the crop; check that bone is bright", stacklevel=2)
