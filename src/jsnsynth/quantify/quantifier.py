@@ -779,20 +779,28 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     f_pc = 2**pc_level
     c_pc = (center[0] / f_pc, center[1] / f_pc)
     warped = reg.warp_into_baseline(pyr_f[pc_level], reg.scale_params(global_params, 1.0 / f_pc), c_pc)
-    coarse = {}
+    shifts = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
         region = reg.bone_region(mask, other, settings.dilate_px + reg.scaled_length(2, scale), settings.exclude_px,
                                  settings.border_px, f_pc, keep_out=keep_out)
         window = reg.tapered_window(region, 2.0)
         shift, _ = reg.phase_correlation_shift(pyr_b[pc_level], warped, window)
-        shift = shift * f_pc
+        shifts[name] = shift * f_pc
+    # a finer crop of the same joint moves by more pixels: at 512 px with the 256 px limit,
+    # real bones' own moves were cut off and the fine fits moved 4-5 px from the coarse ones
+    reach_px = BONE_PEAK_MAX_PX * reg.limit_scale(scale)
+    # both bones' peaks where the other's is: the global alignment is what was off, not the bones
+    # (bones wider than the picture, bands whose texture the coarse level blurs away, were
+    # aligned 9 px along the joint line off, and the bone whose peak said so past the reach
+    # slid there: 0.8 px of JSN off, unflagged)
+    agree = bool(np.hypot(*(shifts["upper"] - shifts["lower"])) < reach_px / 2)
+    coarse = {}
+    for name in ("upper", "lower"):
         params = global_params.copy()
-        # a finer crop of the same joint moves by more pixels: at 512 px with the 256 px limit,
-        # real bones' own moves were cut off and the fine fits moved 4-5 px from the coarse ones
-        if np.hypot(*shift) < BONE_PEAK_MAX_PX * reg.limit_scale(scale):
+        if agree or np.hypot(*shifts[name]) < reach_px:
             a, b = params[0], params[1]
-            params[2] += a * shift[0] - b * shift[1]
-            params[3] += b * shift[0] + a * shift[1]
+            params[2] += a * shifts[name][0] - b * shifts[name][1]
+            params[3] += b * shifts[name][0] + a * shifts[name][1]
         coarse[name] = params
     t_coarse = time.perf_counter() - t0
 

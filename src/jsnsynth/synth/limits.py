@@ -45,9 +45,9 @@ MAX_SIDE_PX = 4096
 MAX_CROP_FIELD_MM = 120.0
 
 #: Smallest field of view (mm) that frames a joint as a crop does: the heads of a finger joint's
-#: bones are 10-20 mm across. A phantom framing less is warned about (its picture's edges cut
-#: the bones: noise-free 64 px phantoms at 0.175 mm/px, 11 mm, measured JSN RMSE 0.040 px, 96 px
-#: 0.015, 256 px 0.007; bench_quantify_resolution.py), and so is a crop ``separate`` is told frames less.
+#: bones are 10-20 mm across. A crop ``separate`` is told frames less is warned about. (The
+#: phantom's millimetres are those of the nominal spacing, twice these:
+#: ``phantom.MIN_PHANTOM_CROP_FIELD_MM``.)
 MIN_CROP_FIELD_MM = 15.0
 
 #: Smallest image side the quantifier accepts (and the ``fingerjoints`` source, whose pairs it measures).

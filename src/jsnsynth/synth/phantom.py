@@ -61,7 +61,7 @@ import numpy as np
 from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity, axis_vector
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, PIXEL_SPACING_RANGE_MM, JointLayers
-from jsnsynth.synth.limits import MAX_CROP_FIELD_MM, MAX_SIDE_PX, MIN_CROP_FIELD_MM
+from jsnsynth.synth.limits import MAX_CROP_FIELD_MM, MAX_SIDE_PX
 
 JOINT_TYPES = ("mcp", "pip", "dip")
 
@@ -217,13 +217,29 @@ def check_phantom_size(size_px: float) -> None:
 #: (1.3 mm) had no upper bone in the picture in half the draws.
 MIN_PHANTOM_FIELD_MM = 3.0
 
+#: Smallest field of view (mm) that frames a phantom's joint as a crop does. The phantom's
+#: millimetres are those of the nominal 0.175 mm/px, about twice anatomy's (phantom.md): its
+#: widest bones are 26-41 mm across. Narrower, the picture's edges cut both bones' sides and
+#: leave bands without lateral edges, along which a registration can slide: an outside probe
+#: measured 8 of about 1,200 noise-free 256 px pairs at 0.08-0.10 mm/px (20-26 mm) 0.3-2 px off,
+#: 2 of them unflagged, none at 0.11 mm/px; 128 px at 0.175 mm/px (22 mm) 0.012-0.016 px RMSE.
+MIN_PHANTOM_CROP_FIELD_MM = 30.0
+
+
+def widest_bone_range_mm() -> tuple[float, float]:
+    """The least and the greatest width (mm) of a phantom joint's wider bone over all joint types
+    (:data:`_PROPORTIONS`: the head's width times the base's ratio to it, when larger)."""
+    widths = [(2 * prop["head_w"][0] * max(1.0, prop["base_ratio"][0]),
+               2 * prop["head_w"][1] * max(1.0, prop["base_ratio"][1])) for prop in _PROPORTIONS.values()]
+    return min(low for low, _ in widths), max(high for _, high in widths)
+
 
 def check_phantom_field(size_px: int, pixel_spacing_mm: float) -> None:
     """Refuse a phantom field of view (``size_px`` x ``pixel_spacing_mm``) too small to show both
     bones, and warn about one far wider than a joint's crop (``--size 4096`` at the default
     spacing frames 717 mm: for more pixels of the same joint, a finer spacing) or narrower than
-    one (``--size 64`` at the default spacing frames 11 mm: for fewer pixels of the whole joint,
-    a coarser spacing).
+    the phantom's joint (:data:`MIN_PHANTOM_CROP_FIELD_MM`; ``--size 128`` at the default spacing
+    frames 22 mm: for fewer pixels of the whole joint, a coarser spacing).
 
     Raises:
         InputError: a field below :data:`MIN_PHANTOM_FIELD_MM`.
@@ -244,14 +260,17 @@ def check_phantom_field(size_px: int, pixel_spacing_mm: float) -> None:
             f"pixels of the same joint give a finer spacing ({advice})",
             stacklevel=2,
         )
-    elif field_mm < MIN_CROP_FIELD_MM:
+    elif field_mm < MIN_PHANTOM_CROP_FIELD_MM:
         # the spacing at which this size frames what 256 px at the default do
         coarser_mm = DEFAULT_PIXEL_SPACING_MM * 256 / size_px
+        narrowest, widest = widest_bone_range_mm()
         warnings.warn(
-            f"a phantom of {size_px} px at {pixel_spacing_mm:g} mm/px frames {field_mm:.1f} mm, less than a joint's "
-            f"crop ({MIN_CROP_FIELD_MM:g} mm or more): the picture's edges cut the bones, and a quantifier measures "
-            f"such pairs less well; for fewer pixels of the whole joint give a coarser spacing ({coarser_mm:.4g} "
-            "mm/px frames what 256 px at the default do), for a finer sampling of it more pixels",
+            f"a phantom of {size_px} px at {pixel_spacing_mm:g} mm/px frames {field_mm:.1f} mm, narrower than its "
+            f"joint (its bones are {narrowest:.0f}-{widest:.0f} mm across in the phantom's millimetres, those of the "
+            f"nominal {DEFAULT_PIXEL_SPACING_MM:g} mm/px; {MIN_PHANTOM_CROP_FIELD_MM:g} mm or more frames it): the "
+            "picture's edges cut the bones, and a quantifier measures such pairs less well; for fewer pixels of the "
+            f"whole joint give a coarser spacing ({coarser_mm:.4g} mm/px frames what 256 px at the default do), for "
+            "a finer sampling more pixels",
             stacklevel=2,
         )
 
