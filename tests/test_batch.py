@@ -109,6 +109,34 @@ def test_a_logged_pair_whose_files_changed_is_measured_anew(tmp_path, monkeypatc
     assert calls == ["baseline0.png", "baseline1.png"]
 
 
+@pytest.mark.parametrize("column", ["pixel_spacing_mm", "joint_axis_deg"])
+def test_a_logged_pair_whose_row_changed_is_measured_anew(tmp_path, monkeypatch, column):
+    """A spacing (or a joint axis) added to the table after a run stopped applied to the rows
+    still to come alone: the results mixed two settings, the logged rows' jsn_mm at the nominal
+    spacing (an outside probe)."""
+    table = _write_pairs(tmp_path / "study", (0.5, -0.3))
+    out = tmp_path / "out" / "results.csv"
+    measure = batch.quantify_files
+
+    def stopping_at_the_second(*args, **kwargs):
+        if Path(args[0]).name == "baseline1.png":
+            raise KeyboardInterrupt
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "quantify_files", stopping_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        batch.quantify_table(table, out)
+    value = "0.1" if column == "pixel_spacing_mm" else "2"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join([f"{lines[0]},{column}"] + [f"{line},{value}" for line in lines[1:]]) + "\n")
+    calls = []
+    monkeypatch.setattr(batch, "quantify_files", lambda *a, **k: (calls.append(Path(a[0]).name), measure(*a, **k))[1])
+    rows = batch.quantify_table(table, out)
+    assert calls == ["baseline0.png", "baseline1.png"]
+    if column == "pixel_spacing_mm":
+        assert [row["pixel_spacing_mm"] for row in rows] == [0.1, 0.1]
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("", "empty (a table of pairs needs a header row: baseline, followup, upper_mask, lower_mask)"),
     (" \n\n", "empty (a table"),
@@ -122,6 +150,11 @@ def test_a_logged_pair_whose_files_changed_is_measured_anew(tmp_path, monkeypatc
     ("baseline,followup,upper_mask,lower_mask,followup_upper_mask\na,b,c,d,e\n", "one follow-up mask"),
     ("id,baseline,followup,upper_mask,lower_mask\nx,a,b,c,d\nx,a,b,c,d\n", "the id 'x' names more than one pair"),
     ("baseline,followup,upper_mask,lower_mask\na,b,c,d,e\n", "row 1 has more cells than the header"),
+    # the reader kept the last of two same-named cells: another image than meant, without a word
+    ("baseline,baseline,followup,upper_mask,lower_mask\na,z,b,c,d\n", "names the column 'baseline' twice"),
+    ("baseline,followup,upper_mask,lower_mask,pixel_spacing_mm\na,b,c,d,1_0\n", "pixel_spacing_mm '1_0' is not a number"),
+    ("id,baseline,followup,upper_mask,lower_mask\n,a,b,c,d\n1,a,b,c,d\n",
+     "the id '1' names more than one pair (a row without an id takes its number: row 1)"),
 ])
 def test_a_bad_table_is_a_one_line_error_before_any_work(tmp_path, capsys, text, message):
     (tmp_path / "pairs.csv").write_text(text)

@@ -813,6 +813,10 @@ def test_wrong_schema_is_rejected(phantom_dataset: Path, tmp_path: Path) -> None
     ("layers shard deleted", "1 shard(s) missing from layers/"),
     ("pairs shard deleted, no run record", "1 shard(s) missing from data/"),
     ("a shard added", "data/ holds 1 shard(s) that its run did not write"),
+    # rows cut or a shard emptied by hand were scored as the whole (load_dataset refuses them)
+    ("a shard cut short", "the 'train' split of its pairs holds"),
+    ("a shard emptied", "the 'train' split of its pairs holds"),
+    ("a layers shard cut short", "the 'train' split of its layers holds"),
 ])
 def test_a_dataset_with_a_shard_missing_or_added_is_refused(phantom_dataset: Path, tmp_path: Path, change: str,
                                                             message: str) -> None:
@@ -824,6 +828,12 @@ def test_a_dataset_with_a_shard_missing_or_added_is_refused(phantom_dataset: Pat
     shard = sorted((folder / "data").glob("train-*.parquet"))[1]
     if change.startswith("layers"):
         (folder / "layers" / shard.name).unlink()
+    elif "cut short" in change or "emptied" in change:
+        import pyarrow.parquet as pq
+
+        target = folder / ("layers" if "layers" in change else "data") / shard.name
+        table = pq.read_table(target)
+        pq.write_table(table.slice(0, 0 if "emptied" in change else table.num_rows - 1), target)
     elif change == "a shard added":
         shutil.copy(shard, folder / "data" / "train-00009-of-00010.parquet")
     else:
@@ -836,6 +846,17 @@ def test_a_dataset_with_a_shard_missing_or_added_is_refused(phantom_dataset: Pat
     with pytest.raises(InputError, match=re.escape(message)):
         dataset_shards(folder)  # validate's
     assert main(["validate", str(folder), "--out", str(tmp_path / "report")]) == 1
+
+
+def test_a_dataset_inside_another_is_refused(phantom_dataset: Path, capsys) -> None:
+    # its shards became part of the outer dataset, which validate scored and publish would upload
+    for inside in (phantom_dataset / "sub", phantom_dataset / "data" / "x"):
+        argv = ["dataset", "--source", "phantom", "--pairs", "1", "--size", "64", "--pixel-spacing", "0.7",
+                "--layers-every", "0", "--split", "1", "0", "0", "--quiet", "--out", str(inside)]
+        assert main(argv) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"jsnsynth: error: {inside}: is inside the dataset {phantom_dataset.resolve()}; write the new "
+                       "dataset outside it"] and not inside.exists()
 
 
 def test_a_run_that_failed_before_its_first_shard_does_not_block_the_corrected_one(tmp_path) -> None:

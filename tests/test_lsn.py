@@ -305,6 +305,46 @@ def test_train_writes_log_resumes_and_is_deterministic(tmp_path):
     assert float(rows[1]["seconds"]) >= 1000.0
 
 
+def test_train_refuses_outputs_that_overwrite_or_cannot_be_written_before_training(tmp_path, capsys):
+    """--export onto the config, or onto the run's own log or checkpoint, was written over at the
+    end, exit 0 (the next run failed on the log with a UnicodeDecodeError); an export path that
+    was a folder or unwritable failed only after the training, with a raw exception and a
+    '.part' file left beside it; a --out folder of a user's files had its log.csv overwritten."""
+    from jsnsynth.lsn.train import _atomic_torch_save
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(_tiny_config(2).to_dict()))
+    original = config.read_bytes()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.csv").write_text("step,loss\n")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cases = [
+        (["--export", str(config)], f"{config}: the output would overwrite the input {config}"),
+        (["--export", str(run / "log.csv")], "the output would overwrite the input"),
+        (["--export", str(run / "checkpoint.pt")], "the output would overwrite the input"),
+        (["--export", str(tmp_path)], f"cannot write {tmp_path}: it is a folder"),
+        (["--export", str(blocker / "w.pt")], f"cannot write {blocker / 'w.pt'}: {blocker} is a file, not a folder"),
+    ]
+    for options, message in cases:
+        assert main(["lsn", "train", "--config", str(config), "--out", str(run), *options]) == 1, options
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and message in lines[0], (options, lines)
+    assert config.read_bytes() == original and sorted(p.name for p in run.iterdir()) == ["log.csv"]
+    # a folder of someone's files is not a run folder
+    (run / "notes.txt").write_text("mine")
+    assert main(["lsn", "train", "--config", str(config), "--out", str(run)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and f"{run}: holds notes.txt, not a run of 'lsn train'" in lines[0]
+    assert sorted(p.name for p in run.iterdir()) == ["log.csv", "notes.txt"]
+    # a save that fails leaves no '.part' behind
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(OSError):
+        _atomic_torch_save({"x": 1}, tmp_path / "taken")
+    assert not (tmp_path / ".taken.part").exists()
+
+
 def test_training_without_its_real_crops_is_refused(tmp_path, monkeypatch):
     """Run from a folder where the config's ../shared/data/fingerjoints did not resolve, the
     default config trained on phantoms alone, without a word."""

@@ -942,6 +942,15 @@ def test_a_report_folder_of_another_method_is_refused(dataset, tmp_path, monkeyp
     assert (tmp_path / "report" / "summary.json").read_bytes() == before
     # the same run again rewrites its own report
     assert main(["validate", str(dataset) + "/", "--method", "poc", "--out", out]) == 0
+    capsys.readouterr()
+    # someone's own summary.json was written over without a word
+    for text in ('{"notes": "mine"}', "not json", "[1, 2]"):
+        mine = tmp_path / "mine"
+        mine.mkdir(exist_ok=True)
+        (mine / "summary.json").write_text(text)
+        assert main(["validate", str(dataset), "--method", "poc", "--out", str(mine)]) == 1
+        assert "summary.json: is not a report of this command" in _one_error(capsys)
+        assert (mine / "summary.json").read_text() == text
 
 
 def test_a_report_folder_inside_the_dataset_is_refused(dataset, tmp_path, capsys):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jsnsynth.errors import InputError
+from jsnsynth.errors import InputError, OutputError
 from jsnsynth.lsn.data import (
     MixConfig,
     build_real_cache,
@@ -49,7 +49,7 @@ from jsnsynth.lsn.model import (
     layers_from_fractions,
     normalise_intensity,
 )
-from jsnsynth.synth.io import make_output_folder
+from jsnsynth.synth.io import check_output_folder, check_outputs_apart, check_writable, make_output_folder
 
 LOG_COLUMNS = ("step", "loss", "layer", "gradient", "mask", "smooth", "lr", "seconds")
 
@@ -300,8 +300,43 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 def _atomic_torch_save(obj: object, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+#: What a run folder holds (``train``): it is refused as ``--out`` when it holds anything else.
+RUN_FILES = ("config.json", "checkpoint.pt", "log.csv", "weights.pt", "phantom_pool.npz")
+
+
+def check_run_outputs(out_dir: str | os.PathLike, export: str | os.PathLike | None = None,
+                      inputs: tuple[str | os.PathLike, ...] = ()) -> None:
+    """Refuse, before any training, a run folder and export path that cannot be written or would
+    overwrite something: a folder holding files other than a run's (a user's own ``log.csv``
+    was overwritten), and an export onto the config, a file of the run, a folder or an unwritable
+    place (found only after the training, an hour later, with a raw exception and a ``.part``
+    file left).
+
+    Raises:
+        OutputError: naming the path and what is wrong with it.
+    """
+    out_dir = Path(out_dir)
+    check_output_folder(out_dir)
+    if out_dir.is_dir():
+        given = {Path(path).resolve() for path in inputs}  # a config kept in its run's folder
+        others = sorted(entry.name for entry in out_dir.iterdir()
+                        if entry.name not in RUN_FILES and not entry.name.startswith(".")
+                        and entry.resolve() not in given)
+        if others:
+            raise OutputError(f"{out_dir}: holds {others[0]}{f' and {len(others) - 1} more' if len(others) > 1 else ''}, "
+                              "not a run of 'lsn train' (config.json, checkpoint.pt, log.csv, weights.pt); use a new "
+                              "or empty --out")
+    if export is not None:
+        check_outputs_apart([export], [*inputs, *(out_dir / name for name in RUN_FILES if name != "weights.pt")])
+        check_writable(export)
 
 
 def export_weights(model: LayerSeparationNet, path: str | os.PathLike, record: dict) -> Path:
@@ -365,9 +400,11 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, export: str | os.Path
 
     Raises:
         InputError: no training data, or an output folder holding another config's run.
+        OutputError: see :func:`check_run_outputs`.
     """
     from tqdm import tqdm
 
+    check_run_outputs(out_dir, export)
     out_dir = make_output_folder(out_dir)
     config_path = out_dir / "config.json"
     if config_path.is_file() and json.loads(config_path.read_text()) != config.to_dict():

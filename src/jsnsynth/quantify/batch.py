@@ -9,9 +9,10 @@ column, and the others are still measured; an interrupted run resumes from its l
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
-import contextlib
+import json
 import math
 import os
 import threading
@@ -68,6 +69,9 @@ def read_pair_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     try:
         reader = csv.DictReader(io.StringIO(text))
         fields = reader.fieldnames or []
+        twice = [c for c in dict.fromkeys(fields) if fields.count(c) > 1]
+        if twice:  # the reader keeps the last such cell: another image than the user meant
+            raise InputError(f"{path}: the header names the column {twice[0]!r} twice")
         missing = [c for c in REQUIRED_COLUMNS if c not in fields]
         if missing:
             raise InputError(f"{path}: missing column(s) {', '.join(missing)} (needs {', '.join(REQUIRED_COLUMNS)})")
@@ -81,7 +85,12 @@ def read_pair_table(path: str | os.PathLike) -> list[dict[str, Any]]:
         raise InputError(f"{path}: lists no pairs")
     ids = [row["id"] for row in rows]
     if len(set(ids)) != len(ids):
-        raise InputError(f"{path}: the id {next(i for i in ids if ids.count(i) > 1)!r} names more than one pair")
+        repeated = next(i for i in ids if ids.count(i) > 1)
+        numbered = [str(number) for number, row in enumerate(rows, start=1) if row["id"] == repeated and row["id_from_row"]]
+        because = f" (a row without an id takes its number: row {numbered[0]})" if numbered else ""
+        raise InputError(f"{path}: the id {repeated!r} names more than one pair{because}")
+    for row in rows:
+        del row["id_from_row"]
     return rows
 
 
@@ -103,6 +112,8 @@ def _pair_of(row: dict, number: int, table: Path) -> dict[str, Any]:
         if not cell[name]:
             return None
         try:
+            if "_" in cell[name]:  # Python's float reads '1_0' as 10
+                raise ValueError
             value = float(cell[name])
         except ValueError:
             raise InputError(f"{where}: {name} {cell[name]!r} is not a number") from None
@@ -114,14 +125,21 @@ def _pair_of(row: dict, number: int, table: Path) -> dict[str, Any]:
     if spacing is not None:
         check_pixel_spacing(spacing, f"{where}: pixel_spacing_mm")
     center = (number_in("joint_center_x"), number_in("joint_center_y")) if cell["joint_center_x"] else None
-    pair = {"id": cell["id"] or str(number), "pixel_spacing_mm": spacing, "joint_center_xy": center,
-            "joint_axis_deg": number_in("joint_axis_deg")}
+    pair = {"id": cell["id"] or str(number), "id_from_row": not cell["id"], "pixel_spacing_mm": spacing,
+            "joint_center_xy": center, "joint_axis_deg": number_in("joint_axis_deg")}
     for name in _PATH_COLUMNS:
         pair[name] = str(table.parent / cell[name]) if cell[name] else None
     # the results name the images as the table does: the same table gives the same results
     # wherever the command runs (they were the paths as read, from the working folder)
     pair["as_written"] = {name: cell[name] for name in ("baseline", "followup")}
     return pair
+
+
+def _settings_of(pair: dict) -> list:
+    """What of a pair besides its files' bytes makes its result: its paths, spacing and joint
+    frame, as a resume log's JSON gives them back."""
+    return json.loads(json.dumps([[pair[name] for name in _PATH_COLUMNS], pair["pixel_spacing_mm"],
+                                  pair["joint_center_xy"], pair["joint_axis_deg"]]))
 
 
 def _result_row(pair: dict, record: dict | None, error: str) -> dict[str, Any]:
@@ -176,7 +194,7 @@ def quantify_table(
     A pair's own ``pixel_spacing_mm`` wins over ``pixel_spacing_mm``, which wins over the DICOM
     header and the nominal spacing, as in ``jsnsynth quantify``. Each pair measured is logged
     beside ``out_csv`` with the sizes and times of its files, so a run stopped (Ctrl-C, a kill)
-    resumes where it stopped, measuring again only the pairs whose files changed; the results
+    resumes where it stopped, measuring again only the pairs whose files or row changed; the results
     table is written at the end, whole, and the log then goes.
 
     Args:
@@ -207,7 +225,10 @@ def quantify_table(
     rows_by_id: dict[str, dict[str, Any]] = {}
     pending = []  # (pair, stamps of its files) still to measure, in the table's order
     for pair in pairs:
-        stamps = file_stamps(pair[name] for name in _PATH_COLUMNS if pair[name])
+        # a row's own settings count as its files do: a spacing or joint frame added to the table
+        # after a run stopped was applied to the rows still to come alone, and the results mixed
+        # the two
+        stamps = [file_stamps(pair[name] for name in _PATH_COLUMNS if pair[name]), _settings_of(pair)]
         previous = done.get(pair["id"])
         if previous is not None and previous["stamps"] == stamps:
             rows_by_id[pair["id"]] = previous["row"]

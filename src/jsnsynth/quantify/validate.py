@@ -904,7 +904,8 @@ def validate_dataset(
 def check_report_of_same_run(summary_path: str | os.PathLike, identity: dict) -> None:
     """Refuse an output folder whose finished report is another run's (another method, dataset
     or split): a folder holds one report, and the second method's replaced the first's without a
-    word. The same run again (a plug-in mended, say) rewrites its report.
+    word. The same run again (a plug-in mended, say) rewrites its report. A file of the report's
+    name that is no report of the command (a user's own ``summary.json``) is refused too.
 
     Raises:
         OutputError: naming the report's run.
@@ -915,9 +916,11 @@ def check_report_of_same_run(summary_path: str | os.PathLike, identity: dict) ->
     try:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError):
-        return  # not a report this command can read: written over, as any file the folder holds
-    if not isinstance(earlier, dict):
-        return
+        earlier = None
+    if not isinstance(earlier, dict) or not any(key in earlier for key in identity):
+        # someone's own file of that name: it was written over without a word
+        raise OutputError(f"{path}: is not a report of this command, and the report would replace it; choose "
+                          "another folder")
 
     def same(key: str, value: Any) -> bool:  # a dataset or folder given once as 'ds', once as './ds/'
         if key in ("dataset", "folder"):

@@ -963,6 +963,7 @@ def build_dataset(
     existed = out_dir.exists()
     if existed and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: exists and is not a folder")
+    check_not_inside_a_dataset(out_dir)
     make_output_folder(out_dir)  # first: the folder is what the lock holds
     with _run_lock(out_dir):
         finished = _prepare_output(out_dir, record)
@@ -1203,6 +1204,18 @@ def check_dataset_folder(folder: str | os.PathLike) -> dict:
     return state
 
 
+def check_not_inside_a_dataset(out_dir: str | os.PathLike) -> None:
+    """Refuse an output folder inside another dataset's folder: its shards would be part of that
+    dataset, which ``publish`` uploads whole.
+
+    Raises:
+        OutputError: naming the dataset folder.
+    """
+    for folder in Path(os.path.realpath(out_dir)).parents:
+        if (folder / STATE_NAME).is_file():
+            raise OutputError(f"{out_dir}: is inside the dataset {folder}; write the new dataset outside it")
+
+
 def check_finished_run(folder: str | os.PathLike, record_required: bool = True) -> dict | None:
     """Verify that ``folder`` holds a finished dataset: its run record (when there is one, or
     always with ``record_required``) says complete, and it has its card; return the record.
@@ -1227,7 +1240,48 @@ def check_finished_run(folder: str | os.PathLike, record_required: bool = True) 
     if not (folder / CARD_NAME).is_file():
         raise InputError(f"{folder}: no {CARD_NAME} dataset card (an unfinished or incomplete dataset)")
     _check_shards_complete(folder, state)
+    _check_rows_as_carded(folder)
     return state
+
+
+def _card_split_rows(folder: Path) -> dict[str, dict[str, int]]:
+    """Per config, the rows per split that the card's ``dataset_info`` states (empty where it
+    states none: another tool's card, or one unreadable as YAML front matter)."""
+    import yaml
+
+    text = (folder / CARD_NAME).read_text(encoding="utf-8", errors="replace")
+    parts = text.split("\n---", 1) if text.startswith("---") else []
+    try:
+        front = yaml.safe_load(parts[0][3:]) if len(parts) == 2 else None
+    except yaml.YAMLError:
+        return {}
+    infos = front.get("dataset_info") if isinstance(front, dict) else None
+    rows: dict[str, dict[str, int]] = {}
+    for info in infos if isinstance(infos, list) else []:
+        if isinstance(info, dict) and isinstance(info.get("splits"), list):
+            rows[str(info.get("config_name"))] = {str(split.get("name")): split.get("num_examples")
+                                                  for split in info["splits"] if isinstance(split, dict)}
+    return rows
+
+
+def _check_rows_as_carded(folder: Path) -> None:
+    """Refuse a dataset whose shards hold other numbers of rows than its card states (a shard cut
+    short or emptied by hand was scored as the whole, where ``datasets.load_dataset`` refuses it).
+
+    Raises:
+        InputError: naming the config, the split and both counts.
+    """
+    carded = _card_split_rows(folder)
+    if not carded:
+        return
+    present = {name: {split["name"]: split["num_examples"] for split in info["splits"]}
+               for name, info in shard_sizes(folder).items()}
+    for config_name, splits in carded.items():
+        for split, expected in splits.items():
+            found = present.get(config_name, {}).get(split, 0)
+            if found != expected:
+                raise InputError(f"{folder}: the '{split}' split of its {config_name} holds {found} row(s) where its "
+                                 f"{CARD_NAME} card states {expected}: shards cut short or changed; build it again")
 
 
 #: ``<split>-<i>-of-<n>.parquet``, the shard names of jsnsynth and of the Hub's ``push_to_hub``.

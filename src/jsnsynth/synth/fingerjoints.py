@@ -73,11 +73,23 @@ def read_manifest(root: str | os.PathLike) -> list[FingerJointRecord]:
             missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
                 raise InputError(f"{manifest}: missing column(s) {', '.join(missing)}")
-            records = [_record_of(row, root, manifest, reader.line_num) for row in reader]
+            records, lines = [], []
+            for row in reader:
+                records.append(_record_of(row, root, manifest, reader.line_num))
+                lines.append(reader.line_num)
     except (UnicodeDecodeError, csv.Error) as exc:  # a binary file, NUL bytes, an unclosed quote
         raise InputError(f"{manifest}: not a readable CSV text file ({exc.__class__.__name__})") from None
     if not records:
         raise InputError(f"{manifest}: lists no images")
+    # an image listed twice is a visit paired with itself: validate-real measured such pairs
+    # (JSN 0) into its statistics, and a dataset drew the joint twice as often
+    first_line: dict[str, int] = {}
+    for record, line in zip(records, lines):
+        key = os.path.realpath(record.image)
+        if key in first_line:
+            raise InputError(f"{manifest}: line {line} lists the image {record.image.relative_to(root)} again "
+                             f"(line {first_line[key]} lists it first)")
+        first_line[key] = line
     return records
 
 
@@ -91,6 +103,9 @@ def _record_of(row: dict, root: Path, manifest: Path, line: int) -> FingerJointR
     if None in row.values():
         raise InputError(f"{manifest}: line {line} has fewer cells than the header")
     row = {name: row.get(name, "") for name in MANIFEST_COLUMNS}
+    for name in ("series", "image"):
+        if not row[name].strip():  # an empty image cell named the folder itself: "not a file"
+            raise InputError(f"{manifest}: line {line} has no {name}")
     return FingerJointRecord(
         series=row["series"],
         series_id=row["series_id"] or row["series"],

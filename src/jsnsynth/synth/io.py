@@ -717,7 +717,9 @@ def check_output_folder(path: str | os.PathLike) -> None:
         raise OutputError(f"{path}: exists and is not a folder")
     reason = _why_not_a_folder(path)
     if reason is not None:
-        raise OutputError(f"cannot make the folder {path}: {reason}")
+        # a folder that is there already is not made, only written in
+        raise OutputError(f"cannot write in the folder {path}: it is not writable" if path.is_dir() else
+                          f"cannot make the folder {path}: {reason}")
 
 
 def make_output_folder(path: str | os.PathLike) -> Path:
