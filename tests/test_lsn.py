@@ -1046,6 +1046,19 @@ def test_a_crops_soft_tissue_layer_beside_it_is_no_crop(tmp_path):
     assert [path.name for path in folder_crops(tmp_path)] == ["a.jpg", "b.png", "lonely_soft.png"]
 
 
+def test_a_mask_given_as_a_crop_is_refused_before_writing(tmp_path, capsys):
+    """A mask named as a crop was separated into "bones", with warnings, and exit 0 (an outside
+    probe); a folder's masks are left out of its crops (folder_tree_crops)."""
+    write_bytes_atomic(tmp_path / "a.jpg", encode_png(synthetic_joint(64, 1)[0]))
+    mask = tmp_path / "masks" / "upper.png"
+    mask.parent.mkdir()
+    write_bytes_atomic(mask, encode_png(np.where(synthetic_joint(64, 1)[2], 255, 0).astype(np.uint8)))
+    assert main(["separate", str(tmp_path / "a.jpg"), str(mask), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"jsnsynth: error: {mask}: holds two values only, as a mask does, not a radiograph crop"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_separate_takes_the_crops_of_a_folder(tmp_path, capsys):
     """A folder given to `separate` was refused as 'not a file'."""
     crops = tmp_path / "crops"

@@ -670,6 +670,8 @@ def separate_files(
     for path, name in zip(paths, names):  # checked up front, kept only by name: read again when separated
         radiograph = read_radiograph(path)
         check_crop(radiograph.intensity, str(path))
+        if two_values_only(radiograph.intensity):  # separated, a mask gave "bones" with warnings, exit 0
+            raise InputError(f"{path}: holds two values only, as a mask does, not a radiograph crop")
         spacing = pixel_spacing_mm if pixel_spacing_mm is not None else radiograph.pixel_spacing_mm
         if spacing is not None:  # before the model loads: every crop is checked first
             check_pixel_spacing(spacing, "--pixel-spacing" if pixel_spacing_mm is not None else
