@@ -152,6 +152,7 @@ def test_a_logged_pair_whose_row_changed_is_measured_anew(tmp_path, monkeypatch,
     ("baseline,followup,upper_mask,lower_mask\na,b,c,d,e\n", "row 1 has more cells than the header"),
     # the reader kept the last of two same-named cells: another image than meant, without a word
     ("baseline,baseline,followup,upper_mask,lower_mask\na,z,b,c,d\n", "names the column 'baseline' twice"),
+    ("baseline,followup,upper_mask,lower_mask,,\na,b,c,d,,\n", "the header has an empty cell (column 5)"),
     ("baseline,followup,upper_mask,lower_mask,pixel_spacing_mm\na,b,c,d,1_0\n", "pixel_spacing_mm '1_0' is not a number"),
     ("id,baseline,followup,upper_mask,lower_mask\n,a,b,c,d\n1,a,b,c,d\n",
      "the id '1' names more than one pair (a row without an id takes its number: row 1)"),

@@ -817,6 +817,8 @@ def test_wrong_schema_is_rejected(phantom_dataset: Path, tmp_path: Path) -> None
     ("a shard cut short", "the 'train' split of its pairs holds"),
     ("a shard emptied", "the 'train' split of its pairs holds"),
     ("a layers shard cut short", "the 'train' split of its layers holds"),
+    # the pairs alone, copied without layers/ (as from the Hub's data/), are a whole dataset
+    ("the layers left out", ""),
 ])
 def test_a_dataset_with_a_shard_missing_or_added_is_refused(phantom_dataset: Path, tmp_path: Path, change: str,
                                                             message: str) -> None:
@@ -828,6 +830,11 @@ def test_a_dataset_with_a_shard_missing_or_added_is_refused(phantom_dataset: Pat
     shard = sorted((folder / "data").glob("train-*.parquet"))[1]
     if change.startswith("layers"):
         (folder / "layers" / shard.name).unlink()
+    elif change == "the layers left out":
+        shutil.rmtree(folder / "layers")
+        (folder / STATE_NAME).unlink()  # its record lists the layers' shards: a copy of the Hub's
+        dataset_shards(folder)
+        return
     elif "cut short" in change or "emptied" in change:
         import pyarrow.parquet as pq
 
@@ -850,13 +857,14 @@ def test_a_dataset_with_a_shard_missing_or_added_is_refused(phantom_dataset: Pat
 
 def test_a_dataset_inside_another_is_refused(phantom_dataset: Path, capsys) -> None:
     # its shards became part of the outer dataset, which validate scored and publish would upload
-    for inside in (phantom_dataset / "sub", phantom_dataset / "data" / "x"):
+    for subfolder in ("data", "layers"):
+        inside = phantom_dataset / subfolder / "x"
         argv = ["dataset", "--source", "phantom", "--pairs", "1", "--size", "64", "--pixel-spacing", "0.7",
                 "--layers-every", "0", "--split", "1", "0", "0", "--quiet", "--out", str(inside)]
         assert main(argv) == 1
         err = capsys.readouterr().err.splitlines()
-        assert err == [f"jsnsynth: error: {inside}: is inside the dataset {phantom_dataset.resolve()}; write the new "
-                       "dataset outside it"] and not inside.exists()
+        assert err == [f"jsnsynth: error: {inside}: is inside {subfolder}/ of the dataset {phantom_dataset.resolve()}; "
+                       "write the new dataset outside it"] and not inside.exists()
 
 
 def test_a_run_that_failed_before_its_first_shard_does_not_block_the_corrected_one(tmp_path) -> None:

@@ -95,7 +95,10 @@ def test_a_manifest_of_the_required_columns_alone_is_read(tmp_path: Path) -> Non
     (b"series,image,mask_upper,mask_lower\n,a.png,u.png,l.png\n", "line 2 has no series"),
     # an image listed twice: validate-real paired the visit with itself (JSN 0) into its statistics
     (b"series,image,mask_upper,mask_lower\ns,s/a.png,u.png,l.png\ns,s/b.png,u.png,l.png\ns,s/./a.png,u.png,l.png\n",
-     "line 4 lists the image s/a.png again (line 2 lists it first)"),
+     "line 4 lists the image s/./a.png again (line 2 lists it first)"),
+    # an image given by an absolute path outside the folder is named as written (it was a ValueError)
+    (b"series,image,mask_upper,mask_lower\ns,/elsewhere/a.png,u.png,l.png\ns,/elsewhere/a.png,u.png,l.png\n",
+     "line 3 lists the image /elsewhere/a.png again (line 2 lists it first)"),
 ])
 def test_unreadable_manifest_is_named(tmp_path: Path, content: bytes, message: str) -> None:
     """A binary manifest.csv ended with "UnicodeDecodeError: 'utf-8' codec can't decode ..."."""

@@ -336,8 +336,23 @@ def test_train_refuses_outputs_that_overwrite_or_cannot_be_written_before_traini
     (run / "notes.txt").write_text("mine")
     assert main(["lsn", "train", "--config", str(config), "--out", str(run)]) == 1
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and f"{run}: holds notes.txt, not a run of 'lsn train'" in lines[0]
+    assert len(lines) == 1 and f"{run}: holds notes.txt and no run of 'lsn train'" in lines[0]
     assert sorted(p.name for p in run.iterdir()) == ["log.csv", "notes.txt"]
+    # what a run keeps beside its files passes: its config, an export written into it before
+    # (the same command again was refused), a folder holding a run (these stop later, at the
+    # config's missing crops, past the checks)
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "tiny.json").write_text(config.read_text())
+    (own / "final.pt").write_bytes(b"weights")
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "config.json").write_text(json.dumps(_tiny_config(2).to_dict()))
+    (resumed / "final.pt").write_bytes(b"weights")
+    for argv in (["--config", str(own / "tiny.json"), "--out", str(own), "--export", str(own / "final.pt")],
+                 ["--config", str(config), "--out", str(resumed), "--export", str(resumed / "final.pt")]):
+        assert main(["lsn", "train", *argv]) == 1
+        assert "no such finger-joint folder" in capsys.readouterr().err
     # a save that fails leaves no '.part' behind
     (tmp_path / "taken").mkdir()
     with pytest.raises(OSError):
@@ -779,6 +794,12 @@ def test_separate_refuses_crops_without_a_joint_and_absurd_spacings_before_writi
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_separation(some, lower, "crop")  # a joint's share each: nothing to say
+    # masks overlapping past what quantify takes (a collapsed joint): quantify refused them later
+    # with advice for a hand's drawing
+    upper, lower = np.zeros((64, 64), bool), np.zeros((64, 64), bool)
+    upper[:41], lower[20:] = True, True  # rows 20-40 in both: 21 of the upper's 41
+    with pytest.warns(UserWarning, match=r"crop: the network's two bone masks overlap by 51% of the smaller"):
+        check_separation(upper, lower, "crop")
 
 
 def test_separate_writes_crop_by_crop_and_resumes(tmp_path, capsys, monkeypatch):

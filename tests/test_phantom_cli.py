@@ -211,15 +211,16 @@ def test_phantom_field_too_small_is_refused_and_one_wider_or_narrower_than_a_cro
         check_phantom_field(256, 0.12)  # 30.7 mm: the widest joints' sides just cut
     # --size 64 at the default spacing frames 11 mm, less than a joint: its edges cut the bones
     # (noise-free pairs measured 0.05 px RMSE against 0.007 at 256 px, without a word)
-    with pytest.warns(UserWarning, match=r"frames 11\.2 mm, narrower than its joint .*\(0\.7 mm/px frames what 256"):
+    with pytest.warns(UserWarning, match=r"frames 11\.2 mm, under 30 mm: its bones, 26-41 mm .*\(0\.7 mm/px frames what"):
         check_phantom_field(64, 0.175)
-    with pytest.warns(UserWarning, match=r"a phantom of 256 px at 0\.05 mm/px frames 12\.8 mm, narrower than its joint"):
+    with pytest.warns(UserWarning, match=r"a phantom of 256 px at 0\.05 mm/px frames 12\.8 mm, under 30 mm"):
         check_phantom_field(256, 0.05)
     # the phantom's millimetres are twice anatomy's: 256 px at 0.1 mm/px (26 mm) cut its bones into
     # bands along which fits slid by 10 px, 0.8 px of JSN off unflagged, without a word (15 mm was
     # the limit, an anatomical joint's); so were 96 px at the default spacing, 0.015 px RMSE
     for size_px, spacing_mm, field in ((256, 0.1, r"25\.6"), (96, 0.175, r"16\.8"), (171, 0.175, r"29\.9")):
-        with pytest.warns(UserWarning, match=rf"frames {field} mm, narrower than its joint \(its bones are 26-41 mm"):
+        with pytest.warns(UserWarning, match=rf"frames {field} mm, under 30 mm: its bones, 26-41 mm across in the "
+                                             "phantom's millimetres"):
             check_phantom_field(size_px, spacing_mm)
 
 

@@ -492,12 +492,11 @@ def lsn_group() -> None:
               help="Also write the final weights here (e.g. src/jsnsynth/lsn/weights/lsn_default.pt).")
 def lsn_train_command(config_path: Path, out_dir: Path | None, export_path: Path | None) -> None:
     """Train (or resume) the LSN from a JSON config (e.g. src/jsnsynth/lsn/configs/default.json)."""
-    from jsnsynth.lsn.train import TrainConfig, check_run_outputs, train
+    from jsnsynth.lsn.train import TrainConfig, train
 
     config = TrainConfig.from_json(config_path)
     out_dir = out_dir if out_dir is not None else Path("runs") / "lsn" / config_path.stem
-    check_run_outputs(out_dir, export_path, inputs=(config_path,))
-    weights = train(config, out_dir, export=export_path)
+    weights = train(config, out_dir, export=export_path, config_path=config_path)
     click.echo(f"log: {out_dir / 'log.csv'}")
     click.echo(f"weights: {weights}")
 

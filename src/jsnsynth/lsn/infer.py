@@ -58,7 +58,7 @@ from jsnsynth.synth.io import (
 )
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, joint_frame_from_masks
 from jsnsynth.synth.layers import check_pixel_spacing
-from jsnsynth.synth.limits import MAX_CROP_FIELD_MM, MAX_SIDE_PX, MIN_CROP_FIELD_MM
+from jsnsynth.synth.limits import MAX_CROP_FIELD_MM, MAX_MASK_OVERLAP, MAX_SIDE_PX, MIN_CROP_FIELD_MM
 from jsnsynth.synth.xray import attenuation_to_intensity, intensity_to_attenuation, quantize
 
 #: The bundled weights, inside the package.
@@ -509,8 +509,8 @@ def _separate_picture(
 
 
 def check_separation(upper_mask: np.ndarray, lower_mask: np.ndarray, name: str = "image") -> None:
-    """Refuse a separation that found no bone; warn when a bone found is a speck of the crop or
-    the bones fill almost all of it.
+    """Refuse a separation that found no bone; warn when a bone found is a speck of the crop,
+    the two masks overlap past what ``quantify`` takes, or the bones fill almost all of it.
 
     An empty bone mask means the crop is not a finger joint as the network knows one (bone
     bright, joint axis vertical, upper bone on top); the layers would be meaningless. A bone
@@ -529,6 +529,13 @@ def check_separation(upper_mask: np.ndarray, lower_mask: np.ndarray, name: str =
     if few:
         warnings.warn(f"{name}: little bone found ({', '.join(few)} of the crop, where a joint crop's bones cover "
                       "a fifth of it each); is it a finger-joint crop?", stacklevel=2)
+    overlap = np.count_nonzero(upper_mask & lower_mask) / min(np.count_nonzero(upper_mask), np.count_nonzero(lower_mask))
+    if overlap > MAX_MASK_OVERLAP:
+        # a collapsed joint, or a crop unlike the network's; quantify refused such masks with
+        # advice meant for a hand's drawing ("give each bone its own mask")
+        warnings.warn(f"{name}: the network's two bone masks overlap by {overlap:.0%} of the smaller, past what "
+                      "'quantify' takes as two bones; the joint may be collapsed, or the crop unlike the joints the "
+                      "network knows", stacklevel=2)
     covered = float((upper_mask | lower_mask).mean())
     if covered > MAX_BONE_SHARE:
         warnings.warn(f"{name}: the bone masks cover {covered:.0%} of the crop; check that bone is bright", stacklevel=2)

@@ -313,29 +313,34 @@ RUN_FILES = ("config.json", "checkpoint.pt", "log.csv", "weights.pt", "phantom_p
 
 
 def check_run_outputs(out_dir: str | os.PathLike, export: str | os.PathLike | None = None,
-                      inputs: tuple[str | os.PathLike, ...] = ()) -> None:
+                      keep: tuple[str | os.PathLike, ...] = ()) -> None:
     """Refuse, before any training, a run folder and export path that cannot be written or would
-    overwrite something: a folder holding files other than a run's (a user's own ``log.csv``
-    was overwritten), and an export onto the config, a file of the run, a folder or an unwritable
-    place (found only after the training, an hour later, with a raw exception and a ``.part``
-    file left).
+    overwrite something: a folder of other files that holds no run (a user's own ``log.csv`` was
+    overwritten), and an export onto one of ``keep`` (the config, the real crops' cache), a file
+    of the run, a folder or an unwritable place (found only after the training, an hour later,
+    with a raw exception and a ``.part`` file left).
+
+    Args:
+        out_dir: the run folder; one holding a run (its ``config.json``) may hold other files.
+        export: the extra weights path, or None.
+        keep: files the run reads (the config, ``config.cache``), which may lie in ``out_dir``.
 
     Raises:
         OutputError: naming the path and what is wrong with it.
     """
     out_dir = Path(out_dir)
     check_output_folder(out_dir)
-    if out_dir.is_dir():
-        given = {Path(path).resolve() for path in inputs}  # a config kept in its run's folder
+    if out_dir.is_dir() and not (out_dir / "config.json").is_file():
+        known = {Path(os.path.realpath(path)) for path in (*keep, *([export] if export is not None else []))}
         others = sorted(entry.name for entry in out_dir.iterdir()
                         if entry.name not in RUN_FILES and not entry.name.startswith(".")
-                        and entry.resolve() not in given)
+                        and Path(os.path.realpath(entry)) not in known)
         if others:
-            raise OutputError(f"{out_dir}: holds {others[0]}{f' and {len(others) - 1} more' if len(others) > 1 else ''}, "
-                              "not a run of 'lsn train' (config.json, checkpoint.pt, log.csv, weights.pt); use a new "
-                              "or empty --out")
+            more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+            raise OutputError(f"{out_dir}: holds {others[0]}{more} and no run of 'lsn train' ({', '.join(RUN_FILES)}); "
+                              "use a new or empty --out")
     if export is not None:
-        check_outputs_apart([export], [*inputs, *(out_dir / name for name in RUN_FILES if name != "weights.pt")])
+        check_outputs_apart([export], [*keep, *(out_dir / name for name in RUN_FILES if name != "weights.pt")])
         check_writable(export)
 
 
@@ -387,7 +392,7 @@ def build_pool(config: TrainConfig, out_dir: Path):
 
 
 def train(config: TrainConfig, out_dir: str | os.PathLike, export: str | os.PathLike | None = None,
-          progress: bool = True, pool=None) -> Path:
+          progress: bool = True, pool=None, config_path: str | os.PathLike | None = None) -> Path:
     """Train (or resume) a model; return the path of the exported weights.
 
     Args:
@@ -397,6 +402,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, export: str | os.Path
         progress: show a tqdm progress bar.
         pool: a ready :class:`~jsnsynth.lsn.data.ExamplePool` (tests); built from the config
             otherwise.
+        config_path: the file the config was read from, which the export must not replace.
 
     Raises:
         InputError: no training data, or an output folder holding another config's run.
@@ -404,7 +410,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, export: str | os.Path
     """
     from tqdm import tqdm
 
-    check_run_outputs(out_dir, export)
+    check_run_outputs(out_dir, export, keep=(config.cache, *([config_path] if config_path is not None else [])))
     out_dir = make_output_folder(out_dir)
     config_path = out_dir / "config.json"
     if config_path.is_file() and json.loads(config_path.read_text()) != config.to_dict():

@@ -39,9 +39,10 @@ RESULT_COLUMNS = ("id", "baseline", "followup", "jsn_px", "jsn_mm", "jsn_se_px",
                   "flags", "pixel_spacing_mm", "pixel_spacing_source", "joint_center_x", "joint_center_y",
                   "joint_axis_deg", "error")
 #: Version of the results table's rows, part of a resume log's key (2: the images named as the
-#: table names them, not as read from the working folder): a run begun by another version
-#: starts afresh rather than mixing the two.
-TABLE_VERSION = 2
+#: table names them, not as read from the working folder; 3: each row's settings in its log
+#: entry, and the quantifier's coarse stage changed): a run begun by another version starts
+#: afresh rather than mixing the two.
+TABLE_VERSION = 3
 
 
 def read_pair_table(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -69,6 +70,8 @@ def read_pair_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     try:
         reader = csv.DictReader(io.StringIO(text))
         fields = reader.fieldnames or []
+        if any(not name.strip() for name in fields):
+            raise InputError(f"{path}: the header has an empty cell (column {[n.strip() for n in fields].index('') + 1})")
         twice = [c for c in dict.fromkeys(fields) if fields.count(c) > 1]
         if twice:  # the reader keeps the last such cell: another image than the user meant
             raise InputError(f"{path}: the header names the column {twice[0]!r} twice")

@@ -58,7 +58,7 @@ from jsnsynth.synth.layers import (
     joint_center_from_masks,
     joint_extent,
 )
-from jsnsynth.synth.limits import MAX_SIDE_PX, MIN_LONG_SIDE_PX, MIN_SIDE_PX
+from jsnsynth.synth.limits import MAX_MASK_OVERLAP, MAX_SIDE_PX, MIN_LONG_SIDE_PX, MIN_SIDE_PX
 
 #: Version of the JSON record written by :meth:`JsnResult.to_dict` (bump on a key change).
 RESULT_VERSION = "1.2"
@@ -266,7 +266,7 @@ def check_not_a_mask(image: np.ndarray, name: str) -> None:
 def check_masks_apart(upper: np.ndarray, lower: np.ndarray, label: str) -> None:
     """Reject masks that overlap mostly: not two bones (two drawings of one, or one drawn twice)."""
     overlap = np.count_nonzero(upper & lower) / min(np.count_nonzero(upper), np.count_nonzero(lower))
-    if overlap > 0.5:
+    if overlap > MAX_MASK_OVERLAP:
         # one label image given as both masks is the usual cause: every non-zero pixel is inside
         raise InputError(f"{label} upper and lower masks overlap by {overlap:.0%}: not two separate bones "
                          "(any non-zero pixel of a mask is inside: give each bone its own mask)")
@@ -792,8 +792,10 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     # both bones' peaks where the other's is: the global alignment is what was off, not the bones
     # (bones wider than the picture, bands whose texture the coarse level blurs away, were
     # aligned 9 px along the joint line off, and the bone whose peak said so past the reach
-    # slid there: 0.8 px of JSN off, unflagged)
-    agree = bool(np.hypot(*(shifts["upper"] - shifts["lower"])) < reach_px / 2)
+    # slid there: 0.8 px of JSN off, unflagged); within twice the reach, for a pattern common to
+    # both windows cannot pull both bones far
+    agree = bool(np.hypot(*(shifts["upper"] - shifts["lower"])) < reach_px / 2
+                 and max(np.hypot(*shifts["upper"]), np.hypot(*shifts["lower"])) < 2 * reach_px)
     coarse = {}
     for name in ("upper", "lower"):
         params = global_params.copy()

@@ -1205,15 +1205,18 @@ def check_dataset_folder(folder: str | os.PathLike) -> dict:
 
 
 def check_not_inside_a_dataset(out_dir: str | os.PathLike) -> None:
-    """Refuse an output folder inside another dataset's folder: its shards would be part of that
-    dataset, which ``publish`` uploads whole.
+    """Refuse an output folder inside another dataset's shard folders (``data/``, ``layers/``, or
+    its unfinished run's): its shards would be read, and published, as that dataset's.
 
     Raises:
-        OutputError: naming the dataset folder.
+        OutputError: naming the dataset folder and its shard folder.
     """
-    for folder in Path(os.path.realpath(out_dir)).parents:
-        if (folder / STATE_NAME).is_file():
-            raise OutputError(f"{out_dir}: is inside the dataset {folder}; write the new dataset outside it")
+    real = Path(os.path.realpath(out_dir))
+    for folder in real.parents:
+        for subfolder in (PAIRS_DIR, LAYERS_DIR, UNFINISHED_DIR):
+            if (folder / STATE_NAME).is_file() and real.is_relative_to(folder / subfolder):
+                raise OutputError(f"{out_dir}: is inside {subfolder}/ of the dataset {folder}; write the new dataset "
+                                  "outside it")
 
 
 def check_finished_run(folder: str | os.PathLike, record_required: bool = True) -> dict | None:
@@ -1276,12 +1279,17 @@ def _check_rows_as_carded(folder: Path) -> None:
         return
     present = {name: {split["name"]: split["num_examples"] for split in info["splits"]}
                for name, info in shard_sizes(folder).items()}
-    for config_name, splits in carded.items():
-        for split, expected in splits.items():
+    for config_name, subfolder in (("pairs", PAIRS_DIR), ("layers", LAYERS_DIR)):
+        # a config whose folder holds no shard is not checked: a copy of the pairs alone (the
+        # Hub's data/ without layers/) is a whole dataset of pairs
+        if config_name not in carded or not any((folder / subfolder).glob("*.parquet")):
+            continue
+        for split, expected in carded[config_name].items():
             found = present.get(config_name, {}).get(split, 0)
-            if found != expected:
+            if isinstance(expected, int) and found != expected:
                 raise InputError(f"{folder}: the '{split}' split of its {config_name} holds {found} row(s) where its "
-                                 f"{CARD_NAME} card states {expected}: shards cut short or changed; build it again")
+                                 f"{CARD_NAME} card states {expected}: a copy cut short or changed; copy it whole or "
+                                 "build it again")
 
 
 #: ``<split>-<i>-of-<n>.parquet``, the shard names of jsnsynth and of the Hub's ``push_to_hub``.

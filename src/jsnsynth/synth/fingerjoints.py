@@ -73,10 +73,11 @@ def read_manifest(root: str | os.PathLike) -> list[FingerJointRecord]:
             missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
                 raise InputError(f"{manifest}: missing column(s) {', '.join(missing)}")
-            records, lines = [], []
+            records, lines, cells = [], [], []
             for row in reader:
                 records.append(_record_of(row, root, manifest, reader.line_num))
                 lines.append(reader.line_num)
+                cells.append(row["image"])
     except (UnicodeDecodeError, csv.Error) as exc:  # a binary file, NUL bytes, an unclosed quote
         raise InputError(f"{manifest}: not a readable CSV text file ({exc.__class__.__name__})") from None
     if not records:
@@ -84,11 +85,11 @@ def read_manifest(root: str | os.PathLike) -> list[FingerJointRecord]:
     # an image listed twice is a visit paired with itself: validate-real measured such pairs
     # (JSN 0) into its statistics, and a dataset drew the joint twice as often
     first_line: dict[str, int] = {}
-    for record, line in zip(records, lines):
+    for record, line, cell in zip(records, lines, cells):
         key = os.path.realpath(record.image)
         if key in first_line:
-            raise InputError(f"{manifest}: line {line} lists the image {record.image.relative_to(root)} again "
-                             f"(line {first_line[key]} lists it first)")
+            raise InputError(f"{manifest}: line {line} lists the image {cell} again (line {first_line[key]} lists it "
+                             "first)")
         first_line[key] = line
     return records
 

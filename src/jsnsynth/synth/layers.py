@@ -50,9 +50,9 @@ class JointLayers:
 
     Attributes:
         soft: ``(H, W)`` float32 soft-tissue attenuation, >= 0.
-        upper: ``(H, W)`` float32 attenuation of the upper bone (e.g. metacarpal head), >= 0,
+        upper: ``(H, W)`` float32 attenuation of the upper bone, the distal one (e.g. proximal phalanx base), >= 0,
             zero outside ``upper_mask``.
-        lower: ``(H, W)`` float32 attenuation of the lower bone (e.g. proximal phalanx base).
+        lower: ``(H, W)`` float32 attenuation of the lower bone, the proximal one (e.g. metacarpal head).
         upper_mask: ``(H, W)`` bool support of the upper bone.
         lower_mask: ``(H, W)`` bool support of the lower bone.
         pixel_spacing_mm: pixel size in millimetres (square pixels).

@@ -58,3 +58,7 @@ MIN_SIDE_PX = 32
 #: at 64, 0.18 at 48 and 0.98 at 32 (in pixels of the 256 px grid; 0.17 mm at 32 px;
 #: bench_quantify_resolution.py).
 MIN_LONG_SIDE_PX = 64
+
+#: Share of the smaller bone mask the two may have in common: past it they are not two bones
+#: (one label image given as both, or one bone drawn twice), and ``quantify`` refuses them.
+MAX_MASK_OVERLAP = 0.5

@@ -217,9 +217,9 @@ def check_phantom_size(size_px: float) -> None:
 #: (1.3 mm) had no upper bone in the picture in half the draws.
 MIN_PHANTOM_FIELD_MM = 3.0
 
-#: Smallest field of view (mm) that frames a phantom's joint as a crop does. The phantom's
+#: Smallest field of view (mm) of a phantom crop measured without trouble. The phantom's
 #: millimetres are those of the nominal 0.175 mm/px, about twice anatomy's (phantom.md): its
-#: widest bones are 26-41 mm across. Narrower, the picture's edges cut both bones' sides and
+#: wider bone is 26-41 mm across. Narrower, the picture's edges cut both bones' sides and
 #: leave bands without lateral edges, along which a registration can slide: an outside probe
 #: measured 8 of about 1,200 noise-free 256 px pairs at 0.08-0.10 mm/px (20-26 mm) 0.3-2 px off,
 #: 2 of them unflagged, none at 0.11 mm/px; 128 px at 0.175 mm/px (22 mm) 0.012-0.016 px RMSE.
@@ -265,12 +265,11 @@ def check_phantom_field(size_px: int, pixel_spacing_mm: float) -> None:
         coarser_mm = DEFAULT_PIXEL_SPACING_MM * 256 / size_px
         narrowest, widest = widest_bone_range_mm()
         warnings.warn(
-            f"a phantom of {size_px} px at {pixel_spacing_mm:g} mm/px frames {field_mm:.1f} mm, narrower than its "
-            f"joint (its bones are {narrowest:.0f}-{widest:.0f} mm across in the phantom's millimetres, those of the "
-            f"nominal {DEFAULT_PIXEL_SPACING_MM:g} mm/px; {MIN_PHANTOM_CROP_FIELD_MM:g} mm or more frames it): the "
-            "picture's edges cut the bones, and a quantifier measures such pairs less well; for fewer pixels of the "
-            f"whole joint give a coarser spacing ({coarser_mm:.4g} mm/px frames what 256 px at the default do), for "
-            "a finer sampling more pixels",
+            f"a phantom of {size_px} px at {pixel_spacing_mm:g} mm/px frames {field_mm:.1f} mm, under "
+            f"{MIN_PHANTOM_CROP_FIELD_MM:g} mm: its bones, {narrowest:.0f}-{widest:.0f} mm across in the phantom's "
+            f"millimetres (those of the nominal {DEFAULT_PIXEL_SPACING_MM:g} mm/px), run off the picture's sides, "
+            "and a quantifier measures such pairs less well; for fewer pixels of the whole joint give a coarser "
+            f"spacing ({coarser_mm:.4g} mm/px frames what 256 px at the default do), for a finer sampling more pixels",
             stacklevel=2,
         )
 
