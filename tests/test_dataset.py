@@ -43,7 +43,7 @@ from jsnsynth.synth.dataset import (
     simulate_pair,
 )
 from jsnsynth.synth.io import decode_png, encode_png, write_bytes_atomic
-from jsnsynth.synth.pairs import PairConfig, make_pair
+from jsnsynth.synth.pairs import PairConfig, make_pair, sample_pair_params
 from jsnsynth.synth.xray import ImagingRanges, quantize
 from jsnsynth.synth.sources import FingerJointsSource, PhantomSource
 from test_sources import make_fingerjoint_folder
@@ -876,10 +876,18 @@ def test_a_run_that_failed_before_its_first_shard_does_not_block_the_corrected_o
 
 
 @pytest.mark.parametrize("options", [{"translation_px": math.inf}, {"rotation_deg": 720.0}, {"jsn_px": (500.0, 500.0)},
-                                     {"magnification": (0.1, 1.0)}, {"jsn_mm": (-math.nan, 0.5)}])
+                                     {"magnification": (0.1, 1.0)}, {"jsn_mm": (-math.nan, 0.5)},
+                                     {"noise": "no"}])  # a truthy string made noisy pairs
 def test_pair_options_out_of_their_physical_range_are_refused(options) -> None:
     with pytest.raises(InputError, match="pair option"):
         PairConfig(**options)
+
+
+@pytest.mark.parametrize("spacing_mm", [-0.175, 0.0, 5.0, math.nan])
+def test_pairs_are_not_drawn_at_a_spacing_no_radiograph_has(spacing_mm) -> None:
+    # a negative spacing gave jsn_px and jsn_mm opposite signs in the truth, without a word
+    with pytest.raises(InputError, match="pixel spacing"):
+        sample_pair_params(np.random.default_rng(0), spacing_mm, PairConfig(jsn_mm=(0.1, 0.1)))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1067,6 +1067,18 @@ def test_a_crops_soft_tissue_layer_beside_it_is_no_crop(tmp_path):
     assert [path.name for path in folder_crops(tmp_path)] == ["a.jpg", "b.png", "lonely_soft.png"]
 
 
+def test_separate_names_stay_inside_the_output_folder(tmp_path):
+    # names=["../escaped"] or an absolute path wrote the crop's files outside out_dir
+    from jsnsynth.lsn.infer import separate_files
+
+    crop = tmp_path / "a.png"
+    write_bytes_atomic(crop, encode_png(synthetic_joint(64, 1)[0]))
+    for name in ("../escaped", str(tmp_path / "abs"), ""):
+        with pytest.raises(InputError, match="must be a path inside the output folder"):
+            separate_files([crop], tmp_path / "out" / "g", names=[name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
 def test_a_mask_given_as_a_crop_is_refused_before_writing(tmp_path, capsys):
     """A mask named as a crop was separated into "bones", with warnings, and exit 0 (an outside
     probe); a folder's masks are left out of its crops (folder_tree_crops)."""

@@ -234,3 +234,15 @@ def test_small_crop_and_other_spacing_render() -> None:
     layers = render_phantom(params)
     assert layers.shape == (64, 64)
     assert layers.upper_mask.any() and layers.lower_mask.any()
+
+
+@pytest.mark.parametrize("overrides", [{"jsw_mm": 100.0}, {"center_x_px": -500.0}])
+def test_overrides_that_put_a_bone_off_the_picture_are_refused_up_front(overrides):
+    """Such a phantom rendered empty masks, and a dataset of it failed at its first pair with
+    'the upper-bone mask is empty', naming neither the joint nor the override (an outside probe)."""
+    from jsnsynth.synth.sources import PhantomSource
+
+    with pytest.raises(InputError, match="bone lies outside its 256 px picture"):
+        render_phantom(sample_phantom_params(np.random.default_rng(0), **overrides))
+    with pytest.raises(InputError, match="check the overrides of the joint's place and size"):
+        PhantomSource(**overrides)

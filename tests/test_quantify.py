@@ -820,6 +820,29 @@ def test_residual_statistics_do_not_depend_on_keeping_the_maps():
         assert np.sqrt(np.mean(counted.astype(np.float64) ** 2)) == pytest.approx(with_maps.bones[bone]["rms_after"], rel=1e-5)
 
 
+def test_the_residual_figure_takes_the_baseline_as_measured_and_leaves_pyplot_alone(tmp_path):
+    """A baseline of another size was drawn cropped, one of int64 or 0..255 floats blank, and
+    drawing the figure switched the caller's matplotlib backend to Agg (an outside probe)."""
+    import matplotlib
+
+    pair = toy_pair(0.7)
+    result = _quantify(pair, keep_residuals=True)
+    backend = matplotlib.get_backend()
+    as_uint8 = np.rint(np.asarray(pair["baseline"], np.float64) * 255).astype(np.uint8)
+    try:
+        matplotlib.use("svg")  # a caller's own (a notebook's)
+        figure = save_residual_figure(result, as_uint8, tmp_path / "r.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend)
+    assert figure.read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(InputError, match="baseline is 96x50, the result's residual maps 96x96"):
+        save_residual_figure(result, as_uint8[:50], tmp_path / "cropped.png")
+    with pytest.raises(InputError, match="baseline"):
+        save_residual_figure(result, as_uint8.astype(np.int64), tmp_path / "int64.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.png"]
+
+
 def test_noise_gives_finite_reliable_result():
     noisy = ImagingParams(photons_per_px=2e4, electronic_noise=5e-4, noise_seed=3)
     pair = toy_pair(0.8, baseline_imaging=noisy, followup_imaging=ImagingParams(photons_per_px=2e4, noise_seed=4))
@@ -1888,6 +1911,38 @@ def test_a_mask_given_as_an_image_is_named_as_such():
     for images, name in (((as_image, pair.followup), "baseline"), ((pair.baseline, as_image), "follow-up")):
         with pytest.raises(InputError, match=f"^{name} holds two values only, as a mask does"):
             quantify_pair(*images, layers.upper_mask, layers.lower_mask)
+
+
+def test_masks_read_alike_whatever_their_number_type():
+    """A float mask of 0..1 was inside wherever above 0, the same mask times 255 from half its
+    maximum: masks blurred by 3 px read JSNs 0.034 px apart, unflagged (an outside probe). Integer
+    masks are inside wherever not zero, as a mask file is (a label image: the union)."""
+    from jsnsynth.quantify.quantifier import as_mask
+
+    layers, _ = _phantom_pair(5, 1, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
+    blurred = cv2.GaussianBlur(layers.upper_mask.astype(np.float32), (0, 0), 3.0)
+    shape = blurred.shape
+    half = as_mask(blurred, "upper", shape)
+    assert np.array_equal(as_mask(blurred * 255, "upper", shape), half)
+    assert np.array_equal(as_mask(blurred.astype(np.float64) * 0.5, "upper", shape), half)
+    assert abs(int(np.count_nonzero(half)) - int(np.count_nonzero(layers.upper_mask))) < 0.02 * np.count_nonzero(half)
+    labels = layers.upper_mask.astype(np.uint8) + 2 * layers.lower_mask.astype(np.uint8)
+    assert np.array_equal(as_mask(labels, "joint", shape), layers.upper_mask | layers.lower_mask)
+    with pytest.raises(InputError, match="upper mask holds NaN"):
+        as_mask(np.where(layers.upper_mask, np.nan, 0.0), "upper", shape)
+
+
+@pytest.mark.parametrize("width_px", [1, 2, 3])
+def test_masks_thinner_than_a_pyramid_step_are_measured(width_px):
+    """Masks one to three columns wide (still over 100 px each) fell between the samples of the
+    intensity mapping's level, and quantify_pair raised an IndexError (an outside probe)."""
+    layers, pair = _phantom_pair(5, 1, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
+    column = int(np.median(np.nonzero(layers.upper_mask)[1]))
+    keep = np.zeros(layers.upper_mask.shape, bool)
+    keep[:, column:column + width_px] = True
+    result = quantify_pair(quantize(pair.baseline), quantize(pair.followup), layers.upper_mask & keep,
+                           layers.lower_mask & keep)
+    assert np.isfinite(result.jsn_px)
 
 
 def test_the_api_refuses_a_pixel_spacing_no_radiograph_has():

@@ -222,11 +222,23 @@ def check_image_size(shape: tuple[int, int], name: str) -> None:
 
 
 def as_mask(mask: np.ndarray, name: str, shape: tuple[int, int]) -> np.ndarray:
-    """Validate a bone mask: same size as the image and not empty; returns bool."""
+    """Validate a bone mask: same size as the image and not empty; returns bool.
+
+    Bool and integer masks are inside wherever they are not zero, as a mask file is
+    (:func:`~jsnsynth.synth.io.read_mask`: a label image is the union of its labels); float masks
+    (weights, or a mask resampled) from half their largest value up. A float mask of 0..1 was
+    inside wherever above 0 and the same mask times 255 from half its maximum: masks blurred by
+    3 px read the JSN 0.034 px apart, unflagged (an outside probe).
+    """
     mask = np.asarray(mask)
     if mask.shape != tuple(shape):
         raise InputError(f"{name} mask has shape {mask.shape}, image has {tuple(shape)}")
-    mask = mask > (mask.max() / 2 if mask.dtype != bool and mask.max() > 1 else 0)
+    if np.issubdtype(mask.dtype, np.floating):
+        if not np.all(np.isfinite(mask)):
+            raise InputError(f"{name} mask holds NaN or infinite values")
+        mask = mask >= mask.max() / 2 if mask.max() > 0 else np.zeros(mask.shape, bool)
+    else:
+        mask = mask != 0
     if not mask.any():
         raise InputError(f"{name} mask is empty")
     pixels = np.count_nonzero(mask)
@@ -269,7 +281,8 @@ def check_masks_apart(upper: np.ndarray, lower: np.ndarray, label: str) -> None:
     if overlap > MAX_MASK_OVERLAP:
         # one label image given as both masks is the usual cause: every non-zero pixel is inside
         raise InputError(f"{label} upper and lower masks overlap by {overlap:.0%}: not two separate bones "
-                         "(any non-zero pixel of a mask is inside: give each bone its own mask)")
+                         "(any non-zero pixel of a mask is inside, from half the largest of a float one: give each "
+                         "bone its own mask)")
 
 
 def check_bone_order(upper: np.ndarray, lower: np.ndarray, axis_deg: float, label: str) -> None:
@@ -759,6 +772,8 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
         # a loose region around the joint, grown at its own level (a fraction of the cost of
         # growing the full-resolution masks, and only its edge differs, by a pixel or so)
         joint = reg.dilate((upper | lower)[::f_map, ::f_map], 3 * settings.global_dilate_px // f_map)
+        if not joint.any():  # masks thinner than the level's step fell between its samples
+            joint = reg.dilate(upper | lower, 3 * settings.global_dilate_px, step=f_map)
         if keep_out is not None:
             joint &= ~keep_out[::f_map, ::f_map]
         joint_window = reg.aligned_windows(

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from jsnsynth.errors import InputError, OutputError
+from jsnsynth.figures import figure_bytes, new_figure
 from jsnsynth.quantify.quantifier import jsn_from_transforms, mean_similarity
 from jsnsynth.quantify.validate import (
     ResumeLog,
@@ -485,12 +486,8 @@ def transitivity_summary(triplets: list[dict]) -> dict[str, Any]:
 
 
 def _real_figure(pair_rows: list[dict], transitivity: list[dict], summary: dict) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    fig = new_figure(figsize=(10, 4), constrained_layout=True)
+    axes = fig.subplots(1, 2)
     sds = np.array([r["sd_trials_mm"] for r in pair_rows], dtype=np.float64)
     sds = sds[np.isfinite(sds)]
     positive = sds[sds > 0]
@@ -512,7 +509,4 @@ def _real_figure(pair_rows: list[dict], transitivity: list[dict], summary: dict)
                           f"({summary['n_triplets_measured']} triplets)", fontsize=9)
     axes[1].set_xlabel("JSN_ik + JSN_kj (mm)")
     axes[1].set_ylabel("JSN_ij (mm)")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_bytes(fig)

@@ -39,7 +39,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from jsnsynth.errors import OutputError
+from jsnsynth.errors import InputError, OutputError
+from jsnsynth.figures import figure_bytes, new_figure
 from jsnsynth.quantify.register import (
     clipped_pixels,
     every_other_pixel,
@@ -304,6 +305,8 @@ def save_residual_figure(result: Any, baseline: np.ndarray, path: str | Path) ->
 
     Raises:
         OutputError: a suffix that is not a figure format.
+        InputError: a baseline that is not an image the quantifier takes, or not the size of the
+            result's residual maps.
         ValueError: a result without residual maps (``keep_residuals=False``).
     """
     from jsnsynth.synth.io import write_bytes_atomic
@@ -319,27 +322,26 @@ def residual_figure_bytes(result: Any, baseline: np.ndarray, fmt: str = "png") -
     :data:`FIGURE_FORMATS`), for a caller that writes it together with other outputs.
 
     Raises:
+        InputError: see :func:`save_residual_figure`.
         ValueError: a result without residual maps (``keep_residuals=False``).
     """
-    import io as _io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from jsnsynth.quantify.quantifier import as_intensity  # the quantifier imports this module
 
     if not result.residuals:
         raise ValueError("the result holds no residual maps: quantify the pair with keep_residuals=True")
-    raw = np.asarray(baseline)
-    full_scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(raw.dtype, 1.0)
-    base = raw.astype(np.float64) / full_scale
+    base = as_intensity(baseline, "baseline")
     maps = result.residuals
+    shape = next(iter(maps.values())).shape
+    if base.shape != shape:  # another image's: it was drawn cropped, or blank, without a word
+        raise InputError(f"baseline is {base.shape[1]}x{base.shape[0]}, the result's residual maps "
+                         f"{shape[1]}x{shape[0]}: give the baseline the pair was measured on")
     # one colour scale per column: the after-alignment residual is often 10x smaller than before
     limits = {
         key: max([float(np.nanpercentile(np.abs(maps[k]), 99)) for k in maps if k.endswith(key)] + [1e-6])
         for key in ("before", "after")
     }
-    fig, axes = plt.subplots(2, 3, figsize=(10.5, 6.4), constrained_layout=True)
+    fig = new_figure(figsize=(10.5, 6.4), constrained_layout=True)
+    axes = fig.subplots(2, 3)
     handles = {}
     for row, name in enumerate(("upper", "lower")):
         axes[row, 0].imshow(base, cmap="gray", vmin=0, vmax=1)
@@ -366,7 +368,4 @@ def residual_figure_bytes(result: Any, baseline: np.ndarray, fmt: str = "png") -
         f"reliability {result.reliability:.2f} [{status}]",
         fontsize=10,
     )
-    buffer = _io.BytesIO()
-    fig.savefig(buffer, format=fmt, dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_bytes(fig, fmt)

@@ -38,6 +38,7 @@ import numpy as np
 
 from jsnsynth import __version__
 from jsnsynth.errors import InputError, OutputError, exception_line
+from jsnsynth.figures import figure_bytes, new_figure
 from jsnsynth.quantify.crlb import display_noise_std_from_clean, jsn_crlb_px
 from jsnsynth.quantify.register import RegistrationSettings, resolution_scale
 from jsnsynth.synth.geometry import Similarity
@@ -976,28 +977,10 @@ def write_report(rows: list[dict], summary: dict, out: Path, prefix: str = "") -
     return record["outputs"]
 
 
-def _figure_bytes(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def bland_altman_png(rows: list[dict], title: str = "") -> bytes:
     """Bland-Altman plot (mm): difference estimate - truth against their mean, by noise level."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
+    fig = new_figure(figsize=(6.4, 4.4), constrained_layout=True)
+    ax = fig.subplots()
     for level in sorted({r["noise_level"] for r in rows}):
         sel = [r for r in rows if r["noise_level"] == level and math.isfinite(r["error_px"])]
         mean = [0.5 * (r["truth_px"] + r["estimate_px"]) * r["pixel_spacing_mm"] for r in sel]
@@ -1012,13 +995,13 @@ def bland_altman_png(rows: list[dict], title: str = "") -> bytes:
     ax.set_xlabel("mean of estimate and truth (mm)")
     ax.set_ylabel("estimate - truth (mm)")
     ax.legend(fontsize=8)
-    return _figure_bytes(fig)
+    return figure_bytes(fig)
 
 
 def error_vs_truth_png(rows: list[dict], title: str = "") -> bytes:
     """Error (px) against the true JSN (px); each pair's +-2 sqrt(CRLB) drawn as a bar about zero."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
+    fig = new_figure(figsize=(6.4, 4.4), constrained_layout=True)
+    ax = fig.subplots()
     for index, level in enumerate(sorted({r["noise_level"] for r in rows})):
         colour = f"C{index}"
         sel = [r for r in rows if r["noise_level"] == level and math.isfinite(r["error_px"])]
@@ -1034,4 +1017,4 @@ def error_vs_truth_png(rows: list[dict], title: str = "") -> bytes:
     ax.set_ylabel("estimate - truth (px)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    return _figure_bytes(fig)
+    return figure_bytes(fig)

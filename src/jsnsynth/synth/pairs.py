@@ -39,7 +39,7 @@ import numpy as np
 
 from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity, axis_vector
-from jsnsynth.synth.layers import JointLayers, joint_frame_from_masks
+from jsnsynth.synth.layers import JointLayers, check_pixel_spacing, joint_frame_from_masks
 from jsnsynth.synth.limits import PAIR_OPTION_LIMITS
 from jsnsynth.synth.soft_tissue import SOFT_TISSUE_BLEND_MM, warp_soft_tissue
 from jsnsynth.synth.xray import ImagingParams, ImagingRanges, render_radiograph_and_clean, sample_imaging_params
@@ -92,6 +92,8 @@ class PairConfig:
                 raise InputError(f"pair option {name} must lie in [{low:g}, {high:g}], got {value}")
         if not (math.isfinite(self.soft_tissue_blend_mm) and self.soft_tissue_blend_mm > 0):
             raise InputError(f"soft-tissue blend must be a positive number of mm, got {self.soft_tissue_blend_mm}")
+        if not isinstance(self.noise, (bool, np.bool_)):  # "no" is true: noisy pairs asked for as noise-free
+            raise InputError(f"pair option noise must be True or False, got {self.noise!r}")
 
     def to_dict(self) -> dict:
         """JSON-ready record of every range (``jsn_mm`` null where ``jsn_px`` replaces it)."""
@@ -152,8 +154,11 @@ def sample_pair_params(
     """Draw the JSN change, the nuisances and both imaging chains of one pair.
 
     Raises:
-        InputError: ``config.jsn_mm`` reaches beyond the pixel limit at ``pixel_spacing_mm``.
+        InputError: a pixel spacing no radiograph has, or ``config.jsn_mm`` reaching beyond the
+            pixel limit at ``pixel_spacing_mm``.
     """
+    # a negative spacing gave the truth's jsn_px and jsn_mm opposite signs
+    pixel_spacing_mm = check_pixel_spacing(pixel_spacing_mm, "pixel spacing")
     jsn_reach_px(config, pixel_spacing_mm)
     if config.jsn_px is not None:
         jsn_px = float(rng.uniform(*config.jsn_px))

@@ -956,6 +956,13 @@ def render_phantom(
     soft = _render_soft(params, soft_pose)
     upper = _render_bone(params, "upper", upper_pose)
     lower = _render_bone(params, "lower", lower_pose)
+    if upper_pose is None and lower_pose is None:
+        for name, layer in (("upper", upper), ("lower", lower)):
+            if not layer.any():  # overrides that put a bone off the picture: a pair of it fails later, vaguely
+                x, y = params.joint_center_xy
+                raise InputError(f"the phantom's {name} bone lies outside its {params.size_px} px picture (joint "
+                                 f"centre ({x:.0f}, {y:.0f}) px, joint space {params.jsw_mm:g} mm): check the "
+                                 "overrides of the joint's place and size")
     poses = {name: (pose.to_dict() if pose is not None else None)
              for name, pose in (("upper", upper_pose), ("lower", lower_pose), ("soft", soft_pose))}
     metadata = {

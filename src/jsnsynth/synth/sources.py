@@ -79,9 +79,8 @@ class PhantomSource:
     Args:
         n_joints: how many joint ids to expose. The dataset builder asks for one per pair, so
             every phantom pair is its own joint.
-        image_size: optional ``(H, W)`` or int passed to the phantom sampler as ``image_size``
-            when given (the phantom's own default otherwise).
-        overrides: further keyword overrides for ``sample_phantom_params``.
+        overrides: keyword overrides of :class:`~jsnsynth.synth.phantom.PhantomParams` fields
+            for ``sample_phantom_params`` (``size_px``, ``pixel_spacing_mm``, ``joint_type``, ...).
 
     Raises:
         InputError: no joints, or overrides the phantom sampler refuses (checked here, up front).
@@ -101,6 +100,7 @@ class PhantomSource:
         params = phantom.sample_phantom_params(np.random.default_rng(0), **self.overrides)
         self.size_px, self.pixel_spacing_mm = int(params.size_px), float(params.pixel_spacing_mm)
         phantom.check_phantom_field(self.size_px, self.pixel_spacing_mm)
+        phantom.render_phantom(params)  # overrides that put a bone off the picture (a few ms)
 
     def joint_ids(self) -> list[str]:
         """``phantom-000000``, ``phantom-000001``, ..."""
