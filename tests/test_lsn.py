@@ -1067,6 +1067,19 @@ def test_a_crops_soft_tissue_layer_beside_it_is_no_crop(tmp_path):
     assert [path.name for path in folder_crops(tmp_path)] == ["a.jpg", "b.png", "lonely_soft.png"]
 
 
+def test_separate_takes_one_path_as_one_crop_and_names_a_stored_dtype(tmp_path):
+    # a single string was read as a list of its characters ("another input has the same name ''"),
+    # and a uint8 crop was refused only as "intensities must lie in [0, 1]"
+    from jsnsynth.lsn.infer import separate_files
+
+    crop = tmp_path / "a.png"
+    write_bytes_atomic(crop, encode_png(synthetic_joint(64, 1)[0]))
+    with pytest.raises(InputError, match="^2 names for 1 crops$"):
+        separate_files(str(crop), tmp_path / "out", names=["a", "b"])
+    with pytest.raises(InputError, match=r"intensities must lie in \[0, 1\] \(a uint8 array: divide by its full scale"):
+        separate_intensity(synthetic_joint(64, 1)[0])
+
+
 def test_separate_names_stay_inside_the_output_folder(tmp_path):
     # names=["../escaped"] or an absolute path wrote the crop's files outside out_dir
     from jsnsynth.lsn.infer import separate_files

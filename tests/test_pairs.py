@@ -203,3 +203,11 @@ def test_a_raster_follow_up_moved_as_a_whole_is_the_moved_baseline_image(move: d
     expected = warp_layer(pair.baseline_clean.astype(np.float64), pair.poses.soft)
     difference = (pair.followup_clean - expected)[20:-20, 20:-20]
     assert np.sqrt(np.mean(difference**2)) < 1.5e-4
+
+
+def test_the_samplers_take_a_seed_for_a_generator() -> None:
+    # an int seed raised "AttributeError: 'int' object has no attribute 'uniform'"
+    from jsnsynth.synth.phantom import sample_phantom_params
+
+    assert sample_phantom_params(3) == sample_phantom_params(np.random.default_rng(3))
+    assert sample_pair_params(3, 0.175) == sample_pair_params(np.random.default_rng(3), 0.175)

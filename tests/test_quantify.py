@@ -1945,6 +1945,26 @@ def test_masks_thinner_than_a_pyramid_step_are_measured(width_px):
     assert np.isfinite(result.jsn_px)
 
 
+def test_a_joint_frame_given_is_two_numbers_inside_the_image_and_an_angle():
+    """A centre of one number, three or text, or an axis given as text, raised a raw TypeError or
+    ValueError from inside quantify_pair (an outside probe)."""
+    layers, pair = _phantom_pair(5, 1, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
+    args = (quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask)
+    x, y = layers.joint_center_xy
+    for centre in ((x,), (x, y, 1.0), 5.0, "ab"):
+        with pytest.raises(InputError, match=r"^joint centre must be two numbers \(x, y\), got"):
+            quantify_pair(*args, joint_center_xy=centre)
+    for centre in ((x, math.nan), (-1.0, y), (x, 1e4)):
+        with pytest.raises(InputError, match="is not inside the 256x256 image"):
+            quantify_pair(*args, joint_center_xy=centre)
+    for axis in ("down", math.inf, None.__class__):
+        with pytest.raises(InputError, match="^joint axis must be a finite angle in degrees"):
+            quantify_pair(*args, joint_axis_deg=axis)
+    as_numbers = quantify_pair(*args, joint_center_xy=(x, y), joint_axis_deg=layers.joint_axis_deg)
+    as_text = quantify_pair(*args, joint_center_xy=(str(x), str(y)), joint_axis_deg=str(layers.joint_axis_deg))
+    assert as_text.jsn_px == as_numbers.jsn_px
+
+
 def test_the_api_refuses_a_pixel_spacing_no_radiograph_has():
     """The command line refused 175 mm/px; quantify_pair took it and reported 57 mm of JSN."""
     layers, pair = _phantom_pair(5, 1, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))

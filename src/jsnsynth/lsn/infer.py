@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -161,7 +162,9 @@ def check_crop(intensity: np.ndarray, name: str = "image") -> np.ndarray:
     if not np.all(np.isfinite(intensity)):
         raise InputError(f"{name}: crop contains NaN or infinite values")
     if intensity.min() < 0 or intensity.max() > 1:
-        raise InputError(f"{name}: intensities must lie in [0, 1]")
+        stored = (f" (a {intensity.dtype} array: divide by its full scale, or give the file to separate_files)"
+                  if np.issubdtype(intensity.dtype, np.integer) else "")
+        raise InputError(f"{name}: intensities must lie in [0, 1]{stored}")
     return intensity.astype(np.float64)
 
 
@@ -322,7 +325,7 @@ def separate_intensity(
     """
     intensity = check_crop(intensity, name)
     if pixel_spacing_mm is not None:
-        check_pixel_spacing(pixel_spacing_mm, name)
+        pixel_spacing_mm = check_pixel_spacing(pixel_spacing_mm, name)
     field_mm = max(intensity.shape) * (TRAINING_PIXEL_SPACING_MM if pixel_spacing_mm is None else pixel_spacing_mm)
     if not MIN_CROP_FIELD_MM <= field_mm <= MAX_CROP_FIELD_MM:
         # the network sees the crop resampled to the training spacing: framing more than a finger,
@@ -616,7 +619,7 @@ class SeparationRun:
 
 
 def separate_files(
-    paths: list[str | os.PathLike],
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
     weights: str | os.PathLike | None = None,
     pixel_spacing_mm: float | None = None,
@@ -638,7 +641,7 @@ def separate_files(
     other crops are still separated, so one odd crop does not cost a folder its run.
 
     Args:
-        paths: radiograph crops (PNG, JPEG, TIFF, BMP, DICOM; 8 or 16 bit).
+        paths: radiograph crops (PNG, JPEG, TIFF, BMP, DICOM; 8 or 16 bit), or one.
         out_dir: output folder (created).
         weights: LSN weights file (default: the bundled weights).
         pixel_spacing_mm: the crops' pixel size; overrides a DICOM header's. None: the header's
@@ -656,13 +659,16 @@ def separate_files(
         OutputError: ``out_dir`` exists and is not a folder, or an output that cannot be written
             or would overwrite an input or another output.
     """
+    if isinstance(paths, (str, os.PathLike)):  # one crop: a string was read as a list of its characters
+        paths = [paths]
+    paths = list(paths)
     if not paths:
         raise InputError("no input images given")
     out_dir = Path(out_dir)
     check_output_folder(out_dir)
     names = [Path(path).stem for path in paths] if names is None else list(names)
     if len(names) != len(paths):
-        raise ValueError(f"{len(names)} names for {len(paths)} crops")
+        raise InputError(f"{len(names)} names for {len(paths)} crops")
     seen: set[str] = set()
     for path, name in zip(paths, names):
         if not name or Path(name).is_absolute() or ".." in Path(name).parts:  # its files were written outside out_dir

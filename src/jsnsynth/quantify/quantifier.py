@@ -248,14 +248,25 @@ def as_mask(mask: np.ndarray, name: str, shape: tuple[int, int]) -> np.ndarray:
 
 
 def check_joint_frame(joint_center_xy: tuple[float, float] | None, joint_axis_deg: float | None,
-                      shape: tuple[int, int]) -> None:
-    """Reject a given joint centre that is not a point of the image, or an axis that is not a number."""
+                      shape: tuple[int, int]) -> tuple[tuple[float, float] | None, float | None]:
+    """Reject a given joint centre that is not a point of the image, or an axis that is not a
+    number; return both as floats (None where not given)."""
     if joint_center_xy is not None:
-        x, y = (float(v) for v in joint_center_xy)
+        try:
+            x, y = (float(v) for v in joint_center_xy)
+        except (TypeError, ValueError):  # one number, three, or text
+            raise InputError(f"joint centre must be two numbers (x, y), got {joint_center_xy!r}") from None
         if not (math.isfinite(x) and math.isfinite(y) and 0 <= x <= shape[1] - 1 and 0 <= y <= shape[0] - 1):
             raise InputError(f"joint centre ({x}, {y}) is not inside the {shape[1]}x{shape[0]} image")
-    if joint_axis_deg is not None and not math.isfinite(float(joint_axis_deg)):
-        raise InputError(f"joint axis must be a finite angle in degrees, got {joint_axis_deg}")
+        joint_center_xy = (x, y)
+    if joint_axis_deg is not None:
+        try:
+            joint_axis_deg = float(joint_axis_deg)
+        except (TypeError, ValueError):
+            raise InputError(f"joint axis must be a finite angle in degrees, got {joint_axis_deg!r}") from None
+        if not math.isfinite(joint_axis_deg):
+            raise InputError(f"joint axis must be a finite angle in degrees, got {joint_axis_deg}")
+    return joint_center_xy, joint_axis_deg
 
 
 def check_contrast(image: np.ndarray, name: str, where: np.ndarray | None = None) -> None:
@@ -525,7 +536,7 @@ def quantify_pair(
         raise InputError(f"follow-up is {follow.shape[1]}x{follow.shape[0]}, baseline is {base.shape[1]}x{base.shape[0]}")
     upper = as_mask(upper_mask, "upper-bone", base.shape)
     lower = as_mask(lower_mask, "lower-bone", base.shape)
-    check_joint_frame(joint_center_xy, joint_axis_deg, base.shape)
+    joint_center_xy, joint_axis_deg = check_joint_frame(joint_center_xy, joint_axis_deg, base.shape)
     check_not_a_mask(base, "baseline")
     check_not_a_mask(follow, "follow-up")
     check_contrast(base, "baseline", upper | lower)

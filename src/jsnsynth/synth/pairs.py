@@ -149,9 +149,17 @@ class PairParams:
 
 
 def sample_pair_params(
-    rng: np.random.Generator, pixel_spacing_mm: float, config: PairConfig = PairConfig()
+    rng: np.random.Generator | int, pixel_spacing_mm: float, config: PairConfig = PairConfig()
 ) -> PairParams:
     """Draw the JSN change, the nuisances and both imaging chains of one pair.
+
+    Args:
+        rng: the generator to draw from (or a seed for one).
+        pixel_spacing_mm: the joint's pixel size, which turns a JSN range in mm into pixels.
+        config: the ranges to draw from.
+
+    Returns:
+        The drawn parameters, to apply with :func:`make_pair`.
 
     Raises:
         InputError: a pixel spacing no radiograph has, or ``config.jsn_mm`` reaching beyond the
@@ -159,6 +167,7 @@ def sample_pair_params(
     """
     # a negative spacing gave the truth's jsn_px and jsn_mm opposite signs
     pixel_spacing_mm = check_pixel_spacing(pixel_spacing_mm, "pixel spacing")
+    rng = np.random.default_rng(rng)  # a Generator comes back as it is
     jsn_reach_px(config, pixel_spacing_mm)
     if config.jsn_px is not None:
         jsn_px = float(rng.uniform(*config.jsn_px))

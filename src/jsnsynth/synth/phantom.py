@@ -365,7 +365,7 @@ class PhantomRanges:
 
 
 def sample_phantom_params(
-    rng: np.random.Generator, ranges: PhantomRanges = PhantomRanges(), **overrides: Any
+    rng: np.random.Generator | int, ranges: PhantomRanges = PhantomRanges(), **overrides: Any
 ) -> PhantomParams:
     """Draw one random phantom.
 
@@ -376,7 +376,7 @@ def sample_phantom_params(
 
     Args:
         rng: the generator to draw from (use one per sample, e.g. from
-            ``SeedSequence([seed, index])``).
+            ``SeedSequence([seed, index])``), or a seed for one.
         ranges: ranges of the non-anatomical draws.
         **overrides: fixed values for any :class:`PhantomParams` field.
 
@@ -390,6 +390,7 @@ def sample_phantom_params(
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise InputError(f"unknown phantom parameter(s): {', '.join(unknown)}")
+    rng = np.random.default_rng(rng)  # a Generator comes back as it is
     u = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731  (one short alias keeps the table readable)
 
     drawn_type = JOINT_TYPES[int(rng.integers(0, len(JOINT_TYPES)))]
