@@ -1086,7 +1086,7 @@ def test_separate_names_stay_inside_the_output_folder(tmp_path):
 
     crop = tmp_path / "a.png"
     write_bytes_atomic(crop, encode_png(synthetic_joint(64, 1)[0]))
-    for name in ("../escaped", str(tmp_path / "abs"), ""):
+    for name in ("../escaped", str(tmp_path / "abs"), "", ".", "a/.", "a/", "a//b"):
         with pytest.raises(InputError, match="must be a path inside the output folder"):
             separate_files([crop], tmp_path / "out" / "g", names=[name])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]

@@ -244,5 +244,5 @@ def test_overrides_that_put_a_bone_off_the_picture_are_refused_up_front(override
 
     with pytest.raises(InputError, match="bone lies outside its 256 px picture"):
         render_phantom(sample_phantom_params(np.random.default_rng(0), **overrides))
-    with pytest.raises(InputError, match="check the overrides of the joint's place and size"):
+    with pytest.raises(InputError, match="check overrides of the joint's place and size, or frame more of it"):
         PhantomSource(**overrides)

@@ -1915,8 +1915,9 @@ def test_a_mask_given_as_an_image_is_named_as_such():
 
 def test_masks_read_alike_whatever_their_number_type():
     """A float mask of 0..1 was inside wherever above 0, the same mask times 255 from half its
-    maximum: masks blurred by 3 px read JSNs 0.034 px apart, unflagged (an outside probe). Integer
-    masks are inside wherever not zero, as a mask file is (a label image: the union)."""
+    maximum: masks blurred by 3 px read JSNs 0.034 px apart, unflagged (an outside probe). A
+    label image of 0/1/2 is the union, as a mask file is; a DICOM-like -1024/1000 mask its 1000s;
+    a uint8 mask with JPEG's ringing is not grown by it (a review)."""
     from jsnsynth.quantify.quantifier import as_mask
 
     layers, _ = _phantom_pair(5, 1, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
@@ -1928,6 +1929,14 @@ def test_masks_read_alike_whatever_their_number_type():
     assert abs(int(np.count_nonzero(half)) - int(np.count_nonzero(layers.upper_mask))) < 0.02 * np.count_nonzero(half)
     labels = layers.upper_mask.astype(np.uint8) + 2 * layers.lower_mask.astype(np.uint8)
     assert np.array_equal(as_mask(labels, "joint", shape), layers.upper_mask | layers.lower_mask)
+    dicom = np.where(layers.upper_mask, 1000, -1024).astype(np.int16)
+    assert np.array_equal(as_mask(dicom, "upper", shape), layers.upper_mask)
+    jpeg = cv2.imdecode(cv2.imencode(".jpg", layers.upper_mask.astype(np.uint8) * 255,
+                                     [cv2.IMWRITE_JPEG_QUALITY, 90])[1], cv2.IMREAD_GRAYSCALE)
+    assert abs(int(np.count_nonzero(as_mask(jpeg, "upper", shape))) - int(np.count_nonzero(layers.upper_mask))) < 0.005 \
+        * np.count_nonzero(layers.upper_mask)
+    with pytest.raises(InputError, match="upper mask must hold real numbers"):
+        as_mask(layers.upper_mask.astype(complex), "upper", shape)
     with pytest.raises(InputError, match="upper mask holds NaN"):
         as_mask(np.where(layers.upper_mask, np.nan, 0.0), "upper", shape)
 
@@ -1951,18 +1960,19 @@ def test_a_joint_frame_given_is_two_numbers_inside_the_image_and_an_angle():
     layers, pair = _phantom_pair(5, 1, PairConfig(noise=False, jsn_px=(-3.0, 3.0)))
     args = (quantize(pair.baseline), quantize(pair.followup), layers.upper_mask, layers.lower_mask)
     x, y = layers.joint_center_xy
-    for centre in ((x,), (x, y, 1.0), 5.0, "ab"):
+    # text is refused, not read: "99" was taken as the centre (9, 9), a dict as its keys (a review)
+    for centre in ((x,), (x, y, 1.0), 5.0, "ab", "99", b"ab", {x: y}, (str(x), str(y)), (True, y)):
         with pytest.raises(InputError, match=r"^joint centre must be two numbers \(x, y\), got"):
             quantify_pair(*args, joint_center_xy=centre)
     for centre in ((x, math.nan), (-1.0, y), (x, 1e4)):
         with pytest.raises(InputError, match="is not inside the 256x256 image"):
             quantify_pair(*args, joint_center_xy=centre)
-    for axis in ("down", math.inf, None.__class__):
+    for axis in ("down", "9.5", math.inf, [1.0]):
         with pytest.raises(InputError, match="^joint axis must be a finite angle in degrees"):
             quantify_pair(*args, joint_axis_deg=axis)
-    as_numbers = quantify_pair(*args, joint_center_xy=(x, y), joint_axis_deg=layers.joint_axis_deg)
-    as_text = quantify_pair(*args, joint_center_xy=(str(x), str(y)), joint_axis_deg=str(layers.joint_axis_deg))
-    assert as_text.jsn_px == as_numbers.jsn_px
+    as_floats = quantify_pair(*args, joint_center_xy=(x, y), joint_axis_deg=layers.joint_axis_deg)
+    as_numpy = quantify_pair(*args, joint_center_xy=np.array([x, y]), joint_axis_deg=np.float32(layers.joint_axis_deg))
+    assert abs(as_numpy.jsn_px - as_floats.jsn_px) < 1e-4
 
 
 def test_the_api_refuses_a_pixel_spacing_no_radiograph_has():

@@ -671,7 +671,9 @@ def separate_files(
         raise InputError(f"{len(names)} names for {len(paths)} crops")
     seen: set[str] = set()
     for path, name in zip(paths, names):
-        if not name or Path(name).is_absolute() or ".." in Path(name).parts:  # its files were written outside out_dir
+        parts = str(name).replace("\\", "/").split("/")
+        if Path(name).is_absolute() or any(part in ("", ".", "..") for part in parts):  # written outside out_dir,
+            # or as hidden files ("a/." wrote "a/._soft.tif")
             raise InputError(f"{path}: the name {name!r} must be a path inside the output folder")
         if name in seen:
             raise InputError(f"{path}: another input has the same name '{name}'; outputs would collide")

@@ -16,9 +16,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import numbers
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,21 +226,23 @@ def check_image_size(shape: tuple[int, int], name: str) -> None:
 def as_mask(mask: np.ndarray, name: str, shape: tuple[int, int]) -> np.ndarray:
     """Validate a bone mask: same size as the image and not empty; returns bool.
 
-    Bool and integer masks are inside wherever they are not zero, as a mask file is
-    (:func:`~jsnsynth.synth.io.read_mask`: a label image is the union of its labels); float masks
-    (weights, or a mask resampled) from half their largest value up. A float mask of 0..1 was
-    inside wherever above 0 and the same mask times 255 from half its maximum: masks blurred by
-    3 px read the JSN 0.034 px apart, unflagged (an outside probe).
+    A bool mask is taken as it is; any other is inside from halfway between its least and its
+    largest value up: a drawn mask's two values (0/1, 0/255, a DICOM's -1024/1000), a label image
+    of 0/1/2 (the union, as :func:`~jsnsynth.synth.io.read_mask` reads a mask file), and a mask
+    that was blurred, resampled or stored as JPEG (weights, interpolation and ringing in between)
+    alike. A float mask of 0..1 was inside wherever above 0 and the same mask times 255 from half
+    its maximum: masks blurred by 3 px read the JSN 0.034 px apart, unflagged (an outside probe).
     """
     mask = np.asarray(mask)
     if mask.shape != tuple(shape):
         raise InputError(f"{name} mask has shape {mask.shape}, image has {tuple(shape)}")
-    if np.issubdtype(mask.dtype, np.floating):
-        if not np.all(np.isfinite(mask)):
+    if mask.dtype != bool:
+        if not np.issubdtype(mask.dtype, np.number) or np.issubdtype(mask.dtype, np.complexfloating):
+            raise InputError(f"{name} mask must hold real numbers, got {mask.dtype}")
+        if np.issubdtype(mask.dtype, np.floating) and not np.all(np.isfinite(mask)):
             raise InputError(f"{name} mask holds NaN or infinite values")
-        mask = mask >= mask.max() / 2 if mask.max() > 0 else np.zeros(mask.shape, bool)
-    else:
-        mask = mask != 0
+        low, high = float(mask.min()), float(mask.max())
+        mask = mask >= (low + high) / 2 if high > low else np.full(mask.shape, high != 0)
     if not mask.any():
         raise InputError(f"{name} mask is empty")
     pixels = np.count_nonzero(mask)
@@ -247,13 +251,23 @@ def as_mask(mask: np.ndarray, name: str, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+def _number(value: Any) -> float:
+    """``value`` as a float when it is a real number (numpy's included), else TypeError: text
+    that reads as a number is not taken for one."""
+    if isinstance(value, (str, bytes, bool)) or not isinstance(value, (numbers.Real, np.number)):
+        raise TypeError(f"not a number: {value!r}")
+    return float(value)
+
+
 def check_joint_frame(joint_center_xy: tuple[float, float] | None, joint_axis_deg: float | None,
                       shape: tuple[int, int]) -> tuple[tuple[float, float] | None, float | None]:
     """Reject a given joint centre that is not a point of the image, or an axis that is not a
     number; return both as floats (None where not given)."""
     if joint_center_xy is not None:
         try:
-            x, y = (float(v) for v in joint_center_xy)
+            if isinstance(joint_center_xy, (str, bytes, Mapping)):  # "99" was read as (9, 9)
+                raise TypeError
+            x, y = (_number(v) for v in joint_center_xy)
         except (TypeError, ValueError):  # one number, three, or text
             raise InputError(f"joint centre must be two numbers (x, y), got {joint_center_xy!r}") from None
         if not (math.isfinite(x) and math.isfinite(y) and 0 <= x <= shape[1] - 1 and 0 <= y <= shape[0] - 1):
@@ -261,7 +275,7 @@ def check_joint_frame(joint_center_xy: tuple[float, float] | None, joint_axis_de
         joint_center_xy = (x, y)
     if joint_axis_deg is not None:
         try:
-            joint_axis_deg = float(joint_axis_deg)
+            joint_axis_deg = _number(joint_axis_deg)
         except (TypeError, ValueError):
             raise InputError(f"joint axis must be a finite angle in degrees, got {joint_axis_deg!r}") from None
         if not math.isfinite(joint_axis_deg):
@@ -500,7 +514,7 @@ def quantify_pair(
     Args:
         baseline: ``(H, W)`` uint8/uint16 or float ``[0, 1]`` radiograph, bone bright.
         followup: the follow-up radiograph, same size and orientation.
-        upper_mask: baseline upper-bone mask (bool or 0/255).
+        upper_mask: baseline upper-bone mask (bool, or numbers: see :func:`as_mask`).
         lower_mask: baseline lower-bone mask.
         pixel_spacing_mm: pixel size for ``jsn_mm``; None means the nominal 0.175 mm.
         followup_upper_mask: follow-up upper-bone mask, when known (extra coarse candidate).

@@ -28,6 +28,7 @@ from jsnsynth.quantify.quantifier import (
     as_intensity,
     as_mask,
     check_bone_order,
+    check_joint_frame,
     jsn_from_transforms,
     resolve_joint_frame,
 )
@@ -43,6 +44,7 @@ def _prepare(baseline, followup, upper_mask, lower_mask, joint_center_xy, joint_
         from jsnsynth.errors import InputError
 
         raise InputError(f"follow-up is {follow.shape}, baseline is {base.shape}")
+    joint_center_xy, joint_axis_deg = check_joint_frame(joint_center_xy, joint_axis_deg, base.shape)
     upper = as_mask(upper_mask, "upper-bone", base.shape)
     lower = as_mask(lower_mask, "lower-bone", base.shape)
     # a crop padded to size: refilled and kept clear of, as the bundled quantifier does

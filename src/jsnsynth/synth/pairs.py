@@ -166,7 +166,7 @@ def sample_pair_params(
             pixel limit at ``pixel_spacing_mm``.
     """
     # a negative spacing gave the truth's jsn_px and jsn_mm opposite signs
-    pixel_spacing_mm = check_pixel_spacing(pixel_spacing_mm, "pixel spacing")
+    pixel_spacing_mm = check_pixel_spacing(pixel_spacing_mm, "a pair's joint")
     rng = np.random.default_rng(rng)  # a Generator comes back as it is
     jsn_reach_px(config, pixel_spacing_mm)
     if config.jsn_px is not None:

@@ -959,11 +959,12 @@ def render_phantom(
     lower = _render_bone(params, "lower", lower_pose)
     if upper_pose is None and lower_pose is None:
         for name, layer in (("upper", upper), ("lower", lower)):
-            if not layer.any():  # overrides that put a bone off the picture: a pair of it fails later, vaguely
+            if not layer.any():  # a pair of it failed later, vaguely
                 x, y = params.joint_center_xy
                 raise InputError(f"the phantom's {name} bone lies outside its {params.size_px} px picture (joint "
-                                 f"centre ({x:.0f}, {y:.0f}) px, joint space {params.jsw_mm:g} mm): check the "
-                                 "overrides of the joint's place and size")
+                                 f"centre ({x:.0f}, {y:.0f}) px, joint space {params.jsw_mm:g} mm, field "
+                                 f"{params.size_px * params.pixel_spacing_mm:.1f} mm): check overrides of the "
+                                 "joint's place and size, or frame more of it")
     poses = {name: (pose.to_dict() if pose is not None else None)
              for name, pose in (("upper", upper_pose), ("lower", lower_pose), ("soft", soft_pose))}
     metadata = {

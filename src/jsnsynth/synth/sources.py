@@ -40,7 +40,7 @@ from jsnsynth.synth.fingerjoints import (
 from jsnsynth.synth import phantom
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.io import check_measurable_size, files_digest, read_mask, read_radiograph
-from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, check_joint_masks
+from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, check_joint_masks, check_pixel_spacing
 from jsnsynth.synth.limits import DEFAULT_MAX_MASK_OVERLAP_PX
 
 #: Citation of the analytic phantom (no external data).
@@ -99,6 +99,7 @@ class PhantomSource:
         # first pair is made after the output folder has been set up
         params = phantom.sample_phantom_params(np.random.default_rng(0), **self.overrides)
         self.size_px, self.pixel_spacing_mm = int(params.size_px), float(params.pixel_spacing_mm)
+        check_pixel_spacing(self.pixel_spacing_mm, "phantom")  # else every pair failed on it
         phantom.check_phantom_field(self.size_px, self.pixel_spacing_mm)
         phantom.render_phantom(params)  # overrides that put a bone off the picture (a few ms)
 
