@@ -88,9 +88,9 @@ def test_an_interrupted_batch_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert not list(out.parent.glob(".quantify-batch*"))  # finished: the log goes, a rerun measures afresh
 
 
-def test_a_logged_pair_whose_files_changed_is_measured_anew(tmp_path, monkeypatch):
-    table = _write_pairs(tmp_path / "study", (0.5, -0.3))
-    out = tmp_path / "out" / "results.csv"
+def _stopped_at_the_second_pair(table: Path, out: Path, monkeypatch) -> list[str]:
+    """Run ``table`` until its second pair is reached, as a Ctrl-C there would stop it; from then
+    on the baselines measured are recorded in the list returned."""
     measure = batch.quantify_files
 
     def stopping_at_the_second(*args, **kwargs):
@@ -101,10 +101,17 @@ def test_a_logged_pair_whose_files_changed_is_measured_anew(tmp_path, monkeypatc
     monkeypatch.setattr(batch, "quantify_files", stopping_at_the_second)
     with pytest.raises(KeyboardInterrupt):
         batch.quantify_table(table, out)
+    calls: list[str] = []
+    monkeypatch.setattr(batch, "quantify_files", lambda *a, **k: (calls.append(Path(a[0]).name), measure(*a, **k))[1])
+    return calls
+
+
+def test_a_logged_pair_whose_files_changed_is_measured_anew(tmp_path, monkeypatch):
+    table = _write_pairs(tmp_path / "study", (0.5, -0.3))
+    out = tmp_path / "out" / "results.csv"
+    calls = _stopped_at_the_second_pair(table, out, monkeypatch)
     # the first pair's follow-up replaced (by the second's) after it was logged
     (tmp_path / "study" / "followup0.png").write_bytes((tmp_path / "study" / "followup1.png").read_bytes())
-    calls = []
-    monkeypatch.setattr(batch, "quantify_files", lambda *a, **k: (calls.append(Path(a[0]).name), measure(*a, **k))[1])
     batch.quantify_table(table, out)
     assert calls == ["baseline0.png", "baseline1.png"]
 
@@ -116,21 +123,10 @@ def test_a_logged_pair_whose_row_changed_is_measured_anew(tmp_path, monkeypatch,
     spacing (an outside probe)."""
     table = _write_pairs(tmp_path / "study", (0.5, -0.3))
     out = tmp_path / "out" / "results.csv"
-    measure = batch.quantify_files
-
-    def stopping_at_the_second(*args, **kwargs):
-        if Path(args[0]).name == "baseline1.png":
-            raise KeyboardInterrupt
-        return measure(*args, **kwargs)
-
-    monkeypatch.setattr(batch, "quantify_files", stopping_at_the_second)
-    with pytest.raises(KeyboardInterrupt):
-        batch.quantify_table(table, out)
+    calls = _stopped_at_the_second_pair(table, out, monkeypatch)
     value = "0.1" if column == "pixel_spacing_mm" else "2"
     lines = table.read_text().splitlines()
     table.write_text("\n".join([f"{lines[0]},{column}"] + [f"{line},{value}" for line in lines[1:]]) + "\n")
-    calls = []
-    monkeypatch.setattr(batch, "quantify_files", lambda *a, **k: (calls.append(Path(a[0]).name), measure(*a, **k))[1])
     rows = batch.quantify_table(table, out)
     assert calls == ["baseline0.png", "baseline1.png"]
     if column == "pixel_spacing_mm":
