@@ -306,8 +306,8 @@ def check_masks_apart(upper: np.ndarray, lower: np.ndarray, label: str) -> None:
     if overlap > MAX_MASK_OVERLAP:
         # one label image given as both masks is the usual cause: every non-zero pixel is inside
         raise InputError(f"{label} upper and lower masks overlap by {overlap:.0%}: not two separate bones "
-                         "(any non-zero pixel of a mask is inside, from half the largest of a float one: give each "
-                         "bone its own mask)")
+                         "(a label image given as both is read as the union of its labels: give each bone its own "
+                         "mask)")
 
 
 def check_bone_order(upper: np.ndarray, lower: np.ndarray, axis_deg: float, label: str) -> None:

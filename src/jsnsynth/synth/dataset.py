@@ -1213,8 +1213,10 @@ def check_not_inside_a_dataset(out_dir: str | os.PathLike) -> None:
     """
     real = Path(os.path.realpath(out_dir))
     for folder in real.parents:
+        if not (folder / STATE_NAME).is_file():
+            continue
         for subfolder in (PAIRS_DIR, LAYERS_DIR, UNFINISHED_DIR):
-            if (folder / STATE_NAME).is_file() and real.is_relative_to(folder / subfolder):
+            if real.is_relative_to(folder / subfolder):
                 raise OutputError(f"{out_dir}: is inside {subfolder}/ of the dataset {folder}; write the new dataset "
                                   "outside it")
 
