@@ -1118,3 +1118,22 @@ def test_a_worker_that_ends_without_out_says_nothing_was_kept(dataset, tmp_path,
     spec = _plugin(tmp_path, monkeypatch, "import os; os._exit(0)")
     assert main(["validate", str(dataset), "--method", spec, "--num-proc", "2"]) == 1
     assert "after 0 pair(s); nothing was kept: run it again" in _one_error(capsys)
+
+
+@pytest.mark.parametrize("num_proc", [0, -2, 1.5, True])
+def test_worker_counts_that_are_not_whole_and_positive_are_refused_by_every_runner(dataset, tmp_path, num_proc):
+    """validate_dataset(num_proc=0) ran in this process, while build_dataset refused it in the
+    command line's words (an outside probe)."""
+    from jsnsynth.quantify.batch import quantify_table
+    from jsnsynth.synth.dataset import build_dataset
+    from jsnsynth.synth.sources import PhantomSource
+
+    message = r"worker processes \(num_proc, --num-proc\) must be a whole number of at least 1"
+    for run in (lambda: validate_dataset(dataset, "poc", num_proc=num_proc),
+                lambda: validate_real(tmp_path / "none", num_proc=num_proc),
+                lambda: quantify_table(tmp_path / "none.csv", tmp_path / "out.csv", num_proc=num_proc),
+                lambda: build_dataset(PhantomSource(n_joints=1, size_px=64, pixel_spacing_mm=0.7), tmp_path / "ds", 1,
+                                      num_proc=num_proc)):
+        with pytest.raises(InputError, match=message):
+            run()
+    assert not any(tmp_path.iterdir())

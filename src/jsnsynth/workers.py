@@ -43,6 +43,18 @@ TASKS_AHEAD_PER_WORKER = 2
 _STATE: dict[str, Any] = {}
 
 
+def check_num_proc(num_proc: int) -> int:
+    """Refuse a number of worker processes that is not a whole number of at least 1; return it.
+
+    Raises:
+        InputError: naming the value (``validate_dataset(num_proc=0)`` ran in this process, while
+            ``build_dataset`` refused it in the command line's words).
+    """
+    if isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1:
+        raise InputError(f"worker processes (num_proc, --num-proc) must be a whole number of at least 1, got {num_proc!r}")
+    return num_proc
+
+
 def ordered_results(
     setup: Callable[[Any], None],
     compute: Callable[[Any], Any],

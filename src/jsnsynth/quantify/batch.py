@@ -25,7 +25,7 @@ from jsnsynth.quantify.quantifier import RESULT_VERSION, keep_freed_heap, quanti
 from jsnsynth.quantify.validate import ResumeLog, file_stamps, method_failure
 from jsnsynth.synth.io import check_outputs_apart, check_writable, write_bytes_atomic
 from jsnsynth.synth.layers import check_pixel_spacing
-from jsnsynth.workers import in_worker, ordered_results
+from jsnsynth.workers import check_num_proc, in_worker, ordered_results
 
 #: Columns a table of pairs must have: paths of the images and of the baseline's masks.
 REQUIRED_COLUMNS = ("baseline", "followup", "upper_mask", "lower_mask")
@@ -216,6 +216,7 @@ def quantify_table(
         OutputError: a results table that cannot be written, or that is one of the inputs.
         WorkerError: a worker process stopped abruptly.
     """
+    check_num_proc(num_proc)
     if pixel_spacing_mm is not None:
         check_pixel_spacing(pixel_spacing_mm, "--pixel-spacing")
     pairs = read_pair_table(table)

@@ -63,7 +63,7 @@ from jsnsynth.synth.io import (
     write_files_atomic,
 )
 from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM
-from jsnsynth.workers import ordered_results
+from jsnsynth.workers import check_num_proc, ordered_results
 
 
 #: The files of :func:`validate_real`'s report, by their key in its ``outputs``.
@@ -246,6 +246,7 @@ def validate_real(
             method that measured no trial at all.
         OutputError: ``out_dir`` or a report file in it cannot be written (checked before the work).
     """
+    check_num_proc(num_proc)
     method_name, function = load_method(method)
     if out_dir is not None:
         check_output_folder(out_dir)

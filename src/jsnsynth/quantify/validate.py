@@ -44,7 +44,7 @@ from jsnsynth.quantify.register import RegistrationSettings, resolution_scale
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.io import check_writable, decode_png, json_text, make_output_folder, write_files_atomic
 from jsnsynth.synth.xray import ImagingParams
-from jsnsynth.workers import in_worker, ordered_results
+from jsnsynth.workers import check_num_proc, in_worker, ordered_results
 
 #: Columns of the ``pairs`` config this harness needs (contract 3), by kind.
 IMAGING_FIELDS = ("blur_sigma_px", "photons_per_px", "electronic_noise", "window_low", "window_high", "gamma", "noise_seed")
@@ -852,6 +852,7 @@ def validate_dataset(
             run's report, or a report file cannot be written.
     """
     folder = Path(folder)
+    check_num_proc(num_proc)
     method_name, function = load_method(method)
     shards = dataset_shards(folder, split)  # fail fast on a wrong schema
     log = None

@@ -68,7 +68,7 @@ from jsnsynth.synth.pairs import (
 from jsnsynth.synth.sources import JointSource
 from jsnsynth.synth.xray import ImagingParams, quantize
 from jsnsynth.threads import single_threaded
-from jsnsynth.workers import ordered_results
+from jsnsynth.workers import check_num_proc, ordered_results
 
 STATE_NAME = ".jsnsynth_state.json"
 CARD_NAME = "README.md"
@@ -951,8 +951,7 @@ def build_dataset(
     from tqdm.auto import tqdm
 
     config = DatasetConfig(n_pairs, seed, tuple(split_fractions), shard_size, layers_every, pair_config or PairConfig())
-    if num_proc < 1:
-        raise InputError(f"--num-proc must be >= 1, got {num_proc}")
+    check_num_proc(num_proc)
     out_dir = Path(out_dir)
     plan = plan_dataset(list(source.joint_ids()), config)
     check_joints = getattr(source, "check_joints", None)
