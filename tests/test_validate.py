@@ -1137,3 +1137,7 @@ def test_worker_counts_that_are_not_whole_and_positive_are_refused_by_every_runn
         with pytest.raises(InputError, match=message):
             run()
     assert not any(tmp_path.iterdir())
+    if num_proc == 0:  # the limit likewise: 2.5 took 3 pairs, -1 said "no pairs to validate"
+        for limit in (2.5, -1, 0):
+            with pytest.raises(InputError, match="the limit on pairs must be a whole number of at least 1"):
+                validate_dataset(dataset, "poc", limit=limit)

@@ -853,6 +853,8 @@ def validate_dataset(
     """
     folder = Path(folder)
     check_num_proc(num_proc)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InputError(f"the limit on pairs must be a whole number of at least 1, got {limit!r}")  # 2.5 took 3
     method_name, function = load_method(method)
     shards = dataset_shards(folder, split)  # fail fast on a wrong schema
     log = None
