@@ -14,6 +14,7 @@ from jsnsynth.errors import InputError
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.io import check_measurable_size, encode_png, read_mask, write_bytes_atomic
 from jsnsynth.synth.layers import JointLayers
+from jsnsynth.synth.pairs import PairConfig
 from jsnsynth.synth.sources import FingerJointsSource, JointSource, PhantomSource, open_source
 
 MANIFEST_HEADER = ["series", "series_id", "side", "joint_code", "image", "mask_upper", "mask_lower", "soft_tissue"]
@@ -208,3 +209,32 @@ def test_a_phantom_too_small_to_frame_a_joint_is_refused_up_front() -> None:
     with pytest.raises(InputError, match="frames 1.3 mm, too little of a joint"):
         PhantomSource(n_joints=2, size_px=64, pixel_spacing_mm=0.02)
     PhantomSource(n_joints=2, size_px=64, pixel_spacing_mm=0.05)
+
+
+def test_crops_of_other_sizes_share_a_dataset_layers_included(tmp_path: Path) -> None:
+    """The layers config stored a shard's layers only at one width: a folder of crops of two sizes
+    stopped a default build ('layers of one shard must share their image width'), and the run,
+    resumed, stopped there again (an outside probe)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from jsnsynth.synth.dataset import build_dataset
+
+    small = make_fingerjoint_folder(tmp_path / "small", n_series=2, visits=1, size=64)
+    large = make_fingerjoint_folder(tmp_path / "large", n_series=2, visits=1, size=96)
+    with open(large / "manifest.csv", newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    renamed = [[cell.replace("00000_", "10000_").replace("00001_", "10001_") for cell in row] for row in rows]
+    for old, new in ((rows[0][0], renamed[0][0]), (rows[1][0], renamed[1][0])):
+        shutil.copytree(large / old, small / new)
+    with open(small / "manifest.csv", "a", newline="") as handle:
+        csv.writer(handle).writerows(renamed)
+    result = build_dataset(FingerJointsSource(small), tmp_path / "ds", 8, seed=2, layers_every=1, shard_size=8,
+                           split_fractions=(1.0, 0.0, 0.0), quiet=True, pair_config=PairConfig(noise=False))
+    assert result.n_pairs == 8
+    layers = pq.read_table(sorted((tmp_path / "ds" / "layers").glob("*.parquet"))[0]).to_pylist()
+    sizes = {(len(row["soft"]), len(row["soft"][0])) for row in layers}
+    assert sizes == {(64, 64), (96, 96)}
+    for row in layers:
+        assert all(len(line) == len(row["soft"][0]) for line in row["upper"])

@@ -523,16 +523,15 @@ def _storage_type(kind: str) -> pa.DataType:
 
 
 def _layer_array(arrays: list[np.ndarray]) -> pa.Array:
-    """Nested list array ``list<list<float32>>`` from equal-width 2-D arrays, without Python loops."""
+    """Nested list array ``list<list<float32>>`` from 2-D arrays of any sizes, without Python
+    loops over their rows (crops of other widths in one shard, as an ``lsn:`` folder of a site's
+    crops holds, stopped a build that could then never resume)."""
     if not arrays:  # a shard none of whose pairs is a layers pair
         return pa.array([], type=pa.list_(pa.list_(pa.float32())))
     heights = [a.shape[0] for a in arrays]
-    widths = {a.shape[1] for a in arrays}
-    width = widths.pop() if len(widths) == 1 else None
-    if width is None:
-        raise OutputError("layers of one shard must share their image width")
+    row_widths = np.repeat([a.shape[1] for a in arrays], heights)
     flat = pa.array(np.concatenate([a.reshape(-1) for a in arrays]), type=pa.float32())
-    inner_offsets = pa.array(np.arange(0, sum(heights) * width + 1, width, dtype=np.int32))
+    inner_offsets = pa.array(np.concatenate([[0], np.cumsum(row_widths)]).astype(np.int32))
     rows = pa.ListArray.from_arrays(inner_offsets, flat)
     outer_offsets = pa.array(np.concatenate([[0], np.cumsum(heights)]).astype(np.int32))
     return pa.ListArray.from_arrays(outer_offsets, rows)
@@ -1088,12 +1087,12 @@ def dataset_card(record: dict, plan: Plan, split_sizes: dict[str, int], sizes: d
     yaml_text = yaml.safe_dump(front, sort_keys=False, width=1000)
     params_json = json.dumps(_card_record(record), indent=2, sort_keys=True)
     split_lines = "\n".join(f"| {s} | {split_sizes[s]} | {n_joints[s]} |" for s in SPLITS)
-    license_text = (
-        "The generated images derive from the source data below, which states no licence: use for research only "
-        "and respect the source's terms."
-        if real_source
-        else "Generated entirely from analytic phantoms: CC BY 4.0."
-    )
+    license_text = {
+        "phantom": "Generated entirely from analytic phantoms: CC BY 4.0.",
+        "fingerjoints": "The generated images derive from the source data below, which states no licence: use for "
+                        "research only and respect the source's terms.",
+    }.get(record["source"], "The generated images derive from the crops of the source below, whose terms are "
+                            "their owner's: publish only what those terms allow.")
     if layers_every:
         layers_line = 'layers = load_dataset("path/or/repo", "layers") # single images with float32 layers\n'
         layers_text = ("The `layers` config holds\nthe baseline and follow-up of every `layers_every`-th pair of each "
