@@ -57,8 +57,8 @@ from jsnsynth.synth.io import (
     write_bytes_atomic,
     write_files_atomic,
 )
-from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, JointLayers, joint_frame_from_masks
-from jsnsynth.synth.layers import check_pixel_spacing
+from jsnsynth.synth.layers import (DEFAULT_PIXEL_SPACING_MM, JointLayers, check_pixel_spacing, joint_frame_from_masks,
+                                   mask_overlap_share)
 from jsnsynth.synth.limits import MAX_CROP_FIELD_MM, MAX_MASK_OVERLAP, MAX_SIDE_PX, MIN_CROP_FIELD_MM
 from jsnsynth.synth.xray import attenuation_to_intensity, intensity_to_attenuation, quantize
 
@@ -532,7 +532,7 @@ def check_separation(upper_mask: np.ndarray, lower_mask: np.ndarray, name: str =
     if few:
         warnings.warn(f"{name}: little bone found ({', '.join(few)} of the crop, where a joint crop's bones cover "
                       "a fifth of it each); is it a finger-joint crop?", stacklevel=2)
-    overlap = np.count_nonzero(upper_mask & lower_mask) / min(np.count_nonzero(upper_mask), np.count_nonzero(lower_mask))
+    overlap = mask_overlap_share(upper_mask, lower_mask)
     if overlap > MAX_MASK_OVERLAP:
         # a collapsed joint, or a crop unlike the network's; quantify refused such masks with
         # advice meant for a hand's drawing ("give each bone its own mask")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-import numbers
 import sys
 import time
 import warnings
@@ -59,6 +58,7 @@ from jsnsynth.synth.layers import (
     joint_axis_from_masks,
     joint_center_from_masks,
     joint_extent,
+    mask_overlap_share,
 )
 from jsnsynth.synth.limits import MAX_MASK_OVERLAP, MAX_SIDE_PX, MIN_LONG_SIDE_PX, MIN_SIDE_PX
 
@@ -251,12 +251,22 @@ def as_mask(mask: np.ndarray, name: str, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def _number(value: Any) -> float:
-    """``value`` as a float when it is a real number (numpy's included), else TypeError: text
-    that reads as a number is not taken for one."""
-    if isinstance(value, (str, bytes, bool)) or not isinstance(value, (numbers.Real, np.number)):
-        raise TypeError(f"not a number: {value!r}")
-    return float(value)
+def real_number(value: Any) -> float:
+    """``value`` as a float when it is a real number (a Python, numpy or torch scalar).
+
+    Raises:
+        TypeError: text (even text that reads as a number: "99" as a centre was read as (9, 9)),
+            a boolean, a complex number, or anything ``float`` refuses.
+    """
+    # booleans, text and complex numbers, also as numpy or torch scalars (named by their dtype)
+    dtype = str(getattr(value, "dtype", ""))
+    if not isinstance(value, (str, bytes, bytearray, bool, complex)) and not any(
+            word in dtype for word in ("bool", "complex", "str", "<U", "|S")):
+        try:
+            return float(value)
+        except Exception:  # noqa: BLE001  (whatever a third-party scalar raises when it is not one)
+            pass
+    raise TypeError(f"not a real number: {value!r}")
 
 
 def check_joint_frame(joint_center_xy: tuple[float, float] | None, joint_axis_deg: float | None,
@@ -267,7 +277,7 @@ def check_joint_frame(joint_center_xy: tuple[float, float] | None, joint_axis_de
         try:
             if isinstance(joint_center_xy, (str, bytes, Mapping)):  # "99" was read as (9, 9)
                 raise TypeError
-            x, y = (_number(v) for v in joint_center_xy)
+            x, y = (real_number(v) for v in joint_center_xy)
         except (TypeError, ValueError):  # one number, three, or text
             raise InputError(f"joint centre must be two numbers (x, y), got {joint_center_xy!r}") from None
         if not (math.isfinite(x) and math.isfinite(y) and 0 <= x <= shape[1] - 1 and 0 <= y <= shape[0] - 1):
@@ -275,7 +285,7 @@ def check_joint_frame(joint_center_xy: tuple[float, float] | None, joint_axis_de
         joint_center_xy = (x, y)
     if joint_axis_deg is not None:
         try:
-            joint_axis_deg = _number(joint_axis_deg)
+            joint_axis_deg = real_number(joint_axis_deg)
         except (TypeError, ValueError):
             raise InputError(f"joint axis must be a finite angle in degrees, got {joint_axis_deg!r}") from None
         if not math.isfinite(joint_axis_deg):
@@ -302,7 +312,7 @@ def check_not_a_mask(image: np.ndarray, name: str) -> None:
 
 def check_masks_apart(upper: np.ndarray, lower: np.ndarray, label: str) -> None:
     """Reject masks that overlap mostly: not two bones (two drawings of one, or one drawn twice)."""
-    overlap = np.count_nonzero(upper & lower) / min(np.count_nonzero(upper), np.count_nonzero(lower))
+    overlap = mask_overlap_share(upper, lower)
     if overlap > MAX_MASK_OVERLAP:
         # one label image given as both masks is the usual cause: every non-zero pixel is inside
         raise InputError(f"{label} upper and lower masks overlap by {overlap:.0%}: not two separate bones "

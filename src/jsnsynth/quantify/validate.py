@@ -40,6 +40,7 @@ from jsnsynth import __version__
 from jsnsynth.errors import InputError, OutputError, exception_line
 from jsnsynth.figures import figure_bytes, new_figure
 from jsnsynth.quantify.crlb import display_noise_std_from_clean, jsn_crlb_px
+from jsnsynth.quantify.quantifier import real_number
 from jsnsynth.quantify.register import RegistrationSettings, resolution_scale
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.io import check_writable, decode_png, json_text, make_output_folder, write_files_atomic
@@ -277,17 +278,12 @@ def load_method(spec: str | Callable) -> tuple[str, Callable]:
 
 
 def _number(value: Any, what: str) -> float:
-    """A method's number as a float (a Python, numpy or torch scalar); text and booleans are a
-    method's mistake, not a JSN of 0.1 or 1 px, and so is anything ``float`` refuses."""
-    # booleans, text and complex numbers, also as numpy or torch scalars (named by their dtype)
-    dtype = str(getattr(value, "dtype", ""))
-    if not isinstance(value, (str, bytes, bytearray, bool, complex)) and not any(
-            word in dtype for word in ("bool", "complex", "str", "<U", "|S")):
-        try:
-            return float(value)
-        except Exception:  # noqa: BLE001  (whatever a third-party scalar raises when it is not one)
-            pass
-    raise InputError(f"method returned {what} of type {type(value).__name__}; expected a number")
+    """A method's number as a float (:func:`~jsnsynth.quantify.quantifier.real_number`); text
+    and booleans are a method's mistake, not a JSN of 0.1 or 1 px."""
+    try:
+        return real_number(value)
+    except TypeError:
+        raise InputError(f"method returned {what} of type {type(value).__name__}; expected a number") from None
 
 
 def _standard_error(value: Any) -> float:

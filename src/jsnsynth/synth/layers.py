@@ -221,6 +221,12 @@ class BonesNotStackedError(InputError):
     """Two bone masks that are not one above the other (:func:`check_joint_masks`)."""
 
 
+def mask_overlap_share(upper_mask: np.ndarray, lower_mask: np.ndarray) -> float:
+    """Share of the smaller of two non-empty masks that the other covers too (past
+    ``limits.MAX_MASK_OVERLAP`` they are not two bones)."""
+    return np.count_nonzero(upper_mask & lower_mask) / min(np.count_nonzero(upper_mask), np.count_nonzero(lower_mask))
+
+
 def check_joint_masks(upper_mask: np.ndarray, lower_mask: np.ndarray) -> float:
     """Check that two masks can be a stored joint; return the angle of the line between centroids.
 
