@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from jsnsynth.quantify.register import BORDER_PX, bone_region, profile_out
+from jsnsynth.quantify.register import BORDER_PX, RegistrationSettings, bone_region, profile_out
 from jsnsynth.quantify.warp import params_from_similarity, sample_spline, spline_coefficients, warp_positions
 from jsnsynth.synth.geometry import Similarity
 from jsnsynth.synth.xray import ImagingParams
@@ -123,6 +123,7 @@ def jsn_crlb_px(
     dilate_px: int = 4,
     exclude_px: int = 1,
     border_px: int = BORDER_PX,
+    thin_overlap_px: int = RegistrationSettings.thin_overlap_px,
 ) -> float:
     """Cramér-Rao lower bound (standard deviation, px) of the JSN of one pair.
 
@@ -134,7 +135,7 @@ def jsn_crlb_px(
         base_noise_std, follow_noise_std: per-pixel display noise std of each image
             (:func:`display_noise_std_from_clean`).
         bit_depth: stored bit depth (adds quantisation noise).
-        dilate_px, exclude_px, border_px: the bone regions (as the quantifier's:
+        dilate_px, exclude_px, border_px, thin_overlap_px: the bone regions (as the quantifier's:
             :func:`~jsnsynth.quantify.register.bone_region`).
 
     Returns:
@@ -148,7 +149,8 @@ def jsn_crlb_px(
     cx, cy = center_xy
     information = {}
     for name, mask, other, transform in (("upper", upper_mask, lower_mask, upper), ("lower", lower_mask, upper_mask, lower)):
-        region = bone_region(np.asarray(mask, bool), np.asarray(other, bool), dilate_px, exclude_px, border_px)
+        region = bone_region(np.asarray(mask, bool), np.asarray(other, bool), dilate_px, exclude_px, border_px,
+                             thin_overlap_px=thin_overlap_px)
         information[name] = bone_fisher(follow_clean, region, transform, center_xy, base_var, follow_var)
     grad = jsn_gradient(params_from_similarity(upper, cx, cy), params_from_similarity(lower, cx, cy), axis_deg)
     variance = 0.0

@@ -678,6 +678,11 @@ def quantify_pair(
         notes.append(f"blur differs by direction by about {unmatched_px2:.1f} px^2 of variance (a motion during an "
                      f"exposure?), beyond what the blur match reaches (about {2.0 * settings.max_blur_difference_px2:.0f} "
                      "px^2 at this picture's size): the JSN is not to be trusted")
+    if reg.broad_overlap(upper, lower, settings.thin_overlap_px) is not None:
+        # a note, not a flag: measured on the rest of the bones (method step 2), which the
+        # standard error counts, but masks drawn so may stand for bones the picture does not part
+        notes.append(f"the bone masks overlap over {np.count_nonzero(upper & lower)} px: both bones project there, and "
+                     "the overlap is kept out of both bones' regions")
     relative_deg = (t_upper.angle_deg - t_lower.angle_deg + 180.0) % 360.0 - 180.0
     if abs(relative_deg) > FLEXION_NOTE_DEG:
         # a note, not a flag: the measurement is right at its point, but another point gives
@@ -832,7 +837,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     shifts = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
         region = reg.bone_region(mask, other, settings.dilate_px + reg.scaled_length(2, scale), settings.exclude_px,
-                                 settings.border_px, f_pc, keep_out=keep_out)
+                                 settings.border_px, f_pc, keep_out=keep_out, thin_overlap_px=settings.thin_overlap_px)
         window = reg.tapered_window(region, 2.0)
         shift, _ = reg.phase_correlation_shift(pyr_b[pc_level], warped, window)
         shifts[name] = shift * f_pc
@@ -863,7 +868,7 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     regions = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
         regions[name] = reg.bone_region(mask, other, settings.dilate_px, exclude_px, settings.border_px,
-                                        keep_out=keep_out)
+                                        keep_out=keep_out, thin_overlap_px=settings.thin_overlap_px)
         if np.count_nonzero(regions[name]) < MIN_BONE_PX:
             raise InputError(f"the {name}-bone mask leaves fewer than {MIN_BONE_PX} pixels to register")
     params = dict(coarse)

@@ -93,7 +93,9 @@ def poc_quantify(
     )
     shifts = {}
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
-        window = tapered_window(bone_region(mask, other, dilate_px, 1, content=content), 3.0, content=content)
+        # a region keeps where the masks overlap, as these reference points always did (the
+        # bundled method keeps a broad overlap out of both, bone_region): the other's own pixels
+        window = tapered_window(bone_region(mask, other & ~mask, dilate_px, 1, content=content), 3.0, content=content)
         ref = (base - float(base[window > 0.5].mean())) * window
         mov = (follow - float(follow[window > 0.5].mean())) * window
         shift, _ = cv2.phaseCorrelate(ref.astype(np.float64), mov.astype(np.float64))
@@ -145,7 +147,7 @@ def ecc_quantify(
     ok = True
     cx, cy = center
     for name, mask, other in (("upper", upper, lower), ("lower", lower, upper)):
-        region = bone_region(mask, other, dilate_px, 1, content=content).astype(np.uint8)
+        region = bone_region(mask, other & ~mask, dilate_px, 1, content=content).astype(np.uint8)  # as in poc_quantify
         warp = np.array([[1, 0, global_shift[0]], [0, 1, global_shift[1]]], dtype=np.float32)
         start_warp = warp.copy()
         try:

@@ -420,6 +420,7 @@ def pair_crlb_px(record: dict) -> float:
         bit_depth=bits,
         dilate_px=settings.dilate_px,
         border_px=settings.border_px,
+        thin_overlap_px=settings.thin_overlap_px,
     )
 
 
