@@ -37,12 +37,14 @@ NOISE_LEVELS = {  # photons per pixel (both visits); electronic noise fixed smal
 METHODS = ("register", "poc", "ecc")
 
 
-def make_dataset(source_spec: str, level: str, n_pairs: int, out: Path, seed: int) -> Path:
+def make_dataset(source_spec: str, level: str, n_pairs: int, out: Path, seed: int, source=None) -> Path:
+    """The benchmark's pairs of one source at one noise level; ``source``: an opened source
+    (an ``lsn:`` one, which synth does not open) instead of ``source_spec``'s."""
     photons = NOISE_LEVELS[level]
     imaging = ImagingRanges(photons_per_px=photons or (1e4, 1e4), electronic_noise=(2e-4, 4e-4))
     config = PairConfig(imaging=imaging, noise=photons is not None, jsn_px=(-3.0, 3.0))
     folder = out / f"{source_spec.split(':')[0]}-{level}"
-    build_dataset(open_source(source_spec), folder, n_pairs=n_pairs, seed=seed, layers_every=0,
+    build_dataset(source or open_source(source_spec), folder, n_pairs=n_pairs, seed=seed, layers_every=0,
                   split_fractions=(0.0, 0.0, 1.0), pair_config=config, quiet=True)
     return folder
 

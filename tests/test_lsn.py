@@ -727,6 +727,38 @@ def test_lsn_source_names_a_crop_whose_bones_make_no_joint(tmp_path, monkeypatch
     assert not (tmp_path / "ds").exists()
 
 
+def test_lsn_source_refuses_a_crop_whose_bone_masks_mostly_overlap(tmp_path, monkeypatch):
+    # a collapsed joint the network was unsure of (a held-out real crop: 52 % of the smaller mask
+    # in both): its pairs went into the dataset, and `quantify` refused every one
+    import jsnsynth.lsn.source as source_module
+    from jsnsynth.lsn.source import LsnSource
+
+    cv2.imwrite(str(tmp_path / "collapsed.png"), synthetic_joint(64)[0])
+    separate = source_module.separate_intensity
+
+    def overlapping(*args, **kwargs):
+        separation = separate(*args, **kwargs)
+        upper, lower = np.zeros((64, 64), bool), np.zeros((64, 64), bool)
+        upper[5:35, 20:44], lower[24:60, 20:44] = True, True  # 11 of 30 rows shared: 37 %
+        separation.layers = separation.layers.replace(upper_mask=upper, lower_mask=lower)
+        return separation
+
+    monkeypatch.setattr(source_module, "separate_intensity", overlapping)
+    LsnSource(tmp_path).load("collapsed", np.random.default_rng(0))  # within the quantifier's limit
+
+    def mostly_overlapping(*args, **kwargs):
+        separation = overlapping(*args, **kwargs)
+        upper = np.zeros((64, 64), bool)
+        upper[17:47, 20:44] = True  # 23 of 30 rows inside the lower mask: 77 %
+        separation.layers = separation.layers.replace(upper_mask=upper)
+        return separation
+
+    monkeypatch.setattr(source_module, "separate_intensity", mostly_overlapping)
+    with pytest.raises(InputError, match=r"collapsed\.png: the LSN's bone masks overlap by 77% of the smaller one "
+                                         r"\(more than 50%\).*leave the crop out"):
+        LsnSource(tmp_path).load("collapsed", np.random.default_rng(0))
+
+
 def test_lsn_source_says_what_a_separation_says_once(tmp_path, monkeypatch):
     """A warning of the separation itself (bones swapped back, a large crop without a spacing)
     was said again at every pair of the crop (and, once the crops were checked up front, by the
@@ -1090,6 +1122,20 @@ def test_separate_names_stay_inside_the_output_folder(tmp_path):
         with pytest.raises(InputError, match="must be a path inside the output folder"):
             separate_files([crop], tmp_path / "out" / "g", names=[name])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_crops_two_folders_down_are_said_to_be_left_out(tmp_path):
+    # site/joint/visit.png beside site/joint2/visit.png was read; site/patient/joint/visit.png
+    # was left out without a word
+    from jsnsynth.lsn.infer import folder_tree_crops
+
+    write_bytes_atomic(tmp_path / "joint2" / "v0.png", encode_png(synthetic_joint(64, 0)[0]))
+    assert [(p.name, f) for p, f in folder_tree_crops(tmp_path)] == [("v0.png", "joint2")]
+    write_bytes_atomic(tmp_path / "patient" / "joint" / "v0.png", encode_png(synthetic_joint(64, 1)[0]))
+    write_bytes_atomic(tmp_path / "patient" / "joint" / "v1.png", encode_png(synthetic_joint(64, 2)[0]))
+    with pytest.warns(UserWarning, match=r"1 folder\(s\) two levels inside .* hold images, which are not read \(first: "
+                                         r"patient/joint\)"):
+        assert [(p.name, f) for p, f in folder_tree_crops(tmp_path)] == [("v0.png", "joint2")]
 
 
 def test_a_mask_given_as_a_crop_is_refused_before_writing(tmp_path, capsys):

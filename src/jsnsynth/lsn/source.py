@@ -20,7 +20,8 @@ from jsnsynth.errors import InputError
 from jsnsynth.lsn.infer import (DEFAULT_WEIGHTS, SEPARATION_REVISION, folder_tree_crops, load_model,
                                 separate_intensity, warn_if_doubtful)
 from jsnsynth.synth.io import check_measurable_size, files_digest, read_radiograph
-from jsnsynth.synth.layers import JointLayers, check_joint_masks
+from jsnsynth.synth.layers import JointLayers, check_joint_masks, mask_overlap_share
+from jsnsynth.synth.limits import MAX_MASK_OVERLAP
 
 #: Provenance written into dataset cards built from this source.
 LSN_CITATION = (
@@ -154,6 +155,10 @@ class LsnSource:
             check_joint_masks(layers.upper_mask, layers.lower_mask)
         except InputError as exc:
             raise InputError(f"{path}: the LSN's bones do not make a joint ({exc})") from None
+        overlap = mask_overlap_share(layers.upper_mask, layers.lower_mask)
+        if overlap > MAX_MASK_OVERLAP:  # every pair of the crop would be refused by `quantify`, as a failure
+            raise InputError(f"{path}: the LSN's bone masks overlap by {overlap:.0%} of the smaller one (more than "
+                             f"{MAX_MASK_OVERLAP:.0%}): not two bones whose JSN a pair could measure; leave the crop out")
         metadata = dict(layers.metadata)
         metadata.update(joint_id=joint_id, image=path.relative_to(self.root).as_posix(), bit_depth=radiograph.bit_depth,
                         weights=self.weights.name)
