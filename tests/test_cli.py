@@ -164,6 +164,19 @@ def test_demo_into_a_file_is_one_line_before_any_step(tmp_path, capsys):
     assert "[1/4]" not in captured.out and captured.err.strip() == f"jsnsynth: error: {target}: exists and is not a folder"
 
 
+def test_demo_into_a_folder_of_other_files_is_refused_before_any_step(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    (folder / "dataset").mkdir(parents=True)
+    (folder / "dataset" / "notes.txt").write_text("mine")
+    (folder / "report.docx").write_text("mine")
+    assert main(["demo", "--out", str(folder)]) == 1
+    captured = capsys.readouterr()
+    assert "[1/4]" not in captured.out
+    assert captured.err.strip() == (f"jsnsynth: error: {folder}: holds files the demo does not write (report.docx); "
+                                    "give the demo a folder of its own")
+    assert sorted(p.name for p in folder.iterdir()) == ["dataset", "report.docx"]
+
+
 def test_demo_into_a_dataset_folder_is_refused(tmp_path, capsys):
     folder = tmp_path / "ds"
     assert main(["dataset", "--source", "phantom", "--pairs", "2", "--size", "64", "--out", str(folder), "--quiet",

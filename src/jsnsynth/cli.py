@@ -504,6 +504,10 @@ def lsn_train_command(config_path: Path, out_dir: Path | None, export_path: Path
 # --- demo -----------------------------------------------------------------------------------
 
 
+#: What ``jsnsynth demo`` writes into its folder (a rerun writes there again).
+DEMO_OUTPUTS = ("phantoms", "phantoms_panel.png", "dataset", "validation", "crops", "separation")
+
+
 @cli.command("demo")
 @click.option("--out", "out_dir", type=NonEmptyPath(path_type=Path), default=Path("demo_output"), show_default=True,
               help="Folder for everything the demo writes (rerunning resumes).")
@@ -530,6 +534,13 @@ def demo_command(out_dir: Path, n_pairs: int, seed: int) -> None:
     check_output_folder(out_dir)  # a file there: one line now, not after the first step
     if (out_dir / STATE_NAME).exists():  # the demo's folders would land inside someone's dataset
         raise JsnSynthError(f"{out_dir}: holds a jsnsynth dataset; give the demo a folder of its own")
+    # a folder of other files: the demo wrote its phantoms among them, and stopped at step 2
+    # where a `dataset/` of someone else's was there
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in DEMO_OUTPUTS) if out_dir.is_dir() else []
+    if foreign:
+        raise JsnSynthError(f"{out_dir}: holds files the demo does not write ({foreign[0]}"
+                            f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); give the demo a folder of "
+                            "its own")
     click.echo(f"[1/4] phantoms -> {out_dir / 'phantoms'}")
     phantoms, _, _ = write_phantom_samples(out_dir / "phantoms", 8, seed=seed)
     samples = sorted(p for p in phantoms.iterdir() if p.is_dir() and not p.name.startswith("."))

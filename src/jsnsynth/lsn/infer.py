@@ -817,12 +817,19 @@ def folder_tree_crops(root: str | os.PathLike, sub_folders: bool = True) -> list
     suffixes = RASTER_SUFFIXES | DICOM_SUFFIXES
     folders = [(root, "")] + ([(p, p.name) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
                               if sub_folders else [])
-    crops = []
+    crops, deeper = [], []
     for folder, name in folders:
         if any(p.is_file() and p.suffix.lower() in suffixes for p in folder.iterdir()):
             crops.extend((path, name) for path in folder_crops(folder)
                          if not two_values_only(read_radiograph(path).intensity))
+        if name:  # images a level further down are not read: say so, rather than leave them out unsaid
+            deeper.extend(p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")
+                          and any(q.is_file() and q.suffix.lower() in suffixes for q in p.iterdir()) and folder_crops(p))
     if not crops:
         raise InputError(f"{root}: holds no radiograph crops, in itself or in sub-folders "
                          f"({', '.join(sorted(suffixes))}; images of two values are masks)")
+    if deeper:
+        warnings.warn(f"{len(deeper)} folder(s) two levels inside {root} hold images, which are not read (first: "
+                      f"{deeper[0].relative_to(root)}): crops are read from the folder and its sub-folders, one "
+                      "sub-folder a joint", stacklevel=2)
     return crops
