@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from jsnsynth.cli import main
 from jsnsynth.errors import InputError
 from jsnsynth.quantify.quantifier import quantify_files
 from jsnsynth.quantify.toy import toy_pair
-from jsnsynth.synth.io import encode_png
+from jsnsynth.synth.io import encode_png, held_folder
 from jsnsynth.synth.xray import quantize
 
 
@@ -197,3 +198,16 @@ def test_a_rows_own_spacing_is_labelled_as_the_tables(tmp_path):
     rows = batch.quantify_table(table, tmp_path / "results.csv", pixel_spacing_mm=0.2)
     assert [(row["pixel_spacing_source"], float(row["pixel_spacing_mm"])) for row in rows] == [("table", 0.1), ("option", 0.2)]
     assert float(rows[0]["jsn_mm"]) == pytest.approx(0.1 * float(rows[0]["jsn_px"]))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="folder locks are POSIX flock")
+def test_a_results_folder_another_run_writes_to_is_refused(tmp_path, capsys):
+    table = _write_pairs(tmp_path / "study", (0.5,))
+    out = tmp_path / "out"
+    out.mkdir()
+    with held_folder(out):
+        assert main(["quantify-batch", str(table), "--out", str(out / "results.csv")]) == 1
+        assert capsys.readouterr().err.strip() == (f"jsnsynth: error: {out}: another jsnsynth run is writing to this "
+                                                   "folder; wait for it to end, or choose another folder")
+        assert not any(out.iterdir())
+    assert main(["quantify-batch", str(table), "--out", str(out / "results.csv")]) == 0

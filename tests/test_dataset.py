@@ -622,7 +622,7 @@ def test_a_worker_killed_mid_run_stops_it_in_one_line_and_the_run_resumes(tmp_pa
 @pytest.mark.skipif(sys.platform == "win32", reason="folder locks are POSIX flock")
 def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path: Path) -> None:
     # two runs started into one folder both said 'wrote 150 pairs', the files being the last one's
-    from jsnsynth.synth.dataset import _run_lock
+    from jsnsynth.synth.io import held_folder
 
     out = tmp_path / "ds"
     out.mkdir()
@@ -631,13 +631,13 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path: Path) -> None:
         return build_dataset(PhantomSource(n_joints=4, size_px=64), out, 4, seed=seed, shard_size=2, layers_every=0,
                              quiet=True)
 
-    with _run_lock(out):  # a run at work: the lock is the process's, whatever holds it
-        with pytest.raises(OutputError, match="another jsnsynth dataset run is writing to this folder"):
+    with held_folder(out):  # a run at work: the lock is the process's, whatever holds it
+        with pytest.raises(OutputError, match="another jsnsynth run is writing to this folder"):
             build(2)
         assert not any(out.iterdir())  # nothing touched
     build(1)  # the lock went with the run that held it
-    with _run_lock(out):
-        with pytest.raises(OutputError, match="another jsnsynth dataset run"):
+    with held_folder(out):
+        with pytest.raises(OutputError, match="another jsnsynth run"):
             build(1)  # even the same command: it would resume under the running one
     assert build(1).resumed_shards == 2
 

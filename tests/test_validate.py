@@ -39,7 +39,7 @@ from jsnsynth.quantify.validate import (
 )
 from jsnsynth.synth.dataset import simulate_pair
 from jsnsynth.synth.geometry import Similarity, axis_vector
-from jsnsynth.synth.io import encode_png
+from jsnsynth.synth.io import encode_png, held_folder
 from jsnsynth.synth.pairs import PairConfig
 from jsnsynth.synth.sources import PhantomSource
 from jsnsynth.synth.xray import ImagingParams, ImagingRanges, quantize
@@ -601,6 +601,30 @@ def _one_error(capsys) -> str:
     return err
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="folder locks are POSIX flock")
+def test_a_report_folder_another_run_writes_to_is_refused(dataset, tmp_path, capsys):
+    # two runs into one report folder both said they wrote their report, the files being the
+    # last one's (dataset runs were held apart already)
+    out = tmp_path / "report"
+    out.mkdir()
+    held = f"jsnsynth: error: {out}: another jsnsynth run is writing to this folder; wait for it to end, or choose another folder"
+    with held_folder(out):  # a run at work
+        assert main(["validate", str(dataset), "--out", str(out)]) == 1
+        assert _one_error(capsys) == held
+        assert main(["validate-real", str(_toy_series(tmp_path)), "--out", str(out)]) == 1
+        assert _one_error(capsys) == held
+        assert not any(out.iterdir())
+    assert main(["validate", str(dataset), "--out", str(out)]) == 0  # the folder went with the run
+    capsys.readouterr()
+    with held_folder(out):
+        assert main(["validate", str(dataset), "--out", str(out)]) == 1  # even the same command
+        assert _one_error(capsys) == held
+    # a run that failed let the folder go: the next one in the same process is not refused
+    with pytest.raises(InputError):
+        validate_dataset(dataset, method=lambda *args, **kwargs: float("nan"), out_dir=tmp_path / "again")
+    assert validate_dataset(dataset, out_dir=tmp_path / "again", limit=1)["overall"]["n"] == 1
+
+
 def test_validate_refuses_an_unfinished_dataset_run(dataset, tmp_path, capsys):
     """An interrupted 'jsnsynth dataset' run was scored on the shards it had written, exit 0."""
     unfinished = _variant(dataset, tmp_path / "unfinished", state={"generator": "jsnsynth", "complete": False})
@@ -820,6 +844,7 @@ def test_a_log_line_cut_by_a_kill_does_not_swallow_the_next(tmp_path):
     log.append({"pair_id": "a"})
     with open(log.path, "a") as handle:
         handle.write('{"pair_id": "b", "est')  # killed mid-write
+    log.keep_if_resumable()  # the run ends: its folder goes with it
     resumed = ResumeLog(tmp_path / "out", "validate", ["key"])
     resumed.append({"pair_id": "c"})
     assert set(resumed.logged("pair_id")) == {"a", "c"}
@@ -830,8 +855,10 @@ def test_a_finished_report_leaves_the_other_commands_logs(tmp_path):
     (its name starts with '.validate-')."""
     real = ResumeLog(tmp_path / "out", "validate-real", ["real"])
     real.append({"pair": 0})
+    real.keep_if_resumable()  # interrupted, one after the other
     stale = ResumeLog(tmp_path / "out", "validate", ["other options"])
     stale.append({"pair_id": "a"})
+    stale.keep_if_resumable()
     ResumeLog(tmp_path / "out", "validate", ["these options"]).finish()
     assert real.path.exists() and not stale.path.exists()
 

@@ -225,20 +225,20 @@ def quantify_table(
     check_writable(out_csv)
     log = ResumeLog(out_csv.parent, f"quantify-batch-{out_csv.name}",
                     [str(Path(table).resolve()), pixel_spacing_mm, RESULT_VERSION, TABLE_VERSION])
-    done = log.logged("id")
     rows_by_id: dict[str, dict[str, Any]] = {}
     pending = []  # (pair, stamps of its files) still to measure, in the table's order
-    for pair in pairs:
-        # a row's own settings count as its files do: a spacing or joint frame added to the table
-        # after a run stopped was applied to the rows still to come alone, and the results mixed
-        # the two
-        stamps = [file_stamps(pair[name] for name in _PATH_COLUMNS if pair[name]), _settings_of(pair)]
-        previous = done.get(pair["id"])
-        if previous is not None and previous["stamps"] == stamps:
-            rows_by_id[pair["id"]] = previous["row"]
-        else:
-            pending.append((pair, stamps))
     try:
+        done = log.logged("id")
+        for pair in pairs:
+            # a row's own settings count as its files do: a spacing or joint frame added to the
+            # table after a run stopped was applied to the rows still to come alone, and the
+            # results mixed the two
+            stamps = [file_stamps(pair[name] for name in _PATH_COLUMNS if pair[name]), _settings_of(pair)]
+            previous = done.get(pair["id"])
+            if previous is not None and previous["stamps"] == stamps:
+                rows_by_id[pair["id"]] = previous["row"]
+            else:
+                pending.append((pair, stamps))
         measured = ordered_results(_use_spacing, _measured_row, pixel_spacing_mm, [pair for pair, _ in pending],
                                    num_proc, what="pair", job_name="the spacing",
                                    resume_hint="the pairs measured are kept: rerun the same command to resume")
@@ -257,6 +257,10 @@ def quantify_table(
     writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_bytes_atomic(out_csv, buffer.getvalue().encode())
+    try:
+        write_bytes_atomic(out_csv, buffer.getvalue().encode())
+    except BaseException:  # the measurements stay logged for the rerun
+        log.keep_if_resumable()
+        raise
     log.finish()
     return rows

@@ -270,8 +270,9 @@ def validate_real(
         # shares the numbers of the series both take, and each line's stamps say whether it fits)
         log = ResumeLog(out_dir, "validate-real", [str(Path(folder).resolve()), method_name, method_stamps(function),
                                                    n_shifts, max_shift_px, mismatch_sd_mm, pixel_spacing_mm, seed])
-        logged = log.logged("pair")
     try:
+        if log is not None:
+            logged = log.logged("pair")
         pair_rows, transitivity, trials = _measure_series(
             chosen, method if isinstance(method, str) else function, n_shifts, max_shift_px, mismatch_sd_mm,
             pixel_spacing_mm, seed, logged, log.append if log else None, num_proc)
@@ -296,11 +297,15 @@ def validate_real(
         figure = _real_figure(pair_rows, transitivity, summary)
         summary["outputs"] = {key: str(path) for key, path in paths.items()}
         # all three or none; strict JSON (a number that is not finite is null)
-        write_files_atomic({
-            paths["pairs"]: buffer.getvalue().encode(),
-            paths["figure"]: figure,
-            paths["summary"]: (json_text({**summary, "transitivity": transitivity}) + "\n").encode(),
-        })
+        try:
+            write_files_atomic({
+                paths["pairs"]: buffer.getvalue().encode(),
+                paths["figure"]: figure,
+                paths["summary"]: (json_text({**summary, "transitivity": transitivity}) + "\n").encode(),
+            })
+        except BaseException:  # the pairs stay logged for the rerun
+            log.keep_if_resumable()
+            raise
         log.finish()
     return summary
 

@@ -43,7 +43,7 @@ from jsnsynth.quantify.crlb import display_noise_std_from_clean, jsn_crlb_px
 from jsnsynth.quantify.quantifier import real_number
 from jsnsynth.quantify.register import RegistrationSettings, resolution_scale
 from jsnsynth.synth.geometry import Similarity
-from jsnsynth.synth.io import check_writable, decode_png, json_text, make_output_folder, write_files_atomic
+from jsnsynth.synth.io import check_writable, decode_png, held_folder, json_text, make_output_folder, write_files_atomic
 from jsnsynth.synth.xray import ImagingParams
 from jsnsynth.workers import check_num_proc, in_worker, ordered_results
 
@@ -760,12 +760,25 @@ class ResumeLog:
     options or rebuilt inputs starts a log of its own. A line cut short by an interruption is
     skipped. Once the report is written, the folder's logs of this name go (:meth:`finish`: a
     folder holds one report); a run that stops before any item is logged leaves none, nor the
-    output folder if it made it.
+    output folder if it made it. The log holds the folder (:func:`~jsnsynth.synth.io.held_folder`)
+    until :meth:`finish`, :meth:`discard` or :meth:`keep_if_resumable`: two runs into one folder
+    both wrote their report there, the files being the last one's.
+
+    Raises:
+        OutputError: the folder cannot be made, or another run holds it.
     """
 
     def __init__(self, out_dir: str | os.PathLike, name: str, key_parts: list) -> None:
         self.created = not Path(out_dir).exists()
         out = make_output_folder(out_dir)
+        self._hold = contextlib.ExitStack()
+        try:
+            self._hold.enter_context(held_folder(out))
+        except OutputError:
+            if self.created:  # made for this run, which goes no further
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+            raise
         key = hashlib.sha1(json.dumps(key_parts, default=str).encode()).hexdigest()[:12]
         self.name = name
         self.path = out / f".{name}-{key}.jsonl"
@@ -795,23 +808,34 @@ class ResumeLog:
             handle.write(json.dumps(item) + "\n")
 
     def discard(self) -> None:
-        """Remove the log, and the output folder if this run made it and it is empty."""
+        """Remove the log, and the output folder if this run made it and it is empty; let the
+        folder go."""
         self.path.unlink(missing_ok=True)
         if self.created:
             with contextlib.suppress(OSError):
                 self.path.parent.rmdir()
+        self._hold.close()
 
     def keep_if_resumable(self) -> None:
-        """After an interruption: keep the log only if it holds an item."""
+        """After an interruption: keep the log only if it holds an item; let the folder go."""
         if not (self.path.exists() and self.path.stat().st_size):
             self.discard()
+        self._hold.close()
 
     def finish(self) -> None:
         """After the report is written: remove this log and any other of this name in the folder
-        (runs with other options or inputs, whose report this one replaced)."""
+        (runs with other options or inputs, whose report this one replaced); let the folder go."""
         # the key's twelve hex digits: 'validate' must not take 'validate-real's logs
         for path in self.path.parent.glob(f".{self.name}-{'[0-9a-f]' * 12}.jsonl"):
             path.unlink(missing_ok=True)
+        self._hold.close()
+
+    def __del__(self) -> None:
+        # a caller that raised between making the log and ending it: the folder is not held on
+        # (in the same process a second run would be refused until the log was collected)
+        hold = getattr(self, "_hold", None)
+        if hold is not None:
+            hold.close()
 
 
 def validate_dataset(
@@ -866,9 +890,10 @@ def validate_dataset(
         check_no_report_of(out_dir, "validate-real", [REAL_REPORT_NAMES["summary"]])
         log = ResumeLog(out_dir, "validate", [str(folder.resolve()), method_name, method_stamps(function), split,
                                               limit, with_crlb, file_stamps(shards)])
-        for path in report_paths(log.path.parent).values():  # before the long work, not after it
-            check_writable(path)
     try:
+        if log is not None:
+            for path in report_paths(log.path.parent).values():  # before the long work, not after it
+                check_writable(path)
         rows = validate_records(read_shards(shards, limit), method if isinstance(method, str) else function, with_crlb,
                                 log.logged("pair_id") if log else None, log.append if log else None, num_proc)
     except BaseException:  # stopped (Ctrl-C, an unreadable pair): resumable if some pair is logged
@@ -896,8 +921,11 @@ def validate_dataset(
         "breakdown": breakdown(rows),
     }
     if out_dir is not None:
-        out = Path(out_dir)
-        summary["outputs"] = write_report(rows, summary, out)
+        try:
+            summary["outputs"] = write_report(rows, summary, Path(out_dir))
+        except BaseException:  # the pairs stay logged for the rerun
+            log.keep_if_resumable()
+            raise
         log.finish()
     return summary
 

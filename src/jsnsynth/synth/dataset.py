@@ -50,6 +50,7 @@ from jsnsynth.errors import InputError, OutputError
 from jsnsynth.synth.io import (
     decode_png,
     encode_png,
+    held_folder,
     make_output_folder,
     remove_partial_outputs,
     strict_json_value,
@@ -815,41 +816,6 @@ def _move_shards_into_place(out_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def _run_lock(out_dir: Path) -> Iterator[None]:
-    """Hold ``out_dir`` for one run: a second run into it is refused until this one ends.
-
-    Two runs started into one folder both reported success, the files being the last one's. The
-    lock is the operating system's on the folder itself (``flock``): no file to leave behind, and
-    released when the process ends however it ends, so a killed run resumes. Where there is no
-    such lock (Windows, some network file systems) runs are not held apart.
-
-    Raises:
-        OutputError: another run holds ``out_dir``.
-    """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    try:
-        descriptor = os.open(out_dir, os.O_RDONLY)
-    except OSError:  # a folder that cannot be opened for reading: checked where it is written
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputError(f"{out_dir}: another jsnsynth dataset run is writing to this folder; wait for it "
-                              "to end, or choose another folder") from None
-        except OSError:  # no locks on this file system
-            pass
-        yield
-    finally:
-        os.close(descriptor)  # releases the lock
-
-
-@contextlib.contextmanager
 def _removed_if_nothing_written(out_dir: Path, existed: bool, plan: Plan) -> Iterator[None]:
     """Undo the output folder's set-up when the run fails before its first pairs shard is on disk.
 
@@ -963,7 +929,7 @@ def build_dataset(
         raise OutputError(f"{out_dir}: exists and is not a folder")
     check_not_inside_a_dataset(out_dir)
     make_output_folder(out_dir)  # first: the folder is what the lock holds
-    with _run_lock(out_dir):
+    with held_folder(out_dir):
         finished = _prepare_output(out_dir, record)
         warn_empty_splits(plan, config)
         _write_state(out_dir, record, finished, complete=False)

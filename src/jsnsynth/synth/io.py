@@ -722,6 +722,42 @@ def check_output_folder(path: str | os.PathLike) -> None:
                           f"cannot make the folder {path}: {reason}")
 
 
+@contextlib.contextmanager
+def held_folder(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the output folder ``path`` for one run: another run into it (``dataset``,
+    ``validate``, ``validate-real``, ``quantify-batch``) is refused until this one ends.
+
+    Two runs started into one folder both reported success, the files being the last one's. The
+    lock is the operating system's on the folder itself (``flock``): no file to leave behind, and
+    released when the process ends however it ends, so a killed run resumes. Where there is no
+    such lock (Windows, some network file systems) runs are not held apart.
+
+    Raises:
+        OutputError: another run holds ``path``.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:  # a folder that cannot be opened for reading: checked where it is written
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"{path}: another jsnsynth run is writing to this folder; wait for it to end, or "
+                              "choose another folder") from None
+        except OSError:  # no locks on this file system
+            pass
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
 def make_output_folder(path: str | os.PathLike) -> Path:
     """Create ``path`` (and its parents) as an output folder, or say why it cannot be one.
 
