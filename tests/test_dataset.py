@@ -883,6 +883,23 @@ def test_pair_options_out_of_their_physical_range_are_refused(options) -> None:
         PairConfig(**options)
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"n_pairs": 2.5}, "number of pairs must be a whole number >= 1, got 2.5"),  # TypeError from range()
+    ({"seed": 1.5}, "seed must be a whole number >= 0, got 1.5"),  # TypeError from SeedSequence
+    ({"shard_size": "2"}, "shard size must be a whole number >= 1, got '2'"),
+    ({"pair_config": {"noise": False}}, "pair_config must be a PairConfig, got dict"),  # AttributeError
+])
+def test_build_options_of_the_wrong_kind_are_refused_before_writing(tmp_path: Path, options, message) -> None:
+    arguments = {"n_pairs": 2, **options}
+    with pytest.raises(InputError, match=re.escape(message)):
+        build_dataset(PhantomSource(n_joints=2, size_px=64), tmp_path / "ds", quiet=True, **arguments)
+    assert not (tmp_path / "ds").exists()
+    # numpy's integers are whole numbers, and recorded as Python's
+    result = build_dataset(PhantomSource(n_joints=2, size_px=64), tmp_path / "ok", np.int64(2), seed=np.int32(3),
+                           layers_every=0, quiet=True)
+    assert result.n_pairs == 2 and json.loads((tmp_path / "ok" / STATE_NAME).read_text())["config"]["seed"] == 3
+
+
 @pytest.mark.parametrize("spacing_mm", [-0.175, 0.0, 5.0, math.nan])
 def test_pairs_are_not_drawn_at_a_spacing_no_radiograph_has(spacing_mm) -> None:
     # a negative spacing gave jsn_px and jsn_mm opposite signs in the truth, without a word

@@ -114,14 +114,15 @@ class DatasetConfig:
     pair: PairConfig = field(default_factory=PairConfig)
 
     def __post_init__(self) -> None:
-        if self.n_pairs < 1:
-            raise InputError(f"number of pairs must be >= 1, got {self.n_pairs}")
-        if self.shard_size < 1:
-            raise InputError(f"shard size must be >= 1, got {self.shard_size}")
-        if self.layers_every < 0:
-            raise InputError(f"layers_every must be >= 0, got {self.layers_every}")
-        if self.seed < 0:
-            raise InputError(f"seed must be >= 0, got {self.seed}")
+        for name, what, least in (("n_pairs", "number of pairs", 1), ("shard_size", "shard size", 1),
+                                  ("layers_every", "layers_every", 0), ("seed", "seed", 0)):
+            value = getattr(self, name)
+            # a float (2.5 pairs) or text failed later with Python's own TypeError
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise InputError(f"{what} must be a whole number >= {least}, got {value!r}")
+            object.__setattr__(self, name, int(value))  # a numpy integer is stored as one in the run record
+        if not isinstance(self.pair, PairConfig):
+            raise InputError(f"pair_config must be a PairConfig, got {type(self.pair).__name__}")
         fractions = tuple(float(f) for f in self.split_fractions)
         if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-9):
             raise InputError(f"split fractions must be three numbers >= 0 summing to 1, got {self.split_fractions}")
