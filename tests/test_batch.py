@@ -14,7 +14,8 @@ from jsnsynth.cli import main
 from jsnsynth.errors import InputError
 from jsnsynth.quantify.quantifier import quantify_files
 from jsnsynth.quantify.toy import toy_pair
-from jsnsynth.synth.io import encode_png, held_folder
+from jsnsynth.quantify.validate import ResumeLog
+from jsnsynth.synth.io import encode_png
 from jsnsynth.synth.xray import quantize
 
 
@@ -201,13 +202,16 @@ def test_a_rows_own_spacing_is_labelled_as_the_tables(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="folder locks are POSIX flock")
-def test_a_results_folder_another_run_writes_to_is_refused(tmp_path, capsys):
+def test_a_results_table_another_run_writes_is_refused(tmp_path, capsys):
     table = _write_pairs(tmp_path / "study", (0.5,))
     out = tmp_path / "out"
-    out.mkdir()
-    with held_folder(out):
-        assert main(["quantify-batch", str(table), "--out", str(out / "results.csv")]) == 1
-        assert capsys.readouterr().err.strip() == (f"jsnsynth: error: {out}: another jsnsynth run is writing to this "
-                                                   "folder; wait for it to end, or choose another folder")
-        assert not any(out.iterdir())
+    running = ResumeLog(out, "quantify-batch-results.csv", ["a run at work"])
+    assert main(["quantify-batch", str(table), "--out", str(out / "results.csv")]) == 1
+    assert capsys.readouterr().err.strip() == (f"jsnsynth: error: {out / 'results.csv'}: another jsnsynth run is "
+                                               "writing it; wait for it to end, or choose another output")
+    assert not (out / "results.csv").exists()
+    # a table of another name in the same folder goes ahead beside it
+    assert main(["quantify-batch", str(table), "--out", str(out / "other.csv")]) == 0
+    running.keep_if_resumable()
     assert main(["quantify-batch", str(table), "--out", str(out / "results.csv")]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["other.csv", "results.csv"]  # no log, no lock left

@@ -175,6 +175,12 @@ def test_demo_into_a_folder_of_other_files_is_refused_before_any_step(tmp_path, 
     assert captured.err.strip() == (f"jsnsynth: error: {folder}: holds files the demo does not write (report.docx); "
                                     "give the demo a folder of its own")
     assert sorted(p.name for p in folder.iterdir()) == ["dataset", "report.docx"]
+    # hidden files are no one's work: a desktop's, or a part file of a killed demo
+    (folder / "report.docx").unlink()
+    (folder / "dataset" / "notes.txt").unlink()
+    (folder / ".DS_Store").write_text("")
+    (folder / ".phantoms_panel.png.x1y2.part").write_bytes(b"\x89PNG")
+    assert main(["demo", "--out", str(folder), "--pairs", "4"]) == 0
 
 
 def test_demo_into_a_dataset_folder_is_refused(tmp_path, capsys):

@@ -888,16 +888,21 @@ def test_pair_options_out_of_their_physical_range_are_refused(options) -> None:
     ({"seed": 1.5}, "seed must be a whole number >= 0, got 1.5"),  # TypeError from SeedSequence
     ({"shard_size": "2"}, "shard size must be a whole number >= 1, got '2'"),
     ({"pair_config": {"noise": False}}, "pair_config must be a PairConfig, got dict"),  # AttributeError
+    ({"pair_config": {}}, "pair_config must be a PairConfig, got dict"),  # taken for the defaults
 ])
 def test_build_options_of_the_wrong_kind_are_refused_before_writing(tmp_path: Path, options, message) -> None:
     arguments = {"n_pairs": 2, **options}
     with pytest.raises(InputError, match=re.escape(message)):
         build_dataset(PhantomSource(n_joints=2, size_px=64), tmp_path / "ds", quiet=True, **arguments)
     assert not (tmp_path / "ds").exists()
-    # numpy's integers are whole numbers, and recorded as Python's
+
+
+def test_build_options_given_as_numpy_integers_or_whole_floats_are_recorded_as_integers(tmp_path: Path) -> None:
     result = build_dataset(PhantomSource(n_joints=2, size_px=64), tmp_path / "ok", np.int64(2), seed=np.int32(3),
-                           layers_every=0, quiet=True)
-    assert result.n_pairs == 2 and json.loads((tmp_path / "ok" / STATE_NAME).read_text())["config"]["seed"] == 3
+                           layers_every=0.0, shard_size=2.0, quiet=True)
+    config = json.loads((tmp_path / "ok" / STATE_NAME).read_text())["config"]
+    assert result.n_pairs == 2 and (config["seed"], config["layers_every"], config["shard_size"]) == (3, 0, 2)
+    assert all(type(config[name]) is int for name in ("n_pairs", "seed", "layers_every", "shard_size"))
 
 
 @pytest.mark.parametrize("spacing_mm", [-0.175, 0.0, 5.0, math.nan])

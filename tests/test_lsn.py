@@ -1131,6 +1131,12 @@ def test_crops_two_folders_down_are_said_to_be_left_out(tmp_path):
 
     write_bytes_atomic(tmp_path / "joint2" / "v0.png", encode_png(synthetic_joint(64, 0)[0]))
     assert [(p.name, f) for p, f in folder_tree_crops(tmp_path)] == [("v0.png", "joint2")]
+    # drawn masks two levels down are no crops: nothing to say of them
+    write_bytes_atomic(tmp_path / "joint2" / "masks" / "v0_upper.png",
+                       encode_png(np.where(synthetic_joint(64, 0)[2], 255, 0).astype(np.uint8)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [(p.name, f) for p, f in folder_tree_crops(tmp_path)] == [("v0.png", "joint2")]
     write_bytes_atomic(tmp_path / "patient" / "joint" / "v0.png", encode_png(synthetic_joint(64, 1)[0]))
     write_bytes_atomic(tmp_path / "patient" / "joint" / "v1.png", encode_png(synthetic_joint(64, 2)[0]))
     with pytest.warns(UserWarning, match=r"1 folder\(s\) two levels inside .* hold images, which are not read \(first: "

@@ -122,6 +122,12 @@ def test_a_broad_overlap_of_the_masks_is_kept_out_of_both_bones_and_a_thin_one_i
     region = reg.bone_region(upper, lower, 4, 8, border_px=0)
     assert not (region & upper & lower).any() and not region[22:30, 14:46].any()  # the overlap and 8 px about it
     assert region[:20].sum() == reg.dilate(upper, 4)[:20].sum()  # the rest of the bone kept
+    # small pictures scale the width down to 1 px: a pixel or two that crossing outlines share
+    # is still no broad overlap (a radius of 0 took any)
+    crossing = np.zeros((80, 60), bool)
+    crossing[38:40, 10:50] = True
+    assert reg.broad_overlap(upper, crossing, 1) is None and reg.broad_overlap(upper, crossing, 0) is None
+    assert reg.broad_overlap(upper, lower, 1) is not None
 
 
 @pytest.mark.parametrize("index", [0, 3])
@@ -137,7 +143,7 @@ def test_masks_that_overlap_broadly_measure_as_the_bones_do(index):
     overlapping = layers.upper_mask | (layers.lower_mask & reg.dilate(layers.upper_mask, 30))
     assert np.count_nonzero(overlapping & layers.lower_mask) > 2000
     measured = quantify_pair(baseline, followup, overlapping, layers.lower_mask, **frame)
-    assert abs(measured.jsn_px - exact.jsn_px) < 0.005, (measured.jsn_px, exact.jsn_px, pair.jsn_px)
+    assert abs(measured.jsn_px - exact.jsn_px) < 0.003, (measured.jsn_px, exact.jsn_px, pair.jsn_px)
     shared = np.count_nonzero(overlapping & layers.lower_mask)
     assert (f"the bone masks overlap over {shared} px: both bones project there, and the overlap is kept out of both "
             "bones' regions") in measured.flags

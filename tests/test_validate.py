@@ -39,7 +39,7 @@ from jsnsynth.quantify.validate import (
 )
 from jsnsynth.synth.dataset import simulate_pair
 from jsnsynth.synth.geometry import Similarity, axis_vector
-from jsnsynth.synth.io import encode_png, held_folder
+from jsnsynth.synth.io import encode_png
 from jsnsynth.synth.pairs import PairConfig
 from jsnsynth.synth.sources import PhantomSource
 from jsnsynth.synth.xray import ImagingParams, ImagingRanges, quantize
@@ -605,20 +605,22 @@ def _one_error(capsys) -> str:
 def test_a_report_folder_another_run_writes_to_is_refused(dataset, tmp_path, capsys):
     # two runs into one report folder both said they wrote their report, the files being the
     # last one's (dataset runs were held apart already)
-    out = tmp_path / "report"
-    out.mkdir()
-    held = f"jsnsynth: error: {out}: another jsnsynth run is writing to this folder; wait for it to end, or choose another folder"
-    with held_folder(out):  # a run at work
-        assert main(["validate", str(dataset), "--out", str(out)]) == 1
-        assert _one_error(capsys) == held
-        assert main(["validate-real", str(_toy_series(tmp_path)), "--out", str(out)]) == 1
-        assert _one_error(capsys) == held
-        assert not any(out.iterdir())
-    assert main(["validate", str(dataset), "--out", str(out)]) == 0  # the folder went with the run
-    capsys.readouterr()
-    with held_folder(out):
-        assert main(["validate", str(dataset), "--out", str(out)]) == 1  # even the same command
-        assert _one_error(capsys) == held
+    out, real_out = tmp_path / "report", tmp_path / "real"
+    for folder, name, args in ((out, "validate", ["validate", str(dataset)]),
+                               (real_out, "validate-real", ["validate-real", str(_toy_series(tmp_path))])):
+        running = ResumeLog(folder, name, ["a run at work, with other options"])
+        assert main([*args, "--out", str(folder)]) == 1
+        assert _one_error(capsys) == (f"jsnsynth: error: {folder}: another jsnsynth run is writing to this folder; "
+                                      "wait for it to end, or choose another folder")
+        assert not [p.name for p in folder.iterdir() if not p.name.startswith(".")]  # no report
+        running.keep_if_resumable()  # it ends, having logged nothing: its log goes, and the folder
+        assert main([*args, "--out", str(folder)]) == 0
+        assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no log, no lock left
+        capsys.readouterr()
+    # a run of another command into the folder writes other files: it goes ahead beside one at work
+    running = ResumeLog(real_out, "validate-real", ["at work"])
+    assert main(["validate", str(dataset), "--out", str(tmp_path / "beside"), "--limit", "1"]) == 0
+    running.keep_if_resumable()
     # a run that failed let the folder go: the next one in the same process is not refused
     with pytest.raises(InputError):
         validate_dataset(dataset, method=lambda *args, **kwargs: float("nan"), out_dir=tmp_path / "again")

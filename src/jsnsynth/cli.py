@@ -536,7 +536,9 @@ def demo_command(out_dir: Path, n_pairs: int, seed: int) -> None:
         raise JsnSynthError(f"{out_dir}: holds a jsnsynth dataset; give the demo a folder of its own")
     # a folder of other files: the demo wrote its phantoms among them, and stopped at step 2
     # where a `dataset/` of someone else's was there
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in DEMO_OUTPUTS) if out_dir.is_dir() else []
+    # (hidden files aside: a desktop's own, or a part file a killed demo left, which its rerun replaces)
+    foreign = (sorted(p.name for p in out_dir.iterdir() if p.name not in DEMO_OUTPUTS and not p.name.startswith("."))
+               if out_dir.is_dir() else [])
     if foreign:
         raise JsnSynthError(f"{out_dir}: holds files the demo does not write ({foreign[0]}"
                             f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); give the demo a folder of "

@@ -797,6 +797,17 @@ def folder_crops(folder: str | os.PathLike) -> list[Path]:
     return [path for path in files if path.name not in written and path.name not in soft_layers]
 
 
+def _holds_crops(folder: Path, suffixes: set[str]) -> bool:
+    """Whether ``folder`` holds a radiograph crop (:func:`folder_crops`, not a drawn mask); a
+    folder or image that cannot be read holds none, as far as a warning goes."""
+    try:
+        if not any(p.is_file() and p.suffix.lower() in suffixes for p in folder.iterdir()):
+            return False
+        return any(not two_values_only(read_radiograph(path).intensity) for path in folder_crops(folder))
+    except (OSError, InputError):
+        return False
+
+
 def folder_tree_crops(root: str | os.PathLike, sub_folders: bool = True) -> list[tuple[Path, str]]:
     """The crops of a folder and of its sub-folders, each with the sub-folder it lies in (``""``
     for the folder itself): the folder's own first, then each sub-folder's, by name (one level;
@@ -822,9 +833,9 @@ def folder_tree_crops(root: str | os.PathLike, sub_folders: bool = True) -> list
         if any(p.is_file() and p.suffix.lower() in suffixes for p in folder.iterdir()):
             crops.extend((path, name) for path in folder_crops(folder)
                          if not two_values_only(read_radiograph(path).intensity))
-        if name:  # images a level further down are not read: say so, rather than leave them out unsaid
+        if name:  # crops a level further down are not read: say so, rather than leave them out unsaid
             deeper.extend(p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")
-                          and any(q.is_file() and q.suffix.lower() in suffixes for q in p.iterdir()) and folder_crops(p))
+                          and _holds_crops(p, suffixes))
     if not crops:
         raise InputError(f"{root}: holds no radiograph crops, in itself or in sub-folders "
                          f"({', '.join(sorted(suffixes))}; images of two values are masks)")

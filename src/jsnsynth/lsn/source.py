@@ -145,9 +145,6 @@ class LsnSource:
             if path in self._loaded_once:
                 warnings.simplefilter("ignore")
             separation = separate_intensity(radiograph.intensity, self._model, spacing, name=str(path))
-        if path not in self._loaded_once:
-            self._loaded_once.add(path)
-            warn_if_doubtful(radiograph.intensity, separation, self._model, spacing, str(path))
         layers = separation.layers
         if not (layers.upper_mask.any() and layers.lower_mask.any()):
             raise InputError(f"{path}: the LSN found no {'upper' if not layers.upper_mask.any() else 'lower'} bone")
@@ -159,6 +156,9 @@ class LsnSource:
         if overlap > MAX_MASK_OVERLAP:  # every pair of the crop would be refused by `quantify`, as a failure
             raise InputError(f"{path}: the LSN's bone masks overlap by {overlap:.0%} of the smaller one (more than "
                              f"{MAX_MASK_OVERLAP:.0%}): not two bones whose JSN a pair could measure; leave the crop out")
+        if path not in self._loaded_once:  # (a crop refused above needs no warning beside its error)
+            self._loaded_once.add(path)
+            warn_if_doubtful(radiograph.intensity, separation, self._model, spacing, str(path))
         metadata = dict(layers.metadata)
         metadata.update(joint_id=joint_id, image=path.relative_to(self.root).as_posix(), bit_depth=radiograph.bit_depth,
                         weights=self.weights.name)

@@ -224,10 +224,10 @@ def quantify_table(
     check_outputs_apart([out_csv], [Path(table)] + [p[name] for p in pairs for name in _PATH_COLUMNS if p[name]])
     check_writable(out_csv)
     log = ResumeLog(out_csv.parent, f"quantify-batch-{out_csv.name}",
-                    [str(Path(table).resolve()), pixel_spacing_mm, RESULT_VERSION, TABLE_VERSION])
+                    [str(Path(table).resolve()), pixel_spacing_mm, RESULT_VERSION, TABLE_VERSION], output=out_csv)
     rows_by_id: dict[str, dict[str, Any]] = {}
     pending = []  # (pair, stamps of its files) still to measure, in the table's order
-    try:
+    try:  # whatever stops the run keeps what is logged for a rerun, and lets the folder go
         done = log.logged("id")
         for pair in pairs:
             # a row's own settings count as its files do: a spacing or joint frame added to the
@@ -249,18 +249,14 @@ def quantify_table(
                 log.append({"id": pair["id"], "stamps": stamps, "row": row})
                 if on_pair is not None:
                     on_pair(row)
+        rows = [rows_by_id[pair["id"]] for pair in pairs]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_bytes_atomic(out_csv, buffer.getvalue().encode())
+        log.finish()
     except BaseException:
         log.keep_if_resumable()
         raise
-    rows = [rows_by_id[pair["id"]] for pair in pairs]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(RESULT_COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    try:
-        write_bytes_atomic(out_csv, buffer.getvalue().encode())
-    except BaseException:  # the measurements stay logged for the rerun
-        log.keep_if_resumable()
-        raise
-    log.finish()
     return rows

@@ -270,43 +270,40 @@ def validate_real(
         # shares the numbers of the series both take, and each line's stamps say whether it fits)
         log = ResumeLog(out_dir, "validate-real", [str(Path(folder).resolve()), method_name, method_stamps(function),
                                                    n_shifts, max_shift_px, mismatch_sd_mm, pixel_spacing_mm, seed])
-    try:
+    try:  # whatever stops the run keeps what is logged for a rerun, and lets the folder go
         if log is not None:
             logged = log.logged("pair")
         pair_rows, transitivity, trials = _measure_series(
             chosen, method if isinstance(method, str) else function, n_shifts, max_shift_px, mismatch_sd_mm,
             pixel_spacing_mm, seed, logged, log.append if log else None, num_proc)
-    except BaseException:  # stopped (Ctrl-C, an unreadable image): resumable if some pair is logged
-        if log is not None:
-            log.keep_if_resumable()
-        raise
-    try:
-        check_some_estimate(trials, method_name, "trials")
-    except InputError:  # a finished run with nothing to report: nothing to resume either
-        if log is not None:
-            log.discard()
-        raise
-    summary = {"folder": str(folder), "method": method_name, **real_summary(pair_rows, transitivity, len(chosen), pixel_spacing_mm)}
-    if log is not None:
-        out = log.path.parent  # the log made the folder
-        paths = {key: out / name for key, name in REPORT_NAMES.items()}
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(pair_rows[0]))
-        writer.writeheader()
-        writer.writerows(pair_rows)
-        figure = _real_figure(pair_rows, transitivity, summary)
-        summary["outputs"] = {key: str(path) for key, path in paths.items()}
-        # all three or none; strict JSON (a number that is not finite is null)
         try:
+            check_some_estimate(trials, method_name, "trials")
+        except InputError:  # a finished run with nothing to report: nothing to resume either
+            if log is not None:
+                log.discard()
+            raise
+        summary = {"folder": str(folder), "method": method_name,
+                   **real_summary(pair_rows, transitivity, len(chosen), pixel_spacing_mm)}
+        if log is not None:
+            out = log.path.parent  # the log made the folder
+            paths = {key: out / name for key, name in REPORT_NAMES.items()}
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=list(pair_rows[0]))
+            writer.writeheader()
+            writer.writerows(pair_rows)
+            figure = _real_figure(pair_rows, transitivity, summary)
+            summary["outputs"] = {key: str(path) for key, path in paths.items()}
+            # all three or none; strict JSON (a number that is not finite is null)
             write_files_atomic({
                 paths["pairs"]: buffer.getvalue().encode(),
                 paths["figure"]: figure,
                 paths["summary"]: (json_text({**summary, "transitivity": transitivity}) + "\n").encode(),
             })
-        except BaseException:  # the pairs stay logged for the rerun
-            log.keep_if_resumable()
-            raise
-        log.finish()
+            log.finish()
+    except BaseException:  # stopped (Ctrl-C, an unreadable image, a report that cannot be written)
+        if log is not None:
+            log.keep_if_resumable()  # (nothing to keep after a discard)
+        raise
     return summary
 
 

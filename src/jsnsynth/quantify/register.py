@@ -347,22 +347,30 @@ def bone_region(
     # by a fifth 0.36 px off, unflagged (LSN-layer pairs, docs/quantify.md)
     broad = broad_overlap(mask, other_mask, thin_overlap_px)
     if broad is not None:
-        region &= ~dilate(broad, exclude_px + thin_overlap_px // 2, step)
+        region &= ~dilate(broad, exclude_px + overlap_core_radius(thin_overlap_px), step)
     if keep_out is not None:
         region &= ~keep_out[::step, ::step]
     return region & within_content(mask.shape, content, border_px, step)
 
 
 def broad_overlap(mask: np.ndarray, other_mask: np.ndarray, thin_overlap_px: int) -> np.ndarray | None:
-    """The core of the masks' overlap where it is more than ``thin_overlap_px`` across (eroded by
-    half that), or None where there is none. A narrower strip is two outlines drawn across each
-    other at the joint line: the band about the other bone's own pixels keeps it out of a region
-    already, and growing it too took joint surface (high-noise real-layer pairs 0.0277 -> 0.0287 px)."""
-    shared = mask & other_mask
+    """The core of the masks' overlap where it is more than ``thin_overlap_px`` across (where it
+    holds a disk of the least odd diameter above that, 5 px for 4: eroded by a disk of
+    :func:`overlap_core_radius`), or None where there is none. A narrower strip is two
+    outlines drawn across each other at the joint line: the band about the other bone's own
+    pixels keeps it out of a region already, and growing it too took joint surface (high-noise
+    real-layer pairs 0.0277 -> 0.0287 px)."""
+    shared = np.asarray(mask, dtype=bool) & np.asarray(other_mask, dtype=bool)
     if not shared.any():
         return None
-    core = cv2.erode(shared.astype(np.uint8), disk(thin_overlap_px // 2)).astype(bool)
+    core = cv2.erode(shared.astype(np.uint8), disk(overlap_core_radius(thin_overlap_px))).astype(bool)
     return core if core.any() else None
+
+
+def overlap_core_radius(thin_overlap_px: int) -> int:
+    """Radius of the disk an overlap must hold to be broad: ``2 r + 1 > thin_overlap_px``, at least 1
+    (a radius of 0 would take any pixel two outlines share, as at the small pictures' scaled 1 px)."""
+    return max(1, (int(thin_overlap_px) + 1) // 2)
 
 
 def within_content(

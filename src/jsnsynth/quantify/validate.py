@@ -760,35 +760,37 @@ class ResumeLog:
     options or rebuilt inputs starts a log of its own. A line cut short by an interruption is
     skipped. Once the report is written, the folder's logs of this name go (:meth:`finish`: a
     folder holds one report); a run that stops before any item is logged leaves none, nor the
-    output folder if it made it. The log holds the folder (:func:`~jsnsynth.synth.io.held_folder`)
-    until :meth:`finish`, :meth:`discard` or :meth:`keep_if_resumable`: two runs into one folder
-    both wrote their report there, the files being the last one's.
+    output folder if it made it. The log holds the folder for runs of its name
+    (:func:`~jsnsynth.synth.io.held_folder`) until :meth:`finish`, :meth:`discard` or
+    :meth:`keep_if_resumable`: two runs into one folder both wrote their report there, the files
+    being the last one's.
 
     Raises:
-        OutputError: the folder cannot be made, or another run holds it.
+        OutputError: the folder cannot be made, or another run of this name holds it.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, name: str, key_parts: list) -> None:
+    def __init__(self, out_dir: str | os.PathLike, name: str, key_parts: list,
+                 output: str | os.PathLike | None = None) -> None:
         self.created = not Path(out_dir).exists()
         out = make_output_folder(out_dir)
-        self._hold = contextlib.ExitStack()
-        try:
-            self._hold.enter_context(held_folder(out))
-        except OutputError:
-            if self.created:  # made for this run, which goes no further
-                with contextlib.suppress(OSError):
-                    out.rmdir()
-            raise
         key = hashlib.sha1(json.dumps(key_parts, default=str).encode()).hexdigest()[:12]
         self.name = name
         self.path = out / f".{name}-{key}.jsonl"
-        if self.path.exists() and self.path.stat().st_size:
-            with open(self.path, "rb") as handle:
-                handle.seek(-1, os.SEEK_END)
-                cut = handle.read(1) != b"\n"
-            if cut:  # a line cut by a kill: end it, so that the next item starts a line of its own
-                with open(self.path, "a") as handle:
-                    handle.write("\n")
+        # another run of this name into the folder (its report, or ``output``) is refused; runs
+        # writing other outputs there go ahead
+        self._hold = contextlib.ExitStack()
+        self._hold.enter_context(held_folder(out, f".{name}.lock", output))
+        try:
+            if self.path.exists() and self.path.stat().st_size:
+                with open(self.path, "rb") as handle:
+                    handle.seek(-1, os.SEEK_END)
+                    cut = handle.read(1) != b"\n"
+                if cut:  # a line cut by a kill: end it, so that the next item starts a line of its own
+                    with open(self.path, "a") as handle:
+                        handle.write("\n")
+        except BaseException:
+            self._hold.close()
+            raise
 
     def logged(self, id_field: str) -> dict[Any, dict]:
         """The items logged by earlier runs, by their ``id_field``."""
@@ -811,10 +813,10 @@ class ResumeLog:
         """Remove the log, and the output folder if this run made it and it is empty; let the
         folder go."""
         self.path.unlink(missing_ok=True)
+        self._hold.close()  # first: its lock file is in the folder
         if self.created:
             with contextlib.suppress(OSError):
                 self.path.parent.rmdir()
-        self._hold.close()
 
     def keep_if_resumable(self) -> None:
         """After an interruption: keep the log only if it holds an item; let the folder go."""
@@ -890,43 +892,39 @@ def validate_dataset(
         check_no_report_of(out_dir, "validate-real", [REAL_REPORT_NAMES["summary"]])
         log = ResumeLog(out_dir, "validate", [str(folder.resolve()), method_name, method_stamps(function), split,
                                               limit, with_crlb, file_stamps(shards)])
-    try:
+    try:  # whatever stops the run keeps what is logged for a rerun, and lets the folder go
         if log is not None:
             for path in report_paths(log.path.parent).values():  # before the long work, not after it
                 check_writable(path)
         rows = validate_records(read_shards(shards, limit), method if isinstance(method, str) else function, with_crlb,
                                 log.logged("pair_id") if log else None, log.append if log else None, num_proc)
-    except BaseException:  # stopped (Ctrl-C, an unreadable pair): resumable if some pair is logged
-        if log is not None:
-            log.keep_if_resumable()
-        raise
-    if not rows:
-        if log is not None:
-            log.discard()
-        raise InputError(f"{folder}: no pairs to validate")
-    try:
-        check_some_estimate(rows, method_name)
-    except InputError:
-        # a finished run with nothing to report: nothing to resume either (a fixed plug-in must
-        # start afresh)
-        if log is not None:
-            log.discard()
-        raise
-    summary = {
-        "dataset": str(folder),
-        "method": method_name,
-        "split": split or "all",
-        "mismatch_threshold_px": MISMATCH_PX,
-        "overall": summarize(rows),
-        "breakdown": breakdown(rows),
-    }
-    if out_dir is not None:
+        if not rows:
+            if log is not None:
+                log.discard()
+            raise InputError(f"{folder}: no pairs to validate")
         try:
-            summary["outputs"] = write_report(rows, summary, Path(out_dir))
-        except BaseException:  # the pairs stay logged for the rerun
-            log.keep_if_resumable()
+            check_some_estimate(rows, method_name)
+        except InputError:
+            # a finished run with nothing to report: nothing to resume either (a fixed plug-in
+            # must start afresh)
+            if log is not None:
+                log.discard()
             raise
-        log.finish()
+        summary = {
+            "dataset": str(folder),
+            "method": method_name,
+            "split": split or "all",
+            "mismatch_threshold_px": MISMATCH_PX,
+            "overall": summarize(rows),
+            "breakdown": breakdown(rows),
+        }
+        if log is not None:
+            summary["outputs"] = write_report(rows, summary, Path(out_dir))
+            log.finish()
+    except BaseException:  # stopped (Ctrl-C, an unreadable pair, a report that cannot be written)
+        if log is not None:
+            log.keep_if_resumable()  # (nothing to keep after a discard)
+        raise
     return summary
 
 

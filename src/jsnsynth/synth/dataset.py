@@ -117,10 +117,12 @@ class DatasetConfig:
         for name, what, least in (("n_pairs", "number of pairs", 1), ("shard_size", "shard size", 1),
                                   ("layers_every", "layers_every", 0), ("seed", "seed", 0)):
             value = getattr(self, name)
-            # a float (2.5 pairs) or text failed later with Python's own TypeError
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            # a fraction (2.5 pairs) or text failed later with Python's own TypeError
+            whole = (isinstance(value, (int, np.integer)) and not isinstance(value, bool)) or (
+                isinstance(value, (float, np.floating)) and float(value).is_integer())
+            if not whole or value < least:
                 raise InputError(f"{what} must be a whole number >= {least}, got {value!r}")
-            object.__setattr__(self, name, int(value))  # a numpy integer is stored as one in the run record
+            object.__setattr__(self, name, int(value))  # 10.0 or a numpy integer, recorded as an int
         if not isinstance(self.pair, PairConfig):
             raise InputError(f"pair_config must be a PairConfig, got {type(self.pair).__name__}")
         fractions = tuple(float(f) for f in self.split_fractions)
@@ -916,7 +918,8 @@ def build_dataset(
     """
     from tqdm.auto import tqdm
 
-    config = DatasetConfig(n_pairs, seed, tuple(split_fractions), shard_size, layers_every, pair_config or PairConfig())
+    config = DatasetConfig(n_pairs, seed, tuple(split_fractions), shard_size, layers_every,
+                           PairConfig() if pair_config is None else pair_config)
     check_num_proc(num_proc)
     out_dir = Path(out_dir)
     plan = plan_dataset(list(source.joint_ids()), config)

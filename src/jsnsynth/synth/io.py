@@ -723,25 +723,31 @@ def check_output_folder(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def held_folder(path: str | os.PathLike) -> Iterator[None]:
-    """Hold the output folder ``path`` for one run: another run into it (``dataset``,
-    ``validate``, ``validate-real``, ``quantify-batch``) is refused until this one ends.
+def held_folder(path: str | os.PathLike, lock_name: str | None = None,
+                output: str | os.PathLike | None = None) -> Iterator[None]:
+    """Hold the output folder ``path`` for one run: another run into it is refused until this
+    one ends.
 
     Two runs started into one folder both reported success, the files being the last one's. The
-    lock is the operating system's on the folder itself (``flock``): no file to leave behind, and
-    released when the process ends however it ends, so a killed run resumes. Where there is no
-    such lock (Windows, some network file systems) runs are not held apart.
+    lock is the operating system's (``flock``), released when the process ends however it ends,
+    so a killed run resumes. Without ``lock_name`` it is on the folder itself (``dataset``: no file
+    to leave behind); with it, on that hidden file in the folder, made for the run and removed
+    after it, so that runs writing other outputs into one folder (``validate`` and
+    ``validate-real`` reports, ``quantify-batch`` tables of other names) go ahead side by side;
+    ``output`` names what the run writes, for the message. Where there is no such lock (Windows,
+    some network file systems) runs are not held apart.
 
     Raises:
-        OutputError: another run holds ``path``.
+        OutputError: another run holds ``path`` (or its ``lock_name``).
     """
     try:
         import fcntl
     except ImportError:  # not POSIX
         yield
         return
+    target = Path(path) / lock_name if lock_name else Path(path)
     try:
-        descriptor = os.open(path, os.O_RDONLY)
+        descriptor = os.open(target, os.O_RDONLY | (os.O_CREAT if lock_name else 0), 0o644)
     except OSError:  # a folder that cannot be opened for reading: checked where it is written
         yield
         return
@@ -749,11 +755,19 @@ def held_folder(path: str | os.PathLike) -> Iterator[None]:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if output is not None:
+                raise OutputError(f"{output}: another jsnsynth run is writing it; wait for it to end, or choose another "
+                                  "output") from None
             raise OutputError(f"{path}: another jsnsynth run is writing to this folder; wait for it to end, or "
                               "choose another folder") from None
         except OSError:  # no locks on this file system
             pass
-        yield
+        try:
+            yield
+        finally:
+            if lock_name:  # still held: a run that opens it now is refused, or makes a new one
+                with contextlib.suppress(OSError):
+                    target.unlink()
     finally:
         os.close(descriptor)  # releases the lock
 
