@@ -344,7 +344,7 @@ def bone_region(
     region = dilate(mask, dilate_px, step) & ~dilate(other_mask & ~mask, exclude_px, step)
     # where the masks overlap broadly both bones project (a collapsed or flexed joint), and that
     # sum of two layers moves with neither bone: kept in, it read a joint whose masks overlapped
-    # by a fifth 0.36 px off, unflagged (LSN-layer pairs, docs/quantify.md)
+    # by a fifth 0.36 px off, unflagged (LSN-layer pairs: docs/quantify-history.md, session 31)
     broad = broad_overlap(mask, other_mask, thin_overlap_px)
     if broad is not None:
         region &= ~dilate(broad, exclude_px + overlap_core_radius(thin_overlap_px), step)
