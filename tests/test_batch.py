@@ -215,3 +215,12 @@ def test_a_results_table_another_run_writes_is_refused(tmp_path, capsys):
     running.keep_if_resumable()
     assert main(["quantify-batch", str(table), "--out", str(out / "results.csv")]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["other.csv", "results.csv"]  # no log, no lock left
+
+
+def test_a_results_table_of_a_long_name_is_written(tmp_path):
+    # its log and lock file, named after it, passed the file system's 255 bytes: a raw OSError
+    # (File name too long), and the folder it made was left behind
+    table = _write_pairs(tmp_path / "study", (0.5,))
+    out = tmp_path / "out" / ("r" * 230 + ".csv")
+    assert main(["quantify-batch", str(table), "--out", str(out)]) == 0
+    assert [p.name for p in out.parent.iterdir()] == [out.name]

@@ -544,3 +544,32 @@ def test_png_bytes_that_do_not_decode_say_why_in_the_error_alone(capfd) -> None:
         io.decode_png(bytes(data))
     captured = capfd.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="locks are POSIX flock")
+def test_a_lock_file_its_run_removed_holds_no_other_run(tmp_path: Path) -> None:
+    # a run that opened the lock file just before its holder removed it took the lock of a file
+    # no longer there: it and a run that made the file anew both went ahead, and its end removed
+    # the new run's file, letting a third in
+    import fcntl
+
+    from jsnsynth.errors import OutputError
+
+    first = io.held_folder(tmp_path, ".run.lock")
+    first.__enter__()
+    stale = os.open(tmp_path / ".run.lock", os.O_RDONLY)
+    first.__exit__(None, None, None)
+    assert not (tmp_path / ".run.lock").exists()  # no lock file left after a run
+    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the lock of a file no longer there
+    assert not io._same_file(stale, tmp_path / ".run.lock")  # which the run sees, and opens again
+    with io.held_folder(tmp_path, ".run.lock", output=tmp_path / "table.csv"):
+        current = os.open(tmp_path / ".run.lock", os.O_RDONLY)
+        assert io._same_file(current, tmp_path / ".run.lock")
+        os.close(current)
+        with pytest.raises(OutputError, match="table.csv: another jsnsynth run is writing it"):
+            with io.held_folder(tmp_path, ".run.lock", output=tmp_path / "table.csv"):
+                pass
+    os.close(stale)
+    with pytest.raises(OutputError, match=r"cannot make the run's lock file .* \(File name too long\)"):
+        with io.held_folder(tmp_path, "." + "q" * 300 + ".lock"):
+            pass

@@ -754,10 +754,10 @@ def method_stamps(function: Callable) -> list:
 class ResumeLog:
     """The log that lets an interrupted run go on where it stopped.
 
-    One JSON line per finished item in ``out_dir/.<name>-<key>.jsonl``, the key a hash of what
-    the items depend on (the options, and what the caller adds: :func:`file_stamps` of the
-    inputs, or nothing when each item records the stamps of its own inputs), so a run with other
-    options or rebuilt inputs starts a log of its own. A line cut short by an interruption is
+    One JSON line per finished item in ``out_dir/.<name>-<key>.jsonl`` (a name over 100 bytes as
+    a hash of it), the key a hash of what the items depend on (the options, and what the caller
+    adds: :func:`file_stamps` of the inputs, or nothing when each item records the stamps of its
+    own inputs), so a run with other options or rebuilt inputs starts a log of its own. A line cut short by an interruption is
     skipped. Once the report is written, the folder's logs of this name go (:meth:`finish`: a
     folder holds one report); a run that stops before any item is logged leaves none, nor the
     output folder if it made it. The log holds the folder for runs of its name
@@ -774,13 +774,14 @@ class ResumeLog:
         self.created = not Path(out_dir).exists()
         out = make_output_folder(out_dir)
         key = hashlib.sha1(json.dumps(key_parts, default=str).encode()).hexdigest()[:12]
-        self.name = name
-        self.path = out / f".{name}-{key}.jsonl"
-        # another run of this name into the folder (its report, or ``output``) is refused; runs
-        # writing other outputs there go ahead
+        # a long name (a results table's) within the file system's 255 bytes, as a hash of it
+        self.name = name if len(name.encode()) <= 100 else f"log-{hashlib.sha1(name.encode()).hexdigest()[:16]}"
+        self.path = out / f".{self.name}-{key}.jsonl"
         self._hold = contextlib.ExitStack()
-        self._hold.enter_context(held_folder(out, f".{name}.lock", output))
         try:
+            # another run of this name into the folder (its report, or ``output``) is refused;
+            # runs writing other outputs there go ahead
+            self._hold.enter_context(held_folder(out, f".{self.name}.lock", output))
             if self.path.exists() and self.path.stat().st_size:
                 with open(self.path, "rb") as handle:
                     handle.seek(-1, os.SEEK_END)
@@ -788,8 +789,13 @@ class ResumeLog:
                 if cut:  # a line cut by a kill: end it, so that the next item starts a line of its own
                     with open(self.path, "a") as handle:
                         handle.write("\n")
-        except BaseException:
+        except BaseException as exc:
             self._hold.close()
+            if self.created:  # made for this run, which goes no further (empty unless another run's)
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+            if isinstance(exc, OSError):
+                raise OutputError(f"{out}: cannot keep the run's log there ({exc.strerror or exception_line(exc)})") from None
             raise
 
     def logged(self, id_field: str) -> dict[Any, dict]:

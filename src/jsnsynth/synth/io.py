@@ -740,36 +740,65 @@ def held_folder(path: str | os.PathLike, lock_name: str | None = None,
     Raises:
         OutputError: another run holds ``path`` (or its ``lock_name``).
     """
+    target = Path(path) / lock_name if lock_name else Path(path)
+    descriptor = _locked(target, bool(lock_name), output if output is not None else path, output is not None)
+    try:
+        yield
+    finally:
+        if descriptor is not None:
+            if lock_name and _same_file(descriptor, target):  # still ours: removed while held
+                with contextlib.suppress(OSError):
+                    target.unlink()
+            os.close(descriptor)  # releases the lock
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    """Whether ``path`` is still the file open as ``descriptor`` (not removed, or made anew)."""
+    try:
+        held, named = os.fstat(descriptor), os.stat(path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
+
+def _locked(target: Path, lock_file: bool, named: str | os.PathLike, is_output: bool) -> int | None:
+    """An open descriptor of ``target`` holding its exclusive lock, or None where locks cannot be
+    taken (not POSIX, no such lock on this file system, a folder that cannot be opened for
+    reading).
+
+    A lock file is removed by the run that held it: a run that opened it just before then holds
+    a file no longer there, so it opens the path again until the two are the same file (else two
+    runs, one on the old file and one on a new one, would both go ahead).
+
+    Raises:
+        OutputError: another run holds it, or the lock file cannot be made.
+    """
     try:
         import fcntl
     except ImportError:  # not POSIX
-        yield
-        return
-    target = Path(path) / lock_name if lock_name else Path(path)
-    try:
-        descriptor = os.open(target, os.O_RDONLY | (os.O_CREAT if lock_name else 0), 0o644)
-    except OSError:  # a folder that cannot be opened for reading: checked where it is written
-        yield
-        return
-    try:
+        return None
+    while True:
+        try:
+            descriptor = os.open(target, os.O_RDONLY | (os.O_CREAT if lock_file else 0), 0o644)
+        except OSError as exc:
+            if not lock_file:  # a folder that cannot be opened for reading: checked where it is written
+                return None
+            raise OutputError(f"{target.parent}: cannot make the run's lock file {target.name} ({exc.strerror})") from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            if output is not None:
-                raise OutputError(f"{output}: another jsnsynth run is writing it; wait for it to end, or choose another "
+            os.close(descriptor)
+            if is_output:
+                raise OutputError(f"{named}: another jsnsynth run is writing it; wait for it to end, or choose another "
                                   "output") from None
-            raise OutputError(f"{path}: another jsnsynth run is writing to this folder; wait for it to end, or "
+            raise OutputError(f"{named}: another jsnsynth run is writing to this folder; wait for it to end, or "
                               "choose another folder") from None
         except OSError:  # no locks on this file system
-            pass
-        try:
-            yield
-        finally:
-            if lock_name:  # still held: a run that opens it now is refused, or makes a new one
-                with contextlib.suppress(OSError):
-                    target.unlink()
-    finally:
-        os.close(descriptor)  # releases the lock
+            os.close(descriptor)
+            return None
+        if not lock_file or _same_file(descriptor, target):
+            return descriptor
+        os.close(descriptor)  # the file was removed (or made anew) between the open and the lock
 
 
 def make_output_folder(path: str | os.PathLike) -> Path:
