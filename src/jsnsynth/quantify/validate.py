@@ -757,13 +757,13 @@ class ResumeLog:
     One JSON line per finished item in ``out_dir/.<name>-<key>.jsonl`` (a name over 100 bytes as
     a hash of it), the key a hash of what the items depend on (the options, and what the caller
     adds: :func:`file_stamps` of the inputs, or nothing when each item records the stamps of its
-    own inputs), so a run with other options or rebuilt inputs starts a log of its own. A line cut short by an interruption is
-    skipped. Once the report is written, the folder's logs of this name go (:meth:`finish`: a
-    folder holds one report); a run that stops before any item is logged leaves none, nor the
-    output folder if it made it. The log holds the folder for runs of its name
-    (:func:`~jsnsynth.synth.io.held_folder`) until :meth:`finish`, :meth:`discard` or
-    :meth:`keep_if_resumable`: two runs into one folder both wrote their report there, the files
-    being the last one's.
+    own inputs), so a run with other options or rebuilt inputs starts a log of its own. A line
+    cut short by an interruption is skipped. Once the report is written, the folder's logs of
+    this name go (:meth:`finish`: a folder holds one report); a run that stops before any item is
+    logged leaves none, nor the output folder if it made it. The log holds the folder for runs
+    of its name (:func:`~jsnsynth.synth.io.held_folder`) until :meth:`finish`, :meth:`discard`
+    or :meth:`keep_if_resumable`: two runs into one folder both wrote their report there, the
+    files being the last one's.
 
     Raises:
         OutputError: the folder cannot be made, or another run of this name holds it.
