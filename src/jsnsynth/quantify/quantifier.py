@@ -679,8 +679,8 @@ def quantify_pair(
                      f"exposure?), beyond what the blur match reaches (about {2.0 * settings.max_blur_difference_px2:.0f} "
                      "px^2 at this picture's size): the JSN is not to be trusted")
     if reg.broad_overlap(upper, lower, settings.thin_overlap_px) is not None:
-        # a note, not a flag: measured on the rest of the bones (method step 2), which the
-        # standard error counts, but masks drawn so may stand for bones the picture does not part
+        # a note, not a flag: the rest of each bone is measured (method step 2), and the
+        # standard error counts the pixels left out; the user learns the masks were read so
         notes.append(f"the bone masks overlap over {np.count_nonzero(upper & lower)} px: both bones project there, and "
                      "the overlap is kept out of both bones' regions")
     relative_deg = (t_upper.angle_deg - t_lower.angle_deg + 180.0) % 360.0 - 180.0
