@@ -738,10 +738,11 @@ def held_folder(path: str | os.PathLike, lock_name: str | None = None,
     some network file systems) runs are not held apart.
 
     Raises:
-        OutputError: another run holds ``path`` (or its ``lock_name``).
+        OutputError: another run holds ``path`` (or its ``lock_name``), or the lock file cannot
+            be made.
     """
     target = Path(path) / lock_name if lock_name else Path(path)
-    descriptor = _locked(target, bool(lock_name), output if output is not None else path, output is not None)
+    descriptor = _locked(target, bool(lock_name), output)
     try:
         yield
     finally:
@@ -761,7 +762,7 @@ def _same_file(descriptor: int, path: Path) -> bool:
     return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
-def _locked(target: Path, lock_file: bool, named: str | os.PathLike, is_output: bool) -> int | None:
+def _locked(target: Path, lock_file: bool, output: str | os.PathLike | None) -> int | None:
     """An open descriptor of ``target`` holding its exclusive lock, or None where locks cannot be
     taken (not POSIX, no such lock on this file system, a folder that cannot be opened for
     reading).
@@ -788,10 +789,11 @@ def _locked(target: Path, lock_file: bool, named: str | os.PathLike, is_output: 
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(descriptor)
-            if is_output:
-                raise OutputError(f"{named}: another jsnsynth run is writing it; wait for it to end, or choose another "
+            if output is not None:
+                raise OutputError(f"{output}: another jsnsynth run is writing it; wait for it to end, or choose another "
                                   "output") from None
-            raise OutputError(f"{named}: another jsnsynth run is writing to this folder; wait for it to end, or "
+            folder = target.parent if lock_file else target
+            raise OutputError(f"{folder}: another jsnsynth run is writing to this folder; wait for it to end, or "
                               "choose another folder") from None
         except OSError:  # no locks on this file system
             os.close(descriptor)
