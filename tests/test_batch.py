@@ -138,7 +138,9 @@ def test_a_logged_pair_whose_row_changed_is_measured_anew(tmp_path, monkeypatch,
 @pytest.mark.parametrize(("text", "message"), [
     ("", "empty (a table of pairs needs a header row: baseline, followup, upper_mask, lower_mask)"),
     (" \n\n", "empty (a table"),
-    ("baseline,followup,upper_mask\na,b,c\n", "missing column(s) lower_mask"),
+    ("baseline,followup,upper_mask\na,b,c\n",
+     "missing column(s) lower_mask (needs baseline, followup, upper_mask, lower_mask; the header reads "
+     "'baseline,followup,upper_mask')"),
     ("baseline,followup,upper_mask,lower_mask,spacing\na,b,c,d,0.1\n", "unknown column(s) spacing"),
     ("baseline,followup,upper_mask,lower_mask\n", "lists no pairs"),
     ("baseline,followup,upper_mask,lower_mask\na,,c,d\n", "row 1 has no followup"),
@@ -164,8 +166,26 @@ def test_a_bad_table_is_a_one_line_error_before_any_work(tmp_path, capsys, text,
     assert message in capsys.readouterr().err and not (tmp_path / "out.csv").exists()
 
 
+@pytest.mark.parametrize("header, separator", [("ID,Baseline,Followup,Upper_Mask,Lower_Mask", ","),
+                                               ("id;baseline;followup;upper_mask;lower_mask", ";"),
+                                               ("id\tbaseline\tfollowup\t upper_mask\tlower_mask", "\t")])
+def test_a_table_as_spreadsheets_save_it_is_read(tmp_path, header, separator):
+    """Column names in capitals, or cells separated by semicolons (a spreadsheet where the
+    decimal mark is a comma) or tabs, were refused as missing every column."""
+    spacing = "0,15" if separator == ";" else "0.15"  # such a spreadsheet's decimal mark
+    (tmp_path / "pairs.csv").write_text(f"{header}{separator}pixel_spacing_mm\n"
+                                        + separator.join(["p1", "a 1.png", "b.png", "u.png", "l.png", spacing]) + "\n")
+    rows = batch.read_pair_table(tmp_path / "pairs.csv")
+    assert [(row["id"], row["as_written"]["baseline"], row["pixel_spacing_mm"]) for row in rows] == [("p1", "a 1.png", 0.15)]
+    assert rows[0]["lower_mask"] == str(tmp_path / "l.png")
+
+
 def test_the_results_table_must_not_be_an_input(tmp_path, capsys):
     table = _write_pairs(tmp_path / "study", (0.5,))
+    # nor be named as a spreadsheet: an .xlsx file held CSV text, without a word
+    assert main(["quantify-batch", str(table), "--out", str(tmp_path / "results.xlsx")]) == 1
+    assert "results.xlsx: the results table is written as CSV; name it .csv, not .xlsx" in capsys.readouterr().err
+    assert not (tmp_path / "results.xlsx").exists()
     assert main(["quantify-batch", str(table), "--out", str(table)]) == 1
     assert "pairs.csv" in capsys.readouterr().err
     assert table.read_text().startswith("id,baseline")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import click
 import pytest
 
@@ -51,6 +53,17 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     (["no-such-command"], ["No such command 'no-such-command'", "jsnsynth --help"]),
     (["phantom", "--n"], ["'--n' requires an argument", "jsnsynth phantom --help"]),  # no context yet
     (["lsn", "train", "--config"], ["'--config' requires an argument", "jsnsynth lsn train --help"]),
+    # a misspelt choice of a free-text option, or one option without its partner, as any other
+    # usage error (they were exit 1, without the pointer to the help)
+    (["dataset", "--source", "phantoms", "--pairs", "2", "--out", "x"],
+     ["--source 'phantoms': give phantom, fingerjoints:DIR or lsn:DIR", "jsnsynth dataset --help"]),
+    (["dataset", "--source", "lsn:", "--pairs", "2", "--out", "x"], ["'lsn' needs a folder: lsn:DIR"]),
+    (["validate", "ds", "--method", "regster"], ["'regster' is none of register, poc, ecc and not module:function",
+                                                 "jsnsynth validate --help"]),
+    (["validate-real", "dir", "--method", "mine:"], ["'mine:' is none of", "jsnsynth validate-real --help"]),
+    (["publish", "ds", "--repo-id", "name"], ["'name' is not OWNER/NAME"]),
+    (["quantify", "a.png", "b.png", "--upper-mask", "u.png", "--lower-mask", "l.png", "--followup-lower-mask", "f.png"],
+     ["--followup-upper-mask and --followup-lower-mask go together", "jsnsynth quantify --help"]),
 ])
 def test_usage_errors_are_one_line(args: list[str], names: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     # click's own form is a four-line block; every other error of the command line is one line
@@ -180,7 +193,11 @@ def test_demo_into_a_folder_of_other_files_is_refused_before_any_step(tmp_path, 
     (folder / "dataset" / "notes.txt").unlink()
     (folder / ".DS_Store").write_text("")
     (folder / ".phantoms_panel.png.x1y2.part").write_bytes(b"\x89PNG")
-    assert main(["demo", "--out", str(folder), "--pairs", "4"]) == 0
+    # the fewest pairs it takes give every split a joint: it warned about its own settings at 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["demo", "--out", str(folder), "--pairs", "6"]) == 0
+    assert main(["demo", "--out", str(folder), "--pairs", "5"]) == 2
 
 
 def test_demo_into_a_dataset_folder_is_refused(tmp_path, capsys):

@@ -477,6 +477,25 @@ def test_a_jpeg_mask_is_read_without_its_ringing(tmp_path: Path) -> None:
     assert np.count_nonzero(read != mask) <= 4  # at most a few edge pixels of the outline
 
 
+def test_a_picture_given_as_a_mask_is_named_so(tmp_path: Path) -> None:
+    """A radiograph given as a mask was read with every non-zero pixel inside, and the error
+    that followed spoke of a label image given as both masks."""
+    yy, xx = np.mgrid[:128, :128]
+    picture = (20000 + 30000 * np.exp(-((xx - 64) ** 2 + (yy - 60) ** 2) / 900.0) + 40 * xx).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "radiograph.png"), picture)
+    with pytest.raises(InputError, match=r"radiograph.png: holds a picture, not a mask \(most of its pixels are greys"):
+        io.read_mask(tmp_path / "radiograph.png")
+    # masks blurred, stored as JPEG at a low quality, or labelled 0/1/2 are still masks
+    mask = ((xx - 64) / 40.0) ** 2 + ((yy - 50) / 25.0) ** 2 < 1.0
+    blurred = cv2.GaussianBlur(mask.astype(np.float32) * 255, (0, 0), 6).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "blurred.png"), blurred)
+    cv2.imwrite(str(tmp_path / "mask.jpg"), np.where(mask, 255, 0).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 30])
+    labels = np.where(mask, np.where(yy < 50, 1, 2), 0).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "labels.png"), labels)
+    for name in ("blurred.png", "mask.jpg", "labels.png"):
+        assert io.read_mask(tmp_path / name).any()
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_several_files_are_written_all_or_none(tmp_path: Path) -> None:
     from jsnsynth.errors import OutputError

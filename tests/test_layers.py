@@ -113,7 +113,7 @@ def test_side_by_side_or_swapped_masks_are_not_a_joint() -> None:
     from jsnsynth.synth.layers import joint_axis_from_masks
 
     upper, lower = _two_bones(0.0)
-    with pytest.raises(InputError, match="not below"):
+    with pytest.raises(InputError, match="lies below the lower-bone mask .*: are the two masks swapped"):
         joint_axis_from_masks(lower, upper)
     left = np.zeros((60, 60), bool)
     right = np.zeros((60, 60), bool)

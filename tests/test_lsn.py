@@ -1180,6 +1180,23 @@ def test_separate_takes_the_crops_of_a_folder(tmp_path, capsys):
     assert "empty: holds no radiograph crops" in capsys.readouterr().err
 
 
+def test_separate_takes_the_radiographs_of_jsnsynth_phantoms_output(tmp_path, capsys):
+    """`jsnsynth phantom`'s folder given to `separate` (or the lsn source) had its samples' layer
+    files taken as crops: the run stopped on the first ('lower.tiff: floating-point images must
+    hold intensities in [0, 1]')."""
+    assert main(["phantom", "--n", "2", "--size", "128", "--pixel-spacing", "0.35", "--out", str(tmp_path / "ph")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "layers"
+    assert main(["separate", str(tmp_path / "ph"), "--pixel-spacing", "0.35", "--out", str(out)]) == 0
+    assert "wrote 2 separation(s)" in capsys.readouterr().out
+    panels = sorted(str(p.relative_to(out)) for p in out.rglob("*_panel.png"))
+    assert panels == ["phantom_00000/radiograph_panel.png", "phantom_00001/radiograph_panel.png"]
+    # a folder that merely holds files of those names beside others is read as ever
+    assert [p.name for p in folder_crops(tmp_path / "ph" / "phantom_00000")] == ["radiograph.png"]
+    (tmp_path / "ph" / "phantom_00000" / "record.json").unlink()
+    assert "lower.tiff" in [p.name for p in folder_crops(tmp_path / "ph" / "phantom_00000")]
+
+
 def test_separate_takes_a_folder_of_joints_visits_into_sub_folders(tmp_path, capsys):
     """A folder whose sub-folders hold each joint's visits (as the lsn dataset source reads one)
     was refused as holding no crops; and the drawn masks beside the crops were separated as crops

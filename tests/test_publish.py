@@ -53,10 +53,10 @@ def test_publish_uploads_the_card_and_shards(dataset_dir: Path, monkeypatch, cap
     assert "README.md" in upload["allow_patterns"] and "data/*.parquet" in upload["allow_patterns"]
 
 
-def _one_line_error(capsys, argv: list[str]) -> str:
+def _one_line_error(capsys, argv: list[str], exit_code: int = 1) -> str:
     rc = main(argv)
     err = capsys.readouterr().err
-    assert rc == 1 and err.startswith("jsnsynth: error:") and len(err.strip().splitlines()) == 1
+    assert rc == exit_code and err.startswith("jsnsynth: error:") and len(err.strip().splitlines()) == 1
     return err
 
 
@@ -86,7 +86,9 @@ def test_only_complete_jsnsynth_datasets_are_published(tmp_path: Path, dataset_d
     # a file of the dataset given for the dataset is named as a file, not as missing
     shard = sorted((dataset_dir / "data").glob("*.parquet"))[0]
     assert "is a file, not a dataset folder" in _one_line_error(capsys, ["publish", str(shard), "--repo-id", "a/b"])
-    assert "OWNER/NAME" in _one_line_error(capsys, ["publish", str(dataset_dir), "--repo-id", "no-slash"])
+    # a misspelt option value is a usage error, as the README says (exit 2), before any dataset is read
+    assert "'no-slash' is not OWNER/NAME" in _one_line_error(capsys, ["publish", str(tmp_path / "absent"), "--repo-id",
+                                                                     "no-slash"], exit_code=2)
 
 
 @pytest.mark.parametrize("record", ['"x"', '["a", "b"]'])

@@ -912,6 +912,13 @@ def test_bad_arrays_are_rejected():
     # a joint stored turned is measured once its axis is given: the error says how
     with pytest.raises(InputError, match=r"not below the upper-bone mask .* or give the joint axis of a joint stored turned \(joint_axis_deg; "):
         quantify_pair(pair["baseline"], pair["followup"], side_by_side, other)
+    # an image given as a mask was half inside, and refused as masks that overlap
+    with pytest.raises(InputError, match="upper-bone mask is a picture, not a mask"):
+        quantify_pair(pair["baseline"], pair["followup"], pair["baseline"], pair["lower_mask"])
+    # the two masks given in each other's place: said so (it was told to store crops upright)
+    with pytest.raises(InputError, match=r"the upper-bone mask lies below the lower-bone mask \(joint axis -?1[0-9]{2} "
+                                         r"deg from vertical\): are the two masks swapped\? Else store"):
+        quantify_pair(pair["baseline"], pair["followup"], pair["lower_mask"], pair["upper_mask"])
 
 
 @pytest.mark.parametrize("size, padded", [((40, 40), False), ((48, 56), False), ((48, 48), True)])
@@ -1025,6 +1032,11 @@ def test_cli_quantify_prints_json_and_writes_figure(tmp_path, capsys):
     assert record["pixel_spacing_mm"] == 0.175 and record["pixel_spacing_source"].startswith("nominal")
     assert record["jsn_px"] == pytest.approx(1.0, abs=0.1)  # joint centre from the masks here
     assert figure.stat().st_size > 0 and json.loads(out_json.read_text())["version"]
+    # the record names every file it measured: the masks were left out
+    assert record["inputs"] == {"baseline": str(paths["baseline"]), "followup": str(paths["followup"]),
+                                "baseline_bit_depth": 16, "followup_bit_depth": 16,
+                                "upper_mask": str(paths["upper_mask"]), "lower_mask": str(paths["lower_mask"]),
+                                "followup_upper_mask": None, "followup_lower_mask": None}
 
 
 @pytest.mark.parametrize("problem", ["missing", "unreadable", "empty_mask", "wrong_size", "disjoint", "tiny_mask",

@@ -982,6 +982,37 @@ def test_a_report_folder_of_another_method_is_refused(dataset, tmp_path, monkeyp
         assert (mine / "summary.json").read_text() == text
 
 
+def test_the_same_run_from_another_folder_rewrites_its_report(dataset, tmp_path, monkeypatch, capsys):
+    """A report stored its dataset's path as typed, relative to where it was run: the same run
+    from another folder (`../ds` for `ds`) was refused as 'another run' naming the same values.
+    `--split all` is the report's own word for every split, and was refused as an unknown split."""
+    (tmp_path / "here" / "there").mkdir(parents=True)
+    shutil.copytree(dataset, tmp_path / "here" / "ds")
+    monkeypatch.chdir(tmp_path / "here")
+    assert main(["validate", "ds", "--method", "poc", "--limit", "2", "--out", "report"]) == 0
+    capsys.readouterr()
+    summary = json.loads((tmp_path / "here" / "report" / "summary.json").read_text())
+    assert summary["dataset"] == str(tmp_path / "here" / "ds")
+    monkeypatch.chdir(tmp_path / "here" / "there")
+    assert main(["validate", "../ds", "--method", "poc", "--limit", "2", "--split", "all", "--out", "../report"]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "here" / "report" / "summary.json").read_text())["split"] == "all"
+    assert main(["validate", "../ds", "--method", "poc", "--limit", "2", "--split", "test"]) == 0
+    capsys.readouterr()
+
+
+def test_validate_real_from_another_folder_rewrites_its_report(tmp_path, monkeypatch, capsys):
+    """As `validate`'s: the same `validate-real` run, the folder typed otherwise, is the same run."""
+    joints = _toy_series(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate-real", joints.name, "--method", "poc", "--out", "real"]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "real" / "real_summary.json").read_text())["folder"] == str(joints)
+    monkeypatch.chdir(joints)
+    assert main(["validate-real", ".", "--method", "poc", "--out", "../real"]) == 0
+    capsys.readouterr()
+
+
 def test_a_report_folder_inside_the_dataset_is_refused(dataset, tmp_path, capsys):
     """A report written into the dataset's folder (even its data/) became part of the dataset,
     which `publish` uploads whole."""
@@ -1170,3 +1201,17 @@ def test_worker_counts_that_are_not_whole_and_positive_are_refused_by_every_runn
         for limit in (2.5, -1, 0):
             with pytest.raises(InputError, match="the limit on pairs must be a whole number of at least 1"):
                 validate_dataset(dataset, "poc", limit=limit)
+
+
+def test_validate_real_takes_the_crops_pixel_spacing(tmp_path, capsys):
+    """validate-real's millimetres were at the nominal 0.175 mm/px, whatever the crops' spacing:
+    `--pixel-spacing` states it, and the report says which was used."""
+    joints = _toy_series(tmp_path)
+    assert main(["validate-real", str(joints), "--method", "poc", "--limit-series", "1"]) == 0
+    nominal = json.loads(capsys.readouterr().out)
+    assert nominal["pixel_spacing_mm"] == 0.175 and nominal["pixel_spacing_source"].startswith("nominal (0.175 mm/px")
+    assert main(["validate-real", str(joints), "--method", "poc", "--limit-series", "1", "--pixel-spacing", "0.35"]) == 0
+    given = json.loads(capsys.readouterr().out)
+    assert given["pixel_spacing_mm"] == 0.35 and given["pixel_spacing_source"] == "option"
+    assert given["sd_trials_mm_mean"] == pytest.approx(2.0 * nominal["sd_trials_mm_mean"], rel=1e-6)
+    assert main(["validate-real", str(joints), "--pixel-spacing", "5"]) == 2

@@ -157,6 +157,26 @@ def _low_high(ctx: click.Context, param: click.Parameter, value):
     return value
 
 
+def _method_spelling(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A ``--method`` that is a builtin name or spelt ``module:function``: anything else is a
+    usage error (whether the module imports is the input's matter, checked when it runs)."""
+    from jsnsynth.quantify.validate import BUILTIN_METHODS
+
+    module, _, function = value.partition(":")
+    if value not in BUILTIN_METHODS and not (module and function):
+        raise click.BadParameter(f"'{value}' is none of {', '.join(BUILTIN_METHODS)} and not module:function", ctx, param)
+    return value
+
+
+def _repo_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A Hub repository id spelt ``OWNER/NAME``, else a usage error."""
+    from jsnsynth.synth.publish import REPO_ID_PATTERN
+
+    if not REPO_ID_PATTERN.match(value):
+        raise click.BadParameter(f"'{value}' is not OWNER/NAME", ctx, param)
+    return value
+
+
 def _pair_limit(name: str) -> FiniteFloatRange:
     """The range the library allows a pair option (:data:`PAIR_OPTION_LIMITS`), as the option's
     type: out of it is a usage error (exit 2), as for every other option's range."""
@@ -172,25 +192,29 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
     for ``lsn``).
 
     Raises:
-        JsnSynthError: an unknown or unusable source.
-        click.UsageError: an option for another source (exit 2): ``--size`` for a source of real
+        JsnSynthError: an unusable source.
+        click.UsageError: an unknown source, one without its folder, or an option for another
+            source (exit 2): ``--size`` for a source of real
             crops (their size is the images'), ``--max-mask-overlap`` for one without drawn masks
             (ignoring the option would hide a mistake).
     """
+    kind, _, folder = spec.partition(":")
+    if not (spec == "phantom" or (kind in ("fingerjoints", "lsn") and folder)):
+        # a misspelt source is a usage error, as a misspelt choice of any other option is
+        wanted = f"'{kind}' needs a folder: {kind}:DIR" if kind in ("fingerjoints", "lsn") else \
+            "give phantom, fingerjoints:DIR or lsn:DIR"
+        raise click.UsageError(f"--source '{spec}': {wanted}")
     if size_px is not None and spec != "phantom":
         raise click.UsageError(f"--size applies to --source phantom only; the crops of '{spec}' keep their own size")
     if max_mask_overlap_px is not None and not spec.startswith("fingerjoints:"):
         raise click.UsageError(f"--max-mask-overlap applies to --source fingerjoints:DIR only; '{spec}' has no drawn masks")
     if max_mask_overlap_px is None:
         max_mask_overlap_px = DEFAULT_MAX_MASK_OVERLAP_PX
-    if spec.startswith("lsn:"):
+    if kind == "lsn":
         try:
             from jsnsynth.lsn.source import LsnSource
         except ImportError as exc:
             raise JsnSynthError(f"source 'lsn' is not available in this installation ({exc})") from None
-        folder = spec.partition(":")[2]
-        if not folder:
-            raise JsnSynthError("source 'lsn' needs a folder: --source lsn:DIR")
         return LsnSource(folder, pixel_spacing_mm=pixel_spacing_mm)
     from jsnsynth.synth.sources import open_source
 
@@ -301,7 +325,7 @@ def _warn_of_a_jsn_range_past_a_joints_space(jsn_mm: tuple[float, float] | None,
 
 @cli.command("publish")
 @click.argument("folder", type=NonEmptyPath(path_type=Path))
-@click.option("--repo-id", required=True, help="Hub dataset repository, OWNER/NAME.")
+@click.option("--repo-id", required=True, callback=_repo_id, help="Hub dataset repository, OWNER/NAME.")
 @click.option("--private", is_flag=True, help="Create the repository as private.")
 def publish_command(folder: Path, repo_id: str, private: bool) -> None:
     """Upload a dataset folder made by 'jsnsynth dataset' to the Hugging Face Hub."""
@@ -339,12 +363,12 @@ def quantify_command(baseline, followup, upper_mask, lower_mask, followup_upper_
     size; 8- or 16-bit (PNG, JPEG, TIFF, BMP, DICOM), or float TIFF in [0, 1]; bone bright
     (a DICOM's MONOCHROME1 is inverted). Strict JSON (a number that is not finite is null).
 
-    JSN is read at the joint centre along the joint axis; both default to the frame computed from
-    the baseline masks (jsnsynth.synth.layers.joint_frame_from_masks), the frame in which jsnsynth
-    datasets state their truth; of a padded crop, computed within the picture, so padding does not
-    move it, and of a crop turned upright, leaving out what its corners' fill cuts of the bones.
-    With bones that flex independently, JSN depends on that point.
+    JSN is read at the joint centre along the joint axis. Both default to those of the baseline
+    masks, the frame in which jsnsynth datasets state their truth (padding or a fill around the
+    picture does not move them). With bones that flex independently, JSN depends on that point.
     """
+    if (followup_upper_mask is None) != (followup_lower_mask is None):
+        raise click.UsageError("--followup-upper-mask and --followup-lower-mask go together: give both or neither")
     from jsnsynth.quantify.quantifier import keep_freed_heap, quantify_files
     from jsnsynth.synth.io import json_text
 
@@ -387,10 +411,10 @@ def quantify_batch_command(table, out_csv, pixel_spacing, num_proc) -> None:
 
 @cli.command("validate")
 @click.argument("dataset", type=NonEmptyPath(path_type=Path))
-@click.option("--method", default="register", show_default=True,
+@click.option("--method", default="register", show_default=True, callback=_method_spelling,
               help="register, poc, ecc, or module:function with quantify_pair's signature.")
 @click.option("--out", "out_dir", type=NonEmptyPath(path_type=Path), help="Write summary.json, pairs.csv and plots here (an interrupted run resumes).")
-@click.option("--split", help="Only this split (default: all).")
+@click.option("--split", help="Only this split: train, validation or test (default: all, as does 'all').")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many pairs.")
 @click.option("--num-proc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (the estimates do not depend on it).")
@@ -410,12 +434,16 @@ def validate_command(dataset, method, out_dir, split, limit, num_proc) -> None:
 
 @cli.command("validate-real")
 @click.argument("folder", type=NonEmptyPath(path_type=Path))
-@click.option("--method", default="register", show_default=True, help="register, poc, ecc or module:function.")
+@click.option("--method", default="register", show_default=True, callback=_method_spelling,
+              help="register, poc, ecc, or module:function with quantify_pair's signature.")
 @click.option("--out", "out_dir", type=NonEmptyPath(path_type=Path), help="Write real_summary.json, real_pairs.csv, real_series.png (an interrupted run resumes).")
 @click.option("--limit-series", type=click.IntRange(min=1), help="Only the first N multi-visit series.")
+@click.option("--pixel-spacing", "pixel_spacing_mm", type=PIXEL_SPACING, default=None,
+              help="The crops' pixel spacing in mm, for the millimetres and the 0.3 mm mismatch limit "
+                   "(default: the nominal 0.175).")
 @click.option("--num-proc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (the estimates do not depend on it).")
-def validate_real_command(folder, method, out_dir, limit_series, num_proc) -> None:
+def validate_real_command(folder, method, out_dir, limit_series, pixel_spacing_mm, num_proc) -> None:
     """Real-series protocol on a finger-joint FOLDER: shifted-trial SD, mismatching rate, transitivity."""
     from jsnsynth.quantify.quantifier import keep_freed_heap
     from jsnsynth.quantify.real import validate_real
@@ -423,7 +451,8 @@ def validate_real_command(folder, method, out_dir, limit_series, num_proc) -> No
 
     keep_freed_heap()
     with contextlib.redirect_stdout(sys.stderr):  # stdout holds the JSON alone, whatever a plug-in prints
-        summary = validate_real(folder, method, out_dir, limit_series, num_proc=num_proc)
+        summary = validate_real(folder, method, out_dir, limit_series, pixel_spacing_mm=pixel_spacing_mm,
+                                num_proc=num_proc)
     click.echo(json_text(summary))
     if out_dir is not None:
         click.echo(f"report written to {out_dir}", err=True)
@@ -444,7 +473,8 @@ def separate_command(images: tuple[Path, ...], out_dir: Path, weights: Path | No
 
     IMAGES are crop files, or folders whose crops (PNG, JPEG, TIFF, BMP, DICOM) are all taken,
     less drawn masks (images of two values), a crop's soft-tissue layer beside it (STEM_soft, as
-    finger-joint folders keep it) and the files separate writes; a folder without crops
+    finger-joint folders keep it), the layers of a phantom sample (its radiograph.png is the crop)
+    and the files separate writes; a folder without crops
     of its own, those of its sub-folders (one joint's visits each; one level).
     Writes per crop STEM: STEM_{soft,upper,lower}.tif (float32 attenuation), STEM_{upper,lower}_mask.png,
     STEM_recomposed.png (16-bit) and STEM_panel.png; a sub-folder's crops into a sub-folder of
@@ -511,8 +541,8 @@ DEMO_OUTPUTS = ("phantoms", "phantoms_panel.png", "dataset", "validation", "crop
 @cli.command("demo")
 @click.option("--out", "out_dir", type=NonEmptyPath(path_type=Path), default=Path("demo_output"), show_default=True,
               help="Folder for everything the demo writes (rerunning resumes).")
-@click.option("--pairs", "n_pairs", type=click.IntRange(min=4), default=24, show_default=True,
-              help="Pairs in the demo dataset.")
+@click.option("--pairs", "n_pairs", type=click.IntRange(min=6), default=24, show_default=True,
+              help="Pairs in the demo dataset (one phantom joint each: 6 give every split one).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Base seed.")
 def demo_command(out_dir: Path, n_pairs: int, seed: int) -> None:
     """Run the whole flow on bundled defaults, no data needed.

@@ -105,6 +105,23 @@ def two_values_only(image: np.ndarray) -> bool:
     return bool(low < high and not np.any((image != low) & (image != high)))
 
 
+#: Share of an image's pixels in the middle of its range past which it is a picture, not a mask.
+PICTURE_GREY_SHARE = 0.5
+
+
+def looks_like_a_picture(image: np.ndarray) -> bool:
+    """Whether ``image``, given as a mask, is a picture (a radiograph given in a mask's place):
+    more than :data:`PICTURE_GREY_SHARE` of its pixels lie in the middle 80 % of its range, among
+    more than 16 values. A drawn mask's pixels sit at its two values; a blurred, resampled or
+    JPEG one's near them but along its edges; a label image of a few values has few values."""
+    values = np.asarray(image, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    if not high > low:
+        return False
+    middle = np.count_nonzero((values > low + 0.1 * (high - low)) & (values < high - 0.1 * (high - low)))
+    return middle > PICTURE_GREY_SHARE * values.size and np.unique(values).size > 16
+
+
 def grown(mask: np.ndarray, radius_px: float) -> np.ndarray:
     """``mask`` and every pixel within ``radius_px`` of it (Euclidean, to OpenCV's 5x5 chamfer:
     within 2 %), at any radius for the cost of one distance transform (a third of the exact

@@ -60,6 +60,7 @@ from jsnsynth.synth.io import (
 from jsnsynth.synth.layers import (DEFAULT_PIXEL_SPACING_MM, JointLayers, check_pixel_spacing, joint_frame_from_masks,
                                    mask_overlap_share)
 from jsnsynth.synth.limits import MAX_CROP_FIELD_MM, MAX_MASK_OVERLAP, MAX_SIDE_PX, MIN_CROP_FIELD_MM
+from jsnsynth.synth.phantom_io import SAMPLE_FILES as PHANTOM_SAMPLE_FILES
 from jsnsynth.synth.xray import attenuation_to_intensity, intensity_to_attenuation, quantize
 
 #: The bundled weights, inside the package.
@@ -780,9 +781,13 @@ def folder_crops(folder: str | os.PathLike) -> list[Path]:
     a crop merely named like one (``joint_panel.png``) is still a crop. Nor is ``STEM_soft``
     beside a crop ``STEM`` one: it is that crop's soft-tissue layer, as a finger-joint folder
     keeps it (:mod:`jsnsynth.synth.fingerjoints`; separated as a crop, a series folder gave twice
-    its visits, the layers' with bones found in soft tissue)."""
+    its visits, the layers' with bones found in soft tissue). Nor are the layers of a sample
+    ``jsnsynth phantom`` wrote (its ``radiograph.png`` is the crop): taken as crops, they stopped
+    the run on a float image outside [0, 1]."""
     files = radiograph_files(folder)
     names = {path.name for path in files}
+    if all((Path(folder) / name).is_file() for name in PHANTOM_SAMPLE_FILES):
+        files = [path for path in files if path.name not in PHANTOM_SAMPLE_FILES or path.name == "radiograph.png"]
     recorded = _read_separation_record(Path(folder) / SEPARATION_RECORD)
     written: set[str] = set()
     for path in files:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jsnsynth.errors import InputError, JsnSynthError
+from jsnsynth.errors import InputError, JsnSynthError, OutputError
 from jsnsynth.quantify.quantifier import RESULT_VERSION, keep_freed_heap, quantify_files
 from jsnsynth.quantify.validate import ResumeLog, file_stamps, method_failure
 from jsnsynth.synth.io import check_outputs_apart, check_writable, write_bytes_atomic
@@ -34,6 +34,8 @@ REQUIRED_COLUMNS = ("baseline", "followup", "upper_mask", "lower_mask")
 OPTIONAL_COLUMNS = ("id", "followup_upper_mask", "followup_lower_mask", "pixel_spacing_mm", "joint_center_x",
                     "joint_center_y", "joint_axis_deg")
 _PATH_COLUMNS = ("baseline", "followup", "upper_mask", "lower_mask", "followup_upper_mask", "followup_lower_mask")
+#: Suffixes the results table may have (none, or CSV's).
+RESULT_SUFFIXES = ("", ".csv")
 #: Columns of the results table, in order.
 RESULT_COLUMNS = ("id", "baseline", "followup", "jsn_px", "jsn_mm", "jsn_se_px", "jsn_se_mm", "reliability", "mismatch",
                   "flags", "pixel_spacing_mm", "pixel_spacing_source", "joint_center_x", "joint_center_y",
@@ -67,21 +69,27 @@ def read_pair_table(path: str | os.PathLike) -> list[dict[str, Any]]:
         raise InputError(f"{path}: not a readable CSV table ({exc.__class__.__name__})") from None
     if not text.strip():
         raise InputError(f"{path}: empty (a table of pairs needs a header row: {', '.join(REQUIRED_COLUMNS)})")
+    header = text.splitlines()[0]
+    # a spreadsheet saved where the decimal mark is a comma separates its cells by semicolons
+    delimiter = next((d for d in (";", "\t") if d in header and "," not in header), ",")
     try:
-        reader = csv.DictReader(io.StringIO(text))
-        fields = reader.fieldnames or []
-        if any(not name.strip() for name in fields):
-            raise InputError(f"{path}: the header has an empty cell (column {[n.strip() for n in fields].index('') + 1})")
+        reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+        # column names as a person types them: 'Baseline', ' upper_mask'
+        fields = reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or []]
+        if any(not name for name in fields):
+            raise InputError(f"{path}: the header has an empty cell (column {fields.index('') + 1})")
         twice = [c for c in dict.fromkeys(fields) if fields.count(c) > 1]
         if twice:  # the reader keeps the last such cell: another image than the user meant
             raise InputError(f"{path}: the header names the column {twice[0]!r} twice")
         missing = [c for c in REQUIRED_COLUMNS if c not in fields]
         if missing:
-            raise InputError(f"{path}: missing column(s) {', '.join(missing)} (needs {', '.join(REQUIRED_COLUMNS)})")
+            raise InputError(f"{path}: missing column(s) {', '.join(missing)} (needs {', '.join(REQUIRED_COLUMNS)}; "
+                             f"the header reads {header.strip()[:120]!r})")
         unknown = [c for c in fields if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
         if unknown:  # a misspelt optional column would be ignored without a word
             raise InputError(f"{path}: unknown column(s) {', '.join(unknown)} (may also have {', '.join(OPTIONAL_COLUMNS)})")
-        rows = [_pair_of(row, number, path) for number, row in enumerate(reader, start=1)]
+        rows = [_pair_of(row, number, path, decimal_comma=delimiter == ";")
+                for number, row in enumerate(reader, start=1)]
     except csv.Error as exc:
         raise InputError(f"{path}: not a readable CSV table ({exc})") from None
     if not rows:
@@ -97,8 +105,9 @@ def read_pair_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def _pair_of(row: dict, number: int, table: Path) -> dict[str, Any]:
-    """One row of the table as a pair (see :func:`read_pair_table`)."""
+def _pair_of(row: dict, number: int, table: Path, decimal_comma: bool = False) -> dict[str, Any]:
+    """One row of the table as a pair (see :func:`read_pair_table`); ``decimal_comma``: numbers
+    written ``0,175``, as where a spreadsheet separates cells by semicolons."""
     where = f"{table}: row {number}"
     if None in row.values() or None in row:
         raise InputError(f"{where} has {'fewer' if None in row.values() else 'more'} cells than the header")
@@ -115,9 +124,9 @@ def _pair_of(row: dict, number: int, table: Path) -> dict[str, Any]:
         if not cell[name]:
             return None
         try:
-            if "_" in cell[name]:  # Python's float reads '1_0' as 10
+            if "_" in cell[name] or (not decimal_comma and "," in cell[name]):  # Python's float reads '1_0' as 10
                 raise ValueError
-            value = float(cell[name])
+            value = float(cell[name].replace(",", ".", 1) if decimal_comma else cell[name])
         except ValueError:
             raise InputError(f"{where}: {name} {cell[name]!r} is not a number") from None
         if not math.isfinite(value):
@@ -213,10 +222,13 @@ def quantify_table(
 
     Raises:
         InputError: the table (:func:`read_pair_table`), or a spacing no radiograph has.
-        OutputError: a results table that cannot be written, or that is one of the inputs.
+        OutputError: a results table named as another format (``.xlsx``: it would hold CSV
+            text), that cannot be written, or that is one of the inputs.
         WorkerError: a worker process stopped abruptly.
     """
     check_num_proc(num_proc)
+    if Path(out_csv).suffix.lower() not in RESULT_SUFFIXES:
+        raise OutputError(f"{out_csv}: the results table is written as CSV; name it .csv, not {Path(out_csv).suffix}")
     if pixel_spacing_mm is not None:
         check_pixel_spacing(pixel_spacing_mm, "--pixel-spacing")
     pairs = read_pair_table(table)

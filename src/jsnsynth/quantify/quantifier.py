@@ -31,6 +31,7 @@ from jsnsynth.picture import (
     fill_from_picture,
     find_fill,
     grown,
+    looks_like_a_picture,
     two_values_only,
     without_fixed_pattern,
 )
@@ -241,6 +242,9 @@ def as_mask(mask: np.ndarray, name: str, shape: tuple[int, int]) -> np.ndarray:
             raise InputError(f"{name} mask must hold real numbers, got {mask.dtype}")
         if np.issubdtype(mask.dtype, np.floating) and not np.all(np.isfinite(mask)):
             raise InputError(f"{name} mask holds NaN or infinite values")
+        if looks_like_a_picture(mask):  # an image given in a mask's place was half inside
+            raise InputError(f"{name} mask is a picture, not a mask (most of its pixels are greys between its "
+                             "least and largest value): give each bone's mask")
         low, high = float(mask.min()), float(mask.max())
         mask = mask >= (low + high) / 2 if high > low else np.full(mask.shape, high != 0)
     if not mask.any():
@@ -1052,6 +1056,9 @@ BLUR_NOTE_SHARE = 0.5
 #: Headers whose spacings differ by less than this (relative) state one spacing.
 SPACING_AGREEMENT = 0.01
 
+#: ``pixel_spacing_source`` of a measurement at the nominal spacing.
+NOMINAL_SPACING_SOURCE = f"nominal ({DEFAULT_PIXEL_SPACING_MM:g} mm/px; the images have no spacing)"
+
 
 def _pair_pixel_spacing(option_mm: float | None, baseline_mm: float | None, followup_mm: float | None,
                         baseline_path: str, followup_path: str) -> tuple[float, str]:
@@ -1076,7 +1083,7 @@ def _pair_pixel_spacing(option_mm: float | None, baseline_mm: float | None, foll
                                    (followup_path, followup_mm, "dicom (the follow-up's; the baseline has none)")):
         if header_mm is not None:
             return check_pixel_spacing(header_mm, f"{path} (DICOM header; give --pixel-spacing to override)"), label
-    return DEFAULT_PIXEL_SPACING_MM, "nominal (0.175 mm/px; the images have no spacing)"
+    return DEFAULT_PIXEL_SPACING_MM, NOMINAL_SPACING_SOURCE
 
 
 def quantify_files(
@@ -1146,8 +1153,12 @@ def quantify_files(
         keep_residuals=bool(residual_figure),
     )
     record = result.to_dict()
+    # the masks too: a record that names only the images cannot say which drawing was measured
+    masks = {"upper_mask": upper_mask_path, "lower_mask": lower_mask_path,
+             "followup_upper_mask": followup_upper_mask_path, "followup_lower_mask": followup_lower_mask_path}
     record["inputs"] = {"baseline": str(baseline_path), "followup": str(followup_path),
-                        "baseline_bit_depth": base.bit_depth, "followup_bit_depth": follow.bit_depth}
+                        "baseline_bit_depth": base.bit_depth, "followup_bit_depth": follow.bit_depth,
+                        **{name: None if path is None else str(path) for name, path in masks.items()}}
     record["outputs"] = {}
     files: dict[str, bytes] = {}
     if residual_figure:

@@ -35,7 +35,7 @@ import numpy as np
 
 from jsnsynth.errors import InputError, OutputError
 from jsnsynth.figures import figure_bytes, new_figure
-from jsnsynth.quantify.quantifier import jsn_from_transforms, mean_similarity
+from jsnsynth.quantify.quantifier import NOMINAL_SPACING_SOURCE, jsn_from_transforms, mean_similarity
 from jsnsynth.quantify.validate import (
     ResumeLog,
     call_method,
@@ -62,7 +62,7 @@ from jsnsynth.synth.io import (
     read_radiograph,
     write_files_atomic,
 )
-from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM
+from jsnsynth.synth.layers import DEFAULT_PIXEL_SPACING_MM, check_pixel_spacing
 from jsnsynth.workers import check_num_proc, ordered_results
 
 
@@ -218,7 +218,7 @@ def validate_real(
     n_shifts: int = 9,
     max_shift_px: int = 3,
     mismatch_sd_mm: float = 0.3,
-    pixel_spacing_mm: float = DEFAULT_PIXEL_SPACING_MM,
+    pixel_spacing_mm: float | None = None,
     seed: int = 0,
     num_proc: int = 1,
 ) -> dict:
@@ -233,7 +233,8 @@ def validate_real(
         n_shifts: shifted trials per pair besides the original.
         max_shift_px: largest integer shift per axis.
         mismatch_sd_mm: SD below which the trial dropping stops.
-        pixel_spacing_mm: nominal spacing for millimetres.
+        pixel_spacing_mm: the crops' pixel spacing (mm), for the millimetres and the method;
+            None: the nominal 0.175 mm/px.
         seed: base seed of the shifts (``SeedSequence([seed, pair number])``).
         num_proc: worker processes (the trials are the same but for their times).
 
@@ -247,6 +248,9 @@ def validate_real(
         OutputError: ``out_dir`` or a report file in it cannot be written (checked before the work).
     """
     check_num_proc(num_proc)
+    spacing_source = "option" if pixel_spacing_mm is not None else NOMINAL_SPACING_SOURCE
+    pixel_spacing_mm = (DEFAULT_PIXEL_SPACING_MM if pixel_spacing_mm is None
+                        else check_pixel_spacing(pixel_spacing_mm, "pixel spacing"))
     method_name, function = load_method(method)
     if out_dir is not None:
         check_output_folder(out_dir)
@@ -254,7 +258,7 @@ def validate_real(
             # the report's files would lie among the crops (validate refuses its dataset alike)
             raise OutputError(f"{out_dir}: is inside the folder {folder}; write the report outside it")
         check_report_of_same_run(os.path.join(out_dir, REPORT_NAMES["summary"]),
-                                 {"method": method_name, "folder": str(folder)})
+                                 {"method": method_name, "folder": os.path.abspath(folder)})
         paths = report_paths(Path(out_dir))
         check_no_report_of(out_dir, "validate", [paths["summary"].name, paths["pairs"].name])
         for name in REPORT_NAMES.values():
@@ -282,8 +286,9 @@ def validate_real(
             if log is not None:
                 log.discard()
             raise
-        summary = {"folder": str(folder), "method": method_name,
-                   **real_summary(pair_rows, transitivity, len(chosen), pixel_spacing_mm)}
+        # absolute: the report says where its folder is, and a rerun from elsewhere is the same run
+        summary = {"folder": os.path.abspath(folder), "method": method_name,
+                   **real_summary(pair_rows, transitivity, len(chosen), pixel_spacing_mm, spacing_source)}
         if log is not None:
             out = log.path.parent  # the log made the folder
             paths = {key: out / name for key, name in REPORT_NAMES.items()}
@@ -427,7 +432,8 @@ def _measure_numbered_pair(pair: tuple[int, FingerJointRecord, FingerJointRecord
                         protocol["max_shift_px"], protocol["pixel_spacing_mm"])
 
 
-def real_summary(pair_rows: list[dict], transitivity: list[dict], n_series: int, pixel_spacing_mm: float) -> dict[str, Any]:
+def real_summary(pair_rows: list[dict], transitivity: list[dict], n_series: int, pixel_spacing_mm: float,
+                 pixel_spacing_source: str) -> dict[str, Any]:
     """The figures of :func:`validate_real`'s summary from its per-pair and per-triplet records."""
     sds = np.array([r["sd_trials_mm"] for r in pair_rows], dtype=np.float64)
     # trials the method refused (bad input such as overlapping masks) are reported apart
@@ -436,7 +442,7 @@ def real_summary(pair_rows: list[dict], transitivity: list[dict], n_series: int,
     n_dropped = sum(r["n_dropped"] for r in pair_rows)
     summary: dict[str, Any] = {
         "pixel_spacing_mm": pixel_spacing_mm,
-        "pixel_spacing_source": "nominal",
+        "pixel_spacing_source": pixel_spacing_source,
         "n_series": n_series,
         "n_pairs": len(pair_rows),
         "n_trials": n_trials,

@@ -863,7 +863,7 @@ def validate_dataset(
         out_dir: where to write ``summary.json``, ``pairs.csv``, ``bland_altman.png`` and
             ``error_vs_truth.png``; None writes nothing. An interrupted run resumes from the
             per-pair log it keeps in ``out_dir``.
-        split: only this split (None: all).
+        split: only this split (None or ``"all"``: all).
         limit: at most this many pairs.
         with_crlb: compute the per-pair Cramér-Rao bound.
         num_proc: worker processes (:func:`validate_records`; the report is the same but for
@@ -882,17 +882,21 @@ def validate_dataset(
     """
     folder = Path(folder)
     check_num_proc(num_proc)
+    if split == "all":  # what the report records for no split: it names one run
+        split = None
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InputError(f"the limit on pairs must be a whole number of at least 1, got {limit!r}")  # 2.5 took 3
     method_name, function = load_method(method)
     shards = dataset_shards(folder, split)  # fail fast on a wrong schema
+    # absolute: the report says where its dataset is, and a rerun from another folder is the same run
+    dataset_path = os.path.abspath(folder)
     log = None
     if out_dir is not None:
         if Path(os.path.realpath(out_dir)).is_relative_to(os.path.realpath(folder)):
             # the report would become part of the dataset: `publish` uploads the whole folder
             raise OutputError(f"{out_dir}: is inside the dataset {folder}; write the report outside it")
         check_report_of_same_run(report_paths(Path(out_dir))["summary"],
-                                 {"method": method_name, "dataset": str(folder), "split": split or "all"})
+                                 {"method": method_name, "dataset": dataset_path, "split": split or "all"})
         from jsnsynth.quantify.real import REPORT_NAMES as REAL_REPORT_NAMES  # real imports this module
 
         check_no_report_of(out_dir, "validate-real", [REAL_REPORT_NAMES["summary"]])
@@ -917,7 +921,7 @@ def validate_dataset(
                 log.discard()
             raise
         summary = {
-            "dataset": str(folder),
+            "dataset": dataset_path,
             "method": method_name,
             "split": split or "all",
             "mismatch_threshold_px": MISMATCH_PX,
@@ -957,6 +961,7 @@ def check_report_of_same_run(summary_path: str | os.PathLike, identity: dict) ->
 
     def same(key: str, value: Any) -> bool:  # a dataset or folder given once as 'ds', once as './ds/'
         if key in ("dataset", "folder"):
+            # reports store it absolute; one written before they did, relative to where it was run
             return os.path.realpath(str(earlier[key])) == os.path.realpath(str(value))
         return str(earlier[key]) == str(value)
 

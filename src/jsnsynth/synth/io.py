@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from jsnsynth.errors import InputError, OutputError, exception_line
+from jsnsynth.picture import looks_like_a_picture
 from jsnsynth.synth.limits import MAX_SIDE_PX, MIN_LONG_SIDE_PX, MIN_SIDE_PX
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
@@ -483,6 +484,10 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
         pixels = pixels[..., :-1].max(axis=2) if pixels.shape[2] in (2, 4) else pixels[..., :3].max(axis=2)
         if drawn is not None and pixels[drawn].min() == pixels[drawn].max():
             pixels = drawn.astype(np.uint8)  # the colour says nothing where it is drawn
+    if drawn is None and looks_like_a_picture(pixels):
+        # read as a mask, every non-zero pixel of a radiograph was inside: 'masks overlap by 100%'
+        raise InputError(f"{path}: holds a picture, not a mask (most of its pixels are greys between its darkest "
+                         "and brightest): give each bone's mask")
     if _is_jpeg(path):
         # a q95 JPEG of a 0/255 mask read as 'non-zero' grew the mask by 3-4 % with a dozen specks,
         # which moved a real pair's joint centre by 1.5 px and its JSN by 0.1 px

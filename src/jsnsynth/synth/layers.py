@@ -236,6 +236,12 @@ def check_joint_masks(upper_mask: np.ndarray, lower_mask: np.ndarray) -> float:
             vertical: swapped or side by side).
     """
     angle_deg = centroid_axis_deg(upper_mask, lower_mask)
+    if abs(angle_deg) > 180.0 - MAX_AXIS_TILT_DEG:
+        # the usual cause is the two masks given in each other's place, not a crop upside down
+        raise BonesNotStackedError(
+            f"the upper-bone mask lies below the lower-bone mask (joint axis {angle_deg:.0f} deg from vertical): "
+            "are the two masks swapped? Else store crops with the upper bone on top"
+        )
     if abs(angle_deg) > MAX_AXIS_TILT_DEG:
         raise BonesNotStackedError(
             f"the lower-bone mask is not below the upper-bone mask (joint axis {angle_deg:.0f} deg from "

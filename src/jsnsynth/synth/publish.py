@@ -16,7 +16,8 @@ from jsnsynth.synth.dataset import CARD_NAME, LAYERS_DIR, PAIRS_DIR, check_datas
 
 #: What is uploaded: the card and the shards of both configs.
 UPLOAD_PATTERNS = [CARD_NAME, f"{PAIRS_DIR}/*.parquet", f"{LAYERS_DIR}/*.parquet"]
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: A Hub repository id, ``OWNER/NAME``.
+REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def find_token() -> str | None:
@@ -54,7 +55,7 @@ def publish_dataset(folder: str | os.PathLike, repo_id: str, private: bool = Fal
     """
     folder = Path(folder)
     check_dataset_folder(folder)
-    if not _REPO_ID.match(repo_id):
+    if not REPO_ID_PATTERN.match(repo_id):
         raise InputError(f"repo id must look like OWNER/NAME, got '{repo_id}'")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         raise OutputError("HF_HUB_OFFLINE is set: unset it to publish to the Hugging Face Hub")
