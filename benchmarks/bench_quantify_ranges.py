@@ -54,6 +54,10 @@ RANGES = {
     # larger: the match's bias grows, and beyond its reach (about 8 px^2) a pair is a mismatch
     "a motion blur of 4-8 px^2 per visit, in any direction": {"motion_blur_px2": (4.0, 8.0)},
     "a motion blur of 10-16 px^2 per visit, in any direction": {"motion_blur_px2": (10.0, 16.0)},
+    # a detector blur past the default 0.5-1.2 px (0.3-0.4 mm at 0.175 mm/px): the coarse stage's
+    # intensity mapping, fitted on the whole joint at one alignment, takes some of the bones'
+    # relative move for contrast (docs/quantify-history.md, session 32)
+    "a detector blur of 1.6-2.4 px per visit": {"blur_sigma_px": (1.6, 2.4)},
     # narrower: every pixel of a bone lands at the same fraction between the follow-up's pixels,
     # where interpolated noise once pulled the fit (docs/quantify-method.md, step 4)
     "no repositioning and no flexion": {
@@ -109,8 +113,9 @@ def pair_config(widened: dict) -> PairConfig:
     photons = options.pop("photons_per_px", None)
     heel_gain = options.pop("heel_gain", (0.0, 0.0))
     motion_blur_px2 = options.pop("motion_blur_px2", (0.0, 0.0))
+    blur_sigma_px = options.pop("blur_sigma_px", ImagingRanges.blur_sigma_px)
     imaging = ImagingRanges(photons_per_px=(photons or 1e4,) * 2, electronic_noise=(2e-4, 4e-4), heel_gain=heel_gain,
-                            motion_blur_px2=motion_blur_px2)
+                            motion_blur_px2=motion_blur_px2, blur_sigma_px=blur_sigma_px)
     return PairConfig(imaging=imaging, noise=photons is not None, **options)
 
 
