@@ -172,7 +172,7 @@ def test_a_bad_table_is_a_one_line_error_before_any_work(tmp_path, capsys, text,
 def test_a_table_as_spreadsheets_save_it_is_read(tmp_path, header, separator):
     """Column names in capitals, or cells separated by semicolons (a spreadsheet where the
     decimal mark is a comma) or tabs, were refused as missing every column."""
-    spacing = "0,15" if separator == ";" else "0.15"  # such a spreadsheet's decimal mark
+    spacing = "0.15" if separator == "," else "0,15"  # such a spreadsheet's decimal mark
     (tmp_path / "pairs.csv").write_text(f"{header}{separator}pixel_spacing_mm\n"
                                         + separator.join(["p1", "a 1.png", "b.png", "u.png", "l.png", spacing]) + "\n")
     rows = batch.read_pair_table(tmp_path / "pairs.csv")
@@ -186,6 +186,9 @@ def test_the_results_table_must_not_be_an_input(tmp_path, capsys):
     assert main(["quantify-batch", str(table), "--out", str(tmp_path / "results.xlsx")]) == 1
     assert "results.xlsx: the results table is written as CSV; name it .csv, not .xlsx" in capsys.readouterr().err
     assert not (tmp_path / "results.xlsx").exists()
+    # a name with a dot in it is no other format
+    assert main(["quantify-batch", str(table), "--out", str(tmp_path / "results_v1.2")]) == 0
+    assert (tmp_path / "results_v1.2").read_text().startswith("id,baseline")
     assert main(["quantify-batch", str(table), "--out", str(table)]) == 1
     assert "pairs.csv" in capsys.readouterr().err
     assert table.read_text().startswith("id,baseline")

@@ -1215,3 +1215,10 @@ def test_validate_real_takes_the_crops_pixel_spacing(tmp_path, capsys):
     assert given["pixel_spacing_mm"] == 0.35 and given["pixel_spacing_source"] == "option"
     assert given["sd_trials_mm_mean"] == pytest.approx(2.0 * nominal["sd_trials_mm_mean"], rel=1e-6)
     assert main(["validate-real", str(joints), "--pixel-spacing", "5"]) == 2
+    # a report at one spacing is not rewritten by a run at another without a word
+    out = str(tmp_path / "report")
+    assert main(["validate-real", str(joints), "--method", "poc", "--limit-series", "1", "--out", out]) == 0
+    capsys.readouterr()
+    assert main(["validate-real", str(joints), "--method", "poc", "--limit-series", "1", "--pixel-spacing", "0.35",
+                 "--out", out]) == 1
+    assert "holds the report of another run" in capsys.readouterr().err

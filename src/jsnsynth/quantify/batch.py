@@ -34,8 +34,8 @@ REQUIRED_COLUMNS = ("baseline", "followup", "upper_mask", "lower_mask")
 OPTIONAL_COLUMNS = ("id", "followup_upper_mask", "followup_lower_mask", "pixel_spacing_mm", "joint_center_x",
                     "joint_center_y", "joint_axis_deg")
 _PATH_COLUMNS = ("baseline", "followup", "upper_mask", "lower_mask", "followup_upper_mask", "followup_lower_mask")
-#: Suffixes the results table may have (none, or CSV's).
-RESULT_SUFFIXES = ("", ".csv")
+#: Suffixes of other formats, which a results table (CSV text) must not be named with.
+NOT_CSV_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".tsv", ".json", ".parquet")
 #: Columns of the results table, in order.
 RESULT_COLUMNS = ("id", "baseline", "followup", "jsn_px", "jsn_mm", "jsn_se_px", "jsn_se_mm", "reliability", "mismatch",
                   "flags", "pixel_spacing_mm", "pixel_spacing_source", "joint_center_x", "joint_center_y",
@@ -88,7 +88,7 @@ def read_pair_table(path: str | os.PathLike) -> list[dict[str, Any]]:
         unknown = [c for c in fields if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
         if unknown:  # a misspelt optional column would be ignored without a word
             raise InputError(f"{path}: unknown column(s) {', '.join(unknown)} (may also have {', '.join(OPTIONAL_COLUMNS)})")
-        rows = [_pair_of(row, number, path, decimal_comma=delimiter == ";")
+        rows = [_pair_of(row, number, path, decimal_comma=delimiter != ",")
                 for number, row in enumerate(reader, start=1)]
     except csv.Error as exc:
         raise InputError(f"{path}: not a readable CSV table ({exc})") from None
@@ -107,7 +107,7 @@ def read_pair_table(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def _pair_of(row: dict, number: int, table: Path, decimal_comma: bool = False) -> dict[str, Any]:
     """One row of the table as a pair (see :func:`read_pair_table`); ``decimal_comma``: numbers
-    written ``0,175``, as where a spreadsheet separates cells by semicolons."""
+    may be written ``0,175``, as where a spreadsheet separates cells by semicolons or tabs."""
     where = f"{table}: row {number}"
     if None in row.values() or None in row:
         raise InputError(f"{where} has {'fewer' if None in row.values() else 'more'} cells than the header")
@@ -222,12 +222,12 @@ def quantify_table(
 
     Raises:
         InputError: the table (:func:`read_pair_table`), or a spacing no radiograph has.
-        OutputError: a results table named as another format (``.xlsx``: it would hold CSV
-            text), that cannot be written, or that is one of the inputs.
+        OutputError: a results table named as another format (:data:`NOT_CSV_SUFFIXES`: it
+            would hold CSV text), that cannot be written, or that is one of the inputs.
         WorkerError: a worker process stopped abruptly.
     """
     check_num_proc(num_proc)
-    if Path(out_csv).suffix.lower() not in RESULT_SUFFIXES:
+    if Path(out_csv).suffix.lower() in NOT_CSV_SUFFIXES:
         raise OutputError(f"{out_csv}: the results table is written as CSV; name it .csv, not {Path(out_csv).suffix}")
     if pixel_spacing_mm is not None:
         check_pixel_spacing(pixel_spacing_mm, "--pixel-spacing")

@@ -1056,9 +1056,6 @@ BLUR_NOTE_SHARE = 0.5
 #: Headers whose spacings differ by less than this (relative) state one spacing.
 SPACING_AGREEMENT = 0.01
 
-#: ``pixel_spacing_source`` of a measurement at the nominal spacing.
-NOMINAL_SPACING_SOURCE = f"nominal ({DEFAULT_PIXEL_SPACING_MM:g} mm/px; the images have no spacing)"
-
 
 def _pair_pixel_spacing(option_mm: float | None, baseline_mm: float | None, followup_mm: float | None,
                         baseline_path: str, followup_path: str) -> tuple[float, str]:
@@ -1083,7 +1080,7 @@ def _pair_pixel_spacing(option_mm: float | None, baseline_mm: float | None, foll
                                    (followup_path, followup_mm, "dicom (the follow-up's; the baseline has none)")):
         if header_mm is not None:
             return check_pixel_spacing(header_mm, f"{path} (DICOM header; give --pixel-spacing to override)"), label
-    return DEFAULT_PIXEL_SPACING_MM, NOMINAL_SPACING_SOURCE
+    return DEFAULT_PIXEL_SPACING_MM, "nominal (0.175 mm/px; the images have no spacing)"
 
 
 def quantify_files(

@@ -35,7 +35,7 @@ import numpy as np
 
 from jsnsynth.errors import InputError, OutputError
 from jsnsynth.figures import figure_bytes, new_figure
-from jsnsynth.quantify.quantifier import NOMINAL_SPACING_SOURCE, jsn_from_transforms, mean_similarity
+from jsnsynth.quantify.quantifier import jsn_from_transforms, mean_similarity
 from jsnsynth.quantify.validate import (
     ResumeLog,
     call_method,
@@ -248,7 +248,8 @@ def validate_real(
         OutputError: ``out_dir`` or a report file in it cannot be written (checked before the work).
     """
     check_num_proc(num_proc)
-    spacing_source = "option" if pixel_spacing_mm is not None else NOMINAL_SPACING_SOURCE
+    # the crops' own headers are not read: the nominal spacing is all that is known
+    spacing_source = "option" if pixel_spacing_mm is not None else f"nominal ({DEFAULT_PIXEL_SPACING_MM:g} mm/px)"
     pixel_spacing_mm = (DEFAULT_PIXEL_SPACING_MM if pixel_spacing_mm is None
                         else check_pixel_spacing(pixel_spacing_mm, "pixel spacing"))
     method_name, function = load_method(method)
@@ -258,7 +259,8 @@ def validate_real(
             # the report's files would lie among the crops (validate refuses its dataset alike)
             raise OutputError(f"{out_dir}: is inside the folder {folder}; write the report outside it")
         check_report_of_same_run(os.path.join(out_dir, REPORT_NAMES["summary"]),
-                                 {"method": method_name, "folder": os.path.abspath(folder)})
+                                 {"method": method_name, "folder": os.path.abspath(folder),
+                                  "pixel_spacing_mm": pixel_spacing_mm})
         paths = report_paths(Path(out_dir))
         check_no_report_of(out_dir, "validate", [paths["summary"].name, paths["pairs"].name])
         for name in REPORT_NAMES.values():
