@@ -70,7 +70,7 @@ def read_pair_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not text.strip():
         raise InputError(f"{path}: empty (a table of pairs needs a header row: {', '.join(REQUIRED_COLUMNS)})")
     header = text.splitlines()[0]
-    # a spreadsheet saved where the decimal mark is a comma separates its cells by semicolons
+    # a spreadsheet saved where the decimal mark is a comma separates its cells by semicolons (or tabs)
     delimiter = next((d for d in (";", "\t") if d in header and "," not in header), ",")
     try:
         reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
@@ -124,7 +124,7 @@ def _pair_of(row: dict, number: int, table: Path, decimal_comma: bool = False) -
         if not cell[name]:
             return None
         try:
-            if "_" in cell[name] or (not decimal_comma and "," in cell[name]):  # Python's float reads '1_0' as 10
+            if "_" in cell[name]:  # Python's float reads '1_0' as 10
                 raise ValueError
             value = float(cell[name].replace(",", ".", 1) if decimal_comma else cell[name])
         except ValueError:
