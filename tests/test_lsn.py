@@ -692,6 +692,17 @@ def test_lsn_source_refuses_crops_too_faint_for_the_pairs(tmp_path):
         LsnSource(tmp_path / "crops")
 
 
+def _with_masks(separate, upper_mask: np.ndarray, lower_mask: np.ndarray):
+    """``separate`` (the LSN source's separation) with its bone masks replaced by these."""
+
+    def separate_with_masks(*args, **kwargs):
+        separation = separate(*args, **kwargs)
+        separation.layers = separation.layers.replace(upper_mask=upper_mask, lower_mask=lower_mask)
+        return separation
+
+    return separate_with_masks
+
+
 def test_lsn_source_names_a_crop_whose_bones_make_no_joint(tmp_path, monkeypatch):
     # a crop the network reads as two bones side by side: the pairs cannot place a joint, and the
     # error used to name no crop ("the lower-bone mask is not below the upper-bone mask")
@@ -700,14 +711,9 @@ def test_lsn_source_names_a_crop_whose_bones_make_no_joint(tmp_path, monkeypatch
 
     cv2.imwrite(str(tmp_path / "odd.png"), synthetic_joint(64)[0])
     separate = source_module.separate_intensity
-
-    def side_by_side(*args, **kwargs):
-        separation = separate(*args, **kwargs)
-        left, right = np.zeros((64, 64), bool), np.zeros((64, 64), bool)
-        left[20:40, 5:25], right[20:40, 40:60] = True, True
-        separation.layers = separation.layers.replace(upper_mask=left, lower_mask=right)
-        return separation
-
+    left, right = np.zeros((64, 64), bool), np.zeros((64, 64), bool)
+    left[20:40, 5:25], right[20:40, 40:60] = True, True
+    side_by_side = _with_masks(separate, left, right)
     monkeypatch.setattr(source_module, "separate_intensity", side_by_side)
     with pytest.raises(InputError, match=r"odd\.png: the LSN's bones do not make a joint \(the lower-bone mask is not below"):
         LsnSource(tmp_path).load("odd", np.random.default_rng(0))
@@ -735,25 +741,14 @@ def test_lsn_source_refuses_a_crop_whose_bone_masks_mostly_overlap(tmp_path, mon
 
     cv2.imwrite(str(tmp_path / "collapsed.png"), synthetic_joint(64)[0])
     separate = source_module.separate_intensity
-
-    def overlapping(*args, **kwargs):
-        separation = separate(*args, **kwargs)
-        upper, lower = np.zeros((64, 64), bool), np.zeros((64, 64), bool)
-        upper[5:35, 20:44], lower[24:60, 20:44] = True, True  # 11 of 30 rows shared: 37 %
-        separation.layers = separation.layers.replace(upper_mask=upper, lower_mask=lower)
-        return separation
-
-    monkeypatch.setattr(source_module, "separate_intensity", overlapping)
+    upper, lower = np.zeros((64, 64), bool), np.zeros((64, 64), bool)
+    upper[5:35, 20:44], lower[24:60, 20:44] = True, True  # 11 of 30 rows shared: 37 %
+    monkeypatch.setattr(source_module, "separate_intensity", _with_masks(separate, upper, lower))
     LsnSource(tmp_path).load("collapsed", np.random.default_rng(0))  # within the quantifier's limit
 
-    def mostly_overlapping(*args, **kwargs):
-        separation = overlapping(*args, **kwargs)
-        upper = np.zeros((64, 64), bool)
-        upper[17:47, 20:44] = True  # 23 of 30 rows inside the lower mask: 77 %
-        separation.layers = separation.layers.replace(upper_mask=upper)
-        return separation
-
-    monkeypatch.setattr(source_module, "separate_intensity", mostly_overlapping)
+    upper = np.zeros((64, 64), bool)
+    upper[17:47, 20:44] = True  # 23 of 30 rows inside the lower mask: 77 %
+    monkeypatch.setattr(source_module, "separate_intensity", _with_masks(separate, upper, lower))
     with pytest.raises(InputError, match=r"collapsed\.png: the LSN's bone masks overlap by 77% of the smaller one "
                                          r"\(more than 50%\).*leave the crop out"):
         LsnSource(tmp_path).load("collapsed", np.random.default_rng(0))

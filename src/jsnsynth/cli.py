@@ -160,11 +160,12 @@ def _low_high(ctx: click.Context, param: click.Parameter, value):
 def _method_spelling(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """A ``--method`` that is a builtin name or spelt ``module:function``: anything else is a
     usage error (whether the module imports is the input's matter, checked when it runs)."""
-    from jsnsynth.quantify.validate import BUILTIN_METHODS
+    from jsnsynth.quantify.validate import check_method_spelling
 
-    module, _, function = value.partition(":")
-    if value not in BUILTIN_METHODS and not (module and function):
-        raise click.BadParameter(f"'{value}' is none of {', '.join(BUILTIN_METHODS)} and not module:function", ctx, param)
+    try:
+        check_method_spelling(value)
+    except JsnSynthError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
     return value
 
 
@@ -198,12 +199,12 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
             crops (their size is the images'), ``--max-mask-overlap`` for one without drawn masks
             (ignoring the option would hide a mistake).
     """
-    kind, _, folder = spec.partition(":")
-    if not (spec == "phantom" or (kind in ("fingerjoints", "lsn") and folder)):
-        # a misspelt source is a usage error, as a misspelt choice of any other option is
-        wanted = f"'{kind}' needs a folder: {kind}:DIR" if kind in ("fingerjoints", "lsn") else \
-            "give phantom, fingerjoints:DIR or lsn:DIR"
-        raise click.UsageError(f"--source '{spec}': {wanted}")
+    from jsnsynth.synth.sources import open_source, split_source_spec
+
+    try:
+        kind, folder = split_source_spec(spec)
+    except JsnSynthError as exc:  # a misspelt source is a usage error, as a misspelt choice of any other option is
+        raise click.UsageError(str(exc)) from None
     if size_px is not None and spec != "phantom":
         raise click.UsageError(f"--size applies to --source phantom only; the crops of '{spec}' keep their own size")
     if max_mask_overlap_px is not None and not spec.startswith("fingerjoints:"):
@@ -216,8 +217,6 @@ def _dataset_source(spec: str, n_pairs: int, size_px: int | None, max_mask_overl
         except ImportError as exc:
             raise JsnSynthError(f"source 'lsn' is not available in this installation ({exc})") from None
         return LsnSource(folder, pixel_spacing_mm=pixel_spacing_mm)
-    from jsnsynth.synth.sources import open_source
-
     given = {name: value for name, value in (("size_px", size_px), ("pixel_spacing_mm", pixel_spacing_mm))
              if value is not None}
     # one phantom joint per pair

@@ -250,6 +250,18 @@ def read_shards(shards: list[Path], limit: int | None = None) -> Iterator[dict]:
 # Methods
 
 
+def check_method_spelling(spec: str) -> None:
+    """Refuse a method named neither as a builtin nor ``module:function`` (whether the module
+    imports is :func:`load_method`'s matter).
+
+    Raises:
+        InputError: naming what was given.
+    """
+    module_name, _, attr = spec.partition(":")
+    if spec not in BUILTIN_METHODS and not (module_name and attr):
+        raise InputError(f"'{spec}' is none of {', '.join(BUILTIN_METHODS)} and not module:function")
+
+
 def load_method(spec: str | Callable) -> tuple[str, Callable]:
     """Resolve a method: a callable, a builtin name (register, poc, ecc) or ``module:function``
     (imported from ``sys.path``, with the current folder appended to it).
@@ -260,10 +272,8 @@ def load_method(spec: str | Callable) -> tuple[str, Callable]:
     if callable(spec):
         return getattr(spec, "__name__", "callable"), spec
     spec = str(spec)
-    target = BUILTIN_METHODS.get(spec, spec)
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise InputError(f"method '{spec}' must be register, poc, ecc or module:function")
+    check_method_spelling(spec)
+    module_name, _, attr = BUILTIN_METHODS.get(spec, spec).partition(":")
     if os.getcwd() not in sys.path and "" not in sys.path:
         # as `python -m` would: a plug-in module in the current folder is found
         sys.path.append(os.getcwd())

@@ -283,6 +283,20 @@ def _unusable_masks(record: FingerJointRecord, max_overlap_px: int) -> str:
 SOURCE_KINDS = ("phantom", "fingerjoints:DIR", "lsn:DIR")
 
 
+def split_source_spec(spec: str) -> tuple[str, str]:
+    """A source's command-line spelling as ``(kind, folder)`` (``folder`` empty for ``phantom``).
+
+    Raises:
+        InputError: a spelling none of :data:`SOURCE_KINDS`, or a kind without its folder.
+    """
+    kind, _, folder = spec.partition(":")
+    if kind in ("fingerjoints", "lsn") and not folder:
+        raise InputError(f"--source '{spec}': '{kind}' needs a folder: {kind}:DIR")
+    if spec != "phantom" and kind not in ("fingerjoints", "lsn"):
+        raise InputError(f"--source '{spec}': give {', '.join(SOURCE_KINDS[:-1])} or {SOURCE_KINDS[-1]}")
+    return kind, folder
+
+
 def open_source(
     spec: str,
     n_joints: int = 1000,
@@ -301,17 +315,15 @@ def open_source(
             also sets the nominal spacing of ``fingerjoints``).
 
     Raises:
-        InputError: an unknown source or an unusable folder.
+        InputError: an unknown source (:func:`split_source_spec`), ``lsn:DIR``, or an unusable folder.
     """
-    kind, _, argument = spec.partition(":")
-    if kind == "phantom" and not argument:
+    kind, argument = split_source_spec(spec)
+    if kind == "phantom":
         return PhantomSource(n_joints=n_joints, **phantom_overrides)
     if kind == "fingerjoints":
-        if not argument:
-            raise InputError("source 'fingerjoints' needs a folder: --source fingerjoints:DIR")
         spacing = phantom_overrides.pop("pixel_spacing_mm", None)
         if phantom_overrides:
             raise InputError(f"source 'fingerjoints' takes no {', '.join(sorted(phantom_overrides))}")
         return FingerJointsSource(argument, max_mask_overlap_px=max_mask_overlap_px,
                                   **({} if spacing is None else {"pixel_spacing_mm": float(spacing)}))
-    raise InputError(f"unknown source '{spec}' (expected one of: {', '.join(SOURCE_KINDS)})")
+    raise InputError(f"source '{spec}' is opened by jsnsynth.lsn.source.LsnSource")
