@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -651,8 +651,8 @@ def quantify_pair(
         notes.append(f"fixed pattern removed: {len(patterns)} sinusoid(s) both images hold, periods {periods} px "
                      "(an anti-scatter grid's lines?)")
     try:
-        fits, coarse, bones_info, jsn_variance_of, t_coarse, t_fine, follow_coef = _register_bones(
-            base, follow, upper, lower, local_center, follow_masks, settings, clipping, scale, keep_out)
+        fits, coarse, bones_info, variance, t_coarse, t_fine, follow_coef = _register_bones(
+            base, follow, upper, lower, local_center, joint_axis_deg, follow_masks, settings, clipping, scale, keep_out)
     except np.linalg.LinAlgError:  # a degenerate least-squares problem: nothing to register
         raise InputError("registration failed: the images hold too little structure in the bone regions") from None
     pu, pl = fits["upper"].params, fits["lower"].params
@@ -716,7 +716,6 @@ def quantify_pair(
         for key, picture_map in maps.items():
             maps[key] = np.full(shape, np.nan, dtype=picture_map.dtype)
             maps[key][cut] = picture_map
-    variance = jsn_variance_of(jsn_gradient(pu, pl, joint_axis_deg))
     report: ReliabilityReport = assess_reliability(base, follow, regions, fits, coarse, raw_stats, local_center,
                                                    pixel_limit_scale=reg.limit_scale(scale))
     t_rel = time.perf_counter() - t0
@@ -757,13 +756,13 @@ def quantify_pair(
     )
 
 
-def _register_bones(base, follow, upper, lower, center, follow_masks, settings, clipping, scale, keep_out=None):
+def _register_bones(base, follow, upper, lower, center, joint_axis_deg, follow_masks, settings, clipping, scale,
+                    keep_out=None):
     """Coarse global + per-bone coarse + multi-scale fine fit of two pictures (a padded crop cut
     to its picture; ``clipping``: both images' :func:`~jsnsynth.quantify.register.clipping_levels`;
     ``settings`` for their :func:`~jsnsynth.quantify.register.resolution_scale` ``scale``;
-    ``keep_out``: pixels no region may hold, a fill and its band, or None);
-    returns the fits, diagnostics, and the variance of a function of both bones'
-    `(a, b, tx, ty)` from its gradient."""
+    ``keep_out``: pixels no region may hold, a fill and its band, or None; ``joint_axis_deg``:
+    the axis the JSN is read along); returns the fits, diagnostics, and the JSN's variance."""
     t0 = time.perf_counter()
     coarse_level = reg.coarse_level_for(base.shape)
     n_levels = max(settings.levels, coarse_level)
@@ -877,90 +876,12 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
             raise InputError(f"the {name}-bone mask leaves fewer than {MIN_BONE_PX} pixels to register")
     params = dict(coarse)
     fits = {}
-    blur_anisotropy = None  # the direction-dependent blur difference matched, (alpha, beta) px^2
-    blur_anisotropy_unmatched_px2 = 0.0  # the size of one that could not be matched
-    blur_difference_px2 = None  # the isotropic blur difference matched (> 0: the follow-up the blurrier)
-    blur_at_limit = False  # a search ended at its reach: the difference may be larger
+    matched = None  # the visits matched for the full-resolution fit (_MatchedVisits)
     for level in range(settings.levels, -1, -1):
         f = 2**level
         if level == 0 and settings.levels > 0 and settings.match_blur:
-            # before the full-resolution fit: equalise the detector blur of the two visits and
-            # refit the intensity mapping with each bone at its own (nearly final) position. A
-            # blur or contrast difference left in the images can only be absorbed by the fit as
-            # a change of each bone's scale, which the lever arm to the joint centre amplifies.
-            windows = reg.aligned_windows(base, follow, regions, params, center, settings.window_margin_px,
-                                          follow_coef=follow_coef)
-            # clipped pixels (a display window's saturation) are left out of the intensity fits
-            unclipped = reg.unclipped_regions(windows, *clipping, settings.clipped_margin_px)
-            offsets = reg.window_offsets(regions, settings.window_margin_px)
-            matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2, settings.max_blur_difference_px2,
-                                      offsets)
-            blur_x = matcher.variance_difference([fw for _, fw, _ in windows])
-            blur_at_limit = _at_reach(blur_x, settings.max_blur_difference_px2)
-            if settings.match_blur_anisotropy:
-                blur_x, alpha, beta, blur_anisotropy_unmatched_px2 = matcher.with_anisotropy(
-                    [fw for _, fw, _ in windows], blur_x, settings.min_blur_anisotropy_px2)
-                if alpha or beta:
-                    # a blur that differs by direction (a patient's motion) is matched first,
-                    # by a line blur of each image, so that everything after (the displays'
-                    # gammas, the intensity mapping, the isotropic search) sees images whose
-                    # blurs differ alike in every direction: the intensity mapping fitted
-                    # across the unmatched part bent the mapping and biased the JSN by as much
-                    # as the blur itself
-                    line_b, line_f = reg.line_blurs(alpha, beta)
-                    # the follow-up's own frame is turned and magnified against the baseline's,
-                    # in which the windows and the estimate are
-                    turn = 0.5 * (params["upper"][:2] + params["lower"][:2])
-                    base, follow = reg.line_blurred(base, line_b), reg.line_blurred(follow, reg.turned_covariance(line_f, turn))
-                    blur_anisotropy = (alpha, beta)
-                    windows = [(reg.line_blurred(bw, line_b), reg.line_blurred(fw, line_f), r) for bw, fw, r in windows]
-                    matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2,
-                                              settings.max_blur_difference_px2, offsets)
-            # the intensity fits read the windows' unclipped flat pixels with the blurs matched
-            # (blurs commute with the nearly rigid warps)
-            fit_windows = [(bw, fw, r) for (bw, fw, _), r in zip(windows, unclipped)]
-            samples = reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x, offsets)
-            if settings.equalise_display_gamma:
-                # both visits onto one display gamma: blurs are then matched, and intensities
-                # mapped, between images whose displays bend alike (docs/quantify-method.md, step 3)
-                ratio = reg.display_gamma_ratio(samples)
-                if ratio != 1.0:
-                    exponent_b, exponent_f = ratio**-0.5, ratio**0.5
-                    base, follow = reg.raise_to(base, exponent_b), reg.raise_to(follow, exponent_f)
-                    windows = [(reg.raise_to(bw, exponent_b), reg.raise_to(fw, exponent_f), r) for bw, fw, r in windows]
-                    fit_windows = [(bw, fw, r) for (bw, fw, _), r in zip(windows, unclipped)]
-                    samples = reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x, offsets)
-                    matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2,
-                                              settings.max_blur_difference_px2, offsets)
-                    if settings.intensity_mapping_order == 0:  # else the search after the mapping
-                        blur_x = matcher.variance_difference([fw for _, fw, _ in windows], rounds=1, initial=blur_x)
-            mapping = None
-            if settings.intensity_mapping_order > 0:
-                # the blurs are matched again on the mapped windows (the display mapping acts
-                # after the blur). That second search maps before it blurs; estimating it in the
-                # final image's order (blur, then map) made no difference (within 1e-4 px
-                # RMSE), so it keeps the cheaper order.
-                mapping = reg.fit_intensity_mapping(samples, settings.intensity_mapping_order)
-                # one linearised step from the first estimate: more secant rounds here, or a
-                # fourth in the first search, moved the benchmark's RMSEs by 1e-4 px at most.
-                # After the gammas changed the images the step can overshoot (the first estimate
-                # is another domain's); converging it there helped the toy joint and cost
-                # phantoms 0.0005-0.0009 px (docs/quantify-history.md, tried and dropped)
-                blur_x = matcher.variance_difference(
-                    [reg.apply_polynomial(fw, mapping) for _, fw, _ in windows], rounds=1, initial=blur_x
-                )
-            blur_difference_px2 = blur_x
-            blur_at_limit = blur_at_limit or _at_reach(blur_x, settings.max_blur_difference_px2)
-            base0 = reg.gaussian_blur(base, math.sqrt(max(blur_x, 0.0)))
-            # a sharper follow-up is blurred *before* it is mapped, as the mapping was fitted: on
-            # blurred windows. The mapping stands for the two displays, which act after the
-            # detector blur; blurring the mapped image instead blurs through a display
-            # nonlinearity the baseline never went through (docs/quantify-method.md, step 3)
-            mapped = reg.gaussian_blur(follow, math.sqrt(max(-blur_x, 0.0)))
-            if mapping is not None:
-                mapped = reg.apply_polynomial(mapped, mapping)
-            pyr_b[0] = reg.build_pyramid(base0, 0, settings.smooth_sigma_px)[0]
-            stacks_f[0] = spline_coefficients(reg.build_pyramid(mapped, 0, settings.smooth_sigma_px)[0])
+            matched = _match_visits(base, follow, regions, params, center, follow_coef, clipping, settings)
+            pyr_b[0], stacks_f[0] = matched.base, matched.follow_coef
         if level == 0 and settings.shared_scale and settings.levels > 0:
             break  # the joint shared-scale fit below is the full-resolution stage
         # the two bones' fits are independent; run together, they share the sampler's calls
@@ -987,51 +908,182 @@ def _register_bones(base, follow, upper, lower, center, follow_masks, settings, 
     if settings.shared_scale:
         # both bones take the follow-up's single magnification (see shared_scale_gauss_newton)
         names = ("upper", "lower")
-        components, base_gradients = [], []
-        # the baseline interpolant's gradient: with the follow-up's, it gives a normal matrix
-        # free of the noise that slows Gauss-Newton down (see shared_scale_gauss_newton)
-        base_coef = spline_coefficients(pyr_b[0])
-        base_gx, base_gy = spline_gradients(base_coef)
-        for name in names:
-            _, xs, ys = reg.region_pixels(regions[name])
-            # both images are sampled at points spread evenly between the pixel centres
-            # (register.dithered_positions): on the pixels themselves, a follow-up that is only
-            # translated would have its interpolated noise pull the fit toward half-pixel moves
-            xs, ys = reg.dithered_positions(xs, ys)
-            # the baseline's gradient only sizes the steps: the nearest pixel centre's will do
-            # (the regions keep settings.border_px from the picture's edge, so that pixel is inside)
-            nearest = (np.rint(ys) * base_coef.shape[1] + np.rint(xs)).astype(np.intp)
-            components.append((sample_spline_values(base_coef, xs, ys), xs, ys, params[name]))
-            base_gradients.append((base_gx.ravel().take(nearest), base_gy.ravel().take(nearest)))
-        joint = reg.shared_scale_gauss_newton(
-            stacks_f[0], components, center, max_iterations=settings.max_iterations, tolerance_px=settings.tolerance_px,
-            shading_order=settings.shading_order, base_gradients=base_gradients, robust_k=settings.fine_robust_k,
-            robust_smoothing_px=settings.robust_smoothing_px,
-        )
+        joint = _shared_scale_fit(pyr_b[0], stacks_f[0], regions, params, center, settings)
+        iterations = joint.iterations
+        jsn_variance = joint.variance(jsn_gradient(*joint.params, joint_axis_deg), max_lag_px=settings.residual_lag_px)
+        # the visits were matched (blurs, gammas, intensity mapping) with the bones where the
+        # half-resolution fits left them; a full-resolution fit that then moved the JSN further
+        # than noise explains, and not by so much that it disagrees with them for another
+        # reason, may owe part of its answer to that match (a blur large against the picture
+        # spreads the bones' edges, and the mapping took part of their relative move for
+        # contrast), so the visits are matched again where it ended and it runs again from
+        # there (RegistrationSettings.rematch_jsn_px)
+        for _ in range(settings.max_match_passes - 1):
+            if matched is None or not math.isfinite(jsn_variance):
+                break
+            moved_px = abs(_jsn_from_params(*joint.params, joint_axis_deg)
+                           - _jsn_from_params(params["upper"], params["lower"], joint_axis_deg))
+            if not (max(settings.rematch_jsn_px, settings.rematch_noise_se * math.sqrt(jsn_variance))
+                    < moved_px <= settings.rematch_max_jsn_px):
+                break
+            params = dict(zip(names, joint.params))
+            matched = _match_visits(base, follow, regions, params, center, follow_coef, clipping, settings)
+            joint = _shared_scale_fit(matched.base, matched.follow_coef, regions, params, center, settings)
+            iterations += joint.iterations
+            jsn_variance = joint.variance(jsn_gradient(*joint.params, joint_axis_deg),
+                                          max_lag_px=settings.residual_lag_px)
         for k, (name, p) in enumerate(zip(names, joint.params)):
             fits[name].params = params[name] = p
             fits[name].hessian = joint.geometric_hessian(k)
             fits[name].converged = joint.converged
-            fits[name].iterations += joint.iterations
+            fits[name].iterations += iterations
             fits[name].last_step_px = joint.last_step_px
             fits[name].n_pixels = int(np.count_nonzero(regions[name]))
             fits[name].photometric = joint.shading[k]
-        variance_of = functools.partial(joint.variance, max_lag_px=settings.residual_lag_px)
     else:  # the bones' own full-resolution fits, independent of each other: white residual noise
         covariance = np.zeros((8, 8))
         for k, name in enumerate(("upper", "lower")):
             covariance[4 * k: 4 * k + 4, 4 * k: 4 * k + 4] = fits[name].rms ** 2 * np.linalg.inv(fits[name].hessian)
-
-        def variance_of(gradient: np.ndarray) -> float:
-            return float(gradient @ covariance @ gradient)
+        gradient = jsn_gradient(fits["upper"].params, fits["lower"].params, joint_axis_deg)
+        jsn_variance = float(gradient @ covariance @ gradient)
     info = {name: {"region": regions[name]} for name in regions}
     info["wide_start"] = wide_start
-    info["blur_anisotropy"] = blur_anisotropy
-    info["blur_anisotropy_unmatched_px2"] = blur_anisotropy_unmatched_px2
-    info["blur_difference_px2"] = blur_difference_px2
-    info["blur_at_limit"] = blur_at_limit
+    info["blur_anisotropy"] = matched.anisotropy_px2 if matched else None
+    info["blur_anisotropy_unmatched_px2"] = matched.anisotropy_unmatched_px2 if matched else 0.0
+    info["blur_difference_px2"] = matched.difference_px2 if matched else None
+    info["blur_at_limit"] = matched.at_limit if matched else False
     t_fine = time.perf_counter() - t1
-    return fits, coarse, info, variance_of, t_coarse, t_fine, follow_coef
+    return fits, coarse, info, jsn_variance, t_coarse, t_fine, follow_coef
+
+
+class _MatchedVisits(NamedTuple):
+    """The two visits made alike for the full-resolution fit (:func:`_match_visits`)."""
+
+    #: the baseline, blurred to the follow-up's detector blur where that is the blurrier
+    base: np.ndarray
+    #: spline coefficients of the follow-up, blurred likewise and mapped onto the baseline's intensities
+    follow_coef: np.ndarray
+    #: the isotropic blur difference matched (> 0: the follow-up the blurrier)
+    difference_px2: float
+    #: a search ended at its reach: the difference may be larger
+    at_limit: bool
+    #: the direction-dependent blur difference matched, (alpha, beta) px^2, or None
+    anisotropy_px2: tuple[float, float] | None
+    #: the size of one that could not be matched
+    anisotropy_unmatched_px2: float
+
+
+def _match_visits(base, follow, regions, params, center, follow_coef, clipping, settings) -> _MatchedVisits:
+    """The two visits made alike for the full-resolution fit, with each bone at ``params`` (its
+    nearly final place): their detector blurs equalised, their displays put on one gamma, and the
+    intensity mapping refitted (method step 3); ``follow_coef``: the raw follow-up's spline
+    coefficients."""
+    blur_anisotropy = None
+    blur_anisotropy_unmatched_px2 = 0.0
+    # a blur or contrast difference left in the images can only be absorbed by the fit as a
+    # change of each bone's scale, which the lever arm to the joint centre amplifies
+    windows = reg.aligned_windows(base, follow, regions, params, center, settings.window_margin_px,
+                                  follow_coef=follow_coef)
+    # clipped pixels (a display window's saturation) are left out of the intensity fits
+    unclipped = reg.unclipped_regions(windows, *clipping, settings.clipped_margin_px)
+    offsets = reg.window_offsets(regions, settings.window_margin_px)
+    matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2, settings.max_blur_difference_px2,
+                              offsets)
+    blur_x = matcher.variance_difference([fw for _, fw, _ in windows])
+    blur_at_limit = _at_reach(blur_x, settings.max_blur_difference_px2)
+    if settings.match_blur_anisotropy:
+        blur_x, alpha, beta, blur_anisotropy_unmatched_px2 = matcher.with_anisotropy(
+            [fw for _, fw, _ in windows], blur_x, settings.min_blur_anisotropy_px2)
+        if alpha or beta:
+            # a blur that differs by direction (a patient's motion) is matched first,
+            # by a line blur of each image, so that everything after (the displays'
+            # gammas, the intensity mapping, the isotropic search) sees images whose
+            # blurs differ alike in every direction: the intensity mapping fitted
+            # across the unmatched part bent the mapping and biased the JSN by as much
+            # as the blur itself
+            line_b, line_f = reg.line_blurs(alpha, beta)
+            # the follow-up's own frame is turned and magnified against the baseline's,
+            # in which the windows and the estimate are
+            turn = 0.5 * (params["upper"][:2] + params["lower"][:2])
+            base, follow = reg.line_blurred(base, line_b), reg.line_blurred(follow, reg.turned_covariance(line_f, turn))
+            blur_anisotropy = (alpha, beta)
+            windows = [(reg.line_blurred(bw, line_b), reg.line_blurred(fw, line_f), r) for bw, fw, r in windows]
+            matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2,
+                                      settings.max_blur_difference_px2, offsets)
+    # the intensity fits read the windows' unclipped flat pixels with the blurs matched
+    # (blurs commute with the nearly rigid warps)
+    fit_windows = [(bw, fw, r) for (bw, fw, _), r in zip(windows, unclipped)]
+    samples = reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x, offsets)
+    if settings.equalise_display_gamma:
+        # both visits onto one display gamma: blurs are then matched, and intensities
+        # mapped, between images whose displays bend alike (docs/quantify-method.md, step 3)
+        ratio = reg.display_gamma_ratio(samples)
+        if ratio != 1.0:
+            exponent_b, exponent_f = ratio**-0.5, ratio**0.5
+            base, follow = reg.raise_to(base, exponent_b), reg.raise_to(follow, exponent_f)
+            windows = [(reg.raise_to(bw, exponent_b), reg.raise_to(fw, exponent_f), r) for bw, fw, r in windows]
+            fit_windows = [(bw, fw, r) for (bw, fw, _), r in zip(windows, unclipped)]
+            samples = reg.flat_samples(fit_windows, settings.mapping_denoise_sigma_px, blur_x, offsets)
+            matcher = reg.BlurMatcher(windows, settings.common_blur_variance_px2,
+                                      settings.max_blur_difference_px2, offsets)
+            if settings.intensity_mapping_order == 0:  # else the search after the mapping
+                blur_x = matcher.variance_difference([fw for _, fw, _ in windows], rounds=1, initial=blur_x)
+    mapping = None
+    if settings.intensity_mapping_order > 0:
+        # the blurs are matched again on the mapped windows (the display mapping acts
+        # after the blur). That second search maps before it blurs; estimating it in the
+        # final image's order (blur, then map) made no difference (within 1e-4 px
+        # RMSE), so it keeps the cheaper order.
+        mapping = reg.fit_intensity_mapping(samples, settings.intensity_mapping_order)
+        # one linearised step from the first estimate: more secant rounds here, or a
+        # fourth in the first search, moved the benchmark's RMSEs by 1e-4 px at most.
+        # After the gammas changed the images the step can overshoot (the first estimate
+        # is another domain's); converging it there helped the toy joint and cost
+        # phantoms 0.0005-0.0009 px (docs/quantify-history.md, tried and dropped)
+        blur_x = matcher.variance_difference(
+            [reg.apply_polynomial(fw, mapping) for _, fw, _ in windows], rounds=1, initial=blur_x
+        )
+    blur_at_limit = blur_at_limit or _at_reach(blur_x, settings.max_blur_difference_px2)
+    base0 = reg.gaussian_blur(base, math.sqrt(max(blur_x, 0.0)))
+    # a sharper follow-up is blurred *before* it is mapped, as the mapping was fitted: on
+    # blurred windows. The mapping stands for the two displays, which act after the
+    # detector blur; blurring the mapped image instead blurs through a display
+    # nonlinearity the baseline never went through (docs/quantify-method.md, step 3)
+    mapped = reg.gaussian_blur(follow, math.sqrt(max(-blur_x, 0.0)))
+    if mapping is not None:
+        mapped = reg.apply_polynomial(mapped, mapping)
+    return _MatchedVisits(
+        reg.build_pyramid(base0, 0, settings.smooth_sigma_px)[0],
+        spline_coefficients(reg.build_pyramid(mapped, 0, settings.smooth_sigma_px)[0]),
+        blur_x, blur_at_limit, blur_anisotropy, blur_anisotropy_unmatched_px2,
+    )
+
+
+def _shared_scale_fit(base, follow_coef, regions, params, center, settings) -> reg.SharedScaleFit:
+    """The full-resolution fit of both bones with one magnification
+    (:func:`~jsnsynth.quantify.register.shared_scale_gauss_newton`) from ``params``, on the
+    baseline ``base`` and the follow-up's spline coefficients ``follow_coef``."""
+    components, base_gradients = [], []
+    # the baseline interpolant's gradient: with the follow-up's, it gives a normal matrix
+    # free of the noise that slows Gauss-Newton down (see shared_scale_gauss_newton)
+    base_coef = spline_coefficients(base)
+    base_gx, base_gy = spline_gradients(base_coef)
+    for name in ("upper", "lower"):
+        _, xs, ys = reg.region_pixels(regions[name])
+        # both images are sampled at points spread evenly between the pixel centres
+        # (register.dithered_positions): on the pixels themselves, a follow-up that is only
+        # translated would have its interpolated noise pull the fit toward half-pixel moves
+        xs, ys = reg.dithered_positions(xs, ys)
+        # the baseline's gradient only sizes the steps: the nearest pixel centre's will do
+        # (the regions keep settings.border_px from the picture's edge, so that pixel is inside)
+        nearest = (np.rint(ys) * base_coef.shape[1] + np.rint(xs)).astype(np.intp)
+        components.append((sample_spline_values(base_coef, xs, ys), xs, ys, params[name]))
+        base_gradients.append((base_gx.ravel().take(nearest), base_gy.ravel().take(nearest)))
+    return reg.shared_scale_gauss_newton(
+        follow_coef, components, center, max_iterations=settings.max_iterations, tolerance_px=settings.tolerance_px,
+        shading_order=settings.shading_order, base_gradients=base_gradients, robust_k=settings.fine_robust_k,
+        robust_smoothing_px=settings.robust_smoothing_px,
+    )
 
 
 def _at_reach(variance_px2: float, reach_px2: float) -> bool:
