@@ -56,7 +56,8 @@ RANGES = {
     "a motion blur of 10-16 px^2 per visit, in any direction": {"motion_blur_px2": (10.0, 16.0)},
     # a detector blur past the default 0.5-1.2 px (0.3-0.4 mm at 0.175 mm/px): the coarse stage's
     # intensity mapping, fitted on the whole joint at one alignment, takes some of the bones'
-    # relative move for contrast (docs/quantify-history.md, session 32)
+    # relative move for contrast (docs/quantify-history.md, session 32), which the visits matched
+    # again where the fit ended take out in part (session 33)
     "a detector blur of 1.6-2.4 px per visit": {"blur_sigma_px": (1.6, 2.4)},
     # narrower: every pixel of a bone lands at the same fraction between the follow-up's pixels,
     # where interpolated noise once pulled the fit (docs/quantify-method.md, step 4)

@@ -489,6 +489,11 @@ def test_settings_for_another_picture_size_scale_the_lengths():
         assert getattr(wide, name) == 2 * getattr(settings, name), name
     for name in ("common_blur_variance_px2", "max_blur_difference_px2"):
         assert getattr(wide, name) == 4 * getattr(settings, name), name
+    # the second match's thresholds are JSN lengths (px), its noise gate standard errors
+    for name in ("rematch_jsn_px", "rematch_max_jsn_px"):
+        assert getattr(wide, name) == 2 * getattr(settings, name), name
+        assert getattr(settings.for_resolution(0.5), name) == 0.5 * getattr(settings, name), name
+    assert wide.rematch_noise_se == settings.rematch_noise_se and wide.max_match_passes == settings.max_match_passes
     assert wide.tolerance_px == settings.tolerance_px and wide.coarse_angles_deg == settings.coarse_angles_deg
     assert settings.for_resolution(1.5).dilate_px == 6 and settings.for_resolution(1.5).levels == 2
     # smaller: the anatomy's lengths shrink (to 1 px at least); the blur search and the pyramid stay

@@ -928,8 +928,16 @@ def _register_bones(base, follow, upper, lower, center, joint_axis_deg, follow_m
                 break
             params = dict(zip(names, joint.params))
             matched = _match_visits(base, follow, regions, params, center, follow_coef, clipping, settings)
-            joint = _shared_scale_fit(matched.base, matched.follow_coef, regions, params, center, settings)
-            iterations += joint.iterations
+            again = _shared_scale_fit(matched.base, matched.follow_coef, regions, params, center, settings)
+            iterations += again.iterations
+            # each match leaves a fraction of the share the one before held, so the fits'
+            # moves shrink; a fit that moved farther than the one before it went astray, and
+            # that one is kept
+            moved_again_px = abs(_jsn_from_params(*again.params, joint_axis_deg)
+                                 - _jsn_from_params(*joint.params, joint_axis_deg))
+            if not moved_again_px <= moved_px:
+                break
+            joint = again
             jsn_variance = joint.variance(jsn_gradient(*joint.params, joint_axis_deg),
                                           max_lag_px=settings.residual_lag_px)
         for k, (name, p) in enumerate(zip(names, joint.params)):

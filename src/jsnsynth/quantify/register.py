@@ -151,8 +151,11 @@ class RegistrationSettings:
         rematch_jsn_px: the visits are matched (blurs, gammas, intensity mapping) with the
             bones where the half-resolution fits left them; where the full-resolution fit then
             moves the JSN by more than this and by more than ``rematch_noise_se`` of its
-            standard errors, but by no more than ``rematch_max_jsn_px``, they are matched again where it ended and it runs again from
-            there, up to ``max_match_passes`` times in all. A blur large against the picture
+            standard errors, but by no more than ``rematch_max_jsn_px``, they are matched
+            again where it ended and it runs again from there, up to ``max_match_passes``
+            times in all (each time judged by the move from the fit before; a fit that moved
+            farther than the one before it did is dropped for that one: the moves of a match
+            that takes out a share shrink, by about four times a round). A blur large against the picture
             spreads the bones' edges, and a match made before the bones were in place took
             part of their relative move for contrast: JSNs 1-2 % of their change short,
             unflagged, on an outside probe's phantoms blurred by 1-2.4 px (at 256 px).
@@ -166,7 +169,7 @@ class RegistrationSettings:
             that differ in 3-D pose), which a second match does not mend. The share of the
             bones' relative move a match can hold is a few per cent of it (the outside probe's
             largest move: 0.5 px); 25 of the 1,435 real visit pairs of the folder moved by 2-14
-            px, all flagged, and matched again they moved by up to 8 px more (the whole
+            px, all flagged, and matched again they moved by 0.05-11 px more (the whole
             folder's transitivity 0.238 -> 0.263 mm).
         rematch_noise_se: see ``rematch_jsn_px``. Noise moves the half-resolution answer too,
             and a second match of noisy visits gained nothing: at 8 standard errors, 8 of the
