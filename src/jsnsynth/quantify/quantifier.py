@@ -918,26 +918,25 @@ def _register_bones(base, follow, upper, lower, center, joint_axis_deg, follow_m
         # spreads the bones' edges, and the mapping took part of their relative move for
         # contrast), so the visits are matched again where it ended and it runs again from
         # there (RegistrationSettings.rematch_jsn_px)
+        start_jsn_px = _jsn_from_params(params["upper"], params["lower"], joint_axis_deg)
+        fit_jsn_px = _jsn_from_params(*joint.params, joint_axis_deg)
         for _ in range(settings.max_match_passes - 1):
-            if matched is None or not math.isfinite(jsn_variance):
-                break
-            moved_px = abs(_jsn_from_params(*joint.params, joint_axis_deg)
-                           - _jsn_from_params(params["upper"], params["lower"], joint_axis_deg))
-            if not (max(settings.rematch_jsn_px, settings.rematch_noise_se * math.sqrt(jsn_variance))
-                    < moved_px <= settings.rematch_max_jsn_px):
+            moved_px = abs(fit_jsn_px - start_jsn_px)
+            if (matched is None or not math.isfinite(jsn_variance)
+                    or not (max(settings.rematch_jsn_px, settings.rematch_noise_se * math.sqrt(jsn_variance))
+                            < moved_px <= settings.rematch_max_jsn_px)):
                 break
             params = dict(zip(names, joint.params))
             matched = _match_visits(base, follow, regions, params, center, follow_coef, clipping, settings)
             again = _shared_scale_fit(matched.base, matched.follow_coef, regions, params, center, settings)
             iterations += again.iterations
+            again_jsn_px = _jsn_from_params(*again.params, joint_axis_deg)
             # each match leaves a fraction of the share the one before held, so the fits'
             # moves shrink; a fit that moved farther than the one before it went astray, and
             # that one is kept
-            moved_again_px = abs(_jsn_from_params(*again.params, joint_axis_deg)
-                                 - _jsn_from_params(*joint.params, joint_axis_deg))
-            if not moved_again_px <= moved_px:
+            if not abs(again_jsn_px - fit_jsn_px) <= moved_px:
                 break
-            joint = again
+            joint, start_jsn_px, fit_jsn_px = again, fit_jsn_px, again_jsn_px
             jsn_variance = joint.variance(jsn_gradient(*joint.params, joint_axis_deg),
                                           max_lag_px=settings.residual_lag_px)
         for k, (name, p) in enumerate(zip(names, joint.params)):

@@ -155,10 +155,10 @@ class RegistrationSettings:
             again where it ended and it runs again from there, up to ``max_match_passes``
             times in all (each time judged by the move from the fit before; a fit that moved
             farther than the one before it did is dropped for that one: the moves of a match
-            that takes out a share shrink, by about four times a round). A blur large against the picture
-            spreads the bones' edges, and a match made before the bones were in place took
-            part of their relative move for contrast: JSNs 1-2 % of their change short,
-            unflagged, on an outside probe's phantoms blurred by 1-2.4 px (at 256 px).
+            that takes out a share shrink, by about four times a round). A blur large against
+            the picture spreads the bones' edges, and a match made before the bones were in
+            place took part of their relative move for contrast: JSNs 1-2 % of their change
+            short, unflagged, on an outside probe's phantoms blurred by 1-2.4 px (at 256 px).
             Every pair matched again would cost half a pair's time again. At 0.06 px 0-6 % of
             the benchmark's sets are; at 0.03 px a quarter of its noise-free phantoms
             were (RMSE 0.0073 -> 0.0070 px, the blurred phantoms of the ranges table 0.0201 ->
